@@ -1,0 +1,290 @@
+package br
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	brpb "github.com/pingcap/kvproto/pkg/brpb"
+
+	"logbackup/meta"
+	"logbackup/storage"
+)
+
+// Task status words, as BR prints them.
+const (
+	StatusNormal = "NORMAL"
+	StatusPause  = "PAUSE"
+	StatusError  = "ERROR"
+)
+
+// StatusOptions are the flags of `br stream status`.
+type StatusOptions struct {
+	TaskName string // "" or "*" = every task
+	JSON     bool
+}
+
+// TaskView is everything `status` shows about one task. Its JSON form keeps
+// BR's `--json` field names so BR-oriented tooling can read it.
+type TaskView struct {
+	Name        string          `json:"name"`
+	StartTS     uint64          `json:"start_ts,omitempty"`
+	EndTS       uint64          `json:"end_ts,omitempty"`
+	Status      string          `json:"status"`
+	TableFilter []string        `json:"table_filter"`
+	Progress    []StoreProgress `json:"progress"`
+	Storage     string          `json:"storage"`
+	Checkpoint  uint64          `json:"checkpoint"`
+	LastErrors  []StoreError    `json:"last_errors"`
+	// Pause is our addition: PauseV2 details (BR keeps them out of JSON).
+	Pause *PauseView `json:"pause,omitempty"`
+
+	hasGlobal bool // a central_global checkpoint exists
+}
+
+// StoreProgress is one store's checkpoint (checkpoint/<task>/store/<id>).
+type StoreProgress struct {
+	StoreID    uint64 `json:"store_id"`
+	Checkpoint uint64 `json:"checkpoint"`
+}
+
+// StoreError is one store's LastError.
+type StoreError struct {
+	StoreID   uint64                   `json:"store_id"`
+	LastError *brpb.StreamBackupError `json:"last_error"`
+}
+
+// PauseView is the PauseV2 record of a paused task.
+type PauseView struct {
+	Severity     string    `json:"severity"`
+	Time         time.Time `json:"time"`
+	Operator     string    `json:"operator"`
+	OperatorPID  int       `json:"operator_pid"`
+	Message      string    `json:"message,omitempty"`
+	ErrorCode    string    `json:"error_code,omitempty"`
+	ErrorMessage string    `json:"error_message,omitempty"`
+	ParseError   string    `json:"parse_error,omitempty"`
+}
+
+// statusWord applies BR's rule: ERROR iff paused and (some store reported a
+// last error or the pause record has severity ERROR); PAUSE; NORMAL.
+func statusWord(p meta.PauseStatus, lastErrors int) string {
+	switch {
+	case !p.Paused:
+		return StatusNormal
+	case lastErrors > 0 || (p.V2 != nil && p.V2.IsError()):
+		return StatusError
+	default:
+		return StatusPause
+	}
+}
+
+// LoadTasks gathers the view of one task (name) or of all tasks ("" or "*").
+func LoadTasks(ctx context.Context, env *Env, name string) ([]*TaskView, error) {
+	var tasks []*meta.TaskStatus
+	if name == "" || name == "*" {
+		all, _, err := env.Meta.ListTasks(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("list tasks: %w", err)
+		}
+		tasks = all
+	} else {
+		t, err := getTask(ctx, env, name)
+		if err != nil {
+			return nil, err
+		}
+		tasks = []*meta.TaskStatus{t}
+	}
+	views := make([]*TaskView, 0, len(tasks))
+	for _, t := range tasks {
+		v, err := loadView(ctx, env, t)
+		if err != nil {
+			return nil, err
+		}
+		views = append(views, v)
+	}
+	return views, nil
+}
+
+func getTask(ctx context.Context, env *Env, name string) (*meta.TaskStatus, error) {
+	t, err := env.Meta.GetTask(ctx, name)
+	if errors.Is(err, meta.ErrTaskNotFound) {
+		return nil, userError("list tasks with `br stream status`", err, "task %q not found", name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get task %q: %w", name, err)
+	}
+	return t, nil
+}
+
+func loadView(ctx context.Context, env *Env, t *meta.TaskStatus) (*TaskView, error) {
+	info := t.Info
+	v := &TaskView{
+		Name:        info.Name,
+		StartTS:     info.StartTs,
+		EndTS:       info.EndTs,
+		TableFilter: info.TableFilter,
+		Progress:    []StoreProgress{},
+		LastErrors:  []StoreError{},
+		Storage:     storageString(info.Storage),
+	}
+	errs, err := env.Meta.LastErrors(ctx, info.Name)
+	if err != nil {
+		return nil, fmt.Errorf("read last errors of %q: %w", info.Name, err)
+	}
+	for store, e := range errs {
+		v.LastErrors = append(v.LastErrors, StoreError{StoreID: store, LastError: e})
+	}
+	sort.Slice(v.LastErrors, func(i, j int) bool { return v.LastErrors[i].StoreID < v.LastErrors[j].StoreID })
+	v.Status = statusWord(t.Pause, len(errs))
+	if t.Pause.V2 != nil {
+		v.Pause = pauseView(t.Pause.V2)
+	}
+
+	cps, err := env.Meta.Checkpoints(ctx, info.Name)
+	if err != nil {
+		return nil, fmt.Errorf("read checkpoints of %q: %w", info.Name, err)
+	}
+	for _, cp := range cps {
+		switch cp.Kind {
+		case meta.CheckpointStore:
+			v.Progress = append(v.Progress, StoreProgress{StoreID: cp.StoreID, Checkpoint: cp.TS})
+		case meta.CheckpointGlobal:
+			v.hasGlobal = true
+		}
+	}
+	sort.Slice(v.Progress, func(i, j int) bool { return v.Progress[i].StoreID < v.Progress[j].StoreID })
+
+	// Like BR, the displayed global checkpoint is the storage checkpoint:
+	// the highest ts any store has durably recorded in storage, floored at
+	// the task's start.
+	scs, err := env.Meta.StorageCheckpoints(ctx, info.Name)
+	if err != nil {
+		return nil, fmt.Errorf("read storage checkpoints of %q: %w", info.Name, err)
+	}
+	v.Checkpoint = info.StartTs
+	for _, ts := range scs {
+		v.Checkpoint = max(v.Checkpoint, ts)
+	}
+	return v, nil
+}
+
+func pauseView(p *meta.PauseV2) *PauseView {
+	pv := &PauseView{Severity: p.Severity, Time: p.OperationTime, Operator: p.OperationHostname, OperatorPID: p.OperationPID}
+	if text, ok := p.Text(); ok {
+		pv.Message = text
+		return pv
+	}
+	e, err := p.ErrorPayload()
+	switch {
+	case err != nil:
+		pv.ParseError = err.Error()
+	case e != nil:
+		pv.ErrorCode, pv.ErrorMessage = e.ErrorCode, e.ErrorMessage
+	}
+	return pv
+}
+
+// storageString shows where a task writes, never its credentials.
+func storageString(b *brpb.StorageBackend) string {
+	if b == nil {
+		return "<none>"
+	}
+	loc, err := storage.LocationFromBackend(b)
+	if err != nil {
+		return "<unreadable storage: " + storage.Redact(err.Error()) + ">"
+	}
+	return loc.Redacted()
+}
+
+// Status prints the tasks as BR's table or as a one-line JSON array.
+func Status(ctx context.Context, env *Env, opts StatusOptions, w io.Writer) error {
+	views, err := LoadTasks(ctx, env, opts.TaskName)
+	if err != nil {
+		return err
+	}
+	if opts.JSON {
+		b, err := json.Marshal(views)
+		if err != nil {
+			return fmt.Errorf("encode status: %w", err)
+		}
+		_, err = fmt.Fprintf(w, "%s\n", b)
+		return err
+	}
+	return renderTable(w, views, env.now(), env.loc())
+}
+
+func renderTable(w io.Writer, views []*TaskView, now time.Time, loc *time.Location) error {
+	var b strings.Builder
+	if len(views) == 0 {
+		b.WriteString("○ No Task Yet.\n")
+		_, err := io.WriteString(w, b.String())
+		return err
+	}
+	fmt.Fprintf(&b, "● Total %d Tasks.\n", len(views))
+	for i, v := range views {
+		fmt.Fprintf(&b, "> #%d <\n", i+1)
+		writeRows(&b, taskRows(v, now, loc))
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+type row struct{ key, value string }
+
+func taskRows(v *TaskView, now time.Time, loc *time.Location) []row {
+	at := func(ts uint64) string { return fmt.Sprintf("%s; gap=%s", FormatTS(ts, loc), Gap(now, ts)) }
+	glyph := map[string]string{StatusNormal: "●", StatusPause: "●", StatusError: "○"}[v.Status]
+	rows := []row{
+		{"name", v.Name},
+		{"status", glyph + " " + v.Status},
+		{"start", FormatTS(v.StartTS, loc)},
+	}
+	if v.EndTS > 0 {
+		rows = append(rows, row{"end", FormatTS(v.EndTS, loc)})
+	}
+	rows = append(rows, row{"storage", v.Storage}, row{"checkpoint[global]", at(v.Checkpoint)})
+	if !v.hasGlobal {
+		for _, p := range v.Progress {
+			rows = append(rows, row{fmt.Sprintf("checkpoint[store=%d]", p.StoreID), at(p.Checkpoint)})
+		}
+	}
+	if p := v.Pause; p != nil {
+		rows = append(rows,
+			row{"pause-time", p.Time.In(loc).Format(time.RFC3339)},
+			row{"pause-operator", p.Operator},
+			row{"pause-operator-pid", fmt.Sprint(p.OperatorPID)})
+		switch {
+		case p.ParseError != "":
+			rows = append(rows, row{"pause-payload[errparse]", p.ParseError})
+		case p.ErrorCode != "" || p.ErrorMessage != "":
+			rows = append(rows, row{"pause-payload[errcode]", p.ErrorCode}, row{"pause-payload[errmesg]", p.ErrorMessage})
+		default:
+			rows = append(rows, row{"pause-payload", p.Message})
+		}
+	}
+	for _, e := range v.LastErrors {
+		happen := uint64(e.LastError.HappenAt) << logicalBits // happen_at is unix ms
+		rows = append(rows,
+			row{fmt.Sprintf("error[store=%d]", e.StoreID), e.LastError.ErrorCode},
+			row{fmt.Sprintf("error-happen-at[store=%d]", e.StoreID), at(happen)},
+			row{fmt.Sprintf("error-message[store=%d]", e.StoreID), e.LastError.ErrorMessage})
+	}
+	return rows
+}
+
+// writeRows right-aligns the keys, like BR's key/value table.
+func writeRows(b *strings.Builder, rows []row) {
+	width := 0
+	for _, r := range rows {
+		width = max(width, len(r.key))
+	}
+	for _, r := range rows {
+		fmt.Fprintf(b, "%*s: %s\n", width, r.key, r.value)
+	}
+}

@@ -1,0 +1,14 @@
+// Command br manages logbackup's log backup tasks with BR's `br stream` /
+// `br log` commands, and runs a local playground.
+package main
+
+import (
+	"context"
+	"os"
+
+	"logbackup/br/cli"
+)
+
+func main() {
+	os.Exit(cli.Main(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+}

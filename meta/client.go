@@ -1,0 +1,401 @@
+package meta
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	brpb "github.com/pingcap/kvproto/pkg/brpb"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// Errors callers test for.
+var (
+	ErrTaskNotFound = errors.New("no such task")
+	ErrTaskExists   = errors.New("a log backup task already exists; only one task per cluster")
+)
+
+// DefaultRequestTimeout bounds every etcd request the client makes.
+const DefaultRequestTimeout = 5 * time.Second
+
+// scanPage is how many keys a paged scan reads per request.
+const scanPage = 512
+
+// Client reads and writes the /tidb/br-stream/ layout. It is safe for
+// concurrent use.
+type Client struct {
+	cli     *clientv3.Client
+	timeout time.Duration
+}
+
+// Option configures a Client.
+type Option func(*Client)
+
+// WithRequestTimeout sets the deadline of each etcd request.
+func WithRequestTimeout(d time.Duration) Option {
+	return func(c *Client) {
+		if d > 0 {
+			c.timeout = d
+		}
+	}
+}
+
+// NewClient wraps an etcd client.
+func NewClient(cli *clientv3.Client, opts ...Option) *Client {
+	c := &Client{cli: cli, timeout: DefaultRequestTimeout}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
+}
+
+// Raw returns the underlying etcd client.
+func (c *Client) Raw() *clientv3.Client { return c.cli }
+
+// DialConfig says how to reach etcd (PD's etcd in production).
+type DialConfig struct {
+	Endpoints                 []string
+	CAFile, CertFile, KeyFile string
+	DialTimeout               time.Duration
+}
+
+// Dial connects to etcd and proves it answers within DialTimeout (default
+// 5 s). clientv3.New alone does not block, so an unreachable endpoint would
+// otherwise surface as a hang on the first request.
+func Dial(ctx context.Context, cfg DialConfig) (*clientv3.Client, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("no etcd endpoints")
+	}
+	timeout := cfg.DialTimeout
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	var tlsCfg *tls.Config
+	if cfg.CAFile != "" {
+		info := transport.TLSInfo{TrustedCAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile}
+		t, err := info.ClientConfig()
+		if err != nil {
+			return nil, fmt.Errorf("load TLS files: %w", err)
+		}
+		tlsCfg = t
+	}
+	eps := make([]string, len(cfg.Endpoints))
+	for i, ep := range cfg.Endpoints {
+		ep = strings.TrimSpace(ep)
+		if tlsCfg != nil && !strings.Contains(ep, "://") {
+			ep = "https://" + ep
+		}
+		eps[i] = ep
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   eps,
+		DialTimeout: timeout,
+		TLS:         tlsCfg,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connect to etcd at %v: %w", cfg.Endpoints, err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if _, err := cli.Get(pctx, Prefix, clientv3.WithCountOnly()); err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("cannot reach etcd at %v within %s: %w", cfg.Endpoints, timeout, err)
+	}
+	return cli, nil
+}
+
+func (c *Client) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, c.timeout)
+}
+
+// Range is a raw key range [StartKey, EndKey) of a task.
+type Range struct {
+	StartKey, EndKey []byte
+}
+
+// PauseStatus says whether a task is paused and, for PauseV2, by whom and why.
+type PauseStatus struct {
+	Paused bool
+	V2     *PauseV2 // nil when not paused or paused with a legacy empty value
+}
+
+// TaskStatus is a task's info and pause state read at one revision.
+type TaskStatus struct {
+	Info  *brpb.StreamBackupTaskInfo
+	Pause PauseStatus
+
+	infoRev, pauseRev int64 // ModRevisions, for the watcher's resync diff
+}
+
+// PutTask writes the task info and its ranges in one transaction that fails
+// if any task exists: one log backup task per cluster, as BR.
+func (c *Client) PutTask(ctx context.Context, info *brpb.StreamBackupTaskInfo, ranges []Range) error {
+	if err := ValidTaskName(info.GetName()); err != nil {
+		return err
+	}
+	raw, err := info.Marshal()
+	if err != nil {
+		return fmt.Errorf("encode task info: %w", err)
+	}
+	ops := []clientv3.Op{clientv3.OpPut(InfoKey(info.Name), string(raw))}
+	for _, r := range ranges {
+		ops = append(ops, clientv3.OpPut(RangeKey(info.Name, r.StartKey), string(r.EndKey)))
+	}
+	ctx, cancel := c.ctx(ctx)
+	defer cancel()
+	// Over an empty range etcd compares against a zero key, so this holds
+	// exactly when no info/ key exists.
+	noTask := clientv3.Compare(clientv3.CreateRevision(InfoPrefix()), "=", 0).WithPrefix()
+	resp, err := c.cli.Txn(ctx).If(noTask).Then(ops...).Commit()
+	if err != nil {
+		return fmt.Errorf("put task %q: %w", info.Name, err)
+	}
+	if !resp.Succeeded {
+		return ErrTaskExists
+	}
+	return nil
+}
+
+// kv is the part of an etcd key-value the decoders need.
+type kv struct {
+	key, value []byte
+	modRev     int64
+}
+
+func statusFrom(info *kv, pause *kv) (*TaskStatus, error) {
+	ti, err := DecodeTaskInfo(string(info.key), info.value)
+	if err != nil {
+		return nil, err
+	}
+	st := &TaskStatus{Info: ti, infoRev: info.modRev}
+	if pause != nil {
+		p, err := DecodePause(string(pause.key), pause.value)
+		if err != nil {
+			return nil, err
+		}
+		st.Pause = PauseStatus{Paused: true, V2: p}
+		st.pauseRev = pause.modRev
+	}
+	return st, nil
+}
+
+// GetTask reads a task's info and pause state in one transaction, so the
+// pair is consistent.
+func (c *Client) GetTask(ctx context.Context, name string) (*TaskStatus, error) {
+	ctx, cancel := c.ctx(ctx)
+	defer cancel()
+	resp, err := c.cli.Txn(ctx).Then(clientv3.OpGet(InfoKey(name)), clientv3.OpGet(PauseKey(name))).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("get task %q: %w", name, err)
+	}
+	infos := resp.Responses[0].GetResponseRange().Kvs
+	if len(infos) == 0 {
+		return nil, fmt.Errorf("task %q: %w", name, ErrTaskNotFound)
+	}
+	var pause *kv
+	if ps := resp.Responses[1].GetResponseRange().Kvs; len(ps) > 0 {
+		pause = &kv{ps[0].Key, ps[0].Value, ps[0].ModRevision}
+	}
+	return statusFrom(&kv{infos[0].Key, infos[0].Value, infos[0].ModRevision}, pause)
+}
+
+// ListTasks reads every task with its pause state at one revision and
+// returns that revision; a watch from revision+1 misses nothing.
+func (c *Client) ListTasks(ctx context.Context) ([]*TaskStatus, int64, error) {
+	tasks, rev, errs, err := c.listTasks(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	if len(errs) > 0 {
+		return nil, 0, errs[0]
+	}
+	return tasks, rev, nil
+}
+
+// listTasks returns the decodable tasks and, separately, an error for each
+// task whose values are corrupt.
+func (c *Client) listTasks(ctx context.Context) ([]*TaskStatus, int64, []error, error) {
+	ctx, cancel := c.ctx(ctx)
+	defer cancel()
+	resp, err := c.cli.Txn(ctx).Then(
+		clientv3.OpGet(InfoPrefix(), clientv3.WithPrefix()),
+		clientv3.OpGet(PausePrefix(), clientv3.WithPrefix()),
+	).Commit()
+	if err != nil {
+		return nil, 0, nil, fmt.Errorf("list tasks: %w", err)
+	}
+	pauses := map[string]*kv{}
+	for _, p := range resp.Responses[1].GetResponseRange().Kvs {
+		pauses[taskFromKey(pauseDir, string(p.Key))] = &kv{p.Key, p.Value, p.ModRevision}
+	}
+	var tasks []*TaskStatus
+	var errs []error
+	for _, i := range resp.Responses[0].GetResponseRange().Kvs {
+		name := taskFromKey(infoDir, string(i.Key))
+		st, err := statusFrom(&kv{i.Key, i.Value, i.ModRevision}, pauses[name])
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		tasks = append(tasks, st)
+	}
+	return tasks, resp.Header.Revision, errs, nil
+}
+
+// scan reads every key under prefix in pages, all at the revision of the
+// first page, and calls fn for each.
+func (c *Client) scan(ctx context.Context, prefix string, fn func(key, value []byte) error) error {
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	from := prefix
+	var rev int64
+	for {
+		rctx, cancel := c.ctx(ctx)
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(scanPage)}
+		if rev > 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := c.cli.Get(rctx, from, opts...)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("scan %q: %w", prefix, err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		for _, kv := range resp.Kvs {
+			if err := fn(kv.Key, kv.Value); err != nil {
+				return err
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return nil
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// Ranges returns the task's ranges sorted by start key.
+func (c *Client) Ranges(ctx context.Context, name string) ([]Range, error) {
+	prefix := RangesPrefix(name)
+	var out []Range
+	err := c.scan(ctx, prefix, func(k, v []byte) error {
+		out = append(out, Range{StartKey: bytes.Clone(k[len(prefix):]), EndKey: bytes.Clone(v)})
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(out, func(i, j int) bool { return bytes.Compare(out[i].StartKey, out[j].StartKey) < 0 })
+	return out, nil
+}
+
+// DeleteTask removes every key of the task in one transaction, and only
+// that task's keys (every prefix ends with '/').
+func (c *Client) DeleteTask(ctx context.Context, name string) error {
+	ctx, cancel := c.ctx(ctx)
+	defer cancel()
+	resp, err := c.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(InfoKey(name)), ">", 0)).
+		Then(
+			clientv3.OpDelete(InfoKey(name)),
+			clientv3.OpDelete(RangesPrefix(name), clientv3.WithPrefix()),
+			clientv3.OpDelete(CheckpointPrefix(name), clientv3.WithPrefix()),
+			clientv3.OpDelete(PauseKey(name)),
+			clientv3.OpDelete(LastErrorPrefix(name), clientv3.WithPrefix()),
+			clientv3.OpDelete(StorageCheckpointPrefix(name), clientv3.WithPrefix()),
+		).Commit()
+	if err != nil {
+		return fmt.Errorf("delete task %q: %w", name, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("task %q: %w", name, ErrTaskNotFound)
+	}
+	return nil
+}
+
+// PauseTask writes the pause record of an existing task (nil = legacy empty
+// value).
+func (c *Client) PauseTask(ctx context.Context, name string, p *PauseV2) error {
+	raw, err := EncodePause(p)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := c.ctx(ctx)
+	defer cancel()
+	resp, err := c.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(InfoKey(name)), ">", 0)).
+		Then(clientv3.OpPut(PauseKey(name), string(raw))).Commit()
+	if err != nil {
+		return fmt.Errorf("pause task %q: %w", name, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("task %q: %w", name, ErrTaskNotFound)
+	}
+	return nil
+}
+
+// ResumeTask deletes the pause key.
+func (c *Client) ResumeTask(ctx context.Context, name string) error {
+	ctx, cancel := c.ctx(ctx)
+	defer cancel()
+	if _, err := c.cli.Delete(ctx, PauseKey(name)); err != nil {
+		return fmt.Errorf("resume task %q: %w", name, err)
+	}
+	return nil
+}
+
+// ReportLastError writes a store's last error (the key comes from
+// e.StoreId), replacing that store's previous one.
+func (c *Client) ReportLastError(ctx context.Context, task string, e *brpb.StreamBackupError) error {
+	raw, err := e.Marshal()
+	if err != nil {
+		return fmt.Errorf("encode last error: %w", err)
+	}
+	ctx, cancel := c.ctx(ctx)
+	defer cancel()
+	if _, err := c.cli.Put(ctx, LastErrorKey(task, e.StoreId), string(raw)); err != nil {
+		return fmt.Errorf("report last error of task %q: %w", task, err)
+	}
+	return nil
+}
+
+// ClearLastErrors deletes every store's last error of the task.
+func (c *Client) ClearLastErrors(ctx context.Context, task string) error {
+	ctx, cancel := c.ctx(ctx)
+	defer cancel()
+	if _, err := c.cli.Delete(ctx, LastErrorPrefix(task), clientv3.WithPrefix()); err != nil {
+		return fmt.Errorf("clear last errors of task %q: %w", task, err)
+	}
+	return nil
+}
+
+// LastErrors returns each store's last error of the task.
+func (c *Client) LastErrors(ctx context.Context, task string) (map[uint64]*brpb.StreamBackupError, error) {
+	prefix := LastErrorPrefix(task)
+	out := map[uint64]*brpb.StreamBackupError{}
+	err := c.scan(ctx, prefix, func(k, v []byte) error {
+		store, err := strconv.ParseUint(string(k[len(prefix):]), 10, 64)
+		if err != nil {
+			return malformed(string(k), fmt.Errorf("store id: %w", err))
+		}
+		e, err := DecodeLastError(string(k), v)
+		if err != nil {
+			return err
+		}
+		out[store] = e
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}

@@ -1,0 +1,168 @@
+package spans
+
+import (
+	"math/rand"
+	"testing"
+)
+
+// naive is the brute-force model: a ts (or hole) for each key of a tiny
+// alphabet. Keys are single bytes 'a'..'a'+n-1; end "" means past the last.
+type naive struct {
+	n   int
+	ts  []uint64
+	cov []bool
+}
+
+func newNaive(n int) *naive { return &naive{n: n, ts: make([]uint64, n), cov: make([]bool, n)} }
+
+func (v *naive) idx(s Span) (int, int) {
+	lo := 0
+	if len(s.Start) > 0 {
+		lo = int(s.Start[0] - 'a')
+	}
+	hi := v.n
+	if len(s.End) > 0 {
+		hi = int(s.End[0] - 'a')
+	}
+	return lo, hi
+}
+
+func (v *naive) cover(s Span, ts uint64) {
+	lo, hi := v.idx(s)
+	for i := lo; i < hi; i++ {
+		v.ts[i], v.cov[i] = ts, true
+	}
+}
+
+func (v *naive) advance(s Span, ts uint64) {
+	lo, hi := v.idx(s)
+	for i := lo; i < hi; i++ {
+		if v.cov[i] && v.ts[i] < ts {
+			v.ts[i] = ts
+		}
+	}
+}
+
+func (v *naive) min(s Span) (uint64, bool) {
+	lo, hi := v.idx(s)
+	if lo >= hi {
+		return 0, false
+	}
+	var m uint64
+	for i := lo; i < hi; i++ {
+		if !v.cov[i] {
+			return 0, false
+		}
+		if i == lo || v.ts[i] < m {
+			m = v.ts[i]
+		}
+	}
+	return m, true
+}
+
+func randSpan(r *rand.Rand, n int) Span {
+	a, b := r.Intn(n), r.Intn(n+1)
+	if a > b {
+		a, b = b, a
+	}
+	if a == b {
+		b = a + 1
+	}
+	s := Span{Start: []byte{byte('a' + a)}}
+	if b < n {
+		s.End = []byte{byte('a' + b)}
+	}
+	return s
+}
+
+// TestAgainstNaive checks thousands of random operation sequences against
+// the per-key model.
+func TestAgainstNaive(t *testing.T) {
+	seed := rand.Int63()
+	r := rand.New(rand.NewSource(seed))
+	const n = 12
+	for round := 0; round < 3000; round++ {
+		m, v := &Map{}, newNaive(n)
+		for op := 0; op < 20; op++ {
+			s := randSpan(r, n)
+			ts := uint64(r.Intn(50))
+			switch r.Intn(3) {
+			case 0:
+				m.Cover(s, ts)
+				v.cover(s, ts)
+			case 1:
+				m.Advance(s, ts)
+				v.advance(s, ts)
+			}
+			q := randSpan(r, n)
+			gotTS, gotOK := m.Min(q)
+			wantTS, wantOK := v.min(q)
+			if gotOK != wantOK || (gotOK && gotTS != wantTS) {
+				t.Fatalf("seed %d round %d: Min(%v) = %d,%v; want %d,%v\nmap: %s", seed, round, q, gotTS, gotOK, wantTS, wantOK, m)
+			}
+			// Representation invariants: sorted, disjoint, merged.
+			for i := 1; i < len(m.segs); i++ {
+				prev, cur := m.segs[i-1], m.segs[i]
+				if len(prev.end) == 0 || string(prev.end) > string(cur.start) {
+					t.Fatalf("seed %d: overlapping segments %s", seed, m)
+				}
+				if string(prev.end) == string(cur.start) && prev.ts == cur.ts {
+					t.Fatalf("seed %d: unmerged segments %s", seed, m)
+				}
+			}
+		}
+	}
+}
+
+func TestHolesHoldBack(t *testing.T) {
+	m := New([]Span{{Start: []byte("m"), End: []byte("n")}, {Start: []byte("t"), End: []byte("u")}}, 10)
+	if ts, ok := m.Min(Span{Start: []byte("m"), End: []byte("n")}); !ok || ts != 10 {
+		t.Fatalf("Min over a covered span = %d,%v", ts, ok)
+	}
+	if _, ok := m.Min(Span{Start: []byte("m"), End: []byte("u")}); ok {
+		t.Fatal("Min across the hole [n,t) must report it")
+	}
+	m.Advance(Span{Start: []byte("t"), End: []byte("t5")}, 20)
+	if ts, _ := m.Min(Span{Start: []byte("t"), End: []byte("u")}); ts != 10 {
+		t.Fatalf("partial advance moved the minimum: %d", ts)
+	}
+	m.Advance(Span{Start: []byte("t5"), End: []byte("u")}, 30)
+	if ts, _ := m.Min(Span{Start: []byte("t"), End: []byte("u")}); ts != 20 {
+		t.Fatalf("Min = %d, want 20", ts)
+	}
+	m.Advance(Span{Start: []byte("t"), End: []byte("u")}, 5) // never backwards
+	if ts, _ := m.Min(Span{Start: []byte("t"), End: []byte("u")}); ts != 20 {
+		t.Fatalf("advance moved backwards: %d", ts)
+	}
+}
+
+func TestUnboundedSpans(t *testing.T) {
+	m := New([]Span{{}}, 7) // the whole key space
+	if ts, ok := m.Min(Span{}); !ok || ts != 7 {
+		t.Fatalf("Min(all) = %d,%v", ts, ok)
+	}
+	m.Advance(Span{Start: nil, End: []byte("k")}, 9)
+	if ts, ok := m.Min(Span{End: []byte("k")}); !ok || ts != 9 {
+		t.Fatalf("Min([,k)) = %d,%v", ts, ok)
+	}
+	if ts, ok := m.Min(Span{Start: []byte("k")}); !ok || ts != 7 {
+		t.Fatalf("Min([k,)) = %d,%v", ts, ok)
+	}
+	m2 := New([]Span{{Start: []byte("a")}}, 3)
+	if _, ok := m2.Min(Span{}); ok {
+		t.Fatal("keys below \"a\" are a hole")
+	}
+}
+
+func BenchmarkAdvance10KRegions(b *testing.B) {
+	m := New([]Span{{}}, 1)
+	keys := make([][]byte, 10001)
+	for i := range keys {
+		keys[i] = []byte{byte(i >> 8), byte(i)}
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		r := i % 10000
+		m.Advance(Span{Start: keys[r], End: keys[r+1]}, uint64(i+2))
+	}
+}
