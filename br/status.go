@@ -55,7 +55,7 @@ type StoreProgress struct {
 
 // StoreError is one store's LastError.
 type StoreError struct {
-	StoreID   uint64                   `json:"store_id"`
+	StoreID   uint64                  `json:"store_id"`
 	LastError *brpb.StreamBackupError `json:"last_error"`
 }
 
@@ -114,7 +114,7 @@ func LoadTasks(ctx context.Context, env *Env, name string) ([]*TaskView, error) 
 func getTask(ctx context.Context, env *Env, name string) (*meta.TaskStatus, error) {
 	t, err := env.Meta.GetTask(ctx, name)
 	if errors.Is(err, meta.ErrTaskNotFound) {
-		return nil, userError("list tasks with `br stream status`", err, "task %q not found", name)
+		return nil, userError("list tasks with `br stream status`", meta.ErrTaskNotFound, "task %q not found", name)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("get task %q: %w", name, err)

@@ -44,7 +44,7 @@ func TestTSRoundTrip(t *testing.T) {
 	if got := FormatTS(ts, time.UTC); got != "2024-06-20 08:38:49.436 +0000" {
 		t.Fatalf("FormatTS = %q", got)
 	}
-	if !PhysicalTime(ts|12345).Equal(at) {
+	if !PhysicalTime(ts | 12345).Equal(at) {
 		t.Fatalf("logical bits leaked into the physical time")
 	}
 	if g := Gap(at.Add(90*time.Second+400*time.Millisecond), ts); g != 90*time.Second {

@@ -306,7 +306,7 @@ func LocationFromBackend(b *brpb.StorageBackend) (*Location, error) {
 			Region: s.Region, ForcePathStyle: s.ForcePathStyle, StorageClass: s.StorageClass, SSE: s.Sse,
 			SSEKMSKeyID: s.SseKmsKeyId, ACL: s.Acl, Provider: s.Provider, Profile: s.Profile, RoleARN: s.RoleArn,
 			ExternalID: s.ExternalId,
-			secret: secrets{accessKey: s.AccessKey, secretAccessKey: s.SecretAccessKey, sessionToken: s.SessionToken}}, nil
+			secret:     secrets{accessKey: s.AccessKey, secretAccessKey: s.SecretAccessKey, sessionToken: s.SessionToken}}, nil
 	case *brpb.StorageBackend_Gcs:
 		g := be.Gcs
 		if g.Bucket == "" {

@@ -200,4 +200,3 @@ func stopCommand(g *globalFlags) *cobra.Command {
 	cmd.Flags().StringVar(&name, "task-name", "", "the task to stop")
 	return cmd
 }
-

@@ -32,6 +32,7 @@ import (
 	_ "go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	_ "go.etcd.io/etcd/client/v3"
 	_ "go.etcd.io/etcd/server/v3/embed"
+	_ "go.uber.org/goleak"
 	_ "gocloud.dev/blob"
 	_ "gocloud.dev/blob/azureblob"
 	_ "gocloud.dev/blob/fileblob"
@@ -45,5 +46,4 @@ import (
 	_ "google.golang.org/protobuf/proto"
 	_ "google.golang.org/protobuf/reflect/protoreflect"
 	_ "google.golang.org/protobuf/runtime/protoimpl"
-	_ "go.uber.org/goleak"
 )
