@@ -192,10 +192,16 @@ func (c *Cluster) handleRequest(s *storeServer, st *feedStream, req *cdcpb.Chang
 	c.subs[meta.Id][sub] = struct{}{}
 	rows := c.ledger.scan(start, end, req.CheckpointTs)
 	rows = append(rows, &cdcpb.Event_Row{Type: cdcpb.Event_INITIALIZED})
-	for i := 0; i < len(rows); i += 128 { // TiKV batches scan rows
-		j := min(i+128, len(rows))
+	// TiKV sends the scan in batches bounded by count and bytes.
+	for i := 0; i < len(rows); {
+		j, size := i, 0
+		for j < len(rows) && j-i < 128 && (j == i || size+rows[j].Size() <= maxMessageBytes/2) {
+			size += rows[j].Size()
+			j++
+		}
 		st.push(c, &cdcpb.Event{RegionId: meta.Id, RequestId: req.RequestId,
 			Event: &cdcpb.Event_Entries_{Entries: &cdcpb.Event_Entries{Entries: rows[i:j]}}})
+		i = j
 	}
 	sub.initialized = true
 }

@@ -8,6 +8,9 @@ import (
 	"github.com/pingcap/kvproto/pkg/cdcpb"
 )
 
+// maxMessageBytes bounds one ChangeDataEvent.
+const maxMessageBytes = 1 << 20
+
 // feedStream is one client EventFeed stream on a store: an ordered queue of
 // events that one goroutine sends.
 type feedStream struct {
@@ -87,19 +90,22 @@ func (st *feedStream) sendLoop(srv cdcpb.ChangeData_EventFeedServer) error {
 			return err
 		}
 		var batch []*cdcpb.Event
+		batchBytes := 0
 		flush := func() error {
 			if len(batch) == 0 {
 				return nil
 			}
 			err := srv.Send(&cdcpb.ChangeDataEvent{Events: batch})
-			batch = nil
+			batch, batchBytes = nil, 0
 			return err
 		}
 		for _, it := range items {
 			switch v := it.(type) {
 			case *cdcpb.Event:
 				batch = append(batch, v)
-				if len(batch) >= 256 {
+				// Keep messages well under gRPC's default 4 MiB receive
+				// limit, as TiKV caps its CDC messages.
+				if batchBytes += v.Size(); len(batch) >= 256 || batchBytes >= maxMessageBytes {
 					if err := flush(); err != nil {
 						return err
 					}
