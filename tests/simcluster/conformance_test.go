@@ -525,3 +525,62 @@ func TestEventFeedV2Unimplemented(t *testing.T) {
 		t.Fatalf("EventFeedV2: %v", err)
 	}
 }
+
+func TestStoreDownUpAndCongestion(t *testing.T) {
+	c, err := simcluster.Start(context.Background(), simcluster.Config{StreamQueueLimit: 8, ResolvedTsInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	r := c.RegionByKey([]byte("a"))
+	store := r.LeaderStore
+
+	// Down: open streams break, new ones are refused; up: served again.
+	f := openFeed(t, c, store)
+	f.register(r, 1, 0)
+	f.items(5*time.Second, isInitialized)
+	c.StoreDown(store)
+	select {
+	case err := <-f.errc:
+		if status.Code(err) != codes.Unavailable {
+			t.Fatalf("stream of a downed store ended with %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("stream of a downed store did not end")
+	}
+	down := openFeed(t, c, store)
+	select {
+	case err := <-down.errc:
+		if status.Code(err) != codes.Unavailable {
+			t.Fatalf("new stream to a downed store: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a downed store accepted a stream")
+	}
+	c.StoreUp(store)
+	g := openFeed(t, c, store)
+	g.register(r, 2, 0)
+	g.items(5*time.Second, isInitialized)
+
+	// Congestion: a stalled stream whose queue passes the limit loses its
+	// subscriptions with `congested`.
+	c.StallStreams(store, true)
+	for i := 0; i < 6; i++ {
+		put(t, c, fmt.Sprintf("a%d", i), "v")
+	}
+	c.StallStreams(store, false)
+	its := g.items(5*time.Second, isError)
+	if its[len(its)-1].ev.GetError().Congested == nil {
+		t.Fatalf("want congested, got %v", its[len(its)-1].ev.GetError())
+	}
+
+	// Delay: events still arrive, later.
+	c.DelayEvents(store, 50*time.Millisecond)
+	h := openFeed(t, c, store)
+	began := time.Now()
+	h.register(c.RegionByKey([]byte("a")), 3, 0)
+	h.items(5*time.Second, isInitialized)
+	if time.Since(began) < 50*time.Millisecond {
+		t.Fatalf("delayed store answered in %s", time.Since(began))
+	}
+}
