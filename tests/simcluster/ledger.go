@@ -27,7 +27,7 @@ type Lock struct {
 
 // ledger holds what the stores acknowledged. It is guarded by Cluster.mu.
 type ledger struct {
-	keys     [][]byte // encoded keys with versions or locks, sorted
+	keys     [][]byte             // encoded keys with versions or locks, sorted
 	versions map[string][]Version // by raw key, ascending commit_ts
 	locks    map[string]Lock      // by raw key
 }
