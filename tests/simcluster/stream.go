@@ -82,13 +82,16 @@ func (st *feedStream) sendLoop(srv cdcpb.ChangeData_EventFeedServer) error {
 			st.mu.Unlock()
 			return err
 		}
-		items := st.queue
-		st.queue = nil
 		st.mu.Unlock()
-
+		// Faults apply before the queue is taken, so a stalled stream
+		// really accumulates (and can become congested).
 		if err := st.waitFaults(); err != nil {
 			return err
 		}
+		st.mu.Lock()
+		items := st.queue
+		st.queue = nil
+		st.mu.Unlock()
 		var batch []*cdcpb.Event
 		batchBytes := 0
 		flush := func() error {
