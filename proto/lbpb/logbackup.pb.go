@@ -141,7 +141,7 @@ func (RecoveryEvent_Actor) EnumDescriptor() ([]byte, []int) {
 }
 
 // AgentRegistration is written by each stream agent under a lease at
-// /tidb/br-stream/logbackup/agents/<store_id>, so the CLI can tell which
+// /tidb/br-stream/stream-agent/agents/<store_id>, so the CLI can tell which
 // stores have a live agent. The key disappears when the agent's lease expires.
 type AgentRegistration struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -349,6 +349,133 @@ func (x *RecoveryEvent) GetAttempt() uint32 {
 	return 0
 }
 
+// SpanCheckpoints is what one store's agent has durably flushed, by key
+// range: every change committed at or below ts in [start_key, end_key)
+// (memcomparable-encoded keys; empty end = unbounded) is in storage. Kept
+// at /tidb/br-stream/stream-agent/span-checkpoint/<task>/<store_id>, it
+// lets the store that next leads a range start from the right ts, and the
+// coordinator compute the global checkpoint over the task's key space.
+type SpanCheckpoints struct {
+	state   protoimpl.MessageState  `protogen:"open.v1"`
+	StoreId uint64                  `protobuf:"varint,1,opt,name=store_id,json=storeId,proto3" json:"store_id,omitempty"`
+	Spans   []*SpanCheckpoints_Span `protobuf:"bytes,2,rep,name=spans,proto3" json:"spans,omitempty"`
+	// The flush that published this record (its flush ts).
+	FlushTs       uint64 `protobuf:"varint,3,opt,name=flush_ts,json=flushTs,proto3" json:"flush_ts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SpanCheckpoints) Reset() {
+	*x = SpanCheckpoints{}
+	mi := &file_logbackup_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SpanCheckpoints) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SpanCheckpoints) ProtoMessage() {}
+
+func (x *SpanCheckpoints) ProtoReflect() protoreflect.Message {
+	mi := &file_logbackup_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SpanCheckpoints.ProtoReflect.Descriptor instead.
+func (*SpanCheckpoints) Descriptor() ([]byte, []int) {
+	return file_logbackup_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SpanCheckpoints) GetStoreId() uint64 {
+	if x != nil {
+		return x.StoreId
+	}
+	return 0
+}
+
+func (x *SpanCheckpoints) GetSpans() []*SpanCheckpoints_Span {
+	if x != nil {
+		return x.Spans
+	}
+	return nil
+}
+
+func (x *SpanCheckpoints) GetFlushTs() uint64 {
+	if x != nil {
+		return x.FlushTs
+	}
+	return 0
+}
+
+type SpanCheckpoints_Span struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	StartKey      []byte                 `protobuf:"bytes,1,opt,name=start_key,json=startKey,proto3" json:"start_key,omitempty"`
+	EndKey        []byte                 `protobuf:"bytes,2,opt,name=end_key,json=endKey,proto3" json:"end_key,omitempty"`
+	Ts            uint64                 `protobuf:"varint,3,opt,name=ts,proto3" json:"ts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SpanCheckpoints_Span) Reset() {
+	*x = SpanCheckpoints_Span{}
+	mi := &file_logbackup_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SpanCheckpoints_Span) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SpanCheckpoints_Span) ProtoMessage() {}
+
+func (x *SpanCheckpoints_Span) ProtoReflect() protoreflect.Message {
+	mi := &file_logbackup_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SpanCheckpoints_Span.ProtoReflect.Descriptor instead.
+func (*SpanCheckpoints_Span) Descriptor() ([]byte, []int) {
+	return file_logbackup_proto_rawDescGZIP(), []int{2, 0}
+}
+
+func (x *SpanCheckpoints_Span) GetStartKey() []byte {
+	if x != nil {
+		return x.StartKey
+	}
+	return nil
+}
+
+func (x *SpanCheckpoints_Span) GetEndKey() []byte {
+	if x != nil {
+		return x.EndKey
+	}
+	return nil
+}
+
+func (x *SpanCheckpoints_Span) GetTs() uint64 {
+	if x != nil {
+		return x.Ts
+	}
+	return 0
+}
+
 var File_logbackup_proto protoreflect.FileDescriptor
 
 const file_logbackup_proto_rawDesc = "" +
@@ -386,7 +513,15 @@ const file_logbackup_proto_rawDesc = "" +
 	"\x11ACTOR_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bOPERATOR\x10\x01\x12\t\n" +
 	"\x05AGENT\x10\x02\x12\x0f\n" +
-	"\vCOORDINATOR\x10\x03B\x1bZ\x19logbackup/proto/lbpb;lbpbb\x06proto3"
+	"\vCOORDINATOR\x10\x03\"\xcf\x01\n" +
+	"\x0fSpanCheckpoints\x12\x19\n" +
+	"\bstore_id\x18\x01 \x01(\x04R\astoreId\x128\n" +
+	"\x05spans\x18\x02 \x03(\v2\".logbackup.v1.SpanCheckpoints.SpanR\x05spans\x12\x19\n" +
+	"\bflush_ts\x18\x03 \x01(\x04R\aflushTs\x1aL\n" +
+	"\x04Span\x12\x1b\n" +
+	"\tstart_key\x18\x01 \x01(\fR\bstartKey\x12\x17\n" +
+	"\aend_key\x18\x02 \x01(\fR\x06endKey\x12\x0e\n" +
+	"\x02ts\x18\x03 \x01(\x04R\x02tsB\x1bZ\x19logbackup/proto/lbpb;lbpbb\x06proto3"
 
 var (
 	file_logbackup_proto_rawDescOnce sync.Once
@@ -401,21 +536,24 @@ func file_logbackup_proto_rawDescGZIP() []byte {
 }
 
 var file_logbackup_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_logbackup_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_logbackup_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_logbackup_proto_goTypes = []any{
-	(RecoveryEvent_Kind)(0),   // 0: logbackup.v1.RecoveryEvent.Kind
-	(RecoveryEvent_Actor)(0),  // 1: logbackup.v1.RecoveryEvent.Actor
-	(*AgentRegistration)(nil), // 2: logbackup.v1.AgentRegistration
-	(*RecoveryEvent)(nil),     // 3: logbackup.v1.RecoveryEvent
+	(RecoveryEvent_Kind)(0),      // 0: logbackup.v1.RecoveryEvent.Kind
+	(RecoveryEvent_Actor)(0),     // 1: logbackup.v1.RecoveryEvent.Actor
+	(*AgentRegistration)(nil),    // 2: logbackup.v1.AgentRegistration
+	(*RecoveryEvent)(nil),        // 3: logbackup.v1.RecoveryEvent
+	(*SpanCheckpoints)(nil),      // 4: logbackup.v1.SpanCheckpoints
+	(*SpanCheckpoints_Span)(nil), // 5: logbackup.v1.SpanCheckpoints.Span
 }
 var file_logbackup_proto_depIdxs = []int32{
 	0, // 0: logbackup.v1.RecoveryEvent.kind:type_name -> logbackup.v1.RecoveryEvent.Kind
 	1, // 1: logbackup.v1.RecoveryEvent.actor:type_name -> logbackup.v1.RecoveryEvent.Actor
-	2, // [2:2] is the sub-list for method output_type
-	2, // [2:2] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	5, // 2: logbackup.v1.SpanCheckpoints.spans:type_name -> logbackup.v1.SpanCheckpoints.Span
+	3, // [3:3] is the sub-list for method output_type
+	3, // [3:3] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_logbackup_proto_init() }
@@ -429,7 +567,7 @@ func file_logbackup_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_logbackup_proto_rawDesc), len(file_logbackup_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   2,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -2,9 +2,9 @@ package logfile
 
 import (
 	"bytes"
-	"encoding/binary"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"hash/crc64"

@@ -1,0 +1,276 @@
+package streamagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	brpb "github.com/pingcap/kvproto/pkg/brpb"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"logbackup/meta"
+	"logbackup/proto/lbpb"
+)
+
+// Agent runs every task on one store.
+type Agent struct {
+	cfg     Config
+	metrics *metrics
+
+	mu      sync.Mutex
+	runners map[string]*runnerHandle
+}
+
+type runnerHandle struct {
+	r      *taskRunner
+	cancel context.CancelFunc
+	done   chan struct{}
+	// flushOnExit is read by the runner when its context ends, which may be
+	// the agent's own shutdown racing a stopTask: hence atomic.
+	flushOnExit atomic.Bool
+}
+
+// New checks the config and builds an agent; reg may be nil.
+func New(cfg Config, reg prometheus.Registerer) (*Agent, error) {
+	if err := cfg.withDefaults(); err != nil {
+		return nil, err
+	}
+	return &Agent{cfg: cfg, metrics: newMetrics(reg), runners: map[string]*runnerHandle{}}, nil
+}
+
+// Run registers the agent, loads the tasks, follows their changes and
+// coordinates global checkpoints when elected, until ctx ends. On return
+// every task has made a final flush.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.stopAll()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(2)
+	go func() { defer wg.Done(); a.keepRegistered(ctx) }()
+	go func() { defer wg.Done(); a.coordinate(ctx) }()
+
+	backoff := time.Second
+	for ctx.Err() == nil {
+		err := a.followTasks(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		a.cfg.Logger.Warn("task watch ended; reloading", "err", err)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+		}
+		backoff = min(backoff*2, 30*time.Second)
+	}
+	return nil
+}
+
+func (a *Agent) followTasks(ctx context.Context) error {
+	tasks, rev, err := a.cfg.Meta.ListTasks(ctx)
+	if err != nil {
+		return fmt.Errorf("load tasks: %w", err)
+	}
+	for _, t := range tasks {
+		if !t.Pause.Paused {
+			a.startTask(ctx, t.Info)
+		}
+	}
+	for ev := range a.cfg.Meta.WatchTasks(ctx, tasks, rev+1) {
+		switch ev.Type {
+		case meta.EventAdd:
+			a.stopTask(ev.Name, false)
+			st, err := a.cfg.Meta.GetTask(ctx, ev.Name)
+			if err == nil && !st.Pause.Paused {
+				a.startTask(ctx, st.Info)
+			}
+		case meta.EventDelete:
+			a.stopTask(ev.Name, false)
+		case meta.EventPause:
+			a.stopTask(ev.Name, true)
+		case meta.EventResume:
+			st, err := a.cfg.Meta.GetTask(ctx, ev.Name)
+			if err != nil {
+				a.cfg.Logger.Warn("resume: cannot read task", "task", ev.Name, "err", err)
+				continue
+			}
+			a.startTask(ctx, st.Info)
+		case meta.EventError:
+			a.cfg.Logger.Warn("undecodable task metadata", "task", ev.Name, "err", ev.Err)
+		}
+	}
+	return errors.New("watch closed")
+}
+
+func (a *Agent) startTask(ctx context.Context, info *brpb.StreamBackupTaskInfo) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, ok := a.runners[info.Name]; ok {
+		return
+	}
+	r, err := newTaskRunner(ctx, a, info)
+	if err != nil {
+		// The error issue turns this into a LastError and a pause; until
+		// then it is logged and retried on the next event.
+		a.cfg.Logger.Error("cannot start task", "task", info.Name, "err", err)
+		return
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	h := &runnerHandle{r: r, cancel: cancel, done: make(chan struct{})}
+	h.flushOnExit.Store(true)
+	a.runners[info.Name] = h
+	go func() {
+		defer close(h.done)
+		r.run(rctx, &h.flushOnExit)
+	}()
+}
+
+// stopTask stops a task's runner; flush says whether buffered data is
+// flushed first (pause, shutdown) or dropped (delete).
+func (a *Agent) stopTask(name string, flush bool) {
+	a.mu.Lock()
+	h := a.runners[name]
+	delete(a.runners, name)
+	a.mu.Unlock()
+	if h == nil {
+		return
+	}
+	h.flushOnExit.Store(flush)
+	h.cancel()
+	<-h.done
+}
+
+func (a *Agent) stopAll() {
+	a.mu.Lock()
+	names := make([]string, 0, len(a.runners))
+	for n := range a.runners {
+		names = append(names, n)
+	}
+	a.mu.Unlock()
+	for _, n := range names {
+		a.stopTask(n, true)
+	}
+}
+
+// FlushNow flushes every running task and waits (tests, shutdown hooks).
+func (a *Agent) FlushNow(ctx context.Context) error {
+	a.mu.Lock()
+	hs := make([]*runnerHandle, 0, len(a.runners))
+	for _, h := range a.runners {
+		hs = append(hs, h)
+	}
+	a.mu.Unlock()
+	var errs []error
+	for _, h := range hs {
+		if err := h.r.Flush(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("task %s: %w", h.r.info.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Tasks lists the tasks this agent runs.
+func (a *Agent) Tasks() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]string, 0, len(a.runners))
+	for n := range a.runners {
+		out = append(out, n)
+	}
+	return out
+}
+
+func (a *Agent) keepRegistered(ctx context.Context) {
+	host, _ := os.Hostname()
+	reg := &lbpb.AgentRegistration{StoreId: a.cfg.StoreID, Version: a.cfg.Version, StartedAtUnixMs: time.Now().UnixMilli(),
+		Hostname: host, Pid: int64(os.Getpid())}
+	for ctx.Err() == nil {
+		lost, err := a.cfg.Meta.RegisterAgent(ctx, reg, 10*time.Second)
+		if err != nil {
+			a.cfg.Logger.Warn("agent registration failed; retrying", "err", err)
+			select {
+			case <-time.After(time.Second):
+			case <-ctx.Done():
+			}
+			continue
+		}
+		select {
+		case <-lost:
+		case <-ctx.Done():
+		}
+	}
+}
+
+// coordinate campaigns to be the coordinator and, while elected, publishes
+// each task's global checkpoint on an interval.
+func (a *Agent) coordinate(ctx context.Context) {
+	for ctx.Err() == nil {
+		sess, err := concurrency.NewSession(a.cfg.Meta.Raw(), concurrency.WithTTL(10), concurrency.WithContext(ctx))
+		if err != nil {
+			select {
+			case <-time.After(time.Second):
+			case <-ctx.Done():
+			}
+			continue
+		}
+		el := concurrency.NewElection(sess, meta.CoordinatorPrefix())
+		if err := el.Campaign(ctx, fmt.Sprint(a.cfg.StoreID)); err == nil {
+			t := time.NewTicker(a.cfg.CoordinatorInterval)
+		lead:
+			for {
+				if err := a.AdvanceOnce(ctx); err != nil {
+					a.cfg.Logger.Warn("advance global checkpoint", "err", err)
+				}
+				select {
+				case <-t.C:
+				case <-sess.Done():
+					break lead
+				case <-ctx.Done():
+					break lead
+				}
+			}
+			t.Stop()
+			rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			el.Resign(rctx)
+			cancel()
+		}
+		sess.Close()
+	}
+}
+
+// AdvanceOnce publishes every running task's global checkpoint: the
+// minimum over the task's key space of what any store has flushed. Never
+// backwards (meta.AdvanceGlobalCheckpoint keeps the maximum).
+func (a *Agent) AdvanceOnce(ctx context.Context) error {
+	tasks, _, err := a.cfg.Meta.ListTasks(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, t := range tasks {
+		if t.Pause.Paused {
+			continue
+		}
+		ranges, err := a.cfg.Meta.Ranges(ctx, t.Info.Name)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		covered := taskSpans(ranges)
+		known, err := knownCheckpoints(ctx, a.cfg.Meta, t.Info.Name, covered, t.Info.StartTs)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if g := globalCheckpoint(known, covered); g > 0 {
+			if _, err := a.cfg.Meta.AdvanceGlobalCheckpoint(ctx, t.Info.Name, g); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,68 @@
+package streamagent
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/tikv/client-go/v2/util/codec"
+
+	"logbackup/meta"
+	"logbackup/proto/lbpb"
+	"logbackup/streamagent/spans"
+)
+
+// taskSpans turns a task's raw ranges into encoded spans, the form regions
+// use.
+func taskSpans(ranges []meta.Range) []spans.Span {
+	out := make([]spans.Span, 0, len(ranges))
+	for _, r := range ranges {
+		s := spans.Span{Start: codec.EncodeBytes(nil, r.StartKey)}
+		if len(r.EndKey) > 0 {
+			s.End = codec.EncodeBytes(nil, r.EndKey)
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// knownCheckpoints merges every store's flushed ranges: a key's checkpoint
+// is the highest ts any store has durably flushed it to (data up to it is
+// in storage whichever store wrote it), floored at the task start.
+func knownCheckpoints(ctx context.Context, m *meta.Client, task string, covered []spans.Span, startTS uint64) (*spans.Map, error) {
+	known := spans.New(covered, startTS)
+	records, err := m.SpanCheckpoints(ctx, task)
+	if err != nil {
+		return nil, fmt.Errorf("read span checkpoints: %w", err)
+	}
+	for _, rec := range records {
+		for _, s := range rec.Spans {
+			known.Advance(spans.Span{Start: s.StartKey, End: s.EndKey}, s.Ts)
+		}
+	}
+	return known, nil
+}
+
+// toRecord serializes a span map.
+func toRecord(store, flushTS uint64, m *spans.Map) *lbpb.SpanCheckpoints {
+	rec := &lbpb.SpanCheckpoints{StoreId: store, FlushTs: flushTS}
+	m.Each(func(s spans.Span, ts uint64) {
+		rec.Spans = append(rec.Spans, &lbpb.SpanCheckpoints_Span{StartKey: s.Start, EndKey: s.End, Ts: ts})
+	})
+	return rec
+}
+
+// globalCheckpoint is the minimum over the task's whole key space of the
+// known checkpoints; a range nobody has flushed holds it at the start ts.
+func globalCheckpoint(known *spans.Map, covered []spans.Span) uint64 {
+	var g uint64
+	for i, s := range covered {
+		ts, ok := known.Min(s)
+		if !ok {
+			return 0
+		}
+		if i == 0 || ts < g {
+			g = ts
+		}
+	}
+	return g
+}

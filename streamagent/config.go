@@ -1,0 +1,75 @@
+// Package streamagent is the per-store log-backup agent: it observes the
+// regions whose leader is on its store through TiKV's CDC EventFeed,
+// buffers committed changes, flushes them to external storage in TiKV's
+// log-backup format, and advances checkpoints in etcd only after the data
+// they cover is durable.
+package streamagent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	brpb "github.com/pingcap/kvproto/pkg/brpb"
+	pd "github.com/tikv/pd/client"
+
+	"logbackup/meta"
+	"logbackup/storage"
+)
+
+// Config configures an Agent.
+type Config struct {
+	StoreID uint64
+	PD      pd.Client
+	Meta    *meta.Client
+	// ClusterID is sent in CDC requests; TiKV refuses another cluster's.
+	ClusterID uint64
+
+	// FlushInterval is how often buffered changes are flushed (TiKV: 3 min).
+	FlushInterval time.Duration
+	// FileSizeLimit flushes early once this many bytes are buffered and
+	// bounds one data object (TiKV: 256 MiB).
+	FileSizeLimit int
+	// ReconcileInterval is how often PD is asked for leaders that moved
+	// onto this store.
+	ReconcileInterval time.Duration
+	// CoordinatorInterval is how often the elected coordinator publishes
+	// the global checkpoint.
+	CoordinatorInterval time.Duration
+
+	// OpenStorage opens a task's storage; default storage.OpenBackend.
+	OpenStorage func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error)
+	Logger      *slog.Logger
+	Version     string
+}
+
+func (c *Config) withDefaults() error {
+	if c.StoreID == 0 || c.PD == nil || c.Meta == nil {
+		return fmt.Errorf("agent config needs StoreID, PD and Meta")
+	}
+	if c.FlushInterval <= 0 {
+		c.FlushInterval = 3 * time.Minute
+	}
+	if c.FileSizeLimit <= 0 {
+		c.FileSizeLimit = 256 << 20
+	}
+	if c.ReconcileInterval <= 0 {
+		c.ReconcileInterval = 10 * time.Second
+	}
+	if c.CoordinatorInterval <= 0 {
+		c.CoordinatorInterval = 12 * time.Second
+	}
+	if c.OpenStorage == nil {
+		c.OpenStorage = func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error) {
+			return storage.OpenBackend(ctx, b)
+		}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Version == "" {
+		c.Version = "dev"
+	}
+	return nil
+}

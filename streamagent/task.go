@@ -1,0 +1,568 @@
+package streamagent
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	brpb "github.com/pingcap/kvproto/pkg/brpb"
+	"github.com/pingcap/kvproto/pkg/cdcpb"
+	"github.com/pingcap/kvproto/pkg/metapb"
+	"github.com/tikv/client-go/v2/oracle"
+	"github.com/tikv/pd/client/circuitbreaker"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"logbackup/storage"
+	"logbackup/streamagent/logfile"
+	"logbackup/streamagent/matcher"
+	"logbackup/streamagent/spans"
+)
+
+// subscription is one region registered on this store's EventFeed.
+type subscription struct {
+	reqID  uint64
+	region *metapb.Region
+	span   spans.Span // encoded, inside the region and the task
+	m      *matcher.Matcher
+	stream *feedStream
+}
+
+// feedStream is the EventFeed stream to this agent's own store.
+type feedStream struct {
+	conn   *grpc.ClientConn
+	stream cdcpb.ChangeData_EventFeedClient
+	cancel context.CancelFunc
+}
+
+// streamEvent is what the receive goroutine hands the loop.
+type streamEvent struct {
+	stream *feedStream
+	ev     *cdcpb.ChangeDataEvent
+	err    error
+}
+
+// taskRunner backs up one task on this store. All its state is owned by
+// the goroutine running loop; stream receivers only send it events.
+type taskRunner struct {
+	a       *Agent
+	info    *brpb.StreamBackupTaskInfo
+	covered []spans.Span
+	st      storage.Storage
+	log     *slog.Logger
+
+	flushed *spans.Map // what is durable in storage, by range (ours or inherited)
+	subs    map[uint64]*subscription
+	pending []spans.Span
+	stream  *feedStream
+	nextReq uint64
+	builder *logfile.Builder
+	// unsent is a finished flush whose upload failed; it is retried before
+	// anything newer is flushed, so checkpoints stay in order.
+	unsent      *pendingFlush
+	lastFlushTS uint64
+	lastFlushAt time.Time
+
+	events  chan streamEvent
+	flushCh chan chan error
+}
+
+type frozen struct {
+	span spans.Span
+	ts   uint64
+}
+
+type pendingFlush struct {
+	fl     *logfile.Flush
+	frozen []frozen
+}
+
+func newTaskRunner(ctx context.Context, a *Agent, info *brpb.StreamBackupTaskInfo) (*taskRunner, error) {
+	ranges, err := a.cfg.Meta.Ranges(ctx, info.Name)
+	if err != nil {
+		return nil, fmt.Errorf("read ranges of %q: %w", info.Name, err)
+	}
+	st, err := a.cfg.OpenStorage(ctx, info.Storage)
+	if err != nil {
+		return nil, fmt.Errorf("open storage of %q: %w", info.Name, err)
+	}
+	covered := taskSpans(ranges)
+	known, err := knownCheckpoints(ctx, a.cfg.Meta, info.Name, covered, info.StartTs)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	t := &taskRunner{
+		a: a, info: info, covered: covered, st: st,
+		log:     a.cfg.Logger.With("task", info.Name, "store", a.cfg.StoreID),
+		flushed: known, subs: map[uint64]*subscription{},
+		pending: append([]spans.Span(nil), covered...),
+		builder: logfile.NewBuilder(logfile.BuilderConfig{StoreID: a.cfg.StoreID, FileSizeLimit: a.cfg.FileSizeLimit}),
+		events:  make(chan streamEvent, 256),
+		flushCh: make(chan chan error),
+	}
+	return t, nil
+}
+
+// run is the task's loop: events, flush and reconcile ticks, explicit
+// flush requests. It returns when ctx ends, after a final flush if
+// flushOnExit is set.
+func (t *taskRunner) run(ctx context.Context, flushOnExit *atomic.Bool) {
+	defer t.st.Close()
+	defer t.closeStream()
+	flushTick := time.NewTicker(t.a.cfg.FlushInterval)
+	defer flushTick.Stop()
+	reconcile := time.NewTicker(t.a.cfg.ReconcileInterval)
+	defer reconcile.Stop()
+	place := time.NewTicker(50 * time.Millisecond)
+	defer place.Stop()
+	t.placePending(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			if flushOnExit.Load() {
+				fctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				if err := t.flush(fctx); err != nil {
+					t.log.Warn("final flush failed; the next owner rescans from the checkpoint", "err", err)
+				}
+				cancel()
+			}
+			return
+		case e := <-t.events:
+			t.handle(e)
+			if t.builder.Size() >= t.a.cfg.FileSizeLimit {
+				if err := t.flush(ctx); err != nil {
+					t.log.Warn("size-triggered flush failed", "err", err)
+				}
+			}
+		case <-flushTick.C:
+			if err := t.flush(ctx); err != nil {
+				t.log.Warn("flush failed; retrying on the next tick", "err", err)
+			}
+		case done := <-t.flushCh:
+			done <- t.flush(ctx)
+		case <-reconcile.C:
+			t.reconcile(ctx)
+		case <-place.C:
+			t.placePending(ctx)
+		}
+	}
+}
+
+// Flush asks the loop to flush now and waits for the result.
+func (t *taskRunner) Flush(ctx context.Context) error {
+	done := make(chan error, 1)
+	select {
+	case t.flushCh <- done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func withBreaker(ctx context.Context) context.Context {
+	return circuitbreaker.WithCircuitBreaker(ctx, circuitbreaker.NewCircuitBreaker("streamagent", circuitbreaker.AlwaysClosedSettings))
+}
+
+// placePending resolves pending spans into regions through PD and
+// subscribes those whose leader is this store. Ranges led elsewhere are
+// left to that store's agent.
+func (t *taskRunner) placePending(ctx context.Context) {
+	if len(t.pending) == 0 {
+		return
+	}
+	// Ranges that other stores flushed since we last looked start from
+	// their checkpoints, not ours: fewer rows scanned twice.
+	if known, err := knownCheckpoints(ctx, t.a.cfg.Meta, t.info.Name, t.covered, t.info.StartTs); err == nil {
+		known.Each(func(s spans.Span, ts uint64) { t.flushed.Advance(s, ts) })
+	}
+	pending := coalesce(t.pending)
+	t.pending = nil
+	for i, sp := range pending {
+		if err := t.place(ctx, sp); err != nil {
+			t.log.Debug("place range later", "err", err)
+			t.pending = append(t.pending, pending[i:]...)
+			return
+		}
+	}
+}
+
+func (t *taskRunner) place(ctx context.Context, sp spans.Span) error {
+	rctx, cancel := context.WithTimeout(withBreaker(ctx), 10*time.Second)
+	defer cancel()
+	regions, err := t.a.cfg.PD.ScanRegions(rctx, sp.Start, sp.End, 0)
+	if err != nil {
+		return fmt.Errorf("scan regions: %w", err)
+	}
+	for _, r := range regions {
+		if r.Leader == nil || r.Leader.StoreId != t.a.cfg.StoreID {
+			continue
+		}
+		piece := clip(spans.Span{Start: r.Meta.StartKey, End: r.Meta.EndKey}, sp)
+		if !piece.Valid() {
+			continue
+		}
+		if err := t.subscribe(ctx, r.Meta, piece); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *taskRunner) subscribe(ctx context.Context, region *metapb.Region, piece spans.Span) error {
+	st, err := t.ensureStream(ctx)
+	if err != nil {
+		return err
+	}
+	cp, ok := t.flushed.Min(piece)
+	if !ok {
+		cp = t.info.StartTs
+	}
+	t.nextReq++
+	sub := &subscription{reqID: t.nextReq, region: region, span: piece, m: matcher.New(cp), stream: st}
+	t.subs[sub.reqID] = sub
+	err = st.stream.Send(&cdcpb.ChangeDataRequest{
+		Header: &cdcpb.Header{ClusterId: t.a.cfg.ClusterID}, RegionId: region.Id, RegionEpoch: region.RegionEpoch,
+		CheckpointTs: cp, StartKey: piece.Start, EndKey: piece.End, RequestId: sub.reqID,
+		Request: &cdcpb.ChangeDataRequest_Register_{Register: &cdcpb.ChangeDataRequest_Register{}},
+	})
+	if err != nil {
+		t.drop(sub, "send")
+		t.streamLost(st)
+		return fmt.Errorf("register region %d: %w", region.Id, err)
+	}
+	return nil
+}
+
+func (t *taskRunner) ensureStream(ctx context.Context) (*feedStream, error) {
+	if t.stream != nil {
+		return t.stream, nil
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	store, err := t.a.cfg.PD.GetStore(rctx, t.a.cfg.StoreID)
+	if err != nil {
+		return nil, fmt.Errorf("look up store %d: %w", t.a.cfg.StoreID, err)
+	}
+	conn, err := grpc.NewClient(store.Address, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)))
+	if err != nil {
+		return nil, fmt.Errorf("dial store %d at %s: %w", t.a.cfg.StoreID, store.Address, err)
+	}
+	sctx, scancel := context.WithCancel(ctx)
+	stream, err := cdcpb.NewChangeDataClient(conn).EventFeed(sctx)
+	if err != nil {
+		scancel()
+		conn.Close()
+		return nil, fmt.Errorf("open event feed on store %d: %w", t.a.cfg.StoreID, err)
+	}
+	fs := &feedStream{conn: conn, stream: stream, cancel: scancel}
+	t.stream = fs
+	go func() {
+		for {
+			ev, err := stream.Recv()
+			select {
+			case t.events <- streamEvent{stream: fs, ev: ev, err: err}:
+			case <-sctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return fs, nil
+}
+
+func (t *taskRunner) closeStream() {
+	if t.stream != nil {
+		t.stream.cancel()
+		t.stream.conn.Close()
+		t.stream = nil
+	}
+}
+
+// streamLost fails every subscription of a broken stream.
+func (t *taskRunner) streamLost(st *feedStream) {
+	if t.stream == st {
+		t.closeStream()
+	}
+	for _, sub := range t.subs {
+		if sub.stream == st {
+			t.drop(sub, "stream-lost")
+		}
+	}
+}
+
+// drop ends a subscription; its range is placed again from PD, from its
+// flushed checkpoint (the data it buffered stays in the builder).
+func (t *taskRunner) drop(sub *subscription, reason string) {
+	delete(t.subs, sub.reqID)
+	t.pending = append(t.pending, sub.span)
+	t.a.metrics.regionErrors.WithLabelValues(reason).Inc()
+}
+
+func (t *taskRunner) handle(e streamEvent) {
+	if e.err != nil {
+		t.streamLost(e.stream)
+		return
+	}
+	for _, ev := range e.ev.Events {
+		sub := t.subs[ev.RequestId]
+		if sub == nil || sub.region.Id != ev.RegionId {
+			continue // a subscription we already dropped
+		}
+		switch x := ev.Event.(type) {
+		case *cdcpb.Event_Entries_:
+			err := sub.m.Rows(x.Entries.Entries, func(row *cdcpb.Event_Row) {
+				t.builder.Add(logfile.RegionInfo{ID: sub.region.Id, StartKey: sub.region.StartKey, EndKey: sub.region.EndKey, Epoch: sub.region.RegionEpoch},
+					logfile.Change{Key: row.Key, Value: row.Value, StartTS: row.StartTs, CommitTS: row.CommitTs, Op: opOf(row)})
+				t.a.metrics.eventsIn.Inc()
+			})
+			if err != nil {
+				t.log.Warn("region stream broke its promises; rescanning", "region", sub.region.Id, "err", err)
+				t.deregister(sub)
+				t.drop(sub, "matcher")
+			}
+		case *cdcpb.Event_Error:
+			t.drop(sub, regionErrorKind(x.Error))
+		}
+	}
+	if rt := e.ev.ResolvedTs; rt != nil {
+		if sub := t.subs[rt.RequestId]; sub != nil {
+			for _, id := range rt.Regions {
+				if id == sub.region.Id {
+					sub.m.Resolve(rt.Ts)
+				}
+			}
+		}
+	}
+}
+
+func (t *taskRunner) deregister(sub *subscription) {
+	_ = sub.stream.stream.Send(&cdcpb.ChangeDataRequest{RegionId: sub.region.Id, RequestId: sub.reqID,
+		Request: &cdcpb.ChangeDataRequest_Deregister_{Deregister: &cdcpb.ChangeDataRequest_Deregister{}}})
+}
+
+func opOf(row *cdcpb.Event_Row) logfile.Op {
+	if row.OpType == cdcpb.Event_Row_DELETE {
+		return logfile.OpDelete
+	}
+	return logfile.OpPut
+}
+
+func regionErrorKind(e *cdcpb.Error) string {
+	switch {
+	case e.NotLeader != nil:
+		return "not-leader"
+	case e.EpochNotMatch != nil:
+		return "epoch-not-match"
+	case e.RegionNotFound != nil:
+		return "region-not-found"
+	case e.ServerIsBusy != nil:
+		return "server-is-busy"
+	case e.Congested != nil:
+		return "congested"
+	}
+	return "other"
+}
+
+// reconcile finds regions of the task that this store leads but does not
+// observe (leaders that moved here) and queues them.
+func (t *taskRunner) reconcile(ctx context.Context) {
+	owned := spans.New(nil, 0)
+	for _, sub := range t.subs {
+		owned.Cover(sub.span, 1)
+	}
+	for _, sp := range t.pending {
+		owned.Cover(sp, 1)
+	}
+	for _, sp := range t.covered {
+		rctx, cancel := context.WithTimeout(withBreaker(ctx), 10*time.Second)
+		regions, err := t.a.cfg.PD.ScanRegions(rctx, sp.Start, sp.End, 0)
+		cancel()
+		if err != nil {
+			t.log.Debug("reconcile: scan regions", "err", err)
+			return
+		}
+		for _, r := range regions {
+			if r.Leader == nil || r.Leader.StoreId != t.a.cfg.StoreID {
+				continue
+			}
+			piece := clip(spans.Span{Start: r.Meta.StartKey, End: r.Meta.EndKey}, sp)
+			if _, ok := owned.Min(piece); !ok && piece.Valid() {
+				t.pending = append(t.pending, piece)
+				t.a.metrics.regionErrors.WithLabelValues("leader-gained").Inc()
+			}
+		}
+	}
+}
+
+// flush makes everything buffered durable, then advances checkpoints.
+func (t *taskRunner) flush(ctx context.Context) error {
+	if t.unsent != nil {
+		if err := t.upload(ctx, t.unsent); err != nil {
+			return err
+		}
+		t.unsent = nil
+	}
+	// Freeze: each initialized subscription's resolved ts. Every row at or
+	// below it has been handled by this goroutine, so it is in the builder
+	// being swapped out now.
+	var fr []frozen
+	minResolved := uint64(0)
+	for _, sub := range t.subs {
+		if !sub.m.Initialized() {
+			continue
+		}
+		r := sub.m.ResolvedTS()
+		fr = append(fr, frozen{span: sub.span, ts: r})
+		if minResolved == 0 || r < minResolved {
+			minResolved = r
+		}
+	}
+	b := t.builder
+	t.builder = logfile.NewBuilder(logfile.BuilderConfig{StoreID: t.a.cfg.StoreID, FileSizeLimit: t.a.cfg.FileSizeLimit})
+	flushTS, err := t.nextFlushTS(ctx)
+	if err != nil {
+		t.builder = b // nothing lost: try again later
+		return err
+	}
+	if minResolved == 0 {
+		minResolved = t.info.StartTs
+	}
+	fl, err := b.Finish(flushTS, minResolved)
+	if err != nil {
+		return fmt.Errorf("build flush: %w", err)
+	}
+	p := &pendingFlush{fl: fl, frozen: fr}
+	if err := t.upload(ctx, p); err != nil {
+		t.unsent = p
+		return err
+	}
+	return nil
+}
+
+func (t *taskRunner) nextFlushTS(ctx context.Context) (uint64, error) {
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	phys, logical, err := t.a.cfg.PD.GetTS(rctx)
+	if err != nil {
+		return 0, fmt.Errorf("get flush ts: %w", err)
+	}
+	ts := max(oracle.ComposeTS(phys, logical), t.lastFlushTS+1)
+	t.lastFlushTS = ts
+	return ts, nil
+}
+
+// upload writes the data objects, then the meta file that lists them, and
+// only then advances the checkpoints the flush covers.
+func (t *taskRunner) upload(ctx context.Context, p *pendingFlush) error {
+	began := time.Now()
+	for _, o := range p.fl.Data {
+		if err := t.st.WriteFile(ctx, o.Name, o.Data); err != nil {
+			return fmt.Errorf("upload %s: %w", o.Name, err)
+		}
+		t.a.metrics.bytesOut.Add(float64(len(o.Data)))
+	}
+	if err := t.st.WriteFile(ctx, p.fl.Meta.Name, p.fl.Meta.Data); err != nil {
+		return fmt.Errorf("upload %s: %w", p.fl.Meta.Name, err)
+	}
+	t.a.metrics.flushDuration.WithLabelValues("save_files").Observe(time.Since(began).Seconds())
+	for _, f := range p.frozen {
+		t.flushed.Advance(f.span, f.ts)
+	}
+	t.lastFlushAt = time.Now()
+	if err := t.a.cfg.Meta.PutSpanCheckpoints(ctx, t.info.Name, toRecord(t.a.cfg.StoreID, p.fl.Name.FlushTS, t.flushed)); err != nil {
+		return fmt.Errorf("publish span checkpoints: %w", err)
+	}
+	if cp, ok := t.storeCheckpoint(); ok {
+		if _, err := t.a.cfg.Meta.AdvanceStoreCheckpoint(ctx, t.info.Name, t.a.cfg.StoreID, cp); err != nil {
+			return fmt.Errorf("advance store checkpoint: %w", err)
+		}
+	}
+	return t.syncGlobalCheckpoint(ctx)
+}
+
+// storeCheckpoint is the minimum flushed ts over what this store observes.
+func (t *taskRunner) storeCheckpoint() (uint64, bool) {
+	var cp uint64
+	found := false
+	for _, sub := range t.subs {
+		ts, ok := t.flushed.Min(sub.span)
+		if !ok {
+			continue
+		}
+		if !found || ts < cp {
+			cp, found = ts, true
+		}
+	}
+	return cp, found
+}
+
+// syncGlobalCheckpoint copies the coordinator's global checkpoint to
+// storage (v1/global_checkpoint/<store>.ts) and then to etcd's storage
+// checkpoint, as TiKV does, so BR's status and restore agree.
+func (t *taskRunner) syncGlobalCheckpoint(ctx context.Context) error {
+	g, ok, err := t.a.cfg.Meta.GlobalCheckpoint(ctx, t.info.Name)
+	if err != nil || !ok {
+		return err
+	}
+	scs, err := t.a.cfg.Meta.StorageCheckpoints(ctx, t.info.Name)
+	if err != nil {
+		return err
+	}
+	if scs[t.a.cfg.StoreID] >= g {
+		return nil
+	}
+	name := logfile.GlobalCheckpointName(t.a.cfg.StoreID)
+	if err := t.st.WriteFile(ctx, name, logfile.EncodeGlobalCheckpoint(g)); err != nil {
+		return fmt.Errorf("upload %s: %w", name, err)
+	}
+	_, err = t.a.cfg.Meta.AdvanceStorageCheckpoint(ctx, t.info.Name, t.a.cfg.StoreID, g)
+	return err
+}
+
+// coalesce sorts spans and joins touching ones.
+func coalesce(in []spans.Span) []spans.Span {
+	if len(in) < 2 {
+		return in
+	}
+	sort.Slice(in, func(i, j int) bool { return bytes.Compare(in[i].Start, in[j].Start) < 0 })
+	out := []spans.Span{in[0]}
+	for _, sp := range in[1:] {
+		last := &out[len(out)-1]
+		if len(last.End) == 0 {
+			break
+		}
+		if bytes.Compare(sp.Start, last.End) <= 0 {
+			if len(sp.End) == 0 || bytes.Compare(sp.End, last.End) > 0 {
+				last.End = sp.End
+			}
+			continue
+		}
+		out = append(out, sp)
+	}
+	return out
+}
+
+// clip intersects a region span with a wanted span.
+func clip(reg, want spans.Span) spans.Span {
+	out := reg
+	if bytes.Compare(want.Start, out.Start) > 0 {
+		out.Start = want.Start
+	}
+	if len(want.End) > 0 && (len(out.End) == 0 || bytes.Compare(want.End, out.End) < 0) {
+		out.End = want.End
+	}
+	return out
+}
