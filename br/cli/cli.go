@@ -68,7 +68,7 @@ func NewRootCommand() *cobra.Command {
 		Short:   "manage the log backup task (also spelled `br log`)",
 		Args:    cobra.NoArgs,
 	}
-	stream.AddCommand(startCommand(g), statusCommand(g), pauseCommand(g), resumeCommand(g), stopCommand(g))
+	stream.AddCommand(startCommand(g), statusCommand(g), pauseCommand(g), resumeCommand(g), stopCommand(g), verifyCommand())
 	root.AddCommand(stream, playgroundCommand())
 	return root
 }
@@ -198,5 +198,21 @@ func stopCommand(g *globalFlags) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&name, "task-name", "", "the task to stop")
+	return cmd
+}
+
+func verifyCommand() *cobra.Command {
+	var o br.VerifyOptions
+	cmd := &cobra.Command{
+		Use:   "verify",
+		Short: "read a log backup storage back: meta files, data files, checksums, decoded changes",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			// Storage only: no etcd needed.
+			return br.RunVerify(cmd.Context(), br.NewEnv(nil), o, cmd.OutOrStdout())
+		},
+	}
+	cmd.Flags().StringVarP(&o.Storage, "storage", "s", "", "storage URL the task writes to")
+	cmd.Flags().BoolVar(&o.JSON, "json", false, "print the report as JSON")
 	return cmd
 }

@@ -1,77 +1,38 @@
 package cli
 
 import (
-	"context"
-	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 
-	"logbackup/meta/embedetcd"
+	"logbackup/br/playground"
 )
 
-// playgroundCommand starts a local stand-in for PD's etcd so the stream
-// commands can be tried without a cluster.
+// playgroundCommand runs the whole system locally: embedded etcd, the
+// simulated cluster, one agent per store, a workload, a task, and a final
+// verification of the storage.
 func playgroundCommand() *cobra.Command {
-	var (
-		dir      string
-		addr     string
-		duration time.Duration
-	)
+	var o playground.Options
 	cmd := &cobra.Command{
 		Use:   "playground",
-		Short: "run an embedded etcd on loopback to try the stream commands against",
+		Short: "run etcd, a simulated TiKV cluster, one agent per store and a workload locally, then verify the backup",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			if dir == "" {
-				d, err := os.MkdirTemp("", "logbackup-playground-")
-				if err != nil {
-					return fmt.Errorf("create playground dir: %w", err)
-				}
-				dir = d
-			}
-			startCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			defer cancel()
-			srv, err := embedetcd.Start(startCtx, embedetcd.Config{
-				Dir:       filepath.Join(dir, "etcd"),
-				ClientURL: "http://" + addr,
-				Fast:      true,
-			})
-			if err != nil {
-				return fmt.Errorf("start embedded etcd on %s: %w", addr, err)
-			}
-			defer srv.Close()
-			out := cmd.OutOrStdout()
-			ep := srv.Endpoint()
-			fmt.Fprintf(out, "Embedded etcd is serving on %s (data in %s).\n\n", ep, dir)
-			fmt.Fprintf(out, "Try, from another terminal:\n")
-			fmt.Fprintf(out, "  go run ./cmd/br stream start  -u %s --task-name pitr --storage local://%s\n", ep, filepath.Join(dir, "backup"))
-			fmt.Fprintf(out, "  go run ./cmd/br stream status -u %s\n", ep)
-			fmt.Fprintf(out, "  go run ./cmd/br stream pause  -u %s --task-name pitr --message maintenance\n", ep)
-			fmt.Fprintf(out, "  go run ./cmd/br stream resume -u %s --task-name pitr\n", ep)
-			fmt.Fprintf(out, "  go run ./cmd/br stream stop   -u %s --task-name pitr\n", ep)
-			if duration > 0 {
-				fmt.Fprintf(out, "\nStopping after %s (Ctrl-C to stop sooner).\n", duration)
-				select {
-				case <-ctx.Done():
-				case <-time.After(duration):
-				}
-			} else {
-				fmt.Fprintf(out, "\nPress Ctrl-C to stop.\n")
-				<-ctx.Done()
-			}
-			fmt.Fprintf(out, "Playground stopped.\n")
-			return nil
+			return playground.Run(ctx, o, cmd.OutOrStdout())
 		},
 	}
-	cmd.Flags().StringVar(&dir, "dir", "", "directory for etcd data and the backup storage (default: a new temp dir)")
-	cmd.Flags().StringVar(&addr, "etcd-addr", "127.0.0.1:2379", "loopback address for the embedded etcd")
-	cmd.Flags().DurationVar(&duration, "duration", 0, "stop after this long (0 = until interrupted)")
+	f := cmd.Flags()
+	f.StringVar(&o.Dir, "dir", "", "directory for etcd data and the default storage (default: a new temp dir)")
+	f.StringVar(&o.EtcdAddr, "etcd-addr", "127.0.0.1:2379", "loopback address for the embedded etcd (a free port if taken)")
+	f.StringVar(&o.Storage, "storage", "", "backup storage URL (default local://<dir>/backup)")
+	f.DurationVar(&o.Duration, "duration", 20e9, "how long the workload runs (0 = until Ctrl-C)")
+	f.IntVar(&o.Stores, "stores", 3, "simulated TiKV stores")
+	f.IntVar(&o.Regions, "regions", 8, "initial regions")
+	f.IntVar(&o.Rate, "rate", 100, "transactions per second")
+	f.DurationVar(&o.FlushInterval, "flush-interval", 3e9, "agents' flush interval")
 	return cmd
 }
