@@ -19,6 +19,8 @@ import (
 	"gocloud.dev/gcerrors"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"logbackup/storage"
 )
 
 // Class says what the agent does about an error.
@@ -181,20 +183,24 @@ func classify(err error) Code {
 	if errors.As(err, &re) && re.Err != nil {
 		return regionCode(re.Err)
 	}
-	// gocloud storage errors carry a portable code.
-	switch gcerrors.Code(err) {
-	case gcerrors.PermissionDenied:
-		return CodeStorageAccessDenied
-	case gcerrors.NotFound:
-		// A missing object is handled where it is read; reaching here means
-		// the bucket itself is missing.
-		return CodeStorageNotFound
-	case gcerrors.ResourceExhausted:
-		return CodeStorageThrottled
-	case gcerrors.DeadlineExceeded:
-		return CodeDeadline
-	case gcerrors.Internal, gcerrors.Unknown:
-		if isGCError(err) {
+	// Storage errors: gocloud's portable code, then the storage layer's own
+	// judgement of what is transient (HTTP status, network).
+	var op *storage.OpError
+	if errors.As(err, &op) {
+		switch gcerrors.Code(err) {
+		case gcerrors.PermissionDenied:
+			return CodeStorageAccessDenied
+		case gcerrors.NotFound:
+			// A missing object is handled where it is read; one reaching
+			// here means the bucket itself is missing.
+			return CodeStorageNotFound
+		case gcerrors.ResourceExhausted:
+			return CodeStorageThrottled
+		}
+		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+			return CodeStorageQuota
+		}
+		if storage.Retryable(err) {
 			return CodeStorageUnavailable
 		}
 	}
@@ -225,14 +231,6 @@ func classify(err error) Code {
 		return CodeIo
 	}
 	return CodeUnknown
-}
-
-// isGCError reports whether gocloud produced err (its code is then
-// meaningful even when it says Unknown/Internal: a server-side failure).
-func isGCError(err error) bool {
-	type coder interface{ ErrorCode() gcerrors.ErrorCode }
-	var c coder
-	return errors.As(err, &c)
 }
 
 func grpcCode(c codes.Code) Code {

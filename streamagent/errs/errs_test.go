@@ -1,0 +1,101 @@
+package errs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/pingcap/kvproto/pkg/cdcpb"
+	"github.com/pingcap/kvproto/pkg/errorpb"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"logbackup/storage"
+	"logbackup/tests/s3test"
+)
+
+func wrap(err error) error { return fmt.Errorf("upload v1/x.log: %w", err) }
+
+func TestClassify(t *testing.T) {
+	cases := []struct {
+		name  string
+		err   error
+		code  Code
+		class Class
+	}{
+		{"explicit code wins", wrap(Wrap(CodeChecksumMismatch, errors.New("sha256"))), CodeChecksumMismatch, Fatal},
+		{"not leader", &RegionError{RegionID: 1, Err: &cdcpb.Error{NotLeader: &errorpb.NotLeader{}}}, CodeNotLeader, Retryable},
+		{"epoch not match", wrap(&RegionError{Err: &cdcpb.Error{EpochNotMatch: &errorpb.EpochNotMatch{}}}), CodeEpochNotMatch, Retryable},
+		{"region not found", &RegionError{Err: &cdcpb.Error{RegionNotFound: &errorpb.RegionNotFound{}}}, CodeRegionNotFound, Retryable},
+		{"server busy", &RegionError{Err: &cdcpb.Error{ServerIsBusy: &errorpb.ServerIsBusy{}}}, CodeServerBusy, Retryable},
+		{"congested", &RegionError{Err: &cdcpb.Error{Congested: &cdcpb.Congested{}}}, CodeCongested, Retryable},
+		{"cluster id mismatch", &RegionError{Err: &cdcpb.Error{ClusterIdMismatch: &cdcpb.ClusterIDMismatch{}}}, CodeClusterIDMismatch, Fatal},
+		{"incompatible", &RegionError{Err: &cdcpb.Error{Compatibility: &cdcpb.Compatibility{}}}, CodeIncompatible, Fatal},
+		{"connection refused", wrap(&net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}), CodeNetwork, Retryable},
+		{"connection reset", wrap(syscall.ECONNRESET), CodeNetwork, Retryable},
+		{"unexpected eof", wrap(io.ErrUnexpectedEOF), CodeNetwork, Retryable},
+		{"deadline", wrap(context.DeadlineExceeded), CodeDeadline, Retryable},
+		{"grpc unavailable", status.Error(codes.Unavailable, "x"), CodeGRPC, Retryable},
+		{"grpc unimplemented", status.Error(codes.Unimplemented, "x"), CodeIncompatible, Fatal},
+		{"disk full", wrap(&storage.OpError{Op: "write", Err: &fs.PathError{Op: "write", Path: "/tmp/x", Err: syscall.ENOSPC}}), CodeStorageQuota, Fatal},
+		{"temp file", wrap(&fs.PathError{Op: "open", Path: "/tmp/x", Err: syscall.EACCES}), CodeIo, Fatal},
+		{"unknown", errors.New("something new"), CodeUnknown, Fatal},
+	}
+	for _, c := range cases {
+		got := Classify(c.err)
+		if got.Code != c.code || got.Class != c.class {
+			t.Errorf("%s: %v → %s/%s, want %s/%s", c.name, c.err, got.Code, got.Class, c.code, c.class)
+		}
+	}
+}
+
+// Every code is in the table with a cause and an action, in TiKV's
+// namespace, so docs and LastError hints are never empty.
+func TestCodeTable(t *testing.T) {
+	for _, c := range Codes() {
+		info := Lookup(c)
+		if info.Code != c || info.Cause == "" || info.Action == "" || !strings.HasPrefix(string(c), "KV:LogBackup:") {
+			t.Errorf("code %s: %+v", c, info)
+		}
+	}
+	if Lookup("KV:LogBackup:NoSuchThing").Code != CodeUnknown {
+		t.Error("an unknown code must map to Unknown")
+	}
+}
+
+// TestClassifyRealStorageErrors classifies the errors a real S3-compatible
+// server on loopback produces through our storage layer.
+func TestClassifyRealStorageErrors(t *testing.T) {
+	srv := s3test.Start(t, "bk")
+	fast := storage.WithRetryPolicy(storage.RetryPolicy{MaxAttempts: 2, AttemptTimeout: 2e9, InitialBackoff: 1e6, MaxBackoff: 1e6})
+	ctx := context.Background()
+	open := func(bucket string) storage.Storage {
+		s, err := storage.OpenURL(ctx, srv.URL(bucket, "p"), fast)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	srv.SetFault(s3test.Fault{Status: 403, Remaining: -1})
+	if got := Classify(open("bk").WriteFile(ctx, "x", []byte("x"))); got.Code != CodeStorageAccessDenied || got.Class != Fatal {
+		t.Errorf("403: %s", got.Code)
+	}
+	srv.SetFault(s3test.Fault{Status: 503, Remaining: -1})
+	if got := Classify(open("bk").WriteFile(ctx, "x", []byte("x"))); got.Code != CodeStorageUnavailable || got.Class != Retryable {
+		t.Errorf("503: %s", got.Code)
+	}
+	srv.SetFault(s3test.Fault{Status: 500, Remaining: -1})
+	if got := Classify(open("bk").WriteFile(ctx, "x", []byte("x"))); got.Code != CodeStorageUnavailable {
+		t.Errorf("500: %s", got.Code)
+	}
+	srv.ClearFault()
+	if got := Classify(open("missing").WriteFile(ctx, "x", []byte("x"))); got.Code != CodeStorageNotFound || got.Class != Fatal {
+		t.Errorf("missing bucket: %s", got.Code)
+	}
+}
