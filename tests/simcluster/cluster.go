@@ -274,6 +274,16 @@ func (c *Cluster) Merge(raw []byte) error {
 	}
 	right := c.regionByEncoded(left.Meta.EndKey)
 	c.mock.Merge(left.Meta.Id, right.Meta.Id)
+	// The writer's client-go region cache can wedge on a merged-away
+	// region in mocktikv ("no replica available", backing off forever);
+	// TiKV would answer it with region_not_found. Dropping both cached
+	// regions makes the writer reload from PD. This only touches the test
+	// workload's client, never the agent under test, which asks PD itself.
+	if c.kv != nil {
+		for _, r := range []*metapb.Region{left.Meta, right.Meta} {
+			c.kv.GetRegionCache().InvalidateCachedRegion(tikv.NewRegionVerID(r.Id, r.RegionEpoch.ConfVer, r.RegionEpoch.Version))
+		}
+	}
 	c.failRegionLocked(right.Meta.Id, &cdcpb.Error{RegionNotFound: &errorpb.RegionNotFound{RegionId: right.Meta.Id}})
 	c.failRegionLocked(left.Meta.Id, c.epochNotMatchLocked(left.Meta.Id))
 	return nil
