@@ -1,11 +1,9 @@
 package streamagent
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
-	"sort"
 	"sync/atomic"
 	"time"
 
@@ -185,7 +183,7 @@ func (t *taskRunner) placePending(ctx context.Context) {
 	if known, err := knownCheckpoints(ctx, t.a.cfg.Meta, t.info.Name, t.covered, t.info.StartTs); err == nil {
 		known.Each(func(s spans.Span, ts uint64) { t.flushed.Advance(s, ts) })
 	}
-	pending := coalesce(t.pending)
+	pending := spans.Coalesce(t.pending)
 	t.pending = nil
 	for i, sp := range pending {
 		if err := t.place(ctx, sp); err != nil {
@@ -207,7 +205,7 @@ func (t *taskRunner) place(ctx context.Context, sp spans.Span) error {
 		if r.Leader == nil || r.Leader.StoreId != t.a.cfg.StoreID {
 			continue
 		}
-		piece := clip(spans.Span{Start: r.Meta.StartKey, End: r.Meta.EndKey}, sp)
+		piece := spans.Clip(spans.Span{Start: r.Meta.StartKey, End: r.Meta.EndKey}, sp)
 		if !piece.Valid() {
 			continue
 		}
@@ -398,7 +396,7 @@ func (t *taskRunner) reconcile(ctx context.Context) {
 			if r.Leader == nil || r.Leader.StoreId != t.a.cfg.StoreID {
 				continue
 			}
-			piece := clip(spans.Span{Start: r.Meta.StartKey, End: r.Meta.EndKey}, sp)
+			piece := spans.Clip(spans.Span{Start: r.Meta.StartKey, End: r.Meta.EndKey}, sp)
 			if _, ok := owned.Min(piece); !ok && piece.Valid() {
 				t.pending = append(t.pending, piece)
 				t.a.metrics.regionErrors.WithLabelValues("leader-gained").Inc()
@@ -530,39 +528,4 @@ func (t *taskRunner) syncGlobalCheckpoint(ctx context.Context) error {
 	}
 	_, err = t.a.cfg.Meta.AdvanceStorageCheckpoint(ctx, t.info.Name, t.a.cfg.StoreID, g)
 	return err
-}
-
-// coalesce sorts spans and joins touching ones.
-func coalesce(in []spans.Span) []spans.Span {
-	if len(in) < 2 {
-		return in
-	}
-	sort.Slice(in, func(i, j int) bool { return bytes.Compare(in[i].Start, in[j].Start) < 0 })
-	out := []spans.Span{in[0]}
-	for _, sp := range in[1:] {
-		last := &out[len(out)-1]
-		if len(last.End) == 0 {
-			break
-		}
-		if bytes.Compare(sp.Start, last.End) <= 0 {
-			if len(sp.End) == 0 || bytes.Compare(sp.End, last.End) > 0 {
-				last.End = sp.End
-			}
-			continue
-		}
-		out = append(out, sp)
-	}
-	return out
-}
-
-// clip intersects a region span with a wanted span.
-func clip(reg, want spans.Span) spans.Span {
-	out := reg
-	if bytes.Compare(want.Start, out.Start) > 0 {
-		out.Start = want.Start
-	}
-	if len(want.End) > 0 && (len(out.End) == 0 || bytes.Compare(want.End, out.End) < 0) {
-		out.End = want.End
-	}
-	return out
 }

@@ -196,3 +196,39 @@ func clone(b []byte) []byte {
 	}
 	return append([]byte(nil), b...)
 }
+
+// Coalesce sorts spans and joins overlapping or touching ones, so a range
+// that failed in pieces is placed again as few regions.
+func Coalesce(in []Span) []Span {
+	if len(in) < 2 {
+		return in
+	}
+	sort.Slice(in, func(i, j int) bool { return bytes.Compare(in[i].Start, in[j].Start) < 0 })
+	out := []Span{in[0]}
+	for _, sp := range in[1:] {
+		last := &out[len(out)-1]
+		if len(last.End) == 0 {
+			break // the last span already runs to the end
+		}
+		if bytes.Compare(sp.Start, last.End) <= 0 {
+			if len(sp.End) == 0 || bytes.Compare(sp.End, last.End) > 0 {
+				last.End = sp.End
+			}
+			continue
+		}
+		out = append(out, sp)
+	}
+	return out
+}
+
+// Clip intersects s with within.
+func Clip(s, within Span) Span {
+	out := s
+	if bytes.Compare(within.Start, out.Start) > 0 {
+		out.Start = within.Start
+	}
+	if len(within.End) > 0 && (len(out.End) == 0 || bytes.Compare(within.End, out.End) < 0) {
+		out.End = within.End
+	}
+	return out
+}

@@ -166,3 +166,17 @@ func BenchmarkAdvance10KRegions(b *testing.B) {
 		m.Advance(Span{Start: keys[r], End: keys[r+1]}, uint64(i+2))
 	}
 }
+
+func TestCoalesceAndClip(t *testing.T) {
+	got := Coalesce([]Span{{Start: []byte("c"), End: []byte("d")}, {Start: []byte("a"), End: []byte("b")}, {Start: []byte("b"), End: []byte("c")}, {Start: []byte("x")}, {Start: []byte("y"), End: []byte("z")}})
+	if len(got) != 2 || string(got[0].Start) != "a" || string(got[0].End) != "d" || string(got[1].Start) != "x" || len(got[1].End) != 0 {
+		t.Fatalf("Coalesce = %v", got)
+	}
+	c := Clip(Span{Start: []byte("a")}, Span{Start: []byte("c"), End: []byte("f")})
+	if string(c.Start) != "c" || string(c.End) != "f" {
+		t.Fatalf("Clip = %v", c)
+	}
+	if Clip(Span{Start: []byte("a"), End: []byte("b")}, Span{Start: []byte("c"), End: []byte("f")}).Valid() {
+		t.Fatal("disjoint spans clip to an empty span")
+	}
+}

@@ -138,7 +138,7 @@ func (r *Reader) Problems() []error {
 // placePending resolves pending spans into regions and subscribes them.
 func (r *Reader) placePending(ctx context.Context) {
 	r.mu.Lock()
-	pending := coalesce(r.pending)
+	pending := spans.Coalesce(r.pending)
 	r.pending = nil
 	r.mu.Unlock()
 	for i, sp := range pending {
@@ -163,7 +163,7 @@ func (r *Reader) place(ctx context.Context, sp spans.Span) error {
 		if reg.Leader == nil {
 			return fmt.Errorf("region %d has no leader", reg.Meta.Id)
 		}
-		piece := clip(spans.Span{Start: reg.Meta.StartKey, End: reg.Meta.EndKey}, sp)
+		piece := spans.Clip(spans.Span{Start: reg.Meta.StartKey, End: reg.Meta.EndKey}, sp)
 		if bytes.Compare(piece.Start, cursor) > 0 {
 			return fmt.Errorf("PD returned a hole before %q", piece.Start)
 		}
@@ -192,42 +192,6 @@ func (r *Reader) place(ctx context.Context, sp spans.Span) error {
 		}
 	}
 	return nil
-}
-
-// coalesce sorts spans and joins touching ones, so a range that failed in
-// pieces (after splits, or a stream loss) is placed again as few regions.
-func coalesce(in []spans.Span) []spans.Span {
-	if len(in) < 2 {
-		return in
-	}
-	sort.Slice(in, func(i, j int) bool { return bytes.Compare(in[i].Start, in[j].Start) < 0 })
-	out := []spans.Span{in[0]}
-	for _, sp := range in[1:] {
-		last := &out[len(out)-1]
-		if len(last.End) == 0 {
-			break // the last span already runs to the end
-		}
-		if bytes.Compare(sp.Start, last.End) <= 0 {
-			if len(sp.End) == 0 || bytes.Compare(sp.End, last.End) > 0 {
-				last.End = sp.End
-			}
-			continue
-		}
-		out = append(out, sp)
-	}
-	return out
-}
-
-// clip intersects a region span with the wanted span.
-func clip(reg, want spans.Span) spans.Span {
-	out := reg
-	if bytes.Compare(want.Start, out.Start) > 0 {
-		out.Start = want.Start
-	}
-	if len(want.End) > 0 && (len(out.End) == 0 || bytes.Compare(want.End, out.End) < 0) {
-		out.End = want.End
-	}
-	return out
 }
 
 func (r *Reader) stream(ctx context.Context, store uint64) (*storeStream, error) {
