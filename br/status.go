@@ -21,6 +21,10 @@ const (
 	StatusNormal = "NORMAL"
 	StatusPause  = "PAUSE"
 	StatusError  = "ERROR"
+	// StatusStalled is ours: the task runs, but a store that takes part in
+	// it has no live agent, so the global checkpoint cannot move. BR would
+	// say NORMAL here; we refuse to.
+	StatusStalled = "STALLED"
 )
 
 // StatusOptions are the flags of `br stream status`.
@@ -43,6 +47,10 @@ type TaskView struct {
 	LastErrors  []StoreError    `json:"last_errors"`
 	// Pause is our addition: PauseV2 details (BR keeps them out of JSON).
 	Pause *PauseView `json:"pause,omitempty"`
+	// Agents and StoresWithoutAgent are ours: which stores have a live
+	// agent, and which stores that flushed for this task no longer do.
+	Agents             []AgentView `json:"agents"`
+	StoresWithoutAgent []uint64    `json:"stores_without_agent"`
 
 	hasGlobal bool // a central_global checkpoint exists
 }
@@ -57,6 +65,15 @@ type StoreProgress struct {
 type StoreError struct {
 	StoreID   uint64                  `json:"store_id"`
 	LastError *brpb.StreamBackupError `json:"last_error"`
+}
+
+// AgentView is one live agent's registration.
+type AgentView struct {
+	StoreID   uint64    `json:"store_id"`
+	Hostname  string    `json:"hostname"`
+	PID       int64     `json:"pid"`
+	Version   string    `json:"version"`
+	StartedAt time.Time `json:"started_at"`
 }
 
 // PauseView is the PauseV2 record of a paused task.
@@ -171,7 +188,39 @@ func loadView(ctx context.Context, env *Env, t *meta.TaskStatus) (*TaskView, err
 	for _, ts := range scs {
 		v.Checkpoint = max(v.Checkpoint, ts)
 	}
+	if err := loadAgents(ctx, env, v); err != nil {
+		return nil, err
+	}
 	return v, nil
+}
+
+// loadAgents fills the live agents and the stores that took part in the
+// task (they published span checkpoints) but have no live agent now.
+func loadAgents(ctx context.Context, env *Env, v *TaskView) error {
+	agents, err := env.Meta.Agents(ctx)
+	if err != nil {
+		return fmt.Errorf("read agent registrations: %w", err)
+	}
+	v.Agents, v.StoresWithoutAgent = []AgentView{}, []uint64{}
+	for _, a := range agents {
+		v.Agents = append(v.Agents, AgentView{StoreID: a.StoreId, Hostname: a.Hostname, PID: a.Pid, Version: a.Version,
+			StartedAt: time.UnixMilli(a.StartedAtUnixMs)})
+	}
+	sort.Slice(v.Agents, func(i, j int) bool { return v.Agents[i].StoreID < v.Agents[j].StoreID })
+	participants, err := env.Meta.SpanCheckpoints(ctx, v.Name)
+	if err != nil {
+		return fmt.Errorf("read span checkpoints of %q: %w", v.Name, err)
+	}
+	for store := range participants {
+		if _, live := agents[store]; !live {
+			v.StoresWithoutAgent = append(v.StoresWithoutAgent, store)
+		}
+	}
+	sort.Slice(v.StoresWithoutAgent, func(i, j int) bool { return v.StoresWithoutAgent[i] < v.StoresWithoutAgent[j] })
+	if v.Status == StatusNormal && len(v.StoresWithoutAgent) > 0 {
+		v.Status = StatusStalled
+	}
+	return nil
 }
 
 func pauseView(p *meta.PauseV2) *PauseView {
@@ -239,7 +288,7 @@ type row struct{ key, value string }
 
 func taskRows(v *TaskView, now time.Time, loc *time.Location) []row {
 	at := func(ts uint64) string { return fmt.Sprintf("%s; gap=%s", FormatTS(ts, loc), Gap(now, ts)) }
-	glyph := map[string]string{StatusNormal: "●", StatusPause: "●", StatusError: "○"}[v.Status]
+	glyph := map[string]string{StatusNormal: "●", StatusPause: "●", StatusError: "○", StatusStalled: "○"}[v.Status]
 	rows := []row{
 		{"name", v.Name},
 		{"status", glyph + " " + v.Status},
@@ -252,6 +301,16 @@ func taskRows(v *TaskView, now time.Time, loc *time.Location) []row {
 	if !v.hasGlobal {
 		for _, p := range v.Progress {
 			rows = append(rows, row{fmt.Sprintf("checkpoint[store=%d]", p.StoreID), at(p.Checkpoint)})
+		}
+	}
+	if len(v.Agents) > 0 || len(v.StoresWithoutAgent) > 0 {
+		ids := make([]string, 0, len(v.Agents))
+		for _, a := range v.Agents {
+			ids = append(ids, fmt.Sprint(a.StoreID))
+		}
+		rows = append(rows, row{"agents", fmt.Sprintf("%d live (stores %s)", len(v.Agents), strings.Join(ids, ", "))})
+		for _, s := range v.StoresWithoutAgent {
+			rows = append(rows, row{fmt.Sprintf("agent[store=%d]", s), "○ NOT RUNNING: the checkpoint cannot advance until it is back"})
 		}
 	}
 	if p := v.Pause; p != nil {

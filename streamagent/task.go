@@ -11,7 +11,9 @@ import (
 	"github.com/pingcap/kvproto/pkg/cdcpb"
 	"github.com/pingcap/kvproto/pkg/metapb"
 	"github.com/tikv/client-go/v2/oracle"
+	pd "github.com/tikv/pd/client"
 	"github.com/tikv/pd/client/circuitbreaker"
+	"github.com/tikv/pd/client/clients/router"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -167,6 +169,32 @@ func (t *taskRunner) Flush(ctx context.Context) error {
 	}
 }
 
+// scanPage is how many regions one PD request returns.
+const scanPage = 1024
+
+// scanRegions lists the regions overlapping sp from PD, a page at a time,
+// each page under its own deadline.
+func scanRegions(ctx context.Context, pdc pd.Client, sp spans.Span) ([]*router.Region, error) {
+	var out []*router.Region
+	start := sp.Start
+	for {
+		rctx, cancel := context.WithTimeout(withBreaker(ctx), 10*time.Second)
+		page, err := pdc.ScanRegions(rctx, start, sp.End, scanPage)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("scan regions: %w", err)
+		}
+		out = append(out, page...)
+		if len(page) < scanPage {
+			return out, nil
+		}
+		start = page[len(page)-1].Meta.EndKey
+		if len(start) == 0 || (len(sp.End) > 0 && string(start) >= string(sp.End)) {
+			return out, nil
+		}
+	}
+}
+
 func withBreaker(ctx context.Context) context.Context {
 	return circuitbreaker.WithCircuitBreaker(ctx, circuitbreaker.NewCircuitBreaker("streamagent", circuitbreaker.AlwaysClosedSettings))
 }
@@ -195,11 +223,9 @@ func (t *taskRunner) placePending(ctx context.Context) {
 }
 
 func (t *taskRunner) place(ctx context.Context, sp spans.Span) error {
-	rctx, cancel := context.WithTimeout(withBreaker(ctx), 10*time.Second)
-	defer cancel()
-	regions, err := t.a.cfg.PD.ScanRegions(rctx, sp.Start, sp.End, 0)
+	regions, err := scanRegions(ctx, t.a.cfg.PD, sp)
 	if err != nil {
-		return fmt.Errorf("scan regions: %w", err)
+		return err
 	}
 	for _, r := range regions {
 		if r.Leader == nil || r.Leader.StoreId != t.a.cfg.StoreID {
@@ -385,9 +411,7 @@ func (t *taskRunner) reconcile(ctx context.Context) {
 		owned.Cover(sp, 1)
 	}
 	for _, sp := range t.covered {
-		rctx, cancel := context.WithTimeout(withBreaker(ctx), 10*time.Second)
-		regions, err := t.a.cfg.PD.ScanRegions(rctx, sp.Start, sp.End, 0)
-		cancel()
+		regions, err := scanRegions(ctx, t.a.cfg.PD, sp)
 		if err != nil {
 			t.log.Debug("reconcile: scan regions", "err", err)
 			return
