@@ -10,6 +10,7 @@ type metrics struct {
 	regionErrors      *prometheus.CounterVec
 	flushDuration     *prometheus.HistogramVec
 	observedRegions   *prometheus.GaugeVec
+	bufferedBytes     *prometheus.GaugeVec
 	checkpointLagSecs *prometheus.GaugeVec
 }
 
@@ -26,11 +27,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"stage"}),
 		observedRegions: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "logbackup_agent_observed_regions", Help: "Regions observed, by task."}, []string{"task"}),
+		bufferedBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "logbackup_agent_buffered_bytes", Help: "Uncompressed bytes waiting for the next flush, by task."}, []string{"task"}),
 		checkpointLagSecs: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "logbackup_agent_checkpoint_lag_seconds", Help: "Now minus the store checkpoint, by task."}, []string{"task"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.eventsIn, m.bytesOut, m.regionErrors, m.flushDuration, m.observedRegions, m.checkpointLagSecs)
+		reg.MustRegister(m.eventsIn, m.bytesOut, m.regionErrors, m.flushDuration, m.observedRegions, m.bufferedBytes, m.checkpointLagSecs)
 	}
 	return m
 }

@@ -10,6 +10,7 @@ import (
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
 	"github.com/pingcap/kvproto/pkg/cdcpb"
 	"github.com/pingcap/kvproto/pkg/metapb"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tikv/client-go/v2/oracle"
 	pd "github.com/tikv/pd/client"
 	"github.com/tikv/pd/client/circuitbreaker"
@@ -69,6 +70,20 @@ type taskRunner struct {
 
 	events  chan streamEvent
 	flushCh chan chan error
+	stats   taskStats
+}
+
+// publishStats refreshes what /status and the gauges show.
+func (t *taskRunner) publishStats() {
+	regions := map[uint64]struct{}{} // a region may hold several task ranges
+	for _, sub := range t.subs {
+		regions[sub.region.Id] = struct{}{}
+	}
+	t.stats.observedRegions.Store(int64(len(regions)))
+	t.stats.pendingRanges.Store(int64(len(t.pending)))
+	t.stats.bufferedBytes.Store(int64(t.builder.Size()))
+	t.a.metrics.observedRegions.WithLabelValues(t.info.Name).Set(float64(len(regions)))
+	t.a.metrics.bufferedBytes.WithLabelValues(t.info.Name).Set(float64(t.builder.Size()))
 }
 
 type frozen struct {
@@ -114,6 +129,11 @@ func newTaskRunner(ctx context.Context, a *Agent, info *brpb.StreamBackupTaskInf
 func (t *taskRunner) run(ctx context.Context, flushOnExit *atomic.Bool) {
 	defer t.st.Close()
 	defer t.closeStream()
+	defer func() {
+		for _, g := range []*prometheus.GaugeVec{t.a.metrics.observedRegions, t.a.metrics.bufferedBytes, t.a.metrics.checkpointLagSecs} {
+			g.DeleteLabelValues(t.info.Name)
+		}
+	}()
 	flushTick := time.NewTicker(t.a.cfg.FlushInterval)
 	defer flushTick.Stop()
 	reconcile := time.NewTicker(t.a.cfg.ReconcileInterval)
@@ -149,6 +169,7 @@ func (t *taskRunner) run(ctx context.Context, flushOnExit *atomic.Bool) {
 			t.reconcile(ctx)
 		case <-place.C:
 			t.placePending(ctx)
+			t.publishStats()
 		}
 	}
 }
@@ -462,7 +483,9 @@ func (t *taskRunner) flush(ctx context.Context) error {
 	if minResolved == 0 {
 		minResolved = t.info.StartTs
 	}
+	began := time.Now()
 	fl, err := b.Finish(flushTS, minResolved)
+	t.a.metrics.flushDuration.WithLabelValues("generate_metadata").Observe(time.Since(began).Seconds())
 	if err != nil {
 		return fmt.Errorf("build flush: %w", err)
 	}
@@ -504,13 +527,18 @@ func (t *taskRunner) upload(ctx context.Context, p *pendingFlush) error {
 		t.flushed.Advance(f.span, f.ts)
 	}
 	t.lastFlushAt = time.Now()
+	t.stats.lastFlushUnixMs.Store(t.lastFlushAt.UnixMilli())
 	if err := t.a.cfg.Meta.PutSpanCheckpoints(ctx, t.info.Name, toRecord(t.a.cfg.StoreID, p.fl.Name.FlushTS, t.flushed)); err != nil {
 		return fmt.Errorf("publish span checkpoints: %w", err)
 	}
 	if cp, ok := t.storeCheckpoint(); ok {
-		if _, err := t.a.cfg.Meta.AdvanceStoreCheckpoint(ctx, t.info.Name, t.a.cfg.StoreID, cp); err != nil {
+		stored, err := t.a.cfg.Meta.AdvanceStoreCheckpoint(ctx, t.info.Name, t.a.cfg.StoreID, cp)
+		if err != nil {
 			return fmt.Errorf("advance store checkpoint: %w", err)
 		}
+		t.stats.storeCheckpoint.Store(stored)
+		lag := time.Since(oracle.GetTimeFromTS(stored)).Seconds()
+		t.a.metrics.checkpointLagSecs.WithLabelValues(t.info.Name).Set(lag)
 	}
 	return t.syncGlobalCheckpoint(ctx)
 }

@@ -1,0 +1,39 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Bad flags are refused with a clear error before anything connects, and
+// an unreachable PD is reported within the dial timeout.
+func TestRunRejectsBadInput(t *testing.T) {
+	base := options{pd: "127.0.0.1:1", statusAddr: "127.0.0.1:0", flushInterval: time.Minute, fileSizeLimit: 1 << 20, dialTimeout: time.Second}
+	cases := []struct {
+		name string
+		mod  func(*options)
+		want string
+	}{
+		{"no store", func(o *options) {}, "--store-id or --store-addr"},
+		{"flush too fast", func(o *options) { o.storeID = 1; o.flushInterval = time.Millisecond }, "--flush-interval"},
+		{"tiny files", func(o *options) { o.storeID = 1; o.fileSizeLimit = 10 }, "--file-size-limit"},
+		{"no pd", func(o *options) { o.storeID = 1; o.pd = " , " }, "--pd"},
+		{"unreachable pd", func(o *options) { o.storeID = 1 }, "127.0.0.1:1"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			o := base
+			c.mod(&o)
+			began := time.Now()
+			err := run(context.Background(), o)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("run: %v, want an error mentioning %q", err, c.want)
+			}
+			if took := time.Since(began); took > 20*time.Second {
+				t.Fatalf("took %s", took)
+			}
+		})
+	}
+}

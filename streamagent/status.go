@@ -1,0 +1,67 @@
+package streamagent
+
+import (
+	"encoding/json"
+	"net/http"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// taskStats are written by a task's loop and read by /status.
+type taskStats struct {
+	observedRegions atomic.Int64
+	bufferedBytes   atomic.Int64
+	lastFlushUnixMs atomic.Int64
+	storeCheckpoint atomic.Uint64
+	pendingRanges   atomic.Int64
+}
+
+// TaskStatus is one task in the agent's /status.
+type TaskStatus struct {
+	Name            string    `json:"name"`
+	ObservedRegions int64     `json:"observed_regions"`
+	PendingRanges   int64     `json:"pending_ranges"`
+	BufferedBytes   int64     `json:"buffered_bytes"`
+	LastFlush       time.Time `json:"last_flush,omitempty"`
+	StoreCheckpoint uint64    `json:"store_checkpoint"`
+}
+
+// Status is the agent's /status document.
+type Status struct {
+	StoreID uint64       `json:"store_id"`
+	Version string       `json:"version"`
+	Tasks   []TaskStatus `json:"tasks"`
+}
+
+// Status reports what the agent is doing now.
+func (a *Agent) Status() Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := Status{StoreID: a.cfg.StoreID, Version: a.cfg.Version, Tasks: []TaskStatus{}}
+	for name, h := range a.runners {
+		s := &h.r.stats
+		ts := TaskStatus{Name: name, ObservedRegions: s.observedRegions.Load(), PendingRanges: s.pendingRanges.Load(),
+			BufferedBytes: s.bufferedBytes.Load(), StoreCheckpoint: s.storeCheckpoint.Load()}
+		if ms := s.lastFlushUnixMs.Load(); ms > 0 {
+			ts.LastFlush = time.UnixMilli(ms)
+		}
+		st.Tasks = append(st.Tasks, ts)
+	}
+	sort.Slice(st.Tasks, func(i, j int) bool { return st.Tasks[i].Name < st.Tasks[j].Name })
+	return st
+}
+
+// Handler serves /metrics from gatherer and /status as JSON.
+func (a *Agent) Handler(gatherer prometheus.Gatherer) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(a.Status())
+	})
+	return mux
+}
