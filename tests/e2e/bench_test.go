@@ -1,0 +1,118 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/pingcap/log"
+	"github.com/tikv/client-go/v2/txnkv/transaction"
+	"go.uber.org/zap/zapcore"
+
+	"logbackup/br"
+	"logbackup/meta"
+	"logbackup/streamagent"
+	"logbackup/tests/etcdtest"
+	"logbackup/tests/simcluster"
+)
+
+type benchEnv struct {
+	c     *simcluster.Cluster
+	m     *meta.Client
+	start uint64
+}
+
+func setupBench(b *testing.B, regions int) *benchEnv {
+	log.SetLevel(zapcore.ErrorLevel)
+	ctx := context.Background()
+	etcd := etcdtest.Start(b)
+	m := meta.NewClient(etcd.Client(b))
+	var splits [][]byte
+	for i := 1; i < regions; i++ {
+		splits = append(splits, []byte(fmt.Sprintf("t%06d", i)))
+	}
+	c, err := simcluster.Start(ctx, simcluster.Config{Stores: 1, SplitKeys: splits})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(c.Close)
+	start, _ := c.TSO(ctx)
+	if err := br.Start(ctx, br.NewEnv(m), br.StartOptions{TaskName: "bench", StartTS: fmt.Sprint(start), Storage: "local://" + b.TempDir()}, io.Discard); err != nil {
+		b.Fatal(err)
+	}
+	return &benchEnv{c: c, m: m, start: start}
+}
+
+func (e *benchEnv) agent(b *testing.B, flush time.Duration) (*streamagent.Agent, func()) {
+	a, err := streamagent.New(streamagent.Config{StoreID: e.c.StoreIDs()[0], PD: e.c.PD(), Meta: e.m, ClusterID: e.c.ClusterID(),
+		FlushInterval: flush, ReconcileInterval: time.Hour, CoordinatorInterval: 200 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); a.Run(ctx) }()
+	return a, func() { cancel(); <-done }
+}
+
+// BenchmarkObserve10KRegions: from an agent's start (or a resume) until it
+// has found all 10,000 regions of its store through PD (paged) and sent
+// their EventFeed registrations.
+func BenchmarkObserve10KRegions(b *testing.B) {
+	e := setupBench(b, 10000)
+	for i := 0; i < b.N; i++ {
+		began := time.Now()
+		a, stop := e.agent(b, time.Hour)
+		for {
+			st := a.Status()
+			if len(st.Tasks) == 1 && st.Tasks[0].ObservedRegions >= 10000 {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		observed := time.Since(began)
+		stop()
+		b.ReportMetric(observed.Seconds(), "s-to-observe")
+	}
+}
+
+// BenchmarkEndToEnd: one agent, 10 regions, transactions of 64 rows; rows
+// per second until the global checkpoint covers the last commit, and the
+// lag between the last commit and that checkpoint.
+func BenchmarkEndToEnd(b *testing.B) {
+	e := setupBench(b, 10)
+	_, stop := e.agent(b, time.Second)
+	defer stop()
+	ctx := context.Background()
+	value := make([]byte, 100)
+	const rowsPerTxn = 64
+	b.ResetTimer()
+	began := time.Now()
+	for i := 0; i < b.N; i++ {
+		if _, err := e.c.Txn(ctx, func(txn *transaction.KVTxn) error {
+			for k := 0; k < rowsPerTxn; k++ {
+				if err := txn.Set([]byte(fmt.Sprintf("t%06d", (i*rowsPerTxn+k)%10000)), value); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	last, _ := e.c.TSO(ctx)
+	committedAt := time.Now()
+	for {
+		g, ok, _ := e.m.GlobalCheckpoint(ctx, "bench")
+		if ok && g >= last {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	b.ReportMetric(float64(b.N*rowsPerTxn)/time.Since(began).Seconds(), "rows/s")
+	b.ReportMetric(time.Since(committedAt).Seconds(), "s-checkpoint-lag")
+}
