@@ -125,3 +125,73 @@ func (c *Client) StorageCheckpoints(ctx context.Context, task string) (map[uint6
 	}
 	return out, nil
 }
+
+// RegionTS is one region checkpoint to advance.
+type RegionTS struct {
+	RegionID, EpochVersion, TS uint64
+}
+
+// AdvanceRegionCheckpoints advances many region checkpoints at once, never
+// moving any backwards: one scan of the task's region checkpoints, then
+// transactions of up to 64 compare-and-puts. Keys that lose a race are
+// retried one by one.
+func (c *Client) AdvanceRegionCheckpoints(ctx context.Context, task string, cps []RegionTS) error {
+	type cur struct {
+		ts     uint64
+		modRev int64
+	}
+	existing := map[string]cur{}
+	prefix := CheckpointPrefix(task) + "region/"
+	rctx, cancel := c.ctx(ctx)
+	resp, err := c.cli.Get(rctx, prefix, clientv3.WithPrefix())
+	cancel()
+	if err != nil {
+		return fmt.Errorf("read region checkpoints: %w", err)
+	}
+	for _, kv := range resp.Kvs {
+		ts, err := DecodeTS(string(kv.Key), kv.Value)
+		if err != nil {
+			return err
+		}
+		existing[string(kv.Key)] = cur{ts, kv.ModRevision}
+	}
+	const batch = 64
+	var retry []RegionTS
+	for i := 0; i < len(cps); i += batch {
+		var cmps []clientv3.Cmp
+		var ops []clientv3.Op
+		var sent []RegionTS
+		for _, cp := range cps[i:min(i+batch, len(cps))] {
+			key := RegionCheckpointKey(task, cp.RegionID, cp.EpochVersion)
+			e, ok := existing[key]
+			switch {
+			case ok && e.ts >= cp.TS:
+				continue
+			case ok:
+				cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", e.modRev))
+			default:
+				cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
+			}
+			ops = append(ops, clientv3.OpPut(key, string(EncodeTS(cp.TS))))
+			sent = append(sent, cp)
+		}
+		if len(ops) == 0 {
+			continue
+		}
+		rctx, cancel := c.ctx(ctx)
+		txn, err := c.cli.Txn(rctx).If(cmps...).Then(ops...).Commit()
+		cancel()
+		if err != nil {
+			return fmt.Errorf("write region checkpoints: %w", err)
+		}
+		if !txn.Succeeded {
+			retry = append(retry, sent...)
+		}
+	}
+	for _, cp := range retry {
+		if _, err := c.AdvanceRegionCheckpoint(ctx, task, cp.RegionID, cp.EpochVersion, cp.TS); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -281,3 +281,46 @@ func TestDialReachable(t *testing.T) {
 	}
 	cli.Close()
 }
+
+func TestAdvanceRegionCheckpointsBatch(t *testing.T) {
+	c, _, _ := setup(t)
+	ctx := context.Background()
+	var cps []meta.RegionTS
+	for i := uint64(1); i <= 150; i++ {
+		cps = append(cps, meta.RegionTS{RegionID: i, EpochVersion: 2, TS: 100 + i})
+	}
+	if err := c.AdvanceRegionCheckpoints(ctx, "pitr", cps); err != nil {
+		t.Fatal(err)
+	}
+	// Some go up, some would go down: the lower ones must be ignored.
+	// Region 8 was raised by someone else in between (999 > its 108-50).
+	if _, err := c.AdvanceRegionCheckpoint(ctx, "pitr", 8, 2, 999); err != nil {
+		t.Fatal(err)
+	}
+	for i := range cps {
+		if i%2 == 0 {
+			cps[i].TS += 1000
+		} else {
+			cps[i].TS -= 50
+		}
+	}
+	if err := c.AdvanceRegionCheckpoints(ctx, "pitr", cps); err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.Checkpoints(ctx, "pitr")
+	if err != nil || len(got) != 150 {
+		t.Fatalf("%d checkpoints, %v", len(got), err)
+	}
+	for _, cp := range got {
+		want := 100 + cp.RegionID
+		if (cp.RegionID-1)%2 == 0 {
+			want += 1000
+		}
+		if cp.RegionID == 8 {
+			want = 999
+		}
+		if cp.TS != want {
+			t.Fatalf("region %d checkpoint %d, want %d", cp.RegionID, cp.TS, want)
+		}
+	}
+}

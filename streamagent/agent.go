@@ -24,6 +24,7 @@ type Agent struct {
 
 	mu      sync.Mutex
 	runners map[string]*runnerHandle
+	spills  atomic.Int64
 }
 
 type runnerHandle struct {
@@ -187,7 +188,7 @@ func (a *Agent) Tasks() []string {
 func (a *Agent) keepRegistered(ctx context.Context) {
 	host, _ := os.Hostname()
 	reg := &lbpb.AgentRegistration{StoreId: a.cfg.StoreID, Version: a.cfg.Version, StartedAtUnixMs: time.Now().UnixMilli(),
-		Hostname: host, Pid: int64(os.Getpid())}
+		Hostname: host, Pid: int64(os.Getpid()), StatusAddress: a.cfg.StatusAddress}
 	for ctx.Err() == nil {
 		lost, err := a.cfg.Meta.RegisterAgent(ctx, reg, 10*time.Second)
 		if err != nil {

@@ -9,6 +9,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"time"
 
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
@@ -37,6 +39,16 @@ type Config struct {
 	// CoordinatorInterval is how often the elected coordinator publishes
 	// the global checkpoint.
 	CoordinatorInterval time.Duration
+	// MemoryQuota bounds the buffered bytes a task holds in memory; past
+	// it they spill to temp files under TempDir (default 256 MiB).
+	MemoryQuota int
+	// TempDir holds spilled buffers, one subdirectory per task (default
+	// <os temp>/logbackup-store-<id>). It is emptied when a task starts and
+	// removed when it stops.
+	TempDir string
+	// StatusAddress is this agent's /metrics and /status address, shown
+	// in its registration.
+	StatusAddress string
 
 	// OpenStorage opens a task's storage; default storage.OpenBackend.
 	OpenStorage func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error)
@@ -59,6 +71,12 @@ func (c *Config) withDefaults() error {
 	}
 	if c.CoordinatorInterval <= 0 {
 		c.CoordinatorInterval = 12 * time.Second
+	}
+	if c.MemoryQuota <= 0 {
+		c.MemoryQuota = 256 << 20
+	}
+	if c.TempDir == "" {
+		c.TempDir = filepath.Join(os.TempDir(), fmt.Sprintf("logbackup-store-%d", c.StoreID))
 	}
 	if c.OpenStorage == nil {
 		c.OpenStorage = func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error) {

@@ -6,8 +6,10 @@ import "github.com/prometheus/client_golang/prometheus"
 // global, so tests and several agents in one process do not collide.
 type metrics struct {
 	eventsIn          prometheus.Counter
+	spilled           prometheus.Counter
 	bytesOut          prometheus.Counter
 	regionErrors      *prometheus.CounterVec
+	initialScans      *prometheus.CounterVec
 	flushDuration     *prometheus.HistogramVec
 	observedRegions   *prometheus.GaugeVec
 	bufferedBytes     *prometheus.GaugeVec
@@ -18,10 +20,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		eventsIn: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "logbackup_agent_events_total", Help: "Committed changes received from TiKV."}),
+		spilled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "logbackup_agent_spills_total", Help: "Times buffered changes went over the memory quota and spilled to temp files."}),
 		bytesOut: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "logbackup_agent_flushed_bytes_total", Help: "Compressed bytes uploaded to storage."}),
 		regionErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "logbackup_agent_region_errors_total", Help: "Subscriptions ended or started, by reason."}, []string{"reason"}),
+		initialScans: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "logbackup_agent_initial_scans_total", Help: "Region subscriptions (each runs an initial scan), by why they started."}, []string{"reason"}),
 		flushDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "logbackup_agent_flush_duration_seconds", Help: "Flush duration by stage.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"stage"}),
@@ -33,7 +39,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "logbackup_agent_checkpoint_lag_seconds", Help: "Now minus the store checkpoint, by task."}, []string{"task"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.eventsIn, m.bytesOut, m.regionErrors, m.flushDuration, m.observedRegions, m.bufferedBytes, m.checkpointLagSecs)
+		reg.MustRegister(m.eventsIn, m.spilled, m.bytesOut, m.regionErrors, m.initialScans, m.flushDuration, m.observedRegions, m.bufferedBytes, m.checkpointLagSecs)
 	}
 	return m
 }

@@ -15,6 +15,7 @@ import (
 type taskStats struct {
 	observedRegions atomic.Int64
 	bufferedBytes   atomic.Int64
+	memoryBytes     atomic.Int64
 	lastFlushUnixMs atomic.Int64
 	storeCheckpoint atomic.Uint64
 	pendingRanges   atomic.Int64
@@ -25,7 +26,8 @@ type TaskStatus struct {
 	Name            string    `json:"name"`
 	ObservedRegions int64     `json:"observed_regions"`
 	PendingRanges   int64     `json:"pending_ranges"`
-	BufferedBytes   int64     `json:"buffered_bytes"`
+	BufferedBytes   int64     `json:"buffered_bytes"` // in memory and spilled
+	MemoryBytes     int64     `json:"memory_bytes"`   // in memory, bounded by the quota
 	LastFlush       time.Time `json:"last_flush,omitempty"`
 	StoreCheckpoint uint64    `json:"store_checkpoint"`
 }
@@ -35,17 +37,19 @@ type Status struct {
 	StoreID uint64       `json:"store_id"`
 	Version string       `json:"version"`
 	Tasks   []TaskStatus `json:"tasks"`
+	// Spills counts how often any task went over the memory quota.
+	Spills int64 `json:"spills"`
 }
 
 // Status reports what the agent is doing now.
 func (a *Agent) Status() Status {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	st := Status{StoreID: a.cfg.StoreID, Version: a.cfg.Version, Tasks: []TaskStatus{}}
+	st := Status{StoreID: a.cfg.StoreID, Version: a.cfg.Version, Tasks: []TaskStatus{}, Spills: a.spills.Load()}
 	for name, h := range a.runners {
 		s := &h.r.stats
 		ts := TaskStatus{Name: name, ObservedRegions: s.observedRegions.Load(), PendingRanges: s.pendingRanges.Load(),
-			BufferedBytes: s.bufferedBytes.Load(), StoreCheckpoint: s.storeCheckpoint.Load()}
+			BufferedBytes: s.bufferedBytes.Load(), MemoryBytes: s.memoryBytes.Load(), StoreCheckpoint: s.storeCheckpoint.Load()}
 		if ms := s.lastFlushUnixMs.Load(); ms > 0 {
 			ts.LastFlush = time.UnixMilli(ms)
 		}

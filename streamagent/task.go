@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sync/atomic"
 	"time"
 
@@ -18,6 +20,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"logbackup/meta"
 	"logbackup/storage"
 	"logbackup/streamagent/logfile"
 	"logbackup/streamagent/matcher"
@@ -59,14 +62,19 @@ type taskRunner struct {
 	flushed *spans.Map // what is durable in storage, by range (ours or inherited)
 	subs    map[uint64]*subscription
 	pending []spans.Span
-	stream  *feedStream
-	nextReq uint64
-	builder *logfile.Builder
+	// scanReason is why the next placements rescan: "task-start" first,
+	// then the reason of the latest drop or "leader-gained".
+	scanReason string
+	stream     *feedStream
+	nextReq    uint64
+	builder    *logfile.Builder
 	// unsent is a finished flush whose upload failed; it is retried before
 	// anything newer is flushed, so checkpoints stay in order.
 	unsent      *pendingFlush
 	lastFlushTS uint64
 	lastFlushAt time.Time
+
+	tempDir string
 
 	events  chan streamEvent
 	flushCh chan chan error
@@ -82,13 +90,37 @@ func (t *taskRunner) publishStats() {
 	t.stats.observedRegions.Store(int64(len(regions)))
 	t.stats.pendingRanges.Store(int64(len(t.pending)))
 	t.stats.bufferedBytes.Store(int64(t.builder.Size()))
+	t.stats.memoryBytes.Store(int64(t.builder.Memory()))
 	t.a.metrics.observedRegions.WithLabelValues(t.info.Name).Set(float64(len(regions)))
 	t.a.metrics.bufferedBytes.WithLabelValues(t.info.Name).Set(float64(t.builder.Size()))
 }
 
 type frozen struct {
-	span spans.Span
-	ts   uint64
+	span   spans.Span
+	region *metapb.Region
+	ts     uint64
+}
+
+// putRegionCheckpoints records each flushed region's checkpoint at
+// checkpoint/<task>/region/<id>/<epoch version>, as BR's tools read them.
+// A region split into several task ranges gets the minimum of its ranges.
+func (t *taskRunner) putRegionCheckpoints(ctx context.Context, fr []frozen) error {
+	type key struct{ id, version uint64 }
+	min := map[key]uint64{}
+	for _, f := range fr {
+		k := key{f.region.Id, f.region.RegionEpoch.GetVersion()}
+		if cur, ok := min[k]; !ok || f.ts < cur {
+			min[k] = f.ts
+		}
+	}
+	cps := make([]meta.RegionTS, 0, len(min))
+	for k, ts := range min {
+		cps = append(cps, meta.RegionTS{RegionID: k.id, EpochVersion: k.version, TS: ts})
+	}
+	if err := t.a.cfg.Meta.AdvanceRegionCheckpoints(ctx, t.info.Name, cps); err != nil {
+		return fmt.Errorf("advance region checkpoints: %w", err)
+	}
+	return nil
 }
 
 type pendingFlush struct {
@@ -111,16 +143,32 @@ func newTaskRunner(ctx context.Context, a *Agent, info *brpb.StreamBackupTaskInf
 		st.Close()
 		return nil, err
 	}
+	// Leftovers of a crashed run are stale: the range checkpoints decide
+	// what is rescanned, so start with an empty temp dir.
+	tempDir := filepath.Join(a.cfg.TempDir, info.Name)
+	if err := os.RemoveAll(tempDir); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("clean temp dir %s: %w", tempDir, err)
+	}
+	if err := os.MkdirAll(tempDir, 0o700); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("create temp dir %s: %w", tempDir, err)
+	}
 	t := &taskRunner{
 		a: a, info: info, covered: covered, st: st,
 		log:     a.cfg.Logger.With("task", info.Name, "store", a.cfg.StoreID),
 		flushed: known, subs: map[uint64]*subscription{},
 		pending: append([]spans.Span(nil), covered...),
-		builder: logfile.NewBuilder(logfile.BuilderConfig{StoreID: a.cfg.StoreID, FileSizeLimit: a.cfg.FileSizeLimit}),
+		tempDir: tempDir, scanReason: "task-start",
 		events:  make(chan streamEvent, 256),
 		flushCh: make(chan chan error),
 	}
+	t.builder = t.newBuilder()
 	return t, nil
+}
+
+func (t *taskRunner) newBuilder() *logfile.Builder {
+	return logfile.NewBuilder(logfile.BuilderConfig{StoreID: t.a.cfg.StoreID, FileSizeLimit: t.a.cfg.FileSizeLimit, SpillDir: t.tempDir})
 }
 
 // run is the task's loop: events, flush and reconcile ticks, explicit
@@ -129,6 +177,10 @@ func newTaskRunner(ctx context.Context, a *Agent, info *brpb.StreamBackupTaskInf
 func (t *taskRunner) run(ctx context.Context, flushOnExit *atomic.Bool) {
 	defer t.st.Close()
 	defer t.closeStream()
+	defer func() {
+		t.builder.Close()
+		os.RemoveAll(t.tempDir)
+	}()
 	defer func() {
 		for _, g := range []*prometheus.GaugeVec{t.a.metrics.observedRegions, t.a.metrics.bufferedBytes, t.a.metrics.checkpointLagSecs} {
 			g.DeleteLabelValues(t.info.Name)
@@ -154,6 +206,18 @@ func (t *taskRunner) run(ctx context.Context, flushOnExit *atomic.Bool) {
 			return
 		case e := <-t.events:
 			t.handle(e)
+			t.stats.bufferedBytes.Store(int64(t.builder.Size()))
+			t.stats.memoryBytes.Store(int64(t.builder.Memory()))
+			if t.builder.Memory() > t.a.cfg.MemoryQuota {
+				if err := t.builder.Spill(); err != nil {
+					// The error issue makes this fatal (as TiKV does); until
+					// then a flush is the way to free memory.
+					t.log.Error("cannot spill buffered changes to temp files", "dir", t.tempDir, "err", err)
+					t.flush(ctx)
+				}
+				t.a.metrics.spilled.Inc()
+				t.a.spills.Add(1)
+			}
 			if t.builder.Size() >= t.a.cfg.FileSizeLimit {
 				if err := t.flush(ctx); err != nil {
 					t.log.Warn("size-triggered flush failed", "err", err)
@@ -275,6 +339,7 @@ func (t *taskRunner) subscribe(ctx context.Context, region *metapb.Region, piece
 	t.nextReq++
 	sub := &subscription{reqID: t.nextReq, region: region, span: piece, m: matcher.New(cp), stream: st}
 	t.subs[sub.reqID] = sub
+	t.a.metrics.initialScans.WithLabelValues(t.scanReason).Inc()
 	err = st.stream.Send(&cdcpb.ChangeDataRequest{
 		Header: &cdcpb.Header{ClusterId: t.a.cfg.ClusterID}, RegionId: region.Id, RegionEpoch: region.RegionEpoch,
 		CheckpointTs: cp, StartKey: piece.Start, EndKey: piece.End, RequestId: sub.reqID,
@@ -353,6 +418,7 @@ func (t *taskRunner) streamLost(st *feedStream) {
 func (t *taskRunner) drop(sub *subscription, reason string) {
 	delete(t.subs, sub.reqID)
 	t.pending = append(t.pending, sub.span)
+	t.scanReason = reason
 	t.a.metrics.regionErrors.WithLabelValues(reason).Inc()
 }
 
@@ -444,6 +510,7 @@ func (t *taskRunner) reconcile(ctx context.Context) {
 			piece := spans.Clip(spans.Span{Start: r.Meta.StartKey, End: r.Meta.EndKey}, sp)
 			if _, ok := owned.Min(piece); !ok && piece.Valid() {
 				t.pending = append(t.pending, piece)
+				t.scanReason = "leader-gained"
 				t.a.metrics.regionErrors.WithLabelValues("leader-gained").Inc()
 			}
 		}
@@ -468,13 +535,13 @@ func (t *taskRunner) flush(ctx context.Context) error {
 			continue
 		}
 		r := sub.m.ResolvedTS()
-		fr = append(fr, frozen{span: sub.span, ts: r})
+		fr = append(fr, frozen{span: sub.span, region: sub.region, ts: r})
 		if minResolved == 0 || r < minResolved {
 			minResolved = r
 		}
 	}
 	b := t.builder
-	t.builder = logfile.NewBuilder(logfile.BuilderConfig{StoreID: t.a.cfg.StoreID, FileSizeLimit: t.a.cfg.FileSizeLimit})
+	t.builder = t.newBuilder()
 	flushTS, err := t.nextFlushTS(ctx)
 	if err != nil {
 		t.builder = b // nothing lost: try again later
@@ -485,8 +552,16 @@ func (t *taskRunner) flush(ctx context.Context) error {
 	}
 	began := time.Now()
 	fl, err := b.Finish(flushTS, minResolved)
+	b.Close() // its temp files are compressed into fl now
 	t.a.metrics.flushDuration.WithLabelValues("generate_metadata").Observe(time.Since(began).Seconds())
 	if err != nil {
+		// The buffered changes are gone (e.g. a spilled file could not be
+		// read back). Later flushes must not publish checkpoints that cover
+		// them, so every subscription starts again from what is durable.
+		for _, sub := range t.subs {
+			t.deregister(sub)
+			t.drop(sub, "flush-failed")
+		}
 		return fmt.Errorf("build flush: %w", err)
 	}
 	p := &pendingFlush{fl: fl, frozen: fr}
@@ -525,6 +600,9 @@ func (t *taskRunner) upload(ctx context.Context, p *pendingFlush) error {
 	t.a.metrics.flushDuration.WithLabelValues("save_files").Observe(time.Since(began).Seconds())
 	for _, f := range p.frozen {
 		t.flushed.Advance(f.span, f.ts)
+	}
+	if err := t.putRegionCheckpoints(ctx, p.frozen); err != nil {
+		return err
 	}
 	t.lastFlushAt = time.Now()
 	t.stats.lastFlushUnixMs.Store(t.lastFlushAt.UnixMilli())

@@ -8,6 +8,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"hash/crc64"
+	"io"
+	"os"
 	"sort"
 	"sync"
 
@@ -37,6 +39,9 @@ type BuilderConfig struct {
 	StoreID       uint64
 	FileSizeLimit int           // default DefaultFileSizeLimit
 	NewID         func() string // unique object-name part; default a random UUID
+	// SpillDir receives the plain bytes of files when Spill is called; ""
+	// means the system temp dir.
+	SpillDir string
 }
 
 // fileKey groups entries into files, as TiKV's TempFileKey does.
@@ -49,9 +54,13 @@ type fileKey struct {
 }
 
 type fileBuf struct {
-	key          fileKey
-	region       RegionInfo
-	plain        []byte
+	key    fileKey
+	region RegionInfo
+	plain  []byte // the in-memory tail; the head may be spilled
+	// spilled is the temp file holding the head of this file's plain bytes
+	// once the builder went over its memory quota.
+	spilled      *os.File
+	spilledBytes int
 	crc          uint64
 	entries      int64
 	minTS, maxTS uint64
@@ -62,10 +71,11 @@ type fileBuf struct {
 // Builder collects one flush's changes and produces its objects. It is
 // pure: no IO, no clock. Not safe for concurrent use.
 type Builder struct {
-	cfg   BuilderConfig
-	files map[fileKey]*fileBuf
-	size  int
-	count int
+	cfg    BuilderConfig
+	files  map[fileKey]*fileBuf
+	size   int // all plain bytes added
+	memory int // plain bytes held in memory (size minus spilled)
+	count  int
 }
 
 // NewBuilder returns an empty builder.
@@ -79,8 +89,47 @@ func NewBuilder(cfg BuilderConfig) *Builder {
 	return &Builder{cfg: cfg, files: map[fileKey]*fileBuf{}}
 }
 
-// Size is the uncompressed bytes buffered so far.
+// Size is the uncompressed bytes buffered so far, in memory or spilled.
 func (b *Builder) Size() int { return b.size }
+
+// Memory is the uncompressed bytes held in memory.
+func (b *Builder) Memory() int { return b.memory }
+
+// Spill moves every file's in-memory bytes to its temp file, so memory
+// stays under the caller's quota; Finish reads them back as a stream.
+func (b *Builder) Spill() error {
+	for _, f := range b.files {
+		if len(f.plain) == 0 {
+			continue
+		}
+		if f.spilled == nil {
+			tf, err := os.CreateTemp(b.cfg.SpillDir, "logbackup-*.temp.log")
+			if err != nil {
+				return fmt.Errorf("spill: %w", err)
+			}
+			f.spilled = tf
+		}
+		if _, err := f.spilled.Write(f.plain); err != nil {
+			return fmt.Errorf("spill to %s: %w", f.spilled.Name(), err)
+		}
+		f.spilledBytes += len(f.plain)
+		b.memory -= len(f.plain)
+		f.plain = nil // release, not just truncate: the point is the memory
+	}
+	return nil
+}
+
+// Close removes the builder's temp files (after Finish, or to discard).
+func (b *Builder) Close() {
+	for _, f := range b.files {
+		if f.spilled != nil {
+			name := f.spilled.Name()
+			f.spilled.Close()
+			os.Remove(name)
+			f.spilled = nil
+		}
+	}
+}
 
 // Changes is the number of changes added.
 func (b *Builder) Changes() int { return b.count }
@@ -139,6 +188,7 @@ func (b *Builder) appendEntry(region RegionInfo, fk fileKey, raw []byte, ts, sta
 	binary.LittleEndian.PutUint32(buf[valAt-4:], uint32(len(buf)-valAt))
 	f.plain = buf
 	b.size += len(buf) - before
+	b.memory += len(buf) - before
 
 	key := buf[keyAt:keyEnd]
 	f.crc ^= crc64.Update(crc64.Update(0, crcTable, key), crcTable, buf[valAt:])
@@ -198,6 +248,7 @@ func (b *Builder) Finish(flushTS, resolvedTS uint64) (*Flush, error) {
 	type done struct {
 		info       *brpb.DataFileInfo
 		compressed []byte
+		err        error
 	}
 	out := make([]done, len(keys))
 	var wg sync.WaitGroup
@@ -208,10 +259,11 @@ func (b *Builder) Finish(flushTS, resolvedTS uint64) (*Flush, error) {
 		go func(i int, f *fileBuf) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			enc := encoderPool.Get().(*zstd.Encoder)
-			compressed := enc.EncodeAll(f.plain, make([]byte, 0, len(f.plain)/3+64))
-			encoderPool.Put(enc)
-			sum := sha256.Sum256(f.plain)
+			compressed, sum, length, err := compressFile(f)
+			if err != nil {
+				out[i].err = err
+				return
+			}
 			minBegin := f.minBegin
 			if minBegin == 0 {
 				minBegin = f.minTS
@@ -219,7 +271,7 @@ func (b *Builder) Finish(flushTS, resolvedTS uint64) (*Flush, error) {
 			info := &brpb.DataFileInfo{
 				Sha256: sum[:], NumberOfEntries: f.entries, MinTs: f.minTS, MaxTs: f.maxTS, ResolvedTs: resolvedTS,
 				RegionId: int64(f.key.regionID), StartKey: f.first, EndKey: f.last, Cf: f.key.cf, Type: f.key.fileType,
-				IsMeta: f.key.isMeta, TableId: f.key.tableID, Length: uint64(len(f.plain)), MinBeginTsInDefaultCf: minBegin,
+				IsMeta: f.key.isMeta, TableId: f.key.tableID, Length: uint64(length), MinBeginTsInDefaultCf: minBegin,
 				CompressionType: brpb.CompressionType_ZSTD, Crc64Xor: f.crc,
 				RegionStartKey: f.region.StartKey, RegionEndKey: f.region.EndKey,
 			}
@@ -230,6 +282,11 @@ func (b *Builder) Finish(flushTS, resolvedTS uint64) (*Flush, error) {
 		}(i, b.files[k])
 	}
 	wg.Wait()
+	for _, d := range out {
+		if d.err != nil {
+			return nil, d.err
+		}
+	}
 
 	fl := &Flush{Metadata: &brpb.Metadata{StoreId: int64(b.cfg.StoreID), MetaVersion: brpb.MetaVersion_V2, ResolvedTs: resolvedTS}}
 	hasSchema := false
@@ -322,4 +379,33 @@ func newUUID() string {
 	u[8] = u[8]&0x3f | 0x80
 	h := hex.EncodeToString(u[:])
 	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
+
+// compressFile compresses one file's plain bytes — the spilled head, read
+// back as a stream, then the in-memory tail — and hashes them.
+func compressFile(f *fileBuf) ([]byte, []byte, int, error) {
+	enc := encoderPool.Get().(*zstd.Encoder)
+	defer encoderPool.Put(enc)
+	if f.spilled == nil {
+		sum := sha256.Sum256(f.plain)
+		return enc.EncodeAll(f.plain, make([]byte, 0, len(f.plain)/3+64)), sum[:], len(f.plain), nil
+	}
+	if _, err := f.spilled.Seek(0, io.SeekStart); err != nil {
+		return nil, nil, 0, fmt.Errorf("read back %s: %w", f.spilled.Name(), err)
+	}
+	var out bytes.Buffer
+	h := sha256.New()
+	enc.Reset(&out)
+	w := io.MultiWriter(enc, h)
+	n, err := io.Copy(w, io.MultiReader(f.spilled, bytes.NewReader(f.plain)))
+	if err == nil {
+		err = enc.Close()
+	}
+	if err != nil {
+		return nil, nil, 0, fmt.Errorf("compress %s: %w", f.spilled.Name(), err)
+	}
+	if int(n) != f.spilledBytes+len(f.plain) {
+		return nil, nil, 0, fmt.Errorf("read back %s: %d bytes, spilled %d", f.spilled.Name(), n, f.spilledBytes+len(f.plain))
+	}
+	return out.Bytes(), h.Sum(nil), int(n), nil
 }

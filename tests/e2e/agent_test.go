@@ -32,10 +32,10 @@ type agentProc struct {
 	done   chan struct{}
 }
 
-func startAgent(t *testing.T, c *simcluster.Cluster, m *meta.Client, store uint64) *agentProc {
+func startAgent(t *testing.T, c *simcluster.Cluster, m *meta.Client, store uint64, quota int) *agentProc {
 	t.Helper()
 	a, err := streamagent.New(streamagent.Config{
-		StoreID: store, PD: c.PD(), Meta: m, ClusterID: c.ClusterID(),
+		StoreID: store, PD: c.PD(), Meta: m, ClusterID: c.ClusterID(), MemoryQuota: quota, TempDir: t.TempDir(),
 		FlushInterval: 150 * time.Millisecond, ReconcileInterval: 100 * time.Millisecond, CoordinatorInterval: 100 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}, nil)
@@ -57,13 +57,16 @@ func (p *agentProc) stop() { p.cancel(); <-p.done }
 // at or below the published global checkpoint is there, and that the
 // checkpoint never moved backwards.
 func TestAgentsBackUpEverything(t *testing.T) {
-	t.Run("local", func(t *testing.T) { backUpEverything(t, func(t *testing.T) string { return "local://" + t.TempDir() }) })
+	local := func(t *testing.T) string { return "local://" + t.TempDir() }
+	t.Run("local", func(t *testing.T) { backUpEverything(t, local, 0) })
 	t.Run("s3", func(t *testing.T) {
-		backUpEverything(t, func(t *testing.T) string { return s3test.Start(t, "bk").URL("bk", "log") })
+		backUpEverything(t, func(t *testing.T) string { return s3test.Start(t, "bk").URL("bk", "log") }, 0)
 	})
+	// A 4 KiB memory quota: buffers spill to temp files all the time.
+	t.Run("spill", func(t *testing.T) { backUpEverything(t, local, 4<<10) })
 }
 
-func backUpEverything(t *testing.T, newStorage func(t *testing.T) string) {
+func backUpEverything(t *testing.T, newStorage func(t *testing.T) string, quota int) {
 	seed := time.Now().UnixNano()
 	if s := os.Getenv("SIM_SEED"); s != "" {
 		seed, _ = strconv.ParseInt(s, 10, 64)
@@ -92,7 +95,7 @@ func backUpEverything(t *testing.T, newStorage func(t *testing.T) string) {
 
 	agents := map[uint64]*agentProc{}
 	for _, s := range c.StoreIDs() {
-		agents[s] = startAgent(t, c, m, s)
+		agents[s] = startAgent(t, c, m, s, quota)
 	}
 	defer func() {
 		for _, p := range agents {
@@ -136,7 +139,7 @@ func backUpEverything(t *testing.T, newStorage func(t *testing.T) string) {
 			case 5:
 				s := c.StoreIDs()[rng.Intn(3)]
 				agents[s].stop() // a crash: no final flush is guaranteed to matter
-				agents[s] = startAgent(t, c, m, s)
+				agents[s] = startAgent(t, c, m, s, quota)
 			}
 		}
 		n := 1 + rng.Intn(4)
@@ -183,6 +186,16 @@ func backUpEverything(t *testing.T, newStorage func(t *testing.T) string) {
 	}
 	stopWatch()
 	watchWG.Wait()
+	if quota > 0 {
+		var spills int64
+		for _, p := range agents {
+			spills += p.a.Status().Spills
+		}
+		if spills == 0 {
+			t.Fatalf("seed %d: with a %d-byte quota nothing spilled; the test proved nothing", seed, quota)
+		}
+		t.Logf("%d spills", spills)
+	}
 	cpMu.Lock()
 	for i := 1; i < len(cps); i++ {
 		if cps[i] < cps[i-1] {
@@ -202,12 +215,24 @@ func backUpEverything(t *testing.T, newStorage func(t *testing.T) string) {
 		value []byte
 	}
 	got := map[string]version{}
+	// Per-key order: within one region's file of one flush, a version
+	// older than one already seen for the key may only be a re-delivery.
+	newest := map[string]uint64{}
+	lastFile := ""
 	sum, err := logfile.Walk(ctx, st, func(d logfile.Decoded) error {
+		if file := fmt.Sprintf("%s/%d", d.Meta, d.RegionID); file != lastFile {
+			newest, lastFile = map[string]uint64{}, file
+		}
 		k := fmt.Sprintf("%s@%d", d.Key, d.CommitTS)
 		v := version{d.StartTS, d.Op == logfile.OpDelete, d.Value}
-		if old, ok := got[k]; ok && (old.start != v.start || old.del != v.del || !bytes.Equal(old.value, v.value)) {
+		old, seen := got[k]
+		if seen && (old.start != v.start || old.del != v.del || !bytes.Equal(old.value, v.value)) {
 			t.Fatalf("seed %d: %s stored twice with different contents", seed, k)
 		}
+		if !seen && d.CommitTS < newest[string(d.Key)] {
+			t.Fatalf("seed %d: %s appears after a newer version of its key in %s", seed, k, d.Meta)
+		}
+		newest[string(d.Key)] = max(newest[string(d.Key)], d.CommitTS)
 		got[k] = v
 		return nil
 	})

@@ -116,3 +116,45 @@ func BenchmarkEndToEnd(b *testing.B) {
 	b.ReportMetric(float64(b.N*rowsPerTxn)/time.Since(began).Seconds(), "rows/s")
 	b.ReportMetric(time.Since(committedAt).Seconds(), "s-checkpoint-lag")
 }
+
+// BenchmarkBurstMemory: a burst of writes much larger than the memory
+// quota (1 MiB) into one agent that does not flush during it: the bytes
+// held in memory stay bounded by the quota while the rest spills to disk.
+func BenchmarkBurstMemory(b *testing.B) {
+	e := setupBench(b, 4)
+	a, err := streamagent.New(streamagent.Config{StoreID: e.c.StoreIDs()[0], PD: e.c.PD(), Meta: e.m, ClusterID: e.c.ClusterID(),
+		FlushInterval: time.Hour, MemoryQuota: 1 << 20, TempDir: b.TempDir(), ReconcileInterval: time.Hour,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); a.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	value := make([]byte, 1000)
+	var peakMem, peakBuf int64
+	sample := func() {
+		for _, t := range a.Status().Tasks {
+			peakMem, peakBuf = max(peakMem, t.MemoryBytes), max(peakBuf, t.BufferedBytes)
+		}
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := e.c.Txn(context.Background(), func(txn *transaction.KVTxn) error {
+			for k := 0; k < 256; k++ {
+				if err := txn.Set([]byte(fmt.Sprintf("t%06d", (i*256+k)%100000)), value); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			b.Fatal(err)
+		}
+		sample()
+	}
+	time.Sleep(200 * time.Millisecond) // let the last events land, then sample once more
+	sample()
+	b.ReportMetric(float64(peakMem)/(1<<20), "MiB-peak-in-memory")
+	b.ReportMetric(float64(peakBuf)/(1<<20), "MiB-buffered")
+}
