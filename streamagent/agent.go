@@ -189,6 +189,11 @@ func (a *Agent) keepRegistered(ctx context.Context) {
 	host, _ := os.Hostname()
 	reg := &lbpb.AgentRegistration{StoreId: a.cfg.StoreID, Version: a.cfg.Version, StartedAtUnixMs: time.Now().UnixMilli(),
 		Hostname: host, Pid: int64(os.Getpid()), StatusAddress: a.cfg.StatusAddress}
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	if s, err := a.cfg.PD.GetStore(sctx, a.cfg.StoreID); err == nil {
+		reg.StoreAddress = s.Address
+	}
+	cancel()
 	for ctx.Err() == nil {
 		lost, err := a.cfg.Meta.RegisterAgent(ctx, reg, 10*time.Second)
 		if err != nil {

@@ -6,6 +6,8 @@ import "github.com/prometheus/client_golang/prometheus"
 // global, so tests and several agents in one process do not collide.
 type metrics struct {
 	eventsIn          prometheus.Counter
+	bytesIn           prometheus.Counter
+	fileSize          prometheus.Histogram
 	spilled           prometheus.Counter
 	bytesOut          prometheus.Counter
 	regionErrors      *prometheus.CounterVec
@@ -20,6 +22,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		eventsIn: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "logbackup_agent_events_total", Help: "Committed changes received from TiKV."}),
+		bytesIn: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "logbackup_agent_received_bytes_total", Help: "Key and value bytes of committed changes received."}),
+		fileSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "logbackup_agent_flush_file_size_bytes", Help: "Size of each uploaded data object (compressed).",
+			Buckets: prometheus.ExponentialBuckets(1024, 4, 12)}),
 		spilled: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "logbackup_agent_spills_total", Help: "Times buffered changes went over the memory quota and spilled to temp files."}),
 		bytesOut: prometheus.NewCounter(prometheus.CounterOpts{
@@ -39,7 +46,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "logbackup_agent_checkpoint_lag_seconds", Help: "Now minus the store checkpoint, by task."}, []string{"task"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.eventsIn, m.spilled, m.bytesOut, m.regionErrors, m.initialScans, m.flushDuration, m.observedRegions, m.bufferedBytes, m.checkpointLagSecs)
+		reg.MustRegister(m.eventsIn, m.bytesIn, m.fileSize, m.spilled, m.bytesOut, m.regionErrors, m.initialScans, m.flushDuration, m.observedRegions, m.bufferedBytes, m.checkpointLagSecs)
 	}
 	return m
 }

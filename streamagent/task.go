@@ -438,6 +438,7 @@ func (t *taskRunner) handle(e streamEvent) {
 				t.builder.Add(logfile.RegionInfo{ID: sub.region.Id, StartKey: sub.region.StartKey, EndKey: sub.region.EndKey, Epoch: sub.region.RegionEpoch},
 					logfile.Change{Key: row.Key, Value: row.Value, StartTS: row.StartTs, CommitTS: row.CommitTs, Op: opOf(row)})
 				t.a.metrics.eventsIn.Inc()
+				t.a.metrics.bytesIn.Add(float64(len(row.Key) + len(row.Value)))
 			})
 			if err != nil {
 				t.log.Warn("region stream broke its promises; rescanning", "region", sub.region.Id, "err", err)
@@ -593,6 +594,7 @@ func (t *taskRunner) upload(ctx context.Context, p *pendingFlush) error {
 			return fmt.Errorf("upload %s: %w", o.Name, err)
 		}
 		t.a.metrics.bytesOut.Add(float64(len(o.Data)))
+		t.a.metrics.fileSize.Observe(float64(len(o.Data)))
 	}
 	if err := t.st.WriteFile(ctx, p.fl.Meta.Name, p.fl.Meta.Data); err != nil {
 		return fmt.Errorf("upload %s: %w", p.fl.Meta.Name, err)

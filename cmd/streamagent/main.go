@@ -35,6 +35,8 @@ type options struct {
 	ca, cert, key string
 	flushInterval time.Duration
 	fileSizeLimit int
+	memoryQuota   int
+	tempDir       string
 	dialTimeout   time.Duration
 }
 
@@ -51,6 +53,8 @@ func main() {
 	fs.StringVar(&o.key, "key", "", "private key for TLS")
 	fs.DurationVar(&o.flushInterval, "flush-interval", 3*time.Minute, "how often buffered changes are flushed")
 	fs.IntVar(&o.fileSizeLimit, "file-size-limit", 256<<20, "flush early at this many buffered bytes")
+	fs.IntVar(&o.memoryQuota, "memory-quota", 256<<20, "bytes a task buffers in memory before spilling to --temp-dir")
+	fs.StringVar(&o.tempDir, "temp-dir", "", "directory for spilled buffers (default <os temp>/logbackup-store-<id>)")
 	fs.DurationVar(&o.dialTimeout, "dial-timeout", 10*time.Second, "how long to wait for PD and etcd at start")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
@@ -112,16 +116,18 @@ func run(ctx context.Context, o options) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	agent, err := streamagent.New(streamagent.Config{
-		StoreID: storeID, PD: pdc, Meta: meta.NewClient(cli), ClusterID: pdc.GetClusterID(ctx),
-		FlushInterval: o.flushInterval, FileSizeLimit: o.fileSizeLimit, Logger: log,
-	}, reg)
-	if err != nil {
-		return err
-	}
 	lis, err := net.Listen("tcp", o.statusAddr)
 	if err != nil {
 		return fmt.Errorf("listen on --status-addr %s: %w", o.statusAddr, err)
+	}
+	agent, err := streamagent.New(streamagent.Config{
+		StoreID: storeID, PD: pdc, Meta: meta.NewClient(cli), ClusterID: pdc.GetClusterID(ctx),
+		FlushInterval: o.flushInterval, FileSizeLimit: o.fileSizeLimit, MemoryQuota: o.memoryQuota, TempDir: o.tempDir,
+		StatusAddress: lis.Addr().String(), Logger: log,
+	}, reg)
+	if err != nil {
+		lis.Close()
+		return err
 	}
 	srv := &http.Server{Handler: agent.Handler(reg), ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(lis)
