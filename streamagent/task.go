@@ -126,6 +126,9 @@ func (t *taskRunner) putRegionCheckpoints(ctx context.Context, fr []frozen) erro
 type pendingFlush struct {
 	fl     *logfile.Flush
 	frozen []frozen
+	// durable is set once the meta file is written: a retry then only
+	// publishes checkpoints, never rewriting a file a meta file lists.
+	durable bool
 }
 
 func newTaskRunner(ctx context.Context, a *Agent, info *brpb.StreamBackupTaskInfo) (*taskRunner, error) {
@@ -588,18 +591,22 @@ func (t *taskRunner) nextFlushTS(ctx context.Context) (uint64, error) {
 // upload writes the data objects, then the meta file that lists them, and
 // only then advances the checkpoints the flush covers.
 func (t *taskRunner) upload(ctx context.Context, p *pendingFlush) error {
-	began := time.Now()
-	for _, o := range p.fl.Data {
-		if err := t.st.WriteFile(ctx, o.Name, o.Data); err != nil {
-			return fmt.Errorf("upload %s: %w", o.Name, err)
+	if !p.durable {
+		began := time.Now()
+		for _, o := range p.fl.Data {
+			if err := t.st.WriteFile(ctx, o.Name, o.Data); err != nil {
+				return fmt.Errorf("upload %s: %w", o.Name, err)
+			}
+			t.a.metrics.bytesOut.Add(float64(len(o.Data)))
+			t.a.metrics.fileSize.Observe(float64(len(o.Data)))
 		}
-		t.a.metrics.bytesOut.Add(float64(len(o.Data)))
-		t.a.metrics.fileSize.Observe(float64(len(o.Data)))
+		if err := t.st.WriteFile(ctx, p.fl.Meta.Name, p.fl.Meta.Data); err != nil {
+			return fmt.Errorf("upload %s: %w", p.fl.Meta.Name, err)
+		}
+		p.durable = true
+		p.fl.Data = nil // uploaded: release the compressed bytes
+		t.a.metrics.flushDuration.WithLabelValues("save_files").Observe(time.Since(began).Seconds())
 	}
-	if err := t.st.WriteFile(ctx, p.fl.Meta.Name, p.fl.Meta.Data); err != nil {
-		return fmt.Errorf("upload %s: %w", p.fl.Meta.Name, err)
-	}
-	t.a.metrics.flushDuration.WithLabelValues("save_files").Observe(time.Since(began).Seconds())
 	for _, f := range p.frozen {
 		t.flushed.Advance(f.span, f.ts)
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand"
+	"net/http"
 	"os"
 	"sort"
 	"strconv"
@@ -58,15 +59,26 @@ func (p *agentProc) stop() { p.cancel(); <-p.done }
 // checkpoint never moved backwards.
 func TestAgentsBackUpEverything(t *testing.T) {
 	local := func(t *testing.T) string { return "local://" + t.TempDir() }
-	t.Run("local", func(t *testing.T) { backUpEverything(t, local, 0) })
+	t.Run("local", func(t *testing.T) { backUpEverything(t, local, 0, nil) })
 	t.Run("s3", func(t *testing.T) {
-		backUpEverything(t, func(t *testing.T) string { return s3test.Start(t, "bk").URL("bk", "log") }, 0)
+		backUpEverything(t, func(t *testing.T) string { return s3test.Start(t, "bk").URL("bk", "log") }, 0, nil)
 	})
 	// A 4 KiB memory quota: buffers spill to temp files all the time.
-	t.Run("spill", func(t *testing.T) { backUpEverything(t, local, 4<<10) })
+	t.Run("spill", func(t *testing.T) { backUpEverything(t, local, 4<<10, nil) })
+	// Storage answers 503 to a run of uploads: flushes fail, are kept and
+	// retried, and nothing is lost or published early.
+	t.Run("s3-503s", func(t *testing.T) {
+		var srv *s3test.Server
+		backUpEverything(t, func(t *testing.T) string { srv = s3test.Start(t, "bk"); return srv.URL("bk", "log") }, 0, func() {
+			srv.SetFault(s3test.Fault{Status: 503, Remaining: 60, Match: func(r *http.Request) bool { return r.Method == http.MethodPut }})
+		})
+		if srv.Faults() == 0 {
+			t.Fatal("no upload met the injected 503s")
+		}
+	})
 }
 
-func backUpEverything(t *testing.T, newStorage func(t *testing.T) string, quota int) {
+func backUpEverything(t *testing.T, newStorage func(t *testing.T) string, quota int, afterStart func()) {
 	seed := time.Now().UnixNano()
 	if s := os.Getenv("SIM_SEED"); s != "" {
 		seed, _ = strconv.ParseInt(s, 10, 64)
@@ -93,6 +105,9 @@ func backUpEverything(t *testing.T, newStorage func(t *testing.T) string, quota 
 		t.Fatal(err)
 	}
 
+	if afterStart != nil {
+		afterStart()
+	}
 	agents := map[uint64]*agentProc{}
 	for _, s := range c.StoreIDs() {
 		agents[s] = startAgent(t, c, m, s, quota)
