@@ -22,6 +22,7 @@ import (
 
 	"logbackup/meta"
 	"logbackup/storage"
+	"logbackup/streamagent/errs"
 	"logbackup/streamagent/logfile"
 	"logbackup/streamagent/matcher"
 	"logbackup/streamagent/spans"
@@ -449,7 +450,7 @@ func (t *taskRunner) handle(e streamEvent) {
 				t.drop(sub, "matcher")
 			}
 		case *cdcpb.Event_Error:
-			t.drop(sub, regionErrorKind(x.Error))
+			t.drop(sub, errs.RegionErrorKind(x.Error))
 		}
 	}
 	if rt := e.ev.ResolvedTs; rt != nil {
@@ -473,22 +474,6 @@ func opOf(row *cdcpb.Event_Row) logfile.Op {
 		return logfile.OpDelete
 	}
 	return logfile.OpPut
-}
-
-func regionErrorKind(e *cdcpb.Error) string {
-	switch {
-	case e.NotLeader != nil:
-		return "not-leader"
-	case e.EpochNotMatch != nil:
-		return "epoch-not-match"
-	case e.RegionNotFound != nil:
-		return "region-not-found"
-	case e.ServerIsBusy != nil:
-		return "server-is-busy"
-	case e.Congested != nil:
-		return "congested"
-	}
-	return "other"
 }
 
 // reconcile finds regions of the task that this store leads but does not

@@ -274,3 +274,20 @@ func regionCode(e *cdcpb.Error) Code {
 		return CodeRaftReq
 	}
 }
+
+// RegionErrorKind names a cdcpb region error for metrics and logs.
+func RegionErrorKind(e *cdcpb.Error) string {
+	switch {
+	case e.NotLeader != nil:
+		return "not-leader"
+	case e.EpochNotMatch != nil:
+		return "epoch-not-match"
+	case e.RegionNotFound != nil:
+		return "region-not-found"
+	case e.ServerIsBusy != nil:
+		return "server-is-busy"
+	case e.Congested != nil:
+		return "congested"
+	}
+	return "other"
+}

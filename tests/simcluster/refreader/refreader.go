@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"logbackup/streamagent/errs"
 	"logbackup/streamagent/matcher"
 	"logbackup/streamagent/spans"
 	"logbackup/tests/simcluster"
@@ -267,7 +268,7 @@ func (r *Reader) handle(ev *cdcpb.ChangeDataEvent) {
 				r.failLocked(s.reqID, "matcher")
 			}
 		case *cdcpb.Event_Error:
-			r.failLocked(s.reqID, errorKind(x.Error))
+			r.failLocked(s.reqID, errs.RegionErrorKind(x.Error))
 		}
 	}
 	if rt := ev.ResolvedTs; rt != nil {
@@ -316,22 +317,6 @@ func (r *Reader) failLocked(reqID uint64, reason string) {
 	r.pending = append(r.pending, s.span)
 	r.Resubscribes++
 	r.Reasons[reason]++
-}
-
-func errorKind(e *cdcpb.Error) string {
-	switch {
-	case e.NotLeader != nil:
-		return "not-leader"
-	case e.EpochNotMatch != nil:
-		return "epoch-not-match"
-	case e.RegionNotFound != nil:
-		return "region-not-found"
-	case e.ServerIsBusy != nil:
-		return "server-is-busy"
-	case e.Congested != nil:
-		return "congested"
-	}
-	return "other"
 }
 
 func (r *Reader) closeStreams() {
