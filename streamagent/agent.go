@@ -157,6 +157,24 @@ func (a *Agent) stopAll() {
 	}
 }
 
+// Crash stops every task without its final flush, as a killed process
+// would, and returns once they have stopped; Run then returns when its
+// context ends. For crash tests: whatever was buffered is lost and must be
+// rescanned by whoever observes those ranges next.
+func (a *Agent) Crash() {
+	a.mu.Lock()
+	hs := make([]*runnerHandle, 0, len(a.runners))
+	for _, h := range a.runners {
+		h.flushOnExit.Store(false)
+		hs = append(hs, h)
+	}
+	a.mu.Unlock()
+	for _, h := range hs {
+		h.cancel()
+		<-h.done
+	}
+}
+
 // FlushNow flushes every running task and waits (tests, shutdown hooks).
 func (a *Agent) FlushNow(ctx context.Context) error {
 	a.mu.Lock()

@@ -51,6 +51,10 @@ func startAgent(t *testing.T, c *simcluster.Cluster, m *meta.Client, store uint6
 
 func (p *agentProc) stop() { p.cancel(); <-p.done }
 
+// crash ends the agent without a final flush, like kill -9 between an
+// upload and the next checkpoint write.
+func (p *agentProc) crash() { p.a.Crash(); p.cancel(); <-p.done }
+
 // TestAgentsBackUpEverything runs one agent per store of the simulated
 // cluster against real etcd and file storage, under a randomized workload
 // with leader transfers, splits, merges, a dropped stream and an agent
@@ -137,6 +141,11 @@ func backUpEverything(t *testing.T, newStorage func(t *testing.T) string, quota 
 	}()
 
 	for i := 0; i < 200; i++ {
+		if i == 100 { // at least one crash per run, whatever the seed
+			s := c.StoreIDs()[0]
+			agents[s].crash()
+			agents[s] = startAgent(t, c, m, s, quota)
+		}
 		if i%10 == 0 {
 			regions := c.Regions()
 			reg := regions[rng.Intn(len(regions))]
@@ -153,7 +162,11 @@ func backUpEverything(t *testing.T, newStorage func(t *testing.T) string, quota 
 				c.DropStreams(c.StoreIDs()[rng.Intn(3)])
 			case 5:
 				s := c.StoreIDs()[rng.Intn(3)]
-				agents[s].stop() // a crash: no final flush is guaranteed to matter
+				if rng.Intn(2) == 0 {
+					agents[s].crash()
+				} else {
+					agents[s].stop()
+				}
 				agents[s] = startAgent(t, c, m, s, quota)
 			}
 		}
