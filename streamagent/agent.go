@@ -15,6 +15,7 @@ import (
 
 	"logbackup/meta"
 	"logbackup/proto/lbpb"
+	"logbackup/storage"
 )
 
 // Agent runs every task on one store.
@@ -91,8 +92,14 @@ func (a *Agent) followTasks(ctx context.Context) error {
 			}
 		case meta.EventDelete:
 			a.stopTask(ev.Name, false)
+			a.metrics.taskStatus.DeleteLabelValues(ev.Name)
 		case meta.EventPause:
 			a.stopTask(ev.Name, true)
+			if ev.Pause == nil || !ev.Pause.IsError() {
+				a.metrics.taskStatus.WithLabelValues(ev.Name).Set(statusPaused)
+			} else {
+				a.metrics.taskStatus.WithLabelValues(ev.Name).Set(statusError)
+			}
 		case meta.EventResume:
 			st, err := a.cfg.Meta.GetTask(ctx, ev.Name)
 			if err != nil {
@@ -115,19 +122,67 @@ func (a *Agent) startTask(ctx context.Context, info *brpb.StreamBackupTaskInfo) 
 	}
 	r, err := newTaskRunner(ctx, a, info)
 	if err != nil {
-		// The error issue turns this into a LastError and a pause; until
-		// then it is logged and retried on the next event.
-		a.cfg.Logger.Error("cannot start task", "task", info.Name, "err", err)
+		// Never a silent stall (TiKV #16056): a task that cannot start is
+		// retried with backoff, and reported and paused when the error is
+		// fatal or persists past the retry budget.
+		go a.retryStart(ctx, info, err)
 		return
 	}
 	rctx, cancel := context.WithCancel(ctx)
 	h := &runnerHandle{r: r, cancel: cancel, done: make(chan struct{})}
 	h.flushOnExit.Store(true)
 	a.runners[info.Name] = h
+	a.metrics.taskStatus.WithLabelValues(info.Name).Set(statusRunning)
 	go func() {
 		defer close(h.done)
 		r.run(rctx, &h.flushOnExit)
+		if r.fatal == nil {
+			return
+		}
+		a.mu.Lock()
+		if a.runners[info.Name] == h {
+			delete(a.runners, info.Name)
+		}
+		a.mu.Unlock()
+		a.reportFatal(ctx, info.Name, r.fatal)
 	}()
+}
+
+// retryStart keeps trying to start a task whose start failed.
+func (a *Agent) retryStart(ctx context.Context, info *brpb.StreamBackupTaskInfo, first error) {
+	probe := &taskRunner{a: a}
+	err := first
+	backoff := time.Second
+	for {
+		if f := probe.noteError(err); f != nil {
+			a.reportFatal(ctx, info.Name, f)
+			return
+		}
+		a.cfg.Logger.Warn("cannot start task; retrying", "task", info.Name, "err", storage.Redact(err.Error()))
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return
+		}
+		backoff = min(backoff*2, 30*time.Second)
+		st, gerr := a.cfg.Meta.GetTask(ctx, info.Name)
+		if gerr != nil || st.Pause.Paused {
+			return // stopped or paused meanwhile: the watch decides what next
+		}
+		a.mu.Lock()
+		_, running := a.runners[info.Name]
+		a.mu.Unlock()
+		if running {
+			return
+		}
+		r, nerr := newTaskRunner(ctx, a, st.Info)
+		if nerr == nil {
+			r.st.Close()
+			a.startTask(ctx, st.Info)
+			return
+		}
+		err = nerr
+	}
 }
 
 // stopTask stops a task's runner; flush says whether buffered data is

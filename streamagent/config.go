@@ -46,6 +46,9 @@ type Config struct {
 	// <os temp>/logbackup-store-<id>). It is emptied when a task starts and
 	// removed when it stops.
 	TempDir string
+	// RetryBudget turns a persistent retryable error into a fatal one
+	// (TiKV: 30 failed flushes). Default 30 attempts or 10 minutes.
+	RetryBudget RetryBudget
 	// StatusAddress is this agent's /metrics and /status address, shown
 	// in its registration.
 	StatusAddress string
@@ -54,6 +57,12 @@ type Config struct {
 	OpenStorage func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error)
 	Logger      *slog.Logger
 	Version     string
+}
+
+// RetryBudget bounds how long a retryable error may persist.
+type RetryBudget struct {
+	Attempts int
+	Duration time.Duration
 }
 
 func (c *Config) withDefaults() error {
@@ -71,6 +80,12 @@ func (c *Config) withDefaults() error {
 	}
 	if c.CoordinatorInterval <= 0 {
 		c.CoordinatorInterval = 12 * time.Second
+	}
+	if c.RetryBudget.Attempts <= 0 {
+		c.RetryBudget.Attempts = 30
+	}
+	if c.RetryBudget.Duration <= 0 {
+		c.RetryBudget.Duration = 10 * time.Minute
 	}
 	if c.MemoryQuota <= 0 {
 		c.MemoryQuota = 256 << 20

@@ -16,6 +16,10 @@ type metrics struct {
 	observedRegions   *prometheus.GaugeVec
 	bufferedBytes     *prometheus.GaugeVec
 	checkpointLagSecs *prometheus.GaugeVec
+	errors            *prometheus.CounterVec
+	fatalErrors       *prometheus.CounterVec
+	taskStatus        *prometheus.GaugeVec
+	retries           *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -45,7 +49,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		checkpointLagSecs: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "logbackup_agent_checkpoint_lag_seconds", Help: "Now minus the store checkpoint, by task."}, []string{"task"}),
 	}
+	m.errors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "logbackup_agent_errors_total", Help: "Errors met, by code (KV:LogBackup:*), retried or not."}, []string{"code"})
+	m.fatalErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "logbackup_agent_fatal_errors_total", Help: "Errors that paused a task, by code."}, []string{"code"})
+	m.taskStatus = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "logbackup_agent_task_status", Help: "0 running, 1 paused, 2 error."}, []string{"task"})
+	m.retries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "logbackup_agent_retries_total", Help: "Failed flushes that will be retried, by code."}, []string{"code"})
 	if reg != nil {
+		reg.MustRegister(m.errors, m.fatalErrors, m.taskStatus, m.retries)
 		reg.MustRegister(m.eventsIn, m.bytesIn, m.fileSize, m.spilled, m.bytesOut, m.regionErrors, m.initialScans, m.flushDuration, m.observedRegions, m.bufferedBytes, m.checkpointLagSecs)
 	}
 	return m

@@ -2,6 +2,7 @@ package streamagent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -76,6 +77,12 @@ type taskRunner struct {
 	lastFlushAt time.Time
 
 	tempDir string
+
+	// The retry budget and, once spent or on a fatal error, the reason the
+	// loop stopped.
+	failures     int
+	failingSince time.Time
+	fatal        *fatalError
 
 	events  chan streamEvent
 	flushCh chan chan error
@@ -200,7 +207,7 @@ func (t *taskRunner) run(ctx context.Context, flushOnExit *atomic.Bool) {
 	for {
 		select {
 		case <-ctx.Done():
-			if flushOnExit.Load() {
+			if flushOnExit.Load() && t.fatal == nil {
 				fctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 				if err := t.flush(fctx); err != nil {
 					t.log.Warn("final flush failed; the next owner rescans from the checkpoint", "err", err)
@@ -213,26 +220,28 @@ func (t *taskRunner) run(ctx context.Context, flushOnExit *atomic.Bool) {
 			t.stats.bufferedBytes.Store(int64(t.builder.Size()))
 			t.stats.memoryBytes.Store(int64(t.builder.Memory()))
 			if t.builder.Memory() > t.a.cfg.MemoryQuota {
+				// A temp file that cannot be written is fatal, as in TiKV:
+				// the buffer has nowhere to go.
 				if err := t.builder.Spill(); err != nil {
-					// The error issue makes this fatal (as TiKV does); until
-					// then a flush is the way to free memory.
-					t.log.Error("cannot spill buffered changes to temp files", "dir", t.tempDir, "err", err)
-					t.flush(ctx)
+					t.fatal = &fatalError{info: errs.Lookup(errs.CodeIo), err: fmt.Errorf("spill to %s: %w", t.tempDir, err)}
+					return
 				}
 				t.a.metrics.spilled.Inc()
 				t.a.spills.Add(1)
 			}
-			if t.builder.Size() >= t.a.cfg.FileSizeLimit {
-				if err := t.flush(ctx); err != nil {
-					t.log.Warn("size-triggered flush failed", "err", err)
-				}
+			if t.builder.Size() >= t.a.cfg.FileSizeLimit && !t.flushAndJudge(ctx) {
+				return
 			}
 		case <-flushTick.C:
-			if err := t.flush(ctx); err != nil {
-				t.log.Warn("flush failed; retrying on the next tick", "err", err)
+			if !t.flushAndJudge(ctx) {
+				return
 			}
 		case done := <-t.flushCh:
-			done <- t.flush(ctx)
+			err := t.flush(ctx)
+			done <- err
+			if !t.judge(err) {
+				return
+			}
 		case <-reconcile.C:
 			t.reconcile(ctx)
 		case <-place.C:
@@ -240,6 +249,29 @@ func (t *taskRunner) run(ctx context.Context, flushOnExit *atomic.Bool) {
 			t.publishStats()
 		}
 	}
+}
+
+// flushAndJudge flushes and reports whether the task may go on.
+func (t *taskRunner) flushAndJudge(ctx context.Context) bool { return t.judge(t.flush(ctx)) }
+
+// judge applies the error policy to a flush result: success resets the
+// retry budget; a retryable error is retried on the next tick; a fatal
+// one (or a spent budget) stops the task, whose buffers are dropped.
+func (t *taskRunner) judge(err error) bool {
+	if err == nil {
+		t.noteSuccess()
+		return true
+	}
+	if errors.Is(err, context.Canceled) {
+		return true // shutting down; not the task's fault
+	}
+	if f := t.noteError(err); f != nil {
+		t.fatal = f
+		return false
+	}
+	t.a.metrics.retries.WithLabelValues(string(errs.Classify(err).Code)).Inc()
+	t.log.Warn("flush failed; retrying on the next tick", "err", storage.Redact(err.Error()), "failures", t.failures)
+	return true
 }
 
 // Flush asks the loop to flush now and waits for the result.

@@ -1,0 +1,134 @@
+package streamagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"time"
+
+	brpb "github.com/pingcap/kvproto/pkg/brpb"
+
+	"logbackup/meta"
+	"logbackup/storage"
+	"logbackup/streamagent/errs"
+)
+
+// Task status gauge values, as TiKV's tikv_log_backup_task_status.
+const (
+	statusRunning = 0
+	statusPaused  = 1
+	statusError   = 2
+)
+
+// gcGuardTTL keeps the data a resume needs from being garbage collected
+// while a task is paused by an error (TiKV: 24 h).
+const gcGuardTTL = 24 * time.Hour
+
+// fatalError is what stops a task: a classified error.
+type fatalError struct {
+	info errs.Info
+	err  error
+}
+
+func (f *fatalError) Error() string { return fmt.Sprintf("[%s] %v", f.info.Code, f.err) }
+
+// noteError counts an error by code and decides whether it is fatal:
+// fatal by class, or retryable but past the retry budget.
+func (t *taskRunner) noteError(err error) *fatalError {
+	info := errs.Classify(err)
+	t.a.metrics.errors.WithLabelValues(string(info.Code)).Inc()
+	if info.Class == errs.Fatal {
+		return &fatalError{info: info, err: err}
+	}
+	now := time.Now()
+	if t.failingSince.IsZero() {
+		t.failingSince = now
+	}
+	t.failures++
+	budget := t.a.cfg.RetryBudget
+	if t.failures > budget.Attempts || now.Sub(t.failingSince) > budget.Duration {
+		return &fatalError{
+			info: errs.Lookup(errs.CodeRetryBudgetExhausted),
+			err:  fmt.Errorf("%d failures over %s, last: [%s] %w", t.failures, now.Sub(t.failingSince).Round(time.Second), info.Code, err),
+		}
+	}
+	return nil
+}
+
+// noteSuccess resets the retry budget after a healthy flush.
+func (t *taskRunner) noteSuccess() { t.failures, t.failingSince = 0, time.Time{} }
+
+// reportFatal runs the fatal path for a stopped task, in TiKV's order but
+// with every step attempted whatever happened to the others: count it,
+// write the LastError, pause with severity ERROR, guard the GC safepoint,
+// log once. Failed etcd writes are retried until they succeed or ctx ends;
+// the task's observers are already gone and its buffers dropped, so no
+// checkpoint can move meanwhile.
+func (a *Agent) reportFatal(ctx context.Context, task string, f *fatalError) {
+	a.metrics.fatalErrors.WithLabelValues(string(f.info.Code)).Inc()
+	a.metrics.taskStatus.WithLabelValues(task).Set(statusError)
+	msg := fmt.Sprintf("[store = %d] %s; cause: %s; action: %s", a.cfg.StoreID, storage.Redact(f.err.Error()), f.info.Cause, f.info.Action)
+	lastErr := &brpb.StreamBackupError{HappenAt: uint64(time.Now().UnixMilli()), ErrorCode: string(f.info.Code), ErrorMessage: msg, StoreId: a.cfg.StoreID}
+	a.cfg.Logger.Error("task meets a fatal error; pausing it", "task", task, "code", f.info.Code, "err", storage.Redact(f.err.Error()))
+	host, _ := os.Hostname()
+	steps := []struct {
+		name string
+		fn   func(context.Context) error
+	}{
+		{"report last error", func(ctx context.Context) error { return a.cfg.Meta.ReportLastError(ctx, task, lastErr) }},
+		{"pause task", func(ctx context.Context) error {
+			err := a.cfg.Meta.PauseTask(ctx, task, meta.NewErrorPause(host, os.Getpid(), time.Now(), lastErr))
+			if errors.Is(err, meta.ErrTaskNotFound) {
+				return nil // stopped meanwhile: nothing to pause
+			}
+			return err
+		}},
+		{"guard gc safepoint", func(ctx context.Context) error { return a.guardGC(ctx, task) }},
+	}
+	for _, s := range steps {
+		backoff := 100 * time.Millisecond
+		for {
+			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err := s.fn(sctx)
+			cancel()
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			a.cfg.Logger.Warn("fatal path step failed; retrying", "task", task, "step", s.name, "err", err)
+			select {
+			case <-time.After(backoff/2 + rand.N(backoff/2+1)):
+			case <-ctx.Done():
+				return
+			}
+			backoff = min(backoff*2, 5*time.Second)
+		}
+	}
+}
+
+// guardGC sets a PD service safepoint at the task's checkpoint − 1 so the
+// changes a resume rescans are not collected while the task is paused.
+func (a *Agent) guardGC(ctx context.Context, task string) error {
+	st, err := a.cfg.Meta.GetTask(ctx, task)
+	if errors.Is(err, meta.ErrTaskNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	cp := st.Info.StartTs
+	if g, ok, err := a.cfg.Meta.GlobalCheckpoint(ctx, task); err != nil {
+		return err
+	} else if ok {
+		cp = max(cp, g)
+	}
+	if cp == 0 {
+		return nil
+	}
+	_, err = a.cfg.PD.UpdateServiceGCSafePoint(ctx, fmt.Sprintf("%s-%d-pause-guard", task, a.cfg.StoreID), int64(gcGuardTTL/time.Second), cp-1)
+	return err
+}

@@ -1,0 +1,201 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"logbackup/br"
+	"logbackup/meta"
+	"logbackup/storage"
+	"logbackup/streamagent"
+	"logbackup/streamagent/logfile"
+	"logbackup/tests/etcdtest"
+	"logbackup/tests/s3test"
+	"logbackup/tests/simcluster"
+)
+
+// TestFatalErrorPausesAndResumeRecovers: storage starts denying access →
+// the agent that meets it writes a LastError and an ERROR pause, every
+// agent stops observing, the error is counted; after the operator fixes
+// storage, plain resume is refused, resume --clear-error is accepted, and
+// the changes written while the task was paused are backed up.
+func TestFatalErrorPausesAndResumeRecovers(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	etcd := etcdtest.Start(t)
+	m := meta.NewClient(etcd.Client(t))
+	c, err := simcluster.Start(ctx, simcluster.Config{SplitKeys: [][]byte{[]byte("t3"), []byte("t6")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s3 := s3test.Start(t, "bk")
+	url := s3.URL("bk", "log")
+	startTS, _ := c.TSO(ctx)
+	if err := br.Start(ctx, br.NewEnv(m), br.StartOptions{TaskName: "pitr", StartTS: fmt.Sprint(startTS), Storage: url}, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	type proc struct {
+		a    *streamagent.Agent
+		reg  *prometheus.Registry
+		stop func()
+	}
+	var agents []proc
+	for _, s := range c.StoreIDs() {
+		reg := prometheus.NewRegistry()
+		a, err := streamagent.New(streamagent.Config{StoreID: s, PD: c.PD(), Meta: m, ClusterID: c.ClusterID(),
+			FlushInterval: 200 * time.Millisecond, ReconcileInterval: 200 * time.Millisecond, CoordinatorInterval: 100 * time.Millisecond,
+			TempDir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, reg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		actx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); a.Run(actx) }()
+		agents = append(agents, proc{a, reg, func() { stop(); <-done }})
+	}
+	defer func() {
+		for _, p := range agents {
+			p.stop()
+		}
+	}()
+	write := func(n int, tag string) {
+		for i := 0; i < n; i++ {
+			if _, err := c.Put(ctx, []byte(fmt.Sprintf("t%d%03d", i%9, i)), []byte(tag)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	write(60, "before")
+
+	// Storage denies every upload from now on.
+	s3.SetFault(s3test.Fault{Status: 403, Remaining: -1, Match: func(r *http.Request) bool { return r.Method == http.MethodPut }})
+	var errs map[uint64]*brpbError
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		le, err := m.LastErrors(ctx, "pitr")
+		if err == nil && len(le) > 0 {
+			errs = map[uint64]*brpbError{}
+			for s, e := range le {
+				errs[s] = &brpbError{e.ErrorCode, e.ErrorMessage, e.StoreId}
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no LastError after storage started denying access")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for store, e := range errs {
+		if e.store != store || e.code != "KV:LogBackup:StorageAccessDenied" || !strings.Contains(e.msg, "[store = ") ||
+			!strings.Contains(e.msg, "resume --clear-error") || strings.Contains(e.msg, s3test.SecretKey) {
+			t.Fatalf("last error of store %d: %+v", store, e)
+		}
+	}
+	r := brRun{t: t, ep: etcd.Endpoint()}
+	table := r.ok("stream", "status", "--task-name", "pitr")
+	for _, want := range []string{"status: ○ ERROR", "KV:LogBackup:StorageAccessDenied", "pause-payload[errcode]: KV:LogBackup:StorageAccessDenied"} {
+		if !strings.Contains(table, want) {
+			t.Fatalf("status lacks %q:\n%s", want, table)
+		}
+	}
+	if strings.Contains(table, s3test.SecretKey) {
+		t.Fatal("status leaks the storage secret")
+	}
+	// Every agent stops observing the paused task.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		observing := 0
+		for _, p := range agents {
+			observing += len(p.a.Status().Tasks)
+		}
+		if observing == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d agents still observe the paused task", observing)
+		}
+	}
+	var fatal float64
+	for _, p := range agents {
+		fatal += testutil.ToFloat64(mustVec(t, p.reg, "logbackup_agent_fatal_errors_total", "KV:LogBackup:StorageAccessDenied"))
+	}
+	if fatal < 1 {
+		t.Fatal("the fatal error was not counted")
+	}
+
+	// Changes keep coming while the task is paused.
+	write(60, "during")
+	s3.ClearFault()
+	r.fails("--clear-error", "stream", "resume", "--task-name", "pitr")
+	r.ok("stream", "resume", "--task-name", "pitr", "--clear-error")
+	write(30, "after")
+	end, _ := c.TSO(ctx)
+	var global uint64
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if g, ok, _ := m.GlobalCheckpoint(ctx, "pitr"); ok && g >= end {
+			global = g
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the checkpoint did not pass the pause window after resume")
+		}
+	}
+	st, err := storage.OpenURL(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string][]byte{}
+	if _, err := logfile.Walk(ctx, st, func(d logfile.Decoded) error {
+		have[fmt.Sprintf("%s@%d", d.Key, d.CommitTS)] = d.Value
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := c.Committed(startTS, global)
+	for _, v := range want {
+		if got, ok := have[fmt.Sprintf("%s@%d", v.Key, v.CommitTS)]; !ok || !bytes.Equal(got, v.Value) {
+			t.Fatalf("%s@%d (%s) missing after resume", v.Key, v.CommitTS, v.Value)
+		}
+	}
+	if len(want) != 150 {
+		t.Fatalf("%d versions committed, want 150", len(want))
+	}
+}
+
+type brpbError struct {
+	code, msg string
+	store     uint64
+}
+
+// mustVec finds one labelled child of a counter vector in a registry.
+func mustVec(t *testing.T, reg *prometheus.Registry, name, label string) prometheus.Collector {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "x", Help: "x"})
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.Metric {
+			for _, l := range m.Label {
+				if l.GetValue() == label {
+					c.Add(m.GetCounter().GetValue())
+				}
+			}
+		}
+	}
+	return c
+}
