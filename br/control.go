@@ -7,6 +7,7 @@ import (
 	"sort"
 
 	"logbackup/meta"
+	"logbackup/proto/lbpb"
 )
 
 // Pause pauses a running task with a MANUAL PauseV2 record naming this
@@ -24,6 +25,7 @@ func Pause(ctx context.Context, env *Env, name, message string, w io.Writer) err
 	if err := env.Meta.PauseTask(ctx, name, p); err != nil {
 		return fmt.Errorf("pause task %q: %w", name, err)
 	}
+	record(ctx, env, name, lbpb.RecoveryEvent_PAUSED, message, w)
 	fmt.Fprintf(w, "Task %q paused.\n", name)
 	return nil
 }
@@ -80,9 +82,12 @@ func Resume(ctx context.Context, env *Env, name string, clearError bool, w io.Wr
 	if err := env.Meta.ResumeTask(ctx, name); err != nil {
 		return fmt.Errorf("resume task %q: %w", name, err)
 	}
+	note := ""
 	if clearError && len(errs) > 0 {
 		fmt.Fprintf(w, "Cleared %d error record(s).\n", len(errs))
+		note = fmt.Sprintf("cleared %d error record(s)", len(errs))
 	}
+	record(ctx, env, name, lbpb.RecoveryEvent_RESUMED, note, w)
 	fmt.Fprintf(w, "Task %q resumed; agents rescan from the checkpoint.\n", name)
 	return nil
 }

@@ -51,6 +51,9 @@ type TaskView struct {
 	// agent, and which stores that flushed for this task no longer do.
 	Agents             []AgentView `json:"agents"`
 	StoresWithoutAgent []uint64    `json:"stores_without_agent"`
+	// RecentHistory is the last few recovery events (`br stream history`
+	// shows all of them).
+	RecentHistory []string `json:"recent_history,omitempty"`
 
 	hasGlobal bool // a central_global checkpoint exists
 }
@@ -191,6 +194,13 @@ func loadView(ctx context.Context, env *Env, t *meta.TaskStatus) (*TaskView, err
 	if err := loadAgents(ctx, env, v); err != nil {
 		return nil, err
 	}
+	evs, err := env.Meta.History(ctx, info.Name)
+	if err != nil {
+		return nil, fmt.Errorf("read history of %q: %w", info.Name, err)
+	}
+	for _, ev := range evs[max(0, len(evs)-3):] {
+		v.RecentHistory = append(v.RecentHistory, HistoryLine(ev, env.loc()))
+	}
 	return v, nil
 }
 
@@ -326,6 +336,9 @@ func taskRows(v *TaskView, now time.Time, loc *time.Location) []row {
 		default:
 			rows = append(rows, row{"pause-payload", p.Message})
 		}
+	}
+	for i, h := range v.RecentHistory {
+		rows = append(rows, row{fmt.Sprintf("history[-%d]", len(v.RecentHistory)-i), h})
 	}
 	for _, e := range v.LastErrors {
 		happen := uint64(e.LastError.HappenAt) << logicalBits // happen_at is unix ms

@@ -313,6 +313,7 @@ func (c *Client) DeleteTask(ctx context.Context, name string) error {
 			clientv3.OpDelete(LastErrorPrefix(name), clientv3.WithPrefix()),
 			clientv3.OpDelete(StorageCheckpointPrefix(name), clientv3.WithPrefix()),
 			clientv3.OpDelete(SpanCheckpointPrefix(name), clientv3.WithPrefix()),
+			clientv3.OpDelete(HistoryPrefix(name), clientv3.WithPrefix()),
 		).Commit()
 	if err != nil {
 		return fmt.Errorf("delete task %q: %w", name, err)

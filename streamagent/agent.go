@@ -26,6 +26,9 @@ type Agent struct {
 	mu      sync.Mutex
 	runners map[string]*runnerHandle
 	spills  atomic.Int64
+	// resumes is the coordinator's auto-resume state, touched only by the
+	// coordinator goroutine.
+	resumes map[string]*resumeState
 }
 
 type runnerHandle struct {
@@ -42,7 +45,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Agent, error) {
 	if err := cfg.withDefaults(); err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, metrics: newMetrics(reg), runners: map[string]*runnerHandle{}}, nil
+	return &Agent{cfg: cfg, metrics: newMetrics(reg), runners: map[string]*runnerHandle{}, resumes: map[string]*resumeState{}}, nil
 }
 
 // Run registers the agent, loads the tasks, follows their changes and
@@ -332,6 +335,7 @@ func (a *Agent) AdvanceOnce(ctx context.Context) error {
 	var errs []error
 	for _, t := range tasks {
 		if t.Pause.Paused {
+			a.autoResumeOnce(ctx, t)
 			continue
 		}
 		ranges, err := a.cfg.Meta.Ranges(ctx, t.Info.Name)

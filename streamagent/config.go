@@ -49,6 +49,8 @@ type Config struct {
 	// RetryBudget turns a persistent retryable error into a fatal one
 	// (TiKV: 30 failed flushes). Default 30 attempts or 10 minutes.
 	RetryBudget RetryBudget
+	// AutoResume governs resuming tasks paused by recoverable errors.
+	AutoResume AutoResume
 	// StatusAddress is this agent's /metrics and /status address, shown
 	// in its registration.
 	StatusAddress string
@@ -86,6 +88,12 @@ func (c *Config) withDefaults() error {
 	}
 	if c.RetryBudget.Duration <= 0 {
 		c.RetryBudget.Duration = 10 * time.Minute
+	}
+	if c.AutoResume.MaxAttempts <= 0 {
+		c.AutoResume.MaxAttempts = 5
+	}
+	if c.AutoResume.Backoff <= 0 {
+		c.AutoResume.Backoff = 30 * time.Second
 	}
 	if c.MemoryQuota <= 0 {
 		c.MemoryQuota = 256 << 20

@@ -11,6 +11,7 @@ import (
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
 
 	"logbackup/meta"
+	"logbackup/proto/lbpb"
 	"logbackup/storage"
 	"logbackup/streamagent/errs"
 )
@@ -87,6 +88,10 @@ func (a *Agent) reportFatal(ctx context.Context, task string, f *fatalError) {
 		}},
 		{"guard gc safepoint", func(ctx context.Context) error { return a.guardGC(ctx, task) }},
 	}
+	defer func() {
+		a.history(ctx, task, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_ERROR_REPORTED, Actor: lbpb.RecoveryEvent_AGENT,
+			ErrorCode: string(f.info.Code), Message: msg, HappenAtUnixMs: int64(lastErr.HappenAt)})
+	}()
 	for _, s := range steps {
 		backoff := 100 * time.Millisecond
 		for {

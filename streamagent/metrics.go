@@ -20,6 +20,7 @@ type metrics struct {
 	fatalErrors       *prometheus.CounterVec
 	taskStatus        *prometheus.GaugeVec
 	retries           *prometheus.CounterVec
+	autoResumes       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -57,8 +58,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name: "logbackup_agent_task_status", Help: "0 running, 1 paused, 2 error."}, []string{"task"})
 	m.retries = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "logbackup_agent_retries_total", Help: "Failed flushes that will be retried, by code."}, []string{"code"})
+	m.autoResumes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "logbackup_agent_auto_resumes_total", Help: "Automatic resume attempts by the coordinator, by outcome (resumed, failed)."}, []string{"outcome"})
 	if reg != nil {
-		reg.MustRegister(m.errors, m.fatalErrors, m.taskStatus, m.retries)
+		reg.MustRegister(m.errors, m.fatalErrors, m.taskStatus, m.retries, m.autoResumes)
 		reg.MustRegister(m.eventsIn, m.bytesIn, m.fileSize, m.spilled, m.bytesOut, m.regionErrors, m.initialScans, m.flushDuration, m.observedRegions, m.bufferedBytes, m.checkpointLagSecs)
 	}
 	return m

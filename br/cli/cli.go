@@ -68,7 +68,7 @@ func NewRootCommand() *cobra.Command {
 		Short:   "manage the log backup task (also spelled `br log`)",
 		Args:    cobra.NoArgs,
 	}
-	stream.AddCommand(startCommand(g), statusCommand(g), pauseCommand(g), resumeCommand(g), stopCommand(g), verifyCommand())
+	stream.AddCommand(startCommand(g), statusCommand(g), pauseCommand(g), resumeCommand(g), stopCommand(g), verifyCommand(), historyCommand(g))
 	root.AddCommand(stream, playgroundCommand())
 	return root
 }
@@ -214,5 +214,26 @@ func verifyCommand() *cobra.Command {
 	}
 	cmd.Flags().StringVarP(&o.Storage, "storage", "s", "", "storage URL the task writes to")
 	cmd.Flags().BoolVar(&o.JSON, "json", false, "print the report as JSON")
+	return cmd
+}
+
+func historyCommand(g *globalFlags) *cobra.Command {
+	var name string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "history",
+		Short: "show a task's recovery history: errors, pauses, resumes, automatic resumes",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := requireTaskName(name); err != nil {
+				return err
+			}
+			return withEnv(cmd, g, func(ctx context.Context, env *br.Env) error {
+				return br.History(ctx, env, name, asJSON, cmd.OutOrStdout())
+			})
+		},
+	}
+	cmd.Flags().StringVar(&name, "task-name", "", "the task")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }

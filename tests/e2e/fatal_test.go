@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -16,9 +15,7 @@ import (
 
 	"logbackup/br"
 	"logbackup/meta"
-	"logbackup/storage"
 	"logbackup/streamagent"
-	"logbackup/streamagent/logfile"
 	"logbackup/tests/etcdtest"
 	"logbackup/tests/s3test"
 	"logbackup/tests/simcluster"
@@ -150,25 +147,8 @@ func TestFatalErrorPausesAndResumeRecovers(t *testing.T) {
 			t.Fatal("the checkpoint did not pass the pause window after resume")
 		}
 	}
-	st, err := storage.OpenURL(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	have := map[string][]byte{}
-	if _, err := logfile.Walk(ctx, st, func(d logfile.Decoded) error {
-		have[fmt.Sprintf("%s@%d", d.Key, d.CommitTS)] = d.Value
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	want := c.Committed(startTS, global)
-	for _, v := range want {
-		if got, ok := have[fmt.Sprintf("%s@%d", v.Key, v.CommitTS)]; !ok || !bytes.Equal(got, v.Value) {
-			t.Fatalf("%s@%d (%s) missing after resume", v.Key, v.CommitTS, v.Value)
-		}
-	}
-	if len(want) != 150 {
-		t.Fatalf("%d versions committed, want 150", len(want))
+	if n := assertBackedUp(t, ctx, url, c, startTS, global); n != 150 {
+		t.Fatalf("%d versions committed, want 150", n)
 	}
 }
 

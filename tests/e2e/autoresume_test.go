@@ -1,0 +1,137 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"logbackup/br"
+	"logbackup/meta"
+	"logbackup/proto/lbpb"
+	"logbackup/streamagent"
+	"logbackup/tests/etcdtest"
+	"logbackup/tests/s3test"
+	"logbackup/tests/simcluster"
+)
+
+// TestAutoResume: storage failing past the retry budget pauses the task
+// with a recoverable code; the coordinator's auto-resume fails while
+// storage is still down, succeeds once it is back, and the pause window is
+// backed up. A manual pause is never auto-resumed. Every step is in the
+// task's history.
+func TestAutoResume(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	etcd := etcdtest.Start(t)
+	m := meta.NewClient(etcd.Client(t))
+	c, err := simcluster.Start(ctx, simcluster.Config{SplitKeys: [][]byte{[]byte("t5")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s3 := s3test.Start(t, "bk")
+	startTS, _ := c.TSO(ctx)
+	if err := br.Start(ctx, br.NewEnv(m), br.StartOptions{TaskName: "pitr", StartTS: fmt.Sprint(startTS), Storage: s3.URL("bk", "log")}, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range c.StoreIDs() {
+		a, err := streamagent.New(streamagent.Config{StoreID: s, PD: c.PD(), Meta: m, ClusterID: c.ClusterID(),
+			FlushInterval: 100 * time.Millisecond, ReconcileInterval: 200 * time.Millisecond, CoordinatorInterval: 100 * time.Millisecond,
+			RetryBudget: streamagent.RetryBudget{Attempts: 2, Duration: time.Hour},
+			AutoResume:  streamagent.AutoResume{Backoff: 300 * time.Millisecond, MaxAttempts: 20},
+			TempDir:     t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		actx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); a.Run(actx) }()
+		defer func() { stop(); <-done }()
+	}
+	put := func(n int, tag string) {
+		for i := 0; i < n; i++ {
+			if _, err := c.Put(ctx, []byte(fmt.Sprintf("t%d%03d", i%9, i)), []byte(tag)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	hasEvent := func(kind lbpb.RecoveryEvent_Kind) bool {
+		evs, err := m.History(ctx, "pitr")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range evs {
+			if ev.Kind == kind {
+				return true
+			}
+		}
+		return false
+	}
+	waitFor := func(what string, d time.Duration, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(d); !cond(); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("waited %s for %s", d, what)
+			}
+		}
+	}
+	put(20, "before")
+	s3.SetFault(s3test.Fault{Status: 503, Remaining: -1, Match: func(r *http.Request) bool { return r.Method == http.MethodPut }})
+	waitFor("an error pause", time.Minute, func() bool {
+		st, err := m.GetTask(ctx, "pitr")
+		return err == nil && st.Pause.V2.IsError()
+	})
+	st, _ := m.GetTask(ctx, "pitr")
+	if e, _ := st.Pause.V2.ErrorPayload(); e == nil || e.ErrorCode != "KV:LogBackup:RetryBudgetExhausted" || !strings.Contains(e.ErrorMessage, "KV:LogBackup:StorageUnavailable") {
+		t.Fatalf("pause payload: %+v", e)
+	}
+	put(20, "during")
+	waitFor("a failed auto-resume while storage is down", time.Minute, func() bool { return hasEvent(lbpb.RecoveryEvent_AUTO_RESUME_FAILED) })
+	if st, _ := m.GetTask(ctx, "pitr"); !st.Pause.Paused {
+		t.Fatal("auto-resumed while storage was still failing")
+	}
+	s3.ClearFault()
+	waitFor("the auto-resume", time.Minute, func() bool {
+		st, err := m.GetTask(ctx, "pitr")
+		return err == nil && !st.Pause.Paused && hasEvent(lbpb.RecoveryEvent_AUTO_RESUME_SUCCEEDED)
+	})
+	if le, _ := m.LastErrors(ctx, "pitr"); len(le) != 0 {
+		t.Fatalf("auto-resume left %d last errors", len(le))
+	}
+	put(20, "after")
+	end, _ := c.TSO(ctx)
+	var global uint64
+	waitFor("the checkpoint to pass the pause window", time.Minute, func() bool {
+		g, ok, _ := m.GlobalCheckpoint(ctx, "pitr")
+		global = g
+		return ok && g >= end
+	})
+	if n := assertBackedUp(t, ctx, s3.URL("bk", "log"), c, startTS, global); n != 60 {
+		t.Fatalf("%d versions committed, want 60", n)
+	}
+	if !hasEvent(lbpb.RecoveryEvent_ERROR_REPORTED) || !hasEvent(lbpb.RecoveryEvent_AUTO_RESUME_ATTEMPT) {
+		t.Fatal("history lacks the error report or the attempts")
+	}
+
+	// A manual pause stays paused through many coordinator ticks.
+	r := brRun{t: t, ep: etcd.Endpoint()}
+	r.ok("stream", "pause", "--task-name", "pitr", "--message", "operator")
+	time.Sleep(2 * time.Second) // 20 coordinator ticks
+	if st, _ := m.GetTask(ctx, "pitr"); !st.Pause.Paused {
+		t.Fatal("a manual pause was resumed automatically")
+	}
+	hist := r.ok("stream", "history", "--task-name", "pitr")
+	for _, want := range []string{"ERROR_REPORTED", "AUTO_RESUME_FAILED", "AUTO_RESUME_SUCCEEDED", "PAUSED", "by operator"} {
+		if !strings.Contains(hist, want) {
+			t.Fatalf("history lacks %q:\n%s", want, hist)
+		}
+	}
+	if !strings.Contains(r.ok("stream", "status", "--task-name", "pitr"), "history[-1]") {
+		t.Fatal("status does not show the recent history")
+	}
+}
