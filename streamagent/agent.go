@@ -349,10 +349,17 @@ func (a *Agent) AdvanceOnce(ctx context.Context) error {
 			errs = append(errs, err)
 			continue
 		}
-		if g := globalCheckpoint(known, covered); g > 0 {
-			if _, err := a.cfg.Meta.AdvanceGlobalCheckpoint(ctx, t.Info.Name, g); err != nil {
+		g := globalCheckpoint(known, covered)
+		if g > 0 {
+			stored, err := a.cfg.Meta.AdvanceGlobalCheckpoint(ctx, t.Info.Name, g)
+			if err != nil {
 				errs = append(errs, err)
+				continue
 			}
+			g = stored
+		}
+		if err := a.checkLag(ctx, t, max(g, t.Info.StartTs)); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)

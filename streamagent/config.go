@@ -49,6 +49,10 @@ type Config struct {
 	// RetryBudget turns a persistent retryable error into a fatal one
 	// (TiKV: 30 failed flushes). Default 30 attempts or 10 minutes.
 	RetryBudget RetryBudget
+	// LagLimit: the coordinator pauses a task whose global checkpoint lags
+	// more than this (BR's advancer: 48 h), so a stuck task cannot hold GC
+	// back forever. Negative disables.
+	LagLimit time.Duration
 	// AutoResume governs resuming tasks paused by recoverable errors.
 	AutoResume AutoResume
 	// StatusAddress is this agent's /metrics and /status address, shown
@@ -88,6 +92,9 @@ func (c *Config) withDefaults() error {
 	}
 	if c.RetryBudget.Duration <= 0 {
 		c.RetryBudget.Duration = 10 * time.Minute
+	}
+	if c.LagLimit == 0 {
+		c.LagLimit = 48 * time.Hour
 	}
 	if c.AutoResume.MaxAttempts <= 0 {
 		c.AutoResume.MaxAttempts = 5

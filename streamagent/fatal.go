@@ -137,3 +137,31 @@ func (a *Agent) guardGC(ctx context.Context, task string) error {
 	_, err = a.cfg.PD.UpdateServiceGCSafePoint(ctx, fmt.Sprintf("%s-%d-pause-guard", task, a.cfg.StoreID), int64(gcGuardTTL/time.Second), cp-1)
 	return err
 }
+
+// checkLag pauses a running task whose global checkpoint lags more than
+// the limit, with an ERROR pause that says so (as BR's advancer does). The
+// code is not recoverable: a person decides, since resuming only helps
+// once the cause is fixed.
+func (a *Agent) checkLag(ctx context.Context, t *meta.TaskStatus, checkpoint uint64) error {
+	if a.cfg.LagLimit < 0 || checkpoint == 0 {
+		return nil
+	}
+	at := time.UnixMilli(int64(checkpoint >> 18))
+	lag := time.Since(at)
+	if lag <= a.cfg.LagLimit {
+		return nil
+	}
+	info := errs.Lookup(errs.CodeCheckpointLag)
+	msg := fmt.Sprintf("The checkpoint is at %s, now it is %s, the lag is too huge (%s) hence pause the task to avoid impaction to the cluster; action: %s",
+		at.UTC().Format(time.RFC3339), time.Now().UTC().Format(time.RFC3339), lag.Round(time.Second), info.Action)
+	e := &brpb.StreamBackupError{HappenAt: uint64(time.Now().UnixMilli()), ErrorCode: string(info.Code), ErrorMessage: msg, StoreId: a.cfg.StoreID}
+	host, _ := os.Hostname()
+	if err := a.cfg.Meta.PauseTask(ctx, t.Info.Name, meta.NewErrorPause(host, os.Getpid(), time.Now(), e)); err != nil {
+		return fmt.Errorf("pause lagging task %q: %w", t.Info.Name, err)
+	}
+	a.metrics.fatalErrors.WithLabelValues(string(info.Code)).Inc()
+	a.cfg.Logger.Error("pausing a task whose checkpoint lags too much", "task", t.Info.Name, "lag", lag.Round(time.Second))
+	a.history(ctx, t.Info.Name, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_PAUSED, Actor: lbpb.RecoveryEvent_COORDINATOR,
+		ErrorCode: string(info.Code), Message: msg})
+	return nil
+}
