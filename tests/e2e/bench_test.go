@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"logbackup/meta"
 	"logbackup/streamagent"
 	"logbackup/tests/etcdtest"
+	"logbackup/tests/s3test"
 	"logbackup/tests/simcluster"
 )
 
@@ -157,4 +159,93 @@ func BenchmarkBurstMemory(b *testing.B) {
 	sample()
 	b.ReportMetric(float64(peakMem)/(1<<20), "MiB-peak-in-memory")
 	b.ReportMetric(float64(peakBuf)/(1<<20), "MiB-buffered")
+}
+
+// BenchmarkFatalToPause: from a flush that meets a fatal storage error
+// (access denied) to the LastError and the ERROR pause being visible in
+// etcd.
+func BenchmarkFatalToPause(b *testing.B) {
+	log.SetLevel(zapcore.ErrorLevel)
+	ctx := context.Background()
+	etcd := etcdtest.Start(b)
+	m := meta.NewClient(etcd.Client(b))
+	c, err := simcluster.Start(ctx, simcluster.Config{Stores: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	s3 := s3test.Start(b, "bk")
+	start, _ := c.TSO(ctx)
+	if err := br.Start(ctx, br.NewEnv(m), br.StartOptions{TaskName: "bench", StartTS: fmt.Sprint(start), Storage: s3.URL("bk", "log")}, io.Discard); err != nil {
+		b.Fatal(err)
+	}
+	a, err := streamagent.New(streamagent.Config{StoreID: c.StoreIDs()[0], PD: c.PD(), Meta: m, ClusterID: c.ClusterID(),
+		FlushInterval: time.Hour, AutoResume: streamagent.AutoResume{Disabled: true}, TempDir: b.TempDir(),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	actx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); a.Run(actx) }()
+	defer func() { stop(); <-done }()
+	var total time.Duration
+	for i := 0; i < b.N; i++ {
+		for len(a.Tasks()) == 0 { // running again after the previous round's resume
+			time.Sleep(time.Millisecond)
+		}
+		c.Put(ctx, []byte(fmt.Sprintf("t%d", i)), []byte("v"))
+		s3.SetFault(s3test.Fault{Status: 403, Remaining: -1, Match: func(r *http.Request) bool { return r.Method == http.MethodPut }})
+		began := time.Now()
+		a.FlushNow(ctx)
+		for {
+			st, _ := m.GetTask(ctx, "bench")
+			le, _ := m.LastErrors(ctx, "bench")
+			if st != nil && st.Pause.V2.IsError() && len(le) > 0 {
+				break
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+		total += time.Since(began)
+		s3.ClearFault()
+		m.ClearLastErrors(ctx, "bench")
+		m.ResumeTask(ctx, "bench")
+	}
+	b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms-to-pause")
+}
+
+// BenchmarkResumeObserve10K: from `resume` until the agent observes all
+// 10,000 regions of its store again.
+func BenchmarkResumeObserve10K(b *testing.B) {
+	e := setupBench(b, 10000)
+	a, stop := e.agent(b, time.Hour)
+	defer stop()
+	ctx := context.Background()
+	observed := func() int64 {
+		for _, t := range a.Status().Tasks {
+			return t.ObservedRegions
+		}
+		return 0
+	}
+	for observed() < 10000 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	var total time.Duration
+	for i := 0; i < b.N; i++ {
+		if err := e.m.PauseTask(ctx, "bench", nil); err != nil {
+			b.Fatal(err)
+		}
+		for len(a.Tasks()) != 0 {
+			time.Sleep(time.Millisecond)
+		}
+		began := time.Now()
+		if err := e.m.ResumeTask(ctx, "bench"); err != nil {
+			b.Fatal(err)
+		}
+		for observed() < 10000 {
+			time.Sleep(time.Millisecond)
+		}
+		total += time.Since(began)
+	}
+	b.ReportMetric(total.Seconds()/float64(b.N), "s-to-observe")
 }
