@@ -26,6 +26,7 @@ type Agent struct {
 	mu      sync.Mutex
 	runners map[string]*runnerHandle
 	spills  atomic.Int64
+	retries atomic.Int64
 	// resumes is the coordinator's auto-resume state, touched only by the
 	// coordinator goroutine.
 	resumes map[string]*resumeState
@@ -45,7 +46,18 @@ func New(cfg Config, reg prometheus.Registerer) (*Agent, error) {
 	if err := cfg.withDefaults(); err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, metrics: newMetrics(reg), runners: map[string]*runnerHandle{}, resumes: map[string]*resumeState{}}, nil
+	a := &Agent{cfg: cfg, metrics: newMetrics(reg), runners: map[string]*runnerHandle{}, resumes: map[string]*resumeState{}}
+	if a.cfg.OpenStorage == nil {
+		// Every retry inside the storage layer is counted by operation.
+		observe := storage.WithRetryObserver(func(op string, _ int, _ error) {
+			a.metrics.storageRetries.WithLabelValues(op).Inc()
+			a.retries.Add(1)
+		})
+		a.cfg.OpenStorage = func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error) {
+			return storage.OpenBackend(ctx, b, observe)
+		}
+	}
+	return a, nil
 }
 
 // Run registers the agent, loads the tasks, follows their changes and

@@ -55,6 +55,10 @@ type Config struct {
 	LagLimit time.Duration
 	// AutoResume governs resuming tasks paused by recoverable errors.
 	AutoResume AutoResume
+	// BeforeCheckpoints, for crash tests, runs after a flush's files are
+	// durable and before any checkpoint moves; an error stops the flush
+	// there, as a crash would.
+	BeforeCheckpoints func(task string) error
 	// StatusAddress is this agent's /metrics and /status address, shown
 	// in its registration.
 	StatusAddress string
@@ -107,11 +111,6 @@ func (c *Config) withDefaults() error {
 	}
 	if c.TempDir == "" {
 		c.TempDir = filepath.Join(os.TempDir(), fmt.Sprintf("logbackup-store-%d", c.StoreID))
-	}
-	if c.OpenStorage == nil {
-		c.OpenStorage = func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error) {
-			return storage.OpenBackend(ctx, b)
-		}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

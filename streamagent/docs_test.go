@@ -28,6 +28,7 @@ func TestMetricDocs(t *testing.T) {
 	m.taskStatus.WithLabelValues("x")
 	m.retries.WithLabelValues("x")
 	m.autoResumes.WithLabelValues("x")
+	m.storageRetries.WithLabelValues("x")
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)

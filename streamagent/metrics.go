@@ -21,6 +21,7 @@ type metrics struct {
 	taskStatus        *prometheus.GaugeVec
 	retries           *prometheus.CounterVec
 	autoResumes       *prometheus.CounterVec
+	storageRetries    *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -60,8 +61,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name: "logbackup_agent_retries_total", Help: "Failed flushes that will be retried, by code."}, []string{"code"})
 	m.autoResumes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "logbackup_agent_auto_resumes_total", Help: "Automatic resume attempts by the coordinator, by outcome (resumed, failed)."}, []string{"outcome"})
+	m.storageRetries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "logbackup_agent_storage_retries_total", Help: "Storage requests retried inside the storage layer, by operation."}, []string{"op"})
 	if reg != nil {
-		reg.MustRegister(m.errors, m.fatalErrors, m.taskStatus, m.retries, m.autoResumes)
+		reg.MustRegister(m.errors, m.fatalErrors, m.taskStatus, m.retries, m.autoResumes, m.storageRetries)
 		reg.MustRegister(m.eventsIn, m.bytesIn, m.fileSize, m.spilled, m.bytesOut, m.regionErrors, m.initialScans, m.flushDuration, m.observedRegions, m.bufferedBytes, m.checkpointLagSecs)
 	}
 	return m

@@ -39,13 +39,15 @@ type Status struct {
 	Tasks   []TaskStatus `json:"tasks"`
 	// Spills counts how often any task went over the memory quota.
 	Spills int64 `json:"spills"`
+	// Retries counts failed flushes that were retried.
+	Retries int64 `json:"retries"`
 }
 
 // Status reports what the agent is doing now.
 func (a *Agent) Status() Status {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	st := Status{StoreID: a.cfg.StoreID, Version: a.cfg.Version, Tasks: []TaskStatus{}, Spills: a.spills.Load()}
+	st := Status{StoreID: a.cfg.StoreID, Version: a.cfg.Version, Tasks: []TaskStatus{}, Spills: a.spills.Load(), Retries: a.retries.Load()}
 	for name, h := range a.runners {
 		s := &h.r.stats
 		ts := TaskStatus{Name: name, ObservedRegions: s.observedRegions.Load(), PendingRanges: s.pendingRanges.Load(),

@@ -270,6 +270,7 @@ func (t *taskRunner) judge(err error) bool {
 		return false
 	}
 	t.a.metrics.retries.WithLabelValues(string(errs.Classify(err).Code)).Inc()
+	t.a.retries.Add(1)
 	t.log.Warn("flush failed; retrying on the next tick", "err", storage.Redact(err.Error()), "failures", t.failures)
 	return true
 }
@@ -622,6 +623,11 @@ func (t *taskRunner) upload(ctx context.Context, p *pendingFlush) error {
 		}
 		p.durable = true
 		p.fl.Data = nil // uploaded: release the compressed bytes
+		if hook := t.a.cfg.BeforeCheckpoints; hook != nil {
+			if err := hook(t.info.Name); err != nil {
+				return err
+			}
+		}
 		t.a.metrics.flushDuration.WithLabelValues("save_files").Observe(time.Since(began).Seconds())
 	}
 	for _, f := range p.frozen {

@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -49,11 +50,19 @@ func startAgent(t *testing.T, c *simcluster.Cluster, m *meta.Client, store uint6
 	return p
 }
 
-func (p *agentProc) stop() { p.cancel(); <-p.done }
+func (p *agentProc) stop() { retiredRetries.Add(p.a.Status().Retries); p.cancel(); <-p.done }
+
+// retiredRetries keeps the retry counts of agents stopped during a run.
+var retiredRetries atomic.Int64
 
 // crash ends the agent without a final flush, like kill -9 between an
 // upload and the next checkpoint write.
-func (p *agentProc) crash() { p.a.Crash(); p.cancel(); <-p.done }
+func (p *agentProc) crash() {
+	retiredRetries.Add(p.a.Status().Retries)
+	p.a.Crash()
+	p.cancel()
+	<-p.done
+}
 
 // TestAgentsBackUpEverything runs one agent per store of the simulated
 // cluster against real etcd and file storage, under a randomized workload
@@ -79,10 +88,17 @@ func TestAgentsBackUpEverything(t *testing.T) {
 		if srv.Faults() == 0 {
 			t.Fatal("no upload met the injected 503s")
 		}
+		if retriesSeen == 0 {
+			t.Fatal("the 503s were not counted as retries")
+		}
 	})
 }
 
+// retriesSeen is the retries the last backUpEverything run counted.
+var retriesSeen int64
+
 func backUpEverything(t *testing.T, newStorage func(t *testing.T) string, quota int, afterStart func()) {
+	retiredRetries.Store(0)
 	seed := time.Now().UnixNano()
 	if s := os.Getenv("SIM_SEED"); s != "" {
 		seed, _ = strconv.ParseInt(s, 10, 64)
@@ -214,6 +230,17 @@ func backUpEverything(t *testing.T, newStorage func(t *testing.T) string, quota 
 	}
 	stopWatch()
 	watchWG.Wait()
+	retriesSeen = retiredRetries.Swap(0)
+	for _, p := range agents {
+		retriesSeen += p.a.Status().Retries
+	}
+	// Transient storage errors are retried, never reported or paused.
+	if le, err := m.LastErrors(ctx, "pitr"); err != nil || len(le) > 0 {
+		t.Fatalf("seed %d: last errors after transient failures: %v %v", seed, le, err)
+	}
+	if st, err := m.GetTask(ctx, "pitr"); err != nil || st.Pause.Paused {
+		t.Fatalf("seed %d: the task was paused", seed)
+	}
 	if quota > 0 {
 		var spills int64
 		for _, p := range agents {

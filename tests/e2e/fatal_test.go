@@ -1,12 +1,14 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -48,11 +50,12 @@ func TestFatalErrorPausesAndResumeRecovers(t *testing.T) {
 		stop func()
 	}
 	var agents []proc
+	logs := &lockedBuffer{}
 	for _, s := range c.StoreIDs() {
 		reg := prometheus.NewRegistry()
 		a, err := streamagent.New(streamagent.Config{StoreID: s, PD: c.PD(), Meta: m, ClusterID: c.ClusterID(),
 			FlushInterval: 200 * time.Millisecond, ReconcileInterval: 200 * time.Millisecond, CoordinatorInterval: 100 * time.Millisecond,
-			TempDir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, reg)
+			TempDir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(logs, nil))}, reg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -122,6 +125,9 @@ func TestFatalErrorPausesAndResumeRecovers(t *testing.T) {
 			t.Fatalf("%d agents still observe the paused task", observing)
 		}
 	}
+	if l := logs.String(); strings.Contains(l, s3test.SecretKey) || !strings.Contains(l, "StorageAccessDenied") {
+		t.Fatalf("agent logs leak the secret or miss the error:\n%s", l)
+	}
 	var fatal float64
 	for _, p := range agents {
 		fatal += testutil.ToFloat64(mustVec(t, p.reg, "logbackup_agent_fatal_errors_total", "KV:LogBackup:StorageAccessDenied"))
@@ -178,4 +184,22 @@ func mustVec(t *testing.T, reg *prometheus.Registry, name, label string) prometh
 		}
 	}
 	return c
+}
+
+// lockedBuffer is a log sink several agents write to at once.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
