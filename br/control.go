@@ -71,6 +71,9 @@ func Resume(ctx context.Context, env *Env, name string, clearError bool, w io.Wr
 		return userError(fmt.Sprintf("fix the cause, then run `br stream resume --task-name %s --clear-error`", name), nil,
 			"refusing to resume task %q paused by an error", name)
 	}
+	if err := checkNotCollected(ctx, env, t); err != nil {
+		return err
+	}
 	// Errors go first: if the second step fails the task is still paused
 	// (now as a plain pause) and a retry of plain `resume` finishes the job.
 	// The other order could leave a running task with stale errors.
@@ -111,4 +114,26 @@ func firstNonEmpty(s ...string) string {
 		}
 	}
 	return ""
+}
+
+// checkNotCollected refuses to resume a task whose checkpoint is below
+// PD's GC safepoint: the changes it would rescan are gone, and resuming
+// would leave a hole in the backup.
+func checkNotCollected(ctx context.Context, env *Env, t *meta.TaskStatus) error {
+	sp, ok, err := env.Meta.GCSafePoint(ctx)
+	if err != nil || !ok {
+		return err
+	}
+	cp := t.Info.StartTs
+	if g, ok, err := env.Meta.GlobalCheckpoint(ctx, t.Info.Name); err != nil {
+		return err
+	} else if ok {
+		cp = max(cp, g)
+	}
+	if cp < sp {
+		return userError("start a new task (after a new full backup) in another storage path", nil,
+			"the global checkpoint ts %d (%s) of task %q has been garbage collected (GC safepoint %d); the changes since it are gone",
+			cp, FormatTS(cp, env.loc()), t.Info.Name, sp)
+	}
+	return nil
 }

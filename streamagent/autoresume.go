@@ -80,6 +80,7 @@ func (a *Agent) autoResumeOnce(ctx context.Context, st *meta.TaskStatus) {
 		return
 	}
 	a.metrics.autoResumes.WithLabelValues("resumed").Inc()
+	a.metrics.timeToRecover.Observe(time.Since(p.OperationTime).Seconds())
 	a.history(ctx, name, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_SUCCEEDED, Actor: lbpb.RecoveryEvent_COORDINATOR,
 		ErrorCode: e.ErrorCode, Attempt: uint32(rs.attempts), Message: fmt.Sprintf("paused for %s", time.Since(p.OperationTime).Round(time.Second))})
 }

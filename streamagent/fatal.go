@@ -92,26 +92,41 @@ func (a *Agent) reportFatal(ctx context.Context, task string, f *fatalError) {
 		a.history(ctx, task, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_ERROR_REPORTED, Actor: lbpb.RecoveryEvent_AGENT,
 			ErrorCode: string(f.info.Code), Message: msg, HappenAtUnixMs: int64(lastErr.HappenAt)})
 	}()
-	for _, s := range steps {
-		backoff := 100 * time.Millisecond
-		for {
+	// Every round tries every step still pending, so one failing step
+	// (PD refusing the safepoint) never holds back another (the pause).
+	// etcd steps are retried until they land; the GC guard is best effort
+	// after a few tries, as in TiKV.
+	done := make([]bool, len(steps))
+	backoff := 100 * time.Millisecond
+	for round := 1; ; round++ {
+		pending := false
+		for i, s := range steps {
+			if done[i] {
+				continue
+			}
 			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			err := s.fn(sctx)
 			cancel()
-			if err == nil {
-				break
+			switch {
+			case err == nil:
+				done[i] = true
+			case s.name == "guard gc safepoint" && round >= 5:
+				a.cfg.Logger.Warn("cannot set the GC guard of a paused task", "task", task, "err", err)
+				done[i] = true
+			default:
+				pending = true
+				a.cfg.Logger.Warn("fatal path step failed; retrying", "task", task, "step", s.name, "err", err)
 			}
-			if ctx.Err() != nil {
-				return
-			}
-			a.cfg.Logger.Warn("fatal path step failed; retrying", "task", task, "step", s.name, "err", err)
-			select {
-			case <-time.After(backoff/2 + rand.N(backoff/2+1)):
-			case <-ctx.Done():
-				return
-			}
-			backoff = min(backoff*2, 5*time.Second)
 		}
+		if !pending || ctx.Err() != nil {
+			return
+		}
+		select {
+		case <-time.After(backoff/2 + rand.N(backoff/2+1)):
+		case <-ctx.Done():
+			return
+		}
+		backoff = min(backoff*2, 5*time.Second)
 	}
 }
 

@@ -22,6 +22,7 @@ type metrics struct {
 	retries           *prometheus.CounterVec
 	autoResumes       *prometheus.CounterVec
 	storageRetries    *prometheus.CounterVec
+	timeToRecover     prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -63,8 +64,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name: "logbackup_agent_auto_resumes_total", Help: "Automatic resume attempts by the coordinator, by outcome (resumed, failed)."}, []string{"outcome"})
 	m.storageRetries = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "logbackup_agent_storage_retries_total", Help: "Storage requests retried inside the storage layer, by operation."}, []string{"op"})
+	m.timeToRecover = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "logbackup_agent_time_to_recover_seconds", Help: "From an error pause to the automatic resume that ended it.",
+		Buckets: prometheus.ExponentialBuckets(1, 2, 16)})
 	if reg != nil {
-		reg.MustRegister(m.errors, m.fatalErrors, m.taskStatus, m.retries, m.autoResumes, m.storageRetries)
+		reg.MustRegister(m.errors, m.fatalErrors, m.taskStatus, m.retries, m.autoResumes, m.storageRetries, m.timeToRecover)
 		reg.MustRegister(m.eventsIn, m.bytesIn, m.fileSize, m.spilled, m.bytesOut, m.regionErrors, m.initialScans, m.flushDuration, m.observedRegions, m.bufferedBytes, m.checkpointLagSecs)
 	}
 	return m

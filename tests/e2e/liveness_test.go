@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -56,4 +57,34 @@ func TestStatusShowsAgentLiveness(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// TestResumeRefusedBelowGCSafePoint: resuming a task whose checkpoint PD
+// has already garbage-collected is refused with that reason.
+func TestResumeRefusedBelowGCSafePoint(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	r := brRun{t: t, ep: etcd.Endpoint()}
+	r.ok("stream", "start", "--task-name", "pitr", "--storage", "local://"+filepath.Join(t.TempDir(), "b"), "--start-ts", "2024-01-01 00:00:00+0000")
+	r.ok("stream", "pause", "--task-name", "pitr")
+	ctx := context.Background()
+	// What PD keeps in its etcd: the cluster id and the GC safepoint (hex).
+	if _, err := cli.Put(ctx, "/pd/cluster_id", string([]byte{0, 0, 0, 0, 0, 0, 0, 7})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, "/pd/7/gc/safe_point", fmt.Sprintf("%x", uint64(time.Now().UnixMilli())<<18)); err != nil {
+		t.Fatal(err)
+	}
+	res := r.fails("garbage collected", "stream", "resume", "--task-name", "pitr")
+	if !strings.Contains(res.stderr, "start a new task") {
+		t.Fatalf("no hint: %s", res.stderr)
+	}
+	if st := statusOf(t, r, "pitr"); st.Status != "PAUSE" {
+		t.Fatalf("a refused resume changed the task: %s", st.Status)
+	}
+	// With the safepoint behind the checkpoint, resume works.
+	if _, err := cli.Put(ctx, "/pd/7/gc/safe_point", "1"); err != nil {
+		t.Fatal(err)
+	}
+	r.ok("stream", "resume", "--task-name", "pitr")
 }
