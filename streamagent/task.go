@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -83,6 +84,7 @@ type taskRunner struct {
 	failures     int
 	failingSince time.Time
 	fatal        *fatalError
+	retry        *time.Timer
 
 	events  chan streamEvent
 	flushCh chan chan error
@@ -203,6 +205,11 @@ func (t *taskRunner) run(ctx context.Context, flushOnExit *atomic.Bool) {
 	defer reconcile.Stop()
 	place := time.NewTicker(50 * time.Millisecond)
 	defer place.Stop()
+	// retry fires a failed flush again sooner than the next tick, backing
+	// off exponentially with jitter (stopped while idle).
+	t.retry = time.NewTimer(time.Hour)
+	t.retry.Stop()
+	defer t.retry.Stop()
 	t.placePending(ctx)
 	for {
 		select {
@@ -236,6 +243,10 @@ func (t *taskRunner) run(ctx context.Context, flushOnExit *atomic.Bool) {
 			if !t.flushAndJudge(ctx) {
 				return
 			}
+		case <-t.retry.C:
+			if !t.flushAndJudge(ctx) {
+				return
+			}
 		case done := <-t.flushCh:
 			err := t.flush(ctx)
 			done <- err
@@ -260,6 +271,7 @@ func (t *taskRunner) flushAndJudge(ctx context.Context) bool { return t.judge(t.
 func (t *taskRunner) judge(err error) bool {
 	if err == nil {
 		t.noteSuccess()
+		t.retry.Stop()
 		return true
 	}
 	if errors.Is(err, context.Canceled) {
@@ -271,7 +283,11 @@ func (t *taskRunner) judge(err error) bool {
 	}
 	t.a.metrics.retries.WithLabelValues(string(errs.Classify(err).Code)).Inc()
 	t.a.retries.Add(1)
-	t.log.Warn("flush failed; retrying on the next tick", "err", storage.Redact(err.Error()), "failures", t.failures)
+	// 100 ms · 2^failures with full jitter, capped by the flush interval.
+	wait := min(100*time.Millisecond<<min(t.failures, 20), t.a.cfg.FlushInterval)
+	wait = wait/2 + time.Duration(rand.Int64N(int64(wait/2)+1))
+	t.retry.Reset(wait)
+	t.log.Warn("flush failed; retrying", "err", storage.Redact(err.Error()), "failures", t.failures, "in", wait)
 	return true
 }
 
