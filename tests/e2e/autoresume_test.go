@@ -3,18 +3,13 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
-	"logbackup/br"
-	"logbackup/meta"
 	"logbackup/proto/lbpb"
 	"logbackup/streamagent"
-	"logbackup/tests/etcdtest"
 	"logbackup/tests/s3test"
 	"logbackup/tests/simcluster"
 )
@@ -27,31 +22,16 @@ import (
 func TestAutoResume(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	etcd := etcdtest.Start(t)
-	m := meta.NewClient(etcd.Client(t))
-	c, err := simcluster.Start(ctx, simcluster.Config{SplitKeys: [][]byte{[]byte("t5")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	s3 := s3test.Start(t, "bk")
-	startTS, _ := c.TSO(ctx)
-	if err := br.Start(ctx, br.NewEnv(m), br.StartOptions{TaskName: "pitr", StartTS: fmt.Sprint(startTS), Storage: s3.URL("bk", "log")}, io.Discard); err != nil {
-		t.Fatal(err)
-	}
+	h := newHarness(t, ctx, simcluster.Config{SplitKeys: [][]byte{[]byte("t5")}}, s3.URL("bk", "log"), 0)
+	c, m, etcd, startTS := h.c, h.m, h.etcd, h.startTS
 	for _, s := range c.StoreIDs() {
-		a, err := streamagent.New(streamagent.Config{StoreID: s, PD: c.PD(), Meta: m, ClusterID: c.ClusterID(),
-			FlushInterval: 100 * time.Millisecond, ReconcileInterval: 200 * time.Millisecond, CoordinatorInterval: 100 * time.Millisecond,
-			RetryBudget: streamagent.RetryBudget{Attempts: 2, Duration: time.Hour},
-			AutoResume:  streamagent.AutoResume{Backoff: 300 * time.Millisecond, MaxAttempts: 20},
-			TempDir:     t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		actx, stop := context.WithCancel(ctx)
-		done := make(chan struct{})
-		go func() { defer close(done); a.Run(actx) }()
-		defer func() { stop(); <-done }()
+		_, stop := h.agent(s, nil, func(cfg *streamagent.Config) {
+			cfg.CoordinatorInterval = 100 * time.Millisecond
+			cfg.RetryBudget = streamagent.RetryBudget{Attempts: 2, Duration: time.Hour}
+			cfg.AutoResume = streamagent.AutoResume{Backoff: 300 * time.Millisecond, MaxAttempts: 20}
+		})
+		defer stop()
 	}
 	put := func(n int, tag string) {
 		for i := 0; i < n; i++ {
@@ -106,11 +86,7 @@ func TestAutoResume(t *testing.T) {
 	put(20, "after")
 	end, _ := c.TSO(ctx)
 	var global uint64
-	waitFor("the checkpoint to pass the pause window", time.Minute, func() bool {
-		g, ok, _ := m.GlobalCheckpoint(ctx, "pitr")
-		global = g
-		return ok && g >= end
-	})
+	global = h.waitGlobal(end)
 	if n := assertBackedUp(t, ctx, s3.URL("bk", "log"), c, startTS, global); n != 60 {
 		t.Fatalf("%d versions committed, want 60", n)
 	}

@@ -4,51 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/http"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"logbackup/br"
 	"logbackup/meta"
 	"logbackup/streamagent"
 	"logbackup/streamagent/errs"
-	"logbackup/tests/etcdtest"
 	"logbackup/tests/s3test"
 	"logbackup/tests/simcluster"
 )
-
-func quietAgent(t *testing.T, c *simcluster.Cluster, m *meta.Client, mod func(*streamagent.Config)) (*streamagent.Agent, func()) {
-	t.Helper()
-	cfg := streamagent.Config{StoreID: c.StoreIDs()[0], PD: c.PD(), Meta: m, ClusterID: c.ClusterID(),
-		FlushInterval: 100 * time.Millisecond, CoordinatorInterval: 50 * time.Millisecond, ReconcileInterval: 100 * time.Millisecond,
-		TempDir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	if mod != nil {
-		mod(&cfg)
-	}
-	a, err := streamagent.New(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); a.Run(ctx) }()
-	return a, func() { cancel(); <-done }
-}
-
-func waitGlobal(t *testing.T, ctx context.Context, m *meta.Client, atLeast uint64) uint64 {
-	t.Helper()
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if g, ok, _ := m.GlobalCheckpoint(ctx, "pitr"); ok && g >= atLeast {
-			return g
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("global checkpoint never reached %d", atLeast)
-		}
-	}
-}
 
 // TestCrashBetweenUploadAndCheckpoint: the agent dies after a flush's
 // files are durable but before any checkpoint moved; its successor rescans
@@ -56,21 +22,11 @@ func waitGlobal(t *testing.T, ctx context.Context, m *meta.Client, atLeast uint6
 func TestCrashBetweenUploadAndCheckpoint(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	etcd := etcdtest.Start(t)
-	m := meta.NewClient(etcd.Client(t))
-	c, err := simcluster.Start(ctx, simcluster.Config{Stores: 1, SplitKeys: [][]byte{[]byte("t5")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	url := "local://" + t.TempDir()
-	startTS, _ := c.TSO(ctx)
-	if err := br.Start(ctx, br.NewEnv(m), br.StartOptions{TaskName: "pitr", StartTS: fmt.Sprint(startTS), Storage: url}, io.Discard); err != nil {
-		t.Fatal(err)
-	}
+	h := newHarness(t, ctx, simcluster.Config{Stores: 1, SplitKeys: [][]byte{[]byte("t5")}}, "local://"+t.TempDir(), 0)
+	c, m, startTS, url := h.c, h.m, h.startTS, h.url
 	var hit atomic.Int32
 	crashed := make(chan struct{})
-	a, stop := quietAgent(t, c, m, func(cfg *streamagent.Config) {
+	a, stop := h.agent(c.StoreIDs()[0], nil, func(cfg *streamagent.Config) {
 		cfg.FlushInterval = time.Hour
 		cfg.BeforeCheckpoints = func(string) error {
 			if hit.Add(1) == 1 {
@@ -92,13 +48,13 @@ func TestCrashBetweenUploadAndCheckpoint(t *testing.T) {
 	if g, _, _ := m.GlobalCheckpoint(ctx, "pitr"); g > max(before, startTS) {
 		t.Fatalf("a checkpoint moved (%d → %d) though the agent died before writing it", before, g)
 	}
-	_, stop2 := quietAgent(t, c, m, nil)
+	_, stop2 := h.agent(c.StoreIDs()[0], nil, nil)
 	defer stop2()
 	for i := 0; i < 50; i++ {
 		c.Put(ctx, []byte(fmt.Sprintf("t%d%02d", i%9, i)), []byte("v2"))
 	}
 	end, _ := c.TSO(ctx)
-	global := waitGlobal(t, ctx, m, end)
+	global := h.waitGlobal(end)
 	if n := assertBackedUp(t, ctx, url, c, startTS, global); n != 100 {
 		t.Fatalf("%d versions, want 100", n)
 	}
@@ -111,27 +67,17 @@ func TestCrashBetweenUploadAndCheckpoint(t *testing.T) {
 func TestEtcdDownDuringFlush(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	etcd := etcdtest.Start(t)
-	m := meta.NewClient(etcd.Client(t), meta.WithRequestTimeout(time.Second))
-	c, err := simcluster.Start(ctx, simcluster.Config{Stores: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	s3 := s3test.Start(t, "bk")
-	url := s3.URL("bk", "log")
-	startTS, _ := c.TSO(ctx)
-	if err := br.Start(ctx, br.NewEnv(m), br.StartOptions{TaskName: "pitr", StartTS: fmt.Sprint(startTS), Storage: url}, io.Discard); err != nil {
-		t.Fatal(err)
-	}
-	_, stop := quietAgent(t, c, m, func(cfg *streamagent.Config) {
+	h := newHarness(t, ctx, simcluster.Config{Stores: 1}, s3.URL("bk", "log"), 0, meta.WithRequestTimeout(time.Second))
+	c, m, etcd, startTS, url := h.c, h.m, h.etcd, h.startTS, h.url
+	_, stop := h.agent(c.StoreIDs()[0], nil, func(cfg *streamagent.Config) {
 		cfg.RetryBudget = streamagent.RetryBudget{Attempts: 1000, Duration: time.Hour}
 	})
 	defer stop()
 	for i := 0; i < 30; i++ {
 		c.Put(ctx, []byte(fmt.Sprintf("t%03d", i)), []byte("a"))
 	}
-	waitGlobal(t, ctx, m, startTS+1)
+	h.waitGlobal(startTS + 1)
 
 	etcd.Stop(t)
 	for i := 0; i < 30; i++ {
@@ -140,7 +86,7 @@ func TestEtcdDownDuringFlush(t *testing.T) {
 	time.Sleep(500 * time.Millisecond) // several flush attempts against a dead etcd
 	etcd.Restart(t)
 	end, _ := c.TSO(ctx)
-	global := waitGlobal(t, ctx, m, end)
+	global := h.waitGlobal(end)
 	if n := assertBackedUp(t, ctx, url, c, startTS, global); n != 60 {
 		t.Fatalf("%d versions, want 60", n)
 	}

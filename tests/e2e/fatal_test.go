@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -15,10 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"logbackup/br"
-	"logbackup/meta"
 	"logbackup/streamagent"
-	"logbackup/tests/etcdtest"
 	"logbackup/tests/s3test"
 	"logbackup/tests/simcluster"
 )
@@ -31,19 +27,9 @@ import (
 func TestFatalErrorPausesAndResumeRecovers(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	etcd := etcdtest.Start(t)
-	m := meta.NewClient(etcd.Client(t))
-	c, err := simcluster.Start(ctx, simcluster.Config{SplitKeys: [][]byte{[]byte("t3"), []byte("t6")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	s3 := s3test.Start(t, "bk")
-	url := s3.URL("bk", "log")
-	startTS, _ := c.TSO(ctx)
-	if err := br.Start(ctx, br.NewEnv(m), br.StartOptions{TaskName: "pitr", StartTS: fmt.Sprint(startTS), Storage: url}, io.Discard); err != nil {
-		t.Fatal(err)
-	}
+	h := newHarness(t, ctx, simcluster.Config{SplitKeys: [][]byte{[]byte("t3"), []byte("t6")}}, s3.URL("bk", "log"), 0)
+	c, m, etcd, startTS, url := h.c, h.m, h.etcd, h.startTS, h.url
 	type proc struct {
 		a    *streamagent.Agent
 		reg  *prometheus.Registry
@@ -53,16 +39,11 @@ func TestFatalErrorPausesAndResumeRecovers(t *testing.T) {
 	logs := &lockedBuffer{}
 	for _, s := range c.StoreIDs() {
 		reg := prometheus.NewRegistry()
-		a, err := streamagent.New(streamagent.Config{StoreID: s, PD: c.PD(), Meta: m, ClusterID: c.ClusterID(),
-			FlushInterval: 200 * time.Millisecond, ReconcileInterval: 200 * time.Millisecond, CoordinatorInterval: 100 * time.Millisecond,
-			TempDir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(logs, nil))}, reg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		actx, stop := context.WithCancel(ctx)
-		done := make(chan struct{})
-		go func() { defer close(done); a.Run(actx) }()
-		agents = append(agents, proc{a, reg, func() { stop(); <-done }})
+		a, stop := h.agent(s, reg, func(cfg *streamagent.Config) {
+			cfg.FlushInterval, cfg.ReconcileInterval = 200*time.Millisecond, 200*time.Millisecond
+			cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
+		})
+		agents = append(agents, proc{a, reg, stop})
 	}
 	defer func() {
 		for _, p := range agents {

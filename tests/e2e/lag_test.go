@@ -2,17 +2,12 @@ package e2e
 
 import (
 	"context"
-	"fmt"
-	"io"
-	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
 	"logbackup/br"
-	"logbackup/meta"
 	"logbackup/streamagent"
-	"logbackup/tests/etcdtest"
 	"logbackup/tests/simcluster"
 )
 
@@ -22,29 +17,15 @@ import (
 func TestLagLimitPauses(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	etcd := etcdtest.Start(t)
-	m := meta.NewClient(etcd.Client(t))
-	c, err := simcluster.Start(ctx, simcluster.Config{Stores: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	start := time.Now().Add(-time.Hour)
-	if err := br.Start(ctx, br.NewEnv(m), br.StartOptions{TaskName: "pitr", StartTS: fmt.Sprint(br.ComposeTS(start)), Storage: "local://" + t.TempDir()}, io.Discard); err != nil {
-		t.Fatal(err)
-	}
+	h := newHarness(t, ctx, simcluster.Config{Stores: 1}, "local://"+t.TempDir(), br.ComposeTS(time.Now().Add(-time.Hour)))
+	m, etcd := h.m, h.etcd
 	// No flush for an hour: the checkpoint stays at the start, an hour back.
-	a, err := streamagent.New(streamagent.Config{StoreID: c.StoreIDs()[0], PD: c.PD(), Meta: m, ClusterID: c.ClusterID(),
-		FlushInterval: time.Hour, CoordinatorInterval: 50 * time.Millisecond, LagLimit: 30 * time.Minute,
-		AutoResume: streamagent.AutoResume{Backoff: 10 * time.Millisecond}, TempDir: t.TempDir(),
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	actx, stop := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); a.Run(actx) }()
-	defer func() { stop(); <-done }()
+	_, stop := h.agent(h.c.StoreIDs()[0], nil, func(cfg *streamagent.Config) {
+		cfg.FlushInterval = time.Hour
+		cfg.LagLimit = 30 * time.Minute
+		cfg.AutoResume = streamagent.AutoResume{Backoff: 10 * time.Millisecond}
+	})
+	defer stop()
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		st, err := m.GetTask(ctx, "pitr")
 		if err == nil && st.Pause.V2.IsError() {

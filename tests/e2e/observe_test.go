@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -14,10 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"logbackup/br"
-	"logbackup/meta"
 	"logbackup/streamagent"
-	"logbackup/tests/etcdtest"
 	"logbackup/tests/simcluster"
 )
 
@@ -26,27 +22,11 @@ import (
 func TestAgentMetricsAndStatus(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	etcd := etcdtest.Start(t)
-	m := meta.NewClient(etcd.Client(t))
-	c, err := simcluster.Start(ctx, simcluster.Config{Stores: 1, SplitKeys: [][]byte{[]byte("t5")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	startTS, _ := c.TSO(ctx)
-	if err := br.Start(ctx, br.NewEnv(m), br.StartOptions{TaskName: "pitr", StartTS: fmt.Sprint(startTS), Storage: "local://" + t.TempDir()}, io.Discard); err != nil {
-		t.Fatal(err)
-	}
+	h := newHarness(t, ctx, simcluster.Config{Stores: 1, SplitKeys: [][]byte{[]byte("t5")}}, "local://"+t.TempDir(), 0)
+	c, startTS := h.c, h.startTS
 	reg := prometheus.NewRegistry()
-	a, err := streamagent.New(streamagent.Config{StoreID: c.StoreIDs()[0], PD: c.PD(), Meta: m, ClusterID: c.ClusterID(),
-		FlushInterval: time.Hour, ReconcileInterval: 100 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	actx, stop := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); a.Run(actx) }()
-	defer func() { stop(); <-done }()
+	a, stop := h.agent(c.StoreIDs()[0], reg, func(cfg *streamagent.Config) { cfg.FlushInterval = time.Hour })
+	defer stop()
 	srv := httptest.NewServer(a.Handler(reg))
 	defer srv.Close()
 
