@@ -12,6 +12,7 @@ import (
 	"time"
 
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -102,7 +103,7 @@ func Dial(ctx context.Context, cfg DialConfig) (*clientv3.Client, error) {
 		Logger:      zap.NewNop(),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("connect to etcd at %v: %w", cfg.Endpoints, err)
+		return nil, fmt.Errorf("cannot reach etcd at %v within %s: %w", cfg.Endpoints, timeout, err)
 	}
 	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -136,15 +137,34 @@ type TaskStatus struct {
 	infoRev, pauseRev int64 // ModRevisions, for the watcher's resync diff
 }
 
+// String names the task and its state. It leaves out the storage backend,
+// which can carry credentials (the gogo String of Info would print them).
+func (s *TaskStatus) String() string {
+	if s == nil || s.Info == nil {
+		return "<no task>"
+	}
+	state := "running"
+	switch {
+	case s.Pause.Paused && s.Pause.V2 == nil:
+		state = "paused"
+	case s.Pause.Paused:
+		state = "paused(" + s.Pause.V2.Severity + ")"
+	}
+	return fmt.Sprintf("task %q start_ts=%d end_ts=%d %s", s.Info.Name, s.Info.StartTs, s.Info.EndTs, state)
+}
+
 // PutTask writes the task info and its ranges in one transaction that fails
 // if any task exists: one log backup task per cluster, as BR.
 func (c *Client) PutTask(ctx context.Context, info *brpb.StreamBackupTaskInfo, ranges []Range) error {
 	if err := ValidTaskName(info.GetName()); err != nil {
 		return err
 	}
-	raw, err := info.Marshal()
+	raw, err := EncodeTaskInfo(info)
 	if err != nil {
-		return fmt.Errorf("encode task info: %w", err)
+		return err
+	}
+	if err := checkRanges(ranges); err != nil {
+		return fmt.Errorf("put task %q: %w", info.Name, err)
 	}
 	ops := []clientv3.Op{clientv3.OpPut(InfoKey(info.Name), string(raw))}
 	for _, r := range ranges {
@@ -156,6 +176,12 @@ func (c *Client) PutTask(ctx context.Context, info *brpb.StreamBackupTaskInfo, r
 	// exactly when no info/ key exists.
 	noTask := clientv3.Compare(clientv3.CreateRevision(InfoPrefix()), "=", 0).WithPrefix()
 	resp, err := c.cli.Txn(ctx).If(noTask).Then(ops...).Commit()
+	if errors.Is(err, rpctypes.ErrTooManyOps) {
+		// BR writes a task in one transaction too; splitting it would let
+		// agents see a task with part of its ranges.
+		return fmt.Errorf("put task %q: %d ranges exceed etcd's --max-txn-ops (default 128); "+
+			"narrow the table filter or raise the limit: %w", info.Name, len(ranges), err)
+	}
 	if err != nil {
 		return fmt.Errorf("put task %q: %w", info.Name, err)
 	}
@@ -165,27 +191,59 @@ func (c *Client) PutTask(ctx context.Context, info *brpb.StreamBackupTaskInfo, r
 	return nil
 }
 
-// kv is the part of an etcd key-value the decoders need.
-type kv struct {
-	key, value []byte
-	modRev     int64
+// checkRanges refuses ranges etcd or an agent could not take as given: a
+// start key twice (etcd refuses duplicate keys in a transaction, and the
+// second end key would silently win) or an end key not after its start
+// (empty means "to the end of the key space").
+func checkRanges(ranges []Range) error {
+	seen := make(map[string]bool, len(ranges))
+	for _, r := range ranges {
+		if seen[string(r.StartKey)] {
+			return fmt.Errorf("two ranges start at key %x", r.StartKey)
+		}
+		seen[string(r.StartKey)] = true
+		if len(r.EndKey) > 0 && bytes.Compare(r.StartKey, r.EndKey) >= 0 {
+			return fmt.Errorf("range [%x, %x) is empty", r.StartKey, r.EndKey)
+		}
+	}
+	return nil
 }
 
-func statusFrom(info *kv, pause *kv) (*TaskStatus, error) {
-	ti, err := DecodeTaskInfo(string(info.key), info.value)
-	if err != nil {
-		return nil, err
+// listedTask is one name's info and pause keys as read at one revision,
+// with decode errors kept apart so the watcher can still act on the rest
+// (a corrupt pause value still means paused).
+type listedTask struct {
+	name     string
+	hasInfo  bool
+	info     *brpb.StreamBackupTaskInfo
+	infoErr  error
+	infoRev  int64
+	paused   bool
+	pause    *PauseV2
+	pauseErr error
+	pauseRev int64
+}
+
+func (t *listedTask) setInfo(key, value []byte, modRev int64) {
+	t.hasInfo, t.infoRev = true, modRev
+	t.info, t.infoErr = decodeTaskInfoAt(string(key), value)
+}
+
+func (t *listedTask) setPause(key, value []byte, modRev int64) {
+	t.paused, t.pauseRev = true, modRev
+	t.pause, t.pauseErr = DecodePause(string(key), value)
+}
+
+// status is the public view of a task; any decode error wins.
+func (t *listedTask) status() (*TaskStatus, error) {
+	if t.infoErr != nil {
+		return nil, t.infoErr
 	}
-	st := &TaskStatus{Info: ti, infoRev: info.modRev}
-	if pause != nil {
-		p, err := DecodePause(string(pause.key), pause.value)
-		if err != nil {
-			return nil, err
-		}
-		st.Pause = PauseStatus{Paused: true, V2: p}
-		st.pauseRev = pause.modRev
+	if t.pauseErr != nil {
+		return nil, t.pauseErr
 	}
-	return st, nil
+	return &TaskStatus{Info: t.info, Pause: PauseStatus{Paused: t.paused, V2: t.pause},
+		infoRev: t.infoRev, pauseRev: t.pauseRev}, nil
 }
 
 // GetTask reads a task's info and pause state in one transaction, so the
@@ -201,29 +259,39 @@ func (c *Client) GetTask(ctx context.Context, name string) (*TaskStatus, error) 
 	if len(infos) == 0 {
 		return nil, fmt.Errorf("task %q: %w", name, ErrTaskNotFound)
 	}
-	var pause *kv
+	t := &listedTask{name: name}
+	t.setInfo(infos[0].Key, infos[0].Value, infos[0].ModRevision)
 	if ps := resp.Responses[1].GetResponseRange().Kvs; len(ps) > 0 {
-		pause = &kv{ps[0].Key, ps[0].Value, ps[0].ModRevision}
+		t.setPause(ps[0].Key, ps[0].Value, ps[0].ModRevision)
 	}
-	return statusFrom(&kv{infos[0].Key, infos[0].Value, infos[0].ModRevision}, pause)
+	return t.status()
 }
 
 // ListTasks reads every task with its pause state at one revision and
-// returns that revision; a watch from revision+1 misses nothing.
+// returns that revision; a watch from revision+1 misses nothing. A corrupt
+// value under info/ or pause/ of a task is an error naming the key.
 func (c *Client) ListTasks(ctx context.Context) ([]*TaskStatus, int64, error) {
-	tasks, rev, errs, err := c.listTasks(ctx)
+	listed, rev, err := c.listTasks(ctx)
 	if err != nil {
 		return nil, 0, err
 	}
-	if len(errs) > 0 {
-		return nil, 0, errs[0]
+	var tasks []*TaskStatus
+	for _, t := range listed {
+		if !t.hasInfo {
+			continue // a pause key without a task is not a task
+		}
+		st, err := t.status()
+		if err != nil {
+			return nil, 0, err
+		}
+		tasks = append(tasks, st)
 	}
 	return tasks, rev, nil
 }
 
-// listTasks returns the decodable tasks and, separately, an error for each
-// task whose values are corrupt.
-func (c *Client) listTasks(ctx context.Context) ([]*TaskStatus, int64, []error, error) {
+// listTasks reads info/ and pause/ in one transaction and returns every
+// name found under either, sorted by name.
+func (c *Client) listTasks(ctx context.Context) ([]*listedTask, int64, error) {
 	ctx, cancel := c.ctx(ctx)
 	defer cancel()
 	resp, err := c.cli.Txn(ctx).Then(
@@ -231,24 +299,29 @@ func (c *Client) listTasks(ctx context.Context) ([]*TaskStatus, int64, []error, 
 		clientv3.OpGet(PausePrefix(), clientv3.WithPrefix()),
 	).Commit()
 	if err != nil {
-		return nil, 0, nil, fmt.Errorf("list tasks: %w", err)
+		return nil, 0, fmt.Errorf("list tasks: %w", err)
 	}
-	pauses := map[string]*kv{}
-	for _, p := range resp.Responses[1].GetResponseRange().Kvs {
-		pauses[taskFromKey(pauseDir, string(p.Key))] = &kv{p.Key, p.Value, p.ModRevision}
-	}
-	var tasks []*TaskStatus
-	var errs []error
-	for _, i := range resp.Responses[0].GetResponseRange().Kvs {
-		name := taskFromKey(infoDir, string(i.Key))
-		st, err := statusFrom(&kv{i.Key, i.Value, i.ModRevision}, pauses[name])
-		if err != nil {
-			errs = append(errs, err)
-			continue
+	byName := map[string]*listedTask{}
+	get := func(name string) *listedTask {
+		t, ok := byName[name]
+		if !ok {
+			t = &listedTask{name: name}
+			byName[name] = t
 		}
-		tasks = append(tasks, st)
+		return t
 	}
-	return tasks, resp.Header.Revision, errs, nil
+	for _, i := range resp.Responses[0].GetResponseRange().Kvs {
+		get(taskFromKey(infoDir, string(i.Key))).setInfo(i.Key, i.Value, i.ModRevision)
+	}
+	for _, p := range resp.Responses[1].GetResponseRange().Kvs {
+		get(taskFromKey(pauseDir, string(p.Key))).setPause(p.Key, p.Value, p.ModRevision)
+	}
+	out := make([]*listedTask, 0, len(byName))
+	for _, t := range byName {
+		out = append(out, t)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out, resp.Header.Revision, nil
 }
 
 // scan reads every key under prefix in pages, all at the revision of the
@@ -358,9 +431,9 @@ func (c *Client) ResumeTask(ctx context.Context, name string) error {
 // ReportLastError writes a store's last error (the key comes from
 // e.StoreId), replacing that store's previous one.
 func (c *Client) ReportLastError(ctx context.Context, task string, e *brpb.StreamBackupError) error {
-	raw, err := e.Marshal()
+	raw, err := EncodeLastError(e)
 	if err != nil {
-		return fmt.Errorf("encode last error: %w", err)
+		return fmt.Errorf("report last error of task %q: %w", task, err)
 	}
 	ctx, cancel := c.ctx(ctx)
 	defer cancel()

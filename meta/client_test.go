@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
+	"go.uber.org/zap"
 
 	"logbackup/meta"
 	"logbackup/tests/etcdtest"
@@ -125,140 +127,6 @@ func TestTaskLifecycle(t *testing.T) {
 	}
 }
 
-// TestPrefixIsolation: task "pitr" never touches "pitr2"'s keys.
-func TestPrefixIsolation(t *testing.T) {
-	c, cli, _ := setup(t)
-	ctx := context.Background()
-	// Write pitr2's keys by hand: the one-task rule would refuse PutTask.
-	raw, _ := task("pitr2").Marshal()
-	mustPut := func(k, v string) {
-		if _, err := cli.Put(ctx, k, v); err != nil {
-			t.Fatal(err)
-		}
-	}
-	mustPut(meta.InfoKey("pitr2"), string(raw))
-	mustPut(meta.RangeKey("pitr2", []byte("a")), "b")
-	mustPut(meta.PauseKey("pitr2"), "")
-	mustPut(meta.StoreCheckpointKey("pitr2", 1), string(meta.EncodeTS(50)))
-	mustPut(meta.GlobalCheckpointKey("pitr2"), string(meta.EncodeTS(50)))
-	mustPut(meta.StorageCheckpointKey("pitr2", 1), string(meta.EncodeTS(50)))
-	e, _ := (&brpb.StreamBackupError{StoreId: 1, ErrorCode: "x"}).Marshal()
-	mustPut(meta.LastErrorKey("pitr2", 1), string(e))
-	other := keysUnder(t, cli, meta.Prefix+"/")
-
-	// pitr's own keys, written through the client.
-	raw, _ = task("pitr").Marshal()
-	mustPut(meta.InfoKey("pitr"), string(raw))
-	mustPut(meta.RangeKey("pitr", []byte("m")), "n")
-	if _, err := c.AdvanceStoreCheckpoint(ctx, "pitr", 1, 60); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.AdvanceStorageCheckpoint(ctx, "pitr", 1, 60); err != nil {
-		t.Fatal(err)
-	}
-	if rs, _ := c.Ranges(ctx, "pitr"); len(rs) != 1 {
-		t.Fatalf("pitr ranges include pitr2's: %v", rs)
-	}
-	if cps, _ := c.Checkpoints(ctx, "pitr"); len(cps) != 1 {
-		t.Fatalf("pitr checkpoints include pitr2's: %v", cps)
-	}
-	if scs, _ := c.StorageCheckpoints(ctx, "pitr"); len(scs) != 1 || scs[1] != 60 {
-		t.Fatalf("pitr storage checkpoints: %v", scs)
-	}
-	if errs, _ := c.LastErrors(ctx, "pitr"); len(errs) != 0 {
-		t.Fatalf("pitr last errors include pitr2's: %v", errs)
-	}
-	if err := c.ClearLastErrors(ctx, "pitr"); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.DeleteTask(ctx, "pitr"); err != nil {
-		t.Fatal(err)
-	}
-	got := keysUnder(t, cli, meta.Prefix+"/")
-	if strings.Join(got, "|") != strings.Join(other, "|") {
-		t.Fatalf("deleting pitr changed pitr2's keys:\n got %v\nwant %v", got, other)
-	}
-}
-
-func TestCheckpointsNeverGoBack(t *testing.T) {
-	c, _, _ := setup(t)
-	ctx := context.Background()
-	var wg sync.WaitGroup
-	for w := 0; w < 8; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			for i := 0; i < 25; i++ {
-				ts := uint64(1000 + (i*8+w)*(1-2*(i%2)) + i*50) // jumps up and down
-				got, err := c.AdvanceGlobalCheckpoint(ctx, "pitr", ts)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				if got < ts {
-					t.Errorf("stored %d below the %d just written", got, ts)
-				}
-			}
-		}(w)
-	}
-	wg.Wait()
-	var maxWritten uint64
-	for w := 0; w < 8; w++ {
-		for i := 0; i < 25; i++ {
-			maxWritten = max(maxWritten, uint64(1000+(i*8+w)*(1-2*(i%2))+i*50))
-		}
-	}
-	got, ok, err := c.GlobalCheckpoint(ctx, "pitr")
-	if err != nil || !ok || got != maxWritten {
-		t.Fatalf("global checkpoint %d (ok=%v, %v), want the max written %d", got, ok, err, maxWritten)
-	}
-	if v, _ := c.AdvanceRegionCheckpoint(ctx, "pitr", 7, 2, 10); v != 10 {
-		t.Fatalf("region checkpoint %d", v)
-	}
-	if v, _ := c.AdvanceRegionCheckpoint(ctx, "pitr", 7, 2, 5); v != 10 {
-		t.Fatalf("region checkpoint moved back to %d", v)
-	}
-	cps, err := c.Checkpoints(ctx, "pitr")
-	if err != nil || len(cps) != 2 {
-		t.Fatalf("Checkpoints: %v %v", cps, err)
-	}
-}
-
-// TestCorruptValuesNameTheKey puts garbage under every key kind.
-func TestCorruptValuesNameTheKey(t *testing.T) {
-	c, cli, _ := setup(t)
-	ctx := context.Background()
-	if err := c.PutTask(ctx, task("pitr"), ranges); err != nil {
-		t.Fatal(err)
-	}
-	garbage := "\xff\x00garbage"
-	checks := []struct {
-		key  string
-		call func() error
-	}{
-		{meta.PauseKey("pitr"), func() error { _, err := c.GetTask(ctx, "pitr"); return err }},
-		{meta.StoreCheckpointKey("pitr", 1), func() error { _, err := c.Checkpoints(ctx, "pitr"); return err }},
-		{meta.GlobalCheckpointKey("pitr"), func() error { _, _, err := c.GlobalCheckpoint(ctx, "pitr"); return err }},
-		{meta.RegionCheckpointKey("pitr", 1, 1), func() error { _, err := c.AdvanceRegionCheckpoint(ctx, "pitr", 1, 1, 5); return err }},
-		{meta.StorageCheckpointKey("pitr", 1), func() error { _, err := c.StorageCheckpoints(ctx, "pitr"); return err }},
-		{meta.LastErrorKey("pitr", 1), func() error { _, err := c.LastErrors(ctx, "pitr"); return err }},
-		{meta.LastErrorPrefix("pitr") + "notanumber", func() error { _, err := c.LastErrors(ctx, "pitr"); return err }},
-		{meta.InfoKey("pitr"), func() error { _, _, err := c.ListTasks(ctx); return err }},
-	}
-	for _, ch := range checks {
-		if _, err := cli.Put(ctx, ch.key, garbage); err != nil {
-			t.Fatal(err)
-		}
-		err := ch.call()
-		if !errors.Is(err, meta.ErrMalformed) || !strings.Contains(err.Error(), fmt.Sprintf("%q", ch.key)) {
-			t.Errorf("corrupt %s: %v", ch.key, err)
-		}
-		if _, err := cli.Delete(ctx, ch.key); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 func TestDialUnreachable(t *testing.T) {
 	began := time.Now()
 	_, err := meta.Dial(context.Background(), meta.DialConfig{Endpoints: []string{"127.0.0.1:1"}, DialTimeout: 500 * time.Millisecond})
@@ -282,45 +150,283 @@ func TestDialReachable(t *testing.T) {
 	cli.Close()
 }
 
-func TestAdvanceRegionCheckpointsBatch(t *testing.T) {
+// TestDialSilentEndpoint: a port that accepts connections but never speaks
+// (a wrong service, a hung process) must not hang Dial either.
+func TestDialSilentEndpoint(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			conn, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, conn)
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		lis.Close()
+		<-done
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	}()
+	began := time.Now()
+	_, err = meta.Dial(context.Background(), meta.DialConfig{Endpoints: []string{lis.Addr().String()}, DialTimeout: 300 * time.Millisecond})
+	if err == nil || !strings.Contains(err.Error(), "cannot reach etcd at ["+lis.Addr().String()+"] within 300ms") {
+		t.Fatalf("Dial to a silent endpoint: %v", err)
+	}
+	if took := time.Since(began); took > 3*time.Second {
+		t.Fatalf("Dial took %s with a 300ms timeout", took)
+	}
+}
+
+// TestGetTaskIsConsistent races a writer that changes info and pause
+// together against readers: every read must see a pair from one revision
+// (StartTs even ⇔ paused with the message naming that StartTs).
+func TestGetTaskIsConsistent(t *testing.T) {
+	c, cli, _ := setup(t)
+	ctx := context.Background()
+	first := task("pitr")
+	first.StartTs = 1 // odd and not paused, like every odd write below
+	if err := c.PutTask(ctx, first, ranges); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	writerDone := make(chan error, 1)
+	go func() {
+		defer close(stop)
+		for i := uint64(2); i <= 150; i++ {
+			info := task("pitr")
+			info.StartTs = i
+			raw, _ := meta.EncodeTaskInfo(info)
+			ops := []clientv3.Op{clientv3.OpPut(meta.InfoKey("pitr"), string(raw))}
+			if i%2 == 0 {
+				p, _ := meta.EncodePause(meta.NewManualPause("h", 1, time.Unix(0, 0), fmt.Sprint(i)))
+				ops = append(ops, clientv3.OpPut(meta.PauseKey("pitr"), string(p)))
+			} else {
+				ops = append(ops, clientv3.OpDelete(meta.PauseKey("pitr")))
+			}
+			if _, err := cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+				writerDone <- err
+				return
+			}
+		}
+		writerDone <- nil
+	}()
+	check := func(st *meta.TaskStatus) error {
+		wantPaused := st.Info.StartTs%2 == 0
+		if st.Pause.Paused != wantPaused {
+			return fmt.Errorf("start_ts %d with paused=%v", st.Info.StartTs, st.Pause.Paused)
+		}
+		if wantPaused {
+			if text, _ := st.Pause.V2.Text(); text != fmt.Sprint(st.Info.StartTs) {
+				return fmt.Errorf("start_ts %d with the pause of %q", st.Info.StartTs, text)
+			}
+		}
+		return nil
+	}
+	var wg sync.WaitGroup
+	reads := make([]int, 2)
+	for r := range reads {
+		wg.Add(1)
+		go func(r int) {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				var sts []*meta.TaskStatus
+				if r == 0 {
+					st, err := c.GetTask(ctx, "pitr")
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					sts = append(sts, st)
+				} else {
+					list, _, err := c.ListTasks(ctx)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					sts = list
+				}
+				for _, st := range sts {
+					if err := check(st); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+				reads[r]++
+			}
+		}(r)
+	}
+	wg.Wait()
+	if err := <-writerDone; err != nil {
+		t.Fatal(err)
+	}
+	if reads[0] == 0 || reads[1] == 0 {
+		t.Fatalf("readers did not overlap the writer: %v", reads)
+	}
+}
+
+// TestRangesExactAndPaged: range start keys are raw bytes ('/', NUL, 0xff
+// included), come back exactly and sorted, across several scan pages.
+func TestRangesExactAndPaged(t *testing.T) {
+	c, cli, _ := setup(t)
+	ctx := context.Background()
+	odd := []meta.Range{
+		{StartKey: []byte("t\x80\x00\x00\x00\x00\x00\x00\xff_r"), EndKey: []byte("t\x80\x00\x00\x00\x00\x00\x01\x00")},
+		{StartKey: []byte("m//x"), EndKey: []byte("m//y")},
+		{StartKey: []byte{}, EndKey: []byte("a\x00")},
+		{StartKey: []byte("z\xff\xff"), EndKey: nil},
+	}
+	if err := c.PutTask(ctx, task("pitr"), odd); err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.Ranges(ctx, "pitr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"\x00a\x00", "m//x\x00m//y", "t\x80\x00\x00\x00\x00\x00\x00\xff_r\x00t\x80\x00\x00\x00\x00\x00\x01\x00", "z\xff\xff\x00"}
+	if len(got) != len(want) {
+		t.Fatalf("got %d ranges: %q", len(got), got)
+	}
+	for i, r := range got {
+		if s := string(r.StartKey) + "\x00" + string(r.EndKey); s != want[i] {
+			t.Errorf("range %d = %q, want %q", i, s, want[i])
+		}
+	}
+	// More ranges than one scan page (512); written directly, since one
+	// transaction is capped at etcd's max-txn-ops.
+	for i := 0; i < 1100; i++ {
+		if _, err := cli.Put(ctx, meta.RangeKey("big", []byte(fmt.Sprintf("k%05d", i))), fmt.Sprintf("k%05d~", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err = c.Ranges(ctx, "big")
+	if err != nil || len(got) != 1100 {
+		t.Fatalf("%d ranges, %v", len(got), err)
+	}
+	for i, r := range got {
+		if string(r.StartKey) != fmt.Sprintf("k%05d", i) || string(r.EndKey) != fmt.Sprintf("k%05d~", i) {
+			t.Fatalf("range %d = %q", i, r)
+		}
+	}
+}
+
+func TestPutTaskRefusals(t *testing.T) {
 	c, _, _ := setup(t)
 	ctx := context.Background()
-	var cps []meta.RegionTS
-	for i := uint64(1); i <= 150; i++ {
-		cps = append(cps, meta.RegionTS{RegionID: i, EpochVersion: 2, TS: 100 + i})
+	cases := map[string]struct {
+		info   *brpb.StreamBackupTaskInfo
+		ranges []meta.Range
+		want   string
+	}{
+		"nil info":     {nil, ranges, "task name is empty"},
+		"bad name":     {task("a-b"), ranges, "letters, digits and underscores"},
+		"slash":        {task("a/b"), ranges, "letters, digits and underscores"},
+		"inverted":     {task("pitr"), []meta.Range{{StartKey: []byte("b"), EndKey: []byte("a")}}, "is empty"},
+		"duplicate":    {task("pitr"), []meta.Range{{StartKey: []byte("a"), EndKey: []byte("b")}, {StartKey: []byte("a"), EndKey: []byte("c")}}, "two ranges start"},
+		"too many ops": {task("pitr"), manyRanges(200), "max-txn-ops"},
 	}
-	if err := c.AdvanceRegionCheckpoints(ctx, "pitr", cps); err != nil {
-		t.Fatal(err)
-	}
-	// Some go up, some would go down: the lower ones must be ignored.
-	// Region 8 was raised by someone else in between (999 > its 108-50).
-	if _, err := c.AdvanceRegionCheckpoint(ctx, "pitr", 8, 2, 999); err != nil {
-		t.Fatal(err)
-	}
-	for i := range cps {
-		if i%2 == 0 {
-			cps[i].TS += 1000
-		} else {
-			cps[i].TS -= 50
+	for name, tc := range cases {
+		err := c.PutTask(ctx, tc.info, tc.ranges)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error with %q", name, err, tc.want)
 		}
 	}
-	if err := c.AdvanceRegionCheckpoints(ctx, "pitr", cps); err != nil {
+	if tasks, _, err := c.ListTasks(ctx); err != nil || len(tasks) != 0 {
+		t.Fatalf("a refused PutTask left a task: %v %v", tasks, err)
+	}
+	// One task per cluster, whatever the name; the same name too.
+	if err := c.PutTask(ctx, task("pitr"), manyRanges(100)); err != nil {
 		t.Fatal(err)
 	}
-	got, err := c.Checkpoints(ctx, "pitr")
-	if err != nil || len(got) != 150 {
-		t.Fatalf("%d checkpoints, %v", len(got), err)
+	for _, name := range []string{"pitr", "pitr2", "a"} {
+		if err := c.PutTask(ctx, task(name), ranges); !errors.Is(err, meta.ErrTaskExists) {
+			t.Errorf("second task %q: %v", name, err)
+		}
 	}
-	for _, cp := range got {
-		want := 100 + cp.RegionID
-		if (cp.RegionID-1)%2 == 0 {
-			want += 1000
+	if rs, err := c.Ranges(ctx, "pitr"); err != nil || len(rs) != 100 {
+		t.Fatalf("the first task's ranges changed: %d %v", len(rs), err)
+	}
+}
+
+func manyRanges(n int) []meta.Range {
+	out := make([]meta.Range, n)
+	for i := range out {
+		out[i] = meta.Range{StartKey: []byte(fmt.Sprintf("t%04d", i)), EndKey: []byte(fmt.Sprintf("t%04d~", i))}
+	}
+	return out
+}
+
+// TestStringsHideCredentials: a task's status and events may be logged; the
+// storage backend (S3 keys) must not come with them.
+func TestStringsHideCredentials(t *testing.T) {
+	info := task("pitr")
+	info.Storage = &brpb.StorageBackend{Backend: &brpb.StorageBackend_S3{S3: &brpb.S3{
+		Bucket: "b", AccessKey: "AKIAEXAMPLE", SecretAccessKey: "s3cr3t"}}}
+	for _, s := range []string{
+		fmt.Sprint(&meta.TaskStatus{Info: info}),
+		fmt.Sprintf("%v", meta.TaskEvent{Type: meta.EventAdd, Name: "pitr", Info: info}),
+		fmt.Sprintf("%+v", meta.TaskEvent{Type: meta.EventAdd, Name: "pitr", Info: info}),
+	} {
+		if strings.Contains(s, "s3cr3t") || strings.Contains(s, "AKIAEXAMPLE") || !strings.Contains(s, "pitr") {
+			t.Errorf("printed %q", s)
 		}
-		if cp.RegionID == 8 {
-			want = 999
-		}
-		if cp.TS != want {
-			t.Fatalf("region %d checkpoint %d, want %d", cp.RegionID, cp.TS, want)
+	}
+}
+
+func TestReportLastErrorNil(t *testing.T) {
+	c, _, _ := setup(t)
+	if err := c.ReportLastError(context.Background(), "pitr", nil); err == nil {
+		t.Fatal("nil error reported")
+	}
+}
+
+// TestRequestTimeout: with etcd cut off, every call returns within the
+// client's request timeout instead of hanging on a context without one.
+func TestRequestTimeout(t *testing.T) {
+	srv := etcdtest.Start(t)
+	proxy := newTCPProxy(t, srv.Endpoint())
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{proxy.addr}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	c := meta.NewClient(cli, meta.WithRequestTimeout(300*time.Millisecond))
+	ctx := context.Background()
+	if err := c.PutTask(ctx, task("pitr"), ranges); err != nil {
+		t.Fatal(err)
+	}
+	proxy.cut()
+	calls := map[string]func() error{
+		"GetTask":   func() error { _, err := c.GetTask(ctx, "pitr"); return err },
+		"ListTasks": func() error { _, _, err := c.ListTasks(ctx); return err },
+		"Ranges":    func() error { _, err := c.Ranges(ctx, "pitr"); return err },
+		"PauseTask": func() error { return c.PauseTask(ctx, "pitr", nil) },
+		"Advance":   func() error { _, err := c.AdvanceGlobalCheckpoint(ctx, "pitr", 5); return err },
+		"Delete":    func() error { return c.DeleteTask(ctx, "pitr") },
+	}
+	for name, call := range calls {
+		began := time.Now()
+		err := call()
+		if took := time.Since(began); err == nil || took > 3*time.Second {
+			t.Errorf("%s with etcd cut off: %v after %s", name, err, took)
 		}
 	}
 }

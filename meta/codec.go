@@ -44,6 +44,30 @@ func DecodeTS(key string, v []byte) (uint64, error) {
 	return binary.BigEndian.Uint64(v), nil
 }
 
+// EncodeTaskInfo encodes a task info as BR writes it: gogo protobuf.
+func EncodeTaskInfo(info *brpb.StreamBackupTaskInfo) ([]byte, error) {
+	if info == nil {
+		return nil, errors.New("encode task info: nil")
+	}
+	raw, err := info.Marshal()
+	if err != nil {
+		return nil, fmt.Errorf("encode task info %q: %w", info.Name, err)
+	}
+	return raw, nil
+}
+
+// EncodeLastError encodes a StreamBackupError as TiKV writes it.
+func EncodeLastError(e *brpb.StreamBackupError) ([]byte, error) {
+	if e == nil {
+		return nil, errors.New("encode last error: nil")
+	}
+	raw, err := e.Marshal()
+	if err != nil {
+		return nil, fmt.Errorf("encode last error: %w", err)
+	}
+	return raw, nil
+}
+
 // DecodeTaskInfo decodes the protobuf task info stored at key.
 func DecodeTaskInfo(key string, v []byte) (*brpb.StreamBackupTaskInfo, error) {
 	info := &brpb.StreamBackupTaskInfo{}
@@ -52,6 +76,20 @@ func DecodeTaskInfo(key string, v []byte) (*brpb.StreamBackupTaskInfo, error) {
 	}
 	if info.Name == "" {
 		return nil, malformed(key, errors.New("task info has no name"))
+	}
+	return info, nil
+}
+
+// decodeTaskInfoAt decodes the value of info/<task> and checks that the
+// info names the same task as its key: the key is what every other key of
+// the task hangs off, so a mismatch would mix two tasks' metadata.
+func decodeTaskInfoAt(key string, v []byte) (*brpb.StreamBackupTaskInfo, error) {
+	info, err := DecodeTaskInfo(key, v)
+	if err != nil {
+		return nil, err
+	}
+	if name := taskFromKey(infoDir, key); info.Name != name {
+		return nil, malformed(key, fmt.Errorf("task info names task %q, the key task %q", info.Name, name))
 	}
 	return info, nil
 }
@@ -110,13 +148,15 @@ func NewManualPause(host string, pid int, at time.Time, message string) *PauseV2
 }
 
 // NewErrorPause records a pause caused by a fatal error.
+// A nil error still gives an ERROR pause (with a text payload saying so):
+// the task must stop either way.
 func NewErrorPause(host string, pid int, at time.Time, e *brpb.StreamBackupError) *PauseV2 {
-	raw, err := e.Marshal()
+	raw, err := EncodeLastError(e)
 	if err != nil {
 		// A StreamBackupError of strings and ints always marshals; keep the
 		// text so the pause still says why.
 		return &PauseV2{Severity: SeverityError, OperationHostname: host, OperationPID: pid,
-			OperationTime: at, PayloadType: PayloadText, Payload: []byte(e.ErrorCode + ": " + e.ErrorMessage)}
+			OperationTime: at, PayloadType: PayloadText, Payload: []byte(e.GetErrorCode() + ": " + e.GetErrorMessage())}
 	}
 	return &PauseV2{Severity: SeverityError, OperationHostname: host, OperationPID: pid,
 		OperationTime: at, PayloadType: PayloadError, Payload: raw}

@@ -3,6 +3,7 @@ package meta
 import (
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -77,7 +78,16 @@ func TestPauseFromTiKV(t *testing.T) {
 	if err != nil || pe.ErrorMessage != "[store = 1] boom" || !got.IsError() {
 		t.Fatalf("TiKV pause: %+v %v", pe, err)
 	}
-	_ = p
+	if want := time.Date(2025, 3, 14, 6, 35, 6, 123456789, time.UTC); !got.OperationTime.Equal(want) || got.OperationPID != 123 {
+		t.Fatalf("TiKV time/pid: %v %d", got.OperationTime, got.OperationPID)
+	}
+	if _, ok := got.Text(); ok {
+		t.Fatal("a protobuf payload read as text")
+	}
+	// Ours says "messagetype"; the payload is the same protobuf.
+	if pe2, err := p.ErrorPayload(); err != nil || !sameProto(pe2, e) {
+		t.Fatalf("our error pause: %v %v", pe2, err)
+	}
 	unknown := &PauseV2{Severity: "REGULAR_OPERATION", PayloadType: "application/json", Payload: []byte("{}")}
 	if unknown.IsError() {
 		t.Fatal("REGULAR_OPERATION is a manual pause")
@@ -103,18 +113,144 @@ func TestCorruptValues(t *testing.T) {
 	}
 }
 
+func TestTaskInfoCodec(t *testing.T) {
+	infos := []*brpb.StreamBackupTaskInfo{
+		{Name: "pitr", StartTs: 1, EndTs: ^uint64(0), TableFilter: []string{"*.*", "!mysql.*"},
+			CompressionType: brpb.CompressionType_ZSTD,
+			Storage: &brpb.StorageBackend{Backend: &brpb.StorageBackend_S3{S3: &brpb.S3{
+				Bucket: "b", Prefix: "p", AccessKey: "AKIA", SecretAccessKey: "secret"}}}},
+		{Name: "x"},
+	}
+	for _, info := range infos {
+		raw, err := EncodeTaskInfo(info)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := DecodeTaskInfo(InfoKey(info.Name), raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !sameProto(back, info) {
+			t.Fatalf("round trip:\n got %v\nwant %v", back, info)
+		}
+		if _, err := decodeTaskInfoAt(InfoKey(info.Name), raw); err != nil {
+			t.Fatalf("at its own key: %v", err)
+		}
+		if _, err := decodeTaskInfoAt(InfoKey("other"), raw); !errors.Is(err, ErrMalformed) {
+			t.Fatalf("info of %q under the key of another task: %v", info.Name, err)
+		}
+	}
+	if _, err := EncodeTaskInfo(nil); err == nil {
+		t.Fatal("nil task info encoded")
+	}
+}
+
+func TestLastErrorCodec(t *testing.T) {
+	for _, e := range []*brpb.StreamBackupError{
+		{HappenAt: 1720461606631, ErrorCode: "KV:LogBackup:Io", ErrorMessage: "[store = 21] disk full", StoreId: 21},
+		{},
+	} {
+		raw, err := EncodeLastError(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := DecodeLastError(LastErrorKey("pitr", e.StoreId), raw)
+		if err != nil || !sameProto(back, e) {
+			t.Fatalf("round trip: %v %v, want %v", back, err, e)
+		}
+	}
+	if _, err := EncodeLastError(nil); err == nil {
+		t.Fatal("nil error encoded")
+	}
+	// Field numbers as kvproto defines them: happen_at=1, error_code=2,
+	// error_message=3, store_id=4 (a BR/TiKV reader depends on them).
+	raw, _ := EncodeLastError(&brpb.StreamBackupError{HappenAt: 5, ErrorCode: "c", ErrorMessage: "m", StoreId: 7})
+	if want := "\x08\x05\x12\x01c\x1a\x01m\x20\x07"; string(raw) != want {
+		t.Fatalf("wire bytes %x, want %x", raw, want)
+	}
+}
+
+func TestMalformedError(t *testing.T) {
+	_, err := DecodeTS("/tidb/br-stream/checkpoint/pitr/central_global", []byte{1, 2})
+	var me *MalformedError
+	if !errors.As(err, &me) || me.Key != "/tidb/br-stream/checkpoint/pitr/central_global" {
+		t.Fatalf("not a MalformedError naming the key: %v", err)
+	}
+	if !errors.Is(err, ErrMalformed) || errors.Is(err, ErrTaskNotFound) {
+		t.Fatalf("errors.Is: %v", err)
+	}
+	wrapped := fmt.Errorf("status: %w", err)
+	if !errors.Is(wrapped, ErrMalformed) || !strings.Contains(wrapped.Error(), "central_global") {
+		t.Fatalf("wrapped: %v", wrapped)
+	}
+}
+
+// A nil StreamBackupError still gives an ERROR pause, never a panic.
+func TestNewErrorPauseNil(t *testing.T) {
+	p := NewErrorPause("h", 1, time.Now(), nil)
+	if !p.IsError() {
+		t.Fatalf("severity %q", p.Severity)
+	}
+	if _, err := EncodePause(p); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// BR writes second-precision RFC 3339 with the local offset.
+func TestPauseFromBR(t *testing.T) {
+	js := `{"severity":"MANUAL","operation_hostname":"br-host","operation_pid":9,` +
+		`"operation_time":"2025-03-14T14:35:06+08:00","payload_type":"text/plain;charset=UTF-8","payload":"` +
+		encodeB64([]byte("maintenance window")) + `"}`
+	p, err := DecodePause(PauseKey("pitr"), []byte(js))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := time.Date(2025, 3, 14, 6, 35, 6, 0, time.UTC)
+	if text, ok := p.Text(); !ok || text != "maintenance window" || p.IsError() || !p.OperationTime.Equal(want) || p.OperationPID != 9 {
+		t.Fatalf("BR pause: %+v", p)
+	}
+	// And ours reads back as BR would write it: second precision.
+	raw, _ := EncodePause(NewManualPause("h", 1, time.Date(2025, 3, 14, 14, 35, 6, 999, time.FixedZone("", 8*3600)), "m"))
+	if !strings.Contains(string(raw), `"operation_time":"2025-03-14T14:35:06+08:00"`) {
+		t.Fatalf("manual pause time not RFC 3339 seconds: %s", raw)
+	}
+}
+
 func FuzzDecodePause(f *testing.F) {
 	raw, _ := EncodePause(NewManualPause("h", 1, time.Unix(0, 0), "m"))
 	f.Add(raw)
+	raw, _ = EncodePause(NewErrorPause("h", 1, time.Unix(5, 7), &brpb.StreamBackupError{ErrorCode: "c", StoreId: 1}))
+	f.Add(raw)
 	f.Add([]byte(`{"severity":"ERROR","payload_type":"application/x-protobuf;messagetype=brpb.StreamBackupError","payload":"AAEC"}`))
+	f.Add([]byte(`{"severity":"ERROR","operation_time":"2025-03-14T14:35:06.123+08:00","payload_type":"application/x-protobuf;messageType=brpb.StreamBackupError","payload":"CAE="}`))
+	f.Add([]byte(`{"severity":"REGULAR_OPERATION","payload_type":"text/plain","payload":null}`))
+	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, v []byte) {
 		p, err := DecodePause("k", v)
 		if err != nil {
+			if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), `"k"`) {
+				t.Fatalf("error does not name the key: %v", err)
+			}
 			return
 		}
-		if p != nil {
-			p.Text()
-			p.ErrorPayload()
+		if p == nil {
+			if len(v) != 0 {
+				t.Fatalf("non-empty value %q decoded as a legacy pause", v)
+			}
+			return
+		}
+		p.Text()
+		p.ErrorPayload()
+		// Whatever decodes, re-encodes to a value that decodes the same.
+		raw, err := EncodePause(p)
+		if err != nil {
+			return // e.g. a year beyond 9999 that json.Marshal refuses
+		}
+		back, err := DecodePause("k", raw)
+		if err != nil || back.Severity != p.Severity || back.PayloadType != p.PayloadType ||
+			string(back.Payload) != string(p.Payload) || !back.OperationTime.Equal(p.OperationTime) ||
+			back.OperationHostname != p.OperationHostname || back.OperationPID != p.OperationPID {
+			t.Fatalf("re-encode of %q: %+v %v", v, back, err)
 		}
 	})
 }
@@ -123,12 +259,49 @@ func FuzzDecodeTaskInfo(f *testing.F) {
 	info := &brpb.StreamBackupTaskInfo{Name: "pitr", StartTs: 1, EndTs: 2, TableFilter: []string{"*.*"}}
 	raw, _ := info.Marshal()
 	f.Add(raw)
+	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, v []byte) {
 		got, err := DecodeTaskInfo("k", v)
-		if err == nil && got.Name == "" {
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), `"k"`) {
+				t.Fatalf("error does not name the key: %v", err)
+			}
+			return
+		}
+		if got.Name == "" {
 			t.Fatal("decoded a task without a name")
 		}
-		DecodeLastError("k", v)
+		again, err := EncodeTaskInfo(got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := DecodeTaskInfo("k", again)
+		if err != nil || !sameProto(back, got) {
+			t.Fatalf("re-encode: %v %v", back, err)
+		}
+	})
+}
+
+func FuzzDecodeLastError(f *testing.F) {
+	raw, _ := EncodeLastError(&brpb.StreamBackupError{HappenAt: 1, ErrorCode: "KV:LogBackup:Io", ErrorMessage: "m", StoreId: 3})
+	f.Add(raw)
+	f.Add([]byte{0x08})
+	f.Fuzz(func(t *testing.T, v []byte) {
+		got, err := DecodeLastError("k", v)
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), `"k"`) {
+				t.Fatalf("error does not name the key: %v", err)
+			}
+			return
+		}
+		again, err := EncodeLastError(got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := DecodeLastError("k", again)
+		if err != nil || !sameProto(back, got) {
+			t.Fatalf("re-encode: %v %v", back, err)
+		}
 	})
 }
 
@@ -144,4 +317,12 @@ func FuzzDecodeTS(f *testing.F) {
 
 func encodeB64(b []byte) string {
 	return base64.StdEncoding.EncodeToString(b)
+}
+
+// sameProto compares two gogo messages by their encoding, which is
+// deterministic for these map-free messages.
+func sameProto(a, b interface{ Marshal() ([]byte, error) }) bool {
+	ra, errA := a.Marshal()
+	rb, errB := b.Marshal()
+	return errA == nil && errB == nil && string(ra) == string(rb)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sort"
 	"strings"
 	"time"
 
@@ -18,11 +19,11 @@ import (
 type EventType int
 
 const (
-	EventAdd    EventType = iota + 1 // info/<task> put (new or changed)
+	EventAdd    EventType = iota + 1 // info/<task> put (new or changed); run unless an EventPause follows
 	EventDelete                      // info/<task> deleted
-	EventPause                       // pause/<task> put (any value)
-	EventResume                      // pause/<task> deleted
-	EventError                       // an undecodable value; the watch goes on
+	EventPause                       // pause/<task> put (any value) while the task exists
+	EventResume                      // pause/<task> deleted while the task exists
+	EventError                       // an undecodable info value; the watch goes on
 )
 
 func (t EventType) String() string {
@@ -51,31 +52,65 @@ type TaskEvent struct {
 	Pause *PauseV2
 	// Err is set on EventError, and on EventPause when the pause value is
 	// corrupt: the task is paused all the same, as TiKV treats any put.
-	Err      error
+	Err error
+	// Revision is the change's etcd revision; events made up by a re-list
+	// after a compaction all carry the list's revision.
 	Revision int64
 }
 
+// String names the event without the task info, whose storage backend can
+// carry credentials.
+func (e TaskEvent) String() string {
+	s := fmt.Sprintf("%s %q @%d", e.Type, e.Name, e.Revision)
+	if e.Type == EventPause && e.Pause != nil {
+		s += " severity=" + e.Pause.Severity
+	}
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
+
 // watchEnd is the end of the key range the watch covers: [info/, pause0)
-// holds info/, last-error/, pause/ (and nothing busy such as checkpoints), so
-// one watch delivers task and pause events in revision order.
+// holds info/, last-error/, owner/ and pause/ (nothing as busy as
+// checkpoints), so one watch delivers task and pause events in revision
+// order, which two watches could not.
 var watchStart, watchEnd = infoDir, pauseDir[:len(pauseDir)-1] + "0"
 
+// trackedTask is what the consumer has been told about a name (exists,
+// paused), plus the ModRevisions a resync compares against. A name with a
+// pause key but no info is tracked too, so that when its info appears the
+// Add is followed by the Pause that already holds.
 type trackedTask struct {
+	exists   bool // info/<name> exists (even if undecodable)
 	infoRev  int64
 	paused   bool
 	pauseRev int64
+	pause    *PauseV2
+	pauseErr error
 }
 
 // WatchTasks reports task and pause changes from fromRev on. known is the
 // state at fromRev-1 (what ListTasks returned); the watcher tracks it so that
-// after a compaction it can re-list and emit exactly the difference. The
-// watch survives stream errors and etcd restarts; the channel is closed only
-// when ctx is done.
+// after a compaction it can re-list and emit exactly the difference. With
+// fromRev <= 0 it first re-lists and emits the difference against known.
+// The watch survives stream errors and etcd restarts; the channel is closed
+// only when ctx is done.
+//
+// Events follow TiKV's reading of the keys: an EventAdd means the task is
+// to run unless an EventPause follows it; any put of pause/<task> is an
+// EventPause (again, if it was already paused; with Err set and Pause nil if
+// the value is corrupt, since the task is paused all the same); deleting it
+// is an EventResume. Pause keys of names without a task give no events.
 func (c *Client) WatchTasks(ctx context.Context, known []*TaskStatus, fromRev int64) <-chan TaskEvent {
 	out := make(chan TaskEvent, 64)
 	w := &taskWatcher{c: c, out: out, state: map[string]trackedTask{}}
 	for _, t := range known {
-		w.state[t.Info.Name] = trackedTask{infoRev: t.infoRev, paused: t.Pause.Paused, pauseRev: t.pauseRev}
+		if t == nil || t.Info == nil {
+			continue
+		}
+		w.state[t.Info.Name] = trackedTask{exists: true, infoRev: t.infoRev,
+			paused: t.Pause.Paused, pauseRev: t.pauseRev, pause: t.Pause.V2}
 	}
 	go func() {
 		defer close(out)
@@ -90,29 +125,39 @@ type taskWatcher struct {
 	state map[string]trackedTask
 }
 
-func (w *taskWatcher) emit(ctx context.Context, ev TaskEvent) bool {
-	select {
-	case w.out <- ev:
-		return true
-	case <-ctx.Done():
-		return false
+func (w *taskWatcher) emit(ctx context.Context, evs ...TaskEvent) bool {
+	for _, ev := range evs {
+		select {
+		case w.out <- ev:
+		case <-ctx.Done():
+			return false
+		}
 	}
+	return true
 }
 
 func (w *taskWatcher) run(ctx context.Context, rev int64) {
 	backoff := newBackoff()
+	needResync := rev <= 0
 	for ctx.Err() == nil {
-		next, err := w.watchOnce(ctx, rev)
-		if next > rev {
-			rev = next
-			backoff.reset()
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		if errors.Is(err, rpctypes.ErrCompacted) {
+		if needResync {
 			if newRev, ok := w.resync(ctx); ok {
-				rev = newRev
+				rev, needResync = newRev, false
+				backoff.reset()
+				continue
+			}
+		} else {
+			next, err := w.watchOnce(ctx, rev)
+			if next > rev {
+				rev = next
+				backoff.reset()
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			if errors.Is(err, rpctypes.ErrCompacted) {
+				// The events since rev are gone: re-list instead.
+				needResync = true
 				continue
 			}
 		}
@@ -127,6 +172,8 @@ func (w *taskWatcher) run(ctx context.Context, rev int64) {
 // watchOnce watches from rev until the stream ends; it returns the revision
 // to continue from.
 func (w *taskWatcher) watchOnce(ctx context.Context, rev int64) (int64, error) {
+	// WithRequireLeader: a member cut off from its cluster ends the stream
+	// instead of going silent, so we re-watch through another member.
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	ch := w.c.cli.Watch(wctx, watchStart, clientv3.WithRange(watchEnd), clientv3.WithRev(rev), clientv3.WithProgressNotify())
@@ -140,7 +187,9 @@ func (w *taskWatcher) watchOnce(ctx context.Context, rev int64) (int64, error) {
 			}
 			rev = ev.Kv.ModRevision + 1
 		}
-		if resp.Header.Revision >= rev && len(resp.Events) == 0 && resp.IsProgressNotify() {
+		// A progress notification says nothing changed up to its revision;
+		// moving on keeps a later re-watch clear of compactions.
+		if len(resp.Events) == 0 && resp.IsProgressNotify() && resp.Header.Revision >= rev {
 			rev = resp.Header.Revision + 1
 		}
 	}
@@ -152,88 +201,127 @@ func (w *taskWatcher) handle(ctx context.Context, ev *clientv3.Event) bool {
 	rev := ev.Kv.ModRevision
 	switch {
 	case strings.HasPrefix(key, infoDir):
-		name := taskFromKey(infoDir, key)
-		if ev.Type == mvccpb.DELETE {
-			delete(w.state, name)
-			return w.emit(ctx, TaskEvent{Type: EventDelete, Name: name, Revision: rev})
-		}
-		info, err := DecodeTaskInfo(key, ev.Kv.Value)
-		if err != nil {
-			return w.emit(ctx, TaskEvent{Type: EventError, Name: name, Err: err, Revision: rev})
-		}
-		st := w.state[name]
-		st.infoRev = rev
-		w.state[name] = st
-		return w.emit(ctx, TaskEvent{Type: EventAdd, Name: name, Info: info, Revision: rev})
+		return w.handleInfo(ctx, taskFromKey(infoDir, key), ev, rev)
 	case strings.HasPrefix(key, pauseDir):
-		name := taskFromKey(pauseDir, key)
-		st, tracked := w.state[name]
-		if ev.Type == mvccpb.DELETE {
-			if tracked {
-				st.paused, st.pauseRev = false, 0
-				w.state[name] = st
-			}
-			return w.emit(ctx, TaskEvent{Type: EventResume, Name: name, Revision: rev})
-		}
-		if tracked {
-			st.paused, st.pauseRev = true, rev
-			w.state[name] = st
-		}
-		p, err := DecodePause(key, ev.Kv.Value)
-		return w.emit(ctx, TaskEvent{Type: EventPause, Name: name, Pause: p, Err: err, Revision: rev})
+		return w.handlePause(ctx, taskFromKey(pauseDir, key), ev, rev)
 	default:
-		return true // last-error/ and others inside the range
+		return true // last-error/ and owner/ lie inside the watched range
 	}
 }
 
+func (w *taskWatcher) handleInfo(ctx context.Context, name string, ev *clientv3.Event, rev int64) bool {
+	st := w.state[name]
+	if ev.Type == mvccpb.DELETE {
+		st.exists, st.infoRev = false, 0
+		w.put(name, st)
+		return w.emit(ctx, TaskEvent{Type: EventDelete, Name: name, Revision: rev})
+	}
+	st.exists, st.infoRev = true, rev
+	w.put(name, st)
+	info, err := decodeTaskInfoAt(string(ev.Kv.Key), ev.Kv.Value)
+	if err != nil {
+		return w.emit(ctx, TaskEvent{Type: EventError, Name: name, Err: err, Revision: rev})
+	}
+	evs := []TaskEvent{{Type: EventAdd, Name: name, Info: info, Revision: rev}}
+	if st.paused {
+		evs = append(evs, st.pauseEvent(name, rev))
+	}
+	return w.emit(ctx, evs...)
+}
+
+func (w *taskWatcher) handlePause(ctx context.Context, name string, ev *clientv3.Event, rev int64) bool {
+	st := w.state[name]
+	if ev.Type == mvccpb.DELETE {
+		was := st.paused
+		st.paused, st.pauseRev, st.pause, st.pauseErr = false, 0, nil, nil
+		w.put(name, st)
+		if !st.exists || !was {
+			// E.g. DeleteTask removes info/ then pause/ in one txn: the
+			// task is gone, a Resume would be invented.
+			return true
+		}
+		return w.emit(ctx, TaskEvent{Type: EventResume, Name: name, Revision: rev})
+	}
+	st.paused, st.pauseRev = true, rev
+	st.pause, st.pauseErr = DecodePause(string(ev.Kv.Key), ev.Kv.Value)
+	w.put(name, st)
+	if !st.exists {
+		return true
+	}
+	return w.emit(ctx, st.pauseEvent(name, rev))
+}
+
+func (st trackedTask) pauseEvent(name string, rev int64) TaskEvent {
+	return TaskEvent{Type: EventPause, Name: name, Pause: st.pause, Err: st.pauseErr, Revision: rev}
+}
+
+// put stores st, dropping names that have neither key.
+func (w *taskWatcher) put(name string, st trackedTask) {
+	if !st.exists && !st.paused {
+		delete(w.state, name)
+		return
+	}
+	w.state[name] = st
+}
+
 // resync re-lists after a compaction and emits the difference between the
-// tracked state and etcd's, then continues from the list's revision.
+// tracked state and etcd's, then continues from the list's revision + 1.
 func (w *taskWatcher) resync(ctx context.Context) (int64, bool) {
-	tasks, rev, errs, err := w.c.listTasks(ctx)
+	listed, rev, err := w.c.listTasks(ctx)
 	if err != nil {
 		return 0, false
 	}
-	for _, e := range errs {
-		var me *MalformedError
-		name := ""
-		if errors.As(e, &me) {
-			name = taskFromKey(infoDir, me.Key)
-		}
-		if !w.emit(ctx, TaskEvent{Type: EventError, Name: name, Err: e, Revision: rev}) {
+	seen := map[string]bool{}
+	for _, t := range listed {
+		seen[t.name] = true
+		if !w.emit(ctx, w.diff(t.name, t, rev)...) {
 			return 0, false
 		}
 	}
-	seen := map[string]bool{}
-	for _, t := range tasks {
-		name := t.Info.Name
-		seen[name] = true
-		old, had := w.state[name]
-		w.state[name] = trackedTask{infoRev: t.infoRev, paused: t.Pause.Paused, pauseRev: t.pauseRev}
-		var evs []TaskEvent
-		if !had || old.infoRev != t.infoRev {
-			evs = append(evs, TaskEvent{Type: EventAdd, Name: name, Info: t.Info, Revision: rev})
-		}
-		switch {
-		case t.Pause.Paused && (!old.paused || old.pauseRev != t.pauseRev || !had):
-			evs = append(evs, TaskEvent{Type: EventPause, Name: name, Pause: t.Pause.V2, Revision: rev})
-		case !t.Pause.Paused && had && old.paused:
-			evs = append(evs, TaskEvent{Type: EventResume, Name: name, Revision: rev})
-		}
-		for _, ev := range evs {
-			if !w.emit(ctx, ev) {
-				return 0, false
-			}
-		}
-	}
+	var gone []string
 	for name := range w.state {
 		if !seen[name] {
-			delete(w.state, name)
-			if !w.emit(ctx, TaskEvent{Type: EventDelete, Name: name, Revision: rev}) {
-				return 0, false
-			}
+			gone = append(gone, name)
+		}
+	}
+	sort.Strings(gone)
+	for _, name := range gone {
+		if !w.emit(ctx, w.diff(name, &listedTask{name: name}, rev)...) {
+			return 0, false
 		}
 	}
 	return rev + 1, true
+}
+
+// diff updates the tracked state of name to t and returns the events that
+// take a consumer from the old state to the new one.
+func (w *taskWatcher) diff(name string, t *listedTask, rev int64) []TaskEvent {
+	old := w.state[name]
+	now := trackedTask{exists: t.hasInfo, infoRev: t.infoRev, paused: t.paused,
+		pauseRev: t.pauseRev, pause: t.pause, pauseErr: t.pauseErr}
+	w.put(name, now)
+	var evs []TaskEvent
+	added := false
+	switch {
+	case !now.exists && old.exists:
+		return []TaskEvent{{Type: EventDelete, Name: name, Revision: rev}}
+	case !now.exists:
+		return nil
+	case !old.exists || old.infoRev != now.infoRev:
+		if t.infoErr != nil {
+			evs = append(evs, TaskEvent{Type: EventError, Name: name, Err: t.infoErr, Revision: rev})
+		} else {
+			evs = append(evs, TaskEvent{Type: EventAdd, Name: name, Info: t.info, Revision: rev})
+			added = true
+		}
+	}
+	switch {
+	case now.paused && (added || !old.paused || old.pauseRev != now.pauseRev):
+		evs = append(evs, now.pauseEvent(name, rev))
+	case !now.paused && old.paused && !added:
+		evs = append(evs, TaskEvent{Type: EventResume, Name: name, Revision: rev})
+	}
+	return evs
 }
 
 // backoff is exponential with full jitter, 100 ms to 5 s.

@@ -7,16 +7,18 @@ package storage
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
+	"unicode"
+	"unicode/utf8"
 
 	"gocloud.dev/blob"
-	"gocloud.dev/blob/fileblob"
 	"gocloud.dev/blob/memblob"
 	"gocloud.dev/gcerrors"
 
@@ -32,16 +34,21 @@ type ObjectInfo struct {
 	Size int64
 }
 
-// Storage is what the agent and the CLI need from external storage.
+// Storage is what the agent and the CLI need from external storage. Object
+// names are relative, slash-separated paths ("v1/backupmeta/x.meta").
+// Implementations are safe for concurrent use.
 type Storage interface {
 	// WriteFile writes a whole object atomically: readers see all of it or
-	// none. It returns only once the object is durable.
+	// none of it. It returns only once the object is durable.
 	WriteFile(ctx context.Context, name string, data []byte) error
+	// ReadFile reads a whole object; a missing one gives ErrNotExist.
 	ReadFile(ctx context.Context, name string) ([]byte, error)
-	// ReadRange reads length bytes at offset (fewer at the end of the object).
+	// ReadRange reads length bytes at offset: fewer at the end of the
+	// object, none when offset is at or past the end.
 	ReadRange(ctx context.Context, name string, offset, length int64) ([]byte, error)
 	// List calls fn for every object whose name starts with prefix, in
-	// lexical order; an error from fn stops the listing and is returned.
+	// lexical (byte) order; an error from fn stops the listing and is
+	// returned as is.
 	List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error
 	// Delete removes an object; a missing object is not an error.
 	Delete(ctx context.Context, name string) error
@@ -55,13 +62,18 @@ type Storage interface {
 // redacted URL, never a credential, and keeps the cause reachable for
 // errors.Is/As and gcerrors.Code.
 type OpError struct {
-	Op   string
-	Name string
-	URL  string
+	Op   string // "open", "write", "read", "list", "delete", "exists"
+	Name string // object name or list prefix
+	URL  string // redacted storage URL
 	Err  error
 }
 
 func (e *OpError) Error() string {
+	// The cause may come from an SDK that quotes a request URL; redact the
+	// whole message, not only our parts.
+	if e.Name == "" && e.Op != "list" {
+		return Redact(fmt.Sprintf("storage %s %s: %v", e.Op, e.URL, e.Err))
+	}
 	return Redact(fmt.Sprintf("storage %s %q on %s: %v", e.Op, e.Name, e.URL, e.Err))
 }
 
@@ -69,11 +81,17 @@ func (e *OpError) Unwrap() error { return e.Err }
 
 type blobStorage struct {
 	bucket *blob.Bucket
-	loc    *Location
+	url    string // redacted, computed once
 	opts   options
-	// local is the directory of file storage, which gets an fsync after
-	// each write: fileblob renames into place but does not sync.
-	local string
+	hook   blobWriteHook
+	// local marks file storage: writes go through writeLocal for fsync,
+	// and fileblob's stranded temp files are hidden from List.
+	local    bool
+	localDir string
+
+	release   func() // frees what the bucket's Close does not (idle connections)
+	closeOnce sync.Once
+	closeErr  error
 }
 
 var _ Storage = (*blobStorage)(nil)
@@ -98,93 +116,101 @@ func OpenBackend(ctx context.Context, b *brpb.StorageBackend, opts ...Option) (S
 
 // Open opens the location. It makes no request that could hang: remote
 // backends are contacted on the first operation, under its deadline.
+// (Finding default GCS credentials may probe the GCE metadata server,
+// bounded by that client's own timeouts.)
+// mem:// opens a new, empty store every time.
 func Open(ctx context.Context, loc *Location, opts ...Option) (Storage, error) {
+	if loc == nil {
+		return nil, errors.New("storage: nil location")
+	}
+	l := *loc // ours from here on: a caller's later edits do not leak in
+	if err := l.validate(); err != nil {
+		return nil, err
+	}
 	o := defaultOptions()
 	for _, opt := range opts {
-		opt(&o)
+		if opt != nil {
+			opt(&o)
+		}
 	}
-	s := &blobStorage{loc: loc, opts: o}
+	s := &blobStorage{url: l.Redacted(), opts: o}
 	var (
 		b   *blob.Bucket
 		err error
 	)
-	switch loc.Scheme {
+	switch l.Scheme {
 	case "local":
-		if err := os.MkdirAll(loc.Path, 0o755); err != nil {
-			return nil, &OpError{Op: "open", URL: loc.Redacted(), Err: err}
-		}
-		b, err = fileblob.OpenBucket(loc.Path, &fileblob.Options{
-			NoTempDir: true, // temp files next to the target, so rename stays on one filesystem
-			Metadata:  fileblob.MetadataDontWrite,
-		})
-		s.local = loc.Path
+		b, s.localDir, err = openLocal(l.Path)
+		s.local = true
 	case "mem":
 		b = memblob.OpenBucket(nil)
 	case "s3":
-		b, err = openS3(ctx, loc, o)
+		b, s.hook, s.release, err = openS3(ctx, &l)
 	case "gcs":
-		b, err = openGCS(ctx, loc)
+		b, s.hook, err = openGCS(ctx, &l)
 	case "azblob":
-		b, err = openAzure(ctx, loc)
+		b, s.hook, err = openAzure(ctx, &l)
 	default:
-		err = fmt.Errorf("unknown scheme %q", loc.Scheme)
+		err = fmt.Errorf("unsupported storage scheme %q", l.Scheme)
 	}
 	if err != nil {
-		return nil, &OpError{Op: "open", URL: loc.Redacted(), Err: err}
+		return nil, &OpError{Op: "open", URL: s.url, Err: err}
 	}
-	if loc.Prefix != "" {
-		b = blob.PrefixedBucket(b, loc.Prefix+"/")
+	if l.Prefix != "" {
+		b = blob.PrefixedBucket(b, l.Prefix+"/")
 	}
 	s.bucket = b
 	return s, nil
 }
 
-func (s *blobStorage) String() string { return s.loc.Redacted() }
+func (s *blobStorage) String() string { return s.url }
 
-func (s *blobStorage) Close() error { return s.bucket.Close() }
+func (s *blobStorage) Close() error {
+	s.closeOnce.Do(func() {
+		s.closeErr = s.bucket.Close()
+		if s.release != nil {
+			s.release()
+		}
+	})
+	return s.closeErr
+}
 
 func (s *blobStorage) fail(op, name string, err error) error {
 	if gcerrors.Code(err) == gcerrors.NotFound {
 		err = fmt.Errorf("%w: %w", ErrNotExist, err)
 	}
-	return &OpError{Op: op, Name: name, URL: s.loc.Redacted(), Err: err}
+	return &OpError{Op: op, Name: name, URL: s.url, Err: err}
+}
+
+func (s *blobStorage) retry(ctx context.Context, op string, fn func(context.Context) error) error {
+	return retry(ctx, s.opts, op, fn)
 }
 
 func (s *blobStorage) WriteFile(ctx context.Context, name string, data []byte) error {
-	if err := checkName(name); err != nil {
+	if err := s.checkName(name); err != nil {
 		return s.fail("write", name, err)
 	}
 	err := s.retry(ctx, "write", func(ctx context.Context) error {
-		return s.bucket.WriteAll(ctx, name, data, &blob.WriterOptions{ContentType: "application/octet-stream"})
+		if s.local {
+			return s.writeLocal(ctx, name, data)
+		}
+		// Every attempt sends the same bytes: data is never modified, and
+		// WriteAll reads it from the start each time.
+		return s.bucket.WriteAll(ctx, name, data, &blob.WriterOptions{
+			ContentType: "application/octet-stream",
+			BeforeWrite: s.hook,
+		})
 	})
 	if err != nil {
 		return s.fail("write", name, err)
-	}
-	if s.local != "" {
-		if err := syncPath(filepath.Join(s.local, filepath.FromSlash(name))); err != nil {
-			return s.fail("write", name, err)
-		}
-	}
-	return nil
-}
-
-// syncPath makes a renamed file durable: the file, then its directory.
-func syncPath(p string) error {
-	for _, target := range []string{p, filepath.Dir(p)} {
-		f, err := os.Open(target)
-		if err != nil {
-			return err
-		}
-		err = f.Sync()
-		f.Close()
-		if err != nil {
-			return fmt.Errorf("fsync %s: %w", target, err)
-		}
 	}
 	return nil
 }
 
 func (s *blobStorage) ReadFile(ctx context.Context, name string) ([]byte, error) {
+	if err := s.checkName(name); err != nil {
+		return nil, s.fail("read", name, err)
+	}
 	var out []byte
 	err := s.retry(ctx, "read", func(ctx context.Context) error {
 		b, err := s.bucket.ReadAll(ctx, name)
@@ -194,23 +220,34 @@ func (s *blobStorage) ReadFile(ctx context.Context, name string) ([]byte, error)
 	if err != nil {
 		return nil, s.fail("read", name, err)
 	}
+	if out == nil {
+		out = []byte{}
+	}
 	return out, nil
 }
 
 func (s *blobStorage) ReadRange(ctx context.Context, name string, offset, length int64) ([]byte, error) {
+	if err := s.checkName(name); err != nil {
+		return nil, s.fail("read", name, err)
+	}
 	if offset < 0 || length < 0 {
-		return nil, s.fail("read", name, fmt.Errorf("bad range %d+%d", offset, length))
+		return nil, s.fail("read", name, fmt.Errorf("invalid range: offset %d, length %d", offset, length))
 	}
 	var out []byte
 	err := s.retry(ctx, "read", func(ctx context.Context) error {
 		r, err := s.bucket.NewRangeReader(ctx, name, offset, length, nil)
+		if httpStatus(err) == 416 {
+			// S3 answers a range that starts at or past the end with
+			// InvalidRange; the other backends return no bytes.
+			out = []byte{}
+			return nil
+		}
 		if err != nil {
 			return err
 		}
 		defer r.Close()
-		var buf bytes.Buffer
-		buf.Grow(int(min(length, 64<<20)))
-		if _, err := io.Copy(&buf, r); err != nil {
+		buf := bytes.NewBuffer(make([]byte, 0, min(length, r.Size(), 64<<20)))
+		if _, err := io.Copy(buf, r); err != nil {
 			return err
 		}
 		out = buf.Bytes()
@@ -222,32 +259,30 @@ func (s *blobStorage) ReadRange(ctx context.Context, name string, offset, length
 	return out, nil
 }
 
+// listPageSize is one request's worth of names.
+const listPageSize = 1000
+
 func (s *blobStorage) List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error {
-	// The whole listing is read (and retried) before fn runs, so a retry
-	// never calls fn twice for one object.
+	if err := checkPrefix(prefix); err != nil {
+		return s.fail("list", prefix, err)
+	}
 	var objs []ObjectInfo
-	err := s.retry(ctx, "list", func(ctx context.Context) error {
-		objs = objs[:0]
-		it := s.bucket.List(&blob.ListOptions{Prefix: prefix})
-		for {
-			obj, err := it.Next(ctx)
-			if err == io.EOF {
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			if obj.IsDir || isTempName(obj.Key) {
-				continue
-			}
-			objs = append(objs, ObjectInfo{Name: obj.Key, Size: obj.Size})
-		}
-	})
+	var err error
+	if s.local {
+		objs, err = listLocal(ctx, s.localDir, prefix)
+	} else {
+		objs, err = s.listRemote(ctx, prefix)
+	}
 	if err != nil {
 		return s.fail("list", prefix, err)
 	}
+	// Servers list in byte order already; sorting makes it a guarantee for
+	// every backend, and it is cheap next to the requests.
 	sort.Slice(objs, func(i, j int) bool { return objs[i].Name < objs[j].Name })
-	for _, o := range objs {
+	for i, o := range objs {
+		if i > 0 && objs[i-1].Name == o.Name {
+			continue // a page boundary moved under a concurrent write
+		}
 		if err := fn(o); err != nil {
 			return err
 		}
@@ -255,11 +290,39 @@ func (s *blobStorage) List(ctx context.Context, prefix string, fn func(ObjectInf
 	return nil
 }
 
-// isTempName recognises fileblob's in-flight temp files ("<name>.<hex>.tmp"),
-// which a crash can strand next to real objects.
-func isTempName(name string) bool { return strings.HasSuffix(name, ".tmp") }
+// listRemote reads the whole listing before fn runs, page by page, each
+// page retried on its own; so a retry never calls fn twice for an object.
+func (s *blobStorage) listRemote(ctx context.Context, prefix string) ([]ObjectInfo, error) {
+	var objs []ObjectInfo
+	token := blob.FirstPageToken
+	for len(token) > 0 {
+		var page []*blob.ListObject
+		var next []byte
+		err := s.retry(ctx, "list", func(ctx context.Context) error {
+			var err error
+			page, next, err = s.bucket.ListPage(ctx, token, listPageSize, &blob.ListOptions{Prefix: prefix})
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		for _, obj := range page {
+			if !obj.IsDir {
+				objs = append(objs, ObjectInfo{Name: obj.Key, Size: obj.Size})
+			}
+		}
+		token = next
+	}
+	return objs, nil
+}
 
 func (s *blobStorage) Delete(ctx context.Context, name string) error {
+	if err := s.checkName(name); err != nil {
+		return s.fail("delete", name, err)
+	}
+	if s.local && isLocalDir(s.localDir, name) {
+		return nil // a directory is no object; other backends have none
+	}
 	err := s.retry(ctx, "delete", func(ctx context.Context) error {
 		err := s.bucket.Delete(ctx, name)
 		if gcerrors.Code(err) == gcerrors.NotFound {
@@ -274,6 +337,9 @@ func (s *blobStorage) Delete(ctx context.Context, name string) error {
 }
 
 func (s *blobStorage) Exists(ctx context.Context, name string) (bool, error) {
+	if err := s.checkName(name); err != nil {
+		return false, s.fail("exists", name, err)
+	}
 	var ok bool
 	err := s.retry(ctx, "exists", func(ctx context.Context) error {
 		var err error
@@ -286,29 +352,85 @@ func (s *blobStorage) Exists(ctx context.Context, name string) (bool, error) {
 	return ok, nil
 }
 
-func checkName(name string) error {
-	if name == "" || strings.HasPrefix(name, "/") || strings.Contains(name, "..") {
-		return fmt.Errorf("invalid object name %q", name)
+func (s *blobStorage) checkName(name string) error {
+	if err := checkName(name); err != nil {
+		return err
+	}
+	if s.local && strings.Contains(name, fileblobEscape) {
+		return fmt.Errorf("object name %q: file storage cannot hold names containing %q", name, fileblobEscape)
 	}
 	return nil
 }
 
-// probeName is written and removed by CheckWritable.
-const probeName = "logbackup.probe"
+// checkName rejects names that mean different things on different
+// backends (absolute, "." or ".." segments, empty segments) or that no
+// backend can store.
+func checkName(name string) error {
+	if name == "" {
+		return errors.New("empty object name")
+	}
+	if !utf8.ValidString(name) {
+		return fmt.Errorf("object name %q is not valid UTF-8", name)
+	}
+	if strings.IndexFunc(name, unicode.IsControl) >= 0 {
+		return fmt.Errorf("object name %q contains a control character", name)
+	}
+	if strings.HasPrefix(name, "/") || strings.HasSuffix(name, "/") {
+		return fmt.Errorf("object name %q must not start or end with /", name)
+	}
+	for _, seg := range strings.Split(name, "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return fmt.Errorf("object name %q has an empty, . or .. segment", name)
+		}
+	}
+	return nil
+}
+
+// checkPrefix accepts any beginning of a valid name: "", "v1/", "v1/back".
+func checkPrefix(prefix string) error {
+	if prefix == "" {
+		return nil
+	}
+	i := strings.LastIndex(prefix, "/")
+	if i < 0 {
+		if !utf8.ValidString(prefix) || strings.IndexFunc(prefix, unicode.IsControl) >= 0 {
+			return fmt.Errorf("invalid list prefix %q", prefix)
+		}
+		return nil
+	}
+	// The directories part must be a valid name; the rest may be partial.
+	if err := checkName(prefix[:i]); err != nil {
+		return fmt.Errorf("invalid list prefix: %w", err)
+	}
+	if rest := prefix[i+1:]; !utf8.ValidString(rest) || strings.IndexFunc(rest, unicode.IsControl) >= 0 {
+		return fmt.Errorf("invalid list prefix %q", prefix)
+	}
+	return nil
+}
 
 // CheckWritable writes, reads back and deletes a probe object, so a task
-// never starts on storage it cannot use.
+// never starts on storage it cannot use. The probe name is unique, so
+// agents checking the same storage at once do not disturb each other.
 func CheckWritable(ctx context.Context, s Storage) error {
-	want := []byte("logbackup write probe\n")
-	if err := s.WriteFile(ctx, probeName, want); err != nil {
-		return err
+	var id [8]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return fmt.Errorf("storage probe name: %w", err)
 	}
-	got, err := s.ReadFile(ctx, probeName)
+	name := "logbackup.probe." + hex.EncodeToString(id[:])
+	want := []byte("logbackup write probe " + name + "\n")
+	if err := s.WriteFile(ctx, name, want); err != nil {
+		return fmt.Errorf("storage is not writable: %w", err)
+	}
+	got, err := s.ReadFile(ctx, name)
+	if err == nil && !bytes.Equal(got, want) {
+		err = fmt.Errorf("storage %s returned %d bytes that differ from the %d written", s, len(got), len(want))
+	}
 	if err != nil {
-		return err
+		_ = s.Delete(ctx, name) // best effort: do not leave the probe behind
+		return fmt.Errorf("storage cannot read back what it wrote: %w", err)
 	}
-	if !bytes.Equal(got, want) {
-		return fmt.Errorf("storage %s returned different bytes than were written", s)
+	if err := s.Delete(ctx, name); err != nil {
+		return fmt.Errorf("storage cannot delete what it wrote: %w", err)
 	}
-	return s.Delete(ctx, probeName)
+	return nil
 }

@@ -2,46 +2,45 @@ package storage
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	brpb "github.com/pingcap/kvproto/pkg/brpb"
 )
 
 func TestParseURL(t *testing.T) {
 	cases := []struct {
 		in   string
-		want string // Redacted(); "" = must fail
+		want string // Redacted()
 	}{
 		{"local:///data/backup", "local:///data/backup"},
 		{"file:///data/backup/", "local:///data/backup"},
+		{"file:///data//x/../backup", "local:///data/backup"},
 		{"mem://", "mem://"},
+		{"local:///data/odd%3Fname%23x%25y%20z", "local:///data/odd%3Fname%23x%25y%20z"},
+		{"s3://bk?region=a&region=a&Region=a", "s3://bk?region=a"},
 		{"s3://bk/log/p?endpoint=http://127.0.0.1:9000&region=us-east-1", "s3://bk/log/p?endpoint=http://127.0.0.1:9000&region=us-east-1"},
-		{"s3://bk?access_key=A&secret_access_key=S&force_path_style=false", "s3://bk?force-path-style=false"},
-		{"s3://bk/p?use_path_style=true&access-key=A&secret-access-key=S&session-token=T", "s3://bk/p"},
+		{"s3://bk/log/p/?endpoint=http%3A%2F%2F127.0.0.1%3A9000%2F", "s3://bk/log/p?endpoint=http://127.0.0.1:9000"},
+		{"S3://bk?access_key=A&secret_access_key=S&force_path_style=false", "s3://bk?force-path-style=false"},
+		{"s3://bk/p?use_path_style=true&Access-Key=A&secret-access-key=S&session-token=T", "s3://bk/p"},
+		{"s3://bk/p?s3ForcePathStyle=false", "s3://bk/p?force-path-style=false"},
+		{"s3://bk/p?provider=alibaba", "s3://bk/p?force-path-style=false&provider=alibaba"},
+		{"s3://bk/p?use-accelerate-endpoint=true", "s3://bk/p?force-path-style=false"},
+		{"s3://bk/p?sse=aws:kms&sse_kms_key_id=k1&acl=private&storage_class=GLACIER_IR&profile=prod",
+			"s3://bk/p?acl=private&profile=prod&sse=aws:kms&sse-kms-key-id=k1&storage-class=GLACIER_IR"},
+		{"s3://bk/p?role-arn=arn:aws:iam::1:role/r&external-id=X", "s3://bk/p?role-arn=arn:aws:iam::1:role/r"},
+		{"s3://bk/p?profile=p&access-key=A", "s3://bk/p?profile=p"}, // BR: a profile may hold the secret
+		{"s3://bk/with%20space?region=x", "s3://bk/with%20space?region=x"},
 		{"gcs://bk/p", "gcs://bk/p"},
-		{"gs://bk/p?credentials-file=/x.json", "gcs://bk/p"},
+		{"gs://bk/p?credentials-file=/x.json&predefined-acl=private", "gcs://bk/p?predefined-acl=private"},
+		{"gcs://bk?endpoint=https://storage.example:8443/storage/v1/", "gcs://bk?endpoint=https://storage.example:8443/storage/v1"},
 		{"azblob://ctr/p?account-name=acc&account-key=KEY", "azblob://ctr/p?account-name=acc"},
-		{"local://relative/path", ""},
-		{"local:", ""},
-		{"ftp://host/x", ""},
-		{"/no/scheme", ""},
-		{"", ""},
-		{"s3:///prefix", ""},
-		{"s3://bk?endpoint=127.0.0.1:9000", ""},
-		{"s3://bk?access-key=A", ""},
-		{"s3://bk?bogus=1", ""},
-		{"s3://bk?force-path-style=maybe", ""},
-		{"s3://user:pass@bk/p", ""},
-		{"azblob://ctr?account-key=K", ""},
-		{"s3://bk/p?%zz", ""},
+		{"azure://ctr/p?sas-token=sv%3D1%26sig%3Dabc&access_tier=Cool", "azblob://ctr/p?access-tier=Cool"},
 	}
 	for _, c := range cases {
 		loc, err := ParseURL(c.in)
-		if c.want == "" {
-			if err == nil {
-				t.Errorf("ParseURL(%q) accepted: %s", c.in, loc)
-			}
-			continue
-		}
 		if err != nil {
 			t.Errorf("ParseURL(%q): %v", c.in, err)
 			continue
@@ -49,39 +48,142 @@ func TestParseURL(t *testing.T) {
 		if got := loc.Redacted(); got != c.want {
 			t.Errorf("ParseURL(%q).Redacted() = %q, want %q", c.in, got, c.want)
 		}
+		// The redacted URL is itself a valid URL for the same place.
+		again, err := ParseURL(loc.Redacted())
+		if err != nil || again.Redacted() != loc.Redacted() {
+			t.Errorf("re-parsing %q: %v, %v", loc.Redacted(), again, err)
+		}
+	}
+}
+
+func TestParseURLRejects(t *testing.T) {
+	cases := []struct{ in, why string }{
+		{"", "empty"},
+		{"   ", "blank"},
+		{"/no/scheme", "no scheme"},
+		{"ftp://host/x", "unknown scheme"},
+		{"noop://", "unknown scheme"},
+		{"local://relative/path", "relative local path"},
+		{"local:relative", "relative local path"},
+		{"file:", "no path"},
+		{"local://", "no path"},
+		{"mem://bucket", "mem with a bucket"},
+		{"s3:///prefix", "missing bucket"},
+		{"s3:bk", "missing bucket"},
+		{"gcs://", "missing bucket"},
+		{"azblob:///p", "missing container"},
+		{"s3://bk?endpoint=127.0.0.1:9000", "endpoint without scheme"},
+		{"s3://bk?endpoint=ftp://host", "endpoint not http"},
+		{"s3://bk?endpoint=http://", "endpoint without host"},
+		{"s3://bk?endpoint=http://u:p@host", "endpoint with user info"},
+		{"s3://bk?endpoint=http://host/?x=1", "endpoint with a query"},
+		{"s3://bk?endpoint=http://host:port", "endpoint with a bad port"},
+		{"s3://bk?access-key=A", "half a key pair"},
+		{"s3://bk?secret-access-key=S", "half a key pair"},
+		{"s3://bk?session-token=T", "token without keys"},
+		{"s3://bk?external-id=X", "external id without role"},
+		{"s3://bk?sse=rot13", "unknown sse"},
+		{"s3://bk?sse-kms-key-id=k", "kms key without kms"},
+		{"s3://bk?bogus=1", "unknown parameter"},
+		{"s3://bk?access_key=A&access-key=B&secret-access-key=S", "one parameter, two values"},
+		{"s3://bk?acess-key=A&secret-access-key=S", "misspelt parameter"},
+		{"s3://bk?force-path-style=maybe", "bad boolean"},
+		{"s3://user:pass@bk/p", "user info"},
+		{"s3://bk/p#frag", "fragment"},
+		{"s3://bk/p?%zz", "malformed query"},
+		{"s3://bk/p?a=1;b=2", "malformed query"},
+		{"s3://b k/p", "invalid URL"},
+		{"gcs://bk?account-name=x", "parameter of another scheme"},
+		{"azblob://ctr?account-key=K", "key without account"},
+		{"local:///x?endpoint=http://h", "parameter on local"},
+	}
+	for _, c := range cases {
+		if loc, err := ParseURL(c.in); err == nil {
+			t.Errorf("ParseURL(%q) accepted (%s): %s", c.in, c.why, loc)
+		}
 	}
 }
 
 func TestBackendRoundTrip(t *testing.T) {
+	creds := filepath.Join(t.TempDir(), "gcs.json")
+	if err := os.WriteFile(creds, []byte(`{"type":"service_account"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, in := range []string{
 		"local:///data/backup",
 		"s3://bk/log/p?endpoint=http://127.0.0.1:9000&region=us-east-1&access-key=AK&secret-access-key=SK&storage-class=STANDARD",
-		"s3://bk?force-path-style=false&provider=ceph",
-		"gcs://bk/p?storage-class=NEARLINE",
-		"azblob://ctr/p?account-name=acc&account-key=KEY&endpoint=https://acc.blob.example",
+		"s3://bk?force-path-style=false&provider=ceph&session-token=T&access-key=AK&secret-access-key=SK",
+		"s3://bk/p?role-arn=arn:aws:iam::1:role/r&external-id=EXT&sse=aws:kms&sse-kms-key-id=K&acl=private&profile=x&object-lock-enabled=true",
+		"gcs://bk/p?storage-class=NEARLINE&endpoint=https://gcs.example&predefined-acl=private",
+		"gcs://bk/p?credentials-file=" + creds,
+		"azblob://ctr/p?account-name=acc&account-key=KEY&endpoint=https://acc.blob.example&access-tier=Cool",
+		"azblob://ctr/p?sas-token=sv%3D1%26sig%3Dabc&encryption-scope=scope1",
 	} {
 		loc, err := ParseURL(in)
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("%s: %v", in, err)
 		}
 		be, err := loc.Backend()
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("%s: %v", in, err)
 		}
-		raw, _ := be.Marshal()
-		back, err := LocationFromBackend(be)
+		// Through the wire form, as etcd stores it.
+		raw, err := be.Marshal()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if back.Redacted() != loc.Redacted() || back.secret != loc.secret {
+		var decoded brpb.StorageBackend
+		if err := decoded.Unmarshal(raw); err != nil {
+			t.Fatal(err)
+		}
+		back, err := LocationFromBackend(&decoded)
+		if err != nil {
+			t.Fatalf("%s: back: %v", in, err)
+		}
+		want := *loc
+		if want.secret.gcsCredentialsFile != "" { // shipped as content
+			b, _ := os.ReadFile(creds)
+			want.secret = secrets{gcsCredentialsBlob: string(b)}
+		}
+		if back.Redacted() != loc.Redacted() || back.secret != want.secret || fmt.Sprintf("%+v", *back) != fmt.Sprintf("%+v", want) {
 			t.Errorf("round trip of %q: %s vs %s", in, back.Redacted(), loc.Redacted())
 		}
-		if len(raw) == 0 {
-			t.Errorf("empty backend for %q", in)
+		if *back != want {
+			t.Errorf("round trip of %q changed a field", in)
 		}
 	}
-	if _, err := (&Location{Scheme: "mem"}).Backend(); err == nil {
-		t.Error("mem:// must not become a task backend")
+	if _, err := (&Location{Scheme: "mem"}).Backend(); err == nil || !strings.Contains(err.Error(), "mem://") {
+		t.Errorf("mem:// must not become a task backend: %v", err)
+	}
+	if _, err := ParseURL("gcs://bk?credentials-file=/nonexistent/x.json"); err != nil {
+		t.Fatal(err) // the file is read only when the backend is built
+	}
+	loc, _ := ParseURL("gcs://bk?credentials-file=/nonexistent/x.json")
+	if _, err := loc.Backend(); err == nil {
+		t.Error("unreadable credentials-file accepted")
+	}
+}
+
+func TestLocationFromBackendRejects(t *testing.T) {
+	for _, be := range []*brpb.StorageBackend{
+		nil,
+		{},
+		{Backend: &brpb.StorageBackend_Local{}},
+		{Backend: &brpb.StorageBackend_Local{Local: &brpb.Local{Path: "rel/path"}}},
+		{Backend: &brpb.StorageBackend_S3{}},
+		{Backend: &brpb.StorageBackend_S3{S3: &brpb.S3{}}},
+		{Backend: &brpb.StorageBackend_S3{S3: &brpb.S3{Bucket: "bk", Endpoint: "no-scheme:9000"}}},
+		{Backend: &brpb.StorageBackend_S3{S3: &brpb.S3{Bucket: "bk", AccessKey: "only-half"}}},
+		{Backend: &brpb.StorageBackend_Gcs{}},
+		{Backend: &brpb.StorageBackend_Gcs{Gcs: &brpb.GCS{}}},
+		{Backend: &brpb.StorageBackend_AzureBlobStorage{}},
+		{Backend: &brpb.StorageBackend_AzureBlobStorage{AzureBlobStorage: &brpb.AzureBlobStorage{Bucket: "c", EncryptionKey: &brpb.AzureCustomerKey{}}}},
+		{Backend: &brpb.StorageBackend_Noop{Noop: &brpb.Noop{}}},
+		{Backend: &brpb.StorageBackend_Hdfs{Hdfs: &brpb.HDFS{Remote: "hdfs://x"}}},
+	} {
+		if loc, err := LocationFromBackend(be); err == nil {
+			t.Errorf("LocationFromBackend(%v) accepted: %s", be, loc)
+		}
 	}
 }
 
@@ -90,33 +192,52 @@ func TestSecretsNeverPrinted(t *testing.T) {
 	urls := []string{
 		"s3://bk/p?access-key=AKID&secret-access-key=" + secret,
 		"s3://bk/p?access_key=AKID&secret_access_key=" + secret + "&session_token=" + secret,
+		"s3://bk/p?role-arn=r&external-id=" + secret,
 		"azblob://ctr/p?account-name=acc&account-key=" + secret,
+		"azblob://ctr/p?sas-token=sv%3D1%26sig%3D" + secret,
 	}
 	for _, u := range urls {
 		loc, err := ParseURL(u)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, s := range []string{loc.String(), loc.Redacted(), fmt.Sprintf("%v", loc), fmt.Sprintf("%v", *loc), fmt.Sprintf("%+v", loc), fmt.Sprintf("%#v", loc), fmt.Sprint(loc)} {
+		if !loc.HasStaticCredentials() && !strings.Contains(u, "external-id") {
+			t.Errorf("%s: credentials not recognised", u)
+		}
+		be, err := loc.Backend()
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, _ := LocationFromBackend(be)
+		for _, s := range []string{loc.String(), loc.Redacted(), fmt.Sprintf("%v", loc), fmt.Sprintf("%v", *loc),
+			fmt.Sprintf("%+v", loc), fmt.Sprintf("%+v", *loc), fmt.Sprintf("%#v", loc), fmt.Sprintf("%#v", *loc),
+			fmt.Sprint(loc), fmt.Sprintf("%s", []*Location{loc}), back.String(), Redact(u)} {
 			if strings.Contains(s, secret) {
 				t.Errorf("printed form leaks the secret: %s", s)
 			}
 		}
-		if r := Redact(u); strings.Contains(r, secret) {
-			t.Errorf("Redact leaks: %s", r)
-		}
-		// Parse errors must not echo the secret either.
-		if _, err := ParseURL(u + "&bogus=1"); err == nil || strings.Contains(err.Error(), secret) {
-			t.Errorf("parse error leaks or is missing: %v", err)
+		// Errors about the URL must not echo the secret either.
+		for _, bad := range []string{u + "&bogus=1", u + "&" + secret + "/+x", u + "&" + secret + "Tail", u + "&%zz", u + "#frag", strings.Replace(u, "://", "://user:"+secret+"@", 1)} {
+			if _, err := ParseURL(bad); err == nil || strings.Contains(err.Error(), secret) {
+				t.Errorf("parse error leaks or is missing for %q: %v", Redact(bad), err)
+			}
 		}
 	}
-	if r := Redact("GET https://bk.s3.amazonaws.com/x?X-Amz-Credential=AKID%2F2024&X-Amz-Signature=abc"); strings.Contains(r, "abc") || strings.Contains(r, "AKID") {
-		t.Errorf("Redact leaves a presigned credential: %s", r)
+	for _, s := range []string{
+		"GET https://bk.s3.amazonaws.com/x?X-Amz-Credential=AKID%2F2024&X-Amz-Signature=" + secret,
+		"https://acc.blob.core.windows.net/c?sv=2020&sig=" + secret,
+		"s3://bk?ACCESS_KEY_ID=x&SecretKey=" + secret,
+		"http://user:" + secret + "@host/x",
+	} {
+		if r := Redact(s); strings.Contains(r, secret) {
+			t.Errorf("Redact leaves a credential: %s", r)
+		}
 	}
 }
 
 func FuzzParseURL(f *testing.F) {
-	for _, s := range []string{"s3://bk/p?access-key=a&secret-access-key=b", "local:///x", "gcs://b", "azblob://c?account-name=a&account-key=k", "mem://"} {
+	for _, s := range []string{"s3://bk/p?access-key=a&secret-access-key=b", "local:///x", "gcs://b", "azblob://c?account-name=a&account-key=k", "mem://",
+		"s3://bk/p?endpoint=http://h:1&region=r&sse=aws:kms&sse-kms-key-id=k", "azblob://c?sas-token=sig%3Dx", "local:///a%3Fb%23c"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, raw string) {
@@ -124,13 +245,30 @@ func FuzzParseURL(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if loc.secret.secretAccessKey != "" && strings.Contains(loc.Redacted(), loc.secret.secretAccessKey) && len(loc.secret.secretAccessKey) > 6 {
-			t.Fatalf("redacted form contains the secret: %s", loc.Redacted())
-		}
-		if loc.Scheme != "mem" {
-			if _, err := loc.Backend(); err != nil && loc.Scheme != "gcs" {
-				t.Fatalf("parsed %q but cannot build a backend: %v", raw, err)
+		red := loc.Redacted()
+		for _, sec := range []string{loc.secret.secretAccessKey, loc.secret.accountKey, loc.secret.sessionToken, loc.secret.sasToken} {
+			// Short secrets may occur by chance in the bucket or prefix.
+			if len(sec) > 8 && strings.Contains(red, sec) && !strings.Contains(loc.Bucket+loc.Prefix+loc.Endpoint, sec) {
+				t.Fatalf("redacted form %q contains a secret", red)
 			}
+		}
+		again, err := ParseURL(red)
+		if err != nil {
+			t.Fatalf("redacted form %q of %q does not parse: %v", red, raw, err)
+		}
+		if again.Redacted() != red {
+			t.Fatalf("redacted form not stable: %q then %q", red, again.Redacted())
+		}
+		if loc.Scheme == "mem" || loc.secret.gcsCredentialsFile != "" {
+			return
+		}
+		be, err := loc.Backend()
+		if err != nil {
+			t.Fatalf("parsed %q but cannot build a backend: %v", raw, err)
+		}
+		back, err := LocationFromBackend(be)
+		if err != nil || back.Redacted() != red {
+			t.Fatalf("backend round trip of %q: %v, %v", raw, back, err)
 		}
 	})
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
@@ -25,7 +26,8 @@ type Config struct {
 
 // Server is a running embedded etcd.
 type Server struct {
-	etcd *embed.Etcd
+	etcd      *embed.Etcd
+	closeOnce sync.Once
 }
 
 // Start starts the server and waits until it serves, or until ctx ends.
@@ -78,5 +80,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 // configured URL would say :0).
 func (s *Server) Endpoint() string { return s.etcd.Clients[0].Addr().String() }
 
-// Close stops the server; its data stays in Dir.
-func (s *Server) Close() { s.etcd.Close() }
+// Close stops the server; its data stays in Dir. Closing twice is
+// harmless. With clients holding watch streams it can take etcd's request
+// timeout (about 5 s): etcd stops gRPC gracefully and only then by force.
+func (s *Server) Close() { s.closeOnce.Do(s.etcd.Close) }

@@ -3,80 +3,152 @@ package logfile
 import (
 	"bytes"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
-	"hash/crc64"
-	"io"
 	"os"
 	"sort"
-	"sync"
 
-	"github.com/klauspost/compress/zstd"
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
 	"github.com/pingcap/kvproto/pkg/metapb"
 	"github.com/tikv/client-go/v2/util/codec"
 )
 
-// DefaultFileSizeLimit is TiKV's file-size-limit: the uncompressed bytes of
-// one merged object.
+// DefaultFileSizeLimit is TiKV's file-size-limit: once a merged object
+// holds this many plain bytes, the next file starts a new object.
 const DefaultFileSizeLimit = 256 << 20
 
-// crcTable is CRC-64/XZ (ECMA-182, reflected, inverted), the crc64fast
-// crate's algorithm; Go's crc64 with the ECMA table computes the same.
-var crcTable = crc64.MakeTable(crc64.ECMA)
+// maxFrameLen bounds a key or value: frame lengths are u32.
+const maxFrameLen = 1<<32 - 1 - 64
+
+// Column family indexes inside the builder.
+const (
+	cfDefaultIdx uint8 = iota
+	cfWriteIdx
+)
+
+func cfName(i uint8) string {
+	if i == cfDefaultIdx {
+		return CFDefault
+	}
+	return CFWrite
+}
 
 // RegionInfo says which region a change came from.
 type RegionInfo struct {
 	ID               uint64
-	StartKey, EndKey []byte // as PD reports them (encoded)
+	StartKey, EndKey []byte // as PD reports them (memcomparable, no 'z')
 	Epoch            *metapb.RegionEpoch
 }
 
 // BuilderConfig configures a Builder.
 type BuilderConfig struct {
-	StoreID       uint64
-	FileSizeLimit int           // default DefaultFileSizeLimit
-	NewID         func() string // unique object-name part; default a random UUID
+	StoreID uint64
+	// FileSizeLimit is the plain bytes per merged object; 0 means
+	// DefaultFileSizeLimit.
+	FileSizeLimit int
+	// NewID returns the unique part of an object name; nil means a random
+	// UUID v4, as TiKV uses.
+	NewID func() string
 	// SpillDir receives the plain bytes of files when Spill is called; ""
 	// means the system temp dir.
 	SpillDir string
+	// Concurrency is how many files Finish compresses at once; 0 means
+	// GOMAXPROCS.
+	Concurrency int
+	// Chunks, when set, recycles buffer memory between builders: Spill
+	// and Close give chunks back.
+	Chunks *ChunkPool
 }
 
 // fileKey groups entries into files, as TiKV's TempFileKey does.
 type fileKey struct {
 	isMeta   bool
+	cf       uint8
+	fileType brpb.FileType
 	tableID  int64
 	regionID uint64
-	cf       string
-	fileType brpb.FileType
 }
 
+// fileBuf is one file being built: its plain framed bytes (a spilled head
+// on disk, then in-memory chunks) and what its DataFileInfo needs.
 type fileBuf struct {
-	key    fileKey
-	region RegionInfo
-	plain  []byte // the in-memory tail; the head may be spilled
-	// spilled is the temp file holding the head of this file's plain bytes
-	// once the builder went over its memory quota.
-	spilled      *os.File
-	spilledBytes int
-	crc          uint64
-	entries      int64
-	minTS, maxTS uint64
-	minBegin     uint64 // 0 = none
-	first, last  []byte
+	key      fileKey
+	chunks   [][]byte
+	next     int // size of the next chunk
+	spill    *os.File
+	spilled  int64  // plain bytes in spill
+	spillCRC uint64 // crc64xor of the spilled entries
+	length   int64  // all plain bytes
+	entries  int64
+	minTS    uint64
+	maxTS    uint64
+	minBegin uint64
+	hasBegin bool
+	// first and last alias chunks (which never move) until a spill
+	// releases those chunks; Spill copies them then.
+	first, last []byte
+	region      regionAcc
 }
 
-// Builder collects one flush's changes and produces its objects. It is
-// pure: no IO, no clock. Not safe for concurrent use.
+// regionAcc collects what a file's DataFileInfo says about its region:
+// the widest key range and every distinct epoch seen (TiKV's
+// fill_region_info).
+type regionAcc struct {
+	set        bool
+	start, end []byte
+	epochs     []*metapb.RegionEpoch
+	lastEpoch  *metapb.RegionEpoch
+}
+
+func (r *regionAcc) note(ri RegionInfo) {
+	if ri.Epoch != nil && ri.Epoch == r.lastEpoch {
+		return // the same region object as the last change: nothing new
+	}
+	if !r.set {
+		r.set, r.start, r.end = true, ri.StartKey, ri.EndKey
+	} else {
+		if bytes.Compare(ri.StartKey, r.start) < 0 {
+			r.start = ri.StartKey
+		}
+		// An empty end key is the end of the key space.
+		if len(r.end) != 0 && (len(ri.EndKey) == 0 || bytes.Compare(ri.EndKey, r.end) > 0) {
+			r.end = ri.EndKey
+		}
+	}
+	if ri.Epoch == nil {
+		return
+	}
+	r.lastEpoch = ri.Epoch
+	for _, e := range r.epochs {
+		if e.Version == ri.Epoch.Version && e.ConfVer == ri.Epoch.ConfVer {
+			return
+		}
+	}
+	r.epochs = append(r.epochs, ri.Epoch)
+}
+
+// Builder collects one flush's changes and produces its objects. It does
+// no network IO and reads no clock; it touches the file system only in
+// Spill. Not safe for concurrent use. It keeps the RegionInfo key slices
+// and epochs it is given (not Change keys or values, which it copies).
 type Builder struct {
 	cfg    BuilderConfig
 	files  map[fileKey]*fileBuf
-	size   int // all plain bytes added
-	memory int // plain bytes held in memory (size minus spilled)
+	cache  [2]cachedFile // last file used per CF: consecutive changes share one
+	size   int           // all plain bytes added
+	memory int           // bytes of the chunks held
 	count  int
+	closed bool
 }
+
+type cachedFile struct {
+	key fileKey
+	f   *fileBuf
+}
+
+var errClosed = errors.New("log file builder is closed")
 
 // NewBuilder returns an empty builder.
 func NewBuilder(cfg BuilderConfig) *Builder {
@@ -84,97 +156,85 @@ func NewBuilder(cfg BuilderConfig) *Builder {
 		cfg.FileSizeLimit = DefaultFileSizeLimit
 	}
 	if cfg.NewID == nil {
-		cfg.NewID = newUUID
+		cfg.NewID = NewUUID
 	}
 	return &Builder{cfg: cfg, files: map[fileKey]*fileBuf{}}
 }
 
-// Size is the uncompressed bytes buffered so far, in memory or spilled.
+// Size is the plain bytes buffered so far, in memory or spilled.
 func (b *Builder) Size() int { return b.size }
 
-// Memory is the uncompressed bytes held in memory.
+// Memory is the bytes of buffer the builder holds: the capacity of its
+// chunks, which is what a memory quota should count (at least the plain
+// bytes not spilled; a file's last chunk is partly empty).
 func (b *Builder) Memory() int { return b.memory }
 
-// Spill moves every file's in-memory bytes to its temp file, so memory
-// stays under the caller's quota; Finish reads them back as a stream.
-func (b *Builder) Spill() error {
-	for _, f := range b.files {
-		if len(f.plain) == 0 {
-			continue
-		}
-		if f.spilled == nil {
-			tf, err := os.CreateTemp(b.cfg.SpillDir, "logbackup-*.temp.log")
-			if err != nil {
-				return fmt.Errorf("spill: %w", err)
-			}
-			f.spilled = tf
-		}
-		if _, err := f.spilled.Write(f.plain); err != nil {
-			return fmt.Errorf("spill to %s: %w", f.spilled.Name(), err)
-		}
-		f.spilledBytes += len(f.plain)
-		b.memory -= len(f.plain)
-		f.plain = nil // release, not just truncate: the point is the memory
-	}
-	return nil
-}
-
-// Close removes the builder's temp files (after Finish, or to discard).
-func (b *Builder) Close() {
-	for _, f := range b.files {
-		if f.spilled != nil {
-			name := f.spilled.Name()
-			f.spilled.Close()
-			os.Remove(name)
-			f.spilled = nil
-		}
-	}
-}
-
-// Changes is the number of changes added.
+// Changes is the number of changes added with Add.
 func (b *Builder) Changes() int { return b.count }
 
-// Add records one committed change of a region. Entries are encoded
-// straight into their file's buffer: this is the hot path of a flush.
-func (b *Builder) Add(region RegionInfo, c Change) {
+func (b *Builder) file(fk fileKey, region RegionInfo) *fileBuf {
+	c := &b.cache[fk.cf]
+	f := c.f
+	if f == nil || c.key != fk {
+		if f = b.files[fk]; f == nil {
+			f = &fileBuf{key: fk, next: firstChunk, minTS: ^uint64(0)}
+			b.files[fk] = f
+		}
+		c.key, c.f = fk, f
+	}
+	f.region.note(region)
+	return f
+}
+
+// Add records one committed change of a region: a write-CF entry, and a
+// default-CF entry first when the value is longer than 255 bytes. The
+// entries are encoded straight into their file's buffer: this is the hot
+// path of a flush. It fails only for a closed builder and for keys of
+// 2 GiB or values of 4 GiB, which u32 frame lengths cannot hold.
+func (b *Builder) Add(region RegionInfo, c Change) error {
+	if b.closed {
+		return errClosed
+	}
+	if len(c.Key) >= maxFrameLen/2 || len(c.Value) >= maxFrameLen {
+		return fmt.Errorf("change of key %d bytes, value %d bytes: too large to frame", len(c.Key), len(c.Value))
+	}
 	b.count++
 	isMeta := IsMetaKey(c.Key)
 	var table int64
 	if !isMeta {
 		table = TableID(c.Key)
 	}
+	wk := fileKey{isMeta: isMeta, cf: cfWriteIdx, fileType: brpb.FileType_Put, tableID: table, regionID: region.ID}
 	switch {
 	case c.Op == OpDelete:
-		b.appendEntry(region, fileKey{isMeta, table, region.ID, CFWrite, brpb.FileType_Put}, c.Key, c.CommitTS, c.StartTS, WriteDelete, nil, false)
+		b.appendChange(b.file(wk, region), c.Key, c.CommitTS, WriteDelete, c.StartTS, nil, false)
 	case len(c.Value) <= ShortValueMaxLen:
-		b.appendEntry(region, fileKey{isMeta, table, region.ID, CFWrite, brpb.FileType_Put}, c.Key, c.CommitTS, c.StartTS, WritePut, c.Value, true)
+		b.appendChange(b.file(wk, region), c.Key, c.CommitTS, WritePut, c.StartTS, c.Value, true)
 	default:
-		b.appendEntry(region, fileKey{isMeta, table, region.ID, CFDefault, brpb.FileType_Put}, c.Key, c.StartTS, c.StartTS, 0, c.Value, false)
-		b.appendEntry(region, fileKey{isMeta, table, region.ID, CFWrite, brpb.FileType_Put}, c.Key, c.CommitTS, c.StartTS, WritePut, nil, false)
+		dk := wk
+		dk.cf = cfDefaultIdx
+		b.appendChange(b.file(dk, region), c.Key, c.StartTS, 0, 0, c.Value, false)
+		b.appendChange(b.file(wk, region), c.Key, c.CommitTS, WritePut, c.StartTS, nil, false)
 	}
+	return nil
 }
 
-// appendEntry frames one entry into its file: the MVCC key of raw at ts,
-// and either a Write record (writeType != 0) or the raw value.
-func (b *Builder) appendEntry(region RegionInfo, fk fileKey, raw []byte, ts, startTS uint64, writeType byte, value []byte, short bool) {
-	f := b.files[fk]
-	if f == nil {
-		// A 16 KiB start skips the many tiny regrowths that cost a fifth of
-		// the flush's CPU, without reserving much per region: with 10K
-		// regions a larger start would dominate the agent's memory.
-		f = &fileBuf{key: fk, region: region, minTS: ^uint64(0), plain: make([]byte, 0, 16<<10)}
-		b.files[fk] = f
+// appendChange frames one entry: the MVCC key of raw at ts, and either a
+// write record (writeType != 0) or value itself.
+func (b *Builder) appendChange(f *fileBuf, raw []byte, ts uint64, writeType byte, startTS uint64, value []byte, short bool) {
+	klen := memcomparableLen(len(raw)) + 8
+	vlen := len(value)
+	if writeType != 0 {
+		vlen = writeLen(startTS, len(value), short)
 	}
-	buf := f.plain
-	before := len(buf)
-	buf = append(buf, 0, 0, 0, 0) // key length, patched below
+	n := 8 + klen + vlen
+	buf := b.reserve(f, n)
+	buf = binary.LittleEndian.AppendUint32(buf, uint32(klen))
 	keyAt := len(buf)
-	buf = codec.EncodeBytes(buf, raw)
+	buf = codec.EncodeBytes(buf, raw) // fits: reserve made room, so no realloc
 	buf = binary.BigEndian.AppendUint64(buf, ^ts)
-	keyEnd := len(buf)
-	binary.LittleEndian.PutUint32(buf[before:], uint32(keyEnd-keyAt))
-	buf = append(buf, 0, 0, 0, 0) // value length
-	valAt := len(buf)
+	key := buf[keyAt:len(buf):len(buf)]
+	buf = binary.LittleEndian.AppendUint32(buf, uint32(vlen))
 	if writeType != 0 {
 		buf = append(buf, writeType)
 		buf = binary.AppendUvarint(buf, startTS)
@@ -185,178 +245,164 @@ func (b *Builder) appendEntry(region RegionInfo, fk fileKey, raw []byte, ts, sta
 	} else {
 		buf = append(buf, value...)
 	}
-	binary.LittleEndian.PutUint32(buf[valAt-4:], uint32(len(buf)-valAt))
-	f.plain = buf
-	b.size += len(buf) - before
-	b.memory += len(buf) - before
+	f.chunks[len(f.chunks)-1] = buf
+	b.noteEntry(f, key, ts, n, writeType != 0, startTS)
+}
 
-	key := buf[keyAt:keyEnd]
-	f.crc ^= crc64.Update(crc64.Update(0, crcTable, key), crcTable, buf[valAt:])
-	f.entries++
+func (b *Builder) noteEntry(f *fileBuf, key []byte, ts uint64, n int, hasBegin bool, beginTS uint64) {
+	b.size += n
+	f.length += int64(n)
 	f.minTS, f.maxTS = min(f.minTS, ts), max(f.maxTS, ts)
-	if writeType != 0 && (f.minBegin == 0 || startTS < f.minBegin) {
-		f.minBegin = startTS
+	if hasBegin && (!f.hasBegin || beginTS < f.minBegin) {
+		f.minBegin, f.hasBegin = beginTS, true
 	}
-	// Copies, not slices of buf: buf moves when it grows.
-	if f.first == nil || bytes.Compare(key, f.first) < 0 {
-		f.first = append(f.first[:0], key...)
+	switch {
+	case f.entries == 0:
+		f.first, f.last = key, key
+	case bytes.Compare(key, f.first) < 0:
+		f.first = key
+	case bytes.Compare(key, f.last) > 0:
+		f.last = key
 	}
-	if f.last == nil || bytes.Compare(key, f.last) > 0 {
-		f.last = append(f.last[:0], key...)
-	}
-	if region.Epoch != nil {
-		f.region = region // the newest region info wins
-	}
+	f.entries++
 }
 
-// Object is one object to upload.
-type Object struct {
-	Name string
-	Data []byte
-}
-
-// Flush is what one flush uploads: the data objects, then the meta file.
-type Flush struct {
-	Data     []Object
-	Meta     Object
-	Metadata *brpb.Metadata
-	Name     MetaName
-}
-
-var encoderPool = sync.Pool{New: func() any {
-	e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+// AddKV records one column-family entry as it is, for sources that have
+// TiKV's raw entries (including lock and rollback write records). The key
+// must be an MVCC key; a write-CF value must be a write record.
+func (b *Builder) AddKV(region RegionInfo, kv KV) error {
+	if b.closed {
+		return errClosed
+	}
+	raw, ts, err := DecodeMVCCKey(kv.Key)
 	if err != nil {
-		panic(err) // only for invalid options, which are constant here
+		return fmt.Errorf("add %s entry: %w", kv.CF, err)
 	}
-	return e
-}}
+	if len(kv.Key) >= maxFrameLen/2 || len(kv.Value) >= maxFrameLen {
+		return fmt.Errorf("add %s entry: too large to frame", kv.CF)
+	}
+	var cf uint8
+	var hasBegin bool
+	var begin uint64
+	switch kv.CF {
+	case CFDefault:
+		cf = cfDefaultIdx
+	case CFWrite:
+		cf = cfWriteIdx
+		w, err := DecodeWrite(kv.Value)
+		if err != nil {
+			return fmt.Errorf("add write entry for %x: %w", raw, err)
+		}
+		hasBegin, begin = true, w.StartTS
+	default:
+		return fmt.Errorf("add entry: unknown column family %q", kv.CF)
+	}
+	isMeta := IsMetaKey(raw)
+	var table int64
+	if !isMeta {
+		table = TableID(raw)
+	}
+	f := b.file(fileKey{isMeta: isMeta, cf: cf, fileType: brpb.FileType_Put, tableID: table, regionID: region.ID}, region)
+	n := 8 + len(kv.Key) + len(kv.Value)
+	buf := b.reserve(f, n)
+	buf = binary.LittleEndian.AppendUint32(buf, uint32(len(kv.Key)))
+	keyAt := len(buf)
+	buf = append(buf, kv.Key...)
+	key := buf[keyAt:len(buf):len(buf)]
+	buf = binary.LittleEndian.AppendUint32(buf, uint32(len(kv.Value)))
+	buf = append(buf, kv.Value...)
+	f.chunks[len(f.chunks)-1] = buf
+	b.noteEntry(f, key, ts, n, hasBegin, begin)
+	return nil
+}
 
-// Finish compresses and names everything added. resolvedTS is the
-// checkpoint the flush covers; flushTS orders this store's meta files and
-// must grow with every flush.
-func (b *Builder) Finish(flushTS, resolvedTS uint64) (*Flush, error) {
-	if flushTS == 0 {
-		return nil, fmt.Errorf("flush ts must be positive")
+// Spill moves every file's in-memory bytes to its temp file so memory
+// stays under the caller's quota; Finish reads them back as a stream. A
+// file that fails to spill keeps its bytes in memory.
+func (b *Builder) Spill() error {
+	for _, f := range b.sortedFiles() {
+		if len(f.chunks) == 0 {
+			continue
+		}
+		if err := b.spillFile(f); err != nil {
+			return err
+		}
 	}
-	keys := make([]fileKey, 0, len(b.files))
-	for k := range b.files {
-		keys = append(keys, k)
-	}
-	sort.Slice(keys, func(i, j int) bool { return lessKey(keys[i], keys[j]) })
+	return nil
+}
 
-	// Compress every file, in parallel: zstd dominates the flush.
-	type done struct {
-		info       *brpb.DataFileInfo
-		compressed []byte
-		err        error
-	}
-	out := make([]done, len(keys))
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 4)
-	for i, k := range keys {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func(i int, f *fileBuf) {
-			defer wg.Done()
-			defer func() { <-sem }()
-			compressed, sum, length, err := compressFile(f)
-			if err != nil {
-				out[i].err = err
-				return
-			}
-			minBegin := f.minBegin
-			if minBegin == 0 {
-				minBegin = f.minTS
-			}
-			info := &brpb.DataFileInfo{
-				Sha256: sum[:], NumberOfEntries: f.entries, MinTs: f.minTS, MaxTs: f.maxTS, ResolvedTs: resolvedTS,
-				RegionId: int64(f.key.regionID), StartKey: f.first, EndKey: f.last, Cf: f.key.cf, Type: f.key.fileType,
-				IsMeta: f.key.isMeta, TableId: f.key.tableID, Length: uint64(length), MinBeginTsInDefaultCf: minBegin,
-				CompressionType: brpb.CompressionType_ZSTD, Crc64Xor: f.crc,
-				RegionStartKey: f.region.StartKey, RegionEndKey: f.region.EndKey,
-			}
-			if f.region.Epoch != nil {
-				info.RegionEpoch = []*metapb.RegionEpoch{f.region.Epoch}
-			}
-			out[i] = done{info: info, compressed: compressed}
-		}(i, b.files[k])
-	}
-	wg.Wait()
-	for _, d := range out {
-		if d.err != nil {
-			return nil, d.err
+func (b *Builder) spillFile(f *fileBuf) error {
+	if f.spill == nil {
+		tf, err := os.CreateTemp(b.cfg.SpillDir, "logbackup-*.temp.log")
+		if err != nil {
+			return fmt.Errorf("spill: %w", err)
 		}
+		f.spill = tf
 	}
+	t := crcTables()
+	off := f.spilled
+	var crc uint64
+	for _, c := range f.chunks {
+		if _, err := f.spill.WriteAt(c, off); err != nil {
+			// Cut the partial write so the file keeps only whole spills.
+			terr := f.spill.Truncate(f.spilled)
+			return errors.Join(fmt.Errorf("spill to %s: %w", f.spill.Name(), err), terr)
+		}
+		off += int64(len(c))
+		x, err := crcXorFramesWith(t, c)
+		if err != nil {
+			return fmt.Errorf("spill: %w", err) // cannot happen: chunks hold whole frames
+		}
+		crc ^= x
+	}
+	f.spilled, f.spillCRC = off, f.spillCRC^crc
+	// first and last alias the chunks; keep only their bytes, then let
+	// the chunks go: the point is the memory.
+	f.first, f.last = bytes.Clone(f.first), bytes.Clone(f.last)
+	b.release(f)
+	return nil
+}
 
-	fl := &Flush{Metadata: &brpb.Metadata{StoreId: int64(b.cfg.StoreID), MetaVersion: brpb.MetaVersion_V2, ResolvedTs: resolvedTS}}
-	hasSchema := false
-	var group *brpb.DataFileGroup
-	var body []byte
-	var groupPlain int
-	closeGroup := func(schema bool) {
-		if group == nil {
-			return
-		}
-		group.Length = uint64(len(body))
-		group.Path = DataName{StoreID: b.cfg.StoreID, MinTS: group.MinTs, MaxTS: group.MaxTs, Schema: schema, ID: b.cfg.NewID()}.Format()
-		fl.Data = append(fl.Data, Object{Name: group.Path, Data: body})
-		fl.Metadata.FileGroups = append(fl.Metadata.FileGroups, group)
-		group, body, groupPlain = nil, nil, 0
+// Close removes the builder's temp files and returns its buffers to the
+// chunk pool, after Finish or to discard the builder. A closed builder
+// refuses Add and Finish.
+func (b *Builder) Close() error {
+	if b.closed {
+		return nil
 	}
-	for i, k := range keys {
-		if i > 0 && keys[i-1].isMeta != k.isMeta {
-			closeGroup(keys[i-1].isMeta)
-		}
-		d := out[i]
-		if group != nil && groupPlain+int(d.info.Length) > b.cfg.FileSizeLimit {
-			closeGroup(k.isMeta)
-		}
-		if group == nil {
-			group = &brpb.DataFileGroup{MinTs: d.info.MinTs, MaxTs: d.info.MaxTs, MinResolvedTs: resolvedTS}
-		}
-		d.info.RangeOffset = uint64(len(body))
-		d.info.RangeLength = uint64(len(d.compressed))
-		body = append(body, d.compressed...)
-		groupPlain += int(d.info.Length)
-		group.DataFilesInfo = append(group.DataFilesInfo, d.info)
-		group.MinTs, group.MaxTs = min(group.MinTs, d.info.MinTs), max(group.MaxTs, d.info.MaxTs)
-		hasSchema = hasSchema || k.isMeta
-	}
-	if len(keys) > 0 {
-		closeGroup(keys[len(keys)-1].isMeta)
-	}
-
-	name := MetaName{FlushTS: flushTS, StoreID: b.cfg.StoreID}
-	for i, g := range fl.Metadata.FileGroups {
-		if i == 0 || g.MinTs < fl.Metadata.MinTs {
-			fl.Metadata.MinTs = g.MinTs
-		}
-		fl.Metadata.MaxTs = max(fl.Metadata.MaxTs, g.MaxTs)
-		for _, f := range g.DataFilesInfo {
-			if name.MinBeginTS == 0 || f.MinBeginTsInDefaultCf < name.MinBeginTS {
-				name.MinBeginTS = f.MinBeginTsInDefaultCf
+	b.closed = true
+	var errs []error
+	for _, f := range b.files {
+		f.first, f.last = nil, nil
+		b.release(f)
+		if f.spill != nil {
+			name := f.spill.Name()
+			if err := f.spill.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("close %s: %w", name, err))
 			}
+			if err := os.Remove(name); err != nil {
+				errs = append(errs, fmt.Errorf("remove %s: %w", name, err))
+			}
+			f.spill = nil
 		}
 	}
-	name.MinTS, name.MaxTS = fl.Metadata.MinTs, fl.Metadata.MaxTs
-	if !hasSchema {
-		name.Flags |= FlagNoMetaFiles
+	return errors.Join(errs...)
+}
+
+// sortedFiles is the files in the order a flush lists them: data files,
+// then schema-meta files; within each by table, region, cf and type.
+func (b *Builder) sortedFiles() []*fileBuf {
+	out := make([]*fileBuf, 0, len(b.files))
+	for _, f := range b.files {
+		out = append(out, f)
 	}
-	if len(fl.Metadata.FileGroups) == 0 {
-		name.Flags |= FlagEmpty
-	}
-	raw, err := fl.Metadata.Marshal()
-	if err != nil {
-		return nil, fmt.Errorf("encode metadata: %w", err)
-	}
-	fl.Name = name
-	fl.Meta = Object{Name: name.Format(), Data: raw}
-	return fl, nil
+	sort.Slice(out, func(i, j int) bool { return lessKey(out[i].key, out[j].key) })
+	return out
 }
 
 func lessKey(a, b fileKey) bool {
 	if a.isMeta != b.isMeta {
-		return !a.isMeta // data files first, then schema-meta
+		return !a.isMeta
 	}
 	if a.tableID != b.tableID {
 		return a.tableID < b.tableID
@@ -370,42 +416,13 @@ func lessKey(a, b fileKey) bool {
 	return a.fileType < b.fileType
 }
 
-func newUUID() string {
+// NewUUID returns a random UUID v4, the unique part TiKV gives object
+// names.
+func NewUUID() string {
 	var u [16]byte
-	if _, err := rand.Read(u[:]); err != nil {
-		panic(fmt.Sprintf("crypto/rand failed: %v", err)) // the platform is broken
-	}
+	_, _ = rand.Read(u[:]) // never fails since Go 1.24
 	u[6] = u[6]&0x0f | 0x40
 	u[8] = u[8]&0x3f | 0x80
 	h := hex.EncodeToString(u[:])
 	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
-}
-
-// compressFile compresses one file's plain bytes — the spilled head, read
-// back as a stream, then the in-memory tail — and hashes them.
-func compressFile(f *fileBuf) ([]byte, []byte, int, error) {
-	enc := encoderPool.Get().(*zstd.Encoder)
-	defer encoderPool.Put(enc)
-	if f.spilled == nil {
-		sum := sha256.Sum256(f.plain)
-		return enc.EncodeAll(f.plain, make([]byte, 0, len(f.plain)/3+64)), sum[:], len(f.plain), nil
-	}
-	if _, err := f.spilled.Seek(0, io.SeekStart); err != nil {
-		return nil, nil, 0, fmt.Errorf("read back %s: %w", f.spilled.Name(), err)
-	}
-	var out bytes.Buffer
-	h := sha256.New()
-	enc.Reset(&out)
-	w := io.MultiWriter(enc, h)
-	n, err := io.Copy(w, io.MultiReader(f.spilled, bytes.NewReader(f.plain)))
-	if err == nil {
-		err = enc.Close()
-	}
-	if err != nil {
-		return nil, nil, 0, fmt.Errorf("compress %s: %w", f.spilled.Name(), err)
-	}
-	if int(n) != f.spilledBytes+len(f.plain) {
-		return nil, nil, 0, fmt.Errorf("read back %s: %d bytes, spilled %d", f.spilled.Name(), n, f.spilledBytes+len(f.plain))
-	}
-	return out.Bytes(), h.Sum(nil), int(n), nil
 }

@@ -3,115 +3,274 @@ package logfile
 import (
 	"encoding/binary"
 	"fmt"
-	"regexp"
+	"path"
 	"strconv"
+	"strings"
 	"time"
 )
 
 // Meta file flags (TiKV utils::BACKUP_META_FLAG_*).
 const (
-	FlagNoMetaFiles uint64 = 1 << 0 // no schema-meta group in this flush
-	FlagEmpty       uint64 = 1 << 1 // no file group at all
+	FlagNoMetaFiles uint64 = 1 << 0 // the flush lists no schema-meta group
+	FlagEmpty       uint64 = 1 << 1 // the flush lists no group at all
 )
 
-// MetaDir holds one metadata file per flush.
-const MetaDir = "v1/backupmeta/"
+// Storage prefixes of a log backup.
+const (
+	MetaDir             = "v1/backupmeta/"
+	GlobalCheckpointDir = "v1/global_checkpoint/"
+	metaSuffix          = ".meta"
+)
 
-// GlobalCheckpointDir holds each store's global checkpoint.
-const GlobalCheckpointDir = "v1/global_checkpoint/"
+// Tags of the tagged meta file name (utils::BACKUP_META_*_PREFIX).
+const (
+	tagMinBeginTS = 'd'
+	tagMinTS      = 'l'
+	tagMaxTS      = 'u'
+	tagFlags      = 'p'
+	tagLen        = 17 // tag letter + 16 hex digits
+)
 
 // MetaName is the parsed name of a metadata file.
 type MetaName struct {
 	FlushTS, StoreID, MinBeginTS, MinTS, MaxTS, Flags uint64
+	// Legacy marks the older {flush}-{min_begin}-{min}-{max} form, which
+	// carries no store id and no flags.
+	Legacy bool
 }
 
-// Format renders the name TiKV writes.
-func (m MetaName) Format() string {
-	return fmt.Sprintf("%s%016X%016X-d%016Xl%016Xu%016Xp%016X.meta", MetaDir, m.FlushTS, m.StoreID, m.MinBeginTS, m.MinTS, m.MaxTS, m.Flags)
+// Format renders the tagged name current TiKV writes, under MetaDir.
+func (m MetaName) Format() string { return FormatMetaName(m) }
+
+// FormatMetaName renders v1/backupmeta/{flush_ts:016X}{store_id:016X}-d{min_begin_ts:016X}l{min_ts:016X}u{max_ts:016X}p{flags:016X}.meta.
+func FormatMetaName(m MetaName) string {
+	return fmt.Sprintf("%s%016X%016X-%c%016X%c%016X%c%016X%c%016X%s", MetaDir, m.FlushTS, m.StoreID,
+		tagMinBeginTS, m.MinBeginTS, tagMinTS, m.MinTS, tagMaxTS, m.MaxTS, tagFlags, m.Flags, metaSuffix)
 }
 
-var metaNameRE = regexp.MustCompile(`^v1/backupmeta/([0-9A-F]{16})([0-9A-F]{16})-((?:[a-z][0-9A-F]{16})+)\.meta$`)
-var tagRE = regexp.MustCompile(`([a-z])([0-9A-F]{16})`)
-
-// ParseMetaName reads a tagged metadata name; d, l and u are required,
-// unknown tags are ignored (as BR does).
+// ParseMetaName reads a metadata file name (with or without its
+// directory) as BR's backupmetas.ParseName does: the tagged form (32 hex
+// digits, '-', then tag letter + 16 hex digits segments in any order;
+// d, l and u required, p optional, other tags ignored, duplicates
+// rejected; hex of either case) or the legacy four-part form.
 func ParseMetaName(name string) (MetaName, error) {
-	m := metaNameRE.FindStringSubmatch(name)
-	if m == nil {
-		return MetaName{}, fmt.Errorf("%q is not a tagged backupmeta name", name)
+	base := path.Base(name)
+	if !strings.HasSuffix(base, metaSuffix) {
+		return MetaName{}, fmt.Errorf("backupmeta name %q: no %s suffix", name, metaSuffix)
 	}
-	var out MetaName
-	out.FlushTS, _ = strconv.ParseUint(m[1], 16, 64)
-	out.StoreID, _ = strconv.ParseUint(m[2], 16, 64)
-	seen := map[byte]bool{}
-	for _, t := range tagRE.FindAllStringSubmatch(m[3], -1) {
-		v, _ := strconv.ParseUint(t[2], 16, 64)
-		seen[t[1][0]] = true
-		switch t[1][0] {
-		case 'd':
-			out.MinBeginTS = v
-		case 'l':
-			out.MinTS = v
-		case 'u':
-			out.MaxTS = v
-		case 'p':
-			out.Flags = v
+	base = strings.TrimSuffix(base, metaSuffix)
+	prefix, suffix, ok := strings.Cut(base, "-")
+	if !ok {
+		return MetaName{}, fmt.Errorf("backupmeta name %q: no '-'", name)
+	}
+	if len(prefix) == 16 {
+		return parseLegacyMetaName(name, base)
+	}
+	if len(prefix) != 32 {
+		return MetaName{}, fmt.Errorf("backupmeta name %q: want 32 hex digits of flush ts and store id before '-'", name)
+	}
+	var m MetaName
+	var err error
+	if m.FlushTS, err = parseHex16(prefix[:16]); err != nil {
+		return MetaName{}, fmt.Errorf("backupmeta name %q: flush ts: %w", name, err)
+	}
+	if m.StoreID, err = parseHex16(prefix[16:]); err != nil {
+		return MetaName{}, fmt.Errorf("backupmeta name %q: store id: %w", name, err)
+	}
+	var seen [256]bool
+	for pos := 0; pos < len(suffix); pos += tagLen {
+		if len(suffix)-pos < tagLen {
+			return MetaName{}, fmt.Errorf("backupmeta name %q: incomplete tag at %q", name, suffix[pos:])
+		}
+		tag := suffix[pos]
+		if !isAlnum(tag) {
+			return MetaName{}, fmt.Errorf("backupmeta name %q: invalid tag %q", name, tag)
+		}
+		if seen[tag] {
+			return MetaName{}, fmt.Errorf("backupmeta name %q: duplicate tag %q", name, tag)
+		}
+		seen[tag] = true
+		v, err := parseHex16(suffix[pos+1 : pos+tagLen])
+		if err != nil {
+			return MetaName{}, fmt.Errorf("backupmeta name %q: tag %q: %w", name, tag, err)
+		}
+		switch tag {
+		case tagMinBeginTS:
+			m.MinBeginTS = v
+		case tagMinTS:
+			m.MinTS = v
+		case tagMaxTS:
+			m.MaxTS = v
+		case tagFlags:
+			m.Flags = v
 		}
 	}
-	for _, need := range []byte{'d', 'l', 'u'} {
+	for _, need := range []byte{tagMinBeginTS, tagMinTS, tagMaxTS} {
 		if !seen[need] {
-			return MetaName{}, fmt.Errorf("backupmeta name %q lacks the %c tag", name, need)
+			return MetaName{}, fmt.Errorf("backupmeta name %q: missing tag %q", name, need)
 		}
 	}
-	return out, nil
+	return m, nil
+}
+
+func parseLegacyMetaName(name, base string) (MetaName, error) {
+	parts := strings.Split(base, "-")
+	if len(parts) != 4 {
+		return MetaName{}, fmt.Errorf("backupmeta name %q: want flush-minbegin-min-max", name)
+	}
+	var v [4]uint64
+	for i, p := range parts {
+		var err error
+		if v[i], err = parseHex16(p); err != nil {
+			return MetaName{}, fmt.Errorf("backupmeta name %q: part %d: %w", name, i+1, err)
+		}
+	}
+	return MetaName{FlushTS: v[0], MinBeginTS: v[1], MinTS: v[2], MaxTS: v[3], Legacy: true}, nil
+}
+
+// parseHex16 reads exactly 16 hex digits of either case.
+func parseHex16(s string) (uint64, error) {
+	if len(s) != 16 {
+		return 0, fmt.Errorf("%q is not 16 hex digits", s)
+	}
+	var v uint64
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		var d byte
+		switch {
+		case '0' <= c && c <= '9':
+			d = c - '0'
+		case 'a' <= c && c <= 'f':
+			d = c - 'a' + 10
+		case 'A' <= c && c <= 'F':
+			d = c - 'A' + 10
+		default:
+			return 0, fmt.Errorf("%q is not 16 hex digits", s)
+		}
+		v = v<<4 | uint64(d)
+	}
+	return v, nil
+}
+
+func isAlnum(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z'
 }
 
 // DataName is the parsed name of a merged data object.
 type DataName struct {
 	StoreID uint64
 	MinTS   uint64
-	MaxTS   uint64 // only the date and hour survive in the name
-	Schema  bool
-	ID      string
+	// MaxTS gives the date and hour directory. Parsing recovers only the
+	// hour: the TSO of its first millisecond.
+	MaxTS  uint64
+	Schema bool   // a schema-meta object (meta keys)
+	ID     string // unique part, a UUID in TiKV
 }
 
-// Format renders v1/<yyyymmdd>/<hh>/<store>/[schema-meta/]<min_ts>-<id>.log,
+// Format renders the name TiKV writes.
+func (d DataName) Format() string { return FormatDataName(d) }
+
+// FormatDataName renders v1/{YYYYMMDD}/{HH}/{store}/[schema-meta/]{min_ts}-{id}.log
 // with the date and hour in UTC from the physical part of MaxTS.
-func (d DataName) Format() string {
-	t := time.UnixMilli(int64(d.MaxTS >> 18)).UTC()
-	dir := fmt.Sprintf("v1/%s/%s/%d/", t.Format("20060102"), t.Format("15"), d.StoreID)
+func FormatDataName(d DataName) string {
+	t := tsoTime(d.MaxTS)
+	schema := ""
 	if d.Schema {
-		dir += "schema-meta/"
+		schema = "schema-meta/"
 	}
-	return fmt.Sprintf("%s%d-%s.log", dir, d.MinTS, d.ID)
+	return fmt.Sprintf("v1/%s/%s/%d/%s%d-%s.log", t.Format("20060102"), t.Format("15"), d.StoreID, schema, d.MinTS, d.ID)
 }
 
-var dataNameRE = regexp.MustCompile(`^v1/(\d{8})/(\d{2})/(\d+)/(schema-meta/)?(\d+)-([0-9a-zA-Z-]+)\.log$`)
+// tsoTime is the physical part of a TSO (milliseconds since the epoch in
+// its high 46 bits) in UTC.
+func tsoTime(ts uint64) time.Time { return time.UnixMilli(int64(ts >> 18)).UTC() }
 
 // ParseDataName reads a data object name.
 func ParseDataName(name string) (DataName, error) {
-	m := dataNameRE.FindStringSubmatch(name)
-	if m == nil {
+	parts := strings.Split(name, "/")
+	if len(parts) != 5 && len(parts) != 6 || parts[0] != "v1" {
 		return DataName{}, fmt.Errorf("%q is not a log data object name", name)
 	}
-	store, err := strconv.ParseUint(m[3], 10, 64)
-	if err != nil {
-		return DataName{}, fmt.Errorf("store id in %q: %w", name, err)
+	var d DataName
+	if len(parts) == 6 {
+		if parts[4] != "schema-meta" {
+			return DataName{}, fmt.Errorf("%q is not a log data object name", name)
+		}
+		d.Schema = true
 	}
-	minTS, err := strconv.ParseUint(m[5], 10, 64)
-	if err != nil {
-		return DataName{}, fmt.Errorf("min ts in %q: %w", name, err)
+	date, hour := parts[1], parts[2]
+	if len(date) != 8 || len(hour) != 2 || !allDigits(date) || !allDigits(hour) {
+		return DataName{}, fmt.Errorf("data object %q: bad date or hour", name)
 	}
-	at, err := time.Parse("2006010215", m[1]+m[2])
+	at, err := time.Parse("2006010215", date+hour)
 	if err != nil {
-		return DataName{}, fmt.Errorf("date in %q: %w", name, err)
+		return DataName{}, fmt.Errorf("data object %q: %w", name, err)
 	}
-	return DataName{StoreID: store, MinTS: minTS, MaxTS: uint64(at.UnixMilli()) << 18, Schema: m[4] != "", ID: m[6]}, nil
+	if at.UnixMilli() < 0 {
+		return DataName{}, fmt.Errorf("data object %q: date before 1970", name)
+	}
+	d.MaxTS = uint64(at.UnixMilli()) << 18
+	if d.StoreID, err = parseDecimal(parts[3]); err != nil {
+		return DataName{}, fmt.Errorf("data object %q: store id: %w", name, err)
+	}
+	file, ok := strings.CutSuffix(parts[len(parts)-1], ".log")
+	if !ok {
+		return DataName{}, fmt.Errorf("data object %q: no .log suffix", name)
+	}
+	minTS, id, ok := strings.Cut(file, "-")
+	if !ok || id == "" {
+		return DataName{}, fmt.Errorf("data object %q: want {min_ts}-{id}.log", name)
+	}
+	if d.MinTS, err = parseDecimal(minTS); err != nil {
+		return DataName{}, fmt.Errorf("data object %q: min ts: %w", name, err)
+	}
+	for i := 0; i < len(id); i++ {
+		if !isAlnum(id[i]) && id[i] != '-' {
+			return DataName{}, fmt.Errorf("data object %q: id %q is not a uuid", name, id)
+		}
+	}
+	d.ID = id
+	return d, nil
+}
+
+func allDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// parseDecimal reads a canonical unsigned decimal (no sign, no leading
+// zeros), so every name has one spelling.
+func parseDecimal(s string) (uint64, error) {
+	if s == "" || !allDigits(s) || len(s) > 1 && s[0] == '0' {
+		return 0, fmt.Errorf("%q is not a canonical decimal", s)
+	}
+	return strconv.ParseUint(s, 10, 64)
 }
 
 // GlobalCheckpointName is where a store records its global checkpoint.
 func GlobalCheckpointName(storeID uint64) string {
 	return fmt.Sprintf("%s%d.ts", GlobalCheckpointDir, storeID)
+}
+
+// ParseGlobalCheckpointName returns the store id of a global checkpoint
+// object name.
+func ParseGlobalCheckpointName(name string) (uint64, error) {
+	id, ok := strings.CutPrefix(name, GlobalCheckpointDir)
+	if ok {
+		id, ok = strings.CutSuffix(id, ".ts")
+	}
+	if !ok {
+		return 0, fmt.Errorf("%q is not a global checkpoint name", name)
+	}
+	store, err := parseDecimal(id)
+	if err != nil {
+		return 0, fmt.Errorf("global checkpoint %q: %w", name, err)
+	}
+	return store, nil
 }
 
 // EncodeGlobalCheckpoint is the object body: a little-endian u64.
@@ -120,7 +279,13 @@ func EncodeGlobalCheckpoint(ts uint64) []byte { return binary.LittleEndian.Appen
 // DecodeGlobalCheckpoint reads the object body.
 func DecodeGlobalCheckpoint(b []byte) (uint64, error) {
 	if len(b) != 8 {
-		return 0, corrupt("global checkpoint of %d bytes", len(b))
+		return 0, corrupt("global checkpoint of %d bytes, want 8", len(b))
 	}
 	return binary.LittleEndian.Uint64(b), nil
+}
+
+// GlobalCheckpointObject is the object a store uploads to publish its
+// global checkpoint.
+func GlobalCheckpointObject(storeID, ts uint64) Object {
+	return Object{Name: GlobalCheckpointName(storeID), Data: EncodeGlobalCheckpoint(ts)}
 }

@@ -1,8 +1,6 @@
 package simcluster
 
 import (
-	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -12,8 +10,11 @@ import (
 
 	"github.com/pingcap/kvproto/pkg/cdcpb"
 	"github.com/pingcap/kvproto/pkg/errorpb"
+	"github.com/pingcap/kvproto/pkg/metapb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 )
 
@@ -22,13 +23,16 @@ type storeServer struct {
 	cdcpb.UnimplementedChangeDataServer // EventFeedV2 → Unimplemented, so clients fall back
 	c                                   *Cluster
 	id                                  uint64
-	addr                                string
 
 	mu      sync.Mutex
+	addr    string
 	grpc    *grpc.Server
+	health  *health.Server // what client-go's store liveness check asks
+	served  chan struct{}  // closed when the current grpc.Serve returns
 	streams map[*feedStream]struct{}
 	down    bool
 	faults  storeFaults
+	changed chan struct{} // closed and replaced whenever faults change
 }
 
 // storeFaults are the injected misbehaviours of one store.
@@ -37,10 +41,11 @@ type storeFaults struct {
 	failErr           *cdcpb.Error // default server_is_busy
 	delay             time.Duration
 	stalled           bool
+	holdScans         bool // registrations take their snapshot, then wait to send it
 }
 
 func (c *Cluster) startStore(id uint64, addr string) (*storeServer, error) {
-	s := &storeServer{c: c, id: id, streams: map[*feedStream]struct{}{}}
+	s := &storeServer{c: c, id: id, streams: map[*feedStream]struct{}{}, changed: make(chan struct{})}
 	if err := s.serve(addr); err != nil {
 		return nil, err
 	}
@@ -54,25 +59,67 @@ func (s *storeServer) serve(addr string) error {
 	}
 	g := grpc.NewServer(grpc.MaxRecvMsgSize(256 << 20))
 	cdcpb.RegisterChangeDataServer(g, s)
+	// client-go marks a store it failed to reach as unreachable until the
+	// gRPC health service at the store's address says SERVING again, as
+	// TiKV's does; without it a store that was down stays shunned forever.
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(g, hs)
+	served := make(chan struct{})
 	s.mu.Lock()
-	s.grpc, s.addr = g, lis.Addr().String()
+	s.grpc, s.addr, s.served, s.health = g, lis.Addr().String(), served, hs
+	s.setHealthLocked()
 	s.mu.Unlock()
-	go g.Serve(lis)
+	go func() {
+		defer close(served)
+		_ = g.Serve(lis) // returns when Stop is called
+	}()
 	return nil
 }
 
 func (s *storeServer) stop() {
 	s.mu.Lock()
-	g := s.grpc
+	g, served := s.grpc, s.served
 	s.mu.Unlock()
 	if g != nil {
 		g.Stop()
+		<-served
 	}
+}
+
+func (s *storeServer) address() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addr
+}
+
+// setFaults changes the faults under the store lock and wakes waiters.
+func (s *storeServer) setFaults(f func(*storeFaults)) {
+	s.mu.Lock()
+	f(&s.faults)
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+}
+
+// currentFaults returns the faults and a channel closed at their next change.
+func (s *storeServer) currentFaults() (storeFaults, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.faults, s.changed
+}
+
+func (s *storeServer) setHealthLocked() {
+	st := healthpb.HealthCheckResponse_SERVING
+	if s.down {
+		st = healthpb.HealthCheckResponse_NOT_SERVING
+	}
+	s.health.SetServingStatus("", st)
 }
 
 func (s *storeServer) setDown(down bool) {
 	s.mu.Lock()
 	s.down = down
+	s.setHealthLocked()
 	s.mu.Unlock()
 	if down {
 		s.dropStreams()
@@ -115,34 +162,57 @@ func (s *storeServer) EventFeed(srv cdcpb.ChangeData_EventFeedServer) error {
 			req, err := srv.Recv()
 			if err != nil {
 				if errors.Is(err, io.EOF) {
+					// TiKV deregisters the connection when the client
+					// half-closes, and its sender then ends the stream OK.
 					err = nil
 				}
 				st.close(err)
 				return
 			}
-			s.c.handleRequest(s, st, req)
+			if err := s.c.handleRequest(s, st, req); err != nil {
+				st.close(err)
+				return
+			}
 		}
 	}()
 	return st.sendLoop(srv)
 }
 
-// handleRequest registers or deregisters a region on a stream.
-func (c *Cluster) handleRequest(s *storeServer, st *feedStream, req *cdcpb.ChangeDataRequest) {
+// handleRequest registers or deregisters a region on a stream, in TiKV's
+// order of checks (service.rs, endpoint.rs on_register, initializer.rs).
+func (c *Cluster) handleRequest(s *storeServer, st *feedStream, req *cdcpb.ChangeDataRequest) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, ok := req.Request.(*cdcpb.ChangeDataRequest_Deregister_); ok {
+	if st.features == nil {
+		f := featuresOf(req.GetHeader().GetTicdcVersion())
+		st.features = &f
+	}
+	switch req.Request.(type) {
+	case *cdcpb.ChangeDataRequest_Deregister_:
+		// A region id deregisters that region of the request id; without
+		// one, every region of the request id.
 		for sub := range st.subs {
 			if sub.requestID == req.RequestId && (req.RegionId == 0 || sub.regionID == req.RegionId) {
 				c.removeSubLocked(sub)
 			}
 		}
-		return
-	}
-	if _, ok := req.Request.(*cdcpb.ChangeDataRequest_NotifyTxnStatus_); ok {
-		return
+		return nil
+	case nil, *cdcpb.ChangeDataRequest_Register_:
+	default:
+		// TiKV reaches unreachable!() on any other request kind; the
+		// simulator ends the stream instead of the process.
+		return status.Errorf(codes.Internal, "simcluster: unsupported request %T", req.Request)
 	}
 	fail := func(e *cdcpb.Error) {
-		st.push(c, &cdcpb.Event{RegionId: req.RegionId, RequestId: req.RequestId, Event: &cdcpb.Event_Error{Error: e}})
+		st.push(c, errorEvent(req.RegionId, req.RequestId, e))
+	}
+	if st.features.validateClusterID && req.GetHeader().GetClusterId() != c.clusterID {
+		fail(&cdcpb.Error{ClusterIdMismatch: &cdcpb.ClusterIDMismatch{Current: c.clusterID, Request: req.GetHeader().GetClusterId()}})
+		return nil
+	}
+	if req.KvApi != cdcpb.ChangeDataRequest_TiDB {
+		fail(&cdcpb.Error{Compatibility: &cdcpb.Compatibility{RequiredVersion: "6.2.0"}})
+		return nil
 	}
 	s.mu.Lock()
 	if s.faults.failRegistrations > 0 {
@@ -150,70 +220,119 @@ func (c *Cluster) handleRequest(s *storeServer, st *feedStream, req *cdcpb.Chang
 		e := s.faults.failErr
 		s.mu.Unlock()
 		fail(e)
-		return
+		return nil
 	}
 	s.mu.Unlock()
-	if req.Header == nil || req.Header.ClusterId != c.clusterID {
-		fail(&cdcpb.Error{ClusterIdMismatch: &cdcpb.ClusterIDMismatch{Current: c.clusterID, Request: req.Header.GetClusterId()}})
-		return
-	}
 	meta, leaderPeerID := c.mock.GetRegion(req.RegionId)
-	if meta == nil {
-		fail(&cdcpb.Error{RegionNotFound: &errorpb.RegionNotFound{RegionId: req.RegionId}})
-		return
-	}
-	var leader *errorpb.NotLeader
-	for _, p := range meta.Peers {
-		if p.Id == leaderPeerID && p.StoreId != s.id {
-			leader = &errorpb.NotLeader{RegionId: req.RegionId, Leader: p}
+	var mine, leader *metapb.Peer
+	if meta != nil {
+		for _, p := range meta.Peers {
+			if p.StoreId == s.id {
+				mine = p
+			}
+			if p.Id == leaderPeerID {
+				leader = p
+			}
 		}
 	}
-	if leader != nil {
-		fail(&cdcpb.Error{NotLeader: leader})
-		return
-	}
-	if ep := req.RegionEpoch; ep == nil || ep.Version != meta.RegionEpoch.Version || ep.ConfVer != meta.RegionEpoch.ConfVer {
-		fail(c.epochNotMatchLocked(meta.Id))
-		return
+	if mine == nil { // no peer of the region on this store
+		fail(&cdcpb.Error{RegionNotFound: &errorpb.RegionNotFound{RegionId: req.RegionId}})
+		return nil
 	}
 	for sub := range st.subs {
 		if sub.regionID == req.RegionId && sub.requestID == req.RequestId {
 			fail(&cdcpb.Error{DuplicateRequest: &cdcpb.DuplicateRequest{RegionId: req.RegionId}})
-			return
+			return nil
 		}
 	}
-	start, end := intersect(meta.StartKey, meta.EndKey, req.StartKey, req.EndKey)
-	sub := &subscription{regionID: meta.Id, requestID: req.RequestId, store: s.id, start: start, end: end,
-		stream: st, resolved: req.CheckpointTs}
+	if leader == nil || leader.StoreId != s.id {
+		fail(&cdcpb.Error{NotLeader: &errorpb.NotLeader{RegionId: req.RegionId, Leader: leader}})
+		return nil
+	}
+	// TiKV checks the version only (compare_region_epoch with
+	// check_conf_ver=false).
+	if req.RegionEpoch == nil || req.RegionEpoch.Version != meta.RegionEpoch.Version {
+		fail(c.epochNotMatchLocked(meta.Id))
+		return nil
+	}
+	start, end := observedRange(meta, req.StartKey, req.EndKey)
+	sub := &subscription{regionID: meta.Id, requestID: req.RequestId, store: s.id, start: start, end: end, stream: st}
 	st.subs[sub] = struct{}{}
 	if c.subs[meta.Id] == nil {
 		c.subs[meta.Id] = map[*subscription]struct{}{}
 	}
 	c.subs[meta.Id][sub] = struct{}{}
+	// The snapshot is taken here, under the same lock that records writes:
+	// every write before it is in the scan, every write after it is routed
+	// to the subscription live — possibly before scan rows still being sent,
+	// as TiKV interleaves them.
 	rows := c.ledger.scan(start, end, req.CheckpointTs)
-	rows = append(rows, &cdcpb.Event_Row{Type: cdcpb.Event_INITIALIZED})
-	// TiKV sends the scan in batches bounded by count and bytes.
-	for i := 0; i < len(rows); {
-		j, size := i, 0
-		for j < len(rows) && j-i < 128 && (j == i || size+rows[j].Size() <= maxMessageBytes/2) {
-			size += rows[j].Size()
-			j++
-		}
-		st.push(c, &cdcpb.Event{RegionId: meta.Id, RequestId: req.RequestId,
-			Event: &cdcpb.Event_Entries_{Entries: &cdcpb.Event_Entries{Entries: rows[i:j]}}})
-		i = j
-	}
-	sub.initialized = true
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.sendScan(s, sub, rows)
+	}()
+	return nil
 }
 
-// intersect returns [a0,a1) ∩ [b0,b1) where an empty end is unbounded and
-// an empty b (both keys empty) means "the whole region".
+// observedRange is the request's key range (encoded) clipped to the region.
+// Keys that are not valid memcomparable encodings make TiKV fall back to
+// observing the whole region, so they do here too.
+func observedRange(meta *metapb.Region, reqStart, reqEnd []byte) ([]byte, []byte) {
+	if _, err := DecodeKey(reqStart); len(reqStart) > 0 && err != nil {
+		reqStart, reqEnd = nil, nil
+	} else if _, err := DecodeKey(reqEnd); len(reqEnd) > 0 && err != nil {
+		reqStart, reqEnd = nil, nil
+	}
+	return intersect(meta.StartKey, meta.EndKey, reqStart, reqEnd)
+}
+
+// sendScan sends a subscription's initial scan in events of at most
+// scanEventMaxBytes, then INITIALIZED (in the last event, as TiKV appends
+// it), unless the subscription ended meanwhile.
+func (c *Cluster) sendScan(s *storeServer, sub *subscription, rows []*cdcpb.Event_Row) {
+	for {
+		f, changed := s.currentFaults()
+		if !f.holdScans {
+			break
+		}
+		select {
+		case <-changed:
+		case <-sub.stream.done:
+			return
+		}
+	}
+	rows = append(rows, &cdcpb.Event_Row{Type: cdcpb.Event_INITIALIZED})
+	for i := 0; i < len(rows); {
+		j, size := i, 0
+		for j < len(rows) && (j == i || size+rowSize(rows[j]) < scanEventMaxBytes) {
+			size += rowSize(rows[j])
+			j++
+		}
+		c.mu.Lock()
+		if sub.state != subScanning {
+			c.mu.Unlock()
+			return
+		}
+		sub.stream.push(c, &cdcpb.Event{RegionId: sub.regionID, RequestId: sub.requestID,
+			Event: &cdcpb.Event_Entries_{Entries: &cdcpb.Event_Entries{Entries: rows[i:j]}}})
+		if j == len(rows) {
+			sub.state = subNormal
+		}
+		c.mu.Unlock()
+		i = j
+	}
+}
+
+func rowSize(r *cdcpb.Event_Row) int { return len(r.Key) + len(r.Value) + len(r.OldValue) }
+
+// intersect returns [a0,a1) ∩ [b0,b1), where an empty end is unbounded.
 func intersect(a0, a1, b0, b1 []byte) ([]byte, []byte) {
 	start, end := a0, a1
-	if bytes.Compare(b0, start) > 0 {
+	if string(b0) > string(start) {
 		start = b0
 	}
-	if len(b1) > 0 && (len(end) == 0 || bytes.Compare(b1, end) < 0) {
+	if len(b1) > 0 && (len(end) == 0 || string(b1) < string(end)) {
 		end = b1
 	}
 	return start, end
@@ -222,12 +341,13 @@ func intersect(a0, a1, b0, b1 []byte) ([]byte, []byte) {
 // failRegionLocked ends every subscription of a region with an error.
 func (c *Cluster) failRegionLocked(regionID uint64, e *cdcpb.Error) {
 	for sub := range c.subs[regionID] {
-		sub.stream.push(c, &cdcpb.Event{RegionId: regionID, RequestId: sub.requestID, Event: &cdcpb.Event_Error{Error: e}})
+		sub.stream.push(c, errorEvent(regionID, sub.requestID, e))
 		c.removeSubLocked(sub)
 	}
 }
 
 func (c *Cluster) removeSubLocked(sub *subscription) {
+	sub.state = subRemoved
 	delete(sub.stream.subs, sub)
 	if m := c.subs[sub.regionID]; m != nil {
 		delete(m, sub)
@@ -245,71 +365,38 @@ func (c *Cluster) dropStreamSubs(st *feedStream) {
 	}
 }
 
-// subscription is one registered region on one stream.
+type subState int
+
+const (
+	subScanning subState = iota // live rows flow; no resolved ts yet
+	subNormal                   // INITIALIZED sent; resolved ts flow
+	subRemoved
+)
+
+// subscription is one registered region on one stream (TiKV's Downstream).
 type subscription struct {
 	regionID, requestID uint64
 	store               uint64
-	start, end          []byte // encoded, inside the region
+	start, end          []byte // encoded observed range, inside the region
 	stream              *feedStream
-	initialized         bool
-	resolved            uint64 // last resolved ts sent (starts at the checkpoint)
+	state               subState
+	advancedTo          uint64 // TiKV's downstream.advanced_to: starts at 0, never goes back
 }
 
-func (s *subscription) contains(ek []byte) bool {
-	return bytes.Compare(ek, s.start) >= 0 && (len(s.end) == 0 || bytes.Compare(ek, s.end) < 0)
-}
+func (s *subscription) contains(ek []byte) bool { return inRange(ek, s.start, s.end) }
 
-// resolvedTsLoop sends resolved ts for every initialized subscription.
-func (c *Cluster) resolvedTsLoop(ctx context.Context) {
-	t := time.NewTicker(c.cfg.ResolvedTsInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		c.ResolveOnce(ctx)
-	}
-}
-
-// ResolveOnce computes and sends one round of resolved ts (the loop calls
-// it on its interval; tests may call it directly).
-func (c *Cluster) ResolveOnce(ctx context.Context) {
-	// The TSO is taken before the lock table is read, under the same
-	// mutex that records prewrites: a prewrite recorded after this read
-	// belongs to a transaction whose commit ts will come from a later TSO,
-	// so no commit at or below the resolved ts can arrive afterwards.
-	ts, err := c.TSO(ctx)
-	if err != nil {
-		return
-	}
+// Subscriptions is the number of live subscriptions on a store's streams
+// (for tests: a closed stream or a deregistration must bring it down).
+func (c *Cluster) Subscriptions(store uint64) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	type batchKey struct {
-		stream    *feedStream
-		requestID uint64
-		ts        uint64
-	}
-	batches := map[batchKey][]uint64{}
-	for regionID, subs := range c.subs {
+	n := 0
+	for _, subs := range c.subs {
 		for sub := range subs {
-			if !sub.initialized {
-				continue
+			if sub.store == store {
+				n++
 			}
-			r := ts
-			if m, ok := c.ledger.minLockIn(sub.start, sub.end); ok && m < r {
-				r = m
-			}
-			if r <= sub.resolved {
-				continue // never backwards
-			}
-			sub.resolved = r
-			k := batchKey{sub.stream, sub.requestID, r}
-			batches[k] = append(batches[k], regionID)
 		}
 	}
-	for k, regions := range batches {
-		k.stream.push(c, &cdcpb.ChangeDataEvent{ResolvedTs: &cdcpb.ResolvedTs{Regions: regions, Ts: k.ts, RequestId: k.requestID}})
-	}
+	return n
 }

@@ -4,12 +4,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math/rand"
 	"sort"
 	"sync"
 	"time"
 
-	"github.com/pingcap/kvproto/pkg/cdcpb"
-	"github.com/pingcap/kvproto/pkg/errorpb"
 	"github.com/pingcap/kvproto/pkg/metapb"
 	"github.com/tikv/client-go/v2/testutils"
 	"github.com/tikv/client-go/v2/tikv"
@@ -29,6 +28,10 @@ type Config struct {
 	// past it the store drops the stream's subscriptions with `congested`,
 	// as TiKV does when its sink memory quota is exceeded (default 1<<20).
 	StreamQueueLimit int
+	// Seed drives the simulator's own choices where TiKV's answer depends on
+	// timing (which region error a split or merge produces). 0 picks one
+	// from the clock; Cluster.Seed reports it so a failure can be replayed.
+	Seed int64
 }
 
 // Cluster is a running simulated cluster.
@@ -47,6 +50,9 @@ type Cluster struct {
 	stores map[uint64]*storeServer
 	subs   map[uint64]map[*subscription]struct{} // by region id
 
+	seed int64
+	rng  *rand.Rand // guarded by mu
+
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -62,6 +68,9 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if cfg.StreamQueueLimit <= 0 {
 		cfg.StreamQueueLimit = 1 << 20
 	}
+	if cfg.Seed == 0 {
+		cfg.Seed = time.Now().UnixNano()
+	}
 	client, mock, pdClient, err := testutils.NewMockTiKV("", nil)
 	if err != nil {
 		return nil, fmt.Errorf("mock tikv: %w", err)
@@ -70,6 +79,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	c := &Cluster{
 		cfg: cfg, mock: mock, pdClient: pdClient, storeIDs: storeIDs,
 		ledger: newLedger(), stores: map[uint64]*storeServer{}, subs: map[uint64]map[*subscription]struct{}{},
+		seed: cfg.Seed, rng: rand.New(rand.NewSource(cfg.Seed)),
 	}
 	for _, k := range cfg.SplitKeys {
 		r, _, _, _ := mock.GetRegionByKey(EncodeKey(k))
@@ -85,7 +95,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 			return nil, err
 		}
 		c.stores[id] = s
-		mock.UpdateStoreAddr(id, s.addr)
+		mock.UpdateStoreAddr(id, s.address())
 	}
 	c.clusterID = pdClient.GetClusterID(ctx)
 	c.kv, err = tikv.NewTestTiKVStore(client, pdClient, func(inner tikv.Client) tikv.Client {
@@ -105,22 +115,26 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	return c, nil
 }
 
-// Close stops everything.
+// Close stops everything. Open streams end with an error.
 func (c *Cluster) Close() {
 	if c.cancel != nil {
 		c.cancel()
 	}
-	c.wg.Wait()
 	c.mu.Lock()
 	stores := c.stores
 	c.mu.Unlock()
 	for _, s := range stores {
+		s.dropStreams()
 		s.stop()
 	}
+	c.wg.Wait() // scans end once their streams are closed
 	if c.kv != nil {
 		c.kv.Close()
 	}
 }
+
+// Seed is the seed of the simulator's own random choices (Config.Seed).
+func (c *Cluster) Seed() int64 { return c.seed }
 
 // PD is the PD client agents use. Region keys in it are encoded.
 func (c *Cluster) PD() pd.Client { return c.pdClient }
@@ -134,16 +148,27 @@ func (c *Cluster) ClusterID() uint64 { return c.clusterID }
 // StoreIDs lists the stores.
 func (c *Cluster) StoreIDs() []uint64 { return append([]uint64(nil), c.storeIDs...) }
 
-// StoreAddr is the loopback address of a store's CDC gRPC server.
+// StoreAddr is the loopback address of a store's CDC gRPC server (the
+// address PD reports for the store), or "" for an unknown store.
 func (c *Cluster) StoreAddr(store uint64) string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.stores[store].addr
+	s := c.store(store)
+	if s == nil {
+		return ""
+	}
+	return s.address()
 }
 
-// TSO returns a fresh timestamp from the mock PD.
+// TSO returns a fresh timestamp from the mock PD's oracle: the cluster's
+// clock, the same one transactions take their start and commit ts from.
 func (c *Cluster) TSO(ctx context.Context) (uint64, error) {
-	return c.kv.CurrentTimestamp("global")
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	ts, err := c.kv.CurrentTimestamp("global")
+	if err != nil {
+		return 0, fmt.Errorf("tso: %w", err)
+	}
+	return ts, nil
 }
 
 // WithCircuitBreaker returns ctx carrying the circuit breaker mock PD's
@@ -152,13 +177,24 @@ func WithCircuitBreaker(ctx context.Context) context.Context {
 	return circuitbreaker.WithCircuitBreaker(ctx, circuitbreaker.NewCircuitBreaker("simcluster", circuitbreaker.AlwaysClosedSettings))
 }
 
-// EncodeKey turns a raw key into the memcomparable form regions use.
+// EncodeKey turns a raw key into the memcomparable form (codec.EncodeBytes)
+// that region boundaries in PD and ChangeDataRequest start/end keys use.
 func EncodeKey(raw []byte) []byte { return codec.EncodeBytes(nil, raw) }
 
-// DecodeKey turns an encoded key back into a raw key.
+// DecodeKey turns an encoded key back into a raw key. The empty key (an
+// unbounded region edge) decodes to the empty key.
 func DecodeKey(enc []byte) ([]byte, error) {
-	_, raw, err := codec.DecodeBytes(enc, nil)
-	return raw, err
+	if len(enc) == 0 {
+		return nil, nil
+	}
+	rest, raw, err := codec.DecodeBytes(enc, nil)
+	if err != nil {
+		return nil, fmt.Errorf("decode key %x: %w", enc, err)
+	}
+	if len(rest) > 0 {
+		return nil, fmt.Errorf("decode key %x: %d trailing bytes", enc, len(rest))
+	}
+	return raw, nil
 }
 
 // RegionInfo is a region with its leader's store.
@@ -202,118 +238,4 @@ func (c *Cluster) regionByEncoded(ek []byte) RegionInfo {
 		info.LeaderStore = leader.StoreId
 	}
 	return info
-}
-
-// TransferLeader moves a region's leader to a store holding one of its
-// peers. Subscriptions on the old leader get `not_leader` naming the new one.
-func (c *Cluster) TransferLeader(regionID, toStore uint64) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	meta, oldLeader := c.mock.GetRegion(regionID)
-	if meta == nil {
-		return fmt.Errorf("region %d not found", regionID)
-	}
-	var target *metapb.Peer
-	for _, p := range meta.Peers {
-		if p.StoreId == toStore {
-			target = p
-		}
-	}
-	if target == nil {
-		return fmt.Errorf("region %d has no peer on store %d", regionID, toStore)
-	}
-	if target.Id == oldLeader {
-		return nil
-	}
-	c.mock.ChangeLeader(regionID, target.Id)
-	c.failRegionLocked(regionID, &cdcpb.Error{NotLeader: &errorpb.NotLeader{RegionId: regionID, Leader: target}})
-	return nil
-}
-
-// Split splits the region holding the raw key at that key; the new right
-// region keeps the leader's store. Subscriptions of the old region get
-// `epoch_not_match`. It returns the new region's id.
-func (c *Cluster) Split(raw []byte) (uint64, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	r := c.regionByEncoded(EncodeKey(raw))
-	if r.Meta == nil {
-		return 0, fmt.Errorf("no region holds %q", raw)
-	}
-	if bytes.Equal(r.Meta.StartKey, EncodeKey(raw)) {
-		return 0, fmt.Errorf("%q is already a region boundary", raw)
-	}
-	newID := c.splitLocked(r.Meta.Id, raw)
-	c.failRegionLocked(r.Meta.Id, c.epochNotMatchLocked(r.Meta.Id, newID))
-	return newID, nil
-}
-
-func (c *Cluster) splitLocked(regionID uint64, raw []byte) uint64 {
-	meta, leaderPeer := c.mock.GetRegion(regionID)
-	newID := c.mock.AllocID()
-	peerIDs := c.mock.AllocIDs(len(meta.Peers))
-	newLeader := peerIDs[0]
-	for i, p := range meta.Peers {
-		if p.Id == leaderPeer {
-			newLeader = peerIDs[i]
-		}
-	}
-	c.mock.Split(regionID, newID, raw, peerIDs, newLeader)
-	return newID
-}
-
-// Merge merges the region holding the raw key with its right neighbour
-// (the left one survives). The right region's subscriptions get
-// `region_not_found`, the left one's `epoch_not_match`.
-func (c *Cluster) Merge(raw []byte) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	left := c.regionByEncoded(EncodeKey(raw))
-	if left.Meta == nil || len(left.Meta.EndKey) == 0 {
-		return fmt.Errorf("region holding %q has no right neighbour", raw)
-	}
-	right := c.regionByEncoded(left.Meta.EndKey)
-	c.mock.Merge(left.Meta.Id, right.Meta.Id)
-	// The writer's client-go region cache can wedge on a merged-away
-	// region in mocktikv ("no replica available", backing off forever);
-	// TiKV would answer it with region_not_found. Dropping both cached
-	// regions makes the writer reload from PD. This only touches the test
-	// workload's client, never the agent under test, which asks PD itself.
-	if c.kv != nil {
-		for _, r := range []*metapb.Region{left.Meta, right.Meta} {
-			c.kv.GetRegionCache().InvalidateCachedRegion(tikv.NewRegionVerID(r.Id, r.RegionEpoch.ConfVer, r.RegionEpoch.Version))
-		}
-	}
-	c.failRegionLocked(right.Meta.Id, &cdcpb.Error{RegionNotFound: &errorpb.RegionNotFound{RegionId: right.Meta.Id}})
-	c.failRegionLocked(left.Meta.Id, c.epochNotMatchLocked(left.Meta.Id))
-	return nil
-}
-
-func (c *Cluster) epochNotMatchLocked(ids ...uint64) *cdcpb.Error {
-	var current []*metapb.Region
-	for _, id := range ids {
-		if m, _ := c.mock.GetRegion(id); m != nil {
-			current = append(current, m)
-		}
-	}
-	return &cdcpb.Error{EpochNotMatch: &errorpb.EpochNotMatch{CurrentRegions: current}}
-}
-
-// StoreDown stops a store: its CDC streams break and new ones are refused;
-// client-go's requests to it fail. Move leaders away first if writes must go on.
-func (c *Cluster) StoreDown(store uint64) {
-	c.mock.StopStore(store)
-	c.mu.Lock()
-	s := c.stores[store]
-	c.mu.Unlock()
-	s.setDown(true)
-}
-
-// StoreUp restarts a stopped store.
-func (c *Cluster) StoreUp(store uint64) {
-	c.mock.StartStore(store)
-	c.mu.Lock()
-	s := c.stores[store]
-	c.mu.Unlock()
-	s.setDown(false)
 }

@@ -8,50 +8,70 @@ import (
 	"github.com/pingcap/kvproto/pkg/cdcpb"
 )
 
-// maxMessageBytes bounds one ChangeDataEvent.
-const maxMessageBytes = 1 << 20
+const (
+	// respMaxBytes bounds one ChangeDataEvent, as TiKV's EventBatcher does
+	// (CDC_RESP_MAX_BYTES, 6 MiB). That is past gRPC's default 4 MiB receive
+	// limit: a client must raise MaxCallRecvMsgSize, as TiCDC does.
+	respMaxBytes = 6 << 20
+	// scanEventMaxBytes bounds the rows of one initial-scan Event
+	// (CDC_EVENT_MAX_BYTES, 32 KiB); a larger row goes alone.
+	scanEventMaxBytes = 32 << 10
+)
 
 // feedStream is one client EventFeed stream on a store: an ordered queue of
-// events that one goroutine sends.
+// items that one goroutine sends.
 type feedStream struct {
 	s    *storeServer
 	subs map[*subscription]struct{} // guarded by Cluster.mu
+	// features are fixed by the first request's header, as TiKV fixes a
+	// connection's features (guarded by Cluster.mu).
+	features *features
 
 	mu     sync.Mutex
 	cond   *sync.Cond
-	queue  []any // *cdcpb.Event or *cdcpb.ChangeDataEvent (resolved ts)
+	queue  []any // *cdcpb.Event or *cdcpb.ResolvedTs
 	closed bool
 	err    error
+	done   chan struct{} // closed with closed
 }
 
 func newFeedStream(s *storeServer, ctx context.Context) *feedStream {
-	st := &feedStream{s: s, subs: map[*subscription]struct{}{}}
+	st := &feedStream{s: s, subs: map[*subscription]struct{}{}, done: make(chan struct{})}
 	st.cond = sync.NewCond(&st.mu)
 	go func() {
-		<-ctx.Done()
-		st.close(ctx.Err())
+		select {
+		case <-ctx.Done():
+			st.close(ctx.Err())
+		case <-st.done:
+		}
 	}()
 	return st
 }
 
-// push queues an item; the caller holds Cluster.mu, which keeps the order
-// of items for one region equal to the order of the writes. A stream whose
-// queue is over the limit loses its subscriptions with `congested`, like a
-// TiKV whose sink memory quota is exceeded.
+// push queues an item. The caller holds Cluster.mu, which keeps the order of
+// items for one region equal to the order of the writes. A stream whose
+// queue passes the limit loses all its subscriptions with `congested`, like
+// a TiKV whose sink memory quota is exceeded; errors are always queued, so
+// a client is never left waiting for an answer that was dropped.
 func (st *feedStream) push(c *Cluster, item any) {
 	st.mu.Lock()
 	if st.closed {
 		st.mu.Unlock()
 		return
 	}
-	if len(st.queue) >= c.cfg.StreamQueueLimit {
+	_, isErr := item.(*cdcpb.Event)
+	isErr = isErr && item.(*cdcpb.Event).GetError() != nil
+	if !isErr && len(st.queue) >= c.cfg.StreamQueueLimit {
+		var congested []*subscription
 		for sub := range st.subs {
-			st.queue = append(st.queue, &cdcpb.Event{RegionId: sub.regionID, RequestId: sub.requestID,
-				Event: &cdcpb.Event_Error{Error: &cdcpb.Error{Congested: &cdcpb.Congested{RegionId: sub.regionID}}}})
-			defer c.removeSubLocked(sub)
+			st.queue = append(st.queue, errorEvent(sub.regionID, sub.requestID, Congested(sub.regionID)))
+			congested = append(congested, sub)
 		}
 		st.cond.Broadcast()
 		st.mu.Unlock()
+		for _, sub := range congested {
+			c.removeSubLocked(sub)
+		}
 		return
 	}
 	st.queue = append(st.queue, item)
@@ -63,14 +83,16 @@ func (st *feedStream) close(err error) {
 	st.mu.Lock()
 	if !st.closed {
 		st.closed, st.err = true, err
+		close(st.done)
 	}
 	st.cond.Broadcast()
 	st.mu.Unlock()
 }
 
 // sendLoop sends queued items until the stream closes. Consecutive events
-// share one ChangeDataEvent; a resolved-ts message goes alone (TiKV never
-// mixes the two), so it is never sent before events queued earlier.
+// share one ChangeDataEvent up to respMaxBytes; a resolved ts goes alone
+// and is never batched with what follows (TiKV's EventBatcher), so it is
+// never sent before events queued earlier.
 func (st *feedStream) sendLoop(srv cdcpb.ChangeData_EventFeedServer) error {
 	for {
 		st.mu.Lock()
@@ -105,19 +127,18 @@ func (st *feedStream) sendLoop(srv cdcpb.ChangeData_EventFeedServer) error {
 		for _, it := range items {
 			switch v := it.(type) {
 			case *cdcpb.Event:
-				batch = append(batch, v)
-				// Keep messages well under gRPC's default 4 MiB receive
-				// limit, as TiKV caps its CDC messages.
-				if batchBytes += v.Size(); len(batch) >= 256 || batchBytes >= maxMessageBytes {
+				if size := v.Size(); len(batch) > 0 && batchBytes+size >= respMaxBytes {
 					if err := flush(); err != nil {
 						return err
 					}
 				}
-			case *cdcpb.ChangeDataEvent:
+				batch = append(batch, v)
+				batchBytes += v.Size()
+			case *cdcpb.ResolvedTs:
 				if err := flush(); err != nil {
 					return err
 				}
-				if err := srv.Send(v); err != nil {
+				if err := srv.Send(&cdcpb.ChangeDataEvent{ResolvedTs: v}); err != nil {
 					return err
 				}
 			}
@@ -128,25 +149,38 @@ func (st *feedStream) sendLoop(srv cdcpb.ChangeData_EventFeedServer) error {
 	}
 }
 
-// waitFaults applies the store's stall and delay faults before a send.
+// waitFaults applies the store's stall and delay faults before a send,
+// waking on a fault change or the stream's end rather than polling.
 func (st *feedStream) waitFaults() error {
 	for {
-		st.s.mu.Lock()
-		stalled, delay := st.s.faults.stalled, st.s.faults.delay
-		st.s.mu.Unlock()
-		st.mu.Lock()
-		closed, err := st.closed, st.err
-		st.mu.Unlock()
-		if closed {
-			return err
+		f, changed := st.s.currentFaults()
+		if f.stalled {
+			select {
+			case <-changed:
+				continue
+			case <-st.done:
+				return st.closeErr()
+			}
 		}
-		if stalled {
-			time.Sleep(5 * time.Millisecond)
-			continue
-		}
-		if delay > 0 {
-			time.Sleep(delay)
+		if f.delay > 0 {
+			t := time.NewTimer(f.delay)
+			select {
+			case <-t.C:
+			case <-st.done:
+				t.Stop()
+				return st.closeErr()
+			}
 		}
 		return nil
 	}
+}
+
+func (st *feedStream) closeErr() error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.err
+}
+
+func errorEvent(regionID, requestID uint64, e *cdcpb.Error) *cdcpb.Event {
+	return &cdcpb.Event{RegionId: regionID, RequestId: requestID, Event: &cdcpb.Event_Error{Error: e}}
 }

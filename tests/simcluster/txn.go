@@ -34,9 +34,14 @@ func (c *Cluster) Txn(ctx context.Context, fn func(txn *transaction.KVTxn) error
 	return txn.StartTS(), nil
 }
 
-// Put writes one key in its own transaction.
+// Put writes one raw key in its own transaction and returns its start ts.
 func (c *Cluster) Put(ctx context.Context, key, value []byte) (uint64, error) {
 	return c.Txn(ctx, func(t *transaction.KVTxn) error { return t.Set(key, value) })
+}
+
+// Delete deletes one raw key in its own transaction and returns its start ts.
+func (c *Cluster) Delete(ctx context.Context, key []byte) (uint64, error) {
+	return c.Txn(ctx, func(t *transaction.KVTxn) error { return t.Delete(key) })
 }
 
 // Versions returns the committed versions of a raw key, oldest first.
@@ -140,6 +145,20 @@ func (t *OpenTxn) Commit(ctx context.Context) (uint64, error) {
 	return commitTS, nil
 }
 
+// Heartbeat raises the primary lock's TTL to ttl, as client-go's TTL
+// manager does for long transactions. mocktikv rewrites the lock when the
+// TTL grows, and TiKV then sends the lock again as a PREWRITE row (with the
+// value only if it is short; a long-value Put lock is not resent).
+func (t *OpenTxn) Heartbeat(ctx context.Context, ttl time.Duration) error {
+	req := &kvrpcpb.TxnHeartBeatRequest{PrimaryLock: t.muts[0].Key, StartVersion: t.StartTS, AdviseLockTtl: uint64(ttl.Milliseconds())}
+	return t.c.sendToLeader(ctx, t.muts[0].Key, tikvrpc.CmdTxnHeartBeat, req, func(r *tikvrpc.Response) error {
+		if hr, ok := r.Resp.(*kvrpcpb.TxnHeartBeatResponse); ok && hr.Error != nil {
+			return fmt.Errorf("heartbeat: %v", hr.Error)
+		}
+		return nil
+	})
+}
+
 // Rollback rolls the open transaction back.
 func (t *OpenTxn) Rollback(ctx context.Context) error {
 	for _, m := range t.muts {
@@ -158,29 +177,41 @@ func (t *OpenTxn) Rollback(ctx context.Context) error {
 
 // sendToLeader sends a request about one raw key to its region's leader
 // through the hooked client, retrying region errors (the region may split
-// or move between lookups).
+// or move between lookups) for up to 20 attempts.
 func (c *Cluster) sendToLeader(ctx context.Context, key []byte, typ tikvrpc.CmdType, body any, check func(*tikvrpc.Response) error) error {
 	var last error
 	for attempt := 0; attempt < 20; attempt++ {
+		if attempt > 0 {
+			t := time.NewTimer(time.Duration(attempt) * time.Millisecond)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return fmt.Errorf("send %v for %q: %w (last: %v)", typ, key, ctx.Err(), last)
+			case <-t.C:
+			}
+		}
 		c.mu.Lock()
 		r := c.regionByEncoded(EncodeKey(key))
 		c.mu.Unlock()
 		if r.Meta == nil || r.LeaderPeer == nil {
 			last = fmt.Errorf("no leader for %q", key)
-			time.Sleep(10 * time.Millisecond)
 			continue
 		}
 		store := c.mock.GetStore(r.LeaderStore)
+		if store == nil {
+			last = fmt.Errorf("no store %d", r.LeaderStore)
+			continue
+		}
 		req := tikvrpc.NewRequest(typ, body, kvrpcpb.Context{RegionId: r.Meta.Id, RegionEpoch: r.Meta.RegionEpoch, Peer: r.LeaderPeer})
-		resp, err := c.kv.GetTiKVClient().SendRequest(ctx, store.Address, req, 10*time.Second)
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		resp, err := c.kv.GetTiKVClient().SendRequest(rctx, store.Address, req, 10*time.Second)
+		cancel()
 		if err != nil {
 			last = err
-			time.Sleep(10 * time.Millisecond)
 			continue
 		}
 		if re, _ := resp.GetRegionError(); re != nil {
 			last = fmt.Errorf("region error: %v", re)
-			time.Sleep(time.Millisecond)
 			continue
 		}
 		return check(resp)
@@ -201,11 +232,9 @@ func (c *Cluster) ResolveTxn(ctx context.Context, startTS uint64) error {
 			keys = append(keys, lk.Key)
 		}
 	}
-	for _, vs := range c.ledger.versions {
-		for _, v := range vs {
-			if v.StartTS == startTS {
-				commitTS = v.CommitTS
-			}
+	for tk, cts := range c.ledger.committed {
+		if tk.startTS == startTS {
+			commitTS = cts
 		}
 	}
 	c.mu.Unlock()
@@ -223,4 +252,20 @@ func (c *Cluster) ResolveTxn(ctx context.Context, startTS uint64) error {
 		}
 	}
 	return nil
+}
+
+// OpenTxns lists the start ts of transactions that hold locks.
+func (c *Cluster) OpenTxns() []uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	seen := map[uint64]bool{}
+	var out []uint64
+	for _, lk := range c.ledger.locks {
+		if !seen[lk.StartTS] {
+			seen[lk.StartTS] = true
+			out = append(out, lk.StartTS)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
 }

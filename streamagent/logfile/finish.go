@@ -1,0 +1,297 @@
+package logfile
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"github.com/klauspost/compress/zstd"
+	brpb "github.com/pingcap/kvproto/pkg/brpb"
+	"github.com/pingcap/kvproto/pkg/metapb"
+)
+
+// Object is one object to upload.
+type Object struct {
+	Name string
+	Data []byte
+}
+
+// Flush is what one flush uploads: every Data object first, then Meta,
+// which lists them. Metadata is Meta decoded; Name is Meta's parsed name.
+type Flush struct {
+	Data     []Object
+	Meta     Object
+	Metadata *brpb.Metadata
+	Name     MetaName
+}
+
+// zstdOptions is how files are compressed: TiKV's Level::Fastest, one
+// frame per file, no frame checksum (zstd's default, which TiKV keeps;
+// the sha256 of the plain bytes guards the content).
+func zstdOptions() []zstd.EOption {
+	return []zstd.EOption{zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(false)}
+}
+
+// Finish compresses and names everything added. flushTS orders this
+// store's meta files and must grow with every flush; resolvedTS is the
+// checkpoint the flush covers. Finish leaves the builder as it was, so a
+// failed upload can call it again (the objects get new ids). Called with
+// nothing added, it returns only the meta file, flagged EMPTY.
+func (b *Builder) Finish(flushTS, resolvedTS uint64) (*Flush, error) {
+	if flushTS == 0 {
+		return nil, errors.New("finish flush: flush ts must be positive")
+	}
+	if b.closed {
+		return nil, fmt.Errorf("finish flush: %w", errClosed)
+	}
+	files := b.sortedFiles()
+	comp, err := b.compressAll(files)
+	if err != nil {
+		return nil, err
+	}
+	infos := make([]*brpb.DataFileInfo, len(files))
+	for i, f := range files {
+		infos[i] = f.info(comp[i], resolvedTS)
+	}
+
+	fl := &Flush{Metadata: &brpb.Metadata{StoreId: int64(b.cfg.StoreID), ResolvedTs: resolvedTS, MetaVersion: brpb.MetaVersion_V2}}
+	names := map[string]bool{}
+	hasSchema := false
+	for _, schema := range []bool{false, true} {
+		// TiKV's merge_and_flush_log: a new object starts once the plain
+		// length already batched reaches the limit.
+		var batch []int
+		var plain uint64
+		for i, f := range files {
+			if f.key.isMeta != schema {
+				continue
+			}
+			if len(batch) > 0 && plain >= uint64(b.cfg.FileSizeLimit) {
+				if err := b.addGroup(fl, names, schema, batch, infos, comp); err != nil {
+					return nil, err
+				}
+				batch, plain = batch[:0], 0
+			}
+			batch = append(batch, i)
+			plain += infos[i].Length
+		}
+		if len(batch) > 0 {
+			if err := b.addGroup(fl, names, schema, batch, infos, comp); err != nil {
+				return nil, err
+			}
+			hasSchema = hasSchema || schema
+		}
+	}
+
+	md := fl.Metadata
+	name := MetaName{FlushTS: flushTS, StoreID: b.cfg.StoreID}
+	for i, g := range md.FileGroups {
+		if i == 0 {
+			md.MinTs, md.MaxTs = g.MinTs, g.MaxTs
+		}
+		md.MinTs, md.MaxTs = min(md.MinTs, g.MinTs), max(md.MaxTs, g.MaxTs)
+		for _, fi := range g.DataFilesInfo {
+			// As TiKV's flush_backup_metadata: 0 means "none yet".
+			if name.MinBeginTS == 0 || fi.MinBeginTsInDefaultCf < name.MinBeginTS {
+				name.MinBeginTS = fi.MinBeginTsInDefaultCf
+			}
+		}
+	}
+	name.MinTS, name.MaxTS = md.MinTs, md.MaxTs
+	if !hasSchema {
+		name.Flags |= FlagNoMetaFiles
+	}
+	if len(md.FileGroups) == 0 {
+		name.Flags |= FlagEmpty
+	}
+	raw, err := md.Marshal()
+	if err != nil {
+		return nil, fmt.Errorf("finish flush: encode metadata: %w", err)
+	}
+	fl.Name = name
+	fl.Meta = Object{Name: name.Format(), Data: raw}
+	return fl, nil
+}
+
+// addGroup concatenates the compressed files batch (indexes into infos
+// and comp) into one object and lists it.
+func (b *Builder) addGroup(fl *Flush, names map[string]bool, schema bool, batch []int, infos []*brpb.DataFileInfo, comp []compressed) error {
+	total := 0
+	for _, i := range batch {
+		total += len(comp[i].data)
+	}
+	body := comp[batch[0]].data
+	if len(batch) > 1 {
+		body = make([]byte, 0, total)
+	}
+	g := &brpb.DataFileGroup{MinTs: ^uint64(0), MinResolvedTs: ^uint64(0)}
+	var off uint64
+	for _, i := range batch {
+		fi := infos[i]
+		fi.RangeOffset, fi.RangeLength = off, uint64(len(comp[i].data))
+		off += fi.RangeLength
+		if len(batch) > 1 {
+			body = append(body, comp[i].data...)
+		}
+		g.DataFilesInfo = append(g.DataFilesInfo, fi)
+		g.MinTs, g.MaxTs = min(g.MinTs, fi.MinTs), max(g.MaxTs, fi.MaxTs)
+		g.MinResolvedTs = min(g.MinResolvedTs, fi.ResolvedTs)
+	}
+	g.Length = uint64(len(body))
+	g.Path = DataName{StoreID: b.cfg.StoreID, MinTS: g.MinTs, MaxTS: g.MaxTs, Schema: schema, ID: b.cfg.NewID()}.Format()
+	if names[g.Path] {
+		// Objects must never overwrite each other; a constant id source
+		// would make two groups of one hour and min ts collide.
+		return fmt.Errorf("finish flush: object name %s given twice: the id source repeats", g.Path)
+	}
+	names[g.Path] = true
+	fl.Data = append(fl.Data, Object{Name: g.Path, Data: body})
+	fl.Metadata.FileGroups = append(fl.Metadata.FileGroups, g)
+	return nil
+}
+
+// info is the file's DataFileInfo, less its place in the object.
+func (f *fileBuf) info(c compressed, resolvedTS uint64) *brpb.DataFileInfo {
+	minBegin := f.minTS
+	if f.hasBegin {
+		minBegin = f.minBegin
+	}
+	fi := &brpb.DataFileInfo{
+		Sha256: c.sum, NumberOfEntries: f.entries, MinTs: f.minTS, MaxTs: f.maxTS, ResolvedTs: resolvedTS,
+		RegionId: int64(f.key.regionID), StartKey: bytes.Clone(f.first), EndKey: bytes.Clone(f.last),
+		Cf: cfName(f.key.cf), Type: f.key.fileType, IsMeta: f.key.isMeta, TableId: f.key.tableID,
+		Length: uint64(f.length), MinBeginTsInDefaultCf: minBegin, CompressionType: brpb.CompressionType_ZSTD,
+		Crc64Xor: c.crc, RegionStartKey: f.region.start, RegionEndKey: f.region.end,
+	}
+	if len(f.region.epochs) > 0 {
+		fi.RegionEpoch = append([]*metapb.RegionEpoch(nil), f.region.epochs...)
+	}
+	return fi
+}
+
+// compressed is one file's zstd frame and checksums.
+type compressed struct {
+	data []byte
+	sum  []byte // sha256 of the plain bytes
+	crc  uint64 // crc64xor of the entries
+}
+
+// compressAll compresses files on up to Concurrency goroutines, each
+// with its own encoder, hasher and buffers, reused across its files.
+func (b *Builder) compressAll(files []*fileBuf) ([]compressed, error) {
+	out := make([]compressed, len(files))
+	errs := make([]error, len(files))
+	var next atomic.Int64
+	work := func() {
+		enc, encErr := zstd.NewWriter(nil, zstdOptions()...)
+		if encErr == nil {
+			defer enc.Close()
+		}
+		c := compressor{enc: enc, h: sha256.New(), crc: crcTables()}
+		for {
+			i := int(next.Add(1) - 1)
+			if i >= len(files) {
+				return
+			}
+			if encErr != nil {
+				errs[i] = fmt.Errorf("zstd encoder: %w", encErr)
+				continue
+			}
+			out[i], errs[i] = c.compress(files[i])
+		}
+	}
+	workers := b.cfg.Concurrency
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	workers = min(workers, len(files))
+	if workers <= 1 {
+		work()
+	} else {
+		var wg sync.WaitGroup
+		for range workers {
+			wg.Go(work)
+		}
+		wg.Wait()
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("finish flush: %w", err)
+	}
+	return out, nil
+}
+
+type compressor struct {
+	enc     *zstd.Encoder
+	h       hash.Hash
+	crc     *[8][256]uint64
+	scratch []byte // compressed output, grown once and reused
+	rbuf    []byte // read-back buffer for spilled bytes
+}
+
+// appendWriter collects the encoder's output.
+type appendWriter struct{ b []byte }
+
+func (w *appendWriter) Write(p []byte) (int, error) {
+	w.b = append(w.b, p...)
+	return len(p), nil
+}
+
+// compress streams one file's plain bytes — the spilled head, read back,
+// then the in-memory chunks — through sha256 and one zstd frame, and
+// computes the crc64xor of the in-memory entries (Spill did the rest).
+// Streaming makes a spilled file compress to exactly the bytes it would
+// have in memory.
+func (c *compressor) compress(f *fileBuf) (compressed, error) {
+	c.h.Reset()
+	w := appendWriter{b: c.scratch[:0]}
+	c.enc.ResetContentSize(&w, f.length)
+	crc := f.spillCRC
+	if f.spilled > 0 {
+		if f.spill == nil {
+			return compressed{}, errors.New("spilled bytes are gone: the builder was closed")
+		}
+		if c.rbuf == nil {
+			c.rbuf = make([]byte, 256<<10)
+		}
+		r := io.NewSectionReader(f.spill, 0, f.spilled)
+		for {
+			n, err := io.ReadFull(r, c.rbuf)
+			if n > 0 {
+				c.h.Write(c.rbuf[:n])
+				if _, werr := c.enc.Write(c.rbuf[:n]); werr != nil {
+					return compressed{}, fmt.Errorf("compress %s: %w", f.spill.Name(), werr)
+				}
+			}
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
+				break
+			}
+			if err != nil {
+				return compressed{}, fmt.Errorf("read back %s: %w", f.spill.Name(), err)
+			}
+		}
+	}
+	for _, chunk := range f.chunks {
+		c.h.Write(chunk)
+		if _, err := c.enc.Write(chunk); err != nil {
+			return compressed{}, fmt.Errorf("compress: %w", err)
+		}
+		x, err := crcXorFramesWith(c.crc, chunk)
+		if err != nil {
+			return compressed{}, fmt.Errorf("compress: %w", err)
+		}
+		crc ^= x
+	}
+	// Close fails if fewer bytes came back from the spill file than the
+	// frame header promised.
+	if err := c.enc.Close(); err != nil {
+		return compressed{}, fmt.Errorf("compress %d plain bytes: %w", f.length, err)
+	}
+	c.scratch = w.b
+	return compressed{data: bytes.Clone(w.b), sum: c.h.Sum(nil), crc: crc}, nil
+}
