@@ -1,6 +1,7 @@
 package streamagent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"github.com/pingcap/kvproto/pkg/metapb"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tikv/client-go/v2/oracle"
+	"github.com/tikv/client-go/v2/util/codec"
 	pd "github.com/tikv/pd/client"
 	"github.com/tikv/pd/client/circuitbreaker"
 	"github.com/tikv/pd/client/clients/router"
@@ -30,13 +32,37 @@ import (
 	"logbackup/streamagent/spans"
 )
 
-// subscription is one region registered on this store's EventFeed.
+// subscription is one region registered on this store's EventFeed. A
+// region holds at most one: TiKV's batched resolved ts names regions, not
+// requests (request_id 0 on an EventFeed stream), so two subscriptions of
+// one region could not tell their resolved ts apart. When the region
+// overlaps several task ranges the request covers their hull and rows
+// outside the pieces are skipped.
 type subscription struct {
 	reqID  uint64
 	region *metapb.Region
-	span   spans.Span // encoded, inside the region and the task
+	pieces []spans.Span // encoded, inside the region and the task, sorted
 	m      *matcher.Matcher
 	stream *feedStream
+}
+
+// ticdcVersion is the client version the agent announces in request
+// headers. TiKV enables store-level batched resolved ts for clients at or
+// above 4.0.8 and checks cluster ids from 5.3.0 (FeatureGate).
+const ticdcVersion = "8.5.0"
+
+// contains reports whether a row's raw key lies in one of the pieces.
+func (s *subscription) contains(rawKey []byte) bool {
+	if len(s.pieces) == 1 {
+		return true // the request range is the piece: TiKV sends nothing else
+	}
+	ek := codec.EncodeBytes(nil, rawKey)
+	for _, p := range s.pieces {
+		if bytes.Compare(ek, p.Start) >= 0 && (len(p.End) == 0 || bytes.Compare(ek, p.End) < 0) {
+			return true
+		}
+	}
+	return false
 }
 
 // feedStream is the EventFeed stream to this agent's own store.
@@ -63,7 +89,9 @@ type taskRunner struct {
 	log     *slog.Logger
 
 	flushed *spans.Map // what is durable in storage, by range (ours or inherited)
-	subs    map[uint64]*subscription
+	subs    map[uint64]*subscription // by request id
+	// byRegion indexes subs by region id: at most one each.
+	byRegion map[uint64]*subscription
 	pending []spans.Span
 	// scanReason is why the next placements rescan: "task-start" first,
 	// then the reason of the latest drop or "leader-gained".
@@ -170,7 +198,7 @@ func newTaskRunner(ctx context.Context, a *Agent, info *brpb.StreamBackupTaskInf
 	t := &taskRunner{
 		a: a, info: info, covered: covered, st: st,
 		log:     a.cfg.Logger.With("task", info.Name, "store", a.cfg.StoreID),
-		flushed: known, subs: map[uint64]*subscription{},
+		flushed: known, subs: map[uint64]*subscription{}, byRegion: map[uint64]*subscription{},
 		pending: append([]spans.Span(nil), covered...),
 		tempDir: tempDir, scanReason: "task-start",
 		events:  make(chan streamEvent, 256),
@@ -351,51 +379,81 @@ func (t *taskRunner) placePending(ctx context.Context) {
 	}
 	pending := spans.Coalesce(t.pending)
 	t.pending = nil
+	// Gather every leader region's pieces first, so a region overlapping
+	// several pending ranges gets one subscription.
+	type placement struct {
+		region *metapb.Region
+		pieces []spans.Span
+	}
+	var order []uint64
+	byRegion := map[uint64]*placement{}
 	for i, sp := range pending {
-		if err := t.place(ctx, sp); err != nil {
+		regions, err := scanRegions(ctx, t.a.cfg.PD, sp)
+		if err != nil {
 			t.log.Debug("place range later", "err", err)
 			t.pending = append(t.pending, pending[i:]...)
+			break
+		}
+		for _, r := range regions {
+			if r.Leader == nil || r.Leader.StoreId != t.a.cfg.StoreID {
+				continue // led elsewhere: that store's agent takes it
+			}
+			piece := spans.Clip(spans.Span{Start: r.Meta.StartKey, End: r.Meta.EndKey}, sp)
+			if !piece.Valid() {
+				continue
+			}
+			pl := byRegion[r.Meta.Id]
+			if pl == nil {
+				pl = &placement{region: r.Meta}
+				byRegion[r.Meta.Id] = pl
+				order = append(order, r.Meta.Id)
+			}
+			pl.pieces = append(pl.pieces, piece)
+		}
+	}
+	for i, id := range order {
+		pl := byRegion[id]
+		if old := t.byRegion[id]; old != nil {
+			// Already observed for other pieces: one subscription for all.
+			t.deregister(old)
+			t.unsubscribe(old)
+			pl.pieces = append(pl.pieces, old.pieces...)
+		}
+		if err := t.subscribe(ctx, pl.region, spans.Coalesce(pl.pieces)); err != nil {
+			t.log.Debug("place range later", "err", err)
+			for _, id := range order[i:] {
+				t.pending = append(t.pending, byRegion[id].pieces...)
+			}
 			return
 		}
 	}
 }
 
-func (t *taskRunner) place(ctx context.Context, sp spans.Span) error {
-	regions, err := scanRegions(ctx, t.a.cfg.PD, sp)
-	if err != nil {
-		return err
-	}
-	for _, r := range regions {
-		if r.Leader == nil || r.Leader.StoreId != t.a.cfg.StoreID {
-			continue
-		}
-		piece := spans.Clip(spans.Span{Start: r.Meta.StartKey, End: r.Meta.EndKey}, sp)
-		if !piece.Valid() {
-			continue
-		}
-		if err := t.subscribe(ctx, r.Meta, piece); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (t *taskRunner) subscribe(ctx context.Context, region *metapb.Region, piece spans.Span) error {
+func (t *taskRunner) subscribe(ctx context.Context, region *metapb.Region, pieces []spans.Span) error {
 	st, err := t.ensureStream(ctx)
 	if err != nil {
 		return err
 	}
-	cp, ok := t.flushed.Min(piece)
-	if !ok {
-		cp = t.info.StartTs
+	cp := uint64(0)
+	for i, p := range pieces {
+		ts, ok := t.flushed.Min(p)
+		if !ok {
+			ts = t.info.StartTs
+		}
+		if i == 0 || ts < cp {
+			cp = ts
+		}
 	}
 	t.nextReq++
-	sub := &subscription{reqID: t.nextReq, region: region, span: piece, m: matcher.New(cp), stream: st}
+	sub := &subscription{reqID: t.nextReq, region: region, pieces: pieces, m: matcher.New(cp), stream: st}
 	t.subs[sub.reqID] = sub
+	t.byRegion[region.Id] = sub
 	t.a.metrics.initialScans.WithLabelValues(t.scanReason).Inc()
+	hull := spans.Span{Start: pieces[0].Start, End: pieces[len(pieces)-1].End}
 	err = st.stream.Send(&cdcpb.ChangeDataRequest{
-		Header: &cdcpb.Header{ClusterId: t.a.cfg.ClusterID}, RegionId: region.Id, RegionEpoch: region.RegionEpoch,
-		CheckpointTs: cp, StartKey: piece.Start, EndKey: piece.End, RequestId: sub.reqID,
+		Header:   &cdcpb.Header{ClusterId: t.a.cfg.ClusterID, TicdcVersion: ticdcVersion},
+		RegionId: region.Id, RegionEpoch: region.RegionEpoch,
+		CheckpointTs: cp, StartKey: hull.Start, EndKey: hull.End, RequestId: sub.reqID,
 		Request: &cdcpb.ChangeDataRequest_Register_{Register: &cdcpb.ChangeDataRequest_Register{}},
 	})
 	if err != nil {
@@ -466,13 +524,21 @@ func (t *taskRunner) streamLost(st *feedStream) {
 	}
 }
 
-// drop ends a subscription; its range is placed again from PD, from its
-// flushed checkpoint (the data it buffered stays in the builder).
+// drop ends a subscription; its ranges are placed again from PD, from
+// their flushed checkpoints (the data it buffered stays in the builder).
 func (t *taskRunner) drop(sub *subscription, reason string) {
-	delete(t.subs, sub.reqID)
-	t.pending = append(t.pending, sub.span)
+	t.unsubscribe(sub)
+	t.pending = append(t.pending, sub.pieces...)
 	t.scanReason = reason
 	t.a.metrics.regionErrors.WithLabelValues(reason).Inc()
+}
+
+// unsubscribe forgets a subscription.
+func (t *taskRunner) unsubscribe(sub *subscription) {
+	delete(t.subs, sub.reqID)
+	if t.byRegion[sub.region.Id] == sub {
+		delete(t.byRegion, sub.region.Id)
+	}
 }
 
 func (t *taskRunner) handle(e streamEvent) {
@@ -488,6 +554,9 @@ func (t *taskRunner) handle(e streamEvent) {
 		switch x := ev.Event.(type) {
 		case *cdcpb.Event_Entries_:
 			err := sub.m.Rows(x.Entries.Entries, func(row *cdcpb.Event_Row) {
+				if !sub.contains(row.Key) {
+					return // between two task ranges in one region
+				}
 				t.builder.Add(logfile.RegionInfo{ID: sub.region.Id, StartKey: sub.region.StartKey, EndKey: sub.region.EndKey, Epoch: sub.region.RegionEpoch},
 					logfile.Change{Key: row.Key, Value: row.Value, StartTS: row.StartTs, CommitTS: row.CommitTs, Op: opOf(row)})
 				t.a.metrics.eventsIn.Inc()
@@ -500,14 +569,18 @@ func (t *taskRunner) handle(e streamEvent) {
 			}
 		case *cdcpb.Event_Error:
 			t.drop(sub, errs.RegionErrorKind(x.Error))
+		case *cdcpb.Event_ResolvedTs:
+			// The per-region form TiKV sends clients older than 4.0.8.
+			sub.m.Resolve(x.ResolvedTs)
 		}
 	}
 	if rt := e.ev.ResolvedTs; rt != nil {
-		if sub := t.subs[rt.RequestId]; sub != nil {
-			for _, id := range rt.Regions {
-				if id == sub.region.Id {
-					sub.m.Resolve(rt.Ts)
-				}
+		for _, id := range rt.Regions {
+			// request_id 0 (EventFeed without multiplexing) names the
+			// region's subscription on this stream, whatever its request.
+			sub := t.byRegion[id]
+			if sub != nil && sub.stream == e.stream && (rt.RequestId == 0 || rt.RequestId == sub.reqID) {
+				sub.m.Resolve(rt.Ts)
 			}
 		}
 	}
@@ -530,7 +603,9 @@ func opOf(row *cdcpb.Event_Row) logfile.Op {
 func (t *taskRunner) reconcile(ctx context.Context) {
 	owned := spans.New(nil, 0)
 	for _, sub := range t.subs {
-		owned.Cover(sub.span, 1)
+		for _, p := range sub.pieces {
+			owned.Cover(p, 1)
+		}
 	}
 	for _, sp := range t.pending {
 		owned.Cover(sp, 1)
@@ -573,7 +648,9 @@ func (t *taskRunner) flush(ctx context.Context) error {
 			continue
 		}
 		r := sub.m.ResolvedTS()
-		fr = append(fr, frozen{span: sub.span, region: sub.region, ts: r})
+		for _, p := range sub.pieces {
+			fr = append(fr, frozen{span: p, region: sub.region, ts: r})
+		}
 		if minResolved == 0 || r < minResolved {
 			minResolved = r
 		}
@@ -674,12 +751,14 @@ func (t *taskRunner) storeCheckpoint() (uint64, bool) {
 	var cp uint64
 	found := false
 	for _, sub := range t.subs {
-		ts, ok := t.flushed.Min(sub.span)
-		if !ok {
-			continue
-		}
-		if !found || ts < cp {
-			cp, found = ts, true
+		for _, p := range sub.pieces {
+			ts, ok := t.flushed.Min(p)
+			if !ok {
+				continue
+			}
+			if !found || ts < cp {
+				cp, found = ts, true
+			}
 		}
 	}
 	return cp, found
