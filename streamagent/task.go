@@ -88,11 +88,11 @@ type taskRunner struct {
 	st      storage.Storage
 	log     *slog.Logger
 
-	flushed *spans.Map // what is durable in storage, by range (ours or inherited)
+	flushed *spans.Map               // what is durable in storage, by range (ours or inherited)
 	subs    map[uint64]*subscription // by request id
 	// byRegion indexes subs by region id: at most one each.
 	byRegion map[uint64]*subscription
-	pending []spans.Span
+	pending  []spans.Span
 	// scanReason is why the next placements rescan: "task-start" first,
 	// then the reason of the latest drop or "leader-gained".
 	scanReason string
