@@ -25,7 +25,7 @@ func Pause(ctx context.Context, env *Env, name, message string, w io.Writer) err
 	if err := env.Meta.PauseTask(ctx, name, p); err != nil {
 		return fmt.Errorf("pause task %q: %w", name, err)
 	}
-	record(ctx, env, name, lbpb.RecoveryEvent_PAUSED, message, w)
+	record(ctx, env, t, lbpb.RecoveryEvent_PAUSED, message, w)
 	fmt.Fprintf(w, "Task %q paused.\n", name)
 	return nil
 }
@@ -90,7 +90,7 @@ func Resume(ctx context.Context, env *Env, name string, clearError bool, w io.Wr
 		fmt.Fprintf(w, "Cleared %d error record(s).\n", len(errs))
 		note = fmt.Sprintf("cleared %d error record(s)", len(errs))
 	}
-	record(ctx, env, name, lbpb.RecoveryEvent_RESUMED, note, w)
+	record(ctx, env, t, lbpb.RecoveryEvent_RESUMED, note, w)
 	fmt.Fprintf(w, "Task %q resumed; agents rescan from the checkpoint.\n", name)
 	return nil
 }

@@ -7,15 +7,16 @@ import (
 	"io"
 	"time"
 
+	"logbackup/meta"
 	"logbackup/proto/lbpb"
 )
 
 // record appends an operator's action to the task's recovery history;
 // a failure is reported but does not undo the action.
-func record(ctx context.Context, env *Env, task string, kind lbpb.RecoveryEvent_Kind, message string, w io.Writer) {
+func record(ctx context.Context, env *Env, t *meta.TaskStatus, kind lbpb.RecoveryEvent_Kind, message string, w io.Writer) {
 	ev := &lbpb.RecoveryEvent{Kind: kind, Actor: lbpb.RecoveryEvent_OPERATOR, HappenAtUnixMs: env.now().UnixMilli(),
 		Message: message, OperatorHost: env.Hostname, OperatorPid: int64(env.PID)}
-	if err := env.Meta.AppendHistory(ctx, task, ev); err != nil {
+	if err := env.Meta.Incarnation(t.Info.Name, t.Incarnation).AppendHistory(ctx, t.Info.Name, t.Incarnation, ev); err != nil {
 		fmt.Fprintf(w, "warning: could not record this in the task history: %v\n", err)
 	}
 }
@@ -49,10 +50,11 @@ func actor(ev *lbpb.RecoveryEvent) string {
 
 // History prints a task's recovery history, oldest first.
 func History(ctx context.Context, env *Env, name string, asJSON bool, w io.Writer) error {
-	if _, err := getTask(ctx, env, name); err != nil {
+	t, err := getTask(ctx, env, name)
+	if err != nil {
 		return err
 	}
-	evs, err := env.Meta.History(ctx, name)
+	evs, err := env.Meta.History(ctx, name, t.Incarnation)
 	if err != nil {
 		return fmt.Errorf("read history of %q: %w", name, err)
 	}

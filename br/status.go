@@ -191,10 +191,10 @@ func loadView(ctx context.Context, env *Env, t *meta.TaskStatus) (*TaskView, err
 	for _, ts := range scs {
 		v.Checkpoint = max(v.Checkpoint, ts)
 	}
-	if err := loadAgents(ctx, env, v); err != nil {
+	if err := loadAgents(ctx, env, v, t.Incarnation); err != nil {
 		return nil, err
 	}
-	evs, err := env.Meta.History(ctx, info.Name)
+	evs, err := env.Meta.History(ctx, info.Name, t.Incarnation)
 	if err != nil {
 		return nil, fmt.Errorf("read history of %q: %w", info.Name, err)
 	}
@@ -206,7 +206,7 @@ func loadView(ctx context.Context, env *Env, t *meta.TaskStatus) (*TaskView, err
 
 // loadAgents fills the live agents and the stores that took part in the
 // task (they published span checkpoints) but have no live agent now.
-func loadAgents(ctx context.Context, env *Env, v *TaskView) error {
+func loadAgents(ctx context.Context, env *Env, v *TaskView, inc int64) error {
 	agents, err := env.Meta.Agents(ctx)
 	if err != nil {
 		return fmt.Errorf("read agent registrations: %w", err)
@@ -217,7 +217,7 @@ func loadAgents(ctx context.Context, env *Env, v *TaskView) error {
 			StartedAt: time.UnixMilli(a.StartedAtUnixMs)})
 	}
 	sort.Slice(v.Agents, func(i, j int) bool { return v.Agents[i].StoreID < v.Agents[j].StoreID })
-	participants, err := env.Meta.SpanCheckpoints(ctx, v.Name)
+	participants, err := env.Meta.SpanCheckpoints(ctx, v.Name, inc)
 	if err != nil {
 		return fmt.Errorf("read span checkpoints of %q: %w", v.Name, err)
 	}

@@ -23,12 +23,24 @@ func AgentPrefix() string { return agentDir + "agents/" }
 // AgentKey is a store's agent registration (leased).
 func AgentKey(store uint64) string { return AgentPrefix() + strconv.FormatUint(store, 10) }
 
-// SpanCheckpointPrefix holds each store's flushed key ranges of a task.
-func SpanCheckpointPrefix(task string) string { return agentDir + "span-checkpoint/" + task + "/" }
+// agentStatePrefix covers every incarnation's state of a task in one of the
+// per-task trees (span-checkpoint/, history/).
+func agentStatePrefix(dir, task string) string { return agentDir + dir + task + "/" }
+
+// incarnationPrefix is one incarnation's state in one of those trees.
+func incarnationPrefix(dir, task string, inc int64) string {
+	return agentStatePrefix(dir, task) + strconv.FormatInt(inc, 10) + "/"
+}
+
+// SpanCheckpointPrefix holds each store's flushed key ranges of one
+// incarnation of a task.
+func SpanCheckpointPrefix(task string, inc int64) string {
+	return incarnationPrefix("span-checkpoint/", task, inc)
+}
 
 // SpanCheckpointKey is one store's record.
-func SpanCheckpointKey(task string, store uint64) string {
-	return SpanCheckpointPrefix(task) + strconv.FormatUint(store, 10)
+func SpanCheckpointKey(task string, inc int64, store uint64) string {
+	return SpanCheckpointPrefix(task, inc) + strconv.FormatUint(store, 10)
 }
 
 // CoordinatorPrefix is the election of the agent that publishes global
@@ -82,24 +94,24 @@ func (c *Client) Agents(ctx context.Context) (map[uint64]*lbpb.AgentRegistration
 	return out, err
 }
 
-// PutSpanCheckpoints replaces a store's flushed-range record of a task.
-func (c *Client) PutSpanCheckpoints(ctx context.Context, task string, sc *lbpb.SpanCheckpoints) error {
+// PutSpanCheckpoints replaces a store's flushed-range record of one
+// incarnation of a task.
+func (c *Client) PutSpanCheckpoints(ctx context.Context, task string, inc int64, sc *lbpb.SpanCheckpoints) error {
 	raw, err := proto.Marshal(sc)
 	if err != nil {
 		return fmt.Errorf("encode span checkpoints: %w", err)
 	}
-	rctx, cancel := c.ctx(ctx)
-	defer cancel()
-	if _, err := c.cli.Put(rctx, SpanCheckpointKey(task, sc.StoreId), string(raw)); err != nil {
+	if err := c.put(ctx, task, SpanCheckpointKey(task, inc, sc.StoreId), string(raw)); err != nil {
 		return fmt.Errorf("put span checkpoints of store %d: %w", sc.StoreId, err)
 	}
 	return nil
 }
 
-// SpanCheckpoints returns every store's flushed-range record of a task.
-func (c *Client) SpanCheckpoints(ctx context.Context, task string) (map[uint64]*lbpb.SpanCheckpoints, error) {
+// SpanCheckpoints returns every store's flushed-range record of one
+// incarnation of a task.
+func (c *Client) SpanCheckpoints(ctx context.Context, task string, inc int64) (map[uint64]*lbpb.SpanCheckpoints, error) {
 	out := map[uint64]*lbpb.SpanCheckpoints{}
-	err := c.scan(ctx, SpanCheckpointPrefix(task), func(k, v []byte) error {
+	err := c.scan(ctx, SpanCheckpointPrefix(task, inc), func(k, v []byte) error {
 		sc := &lbpb.SpanCheckpoints{}
 		if err := proto.Unmarshal(v, sc); err != nil {
 			return malformed(string(k), err)

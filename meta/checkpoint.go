@@ -11,7 +11,7 @@ import (
 // advance raises the timestamp at key to ts and never lowers it, even with
 // concurrent writers: a compare-and-swap on the key's ModRevision. It
 // returns the value stored after the call.
-func (c *Client) advance(ctx context.Context, key string, ts uint64) (uint64, error) {
+func (c *Client) advance(ctx context.Context, task, key string, ts uint64) (uint64, error) {
 	for {
 		if err := ctx.Err(); err != nil {
 			return 0, err
@@ -35,13 +35,11 @@ func (c *Client) advance(ctx context.Context, key string, ts uint64) (uint64, er
 			}
 			cmp = clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision)
 		}
-		rctx, cancel = c.ctx(ctx)
-		txn, err := c.cli.Txn(rctx).If(cmp).Then(clientv3.OpPut(key, string(EncodeTS(ts)))).Commit()
-		cancel()
+		ok, err := c.commit(ctx, task, []clientv3.Cmp{cmp}, clientv3.OpPut(key, string(EncodeTS(ts))))
 		if err != nil {
 			return 0, fmt.Errorf("write checkpoint %q: %w", key, err)
 		}
-		if txn.Succeeded {
+		if ok {
 			return ts, nil
 		}
 		// Someone else wrote in between: read again and decide again.
@@ -50,22 +48,22 @@ func (c *Client) advance(ctx context.Context, key string, ts uint64) (uint64, er
 
 // AdvanceStoreCheckpoint raises checkpoint/<task>/store/<store>.
 func (c *Client) AdvanceStoreCheckpoint(ctx context.Context, task string, store, ts uint64) (uint64, error) {
-	return c.advance(ctx, StoreCheckpointKey(task, store), ts)
+	return c.advance(ctx, task, StoreCheckpointKey(task, store), ts)
 }
 
 // AdvanceRegionCheckpoint raises checkpoint/<task>/region/<id>/<version>.
 func (c *Client) AdvanceRegionCheckpoint(ctx context.Context, task string, region, epochVersion, ts uint64) (uint64, error) {
-	return c.advance(ctx, RegionCheckpointKey(task, region, epochVersion), ts)
+	return c.advance(ctx, task, RegionCheckpointKey(task, region, epochVersion), ts)
 }
 
 // AdvanceGlobalCheckpoint raises checkpoint/<task>/central_global.
 func (c *Client) AdvanceGlobalCheckpoint(ctx context.Context, task string, ts uint64) (uint64, error) {
-	return c.advance(ctx, GlobalCheckpointKey(task), ts)
+	return c.advance(ctx, task, GlobalCheckpointKey(task), ts)
 }
 
 // AdvanceStorageCheckpoint raises storage-checkpoint/<task>/<store>.
 func (c *Client) AdvanceStorageCheckpoint(ctx context.Context, task string, store, ts uint64) (uint64, error) {
-	return c.advance(ctx, StorageCheckpointKey(task, store), ts)
+	return c.advance(ctx, task, StorageCheckpointKey(task, store), ts)
 }
 
 // Checkpoints returns every checkpoint under checkpoint/<task>/.
@@ -178,13 +176,11 @@ func (c *Client) AdvanceRegionCheckpoints(ctx context.Context, task string, cps 
 		if len(ops) == 0 {
 			continue
 		}
-		rctx, cancel := c.ctx(ctx)
-		txn, err := c.cli.Txn(rctx).If(cmps...).Then(ops...).Commit()
-		cancel()
+		ok, err := c.commit(ctx, task, cmps, ops...)
 		if err != nil {
 			return fmt.Errorf("write region checkpoints: %w", err)
 		}
-		if !txn.Succeeded {
+		if !ok {
 			retry = append(retry, sent...)
 		}
 	}

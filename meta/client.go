@@ -35,6 +35,7 @@ const scanPage = 512
 type Client struct {
 	cli     *clientv3.Client
 	timeout time.Duration
+	fence   *fence // set on a view made by Incarnation
 }
 
 // Option configures a Client.
@@ -133,6 +134,9 @@ type PauseStatus struct {
 type TaskStatus struct {
 	Info  *brpb.StreamBackupTaskInfo
 	Pause PauseStatus
+	// Incarnation is the create revision of the info key: a task stopped
+	// and started again under the same name is another incarnation.
+	Incarnation int64
 
 	infoRev, pauseRev int64 // ModRevisions, for the watcher's resync diff
 }
@@ -218,14 +222,15 @@ type listedTask struct {
 	info     *brpb.StreamBackupTaskInfo
 	infoErr  error
 	infoRev  int64
+	inc      int64 // the info key's create revision
 	paused   bool
 	pause    *PauseV2
 	pauseErr error
 	pauseRev int64
 }
 
-func (t *listedTask) setInfo(key, value []byte, modRev int64) {
-	t.hasInfo, t.infoRev = true, modRev
+func (t *listedTask) setInfo(key, value []byte, modRev, createRev int64) {
+	t.hasInfo, t.infoRev, t.inc = true, modRev, createRev
 	t.info, t.infoErr = decodeTaskInfoAt(string(key), value)
 }
 
@@ -242,7 +247,7 @@ func (t *listedTask) status() (*TaskStatus, error) {
 	if t.pauseErr != nil {
 		return nil, t.pauseErr
 	}
-	return &TaskStatus{Info: t.info, Pause: PauseStatus{Paused: t.paused, V2: t.pause},
+	return &TaskStatus{Info: t.info, Pause: PauseStatus{Paused: t.paused, V2: t.pause}, Incarnation: t.inc,
 		infoRev: t.infoRev, pauseRev: t.pauseRev}, nil
 }
 
@@ -260,7 +265,7 @@ func (c *Client) GetTask(ctx context.Context, name string) (*TaskStatus, error) 
 		return nil, fmt.Errorf("task %q: %w", name, ErrTaskNotFound)
 	}
 	t := &listedTask{name: name}
-	t.setInfo(infos[0].Key, infos[0].Value, infos[0].ModRevision)
+	t.setInfo(infos[0].Key, infos[0].Value, infos[0].ModRevision, infos[0].CreateRevision)
 	if ps := resp.Responses[1].GetResponseRange().Kvs; len(ps) > 0 {
 		t.setPause(ps[0].Key, ps[0].Value, ps[0].ModRevision)
 	}
@@ -311,7 +316,7 @@ func (c *Client) listTasks(ctx context.Context) ([]*listedTask, int64, error) {
 		return t
 	}
 	for _, i := range resp.Responses[0].GetResponseRange().Kvs {
-		get(taskFromKey(infoDir, string(i.Key))).setInfo(i.Key, i.Value, i.ModRevision)
+		get(taskFromKey(infoDir, string(i.Key))).setInfo(i.Key, i.Value, i.ModRevision, i.CreateRevision)
 	}
 	for _, p := range resp.Responses[1].GetResponseRange().Kvs {
 		get(taskFromKey(pauseDir, string(p.Key))).setPause(p.Key, p.Value, p.ModRevision)
@@ -385,8 +390,8 @@ func (c *Client) DeleteTask(ctx context.Context, name string) error {
 			clientv3.OpDelete(PauseKey(name)),
 			clientv3.OpDelete(LastErrorPrefix(name), clientv3.WithPrefix()),
 			clientv3.OpDelete(StorageCheckpointPrefix(name), clientv3.WithPrefix()),
-			clientv3.OpDelete(SpanCheckpointPrefix(name), clientv3.WithPrefix()),
-			clientv3.OpDelete(HistoryPrefix(name), clientv3.WithPrefix()),
+			clientv3.OpDelete(agentStatePrefix("span-checkpoint/", name), clientv3.WithPrefix()),
+			clientv3.OpDelete(agentStatePrefix("history/", name), clientv3.WithPrefix()),
 		).Commit()
 	if err != nil {
 		return fmt.Errorf("delete task %q: %w", name, err)
@@ -404,15 +409,12 @@ func (c *Client) PauseTask(ctx context.Context, name string, p *PauseV2) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := c.ctx(ctx)
-	defer cancel()
-	resp, err := c.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(InfoKey(name)), ">", 0)).
-		Then(clientv3.OpPut(PauseKey(name), string(raw))).Commit()
+	ok, err := c.commit(ctx, name, []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(InfoKey(name)), ">", 0)},
+		clientv3.OpPut(PauseKey(name), string(raw)))
 	if err != nil {
 		return fmt.Errorf("pause task %q: %w", name, err)
 	}
-	if !resp.Succeeded {
+	if !ok {
 		return fmt.Errorf("task %q: %w", name, ErrTaskNotFound)
 	}
 	return nil
@@ -420,9 +422,7 @@ func (c *Client) PauseTask(ctx context.Context, name string, p *PauseV2) error {
 
 // ResumeTask deletes the pause key.
 func (c *Client) ResumeTask(ctx context.Context, name string) error {
-	ctx, cancel := c.ctx(ctx)
-	defer cancel()
-	if _, err := c.cli.Delete(ctx, PauseKey(name)); err != nil {
+	if _, err := c.commit(ctx, name, nil, clientv3.OpDelete(PauseKey(name))); err != nil {
 		return fmt.Errorf("resume task %q: %w", name, err)
 	}
 	return nil
@@ -435,9 +435,7 @@ func (c *Client) ReportLastError(ctx context.Context, task string, e *brpb.Strea
 	if err != nil {
 		return fmt.Errorf("report last error of task %q: %w", task, err)
 	}
-	ctx, cancel := c.ctx(ctx)
-	defer cancel()
-	if _, err := c.cli.Put(ctx, LastErrorKey(task, e.StoreId), string(raw)); err != nil {
+	if err := c.put(ctx, task, LastErrorKey(task, e.StoreId), string(raw)); err != nil {
 		return fmt.Errorf("report last error of task %q: %w", task, err)
 	}
 	return nil
@@ -445,9 +443,7 @@ func (c *Client) ReportLastError(ctx context.Context, task string, e *brpb.Strea
 
 // ClearLastErrors deletes every store's last error of the task.
 func (c *Client) ClearLastErrors(ctx context.Context, task string) error {
-	ctx, cancel := c.ctx(ctx)
-	defer cancel()
-	if _, err := c.cli.Delete(ctx, LastErrorPrefix(task), clientv3.WithPrefix()); err != nil {
+	if _, err := c.commit(ctx, task, nil, clientv3.OpDelete(LastErrorPrefix(task), clientv3.WithPrefix())); err != nil {
 		return fmt.Errorf("clear last errors of task %q: %w", task, err)
 	}
 	return nil

@@ -15,28 +15,25 @@ import (
 // dropped as new ones arrive.
 const HistoryLimit = 100
 
-// HistoryPrefix holds a task's recovery history, one key per event, named
-// so that they sort by time.
-func HistoryPrefix(task string) string { return agentDir + "history/" + task + "/" }
+// HistoryPrefix holds the recovery history of one incarnation of a task,
+// one key per event, named so that they sort by time.
+func HistoryPrefix(task string, inc int64) string { return incarnationPrefix("history/", task, inc) }
 
 // AppendHistory records one recovery event and trims the oldest beyond
 // HistoryLimit. Keys are time, store and kind, so two events of the same
 // kind from one store within one millisecond collapse into one.
-func (c *Client) AppendHistory(ctx context.Context, task string, ev *lbpb.RecoveryEvent) error {
+func (c *Client) AppendHistory(ctx context.Context, task string, inc int64, ev *lbpb.RecoveryEvent) error {
 	raw, err := proto.Marshal(ev)
 	if err != nil {
 		return fmt.Errorf("encode history event: %w", err)
 	}
-	key := fmt.Sprintf("%s%020d-%020d-%d", HistoryPrefix(task), ev.HappenAtUnixMs, ev.StoreId, ev.Kind)
-	rctx, cancel := c.ctx(ctx)
-	_, err = c.cli.Put(rctx, key, string(raw))
-	cancel()
-	if err != nil {
+	key := fmt.Sprintf("%s%020d-%020d-%d", HistoryPrefix(task, inc), ev.HappenAtUnixMs, ev.StoreId, ev.Kind)
+	if err := c.put(ctx, task, key, string(raw)); err != nil {
 		return fmt.Errorf("append history of %q: %w", task, err)
 	}
-	rctx, cancel = c.ctx(ctx)
+	rctx, cancel := c.ctx(ctx)
 	defer cancel()
-	resp, err := c.cli.Get(rctx, HistoryPrefix(task), clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	resp, err := c.cli.Get(rctx, HistoryPrefix(task, inc), clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
 	if err != nil {
 		return nil // trimming can wait for the next append
 	}
@@ -47,9 +44,9 @@ func (c *Client) AppendHistory(ctx context.Context, task string, ev *lbpb.Recove
 }
 
 // History returns a task's recovery events, oldest first.
-func (c *Client) History(ctx context.Context, task string) ([]*lbpb.RecoveryEvent, error) {
+func (c *Client) History(ctx context.Context, task string, inc int64) ([]*lbpb.RecoveryEvent, error) {
 	var out []*lbpb.RecoveryEvent
-	err := c.scan(ctx, HistoryPrefix(task), func(k, v []byte) error {
+	err := c.scan(ctx, HistoryPrefix(task, inc), func(k, v []byte) error {
 		ev := &lbpb.RecoveryEvent{}
 		if err := proto.Unmarshal(v, ev); err != nil {
 			return malformed(string(k), err)

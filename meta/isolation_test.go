@@ -52,8 +52,8 @@ func writeEveryKey(t *testing.T, cli *clientv3.Client, name string, ts uint64) {
 		meta.CheckpointPrefix(name) + "\x00\x00\x00\x00\x00\x00\x00\x02": tsv, // legacy V1
 		meta.StorageCheckpointKey(name, 1):                               tsv,
 		meta.LastErrorKey(name, 1):                                       string(lastErr),
-		meta.SpanCheckpointKey(name, 1):                                  string(span),
-		meta.HistoryPrefix(name) + "00000000000000000005-1-1":            string(hist),
+		meta.SpanCheckpointKey(name, 3, 1):                               string(span),
+		meta.HistoryPrefix(name, 3) + "00000000000000000005-1-1":         string(hist),
 	}
 	for k, v := range kvs {
 		if _, err := cli.Put(ctx, k, v); err != nil {
@@ -100,10 +100,10 @@ func TestPrefixIsolation(t *testing.T) {
 	if errs, err := c.LastErrors(ctx, "pitr"); err != nil || len(errs) != 1 || errs[1].ErrorMessage != "pitr" {
 		t.Fatalf("LastErrors(pitr) = %v, %v", errs, err)
 	}
-	if scs, err := c.SpanCheckpoints(ctx, "pitr"); err != nil || len(scs) != 1 || scs[1].FlushTs != 60 {
+	if scs, err := c.SpanCheckpoints(ctx, "pitr", 3); err != nil || len(scs) != 1 || scs[1].FlushTs != 60 {
 		t.Fatalf("SpanCheckpoints(pitr) = %v, %v", scs, err)
 	}
-	if h, err := c.History(ctx, "pitr"); err != nil || len(h) != 1 || h[0].Message != "pitr" {
+	if h, err := c.History(ctx, "pitr", 3); err != nil || len(h) != 1 || h[0].Message != "pitr" {
 		t.Fatalf("History(pitr) = %v, %v", h, err)
 	}
 	// Writes and deletes through pitr.
@@ -183,10 +183,10 @@ func TestCorruptValuesNameTheKey(t *testing.T) {
 			func() error { _, err := c.LastErrors(ctx, "pitr"); return err }}},
 		{meta.LastErrorPrefix("pitr") + "notanumber", "", []call{
 			func() error { _, err := c.LastErrors(ctx, "pitr"); return err }}},
-		{meta.SpanCheckpointKey("pitr", 1), garbage, []call{
-			func() error { _, err := c.SpanCheckpoints(ctx, "pitr"); return err }}},
-		{meta.HistoryPrefix("pitr") + "1", garbage, []call{
-			func() error { _, err := c.History(ctx, "pitr"); return err }}},
+		{meta.SpanCheckpointKey("pitr", 3, 1), garbage, []call{
+			func() error { _, err := c.SpanCheckpoints(ctx, "pitr", 3); return err }}},
+		{meta.HistoryPrefix("pitr", 3) + "1", garbage, []call{
+			func() error { _, err := c.History(ctx, "pitr", 3); return err }}},
 		{meta.AgentKey(1), garbage, []call{
 			func() error { _, err := c.Agents(ctx); return err }}},
 		{"/pd/cluster_id", "short", []call{

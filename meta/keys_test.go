@@ -75,14 +75,16 @@ func TestKeyPrefixIsolation(t *testing.T) {
 		"checkpoint":         CheckpointPrefix,
 		"storage-checkpoint": StorageCheckpointPrefix,
 		"last-error":         LastErrorPrefix,
-		"span-checkpoint":    SpanCheckpointPrefix,
-		"history":            HistoryPrefix,
+		"span-checkpoint":    func(task string) string { return agentStatePrefix("span-checkpoint/", task) },
+		"history":            func(task string) string { return agentStatePrefix("history/", task) },
+		"span-checkpoint@7":  func(task string) string { return SpanCheckpointPrefix(task, 7) },
+		"history@7":          func(task string) string { return HistoryPrefix(task, 7) },
 	}
 	for _, other := range []string{"pitr2", "pitr_", "pitrx"} {
 		keys := []string{
 			InfoKey(other), PauseKey(other), RangeKey(other, []byte("a")), RangeKey(other, nil),
 			StoreCheckpointKey(other, 1), RegionCheckpointKey(other, 1, 2), GlobalCheckpointKey(other),
-			StorageCheckpointKey(other, 1), LastErrorKey(other, 1), SpanCheckpointKey(other, 1),
+			StorageCheckpointKey(other, 1), LastErrorKey(other, 1), SpanCheckpointKey(other, 7, 1), HistoryPrefix(other, 7) + "x",
 		}
 		for name, prefix := range prefixes {
 			for _, k := range keys {
@@ -99,12 +101,14 @@ func TestKeyPrefixIsolation(t *testing.T) {
 	}
 	// And each prefix does cover its own task's keys.
 	own := map[string][]string{
-		RangesPrefix("pitr"):            {RangeKey("pitr", []byte("t\x00"))},
-		CheckpointPrefix("pitr"):        {StoreCheckpointKey("pitr", 1), RegionCheckpointKey("pitr", 1, 2), GlobalCheckpointKey("pitr")},
-		StorageCheckpointPrefix("pitr"): {StorageCheckpointKey("pitr", 1)},
-		LastErrorPrefix("pitr"):         {LastErrorKey("pitr", 1)},
-		InfoPrefix():                    {InfoKey("pitr")},
-		PausePrefix():                   {PauseKey("pitr")},
+		RangesPrefix("pitr"):                 {RangeKey("pitr", []byte("t\x00"))},
+		CheckpointPrefix("pitr"):             {StoreCheckpointKey("pitr", 1), RegionCheckpointKey("pitr", 1, 2), GlobalCheckpointKey("pitr")},
+		StorageCheckpointPrefix("pitr"):      {StorageCheckpointKey("pitr", 1)},
+		LastErrorPrefix("pitr"):              {LastErrorKey("pitr", 1)},
+		SpanCheckpointPrefix("pitr", 7):      {SpanCheckpointKey("pitr", 7, 1)},
+		agentStatePrefix("history/", "pitr"): {HistoryPrefix("pitr", 7) + "x", HistoryPrefix("pitr", 8) + "x"},
+		InfoPrefix():                         {InfoKey("pitr")},
+		PausePrefix():                        {PauseKey("pitr")},
 	}
 	for prefix, keys := range own {
 		for _, k := range keys {

@@ -46,8 +46,10 @@ func (t EventType) String() string {
 type TaskEvent struct {
 	Type EventType
 	Name string
-	// Info is set on EventAdd.
-	Info *brpb.StreamBackupTaskInfo
+	// Info and Incarnation (the info key's create revision) are set on
+	// EventAdd.
+	Info        *brpb.StreamBackupTaskInfo
+	Incarnation int64
 	// Pause is set on EventPause (nil for a legacy empty value).
 	Pause *PauseV2
 	// Err is set on EventError, and on EventPause when the pause value is
@@ -222,7 +224,7 @@ func (w *taskWatcher) handleInfo(ctx context.Context, name string, ev *clientv3.
 	if err != nil {
 		return w.emit(ctx, TaskEvent{Type: EventError, Name: name, Err: err, Revision: rev})
 	}
-	evs := []TaskEvent{{Type: EventAdd, Name: name, Info: info, Revision: rev}}
+	evs := []TaskEvent{{Type: EventAdd, Name: name, Info: info, Incarnation: ev.Kv.CreateRevision, Revision: rev}}
 	if st.paused {
 		evs = append(evs, st.pauseEvent(name, rev))
 	}
@@ -311,7 +313,7 @@ func (w *taskWatcher) diff(name string, t *listedTask, rev int64) []TaskEvent {
 		if t.infoErr != nil {
 			evs = append(evs, TaskEvent{Type: EventError, Name: name, Err: t.infoErr, Revision: rev})
 		} else {
-			evs = append(evs, TaskEvent{Type: EventAdd, Name: name, Info: t.info, Revision: rev})
+			evs = append(evs, TaskEvent{Type: EventAdd, Name: name, Info: t.info, Incarnation: t.inc, Revision: rev})
 			added = true
 		}
 	}

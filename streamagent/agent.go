@@ -94,7 +94,7 @@ func (a *Agent) followTasks(ctx context.Context) error {
 	}
 	for _, t := range tasks {
 		if !t.Pause.Paused {
-			a.startTask(ctx, t.Info)
+			a.startTask(ctx, t)
 		}
 	}
 	for ev := range a.cfg.Meta.WatchTasks(ctx, tasks, rev+1) {
@@ -103,7 +103,7 @@ func (a *Agent) followTasks(ctx context.Context) error {
 			a.stopTask(ev.Name, false)
 			st, err := a.cfg.Meta.GetTask(ctx, ev.Name)
 			if err == nil && !st.Pause.Paused {
-				a.startTask(ctx, st.Info)
+				a.startTask(ctx, st)
 			}
 		case meta.EventDelete:
 			a.stopTask(ev.Name, false)
@@ -121,7 +121,7 @@ func (a *Agent) followTasks(ctx context.Context) error {
 				a.cfg.Logger.Warn("resume: cannot read task", "task", ev.Name, "err", err)
 				continue
 			}
-			a.startTask(ctx, st.Info)
+			a.startTask(ctx, st)
 		case meta.EventError:
 			a.cfg.Logger.Warn("undecodable task metadata", "task", ev.Name, "err", ev.Err)
 		}
@@ -129,18 +129,32 @@ func (a *Agent) followTasks(ctx context.Context) error {
 	return errors.New("watch closed")
 }
 
-func (a *Agent) startTask(ctx context.Context, info *brpb.StreamBackupTaskInfo) {
+func (a *Agent) startTask(ctx context.Context, st *meta.TaskStatus) {
+	info := st.Info
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if _, ok := a.runners[info.Name]; ok {
-		return
+	if h, ok := a.runners[info.Name]; ok {
+		if h.r.inc == st.Incarnation {
+			return
+		}
+		// A runner of an earlier incarnation (its stop went unseen, e.g.
+		// across a compaction): its writes are fenced off already; drop it.
+		delete(a.runners, info.Name)
+		h.flushOnExit.Store(false)
+		h.cancel()
+		a.mu.Unlock()
+		<-h.done
+		a.mu.Lock()
+		if _, ok := a.runners[info.Name]; ok {
+			return
+		}
 	}
-	r, err := newTaskRunner(ctx, a, info)
+	r, err := newTaskRunner(ctx, a, st)
 	if err != nil {
 		// Never a silent stall (TiKV #16056): a task that cannot start is
 		// retried with backoff, and reported and paused when the error is
 		// fatal or persists past the retry budget.
-		go a.retryStart(ctx, info, err)
+		go a.retryStart(ctx, st, err)
 		return
 	}
 	rctx, cancel := context.WithCancel(ctx)
@@ -159,18 +173,19 @@ func (a *Agent) startTask(ctx context.Context, info *brpb.StreamBackupTaskInfo) 
 			delete(a.runners, info.Name)
 		}
 		a.mu.Unlock()
-		a.reportFatal(ctx, info.Name, r.fatal)
+		a.reportFatal(ctx, st, r.fatal)
 	}()
 }
 
 // retryStart keeps trying to start a task whose start failed.
-func (a *Agent) retryStart(ctx context.Context, info *brpb.StreamBackupTaskInfo, first error) {
+func (a *Agent) retryStart(ctx context.Context, first *meta.TaskStatus, err0 error) {
+	info := first.Info
 	probe := &taskRunner{a: a}
-	err := first
+	err := err0
 	backoff := time.Second
 	for {
 		if f := probe.noteError(err); f != nil {
-			a.reportFatal(ctx, info.Name, f)
+			a.reportFatal(ctx, first, f)
 			return
 		}
 		a.cfg.Logger.Warn("cannot start task; retrying", "task", info.Name, "err", storage.Redact(err.Error()))
@@ -181,8 +196,8 @@ func (a *Agent) retryStart(ctx context.Context, info *brpb.StreamBackupTaskInfo,
 		}
 		backoff = min(backoff*2, 30*time.Second)
 		st, gerr := a.cfg.Meta.GetTask(ctx, info.Name)
-		if gerr != nil || st.Pause.Paused {
-			return // stopped or paused meanwhile: the watch decides what next
+		if gerr != nil || st.Pause.Paused || st.Incarnation != first.Incarnation {
+			return // stopped, restarted or paused meanwhile: the watch decides what next
 		}
 		a.mu.Lock()
 		_, running := a.runners[info.Name]
@@ -190,10 +205,11 @@ func (a *Agent) retryStart(ctx context.Context, info *brpb.StreamBackupTaskInfo,
 		if running {
 			return
 		}
-		r, nerr := newTaskRunner(ctx, a, st.Info)
+		r, nerr := newTaskRunner(ctx, a, st)
 		if nerr == nil {
 			r.st.Close()
-			a.startTask(ctx, st.Info)
+			os.RemoveAll(r.tempDir)
+			a.startTask(ctx, st)
 			return
 		}
 		err = nerr
@@ -345,6 +361,11 @@ func (a *Agent) AdvanceOnce(ctx context.Context) error {
 		return err
 	}
 	var errs []error
+	// State that TiDB's `br log stop`, or a stop racing a flush, left
+	// behind belongs to no live incarnation.
+	if _, err := a.cfg.Meta.CleanStaleAgentState(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	for _, t := range tasks {
 		if t.Pause.Paused {
 			a.autoResumeOnce(ctx, t)
@@ -356,14 +377,14 @@ func (a *Agent) AdvanceOnce(ctx context.Context) error {
 			continue
 		}
 		covered := taskSpans(ranges)
-		known, err := knownCheckpoints(ctx, a.cfg.Meta, t.Info.Name, covered, t.Info.StartTs)
+		known, err := knownCheckpoints(ctx, a.cfg.Meta, t.Info.Name, t.Incarnation, covered, t.Info.StartTs)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		g := globalCheckpoint(known, covered)
 		if g > 0 {
-			stored, err := a.cfg.Meta.AdvanceGlobalCheckpoint(ctx, t.Info.Name, g)
+			stored, err := a.cfg.Meta.Incarnation(t.Info.Name, t.Incarnation).AdvanceGlobalCheckpoint(ctx, t.Info.Name, g)
 			if err != nil {
 				errs = append(errs, err)
 				continue

@@ -28,6 +28,7 @@ var recoverable = map[errs.Code]bool{
 }
 
 type resumeState struct {
+	inc      int64
 	attempts int
 	next     time.Time
 	pausedAt time.Time
@@ -49,12 +50,12 @@ func (a *Agent) autoResumeOnce(ctx context.Context, st *meta.TaskStatus) {
 		return
 	}
 	rs := a.resumes[name]
-	if rs == nil || !rs.pausedAt.Equal(p.OperationTime) {
+	if rs == nil || rs.inc != st.Incarnation || !rs.pausedAt.Equal(p.OperationTime) {
 		attempts := 0
-		if rs != nil {
+		if rs != nil && rs.inc == st.Incarnation {
 			attempts = rs.attempts // paused again after an auto-resume: the same error came back
 		}
-		rs = &resumeState{attempts: attempts, pausedAt: p.OperationTime}
+		rs = &resumeState{inc: st.Incarnation, attempts: attempts, pausedAt: p.OperationTime}
 		rs.next = time.Now().Add(backoffFor(cfg.Backoff, attempts))
 		a.resumes[name] = rs
 	}
@@ -63,25 +64,26 @@ func (a *Agent) autoResumeOnce(ctx context.Context, st *meta.TaskStatus) {
 	}
 	rs.attempts++
 	rs.next = time.Now().Add(backoffFor(cfg.Backoff, rs.attempts))
-	a.history(ctx, name, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_ATTEMPT, Actor: lbpb.RecoveryEvent_COORDINATOR,
+	a.history(ctx, name, st.Incarnation, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_ATTEMPT, Actor: lbpb.RecoveryEvent_COORDINATOR,
 		ErrorCode: e.ErrorCode, Attempt: uint32(rs.attempts)})
 	if err := a.probeStorage(ctx, st); err != nil {
 		a.metrics.autoResumes.WithLabelValues("failed").Inc()
-		a.history(ctx, name, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_FAILED, Actor: lbpb.RecoveryEvent_COORDINATOR,
+		a.history(ctx, name, st.Incarnation, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_FAILED, Actor: lbpb.RecoveryEvent_COORDINATOR,
 			ErrorCode: string(errs.Classify(err).Code), Message: storage.Redact(err.Error()), Attempt: uint32(rs.attempts)})
 		return
 	}
 	// Errors first, then the pause key: a crash in between leaves a plain
 	// pause, never a running task with stale errors.
-	if err := a.cfg.Meta.ClearLastErrors(ctx, name); err != nil {
+	m := a.cfg.Meta.Incarnation(name, st.Incarnation)
+	if err := m.ClearLastErrors(ctx, name); err != nil {
 		return
 	}
-	if err := a.cfg.Meta.ResumeTask(ctx, name); err != nil {
+	if err := m.ResumeTask(ctx, name); err != nil {
 		return
 	}
 	a.metrics.autoResumes.WithLabelValues("resumed").Inc()
 	a.metrics.timeToRecover.Observe(time.Since(p.OperationTime).Seconds())
-	a.history(ctx, name, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_SUCCEEDED, Actor: lbpb.RecoveryEvent_COORDINATOR,
+	a.history(ctx, name, st.Incarnation, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_SUCCEEDED, Actor: lbpb.RecoveryEvent_COORDINATOR,
 		ErrorCode: e.ErrorCode, Attempt: uint32(rs.attempts), Message: fmt.Sprintf("paused for %s", time.Since(p.OperationTime).Round(time.Second))})
 }
 
@@ -106,7 +108,7 @@ func (a *Agent) probeStorage(ctx context.Context, st *meta.TaskStatus) error {
 }
 
 // history records a recovery event; losing one is logged, never fatal.
-func (a *Agent) history(ctx context.Context, task string, ev *lbpb.RecoveryEvent) {
+func (a *Agent) history(ctx context.Context, task string, inc int64, ev *lbpb.RecoveryEvent) {
 	if ev.HappenAtUnixMs == 0 {
 		ev.HappenAtUnixMs = time.Now().UnixMilli()
 	}
@@ -119,7 +121,7 @@ func (a *Agent) history(ctx context.Context, task string, ev *lbpb.RecoveryEvent
 	}
 	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := a.cfg.Meta.AppendHistory(hctx, task, ev); err != nil {
+	if err := a.cfg.Meta.Incarnation(task, inc).AppendHistory(hctx, task, inc, ev); err != nil {
 		a.cfg.Logger.Warn("cannot record recovery history", "task", task, "err", err)
 	}
 }

@@ -28,9 +28,9 @@ func taskSpans(ranges []meta.Range) []spans.Span {
 // knownCheckpoints merges every store's flushed ranges: a key's checkpoint
 // is the highest ts any store has durably flushed it to (data up to it is
 // in storage whichever store wrote it), floored at the task start.
-func knownCheckpoints(ctx context.Context, m *meta.Client, task string, covered []spans.Span, startTS uint64) (*spans.Map, error) {
+func knownCheckpoints(ctx context.Context, m *meta.Client, task string, inc int64, covered []spans.Span, startTS uint64) (*spans.Map, error) {
 	known := spans.New(covered, startTS)
-	records, err := m.SpanCheckpoints(ctx, task)
+	records, err := m.SpanCheckpoints(ctx, task, inc)
 	if err != nil {
 		return nil, fmt.Errorf("read span checkpoints: %w", err)
 	}

@@ -67,7 +67,11 @@ func (t *taskRunner) noteSuccess() { t.failures, t.failingSince = 0, time.Time{}
 // log once. Failed etcd writes are retried until they succeed or ctx ends;
 // the task's observers are already gone and its buffers dropped, so no
 // checkpoint can move meanwhile.
-func (a *Agent) reportFatal(ctx context.Context, task string, f *fatalError) {
+func (a *Agent) reportFatal(ctx context.Context, ts *meta.TaskStatus, f *fatalError) {
+	task, inc := ts.Info.Name, ts.Incarnation
+	// Fenced: a fatal error of an incarnation that was stopped meanwhile
+	// must not pause or blame the task started after it.
+	m := a.cfg.Meta.Incarnation(task, inc)
 	a.metrics.fatalErrors.WithLabelValues(string(f.info.Code)).Inc()
 	a.metrics.taskStatus.WithLabelValues(task).Set(statusError)
 	msg := fmt.Sprintf("[store = %d] %s; cause: %s; action: %s", a.cfg.StoreID, storage.Redact(f.err.Error()), f.info.Cause, f.info.Action)
@@ -78,18 +82,14 @@ func (a *Agent) reportFatal(ctx context.Context, task string, f *fatalError) {
 		name string
 		fn   func(context.Context) error
 	}{
-		{"report last error", func(ctx context.Context) error { return a.cfg.Meta.ReportLastError(ctx, task, lastErr) }},
+		{"report last error", func(ctx context.Context) error { return m.ReportLastError(ctx, task, lastErr) }},
 		{"pause task", func(ctx context.Context) error {
-			err := a.cfg.Meta.PauseTask(ctx, task, meta.NewErrorPause(host, os.Getpid(), time.Now(), lastErr))
-			if errors.Is(err, meta.ErrTaskNotFound) {
-				return nil // stopped meanwhile: nothing to pause
-			}
-			return err
+			return m.PauseTask(ctx, task, meta.NewErrorPause(host, os.Getpid(), time.Now(), lastErr))
 		}},
-		{"guard gc safepoint", func(ctx context.Context) error { return a.guardGC(ctx, task) }},
+		{"guard gc safepoint", func(ctx context.Context) error { return a.guardGC(ctx, task, inc) }},
 	}
 	defer func() {
-		a.history(ctx, task, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_ERROR_REPORTED, Actor: lbpb.RecoveryEvent_AGENT,
+		a.history(ctx, task, inc, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_ERROR_REPORTED, Actor: lbpb.RecoveryEvent_AGENT,
 			ErrorCode: string(f.info.Code), Message: msg, HappenAtUnixMs: int64(lastErr.HappenAt)})
 	}()
 	// Every round tries every step still pending, so one failing step
@@ -108,6 +108,10 @@ func (a *Agent) reportFatal(ctx context.Context, task string, f *fatalError) {
 			err := s.fn(sctx)
 			cancel()
 			switch {
+			case errors.Is(err, meta.ErrTaskNotFound) || errors.Is(err, meta.ErrStaleIncarnation):
+				// Stopped or started anew meanwhile: nothing left to report to.
+				a.cfg.Logger.Warn("task stopped before its fatal error was reported", "task", task, "step", s.name)
+				return
 			case err == nil:
 				done[i] = true
 			case s.name == "guard gc safepoint" && round >= 5:
@@ -132,13 +136,16 @@ func (a *Agent) reportFatal(ctx context.Context, task string, f *fatalError) {
 
 // guardGC sets a PD service safepoint at the task's checkpoint − 1 so the
 // changes a resume rescans are not collected while the task is paused.
-func (a *Agent) guardGC(ctx context.Context, task string) error {
+func (a *Agent) guardGC(ctx context.Context, task string, inc int64) error {
 	st, err := a.cfg.Meta.GetTask(ctx, task)
 	if errors.Is(err, meta.ErrTaskNotFound) {
 		return nil
 	}
 	if err != nil {
 		return err
+	}
+	if st.Incarnation != inc {
+		return nil
 	}
 	cp := st.Info.StartTs
 	if g, ok, err := a.cfg.Meta.GlobalCheckpoint(ctx, task); err != nil {
@@ -171,12 +178,12 @@ func (a *Agent) checkLag(ctx context.Context, t *meta.TaskStatus, checkpoint uin
 		at.UTC().Format(time.RFC3339), time.Now().UTC().Format(time.RFC3339), lag.Round(time.Second), info.Action)
 	e := &brpb.StreamBackupError{HappenAt: uint64(time.Now().UnixMilli()), ErrorCode: string(info.Code), ErrorMessage: msg, StoreId: a.cfg.StoreID}
 	host, _ := os.Hostname()
-	if err := a.cfg.Meta.PauseTask(ctx, t.Info.Name, meta.NewErrorPause(host, os.Getpid(), time.Now(), e)); err != nil {
+	if err := a.cfg.Meta.Incarnation(t.Info.Name, t.Incarnation).PauseTask(ctx, t.Info.Name, meta.NewErrorPause(host, os.Getpid(), time.Now(), e)); err != nil {
 		return fmt.Errorf("pause lagging task %q: %w", t.Info.Name, err)
 	}
 	a.metrics.fatalErrors.WithLabelValues(string(info.Code)).Inc()
 	a.cfg.Logger.Error("pausing a task whose checkpoint lags too much", "task", t.Info.Name, "lag", lag.Round(time.Second))
-	a.history(ctx, t.Info.Name, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_PAUSED, Actor: lbpb.RecoveryEvent_COORDINATOR,
+	a.history(ctx, t.Info.Name, t.Incarnation, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_PAUSED, Actor: lbpb.RecoveryEvent_COORDINATOR,
 		ErrorCode: string(info.Code), Message: msg})
 	return nil
 }

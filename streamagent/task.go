@@ -82,8 +82,12 @@ type streamEvent struct {
 // taskRunner backs up one task on this store. All its state is owned by
 // the goroutine running loop; stream receivers only send it events.
 type taskRunner struct {
-	a       *Agent
-	info    *brpb.StreamBackupTaskInfo
+	a    *Agent
+	info *brpb.StreamBackupTaskInfo
+	// inc is the incarnation this runner serves; meta is the etcd client
+	// fenced to it, so nothing it writes can land in another incarnation.
+	inc     int64
+	meta    *meta.Client
 	covered []spans.Span
 	st      storage.Storage
 	log     *slog.Logger
@@ -155,7 +159,7 @@ func (t *taskRunner) putRegionCheckpoints(ctx context.Context, fr []frozen) erro
 	for k, ts := range min {
 		cps = append(cps, meta.RegionTS{RegionID: k.id, EpochVersion: k.version, TS: ts})
 	}
-	if err := t.a.cfg.Meta.AdvanceRegionCheckpoints(ctx, t.info.Name, cps); err != nil {
+	if err := t.meta.AdvanceRegionCheckpoints(ctx, t.info.Name, cps); err != nil {
 		return fmt.Errorf("advance region checkpoints: %w", err)
 	}
 	return nil
@@ -169,7 +173,8 @@ type pendingFlush struct {
 	durable bool
 }
 
-func newTaskRunner(ctx context.Context, a *Agent, info *brpb.StreamBackupTaskInfo) (*taskRunner, error) {
+func newTaskRunner(ctx context.Context, a *Agent, ts *meta.TaskStatus) (*taskRunner, error) {
+	info := ts.Info
 	ranges, err := a.cfg.Meta.Ranges(ctx, info.Name)
 	if err != nil {
 		return nil, fmt.Errorf("read ranges of %q: %w", info.Name, err)
@@ -179,14 +184,14 @@ func newTaskRunner(ctx context.Context, a *Agent, info *brpb.StreamBackupTaskInf
 		return nil, fmt.Errorf("open storage of %q: %w", info.Name, err)
 	}
 	covered := taskSpans(ranges)
-	known, err := knownCheckpoints(ctx, a.cfg.Meta, info.Name, covered, info.StartTs)
+	known, err := knownCheckpoints(ctx, a.cfg.Meta, info.Name, ts.Incarnation, covered, info.StartTs)
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
 	// Leftovers of a crashed run are stale: the range checkpoints decide
 	// what is rescanned, so start with an empty temp dir.
-	tempDir := filepath.Join(a.cfg.TempDir, info.Name)
+	tempDir := filepath.Join(a.cfg.TempDir, fmt.Sprintf("%s-%d", info.Name, ts.Incarnation))
 	if err := os.RemoveAll(tempDir); err != nil {
 		st.Close()
 		return nil, fmt.Errorf("clean temp dir %s: %w", tempDir, err)
@@ -196,7 +201,7 @@ func newTaskRunner(ctx context.Context, a *Agent, info *brpb.StreamBackupTaskInf
 		return nil, fmt.Errorf("create temp dir %s: %w", tempDir, err)
 	}
 	t := &taskRunner{
-		a: a, info: info, covered: covered, st: st,
+		a: a, info: info, inc: ts.Incarnation, meta: a.cfg.Meta.Incarnation(info.Name, ts.Incarnation), covered: covered, st: st,
 		log:     a.cfg.Logger.With("task", info.Name, "store", a.cfg.StoreID),
 		flushed: known, subs: map[uint64]*subscription{}, byRegion: map[uint64]*subscription{},
 		pending: append([]spans.Span(nil), covered...),
@@ -305,6 +310,13 @@ func (t *taskRunner) judge(err error) bool {
 	if errors.Is(err, context.Canceled) {
 		return true // shutting down; not the task's fault
 	}
+	if errors.Is(err, meta.ErrStaleIncarnation) {
+		// Stopped (perhaps by TiDB's BR) or started anew: this runner's
+		// state belongs to no live task. The watch stops it for good; until
+		// then it must not write anything, so it ends here.
+		t.log.Info("task incarnation ended; stopping its runner", "incarnation", t.inc)
+		return false
+	}
 	if f := t.noteError(err); f != nil {
 		t.fatal = f
 		return false
@@ -374,7 +386,7 @@ func (t *taskRunner) placePending(ctx context.Context) {
 	}
 	// Ranges that other stores flushed since we last looked start from
 	// their checkpoints, not ours: fewer rows scanned twice.
-	if known, err := knownCheckpoints(ctx, t.a.cfg.Meta, t.info.Name, t.covered, t.info.StartTs); err == nil {
+	if known, err := knownCheckpoints(ctx, t.meta, t.info.Name, t.inc, t.covered, t.info.StartTs); err == nil {
 		known.Each(func(s spans.Span, ts uint64) { t.flushed.Advance(s, ts) })
 	}
 	pending := spans.Coalesce(t.pending)
@@ -731,11 +743,11 @@ func (t *taskRunner) upload(ctx context.Context, p *pendingFlush) error {
 	}
 	t.lastFlushAt = time.Now()
 	t.stats.lastFlushUnixMs.Store(t.lastFlushAt.UnixMilli())
-	if err := t.a.cfg.Meta.PutSpanCheckpoints(ctx, t.info.Name, toRecord(t.a.cfg.StoreID, p.fl.Name.FlushTS, t.flushed)); err != nil {
+	if err := t.meta.PutSpanCheckpoints(ctx, t.info.Name, t.inc, toRecord(t.a.cfg.StoreID, p.fl.Name.FlushTS, t.flushed)); err != nil {
 		return fmt.Errorf("publish span checkpoints: %w", err)
 	}
 	if cp, ok := t.storeCheckpoint(); ok {
-		stored, err := t.a.cfg.Meta.AdvanceStoreCheckpoint(ctx, t.info.Name, t.a.cfg.StoreID, cp)
+		stored, err := t.meta.AdvanceStoreCheckpoint(ctx, t.info.Name, t.a.cfg.StoreID, cp)
 		if err != nil {
 			return fmt.Errorf("advance store checkpoint: %w", err)
 		}
@@ -768,11 +780,11 @@ func (t *taskRunner) storeCheckpoint() (uint64, bool) {
 // storage (v1/global_checkpoint/<store>.ts) and then to etcd's storage
 // checkpoint, as TiKV does, so BR's status and restore agree.
 func (t *taskRunner) syncGlobalCheckpoint(ctx context.Context) error {
-	g, ok, err := t.a.cfg.Meta.GlobalCheckpoint(ctx, t.info.Name)
+	g, ok, err := t.meta.GlobalCheckpoint(ctx, t.info.Name)
 	if err != nil || !ok {
 		return err
 	}
-	scs, err := t.a.cfg.Meta.StorageCheckpoints(ctx, t.info.Name)
+	scs, err := t.meta.StorageCheckpoints(ctx, t.info.Name)
 	if err != nil {
 		return err
 	}
@@ -783,6 +795,6 @@ func (t *taskRunner) syncGlobalCheckpoint(ctx context.Context) error {
 	if err := t.st.WriteFile(ctx, name, logfile.EncodeGlobalCheckpoint(g)); err != nil {
 		return fmt.Errorf("upload %s: %w", name, err)
 	}
-	_, err = t.a.cfg.Meta.AdvanceStorageCheckpoint(ctx, t.info.Name, t.a.cfg.StoreID, g)
+	_, err = t.meta.AdvanceStorageCheckpoint(ctx, t.info.Name, t.a.cfg.StoreID, g)
 	return err
 }

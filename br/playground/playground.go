@@ -237,8 +237,10 @@ func printProgress(ctx context.Context, out io.Writer, m *meta.Client, txns int6
 		lag = br.Gap(time.Now(), g).String()
 	}
 	flushed := 0
-	if scs, err := m.SpanCheckpoints(ctx, "playground"); err == nil {
-		flushed = len(scs)
+	if st, err := m.GetTask(ctx, "playground"); err == nil {
+		if scs, err := m.SpanCheckpoints(ctx, "playground", st.Incarnation); err == nil {
+			flushed = len(scs)
+		}
 	}
 	fmt.Fprintf(out, "\rtxns committed: %d  regions: %d  stores flushed: %d  checkpoint lag: %s        ", txns, len(c.Regions()), flushed, lag)
 }

@@ -41,7 +41,11 @@ func TestAutoResume(t *testing.T) {
 		}
 	}
 	hasEvent := func(kind lbpb.RecoveryEvent_Kind) bool {
-		evs, err := m.History(ctx, "pitr")
+		st, err := m.GetTask(ctx, "pitr")
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs, err := m.History(ctx, "pitr", st.Incarnation)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -22,8 +22,12 @@ func TestStatusShowsAgentLiveness(t *testing.T) {
 	r := brRun{t: t, ep: etcd.Endpoint()}
 	r.ok("stream", "start", "--task-name", "pitr", "--storage", "local://"+filepath.Join(t.TempDir(), "b"))
 	ctx := context.Background()
+	st, err := m.GetTask(ctx, "pitr")
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, s := range []uint64{1, 2} {
-		if err := m.PutSpanCheckpoints(ctx, "pitr", &lbpb.SpanCheckpoints{StoreId: s, Spans: []*lbpb.SpanCheckpoints_Span{{StartKey: []byte("t"), Ts: 10}}}); err != nil {
+		if err := m.PutSpanCheckpoints(ctx, "pitr", st.Incarnation, &lbpb.SpanCheckpoints{StoreId: s, Spans: []*lbpb.SpanCheckpoints_Span{{StartKey: []byte("t"), Ts: 10}}}); err != nil {
 			t.Fatal(err)
 		}
 	}
