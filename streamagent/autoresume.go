@@ -21,9 +21,10 @@ type AutoResume struct {
 }
 
 // recoverable codes: the cause can clear by itself (storage or network
-// back), so trying again later is the right call.
+// back), so trying again later is the right call. They are retryable
+// codes, which reach a LastError only through the retry budget.
 var recoverable = map[errs.Code]bool{
-	errs.CodeRetryBudgetExhausted: true, errs.CodeStorageUnavailable: true, errs.CodeStorageThrottled: true,
+	errs.CodeStorageUnavailable: true, errs.CodeStorageThrottled: true,
 	errs.CodeNetwork: true, errs.CodeDeadline: true, errs.CodeEtcdUnavailable: true, errs.CodePD: true, errs.CodeGRPC: true,
 }
 

@@ -50,9 +50,12 @@ func (t *taskRunner) noteError(err error) *fatalError {
 	t.failures++
 	budget := t.a.cfg.RetryBudget
 	if t.failures > budget.Attempts || now.Sub(t.failingSince) > budget.Duration {
+		// The LastError keeps the code of what failed (as TiKV keeps Io
+		// after its flush-failure threshold); the budget goes in the text.
+		info.Class = errs.Fatal
 		return &fatalError{
-			info: errs.Lookup(errs.CodeRetryBudgetExhausted),
-			err:  fmt.Errorf("%d failures over %s, last: [%s] %w", t.failures, now.Sub(t.failingSince).Round(time.Second), info.Code, err),
+			info: info,
+			err:  fmt.Errorf("retry budget exhausted (%d failures over %s; the budget is %d attempts or %s): %w", t.failures, now.Sub(t.failingSince).Round(time.Second), budget.Attempts, budget.Duration, err),
 		}
 	}
 	return nil

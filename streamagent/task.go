@@ -14,6 +14,7 @@ import (
 
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
 	"github.com/pingcap/kvproto/pkg/cdcpb"
+	"github.com/pingcap/kvproto/pkg/encryptionpb"
 	"github.com/pingcap/kvproto/pkg/metapb"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tikv/client-go/v2/oracle"
@@ -160,7 +161,7 @@ func (t *taskRunner) putRegionCheckpoints(ctx context.Context, fr []frozen) erro
 		cps = append(cps, meta.RegionTS{RegionID: k.id, EpochVersion: k.version, TS: ts})
 	}
 	if err := t.meta.AdvanceRegionCheckpoints(ctx, t.info.Name, cps); err != nil {
-		return fmt.Errorf("advance region checkpoints: %w", err)
+		return etcdErr(fmt.Errorf("advance region checkpoints: %w", err))
 	}
 	return nil
 }
@@ -175,6 +176,11 @@ type pendingFlush struct {
 
 func newTaskRunner(ctx context.Context, a *Agent, ts *meta.TaskStatus) (*taskRunner, error) {
 	info := ts.Info
+	// A security setting we cannot honour is refused, never downgraded:
+	// writing plaintext where encryption was asked for would be a leak.
+	if method, ok := encryptionOf(info); ok {
+		return nil, errs.Wrap(errs.CodeEncryption, fmt.Errorf("task %q asks for log encryption (%s), which this agent does not write", info.Name, method))
+	}
 	ranges, err := a.cfg.Meta.Ranges(ctx, info.Name)
 	if err != nil {
 		return nil, fmt.Errorf("read ranges of %q: %w", info.Name, err)
@@ -186,6 +192,10 @@ func newTaskRunner(ctx context.Context, a *Agent, ts *meta.TaskStatus) (*taskRun
 	covered := taskSpans(ranges)
 	known, err := knownCheckpoints(ctx, a.cfg.Meta, info.Name, ts.Incarnation, covered, info.StartTs)
 	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	if err := checkNotCollected(ctx, a.cfg.PD, globalCheckpoint(known, covered)); err != nil {
 		st.Close()
 		return nil, err
 	}
@@ -257,6 +267,9 @@ func (t *taskRunner) run(ctx context.Context, flushOnExit *atomic.Bool) {
 			return
 		case e := <-t.events:
 			t.handle(e)
+			if t.fatal != nil {
+				return
+			}
 			t.stats.bufferedBytes.Store(int64(t.builder.Size()))
 			t.stats.memoryBytes.Store(int64(t.builder.Memory()))
 			if t.builder.Memory() > t.a.cfg.MemoryQuota {
@@ -360,7 +373,7 @@ func scanRegions(ctx context.Context, pdc pd.Client, sp spans.Span) ([]*router.R
 		page, err := pdc.ScanRegions(rctx, start, sp.End, scanPage)
 		cancel()
 		if err != nil {
-			return nil, fmt.Errorf("scan regions: %w", err)
+			return nil, errs.Wrap(errs.CodePD, fmt.Errorf("scan regions: %w", err))
 		}
 		out = append(out, page...)
 		if len(page) < scanPage {
@@ -484,7 +497,7 @@ func (t *taskRunner) ensureStream(ctx context.Context) (*feedStream, error) {
 	defer cancel()
 	store, err := t.a.cfg.PD.GetStore(rctx, t.a.cfg.StoreID)
 	if err != nil {
-		return nil, fmt.Errorf("look up store %d: %w", t.a.cfg.StoreID, err)
+		return nil, errs.Wrap(errs.CodePD, fmt.Errorf("look up store %d: %w", t.a.cfg.StoreID, err))
 	}
 	conn, err := grpc.NewClient(store.Address, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)))
@@ -555,6 +568,16 @@ func (t *taskRunner) unsubscribe(sub *subscription) {
 
 func (t *taskRunner) handle(e streamEvent) {
 	if e.err != nil {
+		if t.stream == e.stream { // not the end of a stream we closed ourselves
+			info := errs.Classify(e.err)
+			t.a.metrics.errors.WithLabelValues(string(info.Code)).Inc()
+			if info.Class == errs.Fatal {
+				// E.g. Unimplemented: this TiKV has no CDC service we can
+				// use. Retrying forever would hide it.
+				t.fatal = &fatalError{info: info, err: fmt.Errorf("event feed of store %d: %w", t.a.cfg.StoreID, e.err)}
+				return
+			}
+		}
 		t.streamLost(e.stream)
 		return
 	}
@@ -580,6 +603,15 @@ func (t *taskRunner) handle(e streamEvent) {
 				t.drop(sub, "matcher")
 			}
 		case *cdcpb.Event_Error:
+			// Classified where it arrives: a region moving is routine, but
+			// another cluster's TiKV or an incompatible one never heals.
+			rerr := &errs.RegionError{RegionID: sub.region.Id, Err: x.Error}
+			info := errs.Classify(rerr)
+			t.a.metrics.errors.WithLabelValues(string(info.Code)).Inc()
+			if info.Class == errs.Fatal {
+				t.fatal = &fatalError{info: info, err: fmt.Errorf("store %d: %w", t.a.cfg.StoreID, rerr)}
+				return
+			}
 			t.drop(sub, errs.RegionErrorKind(x.Error))
 		case *cdcpb.Event_ResolvedTs:
 			// The per-region form TiKV sends clients older than 4.0.8.
@@ -679,6 +711,9 @@ func (t *taskRunner) flush(ctx context.Context) error {
 	}
 	began := time.Now()
 	fl, err := b.Finish(flushTS, minResolved)
+	if errors.Is(err, logfile.ErrSpillCorrupt) {
+		err = errs.Wrap(errs.CodeChecksumMismatch, err)
+	}
 	b.Close() // its temp files are compressed into fl now
 	t.a.metrics.flushDuration.WithLabelValues("generate_metadata").Observe(time.Since(began).Seconds())
 	if err != nil {
@@ -704,7 +739,7 @@ func (t *taskRunner) nextFlushTS(ctx context.Context) (uint64, error) {
 	defer cancel()
 	phys, logical, err := t.a.cfg.PD.GetTS(rctx)
 	if err != nil {
-		return 0, fmt.Errorf("get flush ts: %w", err)
+		return 0, errs.Wrap(errs.CodePD, fmt.Errorf("get flush ts: %w", err))
 	}
 	ts := max(oracle.ComposeTS(phys, logical), t.lastFlushTS+1)
 	t.lastFlushTS = ts
@@ -744,12 +779,12 @@ func (t *taskRunner) upload(ctx context.Context, p *pendingFlush) error {
 	t.lastFlushAt = time.Now()
 	t.stats.lastFlushUnixMs.Store(t.lastFlushAt.UnixMilli())
 	if err := t.meta.PutSpanCheckpoints(ctx, t.info.Name, t.inc, toRecord(t.a.cfg.StoreID, p.fl.Name.FlushTS, t.flushed)); err != nil {
-		return fmt.Errorf("publish span checkpoints: %w", err)
+		return etcdErr(fmt.Errorf("publish span checkpoints: %w", err))
 	}
 	if cp, ok := t.storeCheckpoint(); ok {
 		stored, err := t.meta.AdvanceStoreCheckpoint(ctx, t.info.Name, t.a.cfg.StoreID, cp)
 		if err != nil {
-			return fmt.Errorf("advance store checkpoint: %w", err)
+			return etcdErr(fmt.Errorf("advance store checkpoint: %w", err))
 		}
 		t.stats.storeCheckpoint.Store(stored)
 		lag := time.Since(oracle.GetTimeFromTS(stored)).Seconds()
@@ -782,11 +817,11 @@ func (t *taskRunner) storeCheckpoint() (uint64, bool) {
 func (t *taskRunner) syncGlobalCheckpoint(ctx context.Context) error {
 	g, ok, err := t.meta.GlobalCheckpoint(ctx, t.info.Name)
 	if err != nil || !ok {
-		return err
+		return etcdErr(err)
 	}
 	scs, err := t.meta.StorageCheckpoints(ctx, t.info.Name)
 	if err != nil {
-		return err
+		return etcdErr(err)
 	}
 	if scs[t.a.cfg.StoreID] >= g {
 		return nil
@@ -796,5 +831,58 @@ func (t *taskRunner) syncGlobalCheckpoint(ctx context.Context) error {
 		return fmt.Errorf("upload %s: %w", name, err)
 	}
 	_, err = t.meta.AdvanceStorageCheckpoint(ctx, t.info.Name, t.a.cfg.StoreID, g)
-	return err
+	return etcdErr(err)
+}
+
+// etcdErr codes a failed etcd request as EtcdUnavailable, unless it says
+// something more specific (a corrupt value, a task gone, a shutdown).
+func etcdErr(err error) error {
+	if err == nil || errors.Is(err, meta.ErrMalformed) || errors.Is(err, meta.ErrStaleIncarnation) ||
+		errors.Is(err, context.Canceled) {
+		return err
+	}
+	return errs.Wrap(errs.CodeEtcdUnavailable, err)
+}
+
+// encryptionOf reports whether the task asks for log encryption, and how.
+func encryptionOf(info *brpb.StreamBackupTaskInfo) (string, bool) {
+	sc := info.GetSecurityConfig()
+	if sc == nil {
+		return "", false
+	}
+	plain := func(m encryptionpb.EncryptionMethod) bool {
+		return m == encryptionpb.EncryptionMethod_UNKNOWN || m == encryptionpb.EncryptionMethod_PLAINTEXT
+	}
+	switch e := sc.Encryption.(type) {
+	case *brpb.StreamBackupTaskSecurityConfig_PlaintextDataKey:
+		if m := e.PlaintextDataKey.GetCipherType(); !plain(m) {
+			return "data key, " + m.String(), true
+		}
+	case *brpb.StreamBackupTaskSecurityConfig_MasterKeyConfig:
+		if m := e.MasterKeyConfig.GetEncryptionType(); !plain(m) || len(e.MasterKeyConfig.GetMasterKeys()) > 0 {
+			return "master key, " + m.String(), true
+		}
+	}
+	return "", false
+}
+
+// checkNotCollected refuses to observe from a checkpoint PD's GC has
+// passed: the changes since it are gone, and a rescan would silently miss
+// them. The GC safepoint is read as BR reads it (UpdateGCSafePoint(0)
+// never moves it, and returns it).
+func checkNotCollected(ctx context.Context, pdc pd.Client, checkpoint uint64) error {
+	if checkpoint == 0 {
+		return nil
+	}
+	rctx, cancel := context.WithTimeout(withBreaker(ctx), 10*time.Second)
+	defer cancel()
+	sp, err := pdc.UpdateGCSafePoint(rctx, 0)
+	if err != nil {
+		return errs.Wrap(errs.CodePD, fmt.Errorf("read PD's GC safepoint: %w", err))
+	}
+	if checkpoint < sp {
+		return errs.Wrap(errs.CodeGCSafepointExceeded, fmt.Errorf("the checkpoint %d (%s) is below PD's GC safepoint %d (%s): the changes since it may be gone",
+			checkpoint, oracle.GetTimeFromTS(checkpoint).UTC().Format(time.RFC3339), sp, oracle.GetTimeFromTS(sp).UTC().Format(time.RFC3339)))
+	}
+	return nil
 }

@@ -17,18 +17,21 @@ func TestErrorsDoc(t *testing.T) {
 	var b strings.Builder
 	b.WriteString("# Error codes\n\n")
 	b.WriteString("Generated from `streamagent/errs` (`go test ./streamagent/errs -run TestErrorsDoc -update`).\n")
-	b.WriteString("Codes keep TiKV's `KV:LogBackup:` namespace. **Retryable** errors are retried with backoff and\n")
-	b.WriteString("counted in `logbackup_agent_errors_total{code}` / `logbackup_agent_retries_total{code}`; past the retry\n")
-	b.WriteString("budget they become `KV:LogBackup:RetryBudgetExhausted`. **Fatal** errors write a LastError to\n")
-	b.WriteString("`/tidb/br-stream/last-error/<task>/<store>`, pause the task with severity ERROR and count\n")
-	b.WriteString("`logbackup_agent_fatal_errors_total{code}`. Fix the cause, then `br stream resume --task-name T --clear-error`;\n")
-	b.WriteString("recoverable causes are resumed automatically once storage takes writes again.\n\n")
-	b.WriteString("| code | class | cause | what to do |\n|---|---|---|---|\n")
+	b.WriteString("Codes keep TiKV's `KV:LogBackup:` namespace; the last column names the TiKV code each corresponds to, so\n")
+	b.WriteString("runbooks keyed on TiKV's codes keep working. **Retryable** errors are retried with backoff and counted in\n")
+	b.WriteString("`logbackup_agent_errors_total{code}` / `logbackup_agent_retries_total{code}` (and `tikv_log_backup_errors{type}`).\n")
+	b.WriteString("Past the retry budget (30 failures or 10 minutes) a retryable error becomes fatal and keeps its own code, with\n")
+	b.WriteString("the budget in the message, as TiKV keeps `Io` after its flush-failure threshold. **Fatal** errors write a LastError\n")
+	b.WriteString("to `/tidb/br-stream/last-error/<task>/<store>`, pause the task with severity ERROR and count\n")
+	b.WriteString("`logbackup_agent_fatal_errors_total{code}` (and `tikv_log_backup_fatal_errors{type}`). Fix the cause, then\n")
+	b.WriteString("`br stream resume --task-name T --clear-error`. A pause by a retryable code (the budget ran out) is resumed\n")
+	b.WriteString("automatically once the failing dependency answers again (see docs/ARCHITECTURE.md, automatic recovery).\n\n")
+	b.WriteString("| code | class | cause | what to do | TiKV code |\n|---|---|---|---|---|\n")
 	codes := Codes()
 	sort.Slice(codes, func(i, j int) bool { return codes[i] < codes[j] })
 	for _, c := range codes {
 		info := Lookup(c)
-		fmt.Fprintf(&b, "| `%s` | %s | %s | %s |\n", c, info.Class, info.Cause, info.Action)
+		fmt.Fprintf(&b, "| `%s` | %s | %s | %s | %s |\n", c, info.Class, info.Cause, info.Action, TiKVCode(c))
 	}
 	path := "../../docs/ERRORS.md"
 	if *updateDoc {

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"logbackup/meta"
 	"logbackup/storage"
 )
 
@@ -55,35 +56,35 @@ type Info struct {
 	Action string
 }
 
-// The codes. TiKV's own spellings (Io, gRPC, Pd, RaftReq, ObserveCancel,
-// MalformedMetadata, Unknown) are kept where the meaning is the same.
+// The codes. TiKV's own spellings (Io, gRPC, Pd, RaftReq, Encryption,
+// MalformedMetadata, Unknown) are kept where the meaning is the same;
+// TiKVCode names the TiKV code each one corresponds to.
 const (
-	CodeNetwork              Code = "KV:LogBackup:Network"
-	CodeDeadline             Code = "KV:LogBackup:Deadline"
-	CodeGRPC                 Code = "KV:LogBackup:gRPC"
-	CodeEtcdUnavailable      Code = "KV:LogBackup:EtcdUnavailable"
-	CodePD                   Code = "KV:LogBackup:Pd"
-	CodeServerBusy           Code = "KV:LogBackup:ServerIsBusy"
-	CodeCongested            Code = "KV:LogBackup:Congested"
-	CodeNotLeader            Code = "KV:LogBackup:NotLeader"
-	CodeEpochNotMatch        Code = "KV:LogBackup:EpochNotMatch"
-	CodeRegionNotFound       Code = "KV:LogBackup:RegionNotFound"
-	CodeRaftReq              Code = "KV:LogBackup:RaftReq"
-	CodeObserveCancel        Code = "KV:LogBackup:ObserveCancel"
-	CodeStorageUnavailable   Code = "KV:LogBackup:StorageUnavailable"
-	CodeStorageThrottled     Code = "KV:LogBackup:StorageThrottled"
-	CodeStorageAccessDenied  Code = "KV:LogBackup:StorageAccessDenied"
-	CodeStorageNotFound      Code = "KV:LogBackup:StorageNotFound"
-	CodeStorageQuota         Code = "KV:LogBackup:StorageQuotaExceeded"
-	CodeMalformedMetadata    Code = "KV:LogBackup:MalformedMetadata"
-	CodeChecksumMismatch     Code = "KV:LogBackup:ChecksumMismatch"
-	CodeGCSafepointExceeded  Code = "KV:LogBackup:GCSafepointExceeded"
-	CodeClusterIDMismatch    Code = "KV:LogBackup:ClusterIDMismatch"
-	CodeIncompatible         Code = "KV:LogBackup:Incompatible"
-	CodeIo                   Code = "KV:LogBackup:Io"
-	CodeRetryBudgetExhausted Code = "KV:LogBackup:RetryBudgetExhausted"
-	CodeCheckpointLag        Code = "KV:LogBackup:CheckpointLagTooLarge"
-	CodeUnknown              Code = "KV:LogBackup:Unknown"
+	CodeNetwork             Code = "KV:LogBackup:Network"
+	CodeDeadline            Code = "KV:LogBackup:Deadline"
+	CodeGRPC                Code = "KV:LogBackup:gRPC"
+	CodeEtcdUnavailable     Code = "KV:LogBackup:EtcdUnavailable"
+	CodePD                  Code = "KV:LogBackup:Pd"
+	CodeServerBusy          Code = "KV:LogBackup:ServerIsBusy"
+	CodeCongested           Code = "KV:LogBackup:Congested"
+	CodeNotLeader           Code = "KV:LogBackup:NotLeader"
+	CodeEpochNotMatch       Code = "KV:LogBackup:EpochNotMatch"
+	CodeRegionNotFound      Code = "KV:LogBackup:RegionNotFound"
+	CodeRaftReq             Code = "KV:LogBackup:RaftReq"
+	CodeStorageUnavailable  Code = "KV:LogBackup:StorageUnavailable"
+	CodeStorageThrottled    Code = "KV:LogBackup:StorageThrottled"
+	CodeStorageAccessDenied Code = "KV:LogBackup:StorageAccessDenied"
+	CodeStorageNotFound     Code = "KV:LogBackup:StorageNotFound"
+	CodeStorageQuota        Code = "KV:LogBackup:StorageQuotaExceeded"
+	CodeMalformedMetadata   Code = "KV:LogBackup:MalformedMetadata"
+	CodeChecksumMismatch    Code = "KV:LogBackup:ChecksumMismatch"
+	CodeGCSafepointExceeded Code = "KV:LogBackup:GCSafepointExceeded"
+	CodeClusterIDMismatch   Code = "KV:LogBackup:ClusterIDMismatch"
+	CodeIncompatible        Code = "KV:LogBackup:Incompatible"
+	CodeIo                  Code = "KV:LogBackup:Io"
+	CodeEncryption          Code = "KV:LogBackup:Encryption"
+	CodeCheckpointLag       Code = "KV:LogBackup:CheckpointLagTooLarge"
+	CodeUnknown             Code = "KV:LogBackup:Unknown"
 )
 
 var table = map[Code]Info{
@@ -98,7 +99,6 @@ var table = map[Code]Info{
 	CodeEpochNotMatch:       {CodeEpochNotMatch, Retryable, "the region split or merged", "none: the range is re-resolved from PD"},
 	CodeRegionNotFound:      {CodeRegionNotFound, Retryable, "the region no longer exists on this store", "none: the range is re-resolved from PD"},
 	CodeRaftReq:             {CodeRaftReq, Retryable, "TiKV returned a region error", "none: retried"},
-	CodeObserveCancel:       {CodeObserveCancel, Retryable, "an observer was cancelled while events were in flight", "none: the events are dropped and the region rescanned"},
 	CodeStorageUnavailable:  {CodeStorageUnavailable, Retryable, "external storage failed with a server error or timed out", "none: retried; check the storage service if it persists"},
 	CodeStorageThrottled:    {CodeStorageThrottled, Retryable, "external storage throttled requests", "none: retried with backoff"},
 	CodeStorageAccessDenied: {CodeStorageAccessDenied, Fatal, "external storage denied access", "fix the credentials or bucket policy, then `br stream resume --clear-error`"},
@@ -110,12 +110,48 @@ var table = map[Code]Info{
 	CodeClusterIDMismatch:   {CodeClusterIDMismatch, Fatal, "TiKV belongs to another cluster than PD says", "check the --pd endpoints and the store the agent runs beside"},
 	CodeIncompatible:        {CodeIncompatible, Fatal, "TiKV's CDC service is incompatible with this agent", "upgrade TiKV or use a matching agent version"},
 	CodeIo:                  {CodeIo, Fatal, "a local file operation failed (temp files)", "check the agent's temp directory: space and permissions; then resume with --clear-error"},
-	CodeRetryBudgetExhausted: {CodeRetryBudgetExhausted, Fatal, "a retryable error persisted past the retry budget",
-		"fix the cause named in the message; a recoverable cause is resumed automatically when it clears"},
+	CodeEncryption: {CodeEncryption, Fatal, "the task asks for log encryption, which this agent does not write",
+		"stop the task and start it without encryption, or back it up with TiKV's built-in log backup; never written in plaintext"},
 	CodeCheckpointLag: {CodeCheckpointLag, Fatal, "the checkpoint lag passed the limit, so the task was paused to stop holding back GC",
 		"find why the checkpoint stopped (status, agent logs), fix it, then resume with --clear-error"},
 	CodeUnknown: {CodeUnknown, Fatal, "an error the agent does not recognise", "read the message and the agent log; report it if the cause is unclear"},
 }
+
+// tikvCodes maps each code to the TiKV code (components/error_code
+// backup_stream.rs) a runbook written for TiKV's log backup knows it by.
+// Storage faults are Io in TiKV, region errors RaftReq, PD and its etcd Pd;
+// codes of TiDB's side have no TiKV counterpart.
+var tikvCodes = map[Code]string{
+	CodeNetwork:             "KV:LogBackup:Io (storage) or KV:LogBackup:gRPC (TiKV, PD)",
+	CodeDeadline:            "KV:LogBackup:Io (storage) or KV:LogBackup:gRPC (TiKV, PD)",
+	CodeGRPC:                "KV:LogBackup:gRPC",
+	CodeEtcdUnavailable:     "KV:LogBackup:Pd",
+	CodePD:                  "KV:LogBackup:Pd",
+	CodeServerBusy:          "KV:LogBackup:RaftReq",
+	CodeCongested:           "KV:LogBackup:OutOfQuota",
+	CodeNotLeader:           "KV:LogBackup:RaftReq",
+	CodeEpochNotMatch:       "KV:LogBackup:RaftReq",
+	CodeRegionNotFound:      "KV:LogBackup:RaftReq",
+	CodeRaftReq:             "KV:LogBackup:RaftReq",
+	CodeStorageUnavailable:  "KV:LogBackup:Io",
+	CodeStorageThrottled:    "KV:LogBackup:Io",
+	CodeStorageAccessDenied: "KV:LogBackup:Io",
+	CodeStorageNotFound:     "KV:LogBackup:Io",
+	CodeStorageQuota:        "KV:LogBackup:Io",
+	CodeMalformedMetadata:   "KV:LogBackup:MalformedMetadata",
+	CodeChecksumMismatch:    "KV:LogBackup:Io",
+	CodeGCSafepointExceeded: "none (BR: ErrBackupGCSafepointExceeded)",
+	CodeClusterIDMismatch:   "KV:LogBackup:gRPC",
+	CodeIncompatible:        "KV:LogBackup:gRPC",
+	CodeIo:                  "KV:LogBackup:Io",
+	CodeEncryption:          "KV:LogBackup:Encryption",
+	CodeCheckpointLag:       "none (TiDB's advancer pauses with this message)",
+	CodeUnknown:             "KV:LogBackup:Unknown",
+}
+
+// TiKVCode is the TiKV code a code corresponds to, for runbooks keyed on
+// TiKV's codes.
+func TiKVCode(c Code) string { return tikvCodes[c] }
 
 // Lookup returns the table entry of a code (Unknown's for an unknown code).
 func Lookup(c Code) Info {
@@ -182,6 +218,9 @@ func classify(err error) Code {
 	var re *RegionError
 	if errors.As(err, &re) && re.Err != nil {
 		return regionCode(re.Err)
+	}
+	if errors.Is(err, meta.ErrMalformed) {
+		return CodeMalformedMetadata
 	}
 	// Storage errors: gocloud's portable code, then the storage layer's own
 	// judgement of what is transient (HTTP status, network).

@@ -7,6 +7,8 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,6 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"logbackup/meta"
 	"logbackup/storage"
 	"logbackup/tests/s3test"
 )
@@ -98,4 +101,101 @@ func TestClassifyRealStorageErrors(t *testing.T) {
 	if got := Classify(open("missing").WriteFile(ctx, "x", []byte("x"))); got.Code != CodeStorageNotFound || got.Class != Fatal {
 		t.Errorf("missing bucket: %s", got.Code)
 	}
+}
+
+// TestEveryCodeIsProduced: a code no path produces is a promise the agent
+// cannot keep, and runbooks would document a state that never happens.
+// Each code is either what Classify makes of an error some path returns, or
+// named by the agent's own (non-test) code that raises it explicitly; and
+// each has its TiKV counterpart for the docs.
+func TestEveryCodeIsProduced(t *testing.T) {
+	classified := map[Code]bool{}
+	for _, err := range []error{
+		&RegionError{Err: &cdcpb.Error{NotLeader: &errorpb.NotLeader{}}},
+		&RegionError{Err: &cdcpb.Error{EpochNotMatch: &errorpb.EpochNotMatch{}}},
+		&RegionError{Err: &cdcpb.Error{RegionNotFound: &errorpb.RegionNotFound{}}},
+		&RegionError{Err: &cdcpb.Error{ServerIsBusy: &errorpb.ServerIsBusy{}}},
+		&RegionError{Err: &cdcpb.Error{Congested: &cdcpb.Congested{}}},
+		&RegionError{Err: &cdcpb.Error{ClusterIdMismatch: &cdcpb.ClusterIDMismatch{}}},
+		&RegionError{Err: &cdcpb.Error{Compatibility: &cdcpb.Compatibility{}}},
+		&RegionError{Err: &cdcpb.Error{DuplicateRequest: &cdcpb.DuplicateRequest{}}},
+		&net.OpError{Op: "dial", Err: syscall.ECONNREFUSED},
+		context.DeadlineExceeded,
+		status.Error(codes.Unavailable, "x"),
+		&fs.PathError{Op: "open", Path: "/tmp/x", Err: syscall.EACCES},
+		fmt.Errorf("decode: %w", &meta.MalformedError{Key: "k", Err: errors.New("x")}),
+		errors.New("something new"),
+		// What the local backend returns on a full disk (storage tests
+		// make one for real).
+		&storage.OpError{Op: "write", Err: &fs.PathError{Op: "write", Path: "/x", Err: syscall.ENOSPC}},
+	} {
+		classified[classify(err)] = true
+	}
+	// What a real S3-compatible server makes of a denied write and a
+	// missing bucket, through our storage layer.
+	srv := s3test.Start(t, "bk")
+	fast := storage.WithRetryPolicy(storage.RetryPolicy{MaxAttempts: 1, AttemptTimeout: 2e9})
+	ctx := context.Background()
+	for _, c := range []struct {
+		bucket string
+		fault  int
+	}{{"bk", 403}, {"missing", 0}} {
+		s, err := storage.OpenURL(ctx, srv.URL(c.bucket, "p"), fast)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.fault != 0 {
+			srv.SetFault(s3test.Fault{Status: c.fault, Remaining: -1})
+		}
+		classified[classify(s.WriteFile(ctx, "x", []byte("x")))] = true
+		srv.ClearFault()
+		s.Close()
+	}
+	var src strings.Builder
+	err := filepath.WalkDir("..", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && d.Name() == "errs" {
+			return filepath.SkipDir
+		}
+		if !d.IsDir() && strings.HasSuffix(path, ".go") && !strings.HasSuffix(path, "_test.go") {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			src.Write(b)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[Code]string{}
+	for _, line := range strings.Split(readFile(t, "errs.go"), "\n") {
+		// `	CodeX Code = "KV:LogBackup:X"`
+		if f := strings.Fields(line); len(f) == 4 && f[1] == "Code" && f[2] == "=" && strings.HasPrefix(f[0], "Code") {
+			names[Code(strings.Trim(f[3], `"`))] = f[0]
+		}
+	}
+	for _, c := range Codes() {
+		if TiKVCode(c) == "" {
+			t.Errorf("%s has no TiKV counterpart in tikvCodes", c)
+		}
+		if classified[c] {
+			continue
+		}
+		if name := names[c]; name == "" || !strings.Contains(src.String(), "errs."+name) {
+			t.Errorf("no path produces %s: Classify never returns it and no agent code raises errs.%s", c, name)
+		}
+	}
+}
+
+func readFile(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"os"
 	"sort"
 
@@ -80,7 +81,11 @@ type fileBuf struct {
 	spill    *os.File
 	spilled  int64  // plain bytes in spill
 	spillCRC uint64 // crc64xor of the spilled entries
-	length   int64  // all plain bytes
+	// spillSum is the CRC-32C of the spilled bytes in order; Finish
+	// checks the bytes it reads back against it, so a temp file damaged
+	// on disk is never compressed into a backup.
+	spillSum uint32
+	length   int64 // all plain bytes
 	entries  int64
 	minTS    uint64
 	maxTS    uint64
@@ -149,6 +154,12 @@ type cachedFile struct {
 }
 
 var errClosed = errors.New("log file builder is closed")
+
+// ErrSpillCorrupt: a spilled buffer read back differs from what was
+// written (the temp file was damaged on disk).
+var ErrSpillCorrupt = errors.New("spilled buffer read back does not match its checksum")
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // NewBuilder returns an empty builder.
 func NewBuilder(cfg BuilderConfig) *Builder {
@@ -349,6 +360,7 @@ func (b *Builder) spillFile(f *fileBuf) error {
 			return errors.Join(fmt.Errorf("spill to %s: %w", f.spill.Name(), err), terr)
 		}
 		off += int64(len(c))
+		f.spillSum = crc32.Update(f.spillSum, castagnoli, c)
 		x, err := crcXorFramesWith(t, c)
 		if err != nil {
 			return fmt.Errorf("spill: %w", err) // cannot happen: chunks hold whole frames

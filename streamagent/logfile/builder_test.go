@@ -3,8 +3,10 @@ package logfile
 import (
 	"bytes"
 	"context"
+	"errors"
 	"math/rand"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -466,5 +468,41 @@ func TestMemoryAccounting(t *testing.T) {
 	}
 	if b.Memory() != 100*firstChunk {
 		t.Fatalf("100 one-row files hold %d bytes, want %d", b.Memory(), 100*firstChunk)
+	}
+}
+
+// TestSpillCorruptionCaught: a spilled temp file damaged on disk fails
+// Finish with ErrSpillCorrupt instead of becoming a well-formed backup
+// file of wrong bytes (its sha256 would be computed over the damage).
+func TestSpillCorruptionCaught(t *testing.T) {
+	base := tso(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), 0)
+	dir := t.TempDir()
+	b := NewBuilder(BuilderConfig{StoreID: 1, NewID: seqIDs(), SpillDir: dir})
+	defer b.Close()
+	for _, c := range randomChanges(rand.New(rand.NewSource(3)), 50, base) {
+		b.Add(RegionInfo{ID: 1}, c)
+	}
+	if err := b.Spill(); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil || len(entries) == 0 {
+		t.Fatalf("nothing spilled: %v", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, entries[0].Name()), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	one := make([]byte, 1)
+	if _, err := f.ReadAt(one, 10); err != nil {
+		t.Fatal(err)
+	}
+	one[0] ^= 0x40
+	if _, err := f.WriteAt(one, 10); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if _, err := b.Finish(base+9999, base+9998); !errors.Is(err, ErrSpillCorrupt) {
+		t.Fatalf("Finish over a damaged spill file: %v, want ErrSpillCorrupt", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"hash/crc32"
 	"io"
 	"runtime"
 	"sync"
@@ -260,9 +261,11 @@ func (c *compressor) compress(f *fileBuf) (compressed, error) {
 			c.rbuf = make([]byte, 256<<10)
 		}
 		r := io.NewSectionReader(f.spill, 0, f.spilled)
+		var sum uint32
 		for {
 			n, err := io.ReadFull(r, c.rbuf)
 			if n > 0 {
+				sum = crc32.Update(sum, castagnoli, c.rbuf[:n])
 				c.h.Write(c.rbuf[:n])
 				if _, werr := c.enc.Write(c.rbuf[:n]); werr != nil {
 					return compressed{}, fmt.Errorf("compress %s: %w", f.spill.Name(), werr)
@@ -274,6 +277,9 @@ func (c *compressor) compress(f *fileBuf) (compressed, error) {
 			if err != nil {
 				return compressed{}, fmt.Errorf("read back %s: %w", f.spill.Name(), err)
 			}
+		}
+		if sum != f.spillSum {
+			return compressed{}, fmt.Errorf("%w: %s (crc32c %08x, written %08x)", ErrSpillCorrupt, f.spill.Name(), sum, f.spillSum)
 		}
 	}
 	for _, chunk := range f.chunks {

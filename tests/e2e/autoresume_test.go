@@ -71,7 +71,7 @@ func TestAutoResume(t *testing.T) {
 		return err == nil && st.Pause.V2.IsError()
 	})
 	st, _ := m.GetTask(ctx, "pitr")
-	if e, _ := st.Pause.V2.ErrorPayload(); e == nil || e.ErrorCode != "KV:LogBackup:RetryBudgetExhausted" || !strings.Contains(e.ErrorMessage, "KV:LogBackup:StorageUnavailable") {
+	if e, _ := st.Pause.V2.ErrorPayload(); e == nil || e.ErrorCode != "KV:LogBackup:StorageUnavailable" || !strings.Contains(e.ErrorMessage, "retry budget exhausted") {
 		t.Fatalf("pause payload: %+v", e)
 	}
 	put(20, "during")

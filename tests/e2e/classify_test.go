@@ -1,0 +1,164 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	brpb "github.com/pingcap/kvproto/pkg/brpb"
+	"github.com/pingcap/kvproto/pkg/encryptionpb"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	pd "github.com/tikv/pd/client"
+
+	"logbackup/br"
+	"logbackup/meta"
+	"logbackup/streamagent"
+	"logbackup/tests/simcluster"
+)
+
+// waitLastError waits for a store's LastError of task pitr and returns it.
+func waitLastError(t *testing.T, ctx context.Context, m *meta.Client) *brpb.StreamBackupError {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if le, err := m.LastErrors(ctx, "pitr"); err == nil {
+			for _, e := range le {
+				st, err := m.GetTask(ctx, "pitr")
+				if err == nil && st.Pause.V2.IsError() {
+					return e
+				}
+			}
+		}
+	}
+	t.Fatal("no LastError and ERROR pause within 30 s")
+	return nil
+}
+
+// TestRegionErrorsThatNeverHeal: a TiKV of another cluster answers every
+// registration with cluster_id_mismatch. Retrying forever (drop and
+// rescan, as before) would hide a misconfigured agent behind a growing
+// lag; the error is classified where it arrives and pauses the task with a
+// LastError naming the code.
+func TestRegionErrorsThatNeverHeal(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	h := newHarness(t, ctx, simcluster.Config{Stores: 1}, "local://"+filepath.Join(t.TempDir(), "b"), 0)
+	reg := prometheus.NewRegistry()
+	_, stop := h.agent(1, reg, func(cfg *streamagent.Config) { cfg.ClusterID = h.c.ClusterID() + 1 })
+	defer stop()
+	e := waitLastError(t, ctx, h.m)
+	if e.ErrorCode != "KV:LogBackup:ClusterIDMismatch" || !strings.Contains(e.ErrorMessage, "[store = 1]") {
+		t.Fatalf("LastError %s: %s", e.ErrorCode, e.ErrorMessage)
+	}
+	if n := testutil.ToFloat64(counterVec(t, reg, "logbackup_agent_fatal_errors_total", "KV:LogBackup:ClusterIDMismatch")); n != 1 {
+		t.Fatalf("fatal errors counted: %v", n)
+	}
+}
+
+// TestEncryptedTaskRefused: a task whose info asks for log encryption is
+// never written in plaintext: the agent refuses it with a LastError that
+// says so, and writes no data file.
+func TestEncryptedTaskRefused(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir := filepath.Join(t.TempDir(), "b")
+	h := newHarness(t, ctx, simcluster.Config{Stores: 1}, "local://"+dir, 0)
+	// What BR ≥ 8.4 writes for `--log.crypter.method aes128-ctr`.
+	st, err := h.m.GetTask(ctx, "pitr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := st.Info
+	info.SecurityConfig = &brpb.StreamBackupTaskSecurityConfig{Encryption: &brpb.StreamBackupTaskSecurityConfig_PlaintextDataKey{
+		PlaintextDataKey: &brpb.CipherInfo{CipherType: encryptionpb.EncryptionMethod_AES128_CTR, CipherKey: []byte("0123456789abcdef")}}}
+	raw, err := meta.EncodeTaskInfo(info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.etcd.Client(t).Put(ctx, meta.InfoKey("pitr"), string(raw)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.c.Put(ctx, []byte("t1"), []byte("secret")); err != nil {
+		t.Fatal(err)
+	}
+	_, stop := h.agent(1, nil, nil)
+	defer stop()
+	e := waitLastError(t, ctx, h.m)
+	if e.ErrorCode != "KV:LogBackup:Encryption" || !strings.Contains(e.ErrorMessage, "encryption") {
+		t.Fatalf("LastError %s: %s", e.ErrorCode, e.ErrorMessage)
+	}
+	if strings.Contains(e.ErrorMessage, "0123456789abcdef") {
+		t.Fatal("the data key leaked into the LastError")
+	}
+	var logs []string
+	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasSuffix(p, ".log") {
+			logs = append(logs, p)
+		}
+		return nil
+	})
+	if len(logs) > 0 {
+		t.Fatalf("data written for an encrypted task: %v", logs)
+	}
+}
+
+// TestRetryBudgetKeepsTheCode: a retryable error past the budget pauses
+// the task with its own code (what failed), the budget in the message.
+func TestRetryBudgetKeepsTheCode(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	h := newHarness(t, ctx, simcluster.Config{Stores: 1}, "local://"+filepath.Join(dir, "b"), 0)
+	_, stop := h.agent(1, nil, func(cfg *streamagent.Config) {
+		cfg.RetryBudget = streamagent.RetryBudget{Attempts: 2, Duration: time.Hour}
+		cfg.PD = &failingTSO{Client: h.c.PD()}
+	})
+	defer stop()
+	if _, err := h.c.Put(ctx, []byte("t1"), []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	e := waitLastError(t, ctx, h.m)
+	if e.ErrorCode != "KV:LogBackup:Pd" || !strings.Contains(e.ErrorMessage, "retry budget exhausted") {
+		t.Fatalf("LastError %s: %s", e.ErrorCode, e.ErrorMessage)
+	}
+	_ = br.Stop(ctx, br.NewEnv(h.m), "pitr", io.Discard)
+}
+
+func counterVec(t *testing.T, reg *prometheus.Registry, name, code string) prometheus.Collector {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetValue() == code {
+					c := prometheus.NewCounter(prometheus.CounterOpts{Name: "x"})
+					c.Add(m.GetCounter().GetValue())
+					return c
+				}
+			}
+		}
+	}
+	t.Fatalf("no %s{%s}", name, code)
+	return nil
+}
+
+var errNoTSO = errors.New("injected: PD has no TSO leader")
+
+// failingTSO is PD whose TSO fails: every flush needs one.
+type failingTSO struct{ pd.Client }
+
+func (f *failingTSO) GetTS(context.Context) (int64, int64, error) {
+	return 0, 0, fmt.Errorf("get ts: %w", errNoTSO)
+}
