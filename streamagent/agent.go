@@ -107,13 +107,13 @@ func (a *Agent) followTasks(ctx context.Context) error {
 			}
 		case meta.EventDelete:
 			a.stopTask(ev.Name, false)
-			a.metrics.taskStatus.DeleteLabelValues(ev.Name)
+			a.metrics.deleteTask(ev.Name)
 		case meta.EventPause:
 			a.stopTask(ev.Name, true)
 			if ev.Pause == nil || !ev.Pause.IsError() {
-				a.metrics.taskStatus.WithLabelValues(ev.Name).Set(statusPaused)
+				a.metrics.setTaskStatus(ev.Name, statusPaused)
 			} else {
-				a.metrics.taskStatus.WithLabelValues(ev.Name).Set(statusError)
+				a.metrics.setTaskStatus(ev.Name, statusError)
 			}
 		case meta.EventResume:
 			st, err := a.cfg.Meta.GetTask(ctx, ev.Name)
@@ -161,7 +161,7 @@ func (a *Agent) startTask(ctx context.Context, st *meta.TaskStatus) {
 	h := &runnerHandle{r: r, cancel: cancel, done: make(chan struct{})}
 	h.flushOnExit.Store(true)
 	a.runners[info.Name] = h
-	a.metrics.taskStatus.WithLabelValues(info.Name).Set(statusRunning)
+	a.metrics.setTaskStatus(info.Name, statusRunning)
 	go func() {
 		defer close(h.done)
 		r.run(rctx, &h.flushOnExit)
@@ -344,6 +344,7 @@ func (a *Agent) coordinate(ctx context.Context) {
 				}
 			}
 			t.Stop()
+			a.metrics.checkpoints.forgetGlobal() // only the coordinator exports them
 			rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			el.Resign(rctx)
 			cancel()
@@ -366,8 +367,21 @@ func (a *Agent) AdvanceOnce(ctx context.Context) error {
 	if _, err := a.cfg.Meta.CleanStaleAgentState(ctx); err != nil {
 		errs = append(errs, err)
 	}
+	if sp, err := a.gcSafePoint(ctx); err == nil {
+		a.metrics.checkpoints.setGCSafePoint(sp)
+	}
+	published := map[string]uint64{}
+	defer func() { a.metrics.checkpoints.replaceGlobal(published) }()
 	for _, t := range tasks {
 		if t.Pause.Paused {
+			// The pause alerts measure how long the checkpoint has stood.
+			g, ok, err := a.cfg.Meta.GlobalCheckpoint(ctx, t.Info.Name)
+			if err == nil {
+				published[t.Info.Name] = t.Info.StartTs
+				if ok {
+					published[t.Info.Name] = max(g, t.Info.StartTs)
+				}
+			}
 			a.autoResumeOnce(ctx, t)
 			continue
 		}
@@ -391,9 +405,18 @@ func (a *Agent) AdvanceOnce(ctx context.Context) error {
 			}
 			g = stored
 		}
+		published[t.Info.Name] = max(g, t.Info.StartTs)
 		if err := a.checkLag(ctx, t, max(g, t.Info.StartTs)); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// gcSafePoint reads PD's GC safepoint as BR does: UpdateGCSafePoint(0)
+// never moves it and returns it.
+func (a *Agent) gcSafePoint(ctx context.Context) (uint64, error) {
+	rctx, cancel := context.WithTimeout(withBreaker(ctx), 10*time.Second)
+	defer cancel()
+	return a.cfg.PD.UpdateGCSafePoint(rctx, 0)
 }

@@ -22,7 +22,18 @@ func TestMetricDocs(t *testing.T) {
 	m.flushDuration.WithLabelValues("x")
 	m.observedRegions.WithLabelValues("x")
 	m.bufferedBytes.WithLabelValues("x")
-	m.checkpointLagSecs.WithLabelValues("x")
+	m.checkpoints.setStore("x", 1)
+	m.checkpoints.replaceGlobal(map[string]uint64{"x": 1})
+	m.checkpoints.setGCSafePoint(1)
+	m.advancerOwner.WithLabelValues("x")
+	m.foreignWriters.WithLabelValues("x")
+	m.tikv.taskStatus.WithLabelValues("x")
+	m.tikv.errors.WithLabelValues("x")
+	m.tikv.fatalErrors.WithLabelValues("x")
+	m.tikv.flushDuration.WithLabelValues("x")
+	m.tikv.uploadFileSize.WithLabelValues("x")
+	m.tikv.initialScanReason.WithLabelValues("x")
+	m.tikv.pendingScans.WithLabelValues("x")
 	m.errors.WithLabelValues("x")
 	m.fatalErrors.WithLabelValues("x")
 	m.taskStatus.WithLabelValues("x")
@@ -44,7 +55,7 @@ func TestMetricDocs(t *testing.T) {
 			t.Errorf("docs/METRICS.md does not document %s", mf.GetName())
 		}
 	}
-	names := regexp.MustCompile(`\b(logbackup_[a-z_]+|up)\b`)
+	names := regexp.MustCompile(`\b(logbackup_[a-z_]+|tikv_log_backup_[a-z_]+|tidb_log_backup_[a-z_]+|tikv_gcworker_[a-z_]+|up)\b`)
 	check := func(file, text string) {
 		for _, n := range names.FindAllString(text, -1) {
 			base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(n, "_bucket"), "_sum"), "_count")

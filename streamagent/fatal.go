@@ -39,7 +39,7 @@ func (f *fatalError) Error() string { return fmt.Sprintf("[%s] %v", f.info.Code,
 // fatal by class, or retryable but past the retry budget.
 func (t *taskRunner) noteError(err error) *fatalError {
 	info := errs.Classify(err)
-	t.a.metrics.errors.WithLabelValues(string(info.Code)).Inc()
+	t.a.metrics.countError(string(info.Code))
 	if info.Class == errs.Fatal {
 		return &fatalError{info: info, err: err}
 	}
@@ -75,8 +75,8 @@ func (a *Agent) reportFatal(ctx context.Context, ts *meta.TaskStatus, f *fatalEr
 	// Fenced: a fatal error of an incarnation that was stopped meanwhile
 	// must not pause or blame the task started after it.
 	m := a.cfg.Meta.Incarnation(task, inc)
-	a.metrics.fatalErrors.WithLabelValues(string(f.info.Code)).Inc()
-	a.metrics.taskStatus.WithLabelValues(task).Set(statusError)
+	a.metrics.countFatal(string(f.info.Code))
+	a.metrics.setTaskStatus(task, statusError)
 	msg := fmt.Sprintf("[store = %d] %s; cause: %s; action: %s", a.cfg.StoreID, storage.Redact(f.err.Error()), f.info.Cause, f.info.Action)
 	lastErr := &brpb.StreamBackupError{HappenAt: uint64(time.Now().UnixMilli()), ErrorCode: string(f.info.Code), ErrorMessage: msg, StoreId: a.cfg.StoreID}
 	a.cfg.Logger.Error("task meets a fatal error; pausing it", "task", task, "code", f.info.Code, "err", storage.Redact(f.err.Error()))
@@ -184,7 +184,7 @@ func (a *Agent) checkLag(ctx context.Context, t *meta.TaskStatus, checkpoint uin
 	if err := a.cfg.Meta.Incarnation(t.Info.Name, t.Incarnation).PauseTask(ctx, t.Info.Name, meta.NewErrorPause(host, os.Getpid(), time.Now(), e)); err != nil {
 		return fmt.Errorf("pause lagging task %q: %w", t.Info.Name, err)
 	}
-	a.metrics.fatalErrors.WithLabelValues(string(info.Code)).Inc()
+	a.metrics.countFatal(string(info.Code))
 	a.cfg.Logger.Error("pausing a task whose checkpoint lags too much", "task", t.Info.Name, "lag", lag.Round(time.Second))
 	a.history(ctx, t.Info.Name, t.Incarnation, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_PAUSED, Actor: lbpb.RecoveryEvent_COORDINATOR,
 		ErrorCode: string(info.Code), Message: msg})

@@ -119,24 +119,39 @@ type taskRunner struct {
 	fatal        *fatalError
 	retry        *time.Timer
 
-	events  chan streamEvent
-	flushCh chan chan error
-	stats   taskStats
+	events    chan streamEvent
+	flushCh   chan chan error
+	stats     taskStats
+	published published
 }
 
 // publishStats refreshes what /status and the gauges show.
 func (t *taskRunner) publishStats() {
-	regions := map[uint64]struct{}{} // a region may hold several task ranges
+	scanning := 0
 	for _, sub := range t.subs {
-		regions[sub.region.Id] = struct{}{}
+		if !sub.m.Initialized() {
+			scanning++
+		}
 	}
-	t.stats.observedRegions.Store(int64(len(regions)))
+	t.stats.observedRegions.Store(int64(len(t.subs))) // one subscription per region
 	t.stats.pendingRanges.Store(int64(len(t.pending)))
 	t.stats.bufferedBytes.Store(int64(t.builder.Size()))
 	t.stats.memoryBytes.Store(int64(t.builder.Memory()))
-	t.a.metrics.observedRegions.WithLabelValues(t.info.Name).Set(float64(len(regions)))
-	t.a.metrics.bufferedBytes.WithLabelValues(t.info.Name).Set(float64(t.builder.Size()))
+	m := t.a.metrics
+	if t.subs != nil {
+		m.observedRegions.WithLabelValues(t.info.Name).Set(float64(len(t.subs)))
+		m.bufferedBytes.WithLabelValues(t.info.Name).Set(float64(t.builder.Size()))
+	}
+	// TiKV's gauges are per store, summed over tasks: add this task's change.
+	now := published{observed: float64(len(t.subs)), memory: float64(t.builder.Memory()), scanning: float64(scanning)}
+	m.tikv.observedRegion.Add(now.observed - t.published.observed)
+	m.tikv.heapMemory.Add(now.memory - t.published.memory)
+	m.tikv.pendingScans.WithLabelValues("executing").Add(now.scanning - t.published.scanning)
+	t.published = now
 }
+
+// published is a task's share of the store-wide TiKV gauges.
+type published struct{ observed, memory, scanning float64 }
 
 type frozen struct {
 	span   spans.Span
@@ -195,7 +210,7 @@ func newTaskRunner(ctx context.Context, a *Agent, ts *meta.TaskStatus) (*taskRun
 		st.Close()
 		return nil, err
 	}
-	if err := checkNotCollected(ctx, a.cfg.PD, globalCheckpoint(known, covered)); err != nil {
+	if err := checkNotCollected(ctx, a, globalCheckpoint(known, covered)); err != nil {
 		st.Close()
 		return nil, err
 	}
@@ -238,9 +253,12 @@ func (t *taskRunner) run(ctx context.Context, flushOnExit *atomic.Bool) {
 		os.RemoveAll(t.tempDir)
 	}()
 	defer func() {
-		for _, g := range []*prometheus.GaugeVec{t.a.metrics.observedRegions, t.a.metrics.bufferedBytes, t.a.metrics.checkpointLagSecs} {
+		for _, g := range []*prometheus.GaugeVec{t.a.metrics.observedRegions, t.a.metrics.bufferedBytes} {
 			g.DeleteLabelValues(t.info.Name)
 		}
+		t.a.metrics.checkpoints.forgetStore(t.info.Name)
+		t.subs, t.byRegion = nil, nil
+		t.publishStats() // takes this task's share out of the store-wide TiKV gauges
 	}()
 	flushTick := time.NewTicker(t.a.cfg.FlushInterval)
 	defer flushTick.Stop()
@@ -473,7 +491,7 @@ func (t *taskRunner) subscribe(ctx context.Context, region *metapb.Region, piece
 	sub := &subscription{reqID: t.nextReq, region: region, pieces: pieces, m: matcher.New(cp), stream: st}
 	t.subs[sub.reqID] = sub
 	t.byRegion[region.Id] = sub
-	t.a.metrics.initialScans.WithLabelValues(t.scanReason).Inc()
+	t.a.metrics.initialScan(t.scanReason)
 	hull := spans.Span{Start: pieces[0].Start, End: pieces[len(pieces)-1].End}
 	err = st.stream.Send(&cdcpb.ChangeDataRequest{
 		Header:   &cdcpb.Header{ClusterId: t.a.cfg.ClusterID, TicdcVersion: ticdcVersion},
@@ -570,7 +588,7 @@ func (t *taskRunner) handle(e streamEvent) {
 	if e.err != nil {
 		if t.stream == e.stream { // not the end of a stream we closed ourselves
 			info := errs.Classify(e.err)
-			t.a.metrics.errors.WithLabelValues(string(info.Code)).Inc()
+			t.a.metrics.countError(string(info.Code))
 			if info.Class == errs.Fatal {
 				// E.g. Unimplemented: this TiKV has no CDC service we can
 				// use. Retrying forever would hide it.
@@ -588,6 +606,7 @@ func (t *taskRunner) handle(e streamEvent) {
 		}
 		switch x := ev.Event.(type) {
 		case *cdcpb.Event_Entries_:
+			t.a.metrics.tikv.handleKVBatch.Observe(float64(len(x.Entries.Entries)))
 			err := sub.m.Rows(x.Entries.Entries, func(row *cdcpb.Event_Row) {
 				if !sub.contains(row.Key) {
 					return // between two task ranges in one region
@@ -607,7 +626,7 @@ func (t *taskRunner) handle(e streamEvent) {
 			// another cluster's TiKV or an incompatible one never heals.
 			rerr := &errs.RegionError{RegionID: sub.region.Id, Err: x.Error}
 			info := errs.Classify(rerr)
-			t.a.metrics.errors.WithLabelValues(string(info.Code)).Inc()
+			t.a.metrics.countError(string(info.Code))
 			if info.Class == errs.Fatal {
 				t.fatal = &fatalError{info: info, err: fmt.Errorf("store %d: %w", t.a.cfg.StoreID, rerr)}
 				return
@@ -715,7 +734,7 @@ func (t *taskRunner) flush(ctx context.Context) error {
 		err = errs.Wrap(errs.CodeChecksumMismatch, err)
 	}
 	b.Close() // its temp files are compressed into fl now
-	t.a.metrics.flushDuration.WithLabelValues("generate_metadata").Observe(time.Since(began).Seconds())
+	t.a.metrics.flushStage("generate_metadata", time.Since(began))
 	if err != nil {
 		// The buffered changes are gone (e.g. a spilled file could not be
 		// read back). Later flushes must not publish checkpoints that cover
@@ -755,12 +774,12 @@ func (t *taskRunner) upload(ctx context.Context, p *pendingFlush) error {
 			if err := t.st.WriteFile(ctx, o.Name, o.Data); err != nil {
 				return fmt.Errorf("upload %s: %w", o.Name, err)
 			}
-			t.a.metrics.bytesOut.Add(float64(len(o.Data)))
-			t.a.metrics.fileSize.Observe(float64(len(o.Data)))
+			t.a.metrics.uploaded("log", len(o.Data))
 		}
 		if err := t.st.WriteFile(ctx, p.fl.Meta.Name, p.fl.Meta.Data); err != nil {
 			return fmt.Errorf("upload %s: %w", p.fl.Meta.Name, err)
 		}
+		t.a.metrics.uploaded("metadata", len(p.fl.Meta.Data))
 		p.durable = true
 		p.fl.Data = nil // uploaded: release the compressed bytes
 		if hook := t.a.cfg.BeforeCheckpoints; hook != nil {
@@ -768,7 +787,7 @@ func (t *taskRunner) upload(ctx context.Context, p *pendingFlush) error {
 				return err
 			}
 		}
-		t.a.metrics.flushDuration.WithLabelValues("save_files").Observe(time.Since(began).Seconds())
+		t.a.metrics.flushStage("save_files", time.Since(began))
 	}
 	for _, f := range p.frozen {
 		t.flushed.Advance(f.span, f.ts)
@@ -787,8 +806,7 @@ func (t *taskRunner) upload(ctx context.Context, p *pendingFlush) error {
 			return etcdErr(fmt.Errorf("advance store checkpoint: %w", err))
 		}
 		t.stats.storeCheckpoint.Store(stored)
-		lag := time.Since(oracle.GetTimeFromTS(stored)).Seconds()
-		t.a.metrics.checkpointLagSecs.WithLabelValues(t.info.Name).Set(lag)
+		t.a.metrics.checkpoints.setStore(t.info.Name, stored)
 	}
 	return t.syncGlobalCheckpoint(ctx)
 }
@@ -870,13 +888,11 @@ func encryptionOf(info *brpb.StreamBackupTaskInfo) (string, bool) {
 // passed: the changes since it are gone, and a rescan would silently miss
 // them. The GC safepoint is read as BR reads it (UpdateGCSafePoint(0)
 // never moves it, and returns it).
-func checkNotCollected(ctx context.Context, pdc pd.Client, checkpoint uint64) error {
+func checkNotCollected(ctx context.Context, a *Agent, checkpoint uint64) error {
 	if checkpoint == 0 {
 		return nil
 	}
-	rctx, cancel := context.WithTimeout(withBreaker(ctx), 10*time.Second)
-	defer cancel()
-	sp, err := pdc.UpdateGCSafePoint(rctx, 0)
+	sp, err := a.gcSafePoint(ctx)
 	if err != nil {
 		return errs.Wrap(errs.CodePD, fmt.Errorf("read PD's GC safepoint: %w", err))
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"logbackup/streamagent"
+	"logbackup/tests/s3test"
 	"logbackup/tests/simcluster"
 )
 
@@ -61,5 +62,94 @@ func TestAgentMetricsAndStatus(t *testing.T) {
 		if !strings.Contains(string(body), want) {
 			t.Fatalf("/metrics lacks %q", want)
 		}
+	}
+}
+
+// scrape reads one series' value from a registry, by metric name and an
+// exact label set ("" for none).
+func scrape(t *testing.T, reg *prometheus.Registry, name, labels string) (float64, bool) {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			var ls []string
+			for _, l := range m.GetLabel() {
+				ls = append(ls, l.GetName()+"="+l.GetValue())
+			}
+			if strings.Join(ls, ",") != labels {
+				continue
+			}
+			switch {
+			case m.GetGauge() != nil:
+				return m.GetGauge().GetValue(), true
+			case m.GetCounter() != nil:
+				return m.GetCounter().GetValue(), true
+			}
+		}
+	}
+	return 0, false
+}
+
+// TestLagAlertsFireWhileFlushesFail: storage answers 503 to every upload
+// (retried within the budget, no pause). The lag the agents export keeps
+// growing — it is derived at scrape time from the checkpoint, not set by
+// the last good flush — and PingCAP's RPO expression over the coordinator's
+// tidb_log_backup_last_checkpoint grows with it while the task stays
+// running (task_status 0), so the RPO alerts fire during an outage.
+func TestLagAlertsFireWhileFlushesFail(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s3 := s3test.Start(t, "bk")
+	h := newHarness(t, ctx, simcluster.Config{Stores: 1}, s3.URL("bk", "log"), 0)
+	reg := prometheus.NewRegistry()
+	_, stop := h.agent(1, reg, func(cfg *streamagent.Config) {
+		cfg.RetryBudget = streamagent.RetryBudget{Attempts: 1 << 20, Duration: time.Hour}
+	})
+	defer stop()
+	if _, err := h.c.Put(ctx, []byte("t1"), []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	end, _ := h.c.TSO(ctx)
+	h.waitGlobal(end)
+	var ckpt float64
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if v, ok := scrape(t, reg, "tidb_log_backup_last_checkpoint", "task=pitr"); ok && v >= float64(end) {
+			ckpt = v
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the coordinator never exported the global checkpoint")
+		}
+	}
+	s3.SetFault(s3test.Fault{Status: 503, Remaining: -1, Match: func(r *http.Request) bool { return r.Method == http.MethodPut }})
+	time.Sleep(500 * time.Millisecond) // flushes in flight finish or fail
+	lag0, ok := scrape(t, reg, "logbackup_agent_checkpoint_lag_seconds", "task=pitr")
+	ckpt0, _ := scrape(t, reg, "tidb_log_backup_last_checkpoint", "task=pitr")
+	if !ok {
+		t.Fatal("no lag exported")
+	}
+	time.Sleep(3 * time.Second)
+	lag1, _ := scrape(t, reg, "logbackup_agent_checkpoint_lag_seconds", "task=pitr")
+	ckpt1, _ := scrape(t, reg, "tidb_log_backup_last_checkpoint", "task=pitr")
+	status, _ := scrape(t, reg, "tikv_log_backup_task_status", "task=pitr")
+	if s3.Faults() == 0 {
+		t.Fatal("no upload met the outage")
+	}
+	if lag1-lag0 < 2.5 {
+		t.Fatalf("lag went from %.1f s to %.1f s over 3 s of failing flushes: frozen", lag0, lag1)
+	}
+	if ckpt1 != ckpt0 || ckpt0 < ckpt {
+		t.Fatalf("global checkpoint moved during the outage: %v → %v", ckpt0, ckpt1)
+	}
+	// PingCAP's RPO expression: (time() - checkpoint / 262144000) / 60.
+	rpo := func(at time.Time, c float64) float64 { return (float64(at.UnixMilli())/1000 - c/262144000) / 60 }
+	if now := time.Now(); rpo(now, ckpt1) <= rpo(now.Add(-3*time.Second), ckpt0) || status != 0 {
+		t.Fatalf("RPO does not grow while running: status %v", status)
 	}
 }
