@@ -54,6 +54,9 @@ type TaskView struct {
 	// RecentHistory is the last few recovery events (`br stream history`
 	// shows all of them).
 	RecentHistory []string `json:"recent_history,omitempty"`
+	// Conflicts are other writers of the task's state (TiDB's advancer,
+	// TiKV's built-in log backup), in words; empty when there are none.
+	Conflicts []string `json:"conflicts"`
 
 	hasGlobal bool // a central_global checkpoint exists
 }
@@ -194,6 +197,11 @@ func loadView(ctx context.Context, env *Env, t *meta.TaskStatus) (*TaskView, err
 	if err := loadAgents(ctx, env, v, t.Incarnation); err != nil {
 		return nil, err
 	}
+	nb, err := env.Meta.Neighbours(ctx, info.Name, t.Incarnation)
+	if err != nil {
+		return nil, fmt.Errorf("read other log-backup writers of %q: %w", info.Name, err)
+	}
+	v.Conflicts = append([]string{}, nb.Describe()...)
 	evs, err := env.Meta.History(ctx, info.Name, t.Incarnation)
 	if err != nil {
 		return nil, fmt.Errorf("read history of %q: %w", info.Name, err)
@@ -336,6 +344,9 @@ func taskRows(v *TaskView, now time.Time, loc *time.Location) []row {
 		default:
 			rows = append(rows, row{"pause-payload", p.Message})
 		}
+	}
+	for i, c := range v.Conflicts {
+		rows = append(rows, row{fmt.Sprintf("conflict[%d]", i+1), "○ " + c})
 	}
 	for i, h := range v.RecentHistory {
 		rows = append(rows, row{fmt.Sprintf("history[-%d]", len(v.RecentHistory)-i), h})

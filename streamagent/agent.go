@@ -30,6 +30,7 @@ type Agent struct {
 	// resumes is the coordinator's auto-resume state, touched only by the
 	// coordinator goroutine.
 	resumes map[string]*resumeState
+	coord   coordState
 }
 
 type runnerHandle struct {
@@ -46,7 +47,8 @@ func New(cfg Config, reg prometheus.Registerer) (*Agent, error) {
 	if err := cfg.withDefaults(); err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, metrics: newMetrics(reg), runners: map[string]*runnerHandle{}, resumes: map[string]*resumeState{}}
+	a := &Agent{cfg: cfg, metrics: newMetrics(reg), runners: map[string]*runnerHandle{}, resumes: map[string]*resumeState{},
+		coord: coordState{storages: map[string]storage.Storage{}, conflicts: map[string]string{}}}
 	if a.cfg.OpenStorage == nil {
 		// Every retry inside the storage layer is counted by operation.
 		observe := storage.WithRetryObserver(func(op string, _ int, _ error) {
@@ -107,6 +109,7 @@ func (a *Agent) followTasks(ctx context.Context) error {
 			}
 		case meta.EventDelete:
 			a.stopTask(ev.Name, false)
+			a.dropSafePoints(ctx, ev.Name, true)
 			a.metrics.deleteTask(ev.Name)
 		case meta.EventPause:
 			a.stopTask(ev.Name, true)
@@ -116,6 +119,7 @@ func (a *Agent) followTasks(ctx context.Context) error {
 				a.metrics.setTaskStatus(ev.Name, statusError)
 			}
 		case meta.EventResume:
+			a.dropSafePoints(ctx, ev.Name, false)
 			st, err := a.cfg.Meta.GetTask(ctx, ev.Name)
 			if err != nil {
 				a.cfg.Logger.Warn("resume: cannot read task", "task", ev.Name, "err", err)
@@ -345,6 +349,7 @@ func (a *Agent) coordinate(ctx context.Context) {
 			}
 			t.Stop()
 			a.metrics.checkpoints.forgetGlobal() // only the coordinator exports them
+			a.coord.forgetExcept(nil)
 			rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			el.Resign(rctx)
 			cancel()
@@ -372,7 +377,9 @@ func (a *Agent) AdvanceOnce(ctx context.Context) error {
 	}
 	published := map[string]uint64{}
 	defer func() { a.metrics.checkpoints.replaceGlobal(published) }()
+	live := map[string]bool{}
 	for _, t := range tasks {
+		live[taskKey(t)] = true
 		if t.Pause.Paused {
 			// The pause alerts measure how long the checkpoint has stood.
 			g, ok, err := a.cfg.Meta.GlobalCheckpoint(ctx, t.Info.Name)
@@ -385,31 +392,14 @@ func (a *Agent) AdvanceOnce(ctx context.Context) error {
 			a.autoResumeOnce(ctx, t)
 			continue
 		}
-		ranges, err := a.cfg.Meta.Ranges(ctx, t.Info.Name)
+		g, err := a.advanceTask(ctx, t)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		covered := taskSpans(ranges)
-		known, err := knownCheckpoints(ctx, a.cfg.Meta, t.Info.Name, t.Incarnation, covered, t.Info.StartTs)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		g := globalCheckpoint(known, covered)
-		if g > 0 {
-			stored, err := a.cfg.Meta.Incarnation(t.Info.Name, t.Incarnation).AdvanceGlobalCheckpoint(ctx, t.Info.Name, g)
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			g = stored
-		}
-		published[t.Info.Name] = max(g, t.Info.StartTs)
-		if err := a.checkLag(ctx, t, max(g, t.Info.StartTs)); err != nil {
-			errs = append(errs, err)
-		}
+		published[t.Info.Name] = g
 	}
+	a.coord.forgetExcept(live)
 	return errors.Join(errs...)
 }
 

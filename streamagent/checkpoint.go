@@ -27,9 +27,21 @@ func taskSpans(ranges []meta.Range) []spans.Span {
 
 // knownCheckpoints merges every store's flushed ranges: a key's checkpoint
 // is the highest ts any store has durably flushed it to (data up to it is
-// in storage whichever store wrote it), floored at the task start.
+// in storage whichever store wrote it), floored at the task start and at
+// the global checkpoint. The global floor is what lets the agents take
+// over a task that TiKV's own log backup ran (no span checkpoints of ours,
+// central_global written by TiDB's advancer) without rescanning from the
+// start: every change at or below central_global is in storage already.
 func knownCheckpoints(ctx context.Context, m *meta.Client, task string, inc int64, covered []spans.Span, startTS uint64) (*spans.Map, error) {
-	known := spans.New(covered, startTS)
+	floor := startTS
+	g, ok, err := m.GlobalCheckpoint(ctx, task)
+	if err != nil {
+		return nil, fmt.Errorf("read global checkpoint: %w", err)
+	}
+	if ok {
+		floor = max(floor, g)
+	}
+	known := spans.New(covered, floor)
 	records, err := m.SpanCheckpoints(ctx, task, inc)
 	if err != nil {
 		return nil, fmt.Errorf("read span checkpoints: %w", err)

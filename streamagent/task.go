@@ -807,6 +807,7 @@ func (t *taskRunner) upload(ctx context.Context, p *pendingFlush) error {
 		}
 		t.stats.storeCheckpoint.Store(stored)
 		t.a.metrics.checkpoints.setStore(t.info.Name, stored)
+		t.keepFlushSafePoint(ctx, stored)
 	}
 	return t.syncGlobalCheckpoint(ctx)
 }

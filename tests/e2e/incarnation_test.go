@@ -95,9 +95,10 @@ func TestRestartFromEarlierTS(t *testing.T) {
 
 // hookedStorage runs hook (once) after a meta file is written, before the
 // write returns: the flush that wrote it has not yet written a checkpoint.
+// Every storage the agent opens shares one hook.
 type hookedStorage struct {
 	storage.Storage
-	hook atomic.Pointer[func()]
+	hook *atomic.Pointer[func()]
 }
 
 func (h *hookedStorage) WriteFile(ctx context.Context, name string, data []byte) error {
@@ -172,7 +173,8 @@ func TestStopRacesFlush(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	var hs atomic.Pointer[hookedStorage]
+	var hook atomic.Pointer[func()]
+	var opened atomic.Int32
 	a, stopAgent := h.agent(1, nil, func(cfg *streamagent.Config) {
 		cfg.Meta = meta.NewClient(cli)
 		cfg.FlushInterval = time.Hour // flushes only when the test asks
@@ -181,9 +183,8 @@ func TestStopRacesFlush(t *testing.T) {
 			if err != nil {
 				return nil, err
 			}
-			x := &hookedStorage{Storage: s}
-			hs.Store(x)
-			return x, nil
+			opened.Add(1)
+			return &hookedStorage{Storage: s, hook: &hook}, nil
 		}
 	})
 	defer stopAgent()
@@ -193,7 +194,7 @@ func TestStopRacesFlush(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for hs.Load() == nil || len(a.Tasks()) == 0 {
+	for opened.Load() == 0 || len(a.Tasks()) == 0 {
 		time.Sleep(10 * time.Millisecond)
 	}
 	time.Sleep(200 * time.Millisecond) // subscriptions initialised: the flush has checkpoints to write
@@ -202,12 +203,12 @@ func TestStopRacesFlush(t *testing.T) {
 		watches.hold()
 		stopErr = br.Stop(ctx, br.NewEnv(h.m), "pitr", io.Discard)
 	}
-	hs.Load().hook.Store(&stop)
+	hook.Store(&stop)
 	_ = a.FlushNow(ctx) // fails once the fence notices the stop
 	if stopErr != nil {
 		t.Fatal(stopErr)
 	}
-	if hs.Load().hook.Load() != nil {
+	if hook.Load() != nil {
 		t.Fatal("the flush wrote no meta file; the race was not exercised")
 	}
 	watches.release()

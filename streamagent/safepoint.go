@@ -1,0 +1,62 @@
+package streamagent
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// PD service safepoints the agents hold, named as TiKV names its own, so
+// an operator (and PD's tooling) sees the same ids whichever writes.
+const (
+	// flushSafePointTTL is how long a store's flush safepoint outlives its
+	// last refresh (TiKV: 2 h). A store whose agent is gone for longer no
+	// longer holds GC back; its ranges then rescan from what is durable,
+	// and a start below the GC safepoint is refused.
+	flushSafePointTTL = 2 * time.Hour
+)
+
+// FlushSafePointID is the service safepoint each store keeps at its
+// checkpoint − 1 while a task runs (TiKV: backup-stream-<task>-<store>).
+func FlushSafePointID(task string, store uint64) string {
+	return fmt.Sprintf("backup-stream-%s-%d", task, store)
+}
+
+// PauseGuardID is the service safepoint a store sets on a fatal error, so
+// the changes a resume rescans survive the pause (TiKV's naming).
+func PauseGuardID(task string, store uint64) string {
+	return fmt.Sprintf("%s-%d-pause-guard", task, store)
+}
+
+// keepFlushSafePoint moves this store's flush safepoint to checkpoint − 1.
+// Best effort, as in TiKV: a failure is counted and logged; the next flush
+// tries again, and the TTL covers the gap.
+func (t *taskRunner) keepFlushSafePoint(ctx context.Context, checkpoint uint64) {
+	if checkpoint == 0 {
+		return
+	}
+	rctx, cancel := context.WithTimeout(withBreaker(ctx), 10*time.Second)
+	defer cancel()
+	id := FlushSafePointID(t.info.Name, t.a.cfg.StoreID)
+	if _, err := t.a.cfg.PD.UpdateServiceGCSafePoint(rctx, id, int64(flushSafePointTTL/time.Second), checkpoint-1); err != nil {
+		t.a.metrics.countError("KV:LogBackup:Pd")
+		t.log.Warn("cannot refresh the flush GC safepoint", "id", id, "err", err)
+	}
+}
+
+// dropSafePoints removes this store's safepoints of a task: the flush one
+// when the task stops, the pause guard when it stops or resumes.
+func (a *Agent) dropSafePoints(ctx context.Context, task string, flush bool) {
+	ids := []string{PauseGuardID(task, a.cfg.StoreID)}
+	if flush {
+		ids = append(ids, FlushSafePointID(task, a.cfg.StoreID))
+	}
+	for _, id := range ids {
+		rctx, cancel := context.WithTimeout(withBreaker(ctx), 10*time.Second)
+		// TTL 0 removes a service safepoint.
+		if _, err := a.cfg.PD.UpdateServiceGCSafePoint(rctx, id, 0, 0); err != nil {
+			a.cfg.Logger.Warn("cannot remove a GC safepoint; it expires with its TTL", "id", id, "err", err)
+		}
+		cancel()
+	}
+}
