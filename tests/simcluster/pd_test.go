@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"math/rand"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -103,10 +105,15 @@ func testCtx(t *testing.T) context.Context {
 }
 
 // TestPDServerMembers: the pd client finds the cluster id and the one
-// member (leader) at PDAddr, and an etcd client works on the same address.
+// member (leader) at PDAddr, and an etcd client works on the same address,
+// whose data is in Config.DataDir.
 func TestPDServerMembers(t *testing.T) {
-	c := startPD(t, simcluster.Config{})
+	dir := t.TempDir()
+	c := startPD(t, simcluster.Config{DataDir: dir})
 	ctx := testCtx(t)
+	if _, err := os.Stat(filepath.Join(dir, "member")); err != nil {
+		t.Fatalf("no etcd data in DataDir: %v", err)
+	}
 	cli := newPDClient(t, c, pd.SecurityOption{})
 	if got := cli.GetClusterID(ctx); got != c.ClusterID() || got == 0 {
 		t.Fatalf("cluster id %d, cluster says %d", got, c.ClusterID())

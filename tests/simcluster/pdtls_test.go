@@ -138,3 +138,23 @@ func storeHealth(addr string, creds credentials.TransportCredentials, expectOK b
 type statusError struct{ s string }
 
 func (e *statusError) Error() string { return "health: " + strings.ToLower(e.s) }
+
+// TestTLSBadFiles: unreadable or mismatched TLS files fail Start with an
+// error.
+func TestTLSBadFiles(t *testing.T) {
+	certs := certtest.New(t)
+	ctx := testCtx(t)
+	for name, files := range map[string]*simcluster.TLSFiles{
+		"missing key":     {CA: certs.CA, Cert: certs.ServerCert, Key: certs.Dir + "/nope.pem"},
+		"key of another":  {CA: certs.CA, Cert: certs.ServerCert, Key: certs.ClientKey},
+		"CA is not a PEM": {CA: certs.Dir, Cert: certs.ServerCert, Key: certs.ServerKey},
+	} {
+		for _, serve := range []bool{false, true} {
+			c, err := simcluster.Start(ctx, simcluster.Config{TLS: files, ServePD: serve})
+			if err == nil {
+				c.Close()
+				t.Errorf("%s (ServePD %v): started", name, serve)
+			}
+		}
+	}
+}
