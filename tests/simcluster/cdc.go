@@ -57,7 +57,7 @@ func (s *storeServer) serve(addr string) error {
 	if err != nil {
 		return fmt.Errorf("store %d: listen %s: %w", s.id, addr, err)
 	}
-	g := grpc.NewServer(grpc.MaxRecvMsgSize(256 << 20))
+	g := grpc.NewServer(append([]grpc.ServerOption{grpc.MaxRecvMsgSize(256 << 20)}, s.c.storeOpts...)...)
 	cdcpb.RegisterChangeDataServer(g, s)
 	// client-go marks a store it failed to reach as unreachable until the
 	// gRPC health service at the store's address says SERVING again, as

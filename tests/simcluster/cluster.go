@@ -15,6 +15,9 @@ import (
 	"github.com/tikv/client-go/v2/util/codec"
 	pd "github.com/tikv/pd/client"
 	"github.com/tikv/pd/client/circuitbreaker"
+	"google.golang.org/grpc"
+
+	"logbackup/meta/embedetcd"
 )
 
 // Config shapes the simulated cluster.
@@ -32,6 +35,14 @@ type Config struct {
 	// timing (which region error a split or merge produces). 0 picks one
 	// from the clock; Cluster.Seed reports it so a failure can be replayed.
 	Seed int64
+	// ServePD serves PD on the network as PD does: pdpb.PD and an etcd on
+	// one loopback port (PDAddr). Without it PD is only in process (PD()).
+	ServePD bool
+	// DataDir keeps that etcd's data; "" uses a temporary dir that Close
+	// removes.
+	DataDir string
+	// TLS serves PD, its etcd and every store's CDC server with mutual TLS.
+	TLS *TLSFiles
 }
 
 // Cluster is a running simulated cluster.
@@ -42,6 +53,12 @@ type Cluster struct {
 	kv        *tikv.KVStore
 	clusterID uint64
 	storeIDs  []uint64
+
+	pd        *pdState
+	pdServer  *pdServer           // nil unless Config.ServePD
+	etcd      *embedetcd.Server   // PD's etcd, nil unless Config.ServePD
+	pdTempDir string              // removed by Close
+	storeOpts []grpc.ServerOption // every CDC server's (TLS)
 
 	// mu orders everything that must be atomic against CDC: ledger changes,
 	// routing rows to subscriptions, registrations and topology changes.
@@ -71,15 +88,25 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if cfg.Seed == 0 {
 		cfg.Seed = time.Now().UnixNano()
 	}
-	client, mock, pdClient, err := testutils.NewMockTiKV("", nil)
+	storeOpts, err := storeServerOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
+	client, mock, mockPD, err := testutils.NewMockTiKV("", nil)
 	if err != nil {
 		return nil, fmt.Errorf("mock tikv: %w", err)
 	}
 	storeIDs, _, regionID, _ := testutils.BootstrapWithMultiStores(mock, cfg.Stores)
+	rng := rand.New(rand.NewSource(cfg.Seed))
+	state := newPDState(newClusterID(rng))
+	// The in-process PD keeps mocktikv's topology answers but takes the
+	// cluster id, timestamps and GC state from pdState, which the network
+	// PD shares.
+	pdClient := &localPD{Client: mockPD, s: state}
 	c := &Cluster{
-		cfg: cfg, mock: mock, pdClient: pdClient, storeIDs: storeIDs,
+		cfg: cfg, mock: mock, pdClient: pdClient, storeIDs: storeIDs, pd: state, storeOpts: storeOpts,
 		ledger: newLedger(), stores: map[uint64]*storeServer{}, subs: map[uint64]map[*subscription]struct{}{},
-		seed: cfg.Seed, rng: rand.New(rand.NewSource(cfg.Seed)),
+		seed: cfg.Seed, rng: rng,
 	}
 	for _, k := range cfg.SplitKeys {
 		r, _, _, _ := mock.GetRegionByKey(EncodeKey(k))
@@ -97,7 +124,13 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		c.stores[id] = s
 		mock.UpdateStoreAddr(id, s.address())
 	}
-	c.clusterID = pdClient.GetClusterID(ctx)
+	c.clusterID = state.clusterID
+	if cfg.ServePD {
+		if err := c.startPD(ctx); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
 	c.kv, err = tikv.NewTestTiKVStore(client, pdClient, func(inner tikv.Client) tikv.Client {
 		return &hookClient{Client: inner, c: c}
 	}, nil, 0)
@@ -131,12 +164,15 @@ func (c *Cluster) Close() {
 	if c.kv != nil {
 		c.kv.Close()
 	}
+	c.stopPD()
 }
 
 // Seed is the seed of the simulator's own random choices (Config.Seed).
 func (c *Cluster) Seed() int64 { return c.seed }
 
-// PD is the PD client agents use. Region keys in it are encoded.
+// PD is the in-process PD client (no network). Region keys in it are
+// encoded. Its timestamps, cluster id and GC safepoints are the network
+// PD's (PDAddr); the writer's client-go uses it.
 func (c *Cluster) PD() pd.Client { return c.pdClient }
 
 // KV is the transactional store writes go through.
@@ -158,8 +194,9 @@ func (c *Cluster) StoreAddr(store uint64) string {
 	return s.address()
 }
 
-// TSO returns a fresh timestamp from the mock PD's oracle: the cluster's
-// clock, the same one transactions take their start and commit ts from.
+// TSO returns a fresh timestamp from PD's clock through client-go's
+// oracle: the one clock transactions take their start and commit ts from
+// and the PD gRPC server allocates from.
 func (c *Cluster) TSO(ctx context.Context) (uint64, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err

@@ -7,11 +7,12 @@
 //
 // # Model
 //
-//   - PD and the stores come from client-go's mock cluster (mocktikv): N
+//   - The topology comes from client-go's mock cluster (mocktikv): N
 //     stores, regions with one peer per store, leaders, split, merge, leader
-//     transfer, store down/up. Agents use the ordinary pd.Client (PD), whose
-//     store addresses are the stores' loopback CDC gRPC servers. Each of those
-//     also serves gRPC health, which client-go's store liveness check asks.
+//     transfer, store down/up. PD answers from it, in process (PD) and, with
+//     Config.ServePD, over the network (PDAddr; see PD below); its store
+//     addresses are the stores' loopback CDC gRPC servers. Each of those also
+//     serves gRPC health, which client-go's store liveness check asks.
 //   - Writes go through client-go's real transaction client (Txn, Put,
 //     Delete; async commit and 1PC off, so every write is a classic two-phase
 //     commit) or through hand-made prewrites held open (Prewrite → OpenTxn,
@@ -75,7 +76,55 @@
 //     Config.StreamQueueLimit subscriptions end with congested), DelayEvents,
 //     HoldScans, FailRegistrations (server_is_busy, congested, any error),
 //     RestartCDC on the same port, StoreDown/StoreUp (leaders move to live
-//     peers, health says NOT_SERVING), TSO (the mock PD oracle).
+//     peers, health says NOT_SERVING), SetPDDown (PD's API answers
+//     Unavailable), AdvancePDClock.
+//
+// # PD
+//
+// PD owns the cluster id (made as PD makes one: bootstrap seconds and
+// random bits), one TSO clock and the GC state; the in-process PD() and the
+// network PD are two doors to that one state, so timestamps are unique and
+// increasing across both (client-go's writer, TSO and the Tso stream all
+// allocate from it) and both see the same safepoints. Regions, leaders and
+// stores are mocktikv's, read at each request.
+//
+//   - Network (Config.ServePD): an embedded etcd (meta/embedetcd) whose
+//     client port also serves kvproto's pdpb.PD, as PD serves both on its
+//     client URL. PDAddr is "127.0.0.1:port" for pd.NewClient and etcd
+//     clients alike; DataDir keeps the etcd data (default: a temp dir).
+//   - Calls served, with PD's rules (tikv/pd server/grpc_service.go,
+//     gc_service.go, pkg/core): GetMembers and GetClusterInfo (one member,
+//     PD service mode, no cluster id check, as the client learns it there),
+//     Tso (a batch of count timestamps answered by its last, the client
+//     derives the rest), GetRegion, GetPrevRegion (the adjacent region before
+//     the one holding the key), GetRegionByID, ScanRegions (from the region
+//     holding the start key, limit, old and new response fields),
+//     BatchScanRegions (sorted non-overlapping ranges, adjacent ones merged,
+//     a region shared by two ranges once, limit, contain-all-key-range),
+//     QueryRegion (the router client's stream), GetStore, GetAllStores,
+//     GetGCSafePoint, UpdateGCSafePoint, UpdateServiceGCSafePoint. Every
+//     other call answers Unimplemented. A request with another cluster id
+//     gets FailedPrecondition; "no such region" is a response without a
+//     region, as PD's leader sends.
+//   - GC, as current PD keeps it behind the service-safepoint API: the txn
+//     safe point is the service safepoint "gc_worker" (infinite TTL only);
+//     every other service safepoint is a barrier expiring ttl seconds (rounded
+//     up) after PD's clock, removed by ttl <= 0, refused when below the txn
+//     safe point; the answer is the minimum, gc_worker's. The GC safe point
+//     never passes the txn safe point, which never passes a live barrier.
+//     UpdateGCSafePoint below the current value answers it (0 reads it) and
+//     past the txn safe point fails. SetGCSafePoint plays TiDB's GC worker;
+//     GCSafePoint and ServiceSafePoints show the state. With ServePD each
+//     change is first written to the etcd in PD's layout (/pd/cluster_id,
+//     /pd/<id>/gc/safe_point in hex, /pd/<id>/gc/safe_point/service/<id> as
+//     JSON, the txn safe point at /tidb/store/gcworker/saved_safe_point).
+//   - TLS (Config.TLS, files from tests/certtest): PD, its etcd and every
+//     store's CDC server serve mutual TLS; clients need a certificate from
+//     the same CA. client-go's store liveness check dials plain text, so
+//     with TLS a store marked down for the writer (StoreDown) is not seen
+//     healthy again unless client-go's global security config is set.
+//   - SetPDDown fails PD's API only: etcd and the in-process PD keep
+//     serving, so the workload goes on while agents lose PD.
 //
 // # Keys
 //
@@ -91,7 +140,11 @@
 //
 // # Not simulated
 //
-// Raft, replication, persistence and learners; GC; old values (extra_op
+// Raft, replication, persistence and learners; GC of versions (PD's GC
+// state is kept, TiKV collects nothing); PD members other than one, PD
+// restarts with the same data, keyspaces, region buckets, store stats and
+// heartbeats (a down store shows mocktikv's Offline state, where PD would
+// keep it Up and mark it disconnected); old values (extra_op
 // ReadOldValue leaves old_value empty); RawKV/TxnKV feeds; EventFeedV2 and
 // stream multiplexing; filter_loop/txn_source; NotifyTxnStatus; TiKV's
 // per-connection memory quota (approximated by a queue length); async commit
