@@ -2,24 +2,57 @@ package br
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
+	"time"
+
+	pd "github.com/tikv/pd/client"
 
 	"logbackup/meta"
 	"logbackup/proto/lbpb"
 )
 
+// DefaultPauseGCTTL is BR's default --gc-ttl of `log pause` (24 h).
+const DefaultPauseGCTTL = 24 * time.Hour
+
+// PauseSafePointID is the service safepoint BR keeps while a task is
+// paused.
+func PauseSafePointID(task string) string { return task + "_pause_safepoint" }
+
 // Pause pauses a running task with a MANUAL PauseV2 record naming this
-// operator. Agents drop their observers and unflushed buffers and rescan from
-// the checkpoint when the task is resumed.
-func Pause(ctx context.Context, env *Env, name, message string, w io.Writer) error {
+// operator, after setting BR's pause safepoint at the checkpoint − 1 for
+// gcTTL (0: 24 h) so the changes a resume rescans are kept. Agents flush
+// what they buffered and stop observing.
+func Pause(ctx context.Context, env *Env, name, message string, gcTTL time.Duration, w io.Writer) error {
 	t, err := getTask(ctx, env, name)
 	if err != nil {
 		return err
 	}
 	if t.Pause.Paused {
 		return userError("resume it with `br stream resume`", nil, "the task %s is paused already", name)
+	}
+	if gcTTL < 0 {
+		return userError("give --gc-ttl as a positive duration, e.g. 24h", nil, "invalid --gc-ttl %s", gcTTL)
+	}
+	if gcTTL == 0 {
+		gcTTL = DefaultPauseGCTTL
+	}
+	pdc, err := env.pd(ctx)
+	if err != nil {
+		return err
+	}
+	cp, err := taskCheckpoint(ctx, env, t)
+	if err != nil {
+		return err
+	}
+	if err := meta.SetServiceSafePoint(ctx, pdc, PauseSafePointID(name), gcTTL, cp-1); err != nil {
+		if errors.Is(err, meta.ErrGCPassed) {
+			return userError("the checkpoint is already collectable: stop the task and start a new one after a new full backup", err,
+				"cannot pause task %q", name)
+		}
+		return userError("check PD's health", err, "cannot set the pause GC safepoint of task %q", name)
 	}
 	p := meta.NewManualPause(env.Hostname, env.PID, env.now(), message)
 	if err := env.Meta.PauseTask(ctx, name, p); err != nil {
@@ -85,6 +118,16 @@ func Resume(ctx context.Context, env *Env, name string, clearError bool, w io.Wr
 	if err := env.Meta.ResumeTask(ctx, name); err != nil {
 		return fmt.Errorf("resume task %q: %w", name, err)
 	}
+	// The agents' pause guards go; BR's pause safepoint is cut to 30
+	// minutes as BR does, so GC stays held until the agents' flush
+	// safepoints take over, and then it expires by itself.
+	if pdc, err := env.pd(ctx); err == nil {
+		cp, _ := taskCheckpoint(ctx, env, t)
+		if err := meta.SetServiceSafePoint(ctx, pdc, PauseSafePointID(name), 30*time.Minute, cp-1); err != nil {
+			fmt.Fprintf(w, "warning: could not shorten the pause GC safepoint: %v\n", err)
+		}
+		dropSafePoints(ctx, env, pdc, name, false, w)
+	}
 	note := ""
 	if clearError && len(errs) > 0 {
 		fmt.Fprintf(w, "Cleared %d error record(s).\n", len(errs))
@@ -103,6 +146,15 @@ func Stop(ctx context.Context, env *Env, name string, w io.Writer) error {
 	if err := env.Meta.DeleteTask(ctx, name); err != nil {
 		return fmt.Errorf("stop task %q: %w", name, err)
 	}
+	// Nothing of the task may hold GC back any more.
+	if pdc, err := env.pd(ctx); err == nil {
+		if err := meta.SetServiceSafePoint(ctx, pdc, PauseSafePointID(name), 0, 0); err != nil {
+			fmt.Fprintf(w, "warning: could not remove the pause GC safepoint: %v\n", err)
+		}
+		dropSafePoints(ctx, env, pdc, name, true, w)
+	} else {
+		fmt.Fprintf(w, "warning: GC safepoints of the task are left to expire: %v\n", err)
+	}
 	fmt.Fprintf(w, "Task %q stopped; its metadata is removed. The files in storage are kept.\n", name)
 	return nil
 }
@@ -116,19 +168,59 @@ func firstNonEmpty(s ...string) string {
 	return ""
 }
 
+// taskCheckpoint is where a resume rescans from: the global checkpoint,
+// floored at the task start.
+func taskCheckpoint(ctx context.Context, env *Env, t *meta.TaskStatus) (uint64, error) {
+	cp := t.Info.StartTs
+	g, ok, err := env.Meta.GlobalCheckpoint(ctx, t.Info.Name)
+	if err != nil {
+		return 0, fmt.Errorf("read the checkpoint of %q: %w", t.Info.Name, err)
+	}
+	if ok {
+		cp = max(cp, g)
+	}
+	return cp, nil
+}
+
+// dropSafePoints removes the agents' safepoints of a task on every store PD
+// knows: the pause guards, and with flush the flush safepoints too. An
+// agent that is down cannot remove its own.
+func dropSafePoints(ctx context.Context, env *Env, pdc pd.Client, task string, flush bool, w io.Writer) {
+	rctx, cancel := meta.PDCallContext(ctx, 10*time.Second)
+	stores, err := pdc.GetAllStores(rctx)
+	cancel()
+	if err != nil {
+		fmt.Fprintf(w, "warning: cannot list stores; the agents' GC safepoints are left to expire: %v\n", err)
+		return
+	}
+	for _, s := range stores {
+		ids := []string{meta.PauseGuardID(task, s.GetId())}
+		if flush {
+			ids = append(ids, meta.FlushSafePointID(task, s.GetId()))
+		}
+		for _, id := range ids {
+			if err := meta.SetServiceSafePoint(ctx, pdc, id, 0, 0); err != nil {
+				fmt.Fprintf(w, "warning: could not remove GC safepoint %s: %v\n", id, err)
+			}
+		}
+	}
+}
+
 // checkNotCollected refuses to resume a task whose checkpoint is below
 // PD's GC safepoint: the changes it would rescan are gone, and resuming
 // would leave a hole in the backup.
 func checkNotCollected(ctx context.Context, env *Env, t *meta.TaskStatus) error {
-	sp, ok, err := env.Meta.GCSafePoint(ctx)
-	if err != nil || !ok {
+	pdc, err := env.pd(ctx)
+	if err != nil {
 		return err
 	}
-	cp := t.Info.StartTs
-	if g, ok, err := env.Meta.GlobalCheckpoint(ctx, t.Info.Name); err != nil {
+	sp, err := meta.GCSafePoint(ctx, pdc)
+	if err != nil {
+		return userError("check PD's health", err, "cannot read PD's GC safepoint")
+	}
+	cp, err := taskCheckpoint(ctx, env, t)
+	if err != nil {
 		return err
-	} else if ok {
-		cp = max(cp, g)
 	}
 	if cp < sp {
 		return userError("start a new task (after a new full backup) in another storage path", nil,

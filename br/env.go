@@ -1,16 +1,24 @@
 package br
 
 import (
+	"context"
 	"os"
 	"time"
+
+	pd "github.com/tikv/pd/client"
 
 	"logbackup/meta"
 )
 
 // Env is what the commands need from the outside world. Tests build one
-// around an embedded etcd and a fixed clock.
+// around an embedded etcd, the simulated cluster's PD and a fixed clock.
 type Env struct {
-	Meta     *meta.Client
+	Meta *meta.Client
+	// PD is PD's API (TSO, GC safepoints, stores). Commands that need it
+	// get it through pd(), which dials it with OpenPD the first time.
+	PD     pd.Client
+	OpenPD func(ctx context.Context) (pd.Client, error)
+
 	Now      func() time.Time
 	Location *time.Location
 	// Hostname and PID identify the operator in PauseV2 records.
@@ -25,6 +33,41 @@ func NewEnv(m *meta.Client) *Env {
 		host = "[err: " + err.Error() + "]"
 	}
 	return &Env{Meta: m, Now: time.Now, Location: time.Local, Hostname: host, PID: os.Getpid()}
+}
+
+// WithPD sets PD's client.
+func (e *Env) WithPD(c pd.Client) *Env { e.PD = c; return e }
+
+// pd returns PD's client, dialling it on first use.
+func (e *Env) pd(ctx context.Context) (pd.Client, error) {
+	if e.PD != nil {
+		return e.PD, nil
+	}
+	if e.OpenPD == nil {
+		return nil, userError("pass PD's address with -u/--pd", nil, "this command needs PD, and no PD is configured")
+	}
+	c, err := e.OpenPD(ctx)
+	if err != nil {
+		return nil, userError("check that PD is reachable at -u/--pd and the TLS flags", err, "cannot connect to PD")
+	}
+	e.PD = c
+	return c, nil
+}
+
+// tso takes a timestamp from PD: time comes from the cluster, never from
+// the local clock.
+func (e *Env) tso(ctx context.Context) (uint64, error) {
+	pdc, err := e.pd(ctx)
+	if err != nil {
+		return 0, err
+	}
+	rctx, cancel := meta.PDCallContext(ctx, 10*time.Second)
+	defer cancel()
+	phys, logical, err := pdc.GetTS(rctx)
+	if err != nil {
+		return 0, userError("check PD's health", err, "cannot get a timestamp from PD")
+	}
+	return uint64(phys)<<logicalBits | uint64(logical), nil
 }
 
 func (e *Env) now() time.Time {

@@ -2,9 +2,12 @@ package br
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
 
@@ -19,7 +22,13 @@ type StartOptions struct {
 	EndTS    string // TSO or datetime; empty = DefaultEndTS
 	Storage  string // storage URL
 	Filters  []string
+	// GCTTL is how long the start safepoint holds GC back for the agents'
+	// first scans (BR's hidden --gc-ttl, default 1800 s).
+	GCTTL time.Duration
 }
+
+// DefaultStartGCTTL is BR's default --gc-ttl of `log start`.
+const DefaultStartGCTTL = 1800 * time.Second
 
 // Key ranges BR observes for the table filter `*.*`: TiDB's meta keys
 // ("m".."n") and every table key ("t".."u"). Raw (not memcomparable) keys,
@@ -36,8 +45,18 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 	if err := meta.ValidTaskName(opts.TaskName); err != nil {
 		return userError("pass --task-name with letters, digits and underscores only", err, "invalid task name")
 	}
-	now := env.now()
-	nowTS := ComposeTS(now)
+	if opts.GCTTL < 0 {
+		return userError("give --gc-ttl as a positive duration, e.g. 30m", nil, "invalid --gc-ttl %s", opts.GCTTL)
+	}
+	if opts.GCTTL == 0 {
+		opts.GCTTL = DefaultStartGCTTL
+	}
+	// "Now" is PD's: a local clock running ahead or behind must not decide
+	// where a backup starts.
+	nowTS, err := env.tso(ctx)
+	if err != nil {
+		return err
+	}
 	startTS := nowTS
 	if opts.StartTS != "" {
 		ts, err := ParseTS(opts.StartTS, env.loc())
@@ -84,6 +103,20 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 		return userError("use s3://, gcs://, azblob://, file:// or local:// storage for a task", err, "storage %s cannot hold a task", loc)
 	}
 
+	pdc, err := env.pd(ctx)
+	if err != nil {
+		return err
+	}
+	sp, err := meta.GCSafePoint(ctx, pdc)
+	if err != nil {
+		return userError("check PD's health", err, "cannot read PD's GC safepoint")
+	}
+	if startTS < sp {
+		return userError("start from a later --start-ts (after a new full backup), or omit it to start now", nil,
+			"--start-ts %d (%s) is below PD's GC safepoint %d (%s): the changes since it are already collected",
+			startTS, FormatTS(startTS, env.loc()), sp, FormatTS(sp, env.loc()))
+	}
+
 	// Refuse a second task before touching the storage, so a duplicate
 	// start leaves the storage of the running task alone.
 	tasks, _, err := env.Meta.ListTasks(ctx)
@@ -108,6 +141,15 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 		return err
 	}
 
+	// Hold GC at the start until the agents' own safepoints take over, as
+	// BR does: their first scans read every change after it.
+	if err := meta.SetServiceSafePoint(ctx, pdc, "br-"+randomID(), opts.GCTTL, effectiveStart-1); err != nil {
+		if errors.Is(err, meta.ErrGCPassed) {
+			return userError("start from a later --start-ts, or omit it to start now", err, "the start ts %d is already collectable", effectiveStart)
+		}
+		return userError("check PD's health", err, "cannot set the start GC safepoint")
+	}
+
 	info := &brpb.StreamBackupTaskInfo{
 		Storage:         backend,
 		StartTs:         effectiveStart,
@@ -128,4 +170,12 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 	fmt.Fprintf(w, "Log backup task %q started.\n  start: %s (%d)\n  storage: %s\n",
 		opts.TaskName, FormatTS(effectiveStart, env.loc()), effectiveStart, loc.Redacted())
 	return nil
+}
+
+// randomID is a UUID-shaped random id, as BR names its start safepoint.
+func randomID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	h := hex.EncodeToString(b[:])
+	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
 }

@@ -57,6 +57,11 @@ type TaskView struct {
 	// Conflicts are other writers of the task's state (TiDB's advancer,
 	// TiKV's built-in log backup), in words; empty when there are none.
 	Conflicts []string `json:"conflicts"`
+	// GCSafePoint is PD's GC safepoint when PD could be asked (0: not
+	// known); GCPassed says it has passed the checkpoint: the changes since
+	// the checkpoint are gone and the task cannot resume without loss.
+	GCSafePoint uint64 `json:"gc_safepoint,omitempty"`
+	GCPassed    bool   `json:"gc_safepoint_passed"`
 
 	hasGlobal bool // a central_global checkpoint exists
 }
@@ -130,6 +135,17 @@ func LoadTasks(ctx context.Context, env *Env, name string) ([]*TaskView, error) 
 			return nil, err
 		}
 		views = append(views, v)
+	}
+	// PD is asked once, and only when there is a task: status must work
+	// with etcd alone, so an unreachable PD leaves the GC rows out.
+	if len(views) > 0 {
+		if pdc, err := env.pd(ctx); err == nil {
+			if sp, err := meta.GCSafePoint(ctx, pdc); err == nil {
+				for _, v := range views {
+					v.GCSafePoint, v.GCPassed = sp, v.Checkpoint < sp
+				}
+			}
+		}
 	}
 	return views, nil
 }
@@ -316,6 +332,10 @@ func taskRows(v *TaskView, now time.Time, loc *time.Location) []row {
 		rows = append(rows, row{"end", FormatTS(v.EndTS, loc)})
 	}
 	rows = append(rows, row{"storage", v.Storage}, row{"checkpoint[global]", at(v.Checkpoint)})
+	if v.GCPassed {
+		rows = append(rows, row{"gc-safepoint", fmt.Sprintf("○ PD's GC safepoint %s has passed the checkpoint: the changes since the checkpoint are gone and this task cannot resume without loss; stop it and start a new one after a new full backup",
+			FormatTS(v.GCSafePoint, loc))})
+	}
 	if !v.hasGlobal {
 		for _, p := range v.Progress {
 			rows = append(rows, row{fmt.Sprintf("checkpoint[store=%d]", p.StoreID), at(p.Checkpoint)})

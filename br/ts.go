@@ -29,8 +29,9 @@ func FormatTS(ts uint64, loc *time.Location) string {
 	return PhysicalTime(ts).In(loc).Format("2006-01-02 15:04:05.000 -0700")
 }
 
-// datetime layouts accepted by ParseTS, tried in order. A layout without a
-// zone is read in the caller's location.
+// datetime layouts accepted by ParseTS, tried in order. Every one names
+// its zone: BR refuses a datetime without one (it would be read in whatever
+// zone the machine running the command happens to be in).
 var tsLayouts = []string{
 	time.RFC3339Nano,
 	"2006-01-02 15:04:05.999999999 -0700",
@@ -38,9 +39,10 @@ var tsLayouts = []string{
 	"2006-01-02 15:04:05.999999999 -07:00",
 	"2006-01-02 15:04:05.999999999-07:00",
 	"2006-01-02 15:04:05.999999999 MST",
-	"2006-01-02 15:04:05.999999999",
-	"2006-01-02",
 }
+
+// zoneless are datetimes BR refuses for lacking a zone.
+var zoneless = []string{"2006-01-02 15:04:05.999999999", "2006-01-02T15:04:05.999999999", "2006-01-02"}
 
 // ParseTS reads a timestamp flag as BR does: either a TSO (an unsigned
 // integer) or a datetime such as "2018-05-11 01:42:23+0800".
@@ -66,6 +68,12 @@ func ParseTS(s string, loc *time.Location) (uint64, error) {
 				return 0, fmt.Errorf("timestamp %q is before 1970", s)
 			}
 			return ComposeTS(t), nil
+		}
+	}
+	for _, layout := range zoneless {
+		if _, err := time.Parse(layout, s); err == nil {
+			// BR's words (ParseTSString with tzCheck).
+			return 0, fmt.Errorf("timestamp %q: must set timezone when using datetime format ts, e.g. '2018-05-11 01:42:23+0800'", s)
 		}
 	}
 	return 0, fmt.Errorf("timestamp %q is neither a TSO nor a datetime like \"2006-01-02 15:04:05+0800\"", s)

@@ -18,7 +18,8 @@ func TestParseTS(t *testing.T) {
 		{"2018-05-11 01:42:23 +0800", want, true},
 		{"2018-05-11 01:42:23+08:00", want, true},
 		{"2018-05-11T01:42:23+08:00", want, true},
-		{"2018-05-11 01:42:23", want, true}, // read in loc
+		{"2018-05-11 01:42:23", 0, false}, // no zone: BR refuses it
+		{"2018-05-11", 0, false},
 		{"0", 0, false},
 		{"", 0, false},
 		{"yesterday", 0, false},

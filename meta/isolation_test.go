@@ -189,8 +189,6 @@ func TestCorruptValuesNameTheKey(t *testing.T) {
 			func() error { _, err := c.History(ctx, "pitr", 3); return err }}},
 		{meta.AgentKey(1), garbage, []call{
 			func() error { _, err := c.Agents(ctx); return err }}},
-		{"/pd/cluster_id", "short", []call{
-			func() error { _, _, err := c.GCSafePoint(ctx); return err }}},
 	}
 	for _, ch := range checks {
 		before, err := cli.Get(ctx, ch.key)

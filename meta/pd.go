@@ -2,45 +2,117 @@ package meta
 
 import (
 	"context"
-	"encoding/binary"
+	"errors"
 	"fmt"
-	"strconv"
 	"strings"
+	"time"
+
+	pd "github.com/tikv/pd/client"
+	"github.com/tikv/pd/client/circuitbreaker"
+	"github.com/tikv/pd/client/opt"
 )
 
-// PD keeps its cluster id and the cluster's GC safepoint in its own etcd,
-// which is the etcd this tool talks to in production:
-//
-//	/pd/cluster_id                 8-byte big-endian cluster id
-//	/pd/<cluster id>/gc/safe_point GC safepoint as a hex string
-const pdClusterIDKey = "/pd/cluster_id"
+// DialPD connects the pd client to PD (which serves etcd on the same
+// address) and proves it answers within cfg.DialTimeout (default 5 s).
+// The client lives until Close: the pd client ends when the context it was
+// made with ends, so that context is cancelled only by Close, or here if
+// start-up overruns its deadline.
+func DialPD(ctx context.Context, cfg DialConfig) (pd.Client, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("no PD endpoints")
+	}
+	timeout := cfg.DialTimeout
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	addrs := make([]string, 0, len(cfg.Endpoints))
+	for _, ep := range cfg.Endpoints {
+		if ep = strings.TrimSpace(ep); ep != "" {
+			addrs = append(addrs, ep)
+		}
+	}
+	life, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	timer := time.AfterFunc(timeout, cancel)
+	cli, err := pd.NewClientWithContext(life, addrs,
+		pd.SecurityOption{CAPath: cfg.CAFile, CertPath: cfg.CertFile, KeyPath: cfg.KeyFile},
+		opt.WithCustomTimeoutOption(timeout), opt.WithMaxErrorRetry(1))
+	if !timer.Stop() || err != nil {
+		cancel()
+		if err == nil {
+			cli.Close()
+			err = fmt.Errorf("no answer within %s", timeout)
+		}
+		return nil, fmt.Errorf("cannot reach PD at %v within %s: %w", addrs, timeout, err)
+	}
+	return &ownedPD{Client: cli, cancel: cancel}, nil
+}
 
-// GCSafePoint reads PD's GC safepoint from etcd. ok is false when the etcd
-// holds no PD data (a plain etcd, the playground).
-func (c *Client) GCSafePoint(ctx context.Context) (ts uint64, ok bool, err error) {
-	rctx, cancel := c.ctx(ctx)
+// ownedPD releases the client's context when it is closed.
+type ownedPD struct {
+	pd.Client
+	cancel context.CancelFunc
+}
+
+func (c *ownedPD) Close() {
+	c.Client.Close()
+	c.cancel()
+}
+
+// PDCallContext bounds one PD call: a deadline, and the circuit breaker the
+// pinned pd client expects on region calls (it panics without one).
+func PDCallContext(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	ctx = circuitbreaker.WithCircuitBreaker(ctx, circuitbreaker.NewCircuitBreaker("logbackup", circuitbreaker.AlwaysClosedSettings))
+	return context.WithTimeout(ctx, d)
+}
+
+// GCSafePoint reads PD's GC safepoint through PD's API, as BR does:
+// UpdateGCSafePoint with 0 never moves it and answers with it.
+func GCSafePoint(ctx context.Context, pdc pd.Client) (uint64, error) {
+	rctx, cancel := PDCallContext(ctx, 10*time.Second)
 	defer cancel()
-	resp, err := c.cli.Get(rctx, pdClusterIDKey)
+	sp, err := pdc.UpdateGCSafePoint(rctx, 0)
 	if err != nil {
-		return 0, false, fmt.Errorf("read PD cluster id: %w", err)
+		return 0, fmt.Errorf("read PD's GC safepoint: %w", err)
 	}
-	if len(resp.Kvs) == 0 {
-		return 0, false, nil
+	return sp, nil
+}
+
+// SetServiceSafePoint keeps PD's GC at or below ts for ttl under id; a
+// ttl of 0 removes it. PD refuses a safepoint below the GC safepoint by
+// answering with a higher minimum: that is an error here, since whatever
+// the caller wanted to protect is already collectable.
+func SetServiceSafePoint(ctx context.Context, pdc pd.Client, id string, ttl time.Duration, ts uint64) error {
+	rctx, cancel := PDCallContext(ctx, 10*time.Second)
+	defer cancel()
+	secs := int64(ttl / time.Second)
+	if ttl > 0 && secs == 0 {
+		secs = 1
 	}
-	if len(resp.Kvs[0].Value) != 8 {
-		return 0, false, malformed(pdClusterIDKey, fmt.Errorf("cluster id is %d bytes, want 8", len(resp.Kvs[0].Value)))
-	}
-	key := fmt.Sprintf("/pd/%d/gc/safe_point", binary.BigEndian.Uint64(resp.Kvs[0].Value))
-	resp, err = c.cli.Get(rctx, key)
+	min, err := pdc.UpdateServiceGCSafePoint(rctx, id, secs, ts)
 	if err != nil {
-		return 0, false, fmt.Errorf("read GC safepoint: %w", err)
+		return fmt.Errorf("set GC safepoint %s: %w", id, err)
 	}
-	if len(resp.Kvs) == 0 {
-		return 0, false, nil
+	if secs > 0 && min > ts {
+		return fmt.Errorf("set GC safepoint %s at %d: PD's GC safepoint is already %d: %w", id, ts, min, ErrGCPassed)
 	}
-	ts, err = strconv.ParseUint(strings.TrimSpace(string(resp.Kvs[0].Value)), 16, 64)
-	if err != nil {
-		return 0, false, malformed(key, err)
-	}
-	return ts, true, nil
+	return nil
+}
+
+// ErrGCPassed: PD's GC safepoint is past the timestamp a caller wanted to
+// keep.
+var ErrGCPassed = errors.New("the GC safepoint has passed it")
+
+// PD service safepoint ids the agents hold, named as TiKV names its own so
+// an operator (and PD's tooling) sees the same ids whichever writes.
+
+// FlushSafePointID is the service safepoint each store keeps at its
+// checkpoint − 1 while a task runs (TiKV: backup-stream-<task>-<store>).
+func FlushSafePointID(task string, store uint64) string {
+	return fmt.Sprintf("backup-stream-%s-%d", task, store)
+}
+
+// PauseGuardID is the service safepoint a store sets on a fatal error, so
+// the changes a resume rescans survive the pause (TiKV's naming).
+func PauseGuardID(task string, store uint64) string {
+	return fmt.Sprintf("%s-%d-pause-guard", task, store)
 }

@@ -159,7 +159,7 @@ func (a *Agent) guardGC(ctx context.Context, task string, inc int64) error {
 	if cp == 0 {
 		return nil
 	}
-	_, err = a.cfg.PD.UpdateServiceGCSafePoint(ctx, PauseGuardID(task, a.cfg.StoreID), int64(gcGuardTTL/time.Second), cp-1)
+	_, err = a.cfg.PD.UpdateServiceGCSafePoint(ctx, meta.PauseGuardID(task, a.cfg.StoreID), int64(gcGuardTTL/time.Second), cp-1)
 	return err
 }
 

@@ -2,8 +2,9 @@ package streamagent
 
 import (
 	"context"
-	"fmt"
 	"time"
+
+	"logbackup/meta"
 )
 
 // PD service safepoints the agents hold, named as TiKV names its own, so
@@ -16,18 +17,6 @@ const (
 	flushSafePointTTL = 2 * time.Hour
 )
 
-// FlushSafePointID is the service safepoint each store keeps at its
-// checkpoint − 1 while a task runs (TiKV: backup-stream-<task>-<store>).
-func FlushSafePointID(task string, store uint64) string {
-	return fmt.Sprintf("backup-stream-%s-%d", task, store)
-}
-
-// PauseGuardID is the service safepoint a store sets on a fatal error, so
-// the changes a resume rescans survive the pause (TiKV's naming).
-func PauseGuardID(task string, store uint64) string {
-	return fmt.Sprintf("%s-%d-pause-guard", task, store)
-}
-
 // keepFlushSafePoint moves this store's flush safepoint to checkpoint − 1.
 // Best effort, as in TiKV: a failure is counted and logged; the next flush
 // tries again, and the TTL covers the gap.
@@ -37,7 +26,7 @@ func (t *taskRunner) keepFlushSafePoint(ctx context.Context, checkpoint uint64) 
 	}
 	rctx, cancel := context.WithTimeout(withBreaker(ctx), 10*time.Second)
 	defer cancel()
-	id := FlushSafePointID(t.info.Name, t.a.cfg.StoreID)
+	id := meta.FlushSafePointID(t.info.Name, t.a.cfg.StoreID)
 	if _, err := t.a.cfg.PD.UpdateServiceGCSafePoint(rctx, id, int64(flushSafePointTTL/time.Second), checkpoint-1); err != nil {
 		t.a.metrics.countError("KV:LogBackup:Pd")
 		t.log.Warn("cannot refresh the flush GC safepoint", "id", id, "err", err)
@@ -47,9 +36,9 @@ func (t *taskRunner) keepFlushSafePoint(ctx context.Context, checkpoint uint64) 
 // dropSafePoints removes this store's safepoints of a task: the flush one
 // when the task stops, the pause guard when it stops or resumes.
 func (a *Agent) dropSafePoints(ctx context.Context, task string, flush bool) {
-	ids := []string{PauseGuardID(task, a.cfg.StoreID)}
+	ids := []string{meta.PauseGuardID(task, a.cfg.StoreID)}
 	if flush {
-		ids = append(ids, FlushSafePointID(task, a.cfg.StoreID))
+		ids = append(ids, meta.FlushSafePointID(task, a.cfg.StoreID))
 	}
 	for _, id := range ids {
 		rctx, cancel := context.WithTimeout(withBreaker(ctx), 10*time.Second)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	pd "github.com/tikv/pd/client"
 
 	"logbackup/br"
 	"logbackup/meta"
@@ -90,7 +91,18 @@ func withEnv(cmd *cobra.Command, g *globalFlags, fn func(ctx context.Context, en
 			Hint: fmt.Sprintf("check that PD/etcd is reachable at %s (-u/--pd) and the TLS flags", strings.Join(g.pd, ","))}
 	}
 	defer cli.Close()
-	return fn(ctx, br.NewEnv(meta.NewClient(cli)))
+	env := br.NewEnv(meta.NewClient(cli))
+	// PD answers on the same address as its etcd; dialled only by the
+	// commands that need it (TSO, GC safepoints, stores).
+	env.OpenPD = func(ctx context.Context) (pd.Client, error) {
+		return meta.DialPD(ctx, meta.DialConfig{Endpoints: g.pd, CAFile: g.ca, CertFile: g.cert, KeyFile: g.key, DialTimeout: g.dialTimeout})
+	}
+	defer func() {
+		if env.PD != nil {
+			env.PD.Close()
+		}
+	}()
+	return fn(ctx, env)
 }
 
 func requireTaskName(name string) error {
@@ -121,6 +133,7 @@ func startCommand(g *globalFlags) *cobra.Command {
 	f.StringVar(&o.EndTS, "end-ts", "", "end timestamp (TSO or datetime); default 999999999999999999")
 	f.StringVarP(&o.Storage, "storage", "s", "", "storage URL: s3://, gcs://, azblob://, file:// or local://")
 	f.StringSliceVarP(&o.Filters, "filter", "f", nil, "table filter; only '*.*' (every table) is supported")
+	f.DurationVar(&o.GCTTL, "gc-ttl", br.DefaultStartGCTTL, "how long PD keeps the changes since --start-ts for the agents' first scans")
 	return cmd
 }
 
@@ -143,6 +156,7 @@ func statusCommand(g *globalFlags) *cobra.Command {
 
 func pauseCommand(g *globalFlags) *cobra.Command {
 	var name, message string
+	var gcTTL time.Duration
 	cmd := &cobra.Command{
 		Use:   "pause",
 		Short: "pause a log backup task",
@@ -152,12 +166,13 @@ func pauseCommand(g *globalFlags) *cobra.Command {
 				return err
 			}
 			return withEnv(cmd, g, func(ctx context.Context, env *br.Env) error {
-				return br.Pause(ctx, env, name, message, cmd.OutOrStdout())
+				return br.Pause(ctx, env, name, message, gcTTL, cmd.OutOrStdout())
 			})
 		},
 	}
 	cmd.Flags().StringVar(&name, "task-name", "", "the task to pause")
 	cmd.Flags().StringVar(&message, "message", "", "why the task is paused (shown by status)")
+	cmd.Flags().DurationVar(&gcTTL, "gc-ttl", br.DefaultPauseGCTTL, "how long PD keeps the changes since the checkpoint while the task is paused")
 	return cmd
 }
 

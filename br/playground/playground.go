@@ -105,7 +105,7 @@ func Run(ctx context.Context, o Options, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	env := br.NewEnv(m)
+	env := br.NewEnv(m).WithPD(cluster.PD())
 	if err := br.Start(ctx, env, br.StartOptions{TaskName: "playground", StartTS: fmt.Sprint(startTS), Storage: o.Storage}, out); err != nil {
 		return err
 	}

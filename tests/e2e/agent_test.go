@@ -120,7 +120,7 @@ func backUpEverything(t *testing.T, newStorage func(t *testing.T) string, quota 
 		t.Fatal(err)
 	}
 	url := newStorage(t)
-	env := br.NewEnv(m)
+	env := br.NewEnv(m).WithPD(c.PD())
 	if err := br.Start(ctx, env, br.StartOptions{TaskName: "pitr", StartTS: fmt.Sprint(startTS), Storage: url}, io.Discard); err != nil {
 		t.Fatal(err)
 	}

@@ -42,7 +42,7 @@ func setupBench(b *testing.B, regions int) *benchEnv {
 	}
 	b.Cleanup(c.Close)
 	start, _ := c.TSO(ctx)
-	if err := br.Start(ctx, br.NewEnv(m), br.StartOptions{TaskName: "bench", StartTS: fmt.Sprint(start), Storage: "local://" + b.TempDir()}, io.Discard); err != nil {
+	if err := br.Start(ctx, br.NewEnv(m).WithPD(c.PD()), br.StartOptions{TaskName: "bench", StartTS: fmt.Sprint(start), Storage: "local://" + b.TempDir()}, io.Discard); err != nil {
 		b.Fatal(err)
 	}
 	return &benchEnv{c: c, m: m, start: start}
@@ -176,7 +176,7 @@ func BenchmarkFatalToPause(b *testing.B) {
 	defer c.Close()
 	s3 := s3test.Start(b, "bk")
 	start, _ := c.TSO(ctx)
-	if err := br.Start(ctx, br.NewEnv(m), br.StartOptions{TaskName: "bench", StartTS: fmt.Sprint(start), Storage: s3.URL("bk", "log")}, io.Discard); err != nil {
+	if err := br.Start(ctx, br.NewEnv(m).WithPD(c.PD()), br.StartOptions{TaskName: "bench", StartTS: fmt.Sprint(start), Storage: s3.URL("bk", "log")}, io.Discard); err != nil {
 		b.Fatal(err)
 	}
 	a, err := streamagent.New(streamagent.Config{StoreID: c.StoreIDs()[0], PD: c.PD(), Meta: m, ClusterID: c.ClusterID(),

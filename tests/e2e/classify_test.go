@@ -127,7 +127,7 @@ func TestRetryBudgetKeepsTheCode(t *testing.T) {
 	if e.ErrorCode != "KV:LogBackup:Pd" || !strings.Contains(e.ErrorMessage, "retry budget exhausted") {
 		t.Fatalf("LastError %s: %s", e.ErrorCode, e.ErrorMessage)
 	}
-	_ = br.Stop(ctx, br.NewEnv(h.m), "pitr", io.Discard)
+	_ = br.Stop(ctx, h.env(), "pitr", io.Discard)
 }
 
 func counterVec(t *testing.T, reg *prometheus.Registry, name, code string) prometheus.Collector {

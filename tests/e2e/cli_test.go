@@ -16,7 +16,6 @@ import (
 
 	"logbackup/br/cli"
 	"logbackup/meta"
-	"logbackup/tests/etcdtest"
 	"logbackup/tests/s3test"
 )
 
@@ -131,10 +130,8 @@ func statusOf(t *testing.T, r brRun, task string) statusJSON {
 // TestCLILifecycle walks a task through start, an agent's error report,
 // refused and accepted resumes, a manual pause and stop.
 func TestCLILifecycle(t *testing.T) {
-	etcd := etcdtest.Start(t)
-	cli := etcd.Client(t)
+	r, cli, _ := cliCluster(t)
 	mc := meta.NewClient(cli)
-	r := brRun{t: t, ep: etcd.Endpoint()}
 	dir := t.TempDir()
 	storageURL := "local://" + filepath.Join(dir, "backup")
 
@@ -236,9 +233,7 @@ func TestCLILifecycle(t *testing.T) {
 // TestCLIBadInputs checks that each bad input gets a clear error and leaves
 // etcd exactly as it was.
 func TestCLIBadInputs(t *testing.T) {
-	etcd := etcdtest.Start(t)
-	cli := etcd.Client(t)
-	r := brRun{t: t, ep: etcd.Endpoint()}
+	r, cli, _ := cliCluster(t)
 	dir := t.TempDir()
 	good := "local://" + filepath.Join(dir, "good")
 	r.ok("stream", "start", "--task-name", "pitr", "--storage", good)
@@ -273,7 +268,7 @@ func TestCLIBadInputs(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			before := snapshot(t, cli)
-			r := brRun{t: t, ep: etcd.Endpoint()}
+			r := brRun{t: t, ep: r.ep}
 			r.fails(c.want, c.args...)
 			sameSnapshot(t, c.name, before, snapshot(t, cli))
 		})
@@ -291,7 +286,7 @@ func TestCLIBadInputs(t *testing.T) {
 	for _, c := range storageCases {
 		t.Run(c.name, func(t *testing.T) {
 			before := snapshot(t, cli)
-			r := brRun{t: t, ep: etcd.Endpoint()}
+			r := brRun{t: t, ep: r.ep}
 			res := r.fails("storage", "stream", "start", "--task-name", "t3", "--storage", c.url)
 			if !strings.Contains(res.stderr, "Hint:") {
 				t.Fatalf("no hint: %q", res.stderr)
@@ -333,9 +328,7 @@ func TestCLICorruptValues(t *testing.T) {
 	}
 	for _, k := range keys {
 		t.Run(k.kind, func(t *testing.T) {
-			etcd := etcdtest.Start(t)
-			cli := etcd.Client(t)
-			r := brRun{t: t, ep: etcd.Endpoint()}
+			r, cli, _ := cliCluster(t)
 			r.ok("stream", "start", "--task-name", "pitr", "--storage", "local://"+t.TempDir())
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
@@ -361,8 +354,7 @@ func TestCLICorruptValues(t *testing.T) {
 // TestCLIHidesCredentials: a secret in the storage URL never reaches status
 // output, start output or errors.
 func TestCLIHidesCredentials(t *testing.T) {
-	etcd := etcdtest.Start(t)
-	r := brRun{t: t, ep: etcd.Endpoint()}
+	r, _, _ := cliCluster(t)
 	s3 := s3test.Start(t, "bk")
 	url := s3.URL("bk", "log")
 	if !strings.Contains(url, "secret") {

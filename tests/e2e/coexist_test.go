@@ -156,9 +156,11 @@ func TestTakeOverFromTiKVLogBackup(t *testing.T) {
 	if _, err := h.m.AdvanceGlobalCheckpoint(ctx, "pitr", handover); err != nil { // TiDB's advancer, before it was turned off
 		t.Fatal(err)
 	}
-	// GC has run past the task start (TiKV's safepoint held it at the checkpoint).
-	if _, err := h.c.PD().UpdateGCSafePoint(ctx, handover-1); err != nil {
-		t.Fatal(err)
+	// GC has run past the task start (TiKV's safepoint held it at the
+	// checkpoint, and the start safepoint has expired long ago).
+	h.c.AdvancePDClock(time.Hour)
+	if sp, err := h.c.SetGCSafePoint(ctx, handover-1); err != nil || sp != handover-1 {
+		t.Fatalf("GC reached %d (%v), want %d", sp, err, handover-1)
 	}
 	for _, s := range h.c.StoreIDs() {
 		_, stop := h.agent(s, nil, nil)

@@ -68,8 +68,8 @@ func TestEtcdDownDuringFlush(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	s3 := s3test.Start(t, "bk")
-	h := newHarness(t, ctx, simcluster.Config{Stores: 1}, s3.URL("bk", "log"), 0, meta.WithRequestTimeout(time.Second))
-	c, m, etcd, startTS, url := h.c, h.m, h.etcd, h.startTS, h.url
+	h := newHarnessOwnEtcd(t, ctx, simcluster.Config{Stores: 1}, s3.URL("bk", "log"), 0, meta.WithRequestTimeout(time.Second))
+	c, m, etcd, startTS, url := h.c, h.m, h.own, h.startTS, h.url
 	_, stop := h.agent(c.StoreIDs()[0], nil, func(cfg *streamagent.Config) {
 		cfg.RetryBudget = streamagent.RetryBudget{Attempts: 1000, Duration: time.Hour}
 	})

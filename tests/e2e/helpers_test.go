@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"logbackup/br"
 	"logbackup/meta"
@@ -45,13 +46,63 @@ func assertBackedUp(t *testing.T, ctx context.Context, url string, c *simcluster
 	return len(want)
 }
 
-// harness is the common ground of the end-to-end tests: a real etcd, the
-// simulated cluster and a task "pitr" to url, started at the cluster's
-// current TSO (or at start when given).
+// etcdEndpoint is an etcd the tests talk to: the simulated PD's own (one
+// address for PD and etcd, as deployed) or a standalone one that a test
+// can stop and restart.
+type etcdEndpoint interface {
+	Endpoint() string
+	Client(t testing.TB) *clientv3.Client
+}
+
+// pdEtcd is the etcd the simulated PD serves on its own port.
+type pdEtcd struct{ c *simcluster.Cluster }
+
+func (p pdEtcd) Endpoint() string { return p.c.PDAddr() }
+
+func (p pdEtcd) Client(t testing.TB) *clientv3.Client {
+	t.Helper()
+	cli, err := meta.Dial(context.Background(), meta.DialConfig{Endpoints: []string{p.c.PDAddr()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+// startPDCluster starts the simulated cluster serving PD and etcd on one
+// address, as deployed.
+func startPDCluster(t testing.TB, ctx context.Context, sim simcluster.Config) *simcluster.Cluster {
+	t.Helper()
+	sim.ServePD = true
+	if sim.DataDir == "" {
+		sim.DataDir = t.TempDir()
+	}
+	c, err := simcluster.Start(ctx, sim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// cliCluster is a one-store simulated cluster for CLI tests: `br` talks to
+// it with -u, as to PD.
+func cliCluster(t *testing.T) (brRun, *clientv3.Client, *simcluster.Cluster) {
+	t.Helper()
+	c := startPDCluster(t, context.Background(), simcluster.Config{Stores: 1})
+	e := pdEtcd{c}
+	return brRun{t: t, ep: e.Endpoint()}, e.Client(t), c
+}
+
+// harness is the common ground of the end-to-end tests: the simulated
+// cluster serving PD and its etcd on one address (or, with standaloneEtcd,
+// a separate etcd a test can stop), and a task "pitr" to url, started at
+// the cluster's current TSO (or at start when given).
 type harness struct {
 	t       *testing.T
 	ctx     context.Context
-	etcd    *etcdtest.Server
+	etcd    etcdEndpoint
+	own     *etcdtest.Server // set with standaloneEtcd
 	m       *meta.Client
 	c       *simcluster.Cluster
 	url     string
@@ -60,25 +111,44 @@ type harness struct {
 
 func newHarness(t *testing.T, ctx context.Context, sim simcluster.Config, url string, start uint64, opts ...meta.Option) *harness {
 	t.Helper()
-	h := &harness{t: t, ctx: ctx, etcd: etcdtest.Start(t), url: url}
-	h.m = meta.NewClient(h.etcd.Client(t), opts...)
-	c, err := simcluster.Start(ctx, sim)
-	if err != nil {
-		t.Fatal(err)
+	return startHarness(t, ctx, sim, url, start, false, opts...)
+}
+
+// newHarnessOwnEtcd keeps task metadata in an etcd of its own, which the
+// test can stop and restart while PD stays up.
+func newHarnessOwnEtcd(t *testing.T, ctx context.Context, sim simcluster.Config, url string, start uint64, opts ...meta.Option) *harness {
+	t.Helper()
+	return startHarness(t, ctx, sim, url, start, true, opts...)
+}
+
+func startHarness(t *testing.T, ctx context.Context, sim simcluster.Config, url string, start uint64, ownEtcd bool, opts ...meta.Option) *harness {
+	t.Helper()
+	h := &harness{t: t, ctx: ctx, url: url}
+	h.c = startPDCluster(t, ctx, sim)
+	h.etcd = pdEtcd{h.c}
+	if ownEtcd {
+		h.own = etcdtest.Start(t)
+		h.etcd = h.own
 	}
-	t.Cleanup(c.Close)
-	h.c = c
+	h.m = meta.NewClient(h.etcd.Client(t), opts...)
 	if start == 0 {
-		if start, err = c.TSO(ctx); err != nil {
+		var err error
+		if start, err = h.c.TSO(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
 	h.startTS = start
-	if err := br.Start(ctx, br.NewEnv(h.m), br.StartOptions{TaskName: "pitr", StartTS: fmt.Sprint(start), Storage: url}, io.Discard); err != nil {
+	if err := br.Start(ctx, h.env(), br.StartOptions{TaskName: "pitr", StartTS: fmt.Sprint(start), Storage: url}, io.Discard); err != nil {
 		t.Fatal(err)
 	}
 	return h
 }
+
+// env is the br commands' environment: the harness's etcd and PD.
+func (h *harness) env() *br.Env { return br.NewEnv(h.m).WithPD(h.c.PD()) }
+
+// brRun runs the br command line against the harness's PD and etcd.
+func (h *harness) brRun() brRun { return brRun{t: h.t, ep: h.etcd.Endpoint()} }
 
 // agent runs an agent for store with quick test intervals, quiet logs and
 // its own temp dir; mod adjusts the config. Stop it with the returned func.

@@ -48,7 +48,7 @@ func TestRestartFromEarlierTS(t *testing.T) {
 		fn   func(h *harness) error
 	}{
 		{"tidb-br-stop", func(h *harness) error { return brLogStop(h.ctx, h.etcd.Client(h.t), "pitr") }},
-		{"our-stop", func(h *harness) error { return br.Stop(h.ctx, br.NewEnv(h.m), "pitr", io.Discard) }},
+		{"our-stop", func(h *harness) error { return br.Stop(h.ctx, h.env(), "pitr", io.Discard) }},
 	} {
 		t.Run(stop.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -78,7 +78,7 @@ func TestRestartFromEarlierTS(t *testing.T) {
 				t.Fatal(err)
 			}
 			second := "local://" + filepath.Join(t.TempDir(), "second")
-			if err := br.Start(ctx, br.NewEnv(h.m), br.StartOptions{TaskName: "pitr", StartTS: fmt.Sprint(restartFrom), Storage: second}, io.Discard); err != nil {
+			if err := br.Start(ctx, h.env(), br.StartOptions{TaskName: "pitr", StartTS: fmt.Sprint(restartFrom), Storage: second}, io.Discard); err != nil {
 				t.Fatal(err)
 			}
 			put(20, "c")
@@ -201,7 +201,7 @@ func TestStopRacesFlush(t *testing.T) {
 	var stopErr error
 	stop := func() {
 		watches.hold()
-		stopErr = br.Stop(ctx, br.NewEnv(h.m), "pitr", io.Discard)
+		stopErr = br.Stop(ctx, h.env(), "pitr", io.Discard)
 	}
 	hook.Store(&stop)
 	_ = a.FlushNow(ctx) // fails once the fence notices the stop

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -10,16 +9,14 @@ import (
 
 	"logbackup/meta"
 	"logbackup/proto/lbpb"
-	"logbackup/tests/etcdtest"
 )
 
 // TestStatusShowsAgentLiveness: a store that flushed for the task but has
 // no live agent makes the task STALLED, never NORMAL; when its agent comes
 // back (or its lease is alive) the task is NORMAL again.
 func TestStatusShowsAgentLiveness(t *testing.T) {
-	etcd := etcdtest.Start(t)
-	m := meta.NewClient(etcd.Client(t))
-	r := brRun{t: t, ep: etcd.Endpoint()}
+	r, cli, _ := cliCluster(t)
+	m := meta.NewClient(cli)
 	r.ok("stream", "start", "--task-name", "pitr", "--storage", "local://"+filepath.Join(t.TempDir(), "b"))
 	ctx := context.Background()
 	st, err := m.GetTask(ctx, "pitr")
@@ -63,21 +60,31 @@ func TestStatusShowsAgentLiveness(t *testing.T) {
 	}
 }
 
-// TestResumeRefusedBelowGCSafePoint: resuming a task whose checkpoint PD
-// has already garbage-collected is refused with that reason.
+// TestResumeRefusedBelowGCSafePoint: while a task is paused, BR's pause
+// safepoint keeps PD's GC from passing its checkpoint; once it has expired
+// and GC has run past the checkpoint, status says so plainly and resume is
+// refused with that reason.
 func TestResumeRefusedBelowGCSafePoint(t *testing.T) {
-	etcd := etcdtest.Start(t)
-	cli := etcd.Client(t)
-	r := brRun{t: t, ep: etcd.Endpoint()}
+	r, _, c := cliCluster(t)
+	ctx := context.Background()
 	r.ok("stream", "start", "--task-name", "pitr", "--storage", "local://"+filepath.Join(t.TempDir(), "b"), "--start-ts", "2024-01-01 00:00:00+0000")
 	r.ok("stream", "pause", "--task-name", "pitr")
-	ctx := context.Background()
-	// What PD keeps in its etcd: the cluster id and the GC safepoint (hex).
-	if _, err := cli.Put(ctx, "/pd/cluster_id", string([]byte{0, 0, 0, 0, 0, 0, 0, 7})); err != nil {
-		t.Fatal(err)
+	checkpoint := statusOf(t, r, "pitr").Checkpoint
+	now, _ := c.TSO(ctx)
+	// GC runs: the pause safepoint stops it below the checkpoint.
+	if sp, err := c.SetGCSafePoint(ctx, now); err != nil || sp >= checkpoint {
+		t.Fatalf("GC reached %d (%v) past the paused task's checkpoint %d", sp, err, checkpoint)
 	}
-	if _, err := cli.Put(ctx, "/pd/7/gc/safe_point", fmt.Sprintf("%x", uint64(time.Now().UnixMilli())<<18)); err != nil {
-		t.Fatal(err)
+	if table := r.ok("stream", "status", "--task-name", "pitr"); strings.Contains(table, "gc-safepoint") {
+		t.Fatalf("status warns while GC is held:\n%s", table)
+	}
+	// A day later the pause safepoint has expired and GC passes.
+	c.AdvancePDClock(25 * time.Hour)
+	if sp, err := c.SetGCSafePoint(ctx, now); err != nil || sp != now {
+		t.Fatalf("GC reached %d (%v), want %d", sp, err, now)
+	}
+	if table := r.ok("stream", "status", "--task-name", "pitr"); !strings.Contains(table, "cannot resume without loss") {
+		t.Fatalf("status does not say the checkpoint is gone:\n%s", table)
 	}
 	res := r.fails("garbage collected", "stream", "resume", "--task-name", "pitr")
 	if !strings.Contains(res.stderr, "start a new task") {
@@ -86,9 +93,4 @@ func TestResumeRefusedBelowGCSafePoint(t *testing.T) {
 	if st := statusOf(t, r, "pitr"); st.Status != "PAUSE" {
 		t.Fatalf("a refused resume changed the task: %s", st.Status)
 	}
-	// With the safepoint behind the checkpoint, resume works.
-	if _, err := cli.Put(ctx, "/pd/7/gc/safe_point", "1"); err != nil {
-		t.Fatal(err)
-	}
-	r.ok("stream", "resume", "--task-name", "pitr")
 }
