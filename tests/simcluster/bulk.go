@@ -48,12 +48,22 @@ type BulkConfig struct {
 	// KeysPerShard bounds the distinct keys of a shard: past it the writer
 	// wraps and writes new versions of the same keys (0 = always new keys).
 	KeysPerShard int64
+	// KeepVersions keeps only each key's newest n versions (0 = all). The
+	// ledger holds every row otherwise (~60 bytes each: values are offsets
+	// into a shared pool), which bounds how long a full-speed run can last; with
+	// KeysPerShard it bounds the memory. Dropped versions are gone as after
+	// TiKV's GC: an initial scan from a checkpoint before them misses them,
+	// and Committed no longer lists them.
+	KeepVersions int
 	// ValueSize is the size of every value (default 100). Values past 255
 	// bytes are long values: their COMMIT rows carry none, as in TiKV.
 	ValueSize int
 	// BatchSize is the rows of one transaction (default 256).
 	BatchSize int
-	// Rate is the target rows per second; 0 writes as fast as possible.
+	// Rate is the target rows per second; 0 writes as fast as possible —
+	// faster than most clients read: a stream whose queue passes
+	// Config.StreamQueueLimit events loses its subscriptions with
+	// `congested`, as TiKV's memory quota would.
 	Rate int
 	// Seed drives the values' contents (0 = from the clock).
 	Seed int64
@@ -98,7 +108,8 @@ type BulkStats struct {
 
 const (
 	bulkMaxRegions = 1 << 20
-	shardBits      = 43 // KeysTiDBRow: handle = shard<<shardBits | seq
+	bulkMaxValue   = 8 << 20 // TiKV's default raft entry limit
+	shardBits      = 43      // KeysTiDBRow: handle = shard<<shardBits | seq
 )
 
 // NewBulkWriter claims the writer's key range and, with cfg.Split, splits
@@ -123,8 +134,10 @@ func (c *Cluster) NewBulkWriter(cfg BulkConfig) (*BulkWriter, error) {
 	switch {
 	case cfg.Regions < 0 || cfg.Regions > bulkMaxRegions:
 		return nil, fmt.Errorf("bulk writer: regions %d not in [1, %d]", cfg.Regions, bulkMaxRegions)
-	case cfg.BatchSize < 0 || cfg.ValueSize < 0 || cfg.Run < 0 || cfg.Rate < 0 || cfg.KeysPerShard < 0:
-		return nil, errors.New("bulk writer: negative batch size, value size, run, rate or keys per shard")
+	case cfg.BatchSize < 0 || cfg.ValueSize < 0 || cfg.Run < 0 || cfg.Rate < 0 || cfg.KeysPerShard < 0 || cfg.KeepVersions < 0:
+		return nil, errors.New("bulk writer: negative batch size, value size, run, rate, keys per shard or versions kept")
+	case cfg.ValueSize > bulkMaxValue:
+		return nil, fmt.Errorf("bulk writer: value size %d past %d", cfg.ValueSize, bulkMaxValue)
 	case cfg.KeysPerShard > 0 && cfg.KeysPerShard < int64(cfg.BatchSize):
 		// A transaction writes each key once; fewer keys than rows could
 		// put one key twice in a batch.
@@ -155,10 +168,12 @@ func (c *Cluster) NewBulkWriter(cfg BulkConfig) (*BulkWriter, error) {
 	}
 	w.cfg = cfg
 	rng := rand.New(rand.NewSource(cfg.Seed))
-	w.values = make([]byte, 1<<20+cfg.ValueSize)
+	// 64 KiB of offsets: rows differ, and the pool stays in the cache.
+	w.values = make([]byte, 64<<10+cfg.ValueSize)
 	rng.Read(w.values)
 
-	w.space = &bulkSpace{start: w.start, end: w.end, shards: make([]bulkShard, cfg.Regions)}
+	w.space = &bulkSpace{start: w.start, end: w.end, shards: make([]bulkShard, cfg.Regions),
+		keyOf: w.key, values: w.values, valueSize: cfg.ValueSize}
 	c.mu.Lock()
 	err := c.ledger.claim(w.space)
 	c.mu.Unlock()
@@ -268,12 +283,12 @@ func (w *BulkWriter) batch(ctx context.Context, n int) (int64, error) {
 type BulkBatch struct {
 	w       *BulkWriter
 	startTS uint64
-	keys    []string // the ledger's map keys; kbs back rows and versions
-	kbs     [][]byte
-	values  [][]byte
+	keys    []string // for the ledger's lock index
+	kbs     [][]byte // the same keys, backing rows and locks
 	shards  []int32
 	seqs    []int64
-	rows    []cdcpb.Event_Row // PREWRITE rows, then COMMIT rows
+	first   int64             // the writer's row number of the first row
+	rows    []cdcpb.Event_Row // PREWRITE rows (which hold the values), then COMMIT rows
 	ptrs    []*cdcpb.Event_Row
 	size    int64
 	done    bool
@@ -304,10 +319,17 @@ func (w *BulkWriter) prewrite(ctx context.Context, n int) (*BulkBatch, error) {
 	if w.open != nil {
 		return nil, errors.New("a batch is open")
 	}
-	b := &BulkBatch{w: w, values: make([][]byte, n), shards: make([]int32, n), seqs: make([]int64, n),
+	// The ts comes first: nothing may fail once the writer's counters
+	// move, or its space would miss keys it numbered.
+	startTS, err := w.c.TSO(ctx)
+	if err != nil {
+		return nil, err
+	}
+	b := &BulkBatch{w: w, startTS: startTS, first: w.row, shards: make([]int32, n), seqs: make([]int64, n),
 		keys: make([]string, n), kbs: make([][]byte, n)}
 	keyBuf := make([]byte, 0, n*(len(w.start)+12))
 	ends := make([]int, n)
+	b.rows = make([]cdcpb.Event_Row, 2*n)
 	for i := 0; i < n; i++ {
 		shard := int((w.row / int64(w.cfg.Run)) % int64(w.cfg.Regions))
 		seq := w.next[shard]
@@ -316,9 +338,8 @@ func (w *BulkWriter) prewrite(ctx context.Context, n int) (*BulkBatch, error) {
 			seq %= w.cfg.KeysPerShard
 		}
 		b.shards[i], b.seqs[i] = int32(shard), seq
-		// Values are cut from a random pool at a stride, so rows differ.
-		off := int(uint64(w.row) * 7919 % uint64(len(w.values)-w.cfg.ValueSize+1))
-		b.values[i] = w.values[off : off+w.cfg.ValueSize : off+w.cfg.ValueSize]
+		off := int(w.valueOff(w.row))
+		b.rows[i].Value = w.values[off : off+w.cfg.ValueSize : off+w.cfg.ValueSize]
 		w.row++
 		keyBuf = w.key(keyBuf, shard, seq)
 		ends[i] = len(keyBuf)
@@ -329,12 +350,6 @@ func (w *BulkWriter) prewrite(ctx context.Context, n int) (*BulkBatch, error) {
 		b.keys[i], b.kbs[i] = keyStr[from:ends[i]], keyBuf[from:ends[i]:ends[i]]
 		from = ends[i]
 	}
-	var err error
-	if b.startTS, err = w.c.TSO(ctx); err != nil {
-		return nil, err
-	}
-	locks := make([]Lock, n)
-	b.rows = make([]cdcpb.Event_Row, 2*n)
 	b.ptrs = make([]*cdcpb.Event_Row, 2*n)
 	for i := range b.ptrs {
 		b.ptrs[i] = &b.rows[i]
@@ -342,11 +357,11 @@ func (w *BulkWriter) prewrite(ctx context.Context, n int) (*BulkBatch, error) {
 	sp := w.space
 	w.c.mu.Lock()
 	for i := 0; i < n; i++ {
-		locks[i] = Lock{Key: b.kbs[i], Primary: b.kbs[0], StartTS: b.startTS, Op: kvrpcpb.Op_Put, Value: b.values[i], TTL: bulkLockTTL}
-		sp.key(b.shards[i], b.seqs[i], b.keys[i]).lock = &locks[i]
-		b.rows[i] = cdcpb.Event_Row{Type: cdcpb.Event_PREWRITE, StartTs: b.startTS, Key: b.kbs[i], Value: b.values[i], OpType: cdcpb.Event_Row_PUT}
+		sp.key(b.shards[i], b.seqs[i]).open = int32(i + 1)
+		r := &b.rows[i]
+		r.Type, r.StartTs, r.Key, r.OpType = cdcpb.Event_PREWRITE, b.startTS, b.kbs[i], cdcpb.Event_Row_PUT
 	}
-	sp.open = &openBatch{startTS: b.startTS, keys: b.keys}
+	sp.open = b
 	w.c.ledger.lockIdx = nil
 	w.c.routeLocked(b.ptrs[:n])
 	w.c.mu.Unlock()
@@ -366,23 +381,27 @@ func (b *BulkBatch) Commit(ctx context.Context) (uint64, error) {
 		return 0, fmt.Errorf("bulk writer: commit: %w", err)
 	}
 	n := len(b.keys)
-	fresh := make([]Version, n) // the versions of keys written for the first time
+	fresh := make([]bulkVersion, n) // the versions of keys written for the first time
 	c := b.w.c
 	c.mu.Lock()
 	for i := 0; i < n; i++ {
-		bk := b.w.space.key(b.shards[i], b.seqs[i], b.keys[i])
-		bk.lock = nil
-		v := Version{Key: b.kbs[i], StartTS: b.startTS, CommitTS: commitTS, Value: b.values[i]}
+		bk := b.w.space.key(b.shards[i], b.seqs[i])
+		bk.open = 0
+		v := bulkVersion{startTS: b.startTS, commitTS: commitTS, value: b.w.valueOff(b.first + int64(i))}
 		if len(bk.versions) == 0 {
 			fresh[i] = v
 			bk.versions = fresh[i : i+1 : i+1]
 		} else {
-			bk.versions = addVersion(bk.versions, v)
+			bk.versions = append(bk.versions, v) // commit ts only grow: one writer, one TSO
+			if keep := b.w.cfg.KeepVersions; keep > 0 && len(bk.versions) > keep {
+				bk.versions = bk.versions[len(bk.versions)-keep:]
+			}
 		}
+		value := b.rows[i].Value
 		r := &b.rows[n+i]
-		*r = cdcpb.Event_Row{Type: cdcpb.Event_COMMIT, StartTs: b.startTS, CommitTs: commitTS, Key: b.kbs[i], OpType: cdcpb.Event_Row_PUT}
-		if len(b.values[i]) <= shortValueMaxLen { // as ledger.commit
-			r.Value = b.values[i]
+		r.Type, r.StartTs, r.CommitTs, r.Key, r.OpType = cdcpb.Event_COMMIT, b.startTS, commitTS, b.kbs[i], cdcpb.Event_Row_PUT
+		if len(value) <= shortValueMaxLen { // as ledger.commit
+			r.Value = value
 		}
 	}
 	b.finishLocked()
@@ -402,11 +421,23 @@ func (b *BulkBatch) Rollback() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for i := range b.keys {
-		b.w.space.key(b.shards[i], b.seqs[i], b.keys[i]).lock = nil
+		b.w.space.key(b.shards[i], b.seqs[i]).open = 0
 		rows[i] = &cdcpb.Event_Row{Type: cdcpb.Event_ROLLBACK, StartTs: b.startTS, Key: b.kbs[i], OpType: cdcpb.Event_Row_UNKNOWN}
 	}
 	b.finishLocked()
 	c.routeLocked(rows)
+}
+
+// valueOff is where a row's value starts in the pool: a stride through it,
+// so rows differ.
+func (w *BulkWriter) valueOff(row int64) uint32 {
+	return uint32(uint64(row) * 7919 % uint64(len(w.values)-w.cfg.ValueSize+1))
+}
+
+// lock is the i-th lock of the open batch, made when a scan asks: the
+// batch's rows hold all it says.
+func (b *BulkBatch) lock(i int) *Lock {
+	return &Lock{Key: b.kbs[i], Primary: b.kbs[0], StartTS: b.startTS, Op: kvrpcpb.Op_Put, Value: b.rows[i].Value, TTL: bulkLockTTL}
 }
 
 func (b *BulkBatch) finishLocked() {

@@ -355,6 +355,7 @@ func TestBulkOwnsItsRange(t *testing.T) {
 		"all-0xff prefix":     {Prefix: []byte{0xff, 0xff}},
 		"regions":             {Prefix: []byte("r/"), Regions: 1 << 21},
 		"negative rate":       {Prefix: []byte("r/"), Rate: -1},
+		"huge values":         {Prefix: []byte("r/"), ValueSize: 9 << 20},
 		"too few keys":        {Prefix: []byte("r/"), BatchSize: 100, KeysPerShard: 10},
 		"layout":              {Prefix: []byte("r/"), Keys: 9},
 	} {
@@ -480,5 +481,34 @@ func TestBulkOpenBatchHoldsResolvedTs(t *testing.T) {
 	}
 	if st, err := w.Write(ctx, 8); err != nil || st.Rows != 8 {
 		t.Fatalf("write after the rollback: %+v, %v", st, err)
+	}
+}
+
+// TestBulkKeepVersions: with KeysPerShard and KeepVersions the writer
+// overwrites its keys and the ledger keeps each key's newest versions only.
+func TestBulkKeepVersions(t *testing.T) {
+	c := start(t)
+	w, err := c.NewBulkWriter(simcluster.BulkConfig{Prefix: []byte("keep/"), BatchSize: 8, KeysPerShard: 8, KeepVersions: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(context.Background(), 40); err != nil { // 5 versions of each key
+		t.Fatal(err)
+	}
+	all := c.Committed(0, ^uint64(0))
+	if len(all) != 16 {
+		t.Fatalf("%d versions kept, want 8 keys × 2", len(all))
+	}
+	for i := 0; i < len(all); i += 2 {
+		vs := c.Versions(all[i].Key)
+		if len(vs) != 2 || vs[0].CommitTS >= vs[1].CommitTS {
+			t.Fatalf("versions of %q: %+v", all[i].Key, vs)
+		}
+	}
+	r := c.RegionByKey([]byte("keep/"))
+	f := openFeed(t, c, r.LeaderStore)
+	f.register(r, 1, 0)
+	if got := rows(f.items(5*time.Second, isInitialized)); len(got) != 17 {
+		t.Fatalf("scan gave %d rows, want 16 and INITIALIZED", len(got))
 	}
 }
