@@ -27,17 +27,29 @@ func bulkRegions(c *simcluster.Cluster, w *simcluster.BulkWriter) []simcluster.R
 	return out
 }
 
-var benchShapes = []struct {
-	value, regions int
-}{{100, 16}, {1024, 16}, {100, 1000}, {1024, 1000}}
+// benchShapes are the benchmarks' value sizes and region counts. Run 0 is
+// the default (1,024-row transactions spread evenly: 64 rows per region at
+// 16 regions, about one row per region — one Event per row — at 1,000);
+// run 1,024 puts each transaction in one region.
+type benchShapeT struct{ value, regions, run int }
 
-func startBulk(b *testing.B, value, regions int) (*simcluster.Cluster, *simcluster.BulkWriter) {
+var benchShapes = []benchShapeT{{100, 16, 0}, {1024, 16, 0}, {100, 1000, 0}, {1024, 1000, 0}, {100, 1000, 1024}}
+
+func (s benchShapeT) name() string {
+	n := fmt.Sprintf("value=%d/regions=%d", s.value, s.regions)
+	if s.run > 0 {
+		n += fmt.Sprintf("/run=%d", s.run)
+	}
+	return n
+}
+
+func startBulk(b *testing.B, value, regions, run int) (*simcluster.Cluster, *simcluster.BulkWriter) {
 	c, err := simcluster.Start(context.Background(), simcluster.Config{})
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(c.Close)
-	w, err := c.NewBulkWriter(simcluster.BulkConfig{Keys: simcluster.KeysTiDBRow, Regions: regions, Split: true, ValueSize: value, BatchSize: 1024})
+	w, err := c.NewBulkWriter(simcluster.BulkConfig{Keys: simcluster.KeysTiDBRow, Regions: regions, Split: true, ValueSize: value, BatchSize: 1024, Run: run})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -48,8 +60,8 @@ func startBulk(b *testing.B, value, regions int) (*simcluster.Cluster, *simclust
 // b.N rows of TiDB-like row keys in transactions of 1,024 rows.
 func BenchmarkBulkWriter(b *testing.B) {
 	for _, s := range benchShapes {
-		b.Run(fmt.Sprintf("value=%d/regions=%d", s.value, s.regions), func(b *testing.B) {
-			_, w := startBulk(b, s.value, s.regions)
+		b.Run(benchShapeT(s).name(), func(b *testing.B) {
+			_, w := startBulk(b, s.value, s.regions, s.run)
 			b.ResetTimer()
 			cpu := cpuTime(b)
 			st, err := w.Write(context.Background(), int64(b.N))
@@ -70,8 +82,8 @@ func BenchmarkBulkWriter(b *testing.B) {
 // row is two rows on the wire (PREWRITE and COMMIT).
 func BenchmarkBulkEventFeed(b *testing.B) {
 	for _, s := range benchShapes {
-		b.Run(fmt.Sprintf("value=%d/regions=%d", s.value, s.regions), func(b *testing.B) {
-			c, w := startBulk(b, s.value, s.regions)
+		b.Run(benchShapeT(s).name(), func(b *testing.B) {
+			c, w := startBulk(b, s.value, s.regions, s.run)
 			regions := bulkRegions(c, w)
 			f := openFeed(b, c, regions[0].LeaderStore)
 			for i, r := range regions {
