@@ -1,6 +1,7 @@
 package simcluster
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -57,7 +58,7 @@ func (s *storeServer) serve(addr string) error {
 	if err != nil {
 		return fmt.Errorf("store %d: listen %s: %w", s.id, addr, err)
 	}
-	g := grpc.NewServer(append([]grpc.ServerOption{grpc.MaxRecvMsgSize(256 << 20)}, s.c.storeOpts...)...)
+	g := grpc.NewServer(append([]grpc.ServerOption{grpc.MaxRecvMsgSize(256 << 20), grpc.ForceServerCodecV2(newGogoCodec())}, s.c.storeOpts...)...)
 	cdcpb.RegisterChangeDataServer(g, s)
 	// client-go marks a store it failed to reach as unreachable until the
 	// gRPC health service at the store's address says SERVING again, as
@@ -384,6 +385,11 @@ type subscription struct {
 }
 
 func (s *subscription) contains(ek []byte) bool { return inRange(ek, s.start, s.end) }
+
+// covers reports whether the subscription observes all of a region.
+func (s *subscription) covers(m *metapb.Region) bool {
+	return bytes.Compare(s.start, m.StartKey) <= 0 && (len(s.end) == 0 || len(m.EndKey) > 0 && bytes.Compare(s.end, m.EndKey) >= 0)
+}
 
 // Subscriptions is the number of live subscriptions on a store's streams
 // (for tests: a closed stream or a deregistration must bring it down).

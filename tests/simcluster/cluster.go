@@ -66,6 +66,7 @@ type Cluster struct {
 	ledger *ledger
 	stores map[uint64]*storeServer
 	subs   map[uint64]map[*subscription]struct{} // by region id
+	routes *routeIndex                           // nil after a topology change; see routesLocked
 
 	seed int64
 	rng  *rand.Rand // guarded by mu

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"sort"
 
+	"github.com/google/btree"
 	"github.com/pingcap/kvproto/pkg/cdcpb"
 	"github.com/pingcap/kvproto/pkg/kvrpcpb"
 )
@@ -51,33 +52,45 @@ type txnKey struct {
 // rules (checked by Cluster.CheckLedger) and produces the CDC rows TiKV
 // would produce for each change. It is guarded by Cluster.mu.
 type ledger struct {
-	keys       [][]byte             // encoded keys that ever had a version or lock, sorted
+	// keys are the raw keys that ever had a version or lock, ordered, but
+	// for those of bulk writers (see bulk, and entriesIn for both). The
+	// memcomparable encoding preserves order, so raw order is the encoded
+	// (region) order; a B-tree keeps inserts in any order cheap.
+	keys       *btree.BTreeG[string]
 	versions   map[string][]Version // by raw key, ascending commit_ts
 	committed  map[txnKey]uint64    // (key, start_ts) → commit_ts, including Lock-type commits
 	rolledBack map[txnKey]bool
-	locks      map[string]*Lock // by raw key
+	locks      map[string]*Lock // by raw key; change only through setLock and dropLock
+	// lockIdx orders the Put/Delete locks by key for minLockIn; nil when
+	// a lock changed since it was built.
+	lockIdx []lockRef
+	// bulk are the BulkWriters' key spaces, by start key: their keys,
+	// locks and versions live there, not in keys, locks and versions.
+	bulk []*bulkSpace
+}
+
+type lockRef struct {
+	key     string // raw
+	startTS uint64
 }
 
 func newLedger() *ledger {
-	return &ledger{versions: map[string][]Version{}, committed: map[txnKey]uint64{},
+	return &ledger{keys: btree.NewOrderedG[string](32), versions: map[string][]Version{}, committed: map[txnKey]uint64{},
 		rolledBack: map[txnKey]bool{}, locks: map[string]*Lock{}}
 }
 
-func (l *ledger) noteKey(raw []byte) {
-	ek := EncodeKey(raw)
-	n := len(l.keys)
-	if n == 0 || bytes.Compare(l.keys[n-1], ek) < 0 { // the common, ascending case
-		l.keys = append(l.keys, ek)
-		return
-	}
-	i := sort.Search(n, func(i int) bool { return bytes.Compare(l.keys[i], ek) >= 0 })
-	if i < n && bytes.Equal(l.keys[i], ek) {
-		return
-	}
-	l.keys = append(l.keys, nil)
-	copy(l.keys[i+1:], l.keys[i:])
-	l.keys[i] = ek
+func (l *ledger) setLock(k string, lk *Lock) {
+	l.locks[k] = lk
+	l.lockIdx = nil
 }
+
+func (l *ledger) dropLock(k string) {
+	delete(l.locks, k)
+	l.lockIdx = nil
+}
+
+// noteKey records a raw key in the ordered key set.
+func (l *ledger) noteKey(raw string) { l.keys.ReplaceOrInsert(raw) }
 
 // prewrite applies one mutation of an acknowledged prewrite, as mocktikv's
 // prewriteMutation does, and returns the PREWRITE row TiKV would send, or
@@ -99,8 +112,8 @@ func (l *ledger) prewrite(m *kvrpcpb.Mutation, primary []byte, startTS, ttl, min
 	if bytes.Equal(primary, m.Key) {
 		lk.MinCommitTS = minCommitTS
 	}
-	l.locks[k] = lk
-	l.noteKey(m.Key)
+	l.setLock(k, lk)
+	l.noteKey(k)
 	if !lk.emits() {
 		return nil
 	}
@@ -135,15 +148,12 @@ func (l *ledger) commit(key []byte, startTS, commitTS uint64) *cdcpb.Event_Row {
 	if !ok || lk.StartTS != startTS {
 		return nil
 	}
-	delete(l.locks, k)
+	l.dropLock(k)
 	l.committed[txnKey{k, startTS}] = commitTS
 	if !lk.emits() {
 		return nil
 	}
-	v := Version{Key: lk.Key, StartTS: startTS, CommitTS: commitTS, Delete: lk.Delete(), Value: lk.Value}
-	vs := append(l.versions[k], v)
-	sort.SliceStable(vs, func(i, j int) bool { return vs[i].CommitTS < vs[j].CommitTS })
-	l.versions[k] = vs
+	l.addVersion(k, Version{Key: lk.Key, StartTS: startTS, CommitTS: commitTS, Delete: lk.Delete(), Value: lk.Value})
 	row := &cdcpb.Event_Row{Type: cdcpb.Event_COMMIT, StartTs: startTS, CommitTs: commitTS, Key: clone(key), OpType: opType(lk.Delete())}
 	// The write record keeps a short value, and TiKV's decode_write copies
 	// it onto the live COMMIT row; long values are only in the prewrite.
@@ -166,10 +176,92 @@ func (l *ledger) rollback(key []byte, startTS uint64) *cdcpb.Event_Row {
 		return nil
 	}
 	if lk, ok := l.locks[k]; ok && lk.StartTS == startTS {
-		delete(l.locks, k)
+		l.dropLock(k)
 	}
 	l.rolledBack[tk] = true
 	return &cdcpb.Event_Row{Type: cdcpb.Event_ROLLBACK, StartTs: startTS, Key: clone(key), OpType: cdcpb.Event_Row_UNKNOWN}
+}
+
+// addVersion adds a committed version of raw key k, keeping its versions
+// ascending by commit ts (stable: equal commit ts keep their order). The
+// new one is almost always the newest, so it is placed from the back.
+func (l *ledger) addVersion(k string, v Version) { l.versions[k] = addVersion(l.versions[k], v) }
+
+func addVersion(vs []Version, v Version) []Version {
+	vs = append(vs, v)
+	i := len(vs) - 1
+	for ; i > 0 && vs[i-1].CommitTS > v.CommitTS; i-- {
+		vs[i] = vs[i-1]
+	}
+	vs[i] = v
+	return vs
+}
+
+// rawRange turns an encoded range into raw bounds; an empty end is
+// unbounded. ok is false when a bound is not a valid encoding (region
+// boundaries and observed ranges always are).
+func rawRange(start, end []byte) (lo, hi string, unbounded, ok bool) {
+	s, err := DecodeKey(start)
+	if err != nil {
+		return "", "", false, false
+	}
+	if len(end) == 0 {
+		return string(s), "", true, true
+	}
+	e, err := DecodeKey(end)
+	if err != nil {
+		return "", "", false, false
+	}
+	return string(s), string(e), false, true
+}
+
+// entriesIn calls fn with every key in encoded [start, end) that ever had
+// a version or lock, ascending, with its lock (or nil) and its versions,
+// until fn returns false: the keys of keys and of the bulk spaces, merged.
+func (l *ledger) entriesIn(start, end []byte, fn func(raw string, lk *Lock, vs []Version) bool) {
+	lo, hi, unbounded, ok := rawRange(start, end)
+	if !ok { // not valid encodings (never from a region or an observed range)
+		l.entriesIn(nil, nil, func(raw string, lk *Lock, vs []Version) bool {
+			return !inRange(EncodeKey([]byte(raw)), start, end) || fn(raw, lk, vs)
+		})
+		return
+	}
+	more := true
+	visit := func(k string) bool {
+		more = fn(k, l.locks[k], l.versions[k])
+		return more
+	}
+	pos := lo
+	for _, sp := range l.bulk { // no key of keys lies in a bulk space
+		if !unbounded && string(sp.start) >= hi {
+			break
+		}
+		if string(sp.end) <= pos {
+			continue
+		}
+		if string(sp.start) > pos {
+			if l.keys.AscendRange(pos, string(sp.start), visit); !more {
+				return
+			}
+			pos = string(sp.start)
+		}
+		to := string(sp.end)
+		if !unbounded && hi < to {
+			to = hi
+		}
+		if !sp.ascend(pos, to, fn) {
+			return
+		}
+		pos = to
+		if !unbounded && pos >= hi {
+			return
+		}
+	}
+	if unbounded {
+		l.keys.AscendGreaterOrEqual(pos, visit)
+	} else if pos < hi {
+		l.keys.AscendRange(pos, hi, visit)
+	}
 }
 
 // scan returns the initial-scan rows for encoded range [start, end) in the
@@ -177,24 +269,39 @@ func (l *ledger) rollback(key []byte, startTS uint64) *cdcpb.Event_Row {
 // lock first (as PREWRITE) and then its versions with commit_ts > checkpoint,
 // newest first (as COMMITTED, self-contained with the value).
 func (l *ledger) scan(start, end []byte, checkpoint uint64) []*cdcpb.Event_Row {
-	i := sort.Search(len(l.keys), func(i int) bool { return bytes.Compare(l.keys[i], start) >= 0 })
 	var rows []*cdcpb.Event_Row
-	for ; i < len(l.keys) && (len(end) == 0 || bytes.Compare(l.keys[i], end) < 0); i++ {
-		raw, err := DecodeKey(l.keys[i])
-		if err != nil {
-			continue
-		}
-		if lk, ok := l.locks[string(raw)]; ok && lk.emits() {
+	l.entriesIn(start, end, func(_ string, lk *Lock, vs []Version) bool {
+		if lk != nil && lk.emits() {
 			rows = append(rows, lk.prewriteRow())
 		}
-		vs := l.versions[string(raw)]
 		for j := len(vs) - 1; j >= 0 && vs[j].CommitTS > checkpoint; j-- {
 			v := vs[j]
 			rows = append(rows, &cdcpb.Event_Row{Type: cdcpb.Event_COMMITTED, StartTs: v.StartTS, CommitTs: v.CommitTS,
 				Key: clone(v.Key), Value: clone(v.Value), OpType: opType(v.Delete)})
 		}
-	}
+		return true
+	})
 	return rows
+}
+
+// versionsOf returns the versions of a raw key, oldest first.
+func (l *ledger) versionsOf(raw []byte) []Version {
+	if sp := l.bulkSpaceOf(raw); sp != nil {
+		return sp.versionsOf(string(raw))
+	}
+	return l.versions[string(raw)]
+}
+
+// eachVersion calls fn with every committed version.
+func (l *ledger) eachVersion(fn func(v *Version)) {
+	for _, vs := range l.versions {
+		for i := range vs {
+			fn(&vs[i])
+		}
+	}
+	for _, sp := range l.bulk {
+		sp.eachVersion(fn)
+	}
 }
 
 // locksIn returns the locks of transaction startTS in encoded [start, end),
@@ -212,17 +319,52 @@ func (l *ledger) locksIn(start, end []byte, startTS uint64) []*Lock {
 
 // minLockIn returns the smallest start_ts of a Put/Delete lock in encoded
 // [start, end): what TiKV's resolver holds a downstream's resolved ts at.
+// The locks are indexed by key once per change of the lock table, so a
+// resolved-ts round over many subscriptions stays cheap while a bulk
+// writer holds thousands of locks.
 func (l *ledger) minLockIn(start, end []byte) (uint64, bool) {
+	lo, hi, unbounded, ok := rawRange(start, end)
+	if !ok {
+		return l.minLockScan(start, end)
+	}
+	if l.lockIdx == nil {
+		l.lockIdx = make([]lockRef, 0, len(l.locks))
+		for k, lk := range l.locks {
+			if lk.emits() {
+				l.lockIdx = append(l.lockIdx, lockRef{k, lk.StartTS})
+			}
+		}
+		for _, sp := range l.bulk {
+			if b := sp.open; b != nil {
+				for _, k := range b.keys {
+					l.lockIdx = append(l.lockIdx, lockRef{k, b.startTS})
+				}
+			}
+		}
+		sort.Slice(l.lockIdx, func(i, j int) bool { return l.lockIdx[i].key < l.lockIdx[j].key })
+	}
+	i := sort.Search(len(l.lockIdx), func(i int) bool { return l.lockIdx[i].key >= lo })
 	var min uint64
 	found := false
-	for _, lk := range l.locks {
-		if !lk.emits() || !inRange(EncodeKey(lk.Key), start, end) {
-			continue
-		}
-		if !found || lk.StartTS < min {
-			min, found = lk.StartTS, true
+	for ; i < len(l.lockIdx) && (unbounded || l.lockIdx[i].key < hi); i++ {
+		if ts := l.lockIdx[i].startTS; !found || ts < min {
+			min, found = ts, true
 		}
 	}
+	return min, found
+}
+
+// minLockScan is minLockIn without the index, for ranges whose bounds are
+// not valid encodings.
+func (l *ledger) minLockScan(start, end []byte) (uint64, bool) {
+	var min uint64
+	found := false
+	l.entriesIn(start, end, func(_ string, lk *Lock, _ []Version) bool {
+		if lk != nil && lk.emits() && (!found || lk.StartTS < min) {
+			min, found = lk.StartTS, true
+		}
+		return true
+	})
 	return min, found
 }
 

@@ -14,7 +14,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"logbackup/meta"
 	"logbackup/tests/simcluster"
 )
 
@@ -150,8 +149,8 @@ func TestPDServerGCSafePoints(t *testing.T) {
 	if id, ok := get("/pd/cluster_id"); !ok || len(id) != 8 || binary.BigEndian.Uint64([]byte(id)) != c.ClusterID() {
 		t.Fatalf("/pd/cluster_id = %x", id)
 	}
-	if sp, ok, err := meta.NewClient(etcd).GCSafePoint(ctx); err != nil || !ok || sp != base+1000 {
-		t.Fatalf("meta GCSafePoint = %d, %v, %v; want %d", sp, ok, err, base+1000)
+	if v, ok := get(fmt.Sprintf("/pd/%d/gc/safe_point", c.ClusterID())); !ok || v != strconv.FormatUint(base+1000, 16) {
+		t.Fatalf("GC safepoint in etcd %q, want %x", v, base+1000)
 	}
 	if v, _ := get("/tidb/store/gcworker/saved_safe_point"); v != strconv.FormatUint(base+2000, 10) {
 		t.Fatalf("txn safe point in etcd %q, want %d", v, base+2000)

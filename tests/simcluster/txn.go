@@ -48,7 +48,7 @@ func (c *Cluster) Delete(ctx context.Context, key []byte) (uint64, error) {
 func (c *Cluster) Versions(key []byte) []Version {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return append([]Version(nil), c.ledger.versions[string(key)]...)
+	return append([]Version(nil), c.ledger.versionsOf(key)...)
 }
 
 // Committed returns every committed version with commit_ts in (from, to],
@@ -57,13 +57,11 @@ func (c *Cluster) Committed(from, to uint64) []Version {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out []Version
-	for _, vs := range c.ledger.versions {
-		for _, v := range vs {
-			if v.CommitTS > from && v.CommitTS <= to {
-				out = append(out, v)
-			}
+	c.ledger.eachVersion(func(v *Version) {
+		if v.CommitTS > from && v.CommitTS <= to {
+			out = append(out, *v)
 		}
-	}
+	})
 	sort.Slice(out, func(i, j int) bool {
 		if c := bytes.Compare(out[i].Key, out[j].Key); c != 0 {
 			return c < 0
