@@ -7,6 +7,7 @@ package streamagent
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"os"
@@ -27,6 +28,11 @@ type Config struct {
 	Meta    *meta.Client
 	// ClusterID is sent in CDC requests; TiKV refuses another cluster's.
 	ClusterID uint64
+	// TLS, when set, is used for the gRPC connection to the store's CDC
+	// service (the PD client and etcd get theirs from their own dialers).
+	// Without it the store is dialled in plaintext: a cluster that runs
+	// with TLS refuses that, and the error says so.
+	TLS *tls.Config
 
 	// FlushInterval is how often buffered changes are flushed (TiKV: 3 min).
 	FlushInterval time.Duration

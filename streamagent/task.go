@@ -23,6 +23,7 @@ import (
 	"github.com/tikv/pd/client/circuitbreaker"
 	"github.com/tikv/pd/client/clients/router"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"logbackup/meta"
@@ -517,7 +518,11 @@ func (t *taskRunner) ensureStream(ctx context.Context) (*feedStream, error) {
 	if err != nil {
 		return nil, errs.Wrap(errs.CodePD, fmt.Errorf("look up store %d: %w", t.a.cfg.StoreID, err))
 	}
-	conn, err := grpc.NewClient(store.Address, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	creds := insecure.NewCredentials()
+	if t.a.cfg.TLS != nil {
+		creds = credentials.NewTLS(t.a.cfg.TLS)
+	}
+	conn, err := grpc.NewClient(store.Address, grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)))
 	if err != nil {
 		return nil, fmt.Errorf("dial store %d at %s: %w", t.a.cfg.StoreID, store.Address, err)
