@@ -62,8 +62,17 @@ type TaskView struct {
 	// the checkpoint are gone and the task cannot resume without loss.
 	GCSafePoint uint64 `json:"gc_safepoint,omitempty"`
 	GCPassed    bool   `json:"gc_safepoint_passed"`
+	// Corrupt are the task's records that could not be read (key, why);
+	// the rest of the view is shown all the same.
+	Corrupt []CorruptView `json:"corrupt_records"`
 
 	hasGlobal bool // a central_global checkpoint exists
+}
+
+// CorruptView is one record that could not be read.
+type CorruptView struct {
+	Key   string `json:"key"`
+	Error string `json:"error"`
 }
 
 // StoreProgress is one store's checkpoint (checkpoint/<task>/store/<id>).
@@ -115,14 +124,19 @@ func statusWord(p meta.PauseStatus, lastErrors int) string {
 // LoadTasks gathers the view of one task (name) or of all tasks ("" or "*").
 func LoadTasks(ctx context.Context, env *Env, name string) ([]*TaskView, error) {
 	var tasks []*meta.TaskStatus
+	// Corrupt records are shown, not fatal: status is what an operator
+	// reaches for when something is wrong.
+	var ignored []meta.CorruptRecord
+	listing := *env
+	listing.Meta = env.Meta.Tolerant(&ignored) // info/pause errors come back in the TaskStatus
 	if name == "" || name == "*" {
-		all, _, err := env.Meta.ListTasks(ctx)
+		all, _, err := listing.Meta.ListTasks(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("list tasks: %w", err)
 		}
 		tasks = all
 	} else {
-		t, err := getTask(ctx, env, name)
+		t, err := getTask(ctx, &listing, name)
 		if err != nil {
 			return nil, err
 		}
@@ -130,9 +144,26 @@ func LoadTasks(ctx context.Context, env *Env, name string) ([]*TaskView, error) 
 	}
 	views := make([]*TaskView, 0, len(tasks))
 	for _, t := range tasks {
-		v, err := loadView(ctx, env, t)
+		var bad []meta.CorruptRecord
+		tolerant := *env
+		tolerant.Meta = env.Meta.Tolerant(&bad)
+		v, err := loadView(ctx, &tolerant, t)
 		if err != nil {
 			return nil, err
+		}
+		for _, e := range []error{t.InfoErr, t.PauseErr} {
+			var m *meta.MalformedError
+			if errors.As(e, &m) {
+				bad = append(bad, meta.CorruptRecord{Key: m.Key, Err: m.Err})
+			}
+		}
+		v.Corrupt = []CorruptView{}
+		for _, r := range bad {
+			v.Corrupt = append(v.Corrupt, CorruptView{Key: r.Key, Error: r.Err.Error()})
+		}
+		sort.Slice(v.Corrupt, func(i, j int) bool { return v.Corrupt[i].Key < v.Corrupt[j].Key })
+		if t.InfoErr != nil {
+			v.Status = StatusError // nothing of it can run
 		}
 		views = append(views, v)
 	}
@@ -364,6 +395,9 @@ func taskRows(v *TaskView, now time.Time, loc *time.Location) []row {
 		default:
 			rows = append(rows, row{"pause-payload", p.Message})
 		}
+	}
+	for i, c := range v.Corrupt {
+		rows = append(rows, row{fmt.Sprintf("corrupt[%d]", i+1), fmt.Sprintf("○ %s: %s", c.Key, c.Error)})
 	}
 	for i, c := range v.Conflicts {
 		rows = append(rows, row{fmt.Sprintf("conflict[%d]", i+1), "○ " + c})

@@ -35,7 +35,9 @@ const scanPage = 512
 type Client struct {
 	cli     *clientv3.Client
 	timeout time.Duration
-	fence   *fence // set on a view made by Incarnation
+	fence   *fence           // set on a view made by Incarnation
+	sink    *[]CorruptRecord // set on a view made by Tolerant
+	now     func() time.Time
 }
 
 // Option configures a Client.
@@ -52,7 +54,7 @@ func WithRequestTimeout(d time.Duration) Option {
 
 // NewClient wraps an etcd client.
 func NewClient(cli *clientv3.Client, opts ...Option) *Client {
-	c := &Client{cli: cli, timeout: DefaultRequestTimeout}
+	c := &Client{cli: cli, timeout: DefaultRequestTimeout, now: time.Now}
 	for _, o := range opts {
 		o(c)
 	}
@@ -137,6 +139,10 @@ type TaskStatus struct {
 	// Incarnation is the create revision of the info key: a task stopped
 	// and started again under the same name is another incarnation.
 	Incarnation int64
+	// InfoErr and PauseErr are set by a Tolerant client's reads when the
+	// info or pause value is corrupt: Info then holds only the name, and a
+	// corrupt pause still means paused (TiKV treats any put as a pause).
+	InfoErr, PauseErr error
 
 	infoRev, pauseRev int64 // ModRevisions, for the watcher's resync diff
 }
@@ -239,8 +245,22 @@ func (t *listedTask) setPause(key, value []byte, modRev int64) {
 	t.pause, t.pauseErr = DecodePause(string(key), value)
 }
 
-// status is the public view of a task; any decode error wins.
-func (t *listedTask) status() (*TaskStatus, error) {
+// status is the public view of a task; any decode error wins, unless the
+// client is tolerant: then the task comes back with what could be read.
+func (t *listedTask) status(c *Client) (*TaskStatus, error) {
+	if c.sink != nil && (t.infoErr != nil || t.pauseErr != nil) {
+		for _, err := range []error{t.infoErr, t.pauseErr} {
+			if err != nil && !c.tolerate(err) {
+				return nil, err
+			}
+		}
+		info := t.info
+		if t.infoErr != nil {
+			info = &brpb.StreamBackupTaskInfo{Name: t.name}
+		}
+		return &TaskStatus{Info: info, Pause: PauseStatus{Paused: t.paused, V2: t.pause}, Incarnation: t.inc,
+			InfoErr: t.infoErr, PauseErr: t.pauseErr, infoRev: t.infoRev, pauseRev: t.pauseRev}, nil
+	}
 	if t.infoErr != nil {
 		return nil, t.infoErr
 	}
@@ -269,7 +289,7 @@ func (c *Client) GetTask(ctx context.Context, name string) (*TaskStatus, error) 
 	if ps := resp.Responses[1].GetResponseRange().Kvs; len(ps) > 0 {
 		t.setPause(ps[0].Key, ps[0].Value, ps[0].ModRevision)
 	}
-	return t.status()
+	return t.status(c)
 }
 
 // ListTasks reads every task with its pause state at one revision and
@@ -285,7 +305,7 @@ func (c *Client) ListTasks(ctx context.Context) ([]*TaskStatus, int64, error) {
 		if !t.hasInfo {
 			continue // a pause key without a task is not a task
 		}
-		st, err := t.status()
+		st, err := t.status(c)
 		if err != nil {
 			return nil, 0, err
 		}
@@ -350,7 +370,7 @@ func (c *Client) scan(ctx context.Context, prefix string, fn func(key, value []b
 			rev = resp.Header.Revision
 		}
 		for _, kv := range resp.Kvs {
-			if err := fn(kv.Key, kv.Value); err != nil {
+			if err := fn(kv.Key, kv.Value); err != nil && !c.tolerate(err) {
 				return err
 			}
 		}

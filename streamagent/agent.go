@@ -16,6 +16,7 @@ import (
 	"logbackup/meta"
 	"logbackup/proto/lbpb"
 	"logbackup/storage"
+	"logbackup/streamagent/errs"
 )
 
 // Agent runs every task on one store.
@@ -31,6 +32,8 @@ type Agent struct {
 	// coordinator goroutine.
 	resumes map[string]*resumeState
 	coord   coordState
+	// reported: the incarnation whose corrupt info was reported, by task.
+	reported map[string]int64
 }
 
 type runnerHandle struct {
@@ -90,12 +93,19 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 func (a *Agent) followTasks(ctx context.Context) error {
-	tasks, rev, err := a.cfg.Meta.ListTasks(ctx)
+	// A corrupt value must not stop the agent from reading the rest: it is
+	// reported on its task, and the others run.
+	var ignored []meta.CorruptRecord
+	tasks, rev, err := a.cfg.Meta.Tolerant(&ignored).ListTasks(ctx)
 	if err != nil {
 		return fmt.Errorf("load tasks: %w", err)
 	}
 	for _, t := range tasks {
-		if !t.Pause.Paused {
+		switch {
+		case t.Pause.Paused:
+		case t.InfoErr != nil:
+			a.reportCorrupt(ctx, t)
+		default:
 			a.startTask(ctx, t)
 		}
 	}
@@ -103,10 +113,7 @@ func (a *Agent) followTasks(ctx context.Context) error {
 		switch ev.Type {
 		case meta.EventAdd:
 			a.stopTask(ev.Name, false)
-			st, err := a.cfg.Meta.GetTask(ctx, ev.Name)
-			if err == nil && !st.Pause.Paused {
-				a.startTask(ctx, st)
-			}
+			a.startIfRunnable(ctx, ev.Name)
 		case meta.EventDelete:
 			a.stopTask(ev.Name, false)
 			a.dropSafePoints(ctx, ev.Name, true)
@@ -120,14 +127,12 @@ func (a *Agent) followTasks(ctx context.Context) error {
 			}
 		case meta.EventResume:
 			a.dropSafePoints(ctx, ev.Name, false)
-			st, err := a.cfg.Meta.GetTask(ctx, ev.Name)
-			if err != nil {
-				a.cfg.Logger.Warn("resume: cannot read task", "task", ev.Name, "err", err)
-				continue
-			}
-			a.startTask(ctx, st)
+			a.startIfRunnable(ctx, ev.Name)
 		case meta.EventError:
-			a.cfg.Logger.Warn("undecodable task metadata", "task", ev.Name, "err", ev.Err)
+			// An info value that cannot be decoded: the task cannot run, and
+			// stalling silently would let the lag grow unseen.
+			a.stopTask(ev.Name, false)
+			a.startIfRunnable(ctx, ev.Name)
 		}
 	}
 	return errors.New("watch closed")
@@ -362,7 +367,8 @@ func (a *Agent) coordinate(ctx context.Context) {
 // minimum over the task's key space of what any store has flushed. Never
 // backwards (meta.AdvanceGlobalCheckpoint keeps the maximum).
 func (a *Agent) AdvanceOnce(ctx context.Context) error {
-	tasks, _, err := a.cfg.Meta.ListTasks(ctx)
+	var ignored []meta.CorruptRecord
+	tasks, _, err := a.cfg.Meta.Tolerant(&ignored).ListTasks(ctx)
 	if err != nil {
 		return err
 	}
@@ -380,6 +386,9 @@ func (a *Agent) AdvanceOnce(ctx context.Context) error {
 	live := map[string]bool{}
 	for _, t := range tasks {
 		live[taskKey(t)] = true
+		if t.InfoErr != nil {
+			continue // reported by the agents; nothing to advance
+		}
 		if t.Pause.Paused {
 			// The pause alerts measure how long the checkpoint has stood.
 			g, ok, err := a.cfg.Meta.GlobalCheckpoint(ctx, t.Info.Name)
@@ -409,4 +418,39 @@ func (a *Agent) gcSafePoint(ctx context.Context) (uint64, error) {
 	rctx, cancel := context.WithTimeout(withBreaker(ctx), 10*time.Second)
 	defer cancel()
 	return a.cfg.PD.UpdateGCSafePoint(rctx, 0)
+}
+
+// startIfRunnable reads a task and starts it unless it is paused; a task
+// whose info is corrupt is reported instead.
+func (a *Agent) startIfRunnable(ctx context.Context, name string) {
+	var ignored []meta.CorruptRecord
+	st, err := a.cfg.Meta.Tolerant(&ignored).GetTask(ctx, name)
+	switch {
+	case errors.Is(err, meta.ErrTaskNotFound):
+	case err != nil:
+		a.cfg.Logger.Warn("cannot read task", "task", name, "err", err)
+	case st.Pause.Paused:
+	case st.InfoErr != nil:
+		a.reportCorrupt(ctx, st)
+	default:
+		a.startTask(ctx, st)
+	}
+}
+
+// reportCorrupt runs the fatal path for a task whose info cannot be
+// decoded: a MalformedMetadata LastError and an ERROR pause, once per
+// incarnation and agent, in the background (the report waits out etcd).
+func (a *Agent) reportCorrupt(ctx context.Context, st *meta.TaskStatus) {
+	a.mu.Lock()
+	if a.reported == nil {
+		a.reported = map[string]int64{}
+	}
+	if a.reported[st.Info.Name] == st.Incarnation {
+		a.mu.Unlock()
+		return
+	}
+	a.reported[st.Info.Name] = st.Incarnation
+	a.mu.Unlock()
+	f := &fatalError{info: errs.Lookup(errs.CodeMalformedMetadata), err: fmt.Errorf("task info: %w", st.InfoErr)}
+	go a.reportFatal(ctx, st, f)
 }

@@ -839,11 +839,14 @@ func (t *taskRunner) storeCheckpoint() (uint64, bool) {
 // storage (v1/global_checkpoint/<store>.ts) and then to etcd's storage
 // checkpoint, as TiKV does, so BR's status and restore agree.
 func (t *taskRunner) syncGlobalCheckpoint(ctx context.Context) error {
-	g, ok, err := t.meta.GlobalCheckpoint(ctx, t.info.Name)
+	// An implausible global checkpoint is not copied anywhere; the
+	// coordinator replaces it on its next advance.
+	var bad []meta.CorruptRecord
+	g, ok, err := t.meta.Tolerant(&bad).GlobalCheckpoint(ctx, t.info.Name)
 	if err != nil || !ok {
 		return etcdErr(err)
 	}
-	scs, err := t.meta.StorageCheckpoints(ctx, t.info.Name)
+	scs, err := t.meta.Tolerant(&bad).StorageCheckpoints(ctx, t.info.Name)
 	if err != nil {
 		return etcdErr(err)
 	}

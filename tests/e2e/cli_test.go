@@ -310,21 +310,30 @@ func TestCLIUnreachableEtcd(t *testing.T) {
 	}
 }
 
-// TestCLICorruptValues puts garbage under each key kind of a task: status
-// and the control commands fail with an error naming the key, never panic,
-// and change nothing.
+// TestCLICorruptValues puts garbage under each key kind of a task. One
+// corrupt record never locks the operator out: status shows it (key, why)
+// with the rest of the task and exits 0; the commands that act on the
+// task refuse with an error naming the key and change nothing, except the
+// ones that repair: resume --clear-error replaces a corrupt pause or last
+// error, and stop removes whatever the task's keys hold.
 func TestCLICorruptValues(t *testing.T) {
+	garbage := "\xff\x00not-a-valid-value\x01\x02\x03"
+	future := string([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}) // a checkpoint ts of 0xFF…FF
 	keys := []struct {
-		kind string
-		key  string
-		cmds [][]string
+		kind, key, value string
+		refused          [][]string // fail naming the key, change nothing
+		repair           []string   // then succeeds
 	}{
-		{"info", "/tidb/br-stream/info/pitr", [][]string{{"stream", "status"}, {"stream", "pause", "--task-name", "pitr"}}},
-		{"pause", "/tidb/br-stream/pause/pitr", [][]string{{"stream", "status"}, {"stream", "resume", "--task-name", "pitr"}}},
-		{"store checkpoint", "/tidb/br-stream/checkpoint/pitr/store/1", [][]string{{"stream", "status"}}},
-		{"global checkpoint", "/tidb/br-stream/checkpoint/pitr/central_global", [][]string{{"stream", "status"}}},
-		{"storage checkpoint", "/tidb/br-stream/storage-checkpoint/pitr/1", [][]string{{"stream", "status"}}},
-		{"last error", "/tidb/br-stream/last-error/pitr/1", [][]string{{"stream", "status"}, {"stream", "resume", "--task-name", "pitr"}}},
+		{"info", "/tidb/br-stream/info/pitr", garbage, [][]string{{"stream", "pause", "--task-name", "pitr"}, {"stream", "resume", "--task-name", "pitr", "--clear-error"}},
+			[]string{"stream", "stop", "--task-name", "pitr"}},
+		{"pause", "/tidb/br-stream/pause/pitr", "{not json", [][]string{{"stream", "resume", "--task-name", "pitr"}},
+			[]string{"stream", "resume", "--task-name", "pitr", "--clear-error"}},
+		{"last error", "/tidb/br-stream/last-error/pitr/1", garbage, [][]string{{"stream", "resume", "--task-name", "pitr"}},
+			[]string{"stream", "resume", "--task-name", "pitr", "--clear-error"}},
+		{"history", "", garbage, nil, []string{"stream", "stop", "--task-name", "pitr"}},
+		{"store checkpoint", "/tidb/br-stream/checkpoint/pitr/store/1", garbage, nil, []string{"stream", "stop", "--task-name", "pitr"}},
+		{"global checkpoint", "/tidb/br-stream/checkpoint/pitr/central_global", future, nil, []string{"stream", "stop", "--task-name", "pitr"}},
+		{"storage checkpoint", "/tidb/br-stream/storage-checkpoint/pitr/1", garbage, nil, []string{"stream", "stop", "--task-name", "pitr"}},
 	}
 	for _, k := range keys {
 		t.Run(k.kind, func(t *testing.T) {
@@ -332,21 +341,54 @@ func TestCLICorruptValues(t *testing.T) {
 			r.ok("stream", "start", "--task-name", "pitr", "--storage", "local://"+t.TempDir())
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			garbage := "\xff\x00not-a-valid-value\x01\x02\x03"
-			if k.kind == "pause" {
-				garbage = "{not json"
+			key := k.key
+			if key == "" { // one record of the current incarnation's history
+				st, err := meta.NewClient(cli).GetTask(ctx, "pitr")
+				if err != nil {
+					t.Fatal(err)
+				}
+				key = meta.HistoryPrefix("pitr", st.Incarnation) + "00000000000000000001-00000000000000000001-1"
 			}
-			if _, err := cli.Put(ctx, k.key, garbage); err != nil {
+			if k.kind == "last error" || k.kind == "pause" {
+				r.ok("stream", "pause", "--task-name", "pitr")
+			}
+			if _, err := cli.Put(ctx, key, k.value); err != nil {
 				t.Fatal(err)
 			}
+			table := r.ok("stream", "status", "--task-name", "pitr")
+			if !strings.Contains(table, "corrupt[1]") || !strings.Contains(table, key) {
+				t.Fatalf("status does not show the corrupt record %s:\n%s", key, table)
+			}
+			js := r.ok("stream", "status", "--task-name", "pitr", "--json")
+			if !strings.Contains(js, `"corrupt_records":[{"key":`) {
+				t.Fatalf("status --json lacks corrupt_records: %s", js)
+			}
+			hist := r.ok("stream", "history", "--task-name", "pitr")
+			if k.kind == "history" && !strings.Contains(hist, "unreadable record "+key) {
+				t.Fatalf("history does not show the unreadable record:\n%s", hist)
+			}
 			before := snapshot(t, cli)
-			for _, args := range k.cmds {
-				res := r.fails("malformed", args...)
-				if !strings.Contains(res.stderr, k.key) {
-					t.Fatalf("br %v: error does not name the key %q: %q", args, k.key, res.stderr)
+			for _, args := range k.refused {
+				res := r.fails("pitr", args...)
+				if !strings.Contains(res.stderr+res.stdout, "info") && !strings.Contains(res.stderr+res.stdout, key) && !strings.Contains(res.stderr, "--clear-error") {
+					t.Fatalf("br %v: error says neither the key nor the way out: %q", args, res.stderr)
 				}
 			}
-			sameSnapshot(t, fmt.Sprintf("commands on corrupt %s", k.kind), before, snapshot(t, cli))
+			sameSnapshot(t, fmt.Sprintf("refused commands on corrupt %s", k.kind), before, snapshot(t, cli))
+			r.ok(k.repair...)
+			if k.repair[1] == "stop" {
+				if left := snapshot(t, cli); len(left) > 0 {
+					for key := range left {
+						if !strings.Contains(key, "/stream-agent/agents/") {
+							t.Fatalf("stop left %s", key)
+						}
+					}
+				}
+				return
+			}
+			if table := r.ok("stream", "status", "--task-name", "pitr"); strings.Contains(table, "corrupt[") || !strings.Contains(table, "NORMAL") {
+				t.Fatalf("after the repair:\n%s", table)
+			}
 		})
 	}
 }
