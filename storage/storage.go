@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unicode"
 	"unicode/utf8"
 
@@ -88,8 +89,12 @@ type blobStorage struct {
 	// and fileblob's stranded temp files are hidden from List.
 	local    bool
 	localDir string
+	// azure writes (and checks existence) through the SDK directly; see
+	// azureBackend.
+	azure *azureBackend
 
 	release   func() // frees what the bucket's Close does not (idle connections)
+	closed    atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -149,7 +154,7 @@ func Open(ctx context.Context, loc *Location, opts ...Option) (Storage, error) {
 	case "gcs":
 		b, s.hook, err = openGCS(ctx, &l)
 	case "azblob":
-		b, s.hook, err = openAzure(ctx, &l)
+		b, s.azure, s.release, err = openAzure(ctx, &l)
 	default:
 		err = fmt.Errorf("unsupported storage scheme %q", l.Scheme)
 	}
@@ -165,8 +170,18 @@ func Open(ctx context.Context, loc *Location, opts ...Option) (Storage, error) {
 
 func (s *blobStorage) String() string { return s.url }
 
+// readOpts adds what a backend needs on every read (Azure's
+// customer-provided key).
+func (s *blobStorage) readOpts() *blob.ReaderOptions {
+	if s.azure == nil || s.azure.cpk == nil {
+		return nil
+	}
+	return &blob.ReaderOptions{BeforeRead: s.azure.beforeRead}
+}
+
 func (s *blobStorage) Close() error {
 	s.closeOnce.Do(func() {
+		s.closed.Store(true)
 		s.closeErr = s.bucket.Close()
 		if s.release != nil {
 			s.release()
@@ -194,6 +209,9 @@ func (s *blobStorage) WriteFile(ctx context.Context, name string, data []byte) e
 		if s.local {
 			return s.writeLocal(ctx, name, data)
 		}
+		if s.azure != nil {
+			return s.azure.write(ctx, name, data)
+		}
 		// Every attempt sends the same bytes: data is never modified, and
 		// WriteAll reads it from the start each time.
 		return s.bucket.WriteAll(ctx, name, data, &blob.WriterOptions{
@@ -213,8 +231,12 @@ func (s *blobStorage) ReadFile(ctx context.Context, name string) ([]byte, error)
 	}
 	var out []byte
 	err := s.retry(ctx, "read", func(ctx context.Context) error {
-		b, err := s.bucket.ReadAll(ctx, name)
-		out = b
+		r, err := s.bucket.NewRangeReader(ctx, name, 0, -1, s.readOpts())
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		out, err = io.ReadAll(r)
 		return err
 	})
 	if err != nil {
@@ -235,7 +257,7 @@ func (s *blobStorage) ReadRange(ctx context.Context, name string, offset, length
 	}
 	var out []byte
 	err := s.retry(ctx, "read", func(ctx context.Context) error {
-		r, err := s.bucket.NewRangeReader(ctx, name, offset, length, nil)
+		r, err := s.bucket.NewRangeReader(ctx, name, offset, length, s.readOpts())
 		if httpStatus(err) == 416 {
 			// S3 answers a range that starts at or past the end with
 			// InvalidRange; the other backends return no bytes.
@@ -343,7 +365,11 @@ func (s *blobStorage) Exists(ctx context.Context, name string) (bool, error) {
 	var ok bool
 	err := s.retry(ctx, "exists", func(ctx context.Context) error {
 		var err error
-		ok, err = s.bucket.Exists(ctx, name)
+		if s.azure != nil {
+			ok, err = s.azure.exists(ctx, name)
+		} else {
+			ok, err = s.bucket.Exists(ctx, name)
+		}
 		return err
 	})
 	if err != nil {
@@ -352,12 +378,20 @@ func (s *blobStorage) Exists(ctx context.Context, name string) (bool, error) {
 	return ok, nil
 }
 
+// errClosed is what every operation on a closed storage returns.
+var errClosed = errors.New("storage is closed")
+
 func (s *blobStorage) checkName(name string) error {
+	if s.closed.Load() {
+		return errClosed
+	}
 	if err := checkName(name); err != nil {
 		return err
 	}
-	if s.local && strings.Contains(name, fileblobEscape) {
-		return fmt.Errorf("object name %q: file storage cannot hold names containing %q", name, fileblobEscape)
+	if (s.local || s.azure != nil) && strings.Contains(name, fileblobEscape) {
+		// Both escape unusual characters that way: such a name would read
+		// back as another.
+		return fmt.Errorf("object name %q: this storage cannot hold names containing %q", name, fileblobEscape)
 	}
 	return nil
 }

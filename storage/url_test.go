@@ -84,22 +84,57 @@ func TestParseURLRejects(t *testing.T) {
 		{"s3://bk?external-id=X", "external id without role"},
 		{"s3://bk?sse=rot13", "unknown sse"},
 		{"s3://bk?sse-kms-key-id=k", "kms key without kms"},
-		{"s3://bk?bogus=1", "unknown parameter"},
 		{"s3://bk?access_key=A&access-key=B&secret-access-key=S", "one parameter, two values"},
-		{"s3://bk?acess-key=A&secret-access-key=S", "misspelt parameter"},
 		{"s3://bk?force-path-style=maybe", "bad boolean"},
 		{"s3://user:pass@bk/p", "user info"},
 		{"s3://bk/p#frag", "fragment"},
 		{"s3://bk/p?%zz", "malformed query"},
 		{"s3://bk/p?a=1;b=2", "malformed query"},
 		{"s3://b k/p", "invalid URL"},
-		{"gcs://bk?account-name=x", "parameter of another scheme"},
 		{"azblob://ctr?account-key=K", "key without account"},
-		{"local:///x?endpoint=http://h", "parameter on local"},
+		{"azblob://ctr?access-tier=Premium", "a tier a block blob cannot take"},
+		{"azblob://ctr?encryption-key=short", "an encryption key that is not 256 bits"},
+		{"azblob://ctr?encryption-key=0123456789abcdef0123456789abcdef&encryption-scope=s", "key and scope together"},
 	}
 	for _, c := range cases {
 		if loc, err := ParseURL(c.in); err == nil {
 			t.Errorf("ParseURL(%q) accepted (%s): %s", c.in, c.why, loc)
+		}
+	}
+}
+
+// TestParseURLWarnings: unknown parameters are ignored, as BR ignores
+// them, with a warning that names the parameter and never its value.
+func TestParseURLWarnings(t *testing.T) {
+	cases := []struct {
+		in, want string // want: Redacted()
+		warnings []string
+	}{
+		{"s3://bk?bogus=1", "s3://bk", []string{`ignored unknown parameter "bogus" of the s3 storage URL`}},
+		{"s3://bk?acess-key=SECRETVALUE&secret-access-key=S&access-key=A", "s3://bk",
+			[]string{`ignored unknown parameter "acess-key" of the s3 storage URL`}},
+		{"gcs://bk?account-name=x", "gcs://bk", []string{`ignored unknown parameter "account-name" of the gcs storage URL`}},
+		{"local:///x?endpoint=http://h", "local:///x", []string{`ignored unknown parameter "endpoint" of the local storage URL`}},
+		{"mem://?zz=1", "mem://", []string{`ignored unknown parameter "zz" of the mem storage URL`}},
+		// A pasted secret arrives as a parameter name with no value.
+		{"s3://bk?AKIAPASTEDSECRET&b=1", "s3://bk", []string{`ignored a malformed parameter of the s3 storage URL`,
+			`ignored unknown parameter "b" of the s3 storage URL`}},
+		{"s3://bk?x%2Fy%3DSECRETVALUE=2", "s3://bk", []string{`ignored a malformed parameter of the s3 storage URL`}},
+		{"s3://bk?region=r", "s3://bk?region=r", nil},
+	}
+	for _, c := range cases {
+		loc, err := ParseURL(c.in)
+		if err != nil {
+			t.Errorf("ParseURL(%q): %v", c.in, err)
+			continue
+		}
+		if loc.Redacted() != c.want || fmt.Sprint(loc.Warnings()) != fmt.Sprint(c.warnings) {
+			t.Errorf("ParseURL(%q) = %s, warnings %q; want %s, %q", c.in, loc.Redacted(), loc.Warnings(), c.want, c.warnings)
+		}
+		for _, w := range loc.Warnings() {
+			if strings.Contains(w, "SECRET") {
+				t.Errorf("warning repeats a value: %q", w)
+			}
 		}
 	}
 }
@@ -118,6 +153,7 @@ func TestBackendRoundTrip(t *testing.T) {
 		"gcs://bk/p?credentials-file=" + creds,
 		"azblob://ctr/p?account-name=acc&account-key=KEY&endpoint=https://acc.blob.example&access-tier=Cool",
 		"azblob://ctr/p?sas-token=sv%3D1%26sig%3Dabc&encryption-scope=scope1",
+		"azblob://ctr/p?account-name=acc&account-key=KEY&encryption-key=0123456789abcdef0123456789abcdef&access-tier=cold",
 	} {
 		loc, err := ParseURL(in)
 		if err != nil {
@@ -195,6 +231,7 @@ func TestSecretsNeverPrinted(t *testing.T) {
 		"s3://bk/p?role-arn=r&external-id=" + secret,
 		"azblob://ctr/p?account-name=acc&account-key=" + secret,
 		"azblob://ctr/p?sas-token=sv%3D1%26sig%3D" + secret,
+		"azblob://ctr/p?account-name=acc&account-key=k&encryption-key=" + secret + "-0123456789abcd",
 	}
 	for _, u := range urls {
 		loc, err := ParseURL(u)
@@ -216,10 +253,16 @@ func TestSecretsNeverPrinted(t *testing.T) {
 				t.Errorf("printed form leaks the secret: %s", s)
 			}
 		}
-		// Errors about the URL must not echo the secret either.
-		for _, bad := range []string{u + "&bogus=1", u + "&" + secret + "/+x", u + "&" + secret + "Tail", u + "&%zz", u + "#frag", strings.Replace(u, "://", "://user:"+secret+"@", 1)} {
+		// Errors and warnings about the URL must not echo the secret either.
+		for _, bad := range []string{u + "&%zz", u + "#frag", strings.Replace(u, "://", "://user:"+secret+"@", 1)} {
 			if _, err := ParseURL(bad); err == nil || strings.Contains(err.Error(), secret) {
 				t.Errorf("parse error leaks or is missing for %q: %v", Redact(bad), err)
+			}
+		}
+		for _, odd := range []string{u + "&bogus=1", u + "&" + secret + "/+x", u + "&" + secret + "Tail", u + "&x=" + secret} {
+			loc, err := ParseURL(odd)
+			if err != nil || len(loc.Warnings()) != 1 || strings.Contains(strings.Join(loc.Warnings(), " "), secret) {
+				t.Errorf("warning leaks or is missing for %q: %v, %q", Redact(odd), err, loc.Warnings())
 			}
 		}
 	}

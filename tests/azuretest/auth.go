@@ -109,4 +109,3 @@ func canonicalResource(u *url.URL) string {
 	}
 	return b.String()
 }
-
