@@ -75,7 +75,7 @@ func TestAzureFailedUploadIsAnError(t *testing.T) {
 // characters gocloud escapes land where its reader looks.
 func TestAzureUploadPaths(t *testing.T) {
 	srv := azuretest.Start(t, "ctr")
-	s := open(t, srv.URL("ctr", "p"), fastRetry)
+	s := open(t, srv.URL("ctr", "p"), bigRetry)
 	ctx := context.Background()
 	ops := func() map[string]int {
 		m := map[string]int{}
@@ -141,4 +141,19 @@ func mustWriteT(t *testing.T, s storage.Storage, name string, data []byte) {
 	if err := s.WriteFile(context.Background(), name, data); err != nil {
 		t.Fatalf("write %s: %v", name, err)
 	}
+}
+
+// TestAzureErrorsAreOneLine: the SDK's multi-line error becomes one line
+// that names the operation and Azure's code, and never the key.
+func TestAzureErrorsAreOneLine(t *testing.T) {
+	srv := azuretest.Start(t, "ctr")
+	s := open(t, srv.URL("ctr", "p"), fastRetry)
+	srv.SetFault(azuretest.Fault{Status: 403, Remaining: -1})
+	err := s.WriteFile(context.Background(), "obj", []byte("x"))
+	msg := err.Error()
+	if strings.Contains(msg, "\n") || !strings.Contains(msg, "403 AuthorizationFailure") || !strings.Contains(msg, `"obj"`) ||
+		strings.Contains(msg, azuretest.AccountKey) {
+		t.Fatalf("error: %s", msg)
+	}
+	t.Log(msg)
 }

@@ -66,6 +66,8 @@ type OpError struct {
 	Op   string // "open", "write", "read", "list", "delete", "exists"
 	Name string // object name or list prefix
 	URL  string // redacted storage URL
+	// Kind is what the failure means, decided alike for every backend.
+	Kind ErrorKind
 	Err  error
 }
 
@@ -159,7 +161,7 @@ func Open(ctx context.Context, loc *Location, opts ...Option) (Storage, error) {
 		err = fmt.Errorf("unsupported storage scheme %q", l.Scheme)
 	}
 	if err != nil {
-		return nil, &OpError{Op: "open", URL: s.url, Err: err}
+		return nil, &OpError{Op: "open", URL: s.url, Kind: kindOf(err), Err: err}
 	}
 	if l.Prefix != "" {
 		b = blob.PrefixedBucket(b, l.Prefix+"/")
@@ -194,7 +196,10 @@ func (s *blobStorage) fail(op, name string, err error) error {
 	if gcerrors.Code(err) == gcerrors.NotFound {
 		err = fmt.Errorf("%w: %w", ErrNotExist, err)
 	}
-	return &OpError{Op: op, Name: name, URL: s.url, Err: err}
+	if s.azure != nil {
+		err = shortAzure(err)
+	}
+	return &OpError{Op: op, Name: name, URL: s.url, Kind: kindOf(err), Err: err}
 }
 
 func (s *blobStorage) retry(ctx context.Context, op string, fn func(context.Context) error) error {
