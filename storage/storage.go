@@ -154,7 +154,7 @@ func Open(ctx context.Context, loc *Location, opts ...Option) (Storage, error) {
 	case "s3":
 		b, s.hook, s.release, err = openS3(ctx, &l)
 	case "gcs":
-		b, s.hook, err = openGCS(ctx, &l)
+		b, s.hook, s.release, err = openGCS(ctx, &l)
 	case "azblob":
 		b, s.azure, s.release, err = openAzure(ctx, &l)
 	default:
