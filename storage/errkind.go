@@ -55,11 +55,20 @@ var (
 func (e *OpError) Is(target error) bool {
 	switch target {
 	case ErrAccessDenied:
-		return e.Kind == KindAccessDenied
+		return e.kind() == KindAccessDenied
 	case ErrQuotaExceeded:
-		return e.Kind == KindQuota
+		return e.kind() == KindQuota
 	}
 	return false
+}
+
+// kind is Kind, or decided from the cause for an OpError built without
+// one.
+func (e *OpError) kind() ErrorKind {
+	if e.Kind != KindOther {
+		return e.Kind
+	}
+	return kindOf(e.Err)
 }
 
 // KindOf says what kind of failure err is. For an *OpError in the chain
@@ -67,7 +76,7 @@ func (e *OpError) Is(target error) bool {
 func KindOf(err error) ErrorKind {
 	var op *OpError
 	if errors.As(err, &op) {
-		return op.Kind
+		return op.kind()
 	}
 	return kindOf(err)
 }
