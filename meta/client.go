@@ -3,7 +3,6 @@ package meta
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"sort"
@@ -13,7 +12,6 @@ import (
 
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
@@ -82,14 +80,11 @@ func Dial(ctx context.Context, cfg DialConfig) (*clientv3.Client, error) {
 	if timeout <= 0 {
 		timeout = 5 * time.Second
 	}
-	var tlsCfg *tls.Config
-	if cfg.CAFile != "" {
-		info := transport.TLSInfo{TrustedCAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile}
-		t, err := info.ClientConfig()
-		if err != nil {
-			return nil, fmt.Errorf("load TLS files: %w", err)
-		}
-		tlsCfg = t
+	// Checked before anything dials: a --cert without --ca, or a file
+	// that cannot be used, must not become a plaintext connection.
+	tlsCfg, err := TLSFiles{CA: cfg.CAFile, Cert: cfg.CertFile, Key: cfg.KeyFile}.ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("TLS: %w", err)
 	}
 	eps := make([]string, len(cfg.Endpoints))
 	for i, ep := range cfg.Endpoints {

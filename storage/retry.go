@@ -141,11 +141,22 @@ func giveUp(err error, attempts int) error {
 var ErrCredentials = errors.New("storage: no usable credentials")
 
 // Retryable reports whether a storage error is transient: server errors,
-// throttling, timeouts, dropped or refused connections. Access denied, a
-// missing bucket or object, bad requests, missing credentials and a
-// cancelled context are not.
+// throttling, timeouts, dropped or refused connections. Access denied
+// (on any backend: a 403, EACCES, a read-only filesystem, no
+// credentials), out of space or quota, a missing bucket or object, bad
+// requests and a cancelled context are not.
 func Retryable(err error) bool {
-	if err == nil || errors.Is(err, ErrCredentials) || errors.Is(err, context.Canceled) {
+	switch kindOf(err) {
+	case KindThrottled, KindTransient:
+		return true
+	}
+	return false
+}
+
+// transient is the part of Retryable left once denials, quotas and
+// missing things are ruled out.
+func transient(err error) bool {
+	if err == nil || errors.Is(err, context.Canceled) {
 		return false
 	}
 	if c := httpStatus(err); c != 0 {

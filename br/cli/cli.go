@@ -83,6 +83,10 @@ func withEnv(cmd *cobra.Command, g *globalFlags, fn func(ctx context.Context, en
 	if g.dialTimeout <= 0 {
 		return &br.Error{Msg: fmt.Sprintf("invalid --dial-timeout %s", g.dialTimeout), Hint: "use a positive duration such as 5s"}
 	}
+	if err := (meta.TLSFiles{CA: g.ca, Cert: g.cert, Key: g.key}).Validate(); err != nil {
+		return &br.Error{Msg: "invalid TLS flags", Err: err,
+			Hint: "TLS is on with --ca; pass --ca with --cert/--key, and readable PEM files"}
+	}
 	cli, err := meta.Dial(ctx, meta.DialConfig{
 		Endpoints: g.pd, CAFile: g.ca, CertFile: g.cert, KeyFile: g.key, DialTimeout: g.dialTimeout,
 	})

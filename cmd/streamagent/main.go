@@ -85,6 +85,11 @@ func run(ctx context.Context, o options) error {
 	if len(etcdAddrs) == 0 {
 		etcdAddrs = pdAddrs
 	}
+	// Before anything dials: PD's client, like etcd's, would otherwise
+	// connect in plaintext when --cert is given without --ca.
+	if err := (meta.TLSFiles{CA: o.ca, Cert: o.cert, Key: o.key}).Validate(); err != nil {
+		return fmt.Errorf("TLS flags: %w", err)
+	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 
 	dctx, cancel := context.WithTimeout(ctx, o.dialTimeout)

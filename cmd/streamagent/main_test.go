@@ -21,6 +21,8 @@ func TestRunRejectsBadInput(t *testing.T) {
 		{"tiny files", func(o *options) { o.storeID = 1; o.fileSizeLimit = 10 }, "--file-size-limit"},
 		{"no pd", func(o *options) { o.storeID = 1; o.pd = " , " }, "--pd"},
 		{"unreachable pd", func(o *options) { o.storeID = 1 }, "127.0.0.1:1"},
+		{"cert without ca", func(o *options) { o.storeID = 1; o.cert, o.key = "/etc/x.pem", "/etc/x-key.pem" }, "--cert and --key are given without --ca"},
+		{"unreadable ca", func(o *options) { o.storeID = 1; o.ca = "/nonexistent/ca.pem" }, "--ca /nonexistent/ca.pem: cannot read"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
