@@ -98,6 +98,9 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 	if err != nil {
 		return userError("check the --storage URL", err, "invalid storage URL")
 	}
+	for _, warning := range loc.Warnings() {
+		fmt.Fprintf(w, "warning: %s\n", warning)
+	}
 	backend, err := loc.Backend()
 	if err != nil {
 		return userError("use s3://, gcs://, azblob://, file:// or local:// storage for a task", err, "storage %s cannot hold a task", loc)

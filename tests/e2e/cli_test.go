@@ -430,3 +430,13 @@ func secretOf(t *testing.T, url string) string {
 	t.Fatalf("no secret-access-key in %s", url)
 	return ""
 }
+
+// TestCLIUnknownStorageParameterWarns: as BR, an unknown URL parameter is
+// ignored with a warning naming it (never its value), not refused.
+func TestCLIUnknownStorageParameterWarns(t *testing.T) {
+	r, _, _ := cliCluster(t)
+	out := r.ok("stream", "start", "--task-name", "pitr", "--storage", "local://"+t.TempDir()+"?acess-key=SECRETVALUE")
+	if !strings.Contains(out, "warning:") || !strings.Contains(out, "acess-key") || strings.Contains(out, "SECRETVALUE") {
+		t.Fatalf("start output: %s", out)
+	}
+}
