@@ -79,7 +79,7 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 	}
 	if endTS <= startTS || endTS <= nowTS {
 		return userError("--end-ts must be later than both --start-ts and now", nil,
-			"invalid --end-ts %d", endTS)
+			"invalid --end-ts %s (%d): the start is %s", FormatTS(endTS, env.loc()), endTS, FormatTS(startTS, env.loc()))
 	}
 	filters := opts.Filters
 	if len(filters) == 0 {
@@ -148,7 +148,7 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 	// BR does: their first scans read every change after it.
 	if err := meta.SetServiceSafePoint(ctx, pdc, "br-"+randomID(), opts.GCTTL, effectiveStart-1); err != nil {
 		if errors.Is(err, meta.ErrGCPassed) {
-			return userError("start from a later --start-ts, or omit it to start now", err, "the start ts %d is already collectable", effectiveStart)
+			return userError("start from a later --start-ts, or omit it to start now", err, "the start %s (%d) is already collectable", FormatTS(effectiveStart, env.loc()), effectiveStart)
 		}
 		return userError("check PD's health", err, "cannot set the start GC safepoint")
 	}

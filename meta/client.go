@@ -376,16 +376,26 @@ func (c *Client) scan(ctx context.Context, prefix string, fn func(key, value []b
 	}
 }
 
-// Ranges returns the task's ranges sorted by start key.
+// Ranges returns the task's ranges sorted by start key. A range whose end
+// is not after its start, or a task without any range, is malformed: it
+// would observe nothing while its checkpoint never moved, and status would
+// say NORMAL. (An empty end means "to the end of the key space".)
 func (c *Client) Ranges(ctx context.Context, name string) ([]Range, error) {
 	prefix := RangesPrefix(name)
 	var out []Range
 	err := c.scan(ctx, prefix, func(k, v []byte) error {
-		out = append(out, Range{StartKey: bytes.Clone(k[len(prefix):]), EndKey: bytes.Clone(v)})
+		r := Range{StartKey: bytes.Clone(k[len(prefix):]), EndKey: bytes.Clone(v)}
+		if len(r.EndKey) > 0 && bytes.Compare(r.StartKey, r.EndKey) >= 0 {
+			return malformed(string(k), fmt.Errorf("range end %x is not after its start %x", r.EndKey, r.StartKey))
+		}
+		out = append(out, r)
 		return nil
 	})
 	if err != nil {
 		return nil, err
+	}
+	if len(out) == 0 {
+		return nil, malformed(prefix, errors.New("the task has no ranges"))
 	}
 	sort.Slice(out, func(i, j int) bool { return bytes.Compare(out[i].StartKey, out[j].StartKey) < 0 })
 	return out, nil

@@ -32,6 +32,8 @@ type Agent struct {
 	// coordinator goroutine.
 	resumes map[string]*resumeState
 	coord   coordState
+	// workDir is this process's own temp directory, set by Run.
+	workDir string
 	// reported: the incarnation whose corrupt info was reported, by task.
 	reported map[string]int64
 }
@@ -69,6 +71,12 @@ func New(cfg Config, reg prometheus.Registerer) (*Agent, error) {
 // coordinates global checkpoints when elected, until ctx ends. On return
 // every task has made a final flush.
 func (a *Agent) Run(ctx context.Context) error {
+	wd, err := claimWorkDir(a.cfg.TempDir, a.cfg.StoreID)
+	if err != nil {
+		return err
+	}
+	a.workDir = wd.path
+	defer wd.release()
 	defer a.stopAll()
 	var wg sync.WaitGroup
 	defer wg.Wait()

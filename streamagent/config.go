@@ -48,9 +48,10 @@ type Config struct {
 	// MemoryQuota bounds the buffered bytes a task holds in memory; past
 	// it they spill to temp files under TempDir (default 256 MiB).
 	MemoryQuota int
-	// TempDir holds spilled buffers, one subdirectory per task (default
-	// <os temp>/logbackup-store-<id>). It is emptied when a task starts and
-	// removed when it stops.
+	// TempDir is where this agent makes its own directory for spilled
+	// buffers (store-<id>-<random>, locked while the process lives, one
+	// subdirectory per task incarnation, removed on a clean exit; see
+	// workdir.go). Default <os temp>/logbackup-agent.
 	TempDir string
 	// RetryBudget turns a persistent retryable error into a fatal one
 	// (TiKV: 30 failed flushes). Default 30 attempts or 10 minutes.
@@ -116,7 +117,7 @@ func (c *Config) withDefaults() error {
 		c.MemoryQuota = 256 << 20
 	}
 	if c.TempDir == "" {
-		c.TempDir = filepath.Join(os.TempDir(), fmt.Sprintf("logbackup-store-%d", c.StoreID))
+		c.TempDir = filepath.Join(os.TempDir(), "logbackup-agent")
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

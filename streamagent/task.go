@@ -217,7 +217,7 @@ func newTaskRunner(ctx context.Context, a *Agent, ts *meta.TaskStatus) (*taskRun
 	}
 	// Leftovers of a crashed run are stale: the range checkpoints decide
 	// what is rescanned, so start with an empty temp dir.
-	tempDir := filepath.Join(a.cfg.TempDir, fmt.Sprintf("%s-%d", info.Name, ts.Incarnation))
+	tempDir := filepath.Join(a.workDir, fmt.Sprintf("%s-%d", info.Name, ts.Incarnation))
 	if err := os.RemoveAll(tempDir); err != nil {
 		st.Close()
 		return nil, fmt.Errorf("clean temp dir %s: %w", tempDir, err)

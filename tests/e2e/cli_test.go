@@ -249,6 +249,8 @@ func TestCLIBadInputs(t *testing.T) {
 		args []string
 	}{
 		{"bad task name", "invalid task name", []string{"stream", "start", "--task-name", "bad-name!", "--storage", good}},
+		{"long task name", "at most 128", []string{"stream", "start", "--task-name", strings.Repeat("x", 129), "--storage", good}},
+		{"datetime without a zone", "must set timezone", []string{"stream", "start", "--task-name", "t2", "--storage", good, "--start-ts", "2024-01-01 00:00:00"}},
 		{"missing task name", "--task-name", []string{"stream", "start", "--storage", good}},
 		{"duplicate task", "only one task", []string{"stream", "start", "--task-name", "other", "--storage", "local://" + filepath.Join(dir, "other")}},
 		{"unknown task pause", `"nope" not found`, []string{"stream", "pause", "--task-name", "nope"}},
