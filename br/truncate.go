@@ -137,6 +137,13 @@ func TruncateStorage(ctx context.Context, env *Env, st storage.Storage, opts Tru
 	res.ShiftUntil = shiftUntil(metas, until)
 	objects, leftover, rewrites, deletes := plan(metas, res, until, journal)
 	res.Leftover = len(leftover)
+	all := append(append([]string{}, objects...), leftover...)
+	for _, o := range all {
+		if !isLogObject(o) {
+			return nil, userError("the storage holds metadata this tool did not write and does not understand; nothing was changed", nil,
+				"a meta file or %s lists %q, which is no log data file", TruncateJournalFile, o)
+		}
+	}
 
 	fmt.Fprintf(w, "We are going to truncate %d files (%s, %d KVs), up to TS %s (%d).\n",
 		res.DataFiles, humanBytes(res.DataBytes), res.KVs, FormatTS(until, loc), until)
@@ -179,7 +186,6 @@ func TruncateStorage(ctx context.Context, env *Env, st storage.Storage, opts Tru
 			return nil, fmt.Errorf("write the truncate safepoint %s: %w", TruncateSafepointFile, err)
 		}
 	}
-	all := append(append([]string{}, objects...), leftover...)
 	if len(all) > 0 {
 		j := truncateJournal{Version: 1, Until: max(until, journal.Until), ShiftUntil: res.ShiftUntil, Objects: all}
 		if err := writeJournal(ctx, st, j); err != nil {
@@ -312,6 +318,15 @@ func refuseMigrations(ctx context.Context, st storage.Storage) error {
 		return fmt.Errorf("list v1/migrations/: %w", err)
 	}
 	return nil
+}
+
+// isLogObject reports whether a path listed by a meta file (or the
+// journal) can be a log data file, so that nothing else (backupmeta, the
+// locks, meta files, checkpoints) is ever deleted on the word of a corrupt
+// or foreign meta file. TiKV names them v1/<date>/<hour>/<store>/…/<x>.log.
+func isLogObject(p string) bool {
+	return strings.HasPrefix(p, "v1/") && strings.HasSuffix(p, ".log") && !strings.Contains(p, "..") &&
+		!strings.HasPrefix(p, logfile.MetaDir) && !strings.HasPrefix(p, logfile.GlobalCheckpointDir) && !strings.HasPrefix(p, "v1/migrations/")
 }
 
 // validBegin reports whether a tagged name's min begin ts can stand in for

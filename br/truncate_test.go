@@ -289,9 +289,15 @@ func TestTruncateRefusals(t *testing.T) {
 	f.flush(20, 0, f.put(1, "ta", 10, 12, 8))
 	f.checkpoint(30)
 	var out bytes.Buffer
-	_, err := TruncateStorage(f.ctx, f.env, f.st, TruncateOptions{Until: fmt.Sprint(f.ts(31)), Yes: true}, &out)
-	if err == nil || !strings.Contains(err.Error(), "global checkpoint") || HintOf(err) == "" {
-		t.Fatalf("until past the checkpoint: %v (hint %q)", err, HintOf(err))
+	for _, until := range []string{fmt.Sprint(f.ts(31)), "2099-01-01 00:00:00+0800"} {
+		_, err := TruncateStorage(f.ctx, f.env, f.st, TruncateOptions{Until: until, Yes: true}, &out)
+		if err == nil || !strings.Contains(err.Error(), "global checkpoint") || HintOf(err) == "" {
+			t.Fatalf("until %s past the checkpoint: %v (hint %q)", until, err, HintOf(err))
+		}
+	}
+	_, err := TruncateStorage(f.ctx, f.env, f.st, TruncateOptions{Until: "yesterday", Yes: true}, &out)
+	if err == nil || !strings.Contains(err.Error(), "invalid --until") {
+		t.Fatalf("bad until: %v", err)
 	}
 	if err := f.st.WriteFile(f.ctx, TruncateLockFile, []byte(`{"locker_host":"elsewhere","locker_pid":7}`)); err != nil {
 		t.Fatal(err)
@@ -313,5 +319,31 @@ func TestTruncateRefusals(t *testing.T) {
 	_, err = TruncateStorage(f.ctx, f.env, empty, TruncateOptions{Until: fmt.Sprint(f.ts(25)), Yes: true}, &out)
 	if err == nil || !strings.Contains(err.Error(), "backupmeta") {
 		t.Fatalf("storage without a log backup: %v", err)
+	}
+}
+
+// TestTruncateDeletesOnlyLogObjects: object paths come from meta file
+// content; a meta file listing something that is no log data object (here
+// the root backupmeta) makes truncate refuse, not delete it.
+func TestTruncateDeletesOnlyLogObjects(t *testing.T) {
+	f := newLogFixture(t)
+	fl := f.flush(20, 0, f.put(1, "ta", 10, 12, 8))
+	fl.Metadata.FileGroups[0].Path = BackupMetaFile
+	raw, err := fl.Metadata.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.st.WriteFile(f.ctx, fl.Meta.Name, raw); err != nil {
+		t.Fatal(err)
+	}
+	f.flush(40, 0, f.put(1, "ta", 30, 32, 8))
+	f.checkpoint(40)
+	var out bytes.Buffer
+	_, err = TruncateStorage(f.ctx, f.env, f.st, TruncateOptions{Until: fmt.Sprint(f.ts(35)), Yes: true}, &out)
+	if err == nil || !strings.Contains(err.Error(), BackupMetaFile) {
+		t.Fatalf("got %v, want a refusal naming %s\n%s", err, BackupMetaFile, out.String())
+	}
+	if !f.exists(BackupMetaFile) || !f.exists(fl.Meta.Name) {
+		t.Fatal("a refused truncate deleted something")
 	}
 }
