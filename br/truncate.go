@@ -234,7 +234,7 @@ func TruncateStorage(ctx context.Context, env *Env, st storage.Storage, opts Tru
 // a rerun (after removing a lock the failed run could not) finishes.
 func interrupted(err error) error {
 	return userError("the storage is still readable; run the same truncate again to finish (if "+TruncateLockFile+
-		" was left behind, delete it first)", err, "truncate interrupted")
+		" or a "+TruncateLockFile+".INTENT.* file was left behind, delete it first)", err, "truncate interrupted")
 }
 
 // checkUntil refuses an until past what the storage (and etcd, when

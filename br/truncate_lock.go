@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,7 +31,7 @@ const (
 )
 
 const truncateLockHint = "another truncate may be running, or one did not exit cleanly: wait for it, or check the storage " +
-	"and delete " + TruncateLockFile + " at its root"
+	"and delete " + TruncateLockFile + " (and any " + TruncateLockFile + ".INTENT.* a crashed run left) at its root"
 
 // lockMeta is BR's LockMeta as JSON.
 type lockMeta struct {
@@ -45,22 +46,41 @@ func (l lockMeta) String() string {
 	return fmt.Sprintf("locked at %s by host %s, pid %d", l.LockedAt.Format(time.RFC3339), l.LockerHost, l.LockerPID)
 }
 
-// acquireTruncateLock takes BR's truncating.lock: refused while it exists;
-// written with a fresh transaction id and read back, so of two runs racing
-// past the existence check at most one goes on. release removes it if it
-// is still ours; a failure to remove is printed (the next run will refuse
-// and say how to clear it).
+// acquireTruncateLock takes BR's truncating.lock with BR's protocol
+// (objstore conditionalPut): nothing may exist under the lock's name as a
+// prefix; write an intent truncating.lock.INTENT.<txn hex>; check again
+// that our intent is the only such object; write the lock; delete the
+// intent. Of two runs racing through it at most one passes its second
+// check (each lists after writing its own intent, so the later lister sees
+// the earlier intent), and BR and this tool see each other's intents and
+// locks. release removes the lock if it is still ours; a failure is printed
+// (the next run refuses and says how to clear it).
 func acquireTruncateLock(ctx context.Context, env *Env, st storage.Storage) (release func(io.Writer), err error) {
-	holder, err := readLock(ctx, st)
-	if err != nil {
-		return nil, err
-	}
-	if holder != "" {
-		return nil, userError(truncateLockHint, nil, "the storage is locked by another truncate (%s)", holder)
-	}
 	var id [16]byte
 	if _, err := rand.Read(id[:]); err != nil {
 		return nil, fmt.Errorf("lock id: %w", err)
+	}
+	intent := TruncateLockFile + ".INTENT." + hex.EncodeToString(id[:])
+	if err := onlyLockObject(ctx, st, ""); err != nil {
+		return nil, err
+	}
+	if err := st.WriteFile(ctx, intent, nil); err != nil {
+		return nil, fmt.Errorf("write %s: %w", intent, err)
+	}
+	intentLeft := true
+	dropIntent := func(ctx context.Context) error {
+		if !intentLeft {
+			return nil
+		}
+		if err := st.Delete(ctx, intent); err != nil {
+			return fmt.Errorf("delete %s: %w", intent, err)
+		}
+		intentLeft = false
+		return nil
+	}
+	if err := onlyLockObject(ctx, st, intent); err != nil {
+		_ = dropIntent(ctx) // best effort: the error says what to clear
+		return nil, err
 	}
 	me := lockMeta{LockedAt: env.now(), LockerHost: env.Hostname, LockerPID: env.PID, TxnID: id[:], Hint: truncateLockHint}
 	raw, err := json.Marshal(me)
@@ -70,30 +90,16 @@ func acquireTruncateLock(ctx context.Context, env *Env, st storage.Storage) (rel
 	if err := st.WriteFile(ctx, TruncateLockFile, raw); err != nil {
 		return nil, fmt.Errorf("write %s: %w", TruncateLockFile, err)
 	}
-	mine := func(ctx context.Context) (bool, string, error) {
-		b, err := st.ReadFile(ctx, TruncateLockFile)
-		if err != nil {
-			return false, "", fmt.Errorf("read %s: %w", TruncateLockFile, err)
-		}
-		var got lockMeta
-		if err := json.Unmarshal(b, &got); err != nil {
-			return false, "an unreadable lock", nil
-		}
-		return bytes.Equal(got.TxnID, id[:]), got.String(), nil
-	}
-	ok, other, err := mine(ctx)
-	if err != nil {
+	if err := dropIntent(ctx); err != nil {
 		return nil, err
-	}
-	if !ok {
-		return nil, userError(truncateLockHint, nil, "another truncate took the lock at the same time (%s)", other)
 	}
 	return func(w io.Writer) {
 		// The caller's context may be what ended the run.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
-		ok, _, err := mine(ctx)
-		if err == nil && ok {
+		b, err := st.ReadFile(ctx, TruncateLockFile)
+		var cur lockMeta
+		if err == nil && json.Unmarshal(b, &cur) == nil && bytes.Equal(cur.TxnID, id[:]) {
 			err = st.Delete(ctx, TruncateLockFile)
 		}
 		if err != nil {
@@ -102,12 +108,38 @@ func acquireTruncateLock(ctx context.Context, env *Env, st storage.Storage) (rel
 	}, nil
 }
 
-// readLock describes the current lock holder, "" when unlocked.
+// onlyLockObject fails unless the only object named with the lock's name
+// as a prefix is mine ("" for none): the lock itself or another run's
+// intent means someone holds, or is taking, the lock.
+func onlyLockObject(ctx context.Context, st storage.Storage, mine string) error {
+	var others []string
+	err := st.List(ctx, TruncateLockFile, func(o storage.ObjectInfo) error {
+		if o.Name != mine {
+			others = append(others, o.Name)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("list %s: %w", TruncateLockFile, err)
+	}
+	if len(others) == 0 {
+		return nil
+	}
+	holder := "intent files " + strings.Join(others, ", ")
+	if others[0] == TruncateLockFile {
+		if holder, err = readLock(ctx, st); err != nil {
+			return err
+		}
+	}
+	return userError(truncateLockHint, nil, "the storage is locked by another truncate (%s)", holder)
+}
+
+// readLock describes the lock holder.
 func readLock(ctx context.Context, st storage.Storage) (string, error) {
 	b, err := st.ReadFile(ctx, TruncateLockFile)
 	switch {
 	case errors.Is(err, storage.ErrNotExist):
-		return "", nil
+		return "released meanwhile; try again", nil
 	case err != nil:
 		return "", fmt.Errorf("read %s: %w", TruncateLockFile, err)
 	}

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -346,4 +349,101 @@ func TestTruncateDeletesOnlyLogObjects(t *testing.T) {
 	if !f.exists(BackupMetaFile) || !f.exists(fl.Meta.Name) {
 		t.Fatal("a refused truncate deleted something")
 	}
+}
+
+// TestTruncateLockExcludes: a foreign intent (a run taking the lock, or a
+// crashed one) blocks a truncate; of many runs taking the lock at once at
+// most one gets it; a released lock can be taken again.
+func TestTruncateLockExcludes(t *testing.T) {
+	f := newLogFixture(t)
+	f.flush(20, 0, f.put(1, "ta", 10, 12, 8))
+	f.checkpoint(30)
+	foreign := TruncateLockFile + ".INTENT.00ff"
+	if err := f.st.WriteFile(f.ctx, foreign, nil); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	_, err := TruncateStorage(f.ctx, f.env, f.st, TruncateOptions{Until: fmt.Sprint(f.ts(25)), Yes: true}, &out)
+	if err == nil || !strings.Contains(err.Error(), foreign) || !strings.Contains(HintOf(err), "INTENT") {
+		t.Fatalf("foreign intent: %v (hint %q)", err, HintOf(err))
+	}
+	if err := f.st.Delete(f.ctx, foreign); err != nil {
+		t.Fatal(err)
+	}
+
+	// All runs list (and find nothing) before any writes its intent, and
+	// all have written their intents before any lists again: the worst
+	// interleaving, where an exists-then-write lock lets everyone in.
+	const runs = 8
+	ls := &lineUp{Storage: f.st, n: runs, first: make(chan struct{}), second: make(chan struct{})}
+	var wg sync.WaitGroup
+	var won atomic.Int32
+	releases := make(chan func(io.Writer), runs)
+	for range runs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if release, err := acquireTruncateLock(f.ctx, f.env, ls); err == nil {
+				won.Add(1)
+				releases <- release
+			}
+		}()
+	}
+	wg.Wait()
+	close(releases)
+	if won.Load() > 1 {
+		t.Fatalf("%d runs hold the lock at once", won.Load())
+	}
+	for release := range releases {
+		release(io.Discard)
+	}
+	// Losers cleaned up their intents: the lock is free again.
+	release, err := acquireTruncateLock(f.ctx, f.env, f.st)
+	if err != nil {
+		t.Fatalf("lock not free after the race: %v", err)
+	}
+	release(io.Discard)
+	if f.exists(TruncateLockFile) {
+		t.Fatal("release left the lock")
+	}
+}
+
+// lineUp holds the first n lock listings until all n have listed, and the
+// next n until all n have arrived.
+type lineUp struct {
+	storage.Storage
+	n                      int
+	mu                     sync.Mutex
+	calls, listed, arrived int
+	first, second          chan struct{}
+}
+
+// count adds one to *c and closes done when it reaches n.
+func (l *lineUp) count(c *int, done chan struct{}) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if *c++; *c == l.n {
+		close(done)
+	}
+}
+
+func (l *lineUp) List(ctx context.Context, prefix string, fn func(storage.ObjectInfo) error) error {
+	if prefix != TruncateLockFile {
+		return l.Storage.List(ctx, prefix, fn)
+	}
+	l.mu.Lock()
+	l.calls++
+	k := l.calls
+	l.mu.Unlock()
+	switch {
+	case k <= l.n:
+		err := l.Storage.List(ctx, prefix, fn)
+		l.count(&l.listed, l.first)
+		<-l.first
+		return err
+	case k <= 2*l.n:
+		l.count(&l.arrived, l.second)
+		<-l.second
+	}
+	return l.Storage.List(ctx, prefix, fn)
 }
