@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -29,21 +30,48 @@ type globalFlags struct {
 
 // Main runs the br command line and returns the process exit code.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return Run(ctx, args, os.Stdin, stdout, stderr)
+}
+
+// Run is Main with the input that answers prompts (truncate's
+// confirmation) given explicitly.
+func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	root := NewRootCommand()
 	root.SetArgs(args)
+	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	err := root.ExecuteContext(ctx)
+	cmd, err := root.ExecuteContextC(ctx)
 	if err == nil {
 		return 0
 	}
 	// Errors can carry text from storage SDKs; strip credentials before
 	// anything reaches the terminal.
 	fmt.Fprintf(stderr, "Error: %s\n", storage.Redact(err.Error()))
-	if hint := br.HintOf(err); hint != "" {
+	hint := br.HintOf(err)
+	if hint == "" && cmd != nil {
+		// cobra's own errors (unknown command or flag, bad flag value).
+		hint = fmt.Sprintf("run `%s --help` for its commands and flags", cmd.CommandPath())
+	}
+	if hint != "" {
 		fmt.Fprintf(stderr, "Hint: %s\n", hint)
 	}
 	return 1
+}
+
+// missingSubcommand makes a command group fail when called alone: cobra
+// would print its help and exit 0, which a script takes for success.
+func missingSubcommand(what string) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, _ []string) error {
+		var names []string
+		for _, c := range cmd.Commands() {
+			if c.IsAvailableCommand() {
+				names = append(names, c.Name())
+			}
+		}
+		return &br.Error{Msg: "missing " + what + " for `" + cmd.CommandPath() + "`",
+			Hint: fmt.Sprintf("use one of: %s (see `%s --help`)", strings.Join(names, ", "), cmd.CommandPath())}
+	}
 }
 
 // NewRootCommand builds `br` with the `stream` group (alias `log`) and
@@ -55,6 +83,8 @@ func NewRootCommand() *cobra.Command {
 		Short:         "logbackup: log backup (PITR) tasks for TiKV clusters, BR-compatible",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+		RunE:          missingSubcommand("command"),
 	}
 	pf := root.PersistentFlags()
 	pf.StringSliceVarP(&g.pd, "pd", "u", []string{"127.0.0.1:2379"}, "PD / etcd endpoints, comma-separated")
@@ -68,8 +98,10 @@ func NewRootCommand() *cobra.Command {
 		Aliases: []string{"log"},
 		Short:   "manage the log backup task (also spelled `br log`)",
 		Args:    cobra.NoArgs,
+		RunE:    missingSubcommand("subcommand"),
 	}
-	stream.AddCommand(startCommand(g), statusCommand(g), pauseCommand(g), resumeCommand(g), stopCommand(g), verifyCommand(), historyCommand(g))
+	stream.AddCommand(startCommand(g), statusCommand(g), pauseCommand(g), resumeCommand(g), stopCommand(g),
+		truncateCommand(g), metadataCommand(), verifyCommand(), historyCommand(g))
 	root.AddCommand(stream, playgroundCommand())
 	return root
 }
@@ -254,5 +286,57 @@ func historyCommand(g *globalFlags) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&name, "task-name", "", "the task")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func truncateCommand(g *globalFlags) *cobra.Command {
+	var o br.TruncateOptions
+	cmd := &cobra.Command{
+		Use:   "truncate",
+		Short: "remove the log backup data no restore to --until or later needs",
+		Long: "Removes the data files whose every entry is older than --until (kept longer where a later commit's\n" +
+			"value is older, as BR does), deletes the meta files that list only them and rewrites the others.\n" +
+			"Storage only; with -u/--pd given, etcd's checkpoint of a task writing to the storage is checked too.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.In = cmd.InOrStdin()
+			env := br.NewEnv(nil)
+			// etcd is asked only when named, and only if it answers: the
+			// storage's own checkpoint is always checked.
+			if o.Storage != "" && o.Until != "" && cmd.Flags().Changed("pd") {
+				cli, err := meta.Dial(cmd.Context(), meta.DialConfig{
+					Endpoints: g.pd, CAFile: g.ca, CertFile: g.cert, KeyFile: g.key, DialTimeout: g.dialTimeout,
+				})
+				if err != nil {
+					fmt.Fprintf(cmd.OutOrStdout(), "Note: etcd at %s is not reachable; checking --until against the storage's checkpoint only.\n",
+						strings.Join(g.pd, ","))
+				} else {
+					defer cli.Close()
+					env = br.NewEnv(meta.NewClient(cli))
+				}
+			}
+			_, err := br.RunTruncate(cmd.Context(), env, o, cmd.OutOrStdout())
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.Until, "until", "", "remove what only restores before this TSO or datetime (\"2006-01-02 15:04:05+0800\") need")
+	f.BoolVar(&o.DryRun, "dry-run", false, "print what would be removed and change nothing")
+	f.BoolVarP(&o.Yes, "yes", "y", false, "do not ask for confirmation")
+	f.StringVarP(&o.Storage, "storage", "s", "", "storage URL of the log backup")
+	return cmd
+}
+
+func metadataCommand() *cobra.Command {
+	var o br.MetadataOptions
+	cmd := &cobra.Command{
+		Use:   "metadata",
+		Short: "print the storage's log min and max ts (what a restore can reach); storage only",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return br.RunMetadata(cmd.Context(), br.NewEnv(nil), o, cmd.OutOrStdout())
+		},
+	}
+	cmd.Flags().StringVarP(&o.Storage, "storage", "s", "", "storage URL of the log backup")
 	return cmd
 }
