@@ -256,7 +256,7 @@ func checkUntil(ctx context.Context, env *Env, st storage.Storage, until uint64,
 		if !sameStorage(t.Info.GetStorage(), st.String()) {
 			continue
 		}
-		cp, err := taskCheckpoint(ctx, env.Meta, t.Info)
+		cp, err := globalOrStorageCheckpoint(ctx, env.Meta, t.Info)
 		if err != nil {
 			return err
 		}
@@ -282,10 +282,10 @@ func sameStorage(b *brpb.StorageBackend, url string) bool {
 	return a.Scheme == o.Scheme && a.Endpoint == o.Endpoint && a.Bucket == o.Bucket && a.Prefix == o.Prefix && a.Path == o.Path
 }
 
-// taskCheckpoint is the task's global checkpoint: central_global when the
-// coordinator published one, else the highest storage checkpoint, never
-// below the task's start (as status shows it).
-func taskCheckpoint(ctx context.Context, m *meta.Client, info *brpb.StreamBackupTaskInfo) (uint64, error) {
+// globalOrStorageCheckpoint is the task's global checkpoint: central_global
+// when the coordinator published one, else the highest storage checkpoint,
+// never below the task's start (as status shows it).
+func globalOrStorageCheckpoint(ctx context.Context, m *meta.Client, info *brpb.StreamBackupTaskInfo) (uint64, error) {
 	g, ok, err := m.GlobalCheckpoint(ctx, info.Name)
 	if err != nil {
 		return 0, fmt.Errorf("read the global checkpoint of %q: %w", info.Name, err)
