@@ -197,11 +197,11 @@ func (a *Agent) startTask(ctx context.Context, st *meta.TaskStatus) {
 // retryStart keeps trying to start a task whose start failed.
 func (a *Agent) retryStart(ctx context.Context, first *meta.TaskStatus, err0 error) {
 	info := first.Info
-	probe := &taskRunner{a: a}
+	b := &budget{limit: a.cfg.RetryBudget}
 	err := err0
 	backoff := time.Second
 	for {
-		if f := probe.noteError(err); f != nil {
+		if f := a.noteError(b, err); f != nil {
 			a.reportFatal(ctx, first, f)
 			return
 		}

@@ -62,10 +62,6 @@ type Config struct {
 	LagLimit time.Duration
 	// AutoResume governs resuming tasks paused by recoverable errors.
 	AutoResume AutoResume
-	// BeforeCheckpoints, for crash tests, runs after a flush's files are
-	// durable and before any checkpoint moves; an error stops the flush
-	// there, as a crash would.
-	BeforeCheckpoints func(task string) error
 	// StatusAddress is this agent's /metrics and /status address, shown
 	// in its registration.
 	StatusAddress string
@@ -74,12 +70,6 @@ type Config struct {
 	OpenStorage func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error)
 	Logger      *slog.Logger
 	Version     string
-}
-
-// RetryBudget bounds how long a retryable error may persist.
-type RetryBudget struct {
-	Attempts int
-	Duration time.Duration
 }
 
 func (c *Config) withDefaults() error {

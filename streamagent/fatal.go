@@ -35,34 +35,13 @@ type fatalError struct {
 
 func (f *fatalError) Error() string { return fmt.Sprintf("[%s] %v", f.info.Code, f.err) }
 
-// noteError counts an error by code and decides whether it is fatal:
-// fatal by class, or retryable but past the retry budget.
-func (t *taskRunner) noteError(err error) *fatalError {
+// noteError counts an error by code and decides, with the budget,
+// whether it is fatal.
+func (a *Agent) noteError(b *budget, err error) *fatalError {
 	info := errs.Classify(err)
-	t.a.metrics.countError(string(info.Code))
-	if info.Class == errs.Fatal {
-		return &fatalError{info: info, err: err}
-	}
-	now := time.Now()
-	if t.failingSince.IsZero() {
-		t.failingSince = now
-	}
-	t.failures++
-	budget := t.a.cfg.RetryBudget
-	if t.failures > budget.Attempts || now.Sub(t.failingSince) > budget.Duration {
-		// The LastError keeps the code of what failed (as TiKV keeps Io
-		// after its flush-failure threshold); the budget goes in the text.
-		info.Class = errs.Fatal
-		return &fatalError{
-			info: info,
-			err:  fmt.Errorf("retry budget exhausted (%d failures over %s; the budget is %d attempts or %s): %w", t.failures, now.Sub(t.failingSince).Round(time.Second), budget.Attempts, budget.Duration, err),
-		}
-	}
-	return nil
+	a.metrics.countError(string(info.Code))
+	return b.fail(time.Now(), info, err)
 }
-
-// noteSuccess resets the retry budget after a healthy flush.
-func (t *taskRunner) noteSuccess() { t.failures, t.failingSince = 0, time.Time{} }
 
 // reportFatal runs the fatal path for a stopped task, in TiKV's order but
 // with every step attempted whatever happened to the others: count it,
