@@ -76,6 +76,13 @@ func (c *Client) RegisterAgent(ctx context.Context, reg *lbpb.AgentRegistration,
 		defer close(lost)
 		for range ka {
 		}
+		if ctx.Err() != nil {
+			// A clean exit: the registration goes now, not a lease TTL
+			// later, so status and `--wait` see the agent gone at once.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
+			_, _ = c.cli.Revoke(rctx, lease.ID)
+			cancel()
+		}
 	}()
 	return lost, nil
 }

@@ -132,6 +132,7 @@ func (t *taskRunner) handle(e streamEvent) {
 					logfile.Change{Key: row.Key, Value: row.Value, StartTS: row.StartTs, CommitTS: row.CommitTs, Op: opOf(row)})
 				t.a.metrics.eventsIn.Inc()
 				t.a.metrics.bytesIn.Add(float64(len(row.Key) + len(row.Value)))
+				t.progress.received(len(row.Key) + len(row.Value))
 			})
 			if err != nil {
 				t.log.Warn("region stream broke its promises; rescanning", "region", sub.region.Id, "err", err)

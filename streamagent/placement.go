@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/pingcap/kvproto/pkg/cdcpb"
 	"github.com/pingcap/kvproto/pkg/metapb"
@@ -13,6 +12,7 @@ import (
 	"github.com/tikv/pd/client/circuitbreaker"
 	"github.com/tikv/pd/client/clients/router"
 
+	"logbackup/meta"
 	"logbackup/streamagent/errs"
 	"logbackup/streamagent/matcher"
 	"logbackup/streamagent/spans"
@@ -53,32 +53,17 @@ func (s *subscription) contains(rawKey []byte) bool {
 	return false
 }
 
-// scanPage is how many regions one PD request returns.
-const scanPage = 1024
-
-// scanRegions lists the regions overlapping sp from PD, a page at a time,
-// each page under its own deadline.
+// scanRegions lists the regions overlapping sp from PD (paged).
 func scanRegions(ctx context.Context, pdc pd.Client, sp spans.Span) ([]*router.Region, error) {
-	var out []*router.Region
-	start := sp.Start
-	for {
-		rctx, cancel := context.WithTimeout(withBreaker(ctx), 10*time.Second)
-		page, err := pdc.ScanRegions(rctx, start, sp.End, scanPage)
-		cancel()
-		if err != nil {
-			return nil, errs.Wrap(errs.CodePD, fmt.Errorf("scan regions: %w", err))
-		}
-		out = append(out, page...)
-		if len(page) < scanPage {
-			return out, nil
-		}
-		start = page[len(page)-1].Meta.EndKey
-		if len(start) == 0 || (len(sp.End) > 0 && string(start) >= string(sp.End)) {
-			return out, nil
-		}
+	regions, err := meta.ScanRegions(ctx, pdc, sp.Start, sp.End)
+	if err != nil {
+		return nil, errs.Wrap(errs.CodePD, err)
 	}
+	return regions, nil
 }
 
+// withBreaker gives a PD call the circuit breaker the pinned pd client
+// expects on some calls (it panics without one).
 func withBreaker(ctx context.Context) context.Context {
 	return circuitbreaker.WithCircuitBreaker(ctx, circuitbreaker.NewCircuitBreaker("streamagent", circuitbreaker.AlwaysClosedSettings))
 }

@@ -70,6 +70,7 @@ type taskRunner struct {
 
 	stats     taskStats
 	published published
+	progress  progress
 }
 
 func newTaskRunner(ctx context.Context, a *Agent, ts *meta.TaskStatus) (*taskRunner, error) {
@@ -120,6 +121,7 @@ func newTaskRunner(ctx context.Context, a *Agent, ts *meta.TaskStatus) (*taskRun
 	t.flushed = &durableMap{m: known}
 	t.flusher = newFlusher(t, t.flushed)
 	t.budget.limit = a.cfg.RetryBudget
+	t.progress.out = make(chan *meta.Progress, 1)
 	t.builder = t.newBuilder()
 	return t, nil
 }
@@ -135,6 +137,9 @@ func (t *taskRunner) run(ctx context.Context, flushOnExit *atomic.Bool) {
 	fctx, stopFlusher := context.WithCancel(context.Background())
 	flusherDone := make(chan struct{})
 	go func() { defer close(flusherDone); t.flusher.run(fctx) }()
+	pctx, stopProgress := context.WithCancel(ctx)
+	defer stopProgress()
+	go t.publishProgress(pctx)
 	defer t.st.Close()
 	defer t.closeStream()
 	defer func() {
@@ -160,6 +165,8 @@ func (t *taskRunner) run(ctx context.Context, flushOnExit *atomic.Bool) {
 	defer reconcile.Stop()
 	place := time.NewTicker(50 * time.Millisecond)
 	defer place.Stop()
+	reports := time.NewTicker(progressInterval)
+	defer reports.Stop()
 	// retry gives a failed flush its go-ahead sooner than the next tick,
 	// backing off exponentially with jitter (stopped while idle).
 	t.retry = time.NewTimer(time.Hour)
@@ -206,6 +213,8 @@ func (t *taskRunner) run(ctx context.Context, flushOnExit *atomic.Bool) {
 		case <-place.C:
 			t.placePending(ctx)
 			t.publishStats()
+		case now := <-reports.C:
+			t.report(now)
 		}
 	}
 }
@@ -324,6 +333,7 @@ func (t *taskRunner) takeResult(res flushResult) bool {
 	wait := min(100*time.Millisecond<<min(t.budget.failures, 20), t.a.cfg.FlushInterval)
 	wait = wait/2 + time.Duration(rand.Int64N(int64(wait/2)+1))
 	t.retry.Reset(wait)
+	t.progress.lastErr = storage.Redact(err.Error())
 	t.log.Warn("flush failed; retrying", "err", storage.Redact(err.Error()), "failures", t.budget.failures, "in", wait)
 	return true
 }

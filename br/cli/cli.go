@@ -150,6 +150,7 @@ func requireTaskName(name string) error {
 
 func startCommand(g *globalFlags) *cobra.Command {
 	var o br.StartOptions
+	var wf waitFlags
 	cmd := &cobra.Command{
 		Use:   "start",
 		Short: "start a log backup task",
@@ -159,7 +160,9 @@ func startCommand(g *globalFlags) *cobra.Command {
 				return err
 			}
 			return withEnv(cmd, g, func(ctx context.Context, env *br.Env) error {
-				return br.Start(ctx, env, o, cmd.OutOrStdout())
+				return wf.run(ctx, env, o.TaskName, cmd.OutOrStdout(), func() error {
+					return br.Start(ctx, env, o, cmd.OutOrStdout())
+				})
 			})
 		},
 	}
@@ -170,6 +173,7 @@ func startCommand(g *globalFlags) *cobra.Command {
 	f.StringVarP(&o.Storage, "storage", "s", "", "storage URL: s3://, gcs://, azblob://, file:// or local://")
 	f.StringSliceVarP(&o.Filters, "filter", "f", nil, "table filter; only '*.*' (every table) is supported")
 	f.DurationVar(&o.GCTTL, "gc-ttl", br.DefaultStartGCTTL, "how long PD keeps the changes since --start-ts for the agents' first scans")
+	wf.add(cmd)
 	return cmd
 }
 
@@ -215,6 +219,7 @@ func pauseCommand(g *globalFlags) *cobra.Command {
 func resumeCommand(g *globalFlags) *cobra.Command {
 	var name string
 	var clearError bool
+	var wf waitFlags
 	cmd := &cobra.Command{
 		Use:   "resume",
 		Short: "resume a paused log backup task",
@@ -224,12 +229,15 @@ func resumeCommand(g *globalFlags) *cobra.Command {
 				return err
 			}
 			return withEnv(cmd, g, func(ctx context.Context, env *br.Env) error {
-				return br.Resume(ctx, env, name, clearError, cmd.OutOrStdout())
+				return wf.run(ctx, env, name, cmd.OutOrStdout(), func() error {
+					return br.Resume(ctx, env, name, clearError, cmd.OutOrStdout())
+				})
 			})
 		},
 	}
 	cmd.Flags().StringVar(&name, "task-name", "", "the task to resume")
 	cmd.Flags().BoolVar(&clearError, "clear-error", false, "clear the stores' last errors; needed for a task paused by an error")
+	wf.add(cmd)
 	return cmd
 }
 
@@ -339,4 +347,30 @@ func metadataCommand() *cobra.Command {
 	}
 	cmd.Flags().StringVarP(&o.Storage, "storage", "s", "", "storage URL of the log backup")
 	return cmd
+}
+
+// waitFlags are `--wait [--timeout D]` of start and resume.
+type waitFlags struct {
+	wait    bool
+	timeout time.Duration
+}
+
+func (wf *waitFlags) add(cmd *cobra.Command) {
+	cmd.Flags().BoolVar(&wf.wait, "wait", false, "return once every store leading the task's regions has an agent that observes them and has flushed past this moment")
+	cmd.Flags().DurationVar(&wf.timeout, "timeout", br.DefaultWaitTimeout, "how long --wait waits; past it the command fails naming each store that did not catch up")
+}
+
+// run runs the command and, with --wait, waits past the moment it began.
+func (wf *waitFlags) run(ctx context.Context, env *br.Env, task string, w io.Writer, fn func() error) error {
+	if !wf.wait {
+		return fn()
+	}
+	since, err := br.TSO(ctx, env)
+	if err != nil {
+		return err
+	}
+	if err := fn(); err != nil {
+		return err
+	}
+	return br.Wait(ctx, env, task, since, wf.timeout, w)
 }

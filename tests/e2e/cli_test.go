@@ -95,6 +95,7 @@ func sameSnapshot(t *testing.T, what string, before, after map[string]string) {
 type statusJSON struct {
 	Name       string `json:"name"`
 	Status     string `json:"status"`
+	State      string `json:"state"`
 	StartTS    uint64 `json:"start_ts"`
 	Storage    string `json:"storage"`
 	Checkpoint uint64 `json:"checkpoint"`
