@@ -5,6 +5,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/tikv/client-go/v2/oracle"
 	pd "github.com/tikv/pd/client"
 
 	"logbackup/meta"
@@ -67,7 +68,7 @@ func (e *Env) tso(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return 0, userError("check PD's health", err, "cannot get a timestamp from PD")
 	}
-	return uint64(phys)<<logicalBits | uint64(logical), nil
+	return oracle.ComposeTS(phys, logical), nil
 }
 
 func (e *Env) now() time.Time {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
+	"github.com/tikv/client-go/v2/oracle"
 
 	"logbackup/meta"
 	"logbackup/storage"
@@ -65,7 +66,7 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 		}
 		startTS = ts
 	}
-	if startTS>>logicalBits > nowTS>>logicalBits { // compare wall-clock parts: a TSO taken this millisecond is not "future"
+	if oracle.ExtractPhysical(startTS) > oracle.ExtractPhysical(nowTS) { // a TSO taken this millisecond is not "future"
 		return userError("a log backup cannot start in the future; omit --start-ts to start now", nil,
 			"--start-ts %s is after the current time %s", FormatTS(startTS, env.loc()), FormatTS(nowTS, env.loc()))
 	}

@@ -447,7 +447,7 @@ func taskRows(v *TaskView, now time.Time, loc *time.Location) []row {
 		rows = append(rows, row{fmt.Sprintf("history[-%d]", len(v.RecentHistory)-i), h})
 	}
 	for _, e := range v.LastErrors {
-		happen := uint64(e.LastError.HappenAt) << logicalBits // happen_at is unix ms
+		happen := ComposeTS(time.UnixMilli(int64(e.LastError.HappenAt))) // happen_at is unix ms
 		rows = append(rows,
 			row{fmt.Sprintf("error[store=%d]", e.StoreID), e.LastError.ErrorCode},
 			row{fmt.Sprintf("error-happen-at[store=%d]", e.StoreID), at(happen)},

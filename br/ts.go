@@ -5,24 +5,22 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tikv/client-go/v2/oracle"
 )
 
 // TiDB timestamps (TSO) keep the physical time in milliseconds in the high
-// bits and an 18-bit logical counter in the low bits.
-const logicalBits = 18
+// bits and an 18-bit logical counter in the low bits; client-go's oracle
+// does every conversion.
 
 // DefaultEndTS is BR's default end-ts for log tasks (about 2090-11-18).
 const DefaultEndTS uint64 = 999999999999999999
 
 // ComposeTS builds a TSO from a wall-clock time (logical part 0).
-func ComposeTS(t time.Time) uint64 {
-	return uint64(t.UnixMilli()) << logicalBits
-}
+func ComposeTS(t time.Time) uint64 { return oracle.GoTimeToTS(t) }
 
 // PhysicalTime returns the wall-clock part of a TSO.
-func PhysicalTime(ts uint64) time.Time {
-	return time.UnixMilli(int64(ts >> logicalBits))
-}
+func PhysicalTime(ts uint64) time.Time { return oracle.GetTimeFromTS(ts) }
 
 // FormatTS renders a TSO the way `br log status` does.
 func FormatTS(ts uint64, loc *time.Location) string {

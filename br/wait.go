@@ -154,7 +154,7 @@ func pendingStores(ctx context.Context, env *Env, t *meta.TaskStatus, leaders ma
 		case storeCP[s] < since:
 			why[s] = "observing, not yet flushed past the point"
 		default:
-			done[s] = time.Since(time.UnixMilli(int64(since >> logicalBits)))
+			done[s] = time.Since(PhysicalTime(since))
 		}
 	}
 	return why, nil

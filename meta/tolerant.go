@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/tikv/client-go/v2/oracle"
 )
 
 // CorruptRecord is a value under /tidb/br-stream/ that could not be
@@ -48,10 +50,10 @@ var ErrImplausible = errors.New("implausible timestamp: beyond now + 1h")
 
 // checkPlausible refuses ts beyond now + PlausibleMargin.
 func (c *Client) checkPlausible(key string, ts uint64) error {
-	limit := uint64(c.now().Add(PlausibleMargin).UnixMilli()) << 18
+	limit := oracle.GoTimeToTS(c.now().Add(PlausibleMargin))
 	if ts > limit {
 		return malformed(key, fmt.Errorf("%w: %d (%s)", ErrImplausible, ts,
-			time.UnixMilli(int64(ts>>18)).UTC().Format(time.RFC3339)))
+			oracle.GetTimeFromTS(ts).UTC().Format(time.RFC3339)))
 	}
 	return nil
 }

@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cenkalti/backoff/v5"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"syscall"
@@ -93,7 +93,8 @@ func retry(ctx context.Context, o options, op string, fn func(context.Context) e
 	p := o.retry
 	ctx, cancel := context.WithTimeout(ctx, p.MaxElapsed)
 	defer cancel()
-	backoff := p.InitialBackoff
+	bo := &backoff.ExponentialBackOff{InitialInterval: p.InitialBackoff, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: p.MaxBackoff}
+	bo.Reset()
 	for attempt := 1; ; attempt++ {
 		actx, acancel := context.WithTimeout(ctx, p.AttemptTimeout)
 		err := fn(actx)
@@ -107,8 +108,7 @@ func retry(ctx context.Context, o options, op string, fn func(context.Context) e
 		if attempt >= p.MaxAttempts || ctx.Err() != nil {
 			return giveUp(err, attempt)
 		}
-		wait := backoff/2 + rand.N(backoff/2+1)
-		backoff = min(backoff*2, p.MaxBackoff)
+		wait := min(bo.NextBackOff(), p.MaxBackoff)
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
 			// Sleeping past the budget would only delay the same answer.
 			return giveUp(err, attempt)

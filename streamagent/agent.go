@@ -84,18 +84,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); a.keepRegistered(ctx) }()
 	go func() { defer wg.Done(); a.coordinate(ctx) }()
 
-	backoff := time.Second
+	bo := newBackoff(time.Second, 30*time.Second)
 	for ctx.Err() == nil {
 		err := a.followTasks(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
 		a.cfg.Logger.Warn("task watch ended; reloading", "err", err)
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-		}
-		backoff = min(backoff*2, 30*time.Second)
+		sleep(ctx, bo.NextBackOff())
 	}
 	return nil
 }
@@ -199,19 +195,16 @@ func (a *Agent) retryStart(ctx context.Context, first *meta.TaskStatus, err0 err
 	info := first.Info
 	b := &budget{limit: a.cfg.RetryBudget}
 	err := err0
-	backoff := time.Second
+	bo := newBackoff(time.Second, 30*time.Second)
 	for {
 		if f := a.noteError(b, err); f != nil {
 			a.reportFatal(ctx, first, f)
 			return
 		}
 		a.cfg.Logger.Warn("cannot start task; retrying", "task", info.Name, "err", storage.Redact(err.Error()))
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
+		if !sleep(ctx, bo.NextBackOff()) {
 			return
 		}
-		backoff = min(backoff*2, 30*time.Second)
 		st, gerr := a.cfg.Meta.GetTask(ctx, info.Name)
 		if gerr != nil || st.Pause.Paused || st.Incarnation != first.Incarnation {
 			return // stopped, restarted or paused meanwhile: the watch decides what next
@@ -315,16 +308,15 @@ func (a *Agent) keepRegistered(ctx context.Context) {
 		reg.StoreAddress = s.Address
 	}
 	cancel()
+	bo := newBackoff(500*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
 		lost, err := a.cfg.Meta.RegisterAgent(ctx, reg, 10*time.Second)
 		if err != nil {
 			a.cfg.Logger.Warn("agent registration failed; retrying", "err", err)
-			select {
-			case <-time.After(time.Second):
-			case <-ctx.Done():
-			}
+			sleep(ctx, bo.NextBackOff())
 			continue
 		}
+		bo.Reset()
 		select {
 		case <-lost:
 		case <-ctx.Done():
@@ -335,13 +327,11 @@ func (a *Agent) keepRegistered(ctx context.Context) {
 // coordinate campaigns to be the coordinator and, while elected, publishes
 // each task's global checkpoint on an interval.
 func (a *Agent) coordinate(ctx context.Context) {
+	bo := newBackoff(500*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
 		sess, err := concurrency.NewSession(a.cfg.Meta.Raw(), concurrency.WithTTL(10), concurrency.WithContext(ctx))
 		if err != nil {
-			select {
-			case <-time.After(time.Second):
-			case <-ctx.Done():
-			}
+			sleep(ctx, bo.NextBackOff())
 			continue
 		}
 		el := concurrency.NewElection(sess, meta.CoordinatorPrefix())

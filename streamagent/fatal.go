@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"time"
 
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
+	"github.com/tikv/client-go/v2/oracle"
 
 	"logbackup/meta"
 	"logbackup/proto/lbpb"
@@ -79,7 +79,7 @@ func (a *Agent) reportFatal(ctx context.Context, ts *meta.TaskStatus, f *fatalEr
 	// etcd steps are retried until they land; the GC guard is best effort
 	// after a few tries, as in TiKV.
 	done := make([]bool, len(steps))
-	backoff := 100 * time.Millisecond
+	bo := newBackoff(100*time.Millisecond, 5*time.Second)
 	for round := 1; ; round++ {
 		pending := false
 		for i, s := range steps {
@@ -107,12 +107,9 @@ func (a *Agent) reportFatal(ctx context.Context, ts *meta.TaskStatus, f *fatalEr
 		if !pending || ctx.Err() != nil {
 			return
 		}
-		select {
-		case <-time.After(backoff/2 + rand.N(backoff/2+1)):
-		case <-ctx.Done():
+		if !sleep(ctx, bo.NextBackOff()) {
 			return
 		}
-		backoff = min(backoff*2, 5*time.Second)
 	}
 }
 
@@ -150,7 +147,7 @@ func (a *Agent) checkLag(ctx context.Context, t *meta.TaskStatus, checkpoint uin
 	if a.cfg.LagLimit < 0 || checkpoint == 0 {
 		return nil
 	}
-	at := time.UnixMilli(int64(checkpoint >> 18))
+	at := oracle.GetTimeFromTS(checkpoint)
 	lag := time.Since(at)
 	if lag <= a.cfg.LagLimit {
 		return nil

@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
 	"github.com/pingcap/kvproto/pkg/encryptionpb"
 	"github.com/prometheus/client_golang/prometheus"
@@ -64,9 +64,10 @@ type taskRunner struct {
 
 	// The retry budget and, once spent or on a fatal error, why the loop
 	// stopped.
-	budget budget
-	fatal  *fatalError
-	retry  *time.Timer
+	budget  budget
+	backoff *backoff.ExponentialBackOff
+	fatal   *fatalError
+	retry   *time.Timer
 
 	stats     taskStats
 	published published
@@ -121,6 +122,7 @@ func newTaskRunner(ctx context.Context, a *Agent, ts *meta.TaskStatus) (*taskRun
 	t.flushed = &durableMap{m: known}
 	t.flusher = newFlusher(t, t.flushed)
 	t.budget.limit = a.cfg.RetryBudget
+	t.backoff = newBackoff(100*time.Millisecond, a.cfg.FlushInterval)
 	t.progress.out = make(chan *meta.Progress, 1)
 	t.builder = t.newBuilder()
 	return t, nil
@@ -303,6 +305,7 @@ func (t *taskRunner) takeResult(res flushResult) bool {
 	}
 	if res.err == nil {
 		t.budget.succeed()
+		t.backoff.Reset()
 		t.retry.Stop()
 		if t.wantFlush {
 			t.startFlush()
@@ -329,9 +332,8 @@ func (t *taskRunner) takeResult(res flushResult) bool {
 	if res.lost {
 		return true // nothing to retry: the next trigger flushes what is new
 	}
-	// 100 ms · 2^failures with full jitter, capped by the flush interval.
-	wait := min(100*time.Millisecond<<min(t.budget.failures, 20), t.a.cfg.FlushInterval)
-	wait = wait/2 + time.Duration(rand.Int64N(int64(wait/2)+1))
+	// 100 ms doubling, capped by the flush interval (the next flush).
+	wait := min(t.backoff.NextBackOff(), t.a.cfg.FlushInterval)
 	t.retry.Reset(wait)
 	t.progress.lastErr = storage.Redact(err.Error())
 	t.log.Warn("flush failed; retrying", "err", storage.Redact(err.Error()), "failures", t.budget.failures, "in", wait)
