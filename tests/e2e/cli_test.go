@@ -264,7 +264,7 @@ func TestCLIBadInputs(t *testing.T) {
 		{"relative local path", "invalid storage URL", []string{"stream", "start", "--task-name", "t2", "--storage", "local://relative/path"}},
 		{"missing bucket", "invalid storage URL", []string{"stream", "start", "--task-name", "t2", "--storage", "s3:///prefix"}},
 		{"mem storage", "cannot hold a task", []string{"stream", "start", "--task-name", "t2", "--storage", "mem://"}},
-		{"unsupported filter", "not supported", []string{"stream", "start", "--task-name", "t2", "--storage", good, "--filter", "db.*"}},
+		{"bad filter", "invalid --filter", []string{"stream", "start", "--task-name", "t2", "--storage", good, "--filter", "db.t\\x"}},
 		{"unknown flag", "unknown flag", []string{"stream", "status", "--bogus"}},
 	}
 	for _, c := range cases {
