@@ -70,6 +70,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	cmd, err := root.ExecuteContextC(ctx)
+	if cmd == nil {
+		cmd = root
+	}
 	if g.log != nil {
 		if err != nil {
 			g.log.logger.Error("command failed", "command", cmd.CommandPath(), "error", err.Error())
