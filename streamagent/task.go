@@ -399,6 +399,7 @@ func (t *taskRunner) publishStats() {
 	}
 	t.stats.observedRegions.Store(int64(len(t.subs))) // one subscription per region
 	t.stats.pendingRanges.Store(int64(len(t.pending)))
+	t.stats.scanning.Store(int64(scanning))
 	t.stats.bufferedBytes.Store(int64(t.builder.Size()))
 	t.stats.memoryBytes.Store(int64(t.builder.Memory()))
 	m := t.a.metrics

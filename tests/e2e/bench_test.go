@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -62,24 +63,46 @@ func (e *benchEnv) agent(b *testing.B, flush time.Duration) (*streamagent.Agent,
 	return a, func() { cancel(); <-done }
 }
 
-// BenchmarkObserve10KRegions: from an agent's start (or a resume) until it
-// has found all 10,000 regions of its store through PD (paged) and sent
-// their EventFeed registrations.
-func BenchmarkObserve10KRegions(b *testing.B) {
-	e := setupBench(b, 10000)
-	for i := 0; i < b.N; i++ {
-		began := time.Now()
-		a, stop := e.agent(b, time.Hour)
-		for {
-			st := a.Status()
-			if len(st.Tasks) == 1 && st.Tasks[0].ObservedRegions >= 10000 {
-				break
+// BenchmarkObserveRegions: from an agent's start (or a resume) until it
+// has found every region of its store through PD (paged), registered each
+// on its EventFeed and seen every initial scan finish; and the heap that
+// costs per observed region (the agent's subscription, matcher and span
+// state, plus the simulated store's side of each subscription).
+//
+//	go test -run '^$' -bench ObserveRegions -benchtime 1x ./tests/e2e/
+func BenchmarkObserveRegions(b *testing.B) {
+	for _, n := range []int{10000, 100000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			e := setupBench(b, n)
+			for i := 0; i < b.N; i++ {
+				runtime.GC()
+				var before runtime.MemStats
+				runtime.ReadMemStats(&before)
+				began := time.Now()
+				a, stop := e.agent(b, time.Hour)
+				var observed time.Duration
+				for {
+					st := a.Status()
+					if len(st.Tasks) == 1 && st.Tasks[0].ObservedRegions >= int64(n) {
+						if observed == 0 {
+							observed = time.Since(began)
+						}
+						if st.Tasks[0].PendingRanges == 0 && st.Tasks[0].Scanning == 0 {
+							break
+						}
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+				ready := time.Since(began)
+				runtime.GC()
+				var after runtime.MemStats
+				runtime.ReadMemStats(&after)
+				stop()
+				b.ReportMetric(observed.Seconds(), "s-to-register")
+				b.ReportMetric(ready.Seconds(), "s-to-scanned")
+				b.ReportMetric(float64(int64(after.HeapAlloc)-int64(before.HeapAlloc))/float64(n), "heap-B/region")
 			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		observed := time.Since(began)
-		stop()
-		b.ReportMetric(observed.Seconds(), "s-to-observe")
+		})
 	}
 }
 
