@@ -50,9 +50,9 @@ func (c *Client) AppendHistory(ctx context.Context, task string, ev *lbpb.Recove
 func (c *Client) History(ctx context.Context, task string) ([]*lbpb.RecoveryEvent, error) {
 	var out []*lbpb.RecoveryEvent
 	err := c.scan(ctx, HistoryPrefix(task), func(k, v []byte) error {
-		ev := &lbpb.RecoveryEvent{}
-		if err := proto.Unmarshal(v, ev); err != nil {
-			return malformed(string(k), err)
+		ev, err := DecodeRecoveryEvent(string(k), v)
+		if err != nil {
+			return err
 		}
 		out = append(out, ev)
 		return nil
