@@ -42,8 +42,29 @@ func zstdOptions() []zstd.EOption {
 // store's meta files and must grow with every flush; resolvedTS is the
 // checkpoint the flush covers. Finish leaves the builder as it was, so a
 // failed upload can call it again (the objects get new ids). Called with
-// nothing added, it returns only the meta file, flagged EMPTY.
+// nothing added, it returns only the meta file, flagged EMPTY. The meta
+// file gets the name TiKV would give it; see FinishLinked.
 func (b *Builder) Finish(flushTS, resolvedTS uint64) (*Flush, error) {
+	return b.finish(flushTS, resolvedTS, nil)
+}
+
+// FinishLinked is Finish for the agent: the meta file name also carries
+// the flush's lineage (the store's previous durable flush, the cluster,
+// the task) and a checksum of the name and body, so `br stream verify` can
+// prove the store's chain of flushes has no gap and every field is as
+// written. l.PrevFlushTS must be below flushTS, and l.TaskStartTS at most
+// flushTS.
+func (b *Builder) FinishLinked(flushTS, resolvedTS uint64, l Lineage) (*Flush, error) {
+	if l.PrevFlushTS >= flushTS {
+		return nil, fmt.Errorf("finish flush: flush ts %d does not follow the previous flush ts %d", flushTS, l.PrevFlushTS)
+	}
+	if l.TaskStartTS > flushTS {
+		return nil, fmt.Errorf("finish flush: flush ts %d is before the task start %d", flushTS, l.TaskStartTS)
+	}
+	return b.finish(flushTS, resolvedTS, &l)
+}
+
+func (b *Builder) finish(flushTS, resolvedTS uint64, lineage *Lineage) (*Flush, error) {
 	if flushTS == 0 {
 		return nil, errors.New("finish flush: flush ts must be positive")
 	}
@@ -90,7 +111,7 @@ func (b *Builder) Finish(flushTS, resolvedTS uint64) (*Flush, error) {
 	}
 
 	md := fl.Metadata
-	name := MetaName{FlushTS: flushTS, StoreID: b.cfg.StoreID}
+	name := MetaName{FlushTS: flushTS, StoreID: b.cfg.StoreID, HasFlags: true, Tags: "dlup"}
 	for i, g := range md.FileGroups {
 		if i == 0 {
 			md.MinTs, md.MaxTs = g.MinTs, g.MaxTs
@@ -113,6 +134,11 @@ func (b *Builder) Finish(flushTS, resolvedTS uint64) (*Flush, error) {
 	raw, err := md.Marshal()
 	if err != nil {
 		return nil, fmt.Errorf("finish flush: encode metadata: %w", err)
+	}
+	if lineage != nil {
+		name.Linked, name.Lineage = true, *lineage
+		name.Checksum, name.HasChecksum = MetaChecksum(name, raw), true
+		name.Tags += "bcsh"
 	}
 	fl.Name = name
 	fl.Meta = Object{Name: name.Format(), Data: raw}
