@@ -83,6 +83,29 @@ func remarshal(t testing.TB, f *Flush) {
 	f.Meta.Data = raw
 }
 
+// resync makes the groups, the metadata and the name agree with the files
+// again after a test changed a file's ts, so that only the data can tell.
+func resync(t testing.TB, f *Flush) {
+	md := f.Metadata
+	f.Name.MinBeginTS = 0
+	for i, g := range md.FileGroups {
+		g.MinTs, g.MaxTs = ^uint64(0), 0
+		for _, fi := range g.DataFilesInfo {
+			g.MinTs, g.MaxTs = min(g.MinTs, fi.MinTs), max(g.MaxTs, fi.MaxTs)
+			if f.Name.MinBeginTS == 0 || fi.MinBeginTsInDefaultCf < f.Name.MinBeginTS {
+				f.Name.MinBeginTS = fi.MinBeginTsInDefaultCf
+			}
+		}
+		if i == 0 {
+			md.MinTs, md.MaxTs = g.MinTs, g.MaxTs
+		}
+		md.MinTs, md.MaxTs = min(md.MinTs, g.MinTs), max(md.MaxTs, g.MaxTs)
+	}
+	f.Name.MinTS, f.Name.MaxTS = md.MinTs, md.MaxTs
+	f.Meta.Name = f.Name.Format()
+	remarshal(t, f)
+}
+
 // TestCorruption: every kind of damage is an error naming where it is,
 // never a panic and never silently fewer changes.
 func TestCorruption(t *testing.T) {
@@ -129,16 +152,29 @@ func TestCorruption(t *testing.T) {
 		{"wrong length", func(t *testing.T, f *Flush) { theFile(f).Length--; remarshal(t, f) }, "plain bytes"},
 		{"wrong entry count", func(t *testing.T, f *Flush) { theFile(f).NumberOfEntries++; remarshal(t, f) }, "entries"},
 		{"wrong crc64xor", func(t *testing.T, f *Flush) { theFile(f).Crc64Xor ^= 1; remarshal(t, f) }, "crc64xor"},
-		{"ts outside the file", func(t *testing.T, f *Flush) { theFile(f).MaxTs = 102; remarshal(t, f) }, "outside"},
+		{"ts outside the file", func(t *testing.T, f *Flush) { theFile(f).MaxTs = 102; resync(t, f) }, "outside"},
+		{"ts range wider than the entries", func(t *testing.T, f *Flush) { theFile(f).MaxTs = 200; resync(t, f) }, "ts 101..109, metadata says 101..200"},
+		{"ts range in the file only", func(t *testing.T, f *Flush) { theFile(f).MaxTs = 200; remarshal(t, f) }, "its files give"},
 		{"key outside the file", func(t *testing.T, f *Flush) { theFile(f).EndKey = theFile(f).StartKey; remarshal(t, f) }, "outside"},
 		{"begin ts above a start ts", func(t *testing.T, f *Flush) { theFile(f).MinBeginTsInDefaultCf = 103; remarshal(t, f) }, "min begin"},
 		{"unknown cf", func(t *testing.T, f *Flush) { theFile(f).Cf = "lock"; remarshal(t, f) }, "column family"},
 		{"unknown compression", func(t *testing.T, f *Flush) { theFile(f).CompressionType = brpb.CompressionType_LZ4; remarshal(t, f) }, "not supported"},
 		{"long value without its default", func(t *testing.T, f *Flush) {
 			p := AppendFrame(plainOf(t, f), EncodeMVCCKey(tableKey(1, 9), 110), EncodeWrite(WritePut, 109, nil, false))
-			theFile(f).EndKey, theFile(f).MaxTs = EncodeMVCCKey(tableKey(1, 9), 0), 110
+			theFile(f).EndKey, theFile(f).MaxTs = EncodeMVCCKey(tableKey(1, 9), 110), 110
 			setPlain(t, f, p, true)
+			resync(t, f)
 		}, "no default-cf value"},
+		{"start key below the entries", func(t *testing.T, f *Flush) { theFile(f).StartKey = []byte("t"); remarshal(t, f) }, "metadata says"},
+		{"table id", func(t *testing.T, f *Flush) { theFile(f).TableId = 2; remarshal(t, f) }, "table"},
+		{"is_meta", func(t *testing.T, f *Flush) { theFile(f).IsMeta, theFile(f).TableId = true, 0; remarshal(t, f) }, "is_meta"},
+		{"delete-type file", func(t *testing.T, f *Flush) { theFile(f).Type = brpb.FileType_Delete; remarshal(t, f) }, "delete of key"},
+		{"zstd frame size", func(t *testing.T, f *Flush) {
+			p := plainOf(t, f)
+			theFile(f).Length = uint64(len(p)) + 1
+			remarshal(t, f)
+		}, "zstd frame of"},
+		{"flags in the meta name", func(t *testing.T, f *Flush) { f.Name.Flags = 0; f.Meta.Name = f.Name.Format() }, "flags"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
