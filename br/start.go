@@ -103,7 +103,13 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 	if err := storage.CheckWritable(ctx, st); err != nil {
 		return userError("check the storage permissions and that the bucket exists", err, "storage %s is not writable", loc)
 	}
-	effectiveStart, restarted, err := prepareStorage(ctx, st, startTS)
+	// PD's cluster id goes into the root backupmeta, as BR records it, so
+	// verify can tell another cluster's files; a plain etcd has none.
+	clusterID, _, err := env.Meta.PDClusterID(ctx)
+	if err != nil {
+		return fmt.Errorf("read PD's cluster id: %w", err)
+	}
+	effectiveStart, restarted, err := prepareStorage(ctx, st, startTS, clusterID)
 	if err != nil {
 		return err
 	}
