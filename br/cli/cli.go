@@ -68,7 +68,7 @@ func NewRootCommand() *cobra.Command {
 		Short:   "manage the log backup task (also spelled `br log`)",
 		Args:    cobra.NoArgs,
 	}
-	stream.AddCommand(startCommand(g), statusCommand(g), pauseCommand(g), resumeCommand(g), stopCommand(g), verifyCommand(), historyCommand(g))
+	stream.AddCommand(startCommand(g), statusCommand(g), pauseCommand(g), resumeCommand(g), stopCommand(g), verifyCommand(g), historyCommand(g))
 	root.AddCommand(stream, playgroundCommand())
 	return root
 }
@@ -201,19 +201,25 @@ func stopCommand(g *globalFlags) *cobra.Command {
 	return cmd
 }
 
-func verifyCommand() *cobra.Command {
+func verifyCommand(g *globalFlags) *cobra.Command {
 	var o br.VerifyOptions
 	cmd := &cobra.Command{
 		Use:   "verify",
-		Short: "read a log backup storage back: meta files, data files, checksums, decoded changes",
+		Short: "read a log backup storage back and check it: meta files, flush chains, data files, checksums, decoded changes",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			// Storage only: no etcd needed.
-			return br.RunVerify(cmd.Context(), br.NewEnv(nil), o, cmd.OutOrStdout())
+			if o.TaskName == "" {
+				// Storage only: no etcd needed.
+				return br.RunVerify(cmd.Context(), br.NewEnv(nil), o, cmd.OutOrStdout())
+			}
+			return withEnv(cmd, g, func(ctx context.Context, env *br.Env) error {
+				return br.RunVerify(ctx, env, o, cmd.OutOrStdout())
+			})
 		},
 	}
 	cmd.Flags().StringVarP(&o.Storage, "storage", "s", "", "storage URL the task writes to")
 	cmd.Flags().BoolVar(&o.JSON, "json", false, "print the report as JSON")
+	cmd.Flags().StringVar(&o.TaskName, "task-name", "", "also read this task's records in etcd (-u) to prove each store's newest flush is in storage")
 	return cmd
 }
 
