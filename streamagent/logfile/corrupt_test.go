@@ -1,7 +1,6 @@
 package logfile
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -217,32 +216,4 @@ func TestWalkStopsOnCallbackError(t *testing.T) {
 	if _, err := Walk(context.Background(), st, func(Decoded) error { n++; return stop }); !errors.Is(err, stop) || n != 1 {
 		t.Fatalf("Walk = %v after %d calls", err, n)
 	}
-}
-
-// FuzzWalk: whatever the meta file and the data object hold, Walk returns
-// or fails; it never panics.
-func FuzzWalk(f *testing.F) {
-	fl := oneFileFlush(f)
-	f.Add(fl.Meta.Data, fl.Data[0].Data)
-	b := NewBuilder(BuilderConfig{StoreID: 3})
-	b.Add(RegionInfo{ID: 1}, Change{Key: []byte("k"), Value: bytes.Repeat([]byte("v"), 300), StartTS: 1, CommitTS: 2})
-	fl2, _ := b.Finish(1000, 999)
-	f.Add(fl2.Meta.Data, fl2.Data[0].Data)
-	f.Fuzz(func(t *testing.T, meta, object []byte) {
-		md, err := DecodeMetadata(meta)
-		if err != nil {
-			return
-		}
-		st := newMapReader()
-		for _, g := range md.FileGroups {
-			for _, fi := range g.DataFilesInfo {
-				if fi.Length > 1<<20 {
-					return // a real claim to allocate; not this test's point
-				}
-			}
-			st.put(Object{Name: g.Path, Data: object})
-		}
-		st.put(Object{Name: fl.Meta.Name, Data: meta})
-		Walk(context.Background(), st, func(Decoded) error { return nil })
-	})
 }

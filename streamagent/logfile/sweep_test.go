@@ -96,7 +96,7 @@ func fieldOf(path string) string {
 
 // sweepFlush is a flush as the agent makes it: a data group of both
 // column families over two regions and a schema-meta group.
-func sweepFlush(t *testing.T, linked bool) *Flush {
+func sweepFlush(t testing.TB, linked bool) *Flush {
 	base := tso(time.Date(2024, 6, 20, 8, 0, 0, 0, time.UTC), 0)
 	b := NewBuilder(BuilderConfig{StoreID: 4, NewID: seqIDs()})
 	regions := []RegionInfo{
