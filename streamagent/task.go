@@ -104,6 +104,9 @@ type taskRunner struct {
 	unsent      *pendingFlush
 	lastFlushTS uint64
 	lastFlushAt time.Time
+	// prevFlushTS is the flush ts of this store's last meta file made
+	// durable in this task: the lineage (tag b) of the next one.
+	prevFlushTS uint64
 
 	tempDir string
 
@@ -205,6 +208,14 @@ func newTaskRunner(ctx context.Context, a *Agent, info *brpb.StreamBackupTaskInf
 		flushCh: make(chan chan error),
 	}
 	t.builder = t.newBuilder()
+	// The previous run's last recorded flush; a later one it wrote but did
+	// not record is a harmless fork for verify (its checkpoints were never
+	// published).
+	if t.prevFlushTS, err = lastRecordedFlush(ctx, a.cfg.Meta, info.Name, a.cfg.StoreID); err != nil {
+		st.Close()
+		return nil, err
+	}
+	t.lastFlushTS = t.prevFlushTS
 	return t, nil
 }
 
@@ -666,7 +677,7 @@ func (t *taskRunner) flush(ctx context.Context) error {
 		minResolved = t.info.StartTs
 	}
 	began := time.Now()
-	fl, err := b.Finish(flushTS, minResolved)
+	fl, err := b.FinishLinked(flushTS, minResolved, logfile.Lineage{PrevFlushTS: t.prevFlushTS, ClusterID: t.a.cfg.ClusterID, TaskStartTS: t.info.StartTs})
 	b.Close() // its temp files are compressed into fl now
 	t.a.metrics.flushDuration.WithLabelValues("generate_metadata").Observe(time.Since(began).Seconds())
 	if err != nil {
@@ -715,6 +726,7 @@ func (t *taskRunner) upload(ctx context.Context, p *pendingFlush) error {
 			return fmt.Errorf("upload %s: %w", p.fl.Meta.Name, err)
 		}
 		p.durable = true
+		t.prevFlushTS = p.fl.Name.FlushTS
 		p.fl.Data = nil // uploaded: release the compressed bytes
 		if hook := t.a.cfg.BeforeCheckpoints; hook != nil {
 			if err := hook(t.info.Name); err != nil {
