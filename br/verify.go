@@ -79,10 +79,18 @@ type VerifyConfig struct {
 	// checkpoints the task's etcd records (span-checkpoint/<task>/<store>):
 	// every checkpoint published rests on flushes up to it, so its meta
 	// file must be in storage. The newest meta file of a store is what
-	// nothing in storage names; nil leaves it unproven (a warning).
+	// nothing in storage names; nil leaves it unproven (a warning). Read
+	// it before the storage, so that the flushes it names were durable.
 	Recorded map[uint64]uint64
 	// Task names the task Recorded comes from, for messages.
 	Task string
+	// EtcdGlobal reads the task's global checkpoint in etcd
+	// (central_global, floored at the task start: a task started again on
+	// this storage starts at its highest global checkpoint), which only
+	// grows: no store's global checkpoint in storage may exceed it. Called
+	// after those are read, so that one written meanwhile is still below
+	// it. nil: unknown.
+	EtcdGlobal func(context.Context) (uint64, error)
 }
 
 // Verify reads a log backup storage back and checks it; keep retains the
@@ -200,7 +208,8 @@ func RunVerify(ctx context.Context, env *Env, opts VerifyOptions, w io.Writer) e
 		if env.Meta == nil {
 			return userError("pass -u with the task's etcd endpoints", nil, "--task-name needs etcd")
 		}
-		if _, err := env.Meta.GetTask(ctx, opts.TaskName); err != nil {
+		task, err := env.Meta.GetTask(ctx, opts.TaskName)
+		if err != nil {
 			return userError("check --task-name and -u: the task must be running or paused", err, "cannot read task %q", opts.TaskName)
 		}
 		records, err := env.Meta.SpanCheckpoints(ctx, opts.TaskName)
@@ -210,6 +219,13 @@ func RunVerify(ctx context.Context, env *Env, opts VerifyOptions, w io.Writer) e
 		cfg.Task, cfg.Recorded = opts.TaskName, map[uint64]uint64{}
 		for store, rec := range records {
 			cfg.Recorded[store] = rec.FlushTs
+		}
+		cfg.EtcdGlobal = func(ctx context.Context) (uint64, error) {
+			g, _, err := env.Meta.GlobalCheckpoint(ctx, opts.TaskName)
+			if err != nil {
+				return 0, fmt.Errorf("read the global checkpoint of %q: %w", opts.TaskName, err)
+			}
+			return max(g, task.Info.StartTs), nil
 		}
 	}
 	rep, err := VerifyWith(ctx, st, cfg)

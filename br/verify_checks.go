@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -36,6 +37,12 @@ func (v *verifier) readRoot(ctx context.Context) error {
 		default:
 			v.rep.StartTS, v.rep.ClusterID = bm.StartVersion, bm.ClusterId
 		}
+	}
+	switch ok, err := v.st.Exists(ctx, LockFile); {
+	case err != nil:
+		return fmt.Errorf("check %s: %w", LockFile, err)
+	case !ok:
+		v.warn(LockFile, "missing: br stream start writes it to mark the storage as a log backup's")
 	}
 	sp, err := v.st.ReadFile(ctx, TruncateSafepointFile)
 	switch {
@@ -115,10 +122,33 @@ func (v *verifier) checkOrigin() {
 		}
 		clusters[n.ClusterID] = append(clusters[n.ClusterID], mf.Path)
 	}
+	// The first task on this storage wrote the root backupmeta; a task
+	// started again on it (br's restart path) starts later. So unless the
+	// truncate safepoint removed the first task's files, the earliest task
+	// start among the meta files is the root's.
+	var earliest uint64
+	var earliestPath string
+	for _, mf := range v.res.Metas {
+		if mf.Name.Linked && (earliest == 0 || mf.Name.TaskStartTS < earliest) {
+			earliest, earliestPath = mf.Name.TaskStartTS, mf.Path
+		}
+	}
+	if earliest != 0 && rep.StartTS != 0 && rep.TruncatedUntil == 0 && earliest != rep.StartTS {
+		v.fail(BackupMetaFile, "start ts %d, but the earliest task of the meta files started at %d (%s)", rep.StartTS, earliest, earliestPath)
+	}
 	if len(unknownCluster) > 0 {
 		v.warn(unknownCluster[0], "%d meta files (this one first) do not know their cluster id: another cluster's files among them cannot be told apart", len(unknownCluster))
 	}
 	want := rep.ClusterID
+	if want != 0 && len(clusters) > 0 && clusters[want] == nil {
+		named := make([]string, 0, len(clusters))
+		for c := range clusters {
+			named = append(named, strconv.FormatUint(c, 10))
+		}
+		sort.Strings(named)
+		v.fail(BackupMetaFile, "cluster id %d, but no meta file is of that cluster (they name %s)", want, strings.Join(named, ", "))
+		want = 0 // then judge the meta files among themselves
+	}
 	if want == 0 {
 		// No root cluster id (a storage started without PD's id): the
 		// cluster most meta files name is taken as this storage's.
@@ -127,7 +157,7 @@ func (v *verifier) checkOrigin() {
 				want = c
 			}
 		}
-		if want != 0 {
+		if want != 0 && rep.ClusterID == 0 {
 			v.warn(BackupMetaFile, "has no cluster id; the meta files name cluster %d", want)
 		}
 	}
@@ -201,7 +231,8 @@ func (v *verifier) checkGlobalCheckpoints(ctx context.Context) error {
 		linked = linked || mf.Name.Linked
 	}
 	loc := v.cfg.Now().Location()
-	return v.st.List(ctx, logfile.GlobalCheckpointDir, func(o storage.ObjectInfo) error {
+	read := map[string]uint64{}
+	err := v.st.List(ctx, logfile.GlobalCheckpointDir, func(o storage.ObjectInfo) error {
 		store, err := logfile.ParseGlobalCheckpointName(o.Name)
 		if err != nil {
 			if strings.HasSuffix(o.Name, ".ts") {
@@ -224,6 +255,7 @@ func (v *verifier) checkGlobalCheckpoints(ctx context.Context) error {
 			v.fail(o.Name, "%v", err)
 			return nil
 		}
+		read[o.Name] = ts
 		s := v.store(store)
 		s.GlobalCheckpoint = ts
 		v.rep.GlobalCheckpoint = max(v.rep.GlobalCheckpoint, ts)
@@ -245,6 +277,24 @@ func (v *verifier) checkGlobalCheckpoints(ctx context.Context) error {
 		}
 		return nil
 	})
+	if err != nil || v.cfg.EtcdGlobal == nil || len(read) == 0 {
+		return err
+	}
+	etcd, err := v.cfg.EtcdGlobal(ctx)
+	if err != nil {
+		return err
+	}
+	names := make([]string, 0, len(read))
+	for name := range read {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if ts := read[name]; ts > etcd {
+			v.fail(name, "global checkpoint %s is beyond task %q's in etcd (%s), which only grows", FormatTS(ts, loc), v.cfg.Task, FormatTS(etcd, loc))
+		}
+	}
+	return nil
 }
 
 // checkUnlisted warns of objects under v1/ that no meta file lists: a

@@ -62,6 +62,9 @@ func TestRunVerifyWithTask(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if _, err := m.AdvanceGlobalCheckpoint(ctx, "pitr", f.global); err != nil {
+		t.Fatal(err)
+	}
 	env := NewEnv(m)
 	env.Now = func() time.Time { return fixtureNow }
 	var out bytes.Buffer
@@ -71,6 +74,19 @@ func TestRunVerifyWithTask(t *testing.T) {
 	if strings.Contains(out.String(), "warning") {
 		t.Fatalf("warnings with the task's records:\n%s", out.String())
 	}
+	// A global checkpoint raised within the flushed range: nothing in
+	// storage contradicts it, etcd's does.
+	raised := logfile.GlobalCheckpointObject(2, f.global+1)
+	f.put(t, raised.Name, raised.Data)
+	if rep := f.verify(t); len(rep.Problems) > 0 {
+		t.Fatalf("storage alone cannot see a raised global checkpoint, yet: %v", rep.Problems)
+	}
+	out.Reset()
+	if err := RunVerify(ctx, env, VerifyOptions{Storage: url, TaskName: "pitr"}, &out); err == nil || !strings.Contains(out.String(), "PROBLEM: "+raised.Name+": ") {
+		t.Fatalf("raised global checkpoint: %v\n%s", err, out.String())
+	}
+	lowered := logfile.GlobalCheckpointObject(2, f.global)
+	f.put(t, lowered.Name, lowered.Data)
 	f.del(t, f.flushes[1][2].Meta.Name)
 	out.Reset()
 	err := RunVerify(ctx, env, VerifyOptions{Storage: url, TaskName: "pitr"}, &out)

@@ -2,6 +2,7 @@ package br
 
 import (
 	"bytes"
+	"context"
 	"math/rand"
 	"os"
 	"strconv"
@@ -151,4 +152,84 @@ func TestVerifyMetaSweep(t *testing.T) {
 	if rep := f.verify(t); len(rep.Problems) > 0 {
 		t.Fatalf("restored storage: %v", rep.Problems)
 	}
+}
+
+// TestVerifyRootSweep flips every bit of the root backupmeta. A flip that
+// changes what verify reads from it (start ts, end ts, a non-zero cluster
+// id) or makes it undecodable must fail naming it. A flip that drops the
+// cluster id only warns (a storage started on a plain etcd has none); one
+// in another field (br_version) changes nothing restore reads.
+func TestVerifyRootSweep(t *testing.T) {
+	f := newFixture(t, fixtureOpts{stores: 1, flushes: 2, linked: true})
+	orig := f.get(t, BackupMetaFile)
+	var want brpb.BackupMeta
+	if err := want.Unmarshal(orig); err != nil {
+		t.Fatal(err)
+	}
+	var flips, relied, dropped, other int
+	for i := range orig {
+		for bit := range 8 {
+			b := bytes.Clone(orig)
+			b[i] ^= 1 << bit
+			f.put(t, BackupMetaFile, b)
+			rep := f.verify(t)
+			flips++
+			var got brpb.BackupMeta
+			err := got.Unmarshal(b)
+			switch {
+			case err != nil || got.StartVersion != want.StartVersion || got.EndVersion != want.EndVersion || got.ClusterId != want.ClusterId && got.ClusterId != 0:
+				relied++
+				if problemNaming(rep, BackupMetaFile) == "" {
+					t.Errorf("byte %d bit %d: %+v (%v) passes; problems %v", i, bit, &got, err, rep.Problems)
+				}
+			case got.ClusterId != want.ClusterId:
+				dropped++
+			default:
+				other++
+			}
+		}
+	}
+	f.put(t, BackupMetaFile, orig)
+	t.Logf("root backupmeta of %d bytes: %d flips; %d change what verify reads, all fail; %d drop the cluster id (a warning); %d touch nothing verify reads",
+		len(orig), flips, relied, dropped, other)
+}
+
+// TestVerifyGlobalCheckpointSweep flips every bit of a store's global
+// checkpoint. Lowering it only shrinks what restore may reach, and nothing
+// is lost. Raising it claims more: past the newest flush or the clock
+// storage alone shows it; within the flushed range only the task's global
+// checkpoint in etcd does, which verify reads with --task-name.
+func TestVerifyGlobalCheckpointSweep(t *testing.T) {
+	f := newFixture(t, fixtureOpts{stores: 2, flushes: 3, linked: true})
+	name := logfile.GlobalCheckpointName(1)
+	orig := f.get(t, name)
+	etcd := func(context.Context) (uint64, error) { return f.global, nil }
+	var lowered, raisedSeen, raisedHidden int
+	for i := range orig {
+		for bit := range 8 {
+			b := bytes.Clone(orig)
+			b[i] ^= 1 << bit
+			f.put(t, name, b)
+			ts, _ := logfile.DecodeGlobalCheckpoint(b)
+			if ts < f.global {
+				lowered++
+				continue
+			}
+			if problemNaming(f.verify(t), name) != "" {
+				raisedSeen++
+			} else {
+				raisedHidden++
+			}
+			rep, err := VerifyWith(context.Background(), f.st, VerifyConfig{Now: func() time.Time { return fixtureNow }, EtcdGlobal: etcd, Task: "pitr"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if problemNaming(rep, name) == "" {
+				t.Errorf("byte %d bit %d: raised to %d, passes even against etcd's %d", i, bit, ts, f.global)
+			}
+		}
+	}
+	f.put(t, name, orig)
+	t.Logf("global checkpoint: 64 flips; %d lower it (no loss), %d raise it past what storage holds or the clock (fail), %d raise it within the flushed range (fail only against etcd)",
+		lowered, raisedSeen, raisedHidden)
 }
