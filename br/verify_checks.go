@@ -124,16 +124,19 @@ func (v *verifier) checkOrigin() {
 	}
 	// The first task on this storage wrote the root backupmeta; a task
 	// started again on it (br's restart path) starts later. So unless the
-	// truncate safepoint removed the first task's files, the earliest task
-	// start among the meta files is the root's.
+	// truncate safepoint removed the first task's files, or another writer
+	// (TiKV, an older agent) wrote some, the earliest task start among the
+	// meta files is the root's.
 	var earliest uint64
 	var earliestPath string
+	allLinked := true
 	for _, mf := range v.res.Metas {
+		allLinked = allLinked && mf.Name.Linked
 		if mf.Name.Linked && (earliest == 0 || mf.Name.TaskStartTS < earliest) {
 			earliest, earliestPath = mf.Name.TaskStartTS, mf.Path
 		}
 	}
-	if earliest != 0 && rep.StartTS != 0 && rep.TruncatedUntil == 0 && earliest != rep.StartTS {
+	if allLinked && earliest != 0 && rep.StartTS != 0 && rep.TruncatedUntil == 0 && earliest != rep.StartTS {
 		v.fail(BackupMetaFile, "start ts %d, but the earliest task of the meta files started at %d (%s)", rep.StartTS, earliest, earliestPath)
 	}
 	if len(unknownCluster) > 0 {
