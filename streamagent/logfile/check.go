@@ -425,14 +425,14 @@ func checkData(plain []byte, object string, fi *brpb.DataFileInfo, strict bool) 
 	if minTS != fi.MinTs || maxTS != fi.MaxTs {
 		errs = append(errs, corrupt("ts %d..%d, metadata says %d..%d", minTS, maxTS, fi.MinTs, fi.MaxTs))
 	}
-	if fi.Type == brpb.FileType_Put {
-		want := minTS // default CF: no write record
-		if hasStart {
-			want = minStart
-		}
-		if fi.MinBeginTsInDefaultCf != want {
-			errs = append(errs, corrupt("min begin ts %d, the entries give %d", fi.MinBeginTsInDefaultCf, want))
-		}
+	// TiKV: the smallest start ts of the write records, else (default CF,
+	// and deletes, whose values are empty) min ts.
+	want := minTS
+	if hasStart {
+		want = minStart
+	}
+	if fi.MinBeginTsInDefaultCf != want {
+		errs = append(errs, corrupt("min begin ts %d, the entries give %d", fi.MinBeginTsInDefaultCf, want))
 	}
 	if len(errs) > 0 {
 		msgs := make([]string, len(errs))
