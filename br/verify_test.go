@@ -240,3 +240,15 @@ func TestVerifyUnlistedObjects(t *testing.T) {
 		t.Fatalf("problems %v warnings %v", rep.Problems, rep.Warnings)
 	}
 }
+
+// TestVerifyGlobalCheckpointPastResolved: a global checkpoint between the
+// highest resolved ts and the newest flush is not provable from storage.
+func TestVerifyGlobalCheckpointPastResolved(t *testing.T) {
+	f := newFixture(t, fixtureOpts{stores: 2, flushes: 2, linked: true})
+	o := logfile.GlobalCheckpointObject(1, f.flushes[2][1].Name.FlushTS-1)
+	f.put(t, o.Name, o.Data)
+	rep := f.verify(t)
+	if len(rep.Problems) > 0 || !strings.Contains(strings.Join(rep.Warnings, "\n"), o.Name+": global checkpoint") {
+		t.Fatalf("problems %v warnings %v", rep.Problems, rep.Warnings)
+	}
+}
