@@ -2,6 +2,7 @@ package logfile
 
 import (
 	"context"
+	"encoding/binary"
 	"crypto/sha256"
 	"errors"
 	"strings"
@@ -215,5 +216,29 @@ func TestWalkStopsOnCallbackError(t *testing.T) {
 	n := 0
 	if _, err := Walk(context.Background(), st, func(Decoded) error { n++; return stop }); !errors.Is(err, stop) || n != 1 {
 		t.Fatalf("Walk = %v after %d calls", err, n)
+	}
+}
+
+// TestLengthClaimsAllocateNothing: a zstd frame and a DataFileInfo that
+// agree on a huge plain size, around a few stored bytes, are refused
+// before anything is allocated for them.
+func TestLengthClaimsAllocateNothing(t *testing.T) {
+	dec, err := NewDecoder()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dec.Close()
+	// A single-segment frame header saying 768 MiB, then one RLE block.
+	const size = 768 << 20
+	frame := binary.LittleEndian.AppendUint64([]byte{0x28, 0xb5, 0x2f, 0xfd, 0xe0}, size)
+	frame = append(frame, 0x03, 0x00, 0x10, 'x')
+	fi := &brpb.DataFileInfo{Length: size, CompressionType: brpb.CompressionType_ZSTD, Sha256: make([]byte, 32)}
+	before := allocated()
+	_, err = dec.Plain(frame, fi)
+	if used := allocated() - before; used > 1<<20 {
+		t.Fatalf("%d bytes allocated for %d stored bytes", used, len(frame))
+	}
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "cannot hold") {
+		t.Fatalf("error %v", err)
 	}
 }

@@ -104,6 +104,9 @@ type Decoder struct {
 // (Level::Fastest, no content size) asks for 512 KiB even for tiny files.
 const zstdWindow = 8 << 20
 
+// zstdBlockMax is the most plain bytes one zstd block holds.
+const zstdBlockMax = 128 << 10
+
 // NewDecoder returns a decoder; Close releases it.
 func NewDecoder() (*Decoder, error) { return newDecoder(maxPlainFile) }
 
@@ -138,6 +141,12 @@ func (d *Decoder) Plain(stored []byte, fi *brpb.DataFileInfo) ([]byte, error) {
 	case brpb.CompressionType_UNKNOWN:
 		plain = stored
 	case brpb.CompressionType_ZSTD:
+		// zstd's densest block (RLE: 3 bytes of header, 1 of content)
+		// yields at most 128 KiB, so stored bytes bound the plain ones,
+		// whatever the frame header and the metadata claim.
+		if fi.Length > (uint64(len(stored))/4+1)*zstdBlockMax {
+			return nil, corrupt("%d stored bytes cannot hold %d plain bytes", len(stored), fi.Length)
+		}
 		var h zstd.Header
 		if err := h.Decode(stored); err != nil {
 			return nil, corrupt("zstd: %v", err)
