@@ -206,7 +206,7 @@ func (v *verifier) checkChains() {
 			// Wholly below the truncate safepoint: br log truncate may
 			// have removed it.
 		case !ok:
-			v.fail(fmt.Sprintf("%s%016X%016X-….meta", logfile.MetaDir, n.PrevFlushTS, n.StoreID),
+			v.fail(fmt.Sprintf("%s%016X%016X-*.meta", logfile.MetaDir, n.PrevFlushTS, n.StoreID),
 				"missing: store %d's flush of %s (%s) follows it, so the changes it listed are lost to restore", n.StoreID, FormatTS(n.FlushTS, loc), mf.Path)
 		case prev.Name.Linked && (prev.Name.TaskStartTS != n.TaskStartTS || prev.Name.ClusterID != n.ClusterID):
 			v.fail(mf.Path, "follows %s, which belongs to another task or cluster", prev.Path)
@@ -348,7 +348,7 @@ func (v *verifier) checkRecorded() {
 		if flushTS == 0 || have[[2]uint64{store, flushTS}] || v.rep.TruncatedUntil > 0 && flushTS < v.rep.TruncatedUntil {
 			continue
 		}
-		v.fail(fmt.Sprintf("%s%016X%016X-….meta", logfile.MetaDir, flushTS, store),
+		v.fail(fmt.Sprintf("%s%016X%016X-*.meta", logfile.MetaDir, flushTS, store),
 			"missing: task %q's etcd records store %d's flush of %s as durable, and its published checkpoints rest on it", v.cfg.Task, store, FormatTS(flushTS, loc))
 	}
 }
