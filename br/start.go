@@ -162,7 +162,10 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 	if err := storage.CheckWritable(ctx, st); err != nil {
 		return userError("check the storage permissions and that the bucket exists", err, "storage %s is not writable", loc)
 	}
-	effectiveStart, restarted, err := prepareStorage(ctx, st, startTS)
+	// PD's cluster id goes into the root backupmeta, as BR records it, so
+	// verify can tell another cluster's files.
+	clusterID := pdc.GetClusterID(ctx)
+	effectiveStart, restarted, err := prepareStorage(ctx, st, startTS, clusterID)
 	if err != nil {
 		return err
 	}

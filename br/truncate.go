@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path"
 	"sort"
 	"strconv"
 	"strings"
@@ -466,6 +467,12 @@ func plan(metas []*metaEntry, res *TruncateResult, until uint64, j truncateJourn
 			}
 		}
 		switch {
+		case len(m.del) == len(gs) && m.name.Linked && m.name.FlushTS >= until:
+			// A flush after until that only listed older changes stays as
+			// an empty meta file: the next flush of its store names it as
+			// its predecessor, and verify's chain would otherwise see a gap
+			// the truncate safepoint cannot explain.
+			rewrites = append(rewrites, m)
 		case len(m.del) == len(gs):
 			m.gone = true
 			deletes = append(deletes, m)
@@ -506,8 +513,11 @@ func plan(metas []*metaEntry, res *TruncateResult, until uint64, j truncateJourn
 
 // rewriteMeta writes m back without its removed groups, with its ts
 // statistics recomputed from the groups left (BR's
-// updateMetadataInternalStat), at the same name: one atomic write, so a
-// reader sees the old list or the new one.
+// updateMetadataInternalStat). The name's tags follow the content
+// (logfile.NameFor: d, l, u, p and the agent's checksum), so the new meta
+// file goes under its new name first and the old one is deleted after:
+// a crash in between leaves both, listing the same kept files (harmless
+// duplicates), and a rerun plans the same rewrite and deletes the old one.
 func rewriteMeta(ctx context.Context, st storage.Storage, m *metaEntry) error {
 	md := *m.md
 	md.FileGroups = nil
@@ -520,6 +530,9 @@ func rewriteMeta(ctx context.Context, st storage.Storage, m *metaEntry) error {
 			md.FileGroups = append(md.FileGroups, g)
 		}
 	}
+	if len(md.FileGroups) == 0 {
+		md.MinTs, md.MaxTs = 0, 0 // as an empty flush's
+	}
 	for i, g := range md.FileGroups {
 		if i == 0 {
 			md.MinTs, md.MaxTs, md.ResolvedTs = g.MinTs, g.MaxTs, g.MinResolvedTs
@@ -530,8 +543,17 @@ func rewriteMeta(ctx context.Context, st storage.Storage, m *metaEntry) error {
 	if err != nil {
 		return fmt.Errorf("encode meta file %s: %w", m.path, err)
 	}
-	if err := st.WriteFile(ctx, m.path, raw); err != nil {
+	name := m.path
+	if old, err := logfile.ParseMetaName(m.path); err == nil && !old.Legacy {
+		name = path.Join(path.Dir(m.path), path.Base(logfile.NameFor(old, &md, raw).Format()))
+	}
+	if err := st.WriteFile(ctx, name, raw); err != nil {
 		return fmt.Errorf("rewrite meta file %s: %w", m.path, err)
+	}
+	if name != m.path {
+		if err := st.Delete(ctx, m.path); err != nil {
+			return fmt.Errorf("remove meta file %s, rewritten as %s: %w", m.path, name, err)
+		}
 	}
 	return nil
 }

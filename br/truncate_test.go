@@ -36,7 +36,7 @@ func newLogFixture(t *testing.T) *logFixture {
 	env := NewEnv(nil)
 	env.Location = time.UTC
 	f := &logFixture{t: t, ctx: ctx, st: st, env: env, base: ComposeTS(time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC))}
-	if _, _, err := prepareStorage(ctx, st, f.ts(1)); err != nil {
+	if _, _, err := prepareStorage(ctx, st, f.ts(1), 7); err != nil {
 		t.Fatal(err)
 	}
 	return f
@@ -243,13 +243,30 @@ func TestTruncateRewritesMetaFiles(t *testing.T) {
 	if f.exists(old.Path) || !f.exists(kept.Path) {
 		t.Fatalf("old group there: %v, newer group there: %v", f.exists(old.Path), f.exists(kept.Path))
 	}
-	raw, err := f.st.ReadFile(f.ctx, fa.Meta.Name)
+	// Its name's tags now follow its content: same flush and store, new
+	// l/u; the old name is gone.
+	if f.exists(fa.Meta.Name) {
+		t.Fatal("the rewritten meta file kept its old name, whose tags no longer match it")
+	}
+	var rewritten []string
+	if err := f.st.List(f.ctx, logfile.MetaDir, func(o storage.ObjectInfo) error {
+		if strings.HasPrefix(o.Name, fa.Meta.Name[:len(logfile.MetaDir)+32]) {
+			rewritten = append(rewritten, o.Name)
+		}
+		return nil
+	}); err != nil || len(rewritten) != 1 {
+		t.Fatalf("meta files of the rewritten flush: %v (%v)", rewritten, err)
+	}
+	raw, err := f.st.ReadFile(f.ctx, rewritten[0])
 	if err != nil {
 		t.Fatal(err)
 	}
 	md, err := logfile.DecodeMetadata(raw)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if n, err := logfile.ParseMetaName(rewritten[0]); err != nil || n.MinTS != md.MinTs || n.MaxTS != md.MaxTs {
+		t.Fatalf("rewritten name %s says %d..%d, content %d..%d (%v)", rewritten[0], n.MinTS, n.MaxTS, md.MinTs, md.MaxTs, err)
 	}
 	if len(md.FileGroups) != 1 || md.FileGroups[0].Path != kept.Path || md.MinTs != kept.MinTs || md.MaxTs != kept.MaxTs {
 		t.Fatalf("rewritten meta: %d groups, min %d max %d; want only %s (%d..%d)", len(md.FileGroups), md.MinTs, md.MaxTs, kept.Path, kept.MinTs, kept.MaxTs)

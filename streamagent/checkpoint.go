@@ -58,6 +58,16 @@ func knownCheckpoints(ctx context.Context, m *meta.Client, task string, inc int6
 	return known, nil
 }
 
+// lastRecordedFlush is the flush ts of the store's last flush whose span
+// checkpoints reached etcd, 0 before its first.
+func lastRecordedFlush(ctx context.Context, m *meta.Client, task string, inc int64, store uint64) (uint64, error) {
+	records, err := m.SpanCheckpoints(ctx, task, inc)
+	if err != nil {
+		return 0, fmt.Errorf("read span checkpoints: %w", err)
+	}
+	return records[store].GetFlushTs(), nil
+}
+
 // toRecord serializes a span map.
 func toRecord(store, flushTS uint64, m *spans.Map) *lbpb.SpanCheckpoints {
 	rec := &lbpb.SpanCheckpoints{StoreId: store, FlushTs: flushTS}

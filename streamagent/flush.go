@@ -94,6 +94,9 @@ type flusher struct {
 	t           *taskRunner // its immutable parts: agent, task, storage, fenced meta
 	durable     *durableMap
 	lastFlushTS uint64
+	// prevFlushTS is the flush ts of this store's last meta file made
+	// durable in this task: the lineage (tag b) of the next one.
+	prevFlushTS uint64
 	jobs        chan *flushJob   // capacity 1; the loop sends only when none is in flight
 	retry       chan struct{}    // capacity 1; the loop's go-ahead to try a failed flush again
 	results     chan flushResult // capacity 1
@@ -149,7 +152,8 @@ func (f *flusher) attempt(ctx context.Context, job *flushJob) flushResult {
 			return flushResult{job: job, err: err}
 		}
 		began := time.Now()
-		fl, err := job.builder.Finish(flushTS, job.resolved)
+		fl, err := job.builder.FinishLinked(flushTS, job.resolved,
+			logfile.Lineage{PrevFlushTS: f.prevFlushTS, ClusterID: t.a.cfg.ClusterID, TaskStartTS: t.info.StartTs})
 		job.builder.Close() // its temp files are compressed into fl now
 		job.builder = nil
 		t.a.metrics.flushStage("generate_metadata", time.Since(began))
@@ -195,6 +199,7 @@ func (f *flusher) upload(ctx context.Context, job *flushJob) error {
 		}
 		t.a.metrics.uploaded("metadata", len(job.fl.Meta.Data))
 		job.durable = true
+		f.prevFlushTS = job.fl.Name.FlushTS
 		job.fl.Data = nil // uploaded: release the compressed bytes
 		t.a.metrics.flushStage("save_files", time.Since(began))
 	}

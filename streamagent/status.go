@@ -27,7 +27,7 @@ type TaskStatus struct {
 	Name            string    `json:"name"`
 	ObservedRegions int64     `json:"observed_regions"`
 	PendingRanges   int64     `json:"pending_ranges"`
-	Scanning        int64     `json:"scanning"` // subscriptions whose initial scan has not finished
+	Scanning        int64     `json:"scanning"`       // subscriptions whose initial scan has not finished
 	BufferedBytes   int64     `json:"buffered_bytes"` // in memory and spilled
 	MemoryBytes     int64     `json:"memory_bytes"`   // in memory, bounded by the quota
 	LastFlush       time.Time `json:"last_flush,omitempty"`

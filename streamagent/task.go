@@ -124,6 +124,15 @@ func newTaskRunner(ctx context.Context, a *Agent, ts *meta.TaskStatus) (*taskRun
 	t.budget.limit = a.cfg.RetryBudget
 	t.backoff = newBackoff(100*time.Millisecond, a.cfg.FlushInterval)
 	t.progress.out = make(chan *meta.Progress, 1)
+	// The previous run's last recorded flush; a later one it wrote but did
+	// not record is a harmless fork for verify (its checkpoints were never
+	// published).
+	prev, err := lastRecordedFlush(ctx, a.cfg.Meta, info.Name, ts.Incarnation, a.cfg.StoreID)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	t.flusher.prevFlushTS, t.flusher.lastFlushTS = prev, prev
 	t.builder = t.newBuilder()
 	return t, nil
 }

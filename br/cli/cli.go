@@ -415,7 +415,7 @@ func verifyCommand(g *globalFlags) *cobra.Command {
 	var o br.VerifyOptions
 	cmd := &cobra.Command{
 		Use:   "verify",
-		Short: "read a log backup storage back: meta files, data files, checksums, decoded changes",
+		Short: "read a log backup storage back and check it: meta files, flush chains, data files, checksums, decoded changes",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			u, err := g.storageURL(cmd)
@@ -423,11 +423,17 @@ func verifyCommand(g *globalFlags) *cobra.Command {
 				return err
 			}
 			o.Storage = u
-			// Storage only: no etcd needed.
-			return br.RunVerify(cmd.Context(), g.newEnv(nil), o, cmd.OutOrStdout())
+			if o.TaskName == "" {
+				// Storage only: no etcd needed.
+				return br.RunVerify(cmd.Context(), g.newEnv(nil), o, cmd.OutOrStdout())
+			}
+			return withEnv(cmd, g, func(ctx context.Context, env *br.Env) error {
+				return br.RunVerify(ctx, env, o, cmd.OutOrStdout())
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&o.JSON, "json", false, "print the report as JSON")
+	cmd.Flags().StringVar(&o.TaskName, "task-name", "", "also read this task's records in etcd (-u) to prove each store's newest flush is in storage")
 	return cmd
 }
 

@@ -30,7 +30,7 @@ func TestPlayground(t *testing.T) {
 	}
 	r := brRun{t: t}
 	got := r.ok("stream", "verify", "--storage", "local://"+filepath.Join(dir, "backup"))
-	for _, want := range []string{"checksums: all", "changes:", "restorable:"} {
+	for _, want := range []string{"checksums: all", "changes:", "restorable:", "chain proven unbroken"} {
 		if !strings.Contains(got, want) {
 			t.Fatalf("verify output lacks %q:\n%s", want, got)
 		}
