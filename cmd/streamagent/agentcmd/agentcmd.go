@@ -20,7 +20,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	pd "github.com/tikv/pd/client"
 
 	"logbackup/meta"
 	"logbackup/storage"
@@ -98,13 +97,15 @@ func run(ctx context.Context, o options, logOut io.Writer) error {
 	}
 	log := slog.New(slog.NewJSONHandler(logOut, nil))
 
-	dctx, cancel := context.WithTimeout(ctx, o.dialTimeout)
-	defer cancel()
-	pdc, err := pd.NewClientWithContext(dctx, pdAddrs, pd.SecurityOption{CAPath: o.ca, CertPath: o.cert, KeyPath: o.key})
+	// The PD client lives as long as the agent (a PD client dies with the
+	// context it was made with); meta.DialPD bounds only the dial.
+	pdc, err := meta.DialPD(ctx, meta.DialConfig{Endpoints: pdAddrs, CAFile: o.ca, CertFile: o.cert, KeyFile: o.key, DialTimeout: o.dialTimeout})
 	if err != nil {
-		return fmt.Errorf("connect to PD at %v: %w", pdAddrs, err)
+		return fmt.Errorf("connect to PD: %w", err)
 	}
 	defer pdc.Close()
+	dctx, cancel := context.WithTimeout(ctx, o.dialTimeout)
+	defer cancel()
 	cli, err := meta.Dial(dctx, meta.DialConfig{Endpoints: etcdAddrs, CAFile: o.ca, CertFile: o.cert, KeyFile: o.key, DialTimeout: o.dialTimeout})
 	if err != nil {
 		return err
