@@ -46,8 +46,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 1
 }
 
-// NewRootCommand builds `br` with the `stream` group (alias `log`) and
-// `playground`.
+// NewRootCommand builds `br` with the `stream` group (alias `log`).
 func NewRootCommand() *cobra.Command {
 	g := &globalFlags{}
 	root := &cobra.Command{
@@ -70,7 +69,7 @@ func NewRootCommand() *cobra.Command {
 		Args:    cobra.NoArgs,
 	}
 	stream.AddCommand(startCommand(g), statusCommand(g), pauseCommand(g), resumeCommand(g), stopCommand(g), verifyCommand(), historyCommand(g))
-	root.AddCommand(stream, playgroundCommand())
+	root.AddCommand(stream)
 	return root
 }
 
