@@ -30,6 +30,7 @@ type fatalEpoch struct {
 	meets          map[uint64]time.Time // first fatal answer by store (0: not attributable)
 	reports        map[uint64]time.Time // first LastError with code, by store
 	other          map[string]int       // LastErrors with other codes meanwhile
+	unreportable   int                  // fatal answers to final flushes and probes of a paused task
 }
 
 // firstMeet is when any agent first met the fault.
@@ -104,7 +105,23 @@ func (o *oracle) openEpochLocked() *fatalEpoch {
 	return nil
 }
 
-// met is the front telling that an agent got a fatal answer.
+// metUnreportable counts a fatal answer that no LastError is due for.
+func (o *oracle) metUnreportable() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if e := o.openEpochLocked(); e != nil {
+		e.unreportable++
+	}
+}
+
+// paused reports whether the task is paused now, as the watch saw it.
+func (o *oracle) paused() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.isPaused
+}
+
+// met records an agent's first fatal answer of the epoch.
 func (o *oracle) met(store uint64, _ int, at time.Time) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -142,6 +159,7 @@ func (o *oracle) pause(typ mvccpb.Event_EventType, key string, value []byte, at 
 		open = o.errorPauses[n-1]
 	}
 	if typ == clientv3.EventTypeDelete {
+		o.isPaused = false
 		if open != nil {
 			open.resumed = at
 			// The watch reports the removal a little after the command
@@ -150,6 +168,7 @@ func (o *oracle) pause(typ mvccpb.Event_EventType, key string, value []byte, at 
 		}
 		return
 	}
+	o.isPaused = true
 	p, err := meta.DecodePause(key, value)
 	if err != nil || !p.IsError() || open != nil {
 		return

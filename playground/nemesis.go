@@ -64,6 +64,7 @@ type nemesis struct {
 	active      map[string]int
 	disruptions []disruption
 	storeDown   map[uint64]bool
+	stopping    map[uint64]bool // agents in a graceful stop
 }
 
 // disruption is a span of time something besides the fault under watch
@@ -189,6 +190,35 @@ func (n *nemesis) disrupt(what string, store uint64) func() {
 	}
 }
 
+// disturbedAny reports whether anything disrupted the agents during
+// [from, to].
+func (n *nemesis) disturbedAny(from, to time.Time) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, d := range n.disruptions {
+		if d.from.Before(to) && (d.to.IsZero() || d.to.After(from)) {
+			return true
+		}
+	}
+	return false
+}
+
+// met is the front telling that an agent got a fatal answer. An agent
+// doing a pause's or a graceful stop's final flush, or the coordinator's
+// probe of a paused task's storage, does not report it, by design (the
+// next owner rescans; the probe is an auto-resume attempt): such meetings
+// do not start the clock.
+func (n *nemesis) met(store uint64, status int, at time.Time) {
+	n.mu.Lock()
+	stopping := n.stopping[store]
+	n.mu.Unlock()
+	if stopping || n.orc.paused() {
+		n.orc.metUnreportable()
+		return
+	}
+	n.orc.met(store, status, at)
+}
+
 // disturbedLocked reports whether something else kept store's agent (or every
 // agent) from reporting during [from, to].
 // n.mu is held.
@@ -260,6 +290,14 @@ func (n *nemesis) killAgent(ctx context.Context, rng *rand.Rand, store uint64, s
 	}
 	f := n.begin(kind, fmt.Sprintf("%s of the agent of store %d", what, store))
 	end := n.disrupt(kind, store)
+	n.mu.Lock()
+	n.stopping[store] = sig == syscall.SIGTERM
+	n.mu.Unlock()
+	defer func() {
+		n.mu.Lock()
+		delete(n.stopping, store)
+		n.mu.Unlock()
+	}()
 	if !p.stop(sig, time.Minute) {
 		n.orc.violate("the agent of store %d did not exit within a minute of %s", store, what)
 		p.stop(syscall.SIGKILL, 10*time.Second)
@@ -452,18 +490,21 @@ func (n *nemesis) permissionLoss(ctx context.Context, rng *rand.Rand) {
 	n.s3.SetFault(s3test.Fault{Status: http.StatusForbidden, Remaining: -1, Match: agentRequests})
 	// Bounded by the agents' flush interval and a generous margin; the
 	// end of the run does not cut it short: the fault must be judged.
+	// The summary judges the epoch: met and never surfaced is a violation.
+	// A report can wait for PD/etcd or a restarted agent: wait longer then.
 	deadline := time.Now().Add(n.o.FlushInterval + time.Minute)
 	for {
 		met, surfaced, firstMeet := n.orc.epochState(e)
 		if surfaced {
 			break
 		}
-		if met && time.Since(firstMeet) > 30*time.Second {
-			n.orc.violate("an agent met a 403 from storage at %s and no LastError %s followed within 30s", firstMeet.Format("15:04:05.000"), code)
+		if met && time.Since(firstMeet) > 30*time.Second &&
+			(time.Since(firstMeet) > 3*time.Minute || !n.disturbedAny(firstMeet, time.Now())) {
+			n.event("an agent met the denied storage at %s and no LastError %s followed", firstMeet.Format("15:04:05.000"), code)
 			break
 		}
 		if !met && time.Now().After(deadline) {
-			n.event("no agent met the denied storage (no flush with data meanwhile)")
+			n.event("no running agent met the denied storage (no flush with data meanwhile)")
 			break
 		}
 		time.Sleep(50 * time.Millisecond)

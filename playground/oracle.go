@@ -48,6 +48,7 @@ type oracle struct {
 	errorPauses []*errorPause
 	// nemesisResume is when the nemesis last began a resume of its own.
 	nemesisResume time.Time
+	isPaused      bool
 	stop          context.CancelFunc
 	done          sync.WaitGroup
 }

@@ -249,11 +249,11 @@ func Run(ctx context.Context, o Options, out io.Writer) error {
 		}
 		defer ost.Close()
 		orc = newOracle(cluster, m, ost, taskName, startTS, pr.eventf)
-		front.met, front.stored = orc.met, orc.storedObject
+		nem = &nemesis{o: o, c: cluster, pdAddr: pdAddr, m: m, agents: agents, s3: s3, front: front, orc: orc, event: pr.eventf,
+			kinds: kindSet(o.Faults), active: map[string]int{}, storeDown: map[uint64]bool{}, stopping: map[uint64]bool{}}
+		front.met, front.stored = nem.met, orc.storedObject
 		orc.start(3 * time.Second)
 		defer orc.close()
-		nem = &nemesis{o: o, c: cluster, pdAddr: pdAddr, m: m, agents: agents, s3: s3, front: front, orc: orc, event: pr.eventf,
-			kinds: kindSet(o.Faults), active: map[string]int{}, storeDown: map[uint64]bool{}}
 	}
 
 	// The workload, and the nemesis beside it.

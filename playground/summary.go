@@ -65,9 +65,10 @@ func (n *nemesis) summarize(out io.Writer, fc *finalCheck, ran time.Duration) ve
 
 	// Fatal faults: LastError with the right code, and how fast.
 	var lat, undisturbed []time.Duration
-	surfaced, met, slow := 0, 0, 0
+	surfaced, met, slow, unreportable := 0, 0, 0, 0
 	other := map[string]int{}
 	for _, e := range o.epochs {
+		unreportable += e.unreportable
 		first, ok := e.firstMeet()
 		if !ok {
 			continue
@@ -106,6 +107,9 @@ func (n *nemesis) summarize(out io.Writer, fc *finalCheck, ran time.Duration) ve
 	}
 	if len(other) > 0 {
 		fmt.Fprintf(out, "  other LastError codes while denied: %s\n", countList(other))
+	}
+	if unreportable > 0 {
+		fmt.Fprintf(out, "  %d denied requests of final flushes (pause, graceful stop) or of probes of a paused task: no LastError is due for those\n", unreportable)
 	}
 	if slow > 0 {
 		v.violations = append(v.violations, fmt.Sprintf("%d undisturbed fatal reports took longer than %s", slow, n.o.FatalSLO))
