@@ -238,7 +238,11 @@ func (p *agentProc) wait(cmd *exec.Cmd, exited chan struct{}) {
 	}
 	p.reasons[why]++
 	p.mu.Unlock()
-	p.set.event("agent %d exited by itself (%v: %s); restarting it in 1s — see %s", p.store, err, why, p.logPath)
+	if startFailure(why) {
+		p.set.event("agent %d could not start (%s); starting it again in 1s", p.store, strings.TrimPrefix(why, "Error: "))
+	} else {
+		p.set.event("agent %d exited by itself (%v: %s); restarting it in 1s — see %s", p.store, err, why, p.logPath)
+	}
 	time.Sleep(time.Second)
 	p.mu.Lock()
 	defer p.mu.Unlock()

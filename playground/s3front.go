@@ -123,8 +123,8 @@ func (f *s3Front) classify(path string) (objectKind, uint64, string) {
 			return objGlobalCheckpoint, s, name
 		}
 	case strings.HasPrefix(name, "v1/") && strings.HasSuffix(name, ".log"):
-		// v1/<date>/<hour>/<store>/<name>.log
-		if parts := strings.Split(name, "/"); len(parts) == 5 {
+		// v1/<date>/<hour>/<store>/[schema-meta/]<name>.log
+		if parts := strings.Split(name, "/"); len(parts) == 5 || len(parts) == 6 {
 			if s, err := strconv.ParseUint(parts[3], 10, 64); err == nil {
 				return objData, s, name
 			}
