@@ -126,7 +126,10 @@ func (o *oracle) watch(ctx context.Context) {
 		rev = resp.Header.Revision
 	}
 	for ctx.Err() == nil {
-		wch := o.raw.Watch(clientv3.WithRequireLeader(ctx), meta.Prefix+"/", clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+		// A watch ends when etcd loses its leader (it restarts); the next
+		// one starts after the last event seen, so none is missed.
+		wctx, cancel := context.WithCancel(ctx)
+		wch := o.raw.Watch(clientv3.WithRequireLeader(wctx), meta.Prefix+"/", clientv3.WithPrefix(), clientv3.WithRev(rev+1))
 		for resp := range wch {
 			if resp.Err() != nil {
 				break
@@ -137,6 +140,7 @@ func (o *oracle) watch(ctx context.Context) {
 				rev = max(rev, ev.Kv.ModRevision)
 			}
 		}
+		cancel()
 		sleepCtx(ctx, 100*time.Millisecond)
 	}
 }
