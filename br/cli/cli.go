@@ -113,8 +113,7 @@ func missingSubcommand(what string) func(*cobra.Command, []string) error {
 	}
 }
 
-// NewRootCommand builds `br` with the `stream` group (alias `log`) and
-// `playground`.
+// NewRootCommand builds `br` with the `stream` group (alias `log`).
 func NewRootCommand() *cobra.Command { return newRootCommand(&globalFlags{}) }
 
 func newRootCommand(g *globalFlags) *cobra.Command {
@@ -153,7 +152,7 @@ func newRootCommand(g *globalFlags) *cobra.Command {
 	}
 	stream.AddCommand(startCommand(g), statusCommand(g), pauseCommand(g), resumeCommand(g), stopCommand(g),
 		truncateCommand(g), metadataCommand(g), verifyCommand(g), historyCommand(g))
-	root.AddCommand(stream, playgroundCommand())
+	root.AddCommand(stream)
 	return root
 }
 

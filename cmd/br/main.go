@@ -1,5 +1,6 @@
 // Command br manages logbackup's log backup tasks with BR's `br stream` /
-// `br log` commands, and runs a local playground.
+// `br log` commands. The local playground is its own command,
+// cmd/playground.
 package main
 
 import (
