@@ -10,6 +10,7 @@ import (
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"logbackup/br"
 	"logbackup/meta"
 	"logbackup/storage"
 	"logbackup/tests/simcluster"
@@ -34,6 +35,20 @@ func TestRangeToTheEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	start, _ := c.TSO(ctx)
+	// The root backupmeta br stream start would have written: verify
+	// requires the storage to be a log backup's.
+	root, err := (&brpb.BackupMeta{StartVersion: start, ClusterId: c.PD().GetClusterID(ctx)}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := storage.OpenURL(ctx, "local://"+dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.WriteFile(ctx, br.BackupMetaFile, root); err != nil {
+		t.Fatal(err)
+	}
 	info := &brpb.StreamBackupTaskInfo{Name: "pitr", StartTs: start, EndTs: ^uint64(0) >> 1, Storage: backend, TableFilter: []string{"*.*"}}
 	if err := m.PutTask(ctx, info, []meta.Range{{StartKey: []byte("t"), EndKey: nil}}); err != nil {
 		t.Fatal(err)
