@@ -11,7 +11,7 @@ import (
 // Bad flags are refused with a clear error before anything connects, and
 // an unreachable PD is reported within the dial timeout.
 func TestRunRejectsBadInput(t *testing.T) {
-	base := options{pd: "127.0.0.1:1", statusAddr: "127.0.0.1:0", flushInterval: time.Minute, reconcileInterval: time.Second, coordinatorInterval: time.Second, fileSizeLimit: 1 << 20, dialTimeout: time.Second}
+	base := options{pd: "127.0.0.1:1", statusAddr: "127.0.0.1:0", flushInterval: time.Minute, reconcileInterval: time.Second, coordinatorInterval: time.Second, fileSizeLimit: 1 << 20, memoryQuota: 64 << 20, dialTimeout: time.Second}
 	cases := []struct {
 		name string
 		mod  func(*options)
@@ -21,6 +21,8 @@ func TestRunRejectsBadInput(t *testing.T) {
 		{"flush too fast", func(o *options) { o.storeID = 1; o.flushInterval = time.Millisecond }, "--flush-interval"},
 		{"reconcile too fast", func(o *options) { o.storeID = 1; o.reconcileInterval = time.Millisecond }, "--reconcile-interval"},
 		{"tiny files", func(o *options) { o.storeID = 1; o.fileSizeLimit = 10 }, "--file-size-limit"},
+		{"tiny memory quota", func(o *options) { o.storeID = 1; o.memoryQuota = 1000 }, "--memory-quota 1000 is below 1 MiB"},
+		{"no dial timeout", func(o *options) { o.storeID = 1; o.dialTimeout = 0 }, "--dial-timeout"},
 		{"no pd", func(o *options) { o.storeID = 1; o.pd = " , " }, "--pd"},
 		{"unreachable pd", func(o *options) { o.storeID = 1 }, "127.0.0.1:1"},
 		{"cert without ca", func(o *options) { o.storeID = 1; o.cert, o.key = "/etc/x.pem", "/etc/x-key.pem" }, "--cert and --key are given without --ca"},

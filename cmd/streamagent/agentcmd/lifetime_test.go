@@ -43,9 +43,15 @@ func TestPDClientOutlivesDialTimeout(t *testing.T) {
 	go func() {
 		done <- run(actx, options{pd: c.PDAddr(), storeID: store, statusAddr: "127.0.0.1:0", flushInterval: time.Second,
 			reconcileInterval: 200 * time.Millisecond, coordinatorInterval: 200 * time.Millisecond,
-			fileSizeLimit: 1 << 20, tempDir: t.TempDir(), dialTimeout: dial}, io.Discard)
+			fileSizeLimit: 1 << 20, memoryQuota: 64 << 20, tempDir: t.TempDir(), dialTimeout: dial}, io.Discard)
 	}()
-	defer func() { stopAgent(); <-done }()
+	ended := false
+	defer func() {
+		stopAgent()
+		if !ended {
+			<-done
+		}
+	}()
 
 	// The scenario needs the dial timeout to have passed: wait it out.
 	time.Sleep(time.Until(began.Add(2 * dial)))
@@ -67,6 +73,7 @@ func TestPDClientOutlivesDialTimeout(t *testing.T) {
 		}
 		select {
 		case err := <-done:
+			ended = true
 			t.Fatalf("the agent ended: %v", err)
 		default:
 		}
