@@ -36,7 +36,12 @@ func DialPD(ctx context.Context, cfg DialConfig) (pd.Client, error) {
 	timer := time.AfterFunc(timeout, cancel)
 	cli, err := pd.NewClientWithContext(life, addrs,
 		pd.SecurityOption{CAPath: cfg.CAFile, CertPath: cfg.CertFile, KeyPath: cfg.KeyFile},
-		opt.WithCustomTimeoutOption(timeout), opt.WithMaxErrorRetry(1))
+		opt.WithCustomTimeoutOption(timeout), opt.WithMaxErrorRetry(1),
+		// The pd client initialises its package-level metrics on the first
+		// client that asks, racing with clients already running in the same
+		// process (the race detector caught it in tests); the agent has its
+		// own metrics and needs none of them.
+		opt.WithInitMetricsOption(false))
 	if !timer.Stop() || err != nil {
 		cancel()
 		if err == nil {

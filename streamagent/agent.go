@@ -248,9 +248,12 @@ func (a *Agent) stopAll() {
 		names = append(names, n)
 	}
 	a.mu.Unlock()
+	// At once, so a shutdown takes one final flush's time, not one per task.
+	var wg sync.WaitGroup
 	for _, n := range names {
-		a.stopTask(n, true)
+		wg.Go(func() { a.stopTask(n, true) })
 	}
+	wg.Wait()
 }
 
 // Crash stops every task without its final flush, as a killed process

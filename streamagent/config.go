@@ -45,6 +45,11 @@ type Config struct {
 	// CoordinatorInterval is how often the elected coordinator publishes
 	// the global checkpoint.
 	CoordinatorInterval time.Duration
+	// FinalFlushTimeout bounds the flush a pause or a shutdown makes of
+	// what is buffered (default 20 s, so that a stopping agent exits within
+	// a 30 s grace period such as Kubernetes' default); what it does not
+	// make durable is rescanned by the next owner of the ranges.
+	FinalFlushTimeout time.Duration
 	// MemoryQuota bounds the buffered bytes a task holds in memory; past
 	// it they spill to temp files under TempDir (default 256 MiB).
 	MemoryQuota int
@@ -87,6 +92,9 @@ func (c *Config) withDefaults() error {
 	}
 	if c.CoordinatorInterval <= 0 {
 		c.CoordinatorInterval = 12 * time.Second
+	}
+	if c.FinalFlushTimeout <= 0 {
+		c.FinalFlushTimeout = 20 * time.Second
 	}
 	if c.RetryBudget.Attempts <= 0 {
 		c.RetryBudget.Attempts = 30

@@ -350,10 +350,10 @@ func (t *taskRunner) takeResult(res flushResult) bool {
 }
 
 // finalFlush, on a pause or a shutdown, waits for the flush in flight and
-// flushes what is left, within a minute. A failure is left to the next
+// flushes what is left, within Config.FinalFlushTimeout. A failure is left to the next
 // owner of the ranges, which rescans from what is durable.
 func (t *taskRunner) finalFlush() {
-	deadline := time.NewTimer(time.Minute)
+	deadline := time.NewTimer(t.a.cfg.FinalFlushTimeout)
 	defer deadline.Stop()
 	final := false
 	for {
@@ -376,7 +376,7 @@ func (t *taskRunner) finalFlush() {
 			}
 			t.inflight = nil
 		case <-deadline.C:
-			t.log.Warn("final flush did not finish within a minute; the next owner rescans from the checkpoint")
+			t.log.Warn("final flush did not finish in time; the next owner rescans from the checkpoint", "timeout", t.a.cfg.FinalFlushTimeout)
 			return
 		}
 	}
