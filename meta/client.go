@@ -392,6 +392,7 @@ func (c *Client) DeleteTask(ctx context.Context, name string) error {
 			clientv3.OpDelete(StorageCheckpointPrefix(name), clientv3.WithPrefix()),
 			clientv3.OpDelete(agentStatePrefix("span-checkpoint/", name), clientv3.WithPrefix()),
 			clientv3.OpDelete(agentStatePrefix("history/", name), clientv3.WithPrefix()),
+			clientv3.OpDelete(agentStatePrefix("recovery/", name), clientv3.WithPrefix()),
 		).Commit()
 	if err != nil {
 		return fmt.Errorf("delete task %q: %w", name, err)
