@@ -27,10 +27,10 @@ type Agent struct {
 	runners map[string]*runnerHandle
 	spills  atomic.Int64
 	retries atomic.Int64
-	// resumes is the coordinator's auto-resume state, touched only by the
-	// coordinator goroutine.
-	resumes map[string]*resumeState
 	coord   coordState
+	// openProbe opens a task's storage for a recovery probe: one attempt
+	// per request, since the probe's own schedule is the retry.
+	openProbe func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error)
 }
 
 type runnerHandle struct {
@@ -47,9 +47,14 @@ func New(cfg Config, reg prometheus.Registerer) (*Agent, error) {
 	if err := cfg.withDefaults(); err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, metrics: newMetrics(reg), runners: map[string]*runnerHandle{}, resumes: map[string]*resumeState{},
+	a := &Agent{cfg: cfg, metrics: newMetrics(reg), runners: map[string]*runnerHandle{},
 		coord: coordState{storages: map[string]storage.Storage{}, conflicts: map[string]string{}}}
+	a.coord.recovery = &recovery{a: a, tasks: map[string]*taskRecovery{}}
+	a.openProbe = a.cfg.OpenStorage
 	if a.cfg.OpenStorage == nil {
+		a.openProbe = func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error) {
+			return storage.OpenBackend(ctx, b, storage.WithRetryPolicy(storage.RetryPolicy{MaxAttempts: 1}))
+		}
 		// Every retry inside the storage layer is counted by operation.
 		observe := storage.WithRetryObserver(func(op string, _ int, _ error) {
 			a.metrics.storageRetries.WithLabelValues(op).Inc()
@@ -389,7 +394,7 @@ func (a *Agent) AdvanceOnce(ctx context.Context) error {
 					published[t.Info.Name] = max(g, t.Info.StartTs)
 				}
 			}
-			a.autoResumeOnce(ctx, t)
+			a.coord.recovery.observe(ctx, t, 0)
 			continue
 		}
 		g, err := a.advanceTask(ctx, t)
@@ -398,6 +403,7 @@ func (a *Agent) AdvanceOnce(ctx context.Context) error {
 			continue
 		}
 		published[t.Info.Name] = g
+		a.coord.recovery.observe(ctx, t, g)
 	}
 	a.coord.forgetExcept(live)
 	return errors.Join(errs...)

@@ -21,12 +21,16 @@ type coordState struct {
 	// conflicts remembers what was last logged per task, so a standing
 	// conflict is logged once, not every tick.
 	conflicts map[string]string
+	// recovery probes and resumes tasks paused by recoverable errors.
+	recovery *recovery
 }
 
 func taskKey(t *meta.TaskStatus) string { return fmt.Sprintf("%s/%d", t.Info.Name, t.Incarnation) }
 
-// forgetExcept closes what belongs to tasks no longer live.
+// forgetExcept closes what belongs to tasks no longer live (nil: the
+// coordinator lost its election), and stops their probers.
 func (c *coordState) forgetExcept(live map[string]bool) {
+	c.recovery.forgetExcept(live)
 	for k, st := range c.storages {
 		if !live[k] {
 			st.Close()
