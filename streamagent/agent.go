@@ -336,6 +336,7 @@ func (a *Agent) coordinate(ctx context.Context) {
 			}
 			continue
 		}
+		a.dropStaleCampaign(ctx, sess)
 		el := concurrency.NewElection(sess, meta.CoordinatorPrefix())
 		if err := el.Campaign(ctx, fmt.Sprint(a.cfg.StoreID)); err == nil {
 			t := time.NewTicker(a.cfg.CoordinatorInterval)

@@ -58,11 +58,11 @@ func probeGap(interval time.Duration) time.Duration {
 
 // probeLoop probes the task's failing dependency until a probe is healthy
 // and the resume goes through, or the tick stops it. The first probe comes
-// soon (a jittered fraction of the interval): the fault may have cleared
-// already.
+// soon (within a jittered second at most): the fault may have cleared
+// already — an etcd pause, for one, is only written once etcd answers.
 func (r *recovery) probeLoop(ctx context.Context, tr *taskRecovery) {
 	interval := r.a.cfg.AutoResume.probeInterval()
-	wait := rand.N(interval/2 + 1)
+	wait := rand.N(min(interval/5, time.Second) + 1)
 	for {
 		t := time.NewTimer(wait)
 		select {
