@@ -30,6 +30,11 @@ const (
 	RecoveryGaveUp = "gave-up"
 )
 
+// RecoveryGaveUpMarker is in the pause payload, the LastError and the
+// history event the coordinator writes when it gives up on an incident; a
+// pause carrying it is a person's to resume.
+const RecoveryGaveUpMarker = "automatic recovery gave up"
+
 // RecoveryState is the published state of one task incarnation's
 // automatic recovery. Times are wall-clock times of the coordinator.
 type RecoveryState struct {

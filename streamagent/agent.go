@@ -48,7 +48,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, metrics: newMetrics(reg), runners: map[string]*runnerHandle{},
-		coord: coordState{storages: map[string]storage.Storage{}, conflicts: map[string]string{}}}
+		coord: coordState{storages: map[string]storage.Storage{}, conflicts: map[string]string{}, kick: make(chan struct{}, 1)}}
 	a.coord.recovery = &recovery{a: a, tasks: map[string]*taskRecovery{}}
 	a.openProbe = a.cfg.OpenStorage
 	if a.cfg.OpenStorage == nil {
@@ -117,6 +117,7 @@ func (a *Agent) followTasks(ctx context.Context) error {
 			a.dropSafePoints(ctx, ev.Name, true)
 			a.metrics.deleteTask(ev.Name)
 		case meta.EventPause:
+			a.coord.kickNow() // an error pause is the coordinator's to probe, now rather than next tick
 			a.stopTask(ev.Name, true)
 			if ev.Pause == nil || !ev.Pause.IsError() {
 				a.metrics.setTaskStatus(ev.Name, statusPaused)
@@ -347,6 +348,7 @@ func (a *Agent) coordinate(ctx context.Context) {
 				}
 				select {
 				case <-t.C:
+				case <-a.coord.kick:
 				case <-sess.Done():
 					break lead
 				case <-ctx.Done():

@@ -92,9 +92,7 @@ func RecoverableCodes() map[errs.Code][]string {
 	return out
 }
 
-// gaveUpMarker is in the pause payload and LastError the coordinator writes
-// when it gives up; a pause carrying it is a person's to resume.
-const gaveUpMarker = "automatic recovery gave up"
+const gaveUpMarker = meta.RecoveryGaveUpMarker
 
 type pauseClass int
 
@@ -142,6 +140,10 @@ type taskRecovery struct {
 
 	mu    sync.Mutex
 	state *meta.RecoveryState
+	// what the prober last published, so a short probe interval does not
+	// write etcd on every probe
+	publishedAt time.Time
+	publishedOK bool
 
 	cancel context.CancelFunc // the prober's, coordinator goroutine only
 	done   chan struct{}

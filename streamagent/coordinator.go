@@ -26,6 +26,17 @@ type coordState struct {
 	conflicts map[string]string
 	// recovery probes and resumes tasks paused by recoverable errors.
 	recovery *recovery
+	// kick makes the coordinator tick now (a task was paused).
+	kick chan struct{}
+}
+
+// kickNow asks the coordinator, if this agent is it, for a tick now; it
+// never blocks.
+func (c *coordState) kickNow() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
 }
 
 func taskKey(t *meta.TaskStatus) string { return fmt.Sprintf("%s/%d", t.Info.Name, t.Incarnation) }

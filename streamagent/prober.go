@@ -8,8 +8,6 @@ import (
 	"strings"
 	"time"
 
-	brpb "github.com/pingcap/kvproto/pkg/brpb"
-
 	"logbackup/meta"
 	"logbackup/proto/lbpb"
 	"logbackup/storage"
@@ -63,6 +61,12 @@ func probeGap(interval time.Duration) time.Duration {
 func (r *recovery) probeLoop(ctx context.Context, tr *taskRecovery) {
 	interval := r.a.cfg.AutoResume.probeInterval()
 	wait := rand.N(min(interval/5, time.Second) + 1)
+	var st storage.Storage // opened once: opening costs more than a probe
+	defer func() {
+		if st != nil {
+			st.Close()
+		}
+	}()
 	for {
 		t := time.NewTimer(wait)
 		select {
@@ -81,7 +85,7 @@ func (r *recovery) probeLoop(ctx context.Context, tr *taskRecovery) {
 		if deps == nil {
 			return // the tick moved the incident on; it stops or restarts this prober
 		}
-		dep, err := r.probe(ctx, tr, deps)
+		dep, err := r.probe(ctx, tr, deps, &st)
 		if ctx.Err() != nil {
 			return
 		}
@@ -93,15 +97,22 @@ func (r *recovery) probeLoop(ctx context.Context, tr *taskRecovery) {
 }
 
 // probe checks each dependency in turn, each under the probe timeout, and
-// stops at the first that fails.
-func (r *recovery) probe(ctx context.Context, tr *taskRecovery, deps []string) (string, error) {
+// stops at the first that fails. A storage probe writes, reads back and
+// deletes one small object under the task's prefix: three requests, one
+// attempt each (the probe's own schedule is the retry).
+func (r *recovery) probe(ctx context.Context, tr *taskRecovery, deps []string, st *storage.Storage) (string, error) {
 	a := r.a
 	for _, d := range deps {
 		pctx, cancel := context.WithTimeout(ctx, a.cfg.AutoResume.probeTimeout())
 		var err error
 		switch d {
 		case depStorage:
-			err = a.probeStorage(pctx, tr.info.Storage)
+			if *st == nil {
+				*st, err = a.openProbe(pctx, tr.info.Storage)
+			}
+			if err == nil {
+				err = storage.CheckWritable(pctx, *st)
+			}
 		case depPD:
 			err = a.probePD(pctx)
 		case depEtcd:
@@ -120,18 +131,6 @@ func (r *recovery) probe(ctx context.Context, tr *taskRecovery, deps []string) (
 		}
 	}
 	return "", nil
-}
-
-// probeStorage writes, reads back and deletes one small object under the
-// task's prefix: three requests, one attempt each (the probe's own
-// schedule is the retry).
-func (a *Agent) probeStorage(ctx context.Context, b *brpb.StorageBackend) error {
-	s, err := a.openProbe(ctx, b)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	return storage.CheckWritable(ctx, s)
 }
 
 // probePD asks PD for a timestamp: every flush needs one first.
@@ -167,7 +166,12 @@ func (r *recovery) afterProbe(ctx context.Context, tr *taskRecovery, dep string,
 	if err == nil && !now.Before(s.NextResumeAt) {
 		done = r.resume(ctx, tr)
 	}
-	r.publish(ctx, tr)
+	// Published when something changed, or at most once a second: the
+	// probes of a short interval must not become etcd's load.
+	if done || s.Probes == 1 || s.LastProbeOK != tr.publishedOK || now.Sub(tr.publishedAt) >= time.Second {
+		r.publish(ctx, tr)
+		tr.publishedOK, tr.publishedAt = s.LastProbeOK, now
+	}
 	return done
 }
 
