@@ -177,17 +177,21 @@ func (r *recovery) afterProbe(ctx context.Context, tr *taskRecovery, dep string,
 
 // resume clears the errors and removes the pause in one transaction,
 // fenced to the incarnation and conditional on the pause still being the
-// recoverable one just read. tr.mu is held.
+// recoverable one just read. It says whether the prober is done: resumed,
+// or the task is no longer paused by a recoverable error. tr.mu is held.
 func (r *recovery) resume(ctx context.Context, tr *taskRecovery) bool {
 	a, s := r.a, tr.state
 	for range 3 { // a store's report may rewrite the pause meanwhile: read again
 		st, err := a.cfg.Meta.GetTask(ctx, tr.task)
-		if err != nil || st.Incarnation != tr.inc {
+		if errors.Is(err, meta.ErrTaskNotFound) || (err == nil && st.Incarnation != tr.inc) {
+			return true // stopped: nothing left to probe for
+		}
+		if err != nil {
 			return false
 		}
 		class, e := classifyPause(st)
 		if class != recoverablePause {
-			return false // the tick sees it and decides
+			return true // resumed or paused otherwise meanwhile: the tick decides
 		}
 		if deps := recoverable[errs.Code(e.ErrorCode)]; strings.Join(deps, "+") != strings.Join(s.Dependencies, "+") {
 			// Another recoverable error replaced the one probed for: probe
