@@ -207,14 +207,10 @@ func (r *recovery) step(ctx context.Context, tr *taskRecovery, t *meta.TaskStatu
 			r.endIncident(ctx, tr)
 			return false
 		}
-		if global == 0 || oracle.GetTimeFromTS(global).Before(s.LastResumeAt) {
+		if !held(s, global) {
 			return false // not judged yet
 		}
-		a.metrics.autoResumes.WithLabelValues("held").Inc()
-		a.history(ctx, tr.task, tr.inc, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_SUCCEEDED, Actor: lbpb.RecoveryEvent_COORDINATOR,
-			ErrorCode: s.ErrorCode, Attempt: uint32(s.ResumesAttempted),
-			Message: fmt.Sprintf("the resume held: the global checkpoint passed it %s later", time.Since(s.LastResumeAt).Round(time.Second))})
-		a.cfg.Logger.Info("automatic resume held", "task", tr.task, "attempt", s.ResumesAttempted)
+		r.resumeHeld(ctx, tr)
 		r.endIncident(ctx, tr)
 		return false
 
@@ -229,6 +225,13 @@ func (r *recovery) step(ctx context.Context, tr *taskRecovery, t *meta.TaskStatu
 			return false
 		}
 		if s.Phase == meta.RecoveryResumed && t.PauseRevision() > s.ResumeRevision {
+			if cp, err := a.flushedCheckpoint(ctx, t); err != nil {
+				return false // judged next tick
+			} else if held(s, cp) {
+				r.resumeHeld(ctx, tr) // and this is another incident
+				r.endIncident(ctx, tr)
+				return false
+			}
 			a.metrics.autoResumes.WithLabelValues("failed").Inc()
 			a.history(ctx, tr.task, tr.inc, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_FAILED, Actor: lbpb.RecoveryEvent_COORDINATOR,
 				ErrorCode: errCode(e), Attempt: uint32(s.ResumesAttempted),
@@ -264,6 +267,20 @@ func (r *recovery) step(ctx context.Context, tr *taskRecovery, t *meta.TaskStatu
 	case s.Phase == meta.RecoveryResumed:
 		if t.PauseRevision() <= s.ResumeRevision {
 			return false // read before the resume
+		}
+		cp, err := a.flushedCheckpoint(ctx, t)
+		if err != nil {
+			return false // judged next tick
+		}
+		if held(s, cp) {
+			// It held, and then failed anew: a new incident, counted
+			// from zero.
+			r.resumeHeld(ctx, tr)
+			r.endIncident(ctx, tr)
+			if tr.state != nil {
+				return false // the old state is not deleted yet: next tick
+			}
+			return r.step(ctx, tr, t, class, e, global)
 		}
 		// The resumed task failed again before its checkpoint passed the
 		// resume, although the probe was healthy: a flapping or partial
@@ -360,6 +377,38 @@ func (r *recovery) forgetExcept(live map[string]bool) {
 			delete(r.tasks, k)
 		}
 	}
+}
+
+// flushedCheckpoint is what the stores have made durable over the whole
+// task, read from their span checkpoints now — central_global lags by up
+// to a tick, and a task paused again soon after a resume that held must
+// not be counted as a failed resume for want of a tick in between.
+func (a *Agent) flushedCheckpoint(ctx context.Context, t *meta.TaskStatus) (uint64, error) {
+	ranges, err := a.cfg.Meta.Ranges(ctx, t.Info.Name)
+	if err != nil {
+		return 0, err
+	}
+	covered := taskSpans(ranges)
+	known, err := knownCheckpoints(ctx, a.cfg.Meta, t.Info.Name, t.Incarnation, covered, t.Info.StartTs)
+	if err != nil {
+		return 0, err
+	}
+	return globalCheckpoint(known, covered), nil
+}
+
+// held reports whether checkpoint ts passed the last resume.
+func held(s *meta.RecoveryState, ts uint64) bool {
+	return ts > 0 && !oracle.GetTimeFromTS(ts).Before(s.LastResumeAt)
+}
+
+// resumeHeld records that the last resume held. tr.mu is held.
+func (r *recovery) resumeHeld(ctx context.Context, tr *taskRecovery) {
+	s := tr.state
+	r.a.metrics.autoResumes.WithLabelValues("held").Inc()
+	r.a.history(ctx, tr.task, tr.inc, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_SUCCEEDED, Actor: lbpb.RecoveryEvent_COORDINATOR,
+		ErrorCode: s.ErrorCode, Attempt: uint32(s.ResumesAttempted),
+		Message: fmt.Sprintf("the resume held: the checkpoint passed it (seen %s after it)", time.Since(s.LastResumeAt).Round(time.Second))})
+	r.a.cfg.Logger.Info("automatic resume held", "task", tr.task, "attempt", s.ResumesAttempted)
 }
 
 func errCode(e *brpb.StreamBackupError) string {

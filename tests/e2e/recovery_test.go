@@ -72,7 +72,7 @@ type recoveryRig struct {
 	obs   *meta.Client // the test's own view of etcd
 }
 
-func newRecoveryRig(t *testing.T, ctx context.Context, f dependencyFault, ar streamagent.AutoResume) *recoveryRig {
+func newRecoveryRig(t *testing.T, ctx context.Context, f dependencyFault, ar streamagent.AutoResume, mods ...func(*streamagent.Config)) *recoveryRig {
 	t.Helper()
 	r := &recoveryRig{t: t, ctx: ctx, f: f}
 	r.s3 = s3test.Start(t, "bk")
@@ -112,6 +112,9 @@ func newRecoveryRig(t *testing.T, ctx context.Context, f dependencyFault, ar str
 			// two failed flushes pause the task.
 			cfg.RetryBudget = streamagent.RetryBudget{Attempts: 2, Duration: time.Hour}
 			cfg.AutoResume = ar
+			for _, mod := range mods {
+				mod(cfg)
+			}
 			if p := os.Getenv("RECOVERY_LOG"); p != "" { // DEBUG
 				fh, _ := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 				cfg.Logger = slog.New(slog.NewTextHandler(fh, &slog.HandlerOptions{Level: slog.LevelDebug})).With("store", s)
@@ -463,4 +466,64 @@ func TestAutoRecoveryFlappingGivesUp(t *testing.T) {
 		rs, err := r.observer().GetRecoveryState(ctx, "pitr", r.inc)
 		return err == nil && rs == nil
 	})
+}
+
+// TestAutoRecoveryBackToBack: incidents in quick succession, each after
+// the task made progress past its resume, are separate incidents — none
+// is taken for a resume that failed again, although no coordinator tick
+// judged the resume before the next pause — so a bound of one failed
+// resume is never reached.
+func TestAutoRecoveryBackToBack(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	// Ticks only when a pause wakes the coordinator: the resume is judged
+	// at the next pause, never by a tick in between.
+	r := newRecoveryRig(t, ctx, dependencyFaults[0], streamagent.AutoResume{ProbeInterval: 200 * time.Millisecond, MaxAttempts: 1},
+		func(cfg *streamagent.Config) { cfg.CoordinatorInterval = time.Hour })
+	began := time.Now()
+	const incidents = 3
+	for i := range incidents {
+		since := time.Now()
+		if _, err := r.h.c.Put(ctx, []byte(fmt.Sprintf("t%d-b2b", i)), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+		r.s3.SetFault(s3test.Fault{Status: 503, Remaining: -1})
+		r.waitFor("the error pause", 2*time.Minute, func() bool {
+			st, err := r.observer().GetTask(ctx, "pitr")
+			return err == nil && st.Pause.V2.IsError()
+		})
+		r.s3.ClearFault()
+		r.waitFor("the task to run again", 2*time.Minute, func() bool { return r.running(since) })
+		// Progress past the resume: every store that observes part of
+		// the task made it durable up to a ts after the resume.
+		ts, err := r.h.c.TSO(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.waitFor("the stores to flush past the resume", 2*time.Minute, func() bool {
+			cps, err := r.observer().Checkpoints(ctx, "pitr")
+			if err != nil {
+				return false
+			}
+			stores := 0
+			for _, cp := range cps {
+				if cp.Kind == meta.CheckpointStore {
+					if cp.TS < ts {
+						return false
+					}
+					stores++
+				}
+			}
+			return stores > 0
+		})
+	}
+	if n := len(r.events(lbpb.RecoveryEvent_AUTO_RESUME_ATTEMPT, began)); n != incidents {
+		t.Fatalf("%d automatic resumes, want %d", n, incidents)
+	}
+	if evs := r.events(lbpb.RecoveryEvent_AUTO_RESUME_FAILED, began); len(evs) != 0 {
+		t.Fatalf("a resume that held was taken for a failed one: %s", evs[0].Message)
+	}
+	if n := len(r.events(lbpb.RecoveryEvent_AUTO_RESUME_SUCCEEDED, began)); n < incidents-1 {
+		t.Fatalf("%d resumes judged held, want at least %d", n, incidents-1)
+	}
 }
