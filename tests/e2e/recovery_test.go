@@ -3,9 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net/http"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -114,10 +112,6 @@ func newRecoveryRig(t *testing.T, ctx context.Context, f dependencyFault, ar str
 			cfg.AutoResume = ar
 			for _, mod := range mods {
 				mod(cfg)
-			}
-			if p := os.Getenv("RECOVERY_LOG"); p != "" { // DEBUG
-				fh, _ := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-				cfg.Logger = slog.New(slog.NewTextHandler(fh, &slog.HandlerOptions{Level: slog.LevelDebug})).With("store", s)
 			}
 		})
 		t.Cleanup(stop)
