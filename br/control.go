@@ -26,9 +26,12 @@ func PauseSafePointID(task string) string { return task + "_pause_safepoint" }
 // gcTTL (0: 24 h) so the changes a resume rescans are kept. Agents flush
 // what they buffered and stop observing.
 func Pause(ctx context.Context, env *Env, name, message string, gcTTL time.Duration, w io.Writer) error {
-	t, err := getTask(ctx, env, name)
+	t, err := getTaskTolerant(ctx, env, name)
 	if err != nil {
 		return err
+	}
+	if t.InfoErr != nil {
+		return unreadableInfo(name, t.InfoErr)
 	}
 	if t.Pause.Paused {
 		return userError("resume it with `br stream resume`", nil, "the task %s is paused already", name)
@@ -68,27 +71,41 @@ func Pause(ctx context.Context, env *Env, name, message string, gcTTL time.Durat
 // clearError, after the operator has fixed the cause: resuming it blindly
 // would hit the same error again. Resuming a running task is a no-op.
 func Resume(ctx context.Context, env *Env, name string, clearError bool, w io.Writer) error {
-	t, err := getTask(ctx, env, name)
+	t, err := getTaskTolerant(ctx, env, name)
 	if err != nil {
 		return err
 	}
-	errs, err := env.Meta.LastErrors(ctx, name)
+	if t.InfoErr != nil {
+		return unreadableInfo(name, t.InfoErr)
+	}
+	// Unreadable error or pause records may record an error: they count as
+	// errors, and --clear-error replaces them with the rest.
+	var bad []meta.CorruptRecord
+	errs, err := env.Meta.Tolerant(&bad).LastErrors(ctx, name)
 	if err != nil {
 		return fmt.Errorf("read last errors of %q: %w", name, err)
 	}
+	for _, r := range bad {
+		fmt.Fprintf(w, "Unreadable error record %s: %v\n", r.Key, r.Err)
+	}
+	if t.PauseErr != nil {
+		fmt.Fprintf(w, "Unreadable pause record: %v\n", t.PauseErr)
+	}
+	records := len(errs) + len(bad) // what --clear-error removes
 	if !t.Pause.Paused {
-		if len(errs) > 0 && clearError {
+		if records > 0 && clearError {
 			if err := env.Meta.ClearLastErrors(ctx, name); err != nil {
 				return fmt.Errorf("clear last errors of %q: %w", name, err)
 			}
-			fmt.Fprintf(w, "The task %s is active already; cleared %d stale error record(s).\n", name, len(errs))
+			fmt.Fprintf(w, "The task %s is active already; cleared %d stale error record(s).\n", name, records)
 			return nil
 		}
 		fmt.Fprintf(w, "The task %s is active already; nothing to resume.\n", name)
 		return nil
 	}
-	if statusWord(t.Pause, len(errs)) == StatusError && !clearError {
-		fmt.Fprintf(w, "The task %s was paused by an error:\n", name)
+	byError := statusWord(t.Pause, records) == StatusError || t.PauseErr != nil
+	if byError && !clearError {
+		fmt.Fprintf(w, "The task %s was paused by an error (or its records cannot tell):\n", name)
 		stores := make([]uint64, 0, len(errs))
 		for s := range errs {
 			stores = append(stores, s)
@@ -110,7 +127,7 @@ func Resume(ctx context.Context, env *Env, name string, clearError bool, w io.Wr
 	// Errors go first: if the second step fails the task is still paused
 	// (now as a plain pause) and a retry of plain `resume` finishes the job.
 	// The other order could leave a running task with stale errors.
-	if clearError && len(errs) > 0 {
+	if clearError && records > 0 {
 		if err := env.Meta.ClearLastErrors(ctx, name); err != nil {
 			return fmt.Errorf("clear last errors of %q: %w", name, err)
 		}
@@ -122,16 +139,17 @@ func Resume(ctx context.Context, env *Env, name string, clearError bool, w io.Wr
 	// minutes as BR does, so GC stays held until the agents' flush
 	// safepoints take over, and then it expires by itself.
 	if pdc, err := env.pd(ctx); err == nil {
-		cp, _ := taskCheckpoint(ctx, env, t)
-		if err := meta.SetServiceSafePoint(ctx, pdc, PauseSafePointID(name), 30*time.Minute, cp-1); err != nil {
-			fmt.Fprintf(w, "warning: could not shorten the pause GC safepoint: %v\n", err)
+		if cp, err := taskCheckpoint(ctx, env, t); err == nil && cp > 0 {
+			if err := meta.SetServiceSafePoint(ctx, pdc, PauseSafePointID(name), 30*time.Minute, cp-1); err != nil {
+				fmt.Fprintf(w, "warning: could not shorten the pause GC safepoint: %v\n", err)
+			}
 		}
 		dropSafePoints(ctx, env, pdc, name, false, w)
 	}
 	note := ""
-	if clearError && len(errs) > 0 {
-		fmt.Fprintf(w, "Cleared %d error record(s).\n", len(errs))
-		note = fmt.Sprintf("cleared %d error record(s)", len(errs))
+	if clearError && records > 0 {
+		fmt.Fprintf(w, "Cleared %d error record(s).\n", records)
+		note = fmt.Sprintf("cleared %d error record(s)", records)
 	}
 	record(ctx, env, t, lbpb.RecoveryEvent_RESUMED, note, w)
 	fmt.Fprintf(w, "Task %q resumed; agents rescan from the checkpoint.\n", name)
@@ -140,7 +158,8 @@ func Resume(ctx context.Context, env *Env, name string, clearError bool, w io.Wr
 
 // Stop deletes every key of the task in one transaction.
 func Stop(ctx context.Context, env *Env, name string, w io.Writer) error {
-	if _, err := getTask(ctx, env, name); err != nil {
+	// Whatever the task's records hold, stop removes them.
+	if _, err := getTaskTolerant(ctx, env, name); err != nil {
 		return err
 	}
 	if err := env.Meta.DeleteTask(ctx, name); err != nil {
@@ -169,10 +188,12 @@ func firstNonEmpty(s ...string) string {
 }
 
 // taskCheckpoint is where a resume rescans from: the global checkpoint,
-// floored at the task start.
+// floored at the task start. An unreadable or implausible global
+// checkpoint is left out (status shows it; the coordinator replaces it).
 func taskCheckpoint(ctx context.Context, env *Env, t *meta.TaskStatus) (uint64, error) {
 	cp := t.Info.StartTs
-	g, ok, err := env.Meta.GlobalCheckpoint(ctx, t.Info.Name)
+	var bad []meta.CorruptRecord
+	g, ok, err := env.Meta.Tolerant(&bad).GlobalCheckpoint(ctx, t.Info.Name)
 	if err != nil {
 		return 0, fmt.Errorf("read the checkpoint of %q: %w", t.Info.Name, err)
 	}
@@ -228,4 +249,19 @@ func checkNotCollected(ctx context.Context, env *Env, t *meta.TaskStatus) error 
 			cp, FormatTS(cp, env.loc()), t.Info.Name, sp)
 	}
 	return nil
+}
+
+// getTaskTolerant reads a task even when its info or pause value is
+// corrupt (TaskStatus.InfoErr / PauseErr say so): the commands that repair
+// a task must work whatever its records hold.
+func getTaskTolerant(ctx context.Context, env *Env, name string) (*meta.TaskStatus, error) {
+	var ignored []meta.CorruptRecord
+	tolerant := *env
+	tolerant.Meta = env.Meta.Tolerant(&ignored)
+	return getTask(ctx, &tolerant, name)
+}
+
+func unreadableInfo(name string, err error) error {
+	return userError(fmt.Sprintf("its info cannot be read; stop it (`br stream stop --task-name %s`) and start it again", name), err,
+		"task %q is unusable", name)
 }

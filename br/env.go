@@ -2,11 +2,14 @@ package br
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"time"
 
+	"github.com/tikv/client-go/v2/oracle"
 	pd "github.com/tikv/pd/client"
 
+	"logbackup/br/tidbschema"
 	"logbackup/meta"
 )
 
@@ -18,6 +21,12 @@ type Env struct {
 	// get it through pd(), which dials it with OpenPD the first time.
 	PD     pd.Client
 	OpenPD func(ctx context.Context) (pd.Client, error)
+	// Schema reads TiDB's schema (table filters). Commands that need it get
+	// it through schema(), which opens it with OpenSchema the first time.
+	Schema     tidbschema.Source
+	OpenSchema func(ctx context.Context) (tidbschema.Source, error)
+	// Log is the command's own log (--log-file, --log-level); nil discards.
+	Log *slog.Logger
 
 	Now      func() time.Time
 	Location *time.Location
@@ -67,7 +76,7 @@ func (e *Env) tso(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return 0, userError("check PD's health", err, "cannot get a timestamp from PD")
 	}
-	return uint64(phys)<<logicalBits | uint64(logical), nil
+	return oracle.ComposeTS(phys, logical), nil
 }
 
 func (e *Env) now() time.Time {
@@ -82,4 +91,27 @@ func (e *Env) loc() *time.Location {
 		return time.Local
 	}
 	return e.Location
+}
+
+// schema returns the schema source, opening it on first use.
+func (e *Env) schema(ctx context.Context) (tidbschema.Source, error) {
+	if e.Schema != nil {
+		return e.Schema, nil
+	}
+	if e.OpenSchema == nil {
+		return nil, userError("pass PD's address with -u/--pd", nil, "resolving a table filter needs TiDB's schema, and no cluster is configured")
+	}
+	src, err := e.OpenSchema(ctx)
+	if err != nil {
+		return nil, userError("check that PD and the TiKV stores are reachable, and the TLS flags", err, "cannot read TiDB's schema")
+	}
+	e.Schema = src
+	return src, nil
+}
+
+func (e *Env) log() *slog.Logger {
+	if e.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return e.Log
 }

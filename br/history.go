@@ -71,11 +71,13 @@ func actor(ev *lbpb.RecoveryEvent) string {
 
 // History prints a task's recovery history, oldest first.
 func History(ctx context.Context, env *Env, name string, asJSON bool, w io.Writer) error {
-	t, err := getTask(ctx, env, name)
+	t, err := getTaskTolerant(ctx, env, name)
 	if err != nil {
 		return err
 	}
-	evs, err := env.Meta.History(ctx, name, t.Incarnation)
+	// An unreadable record is shown as such; the rest still is.
+	var bad []meta.CorruptRecord
+	evs, err := env.Meta.Tolerant(&bad).History(ctx, name, t.Incarnation)
 	if err != nil {
 		return fmt.Errorf("read history of %q: %w", name, err)
 	}
@@ -94,15 +96,21 @@ func History(ctx context.Context, env *Env, name string, asJSON bool, w io.Write
 		for _, ev := range evs {
 			rows = append(rows, row{time.UnixMilli(ev.HappenAtUnixMs), ev.Kind.String(), actor(ev), ev.StoreId, ev.ErrorCode, ev.Message, ev.Attempt, outcome(ev)})
 		}
+		for _, r := range bad {
+			rows = append(rows, row{Kind: "CORRUPT_RECORD", Actor: "unknown", Message: r.Key + ": " + r.Err.Error()})
+		}
 		b, _ := json.Marshal(rows)
 		_, err := fmt.Fprintf(w, "%s\n", b)
 		return err
 	}
-	if len(evs) == 0 {
+	if len(evs) == 0 && len(bad) == 0 {
 		fmt.Fprintf(w, "No recovery events for task %q.\n", name)
 	}
 	for _, ev := range evs {
 		fmt.Fprintln(w, HistoryLine(ev, env.loc()))
+	}
+	for _, r := range bad {
+		fmt.Fprintf(w, "unreadable record %s: %v\n", r.Key, r.Err)
 	}
 	return nil
 }

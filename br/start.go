@@ -10,6 +10,7 @@ import (
 	"time"
 
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
+	"github.com/tikv/client-go/v2/oracle"
 
 	"logbackup/meta"
 	"logbackup/storage"
@@ -21,29 +22,36 @@ type StartOptions struct {
 	StartTS  string // TSO or datetime; empty = now
 	EndTS    string // TSO or datetime; empty = DefaultEndTS
 	Storage  string // storage URL
-	Filters  []string
+	// Filters are TiDB table-filter rules (-f/--filter); none means "*.*".
+	Filters []string
+	// CaseSensitive matches the filters' names case-sensitively (BR's
+	// --case-sensitive).
+	CaseSensitive bool
 	// GCTTL is how long the start safepoint holds GC back for the agents'
 	// first scans (BR's hidden --gc-ttl, default 1800 s).
 	GCTTL time.Duration
+	// WithholdCredentials is --send-credentials-to-tikv=false: the task
+	// carries no storage credentials and each agent uses its own
+	// environment's (see applyCredentialPolicy).
+	WithholdCredentials bool
+	// CheckRequirements is --check-requirements (see checkRequirements).
+	CheckRequirements bool
 }
 
 // DefaultStartGCTTL is BR's default --gc-ttl of `log start`.
 const DefaultStartGCTTL = 1800 * time.Second
 
-// Key ranges BR observes for the table filter `*.*`: TiDB's meta keys
-// ("m".."n") and every table key ("t".."u"). Raw (not memcomparable) keys,
-// as BR writes them under ranges/<task>/.
-var allTableRanges = []meta.Range{
-	{StartKey: []byte("m"), EndKey: []byte("n")},
-	{StartKey: []byte("t"), EndKey: []byte("u")},
-}
-
 // Start validates the options, prepares the storage (backup.lock and the
 // root backupmeta, like BR) and puts the task with its ranges in one etcd
-// transaction. Nothing is written anywhere until every input is checked.
+// transaction. Nothing is written anywhere until every input is checked and
+// the table filter is resolved to ranges.
 func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error {
 	if err := meta.ValidTaskName(opts.TaskName); err != nil {
 		return userError("pass --task-name with letters, digits and underscores only", err, "invalid task name")
+	}
+	filter, err := parseTaskFilter(opts.Filters, opts.CaseSensitive)
+	if err != nil {
+		return err
 	}
 	if opts.GCTTL < 0 {
 		return userError("give --gc-ttl as a positive duration, e.g. 30m", nil, "invalid --gc-ttl %s", opts.GCTTL)
@@ -65,7 +73,7 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 		}
 		startTS = ts
 	}
-	if startTS>>logicalBits > nowTS>>logicalBits { // compare wall-clock parts: a TSO taken this millisecond is not "future"
+	if oracle.ExtractPhysical(startTS) > oracle.ExtractPhysical(nowTS) { // a TSO taken this millisecond is not "future"
 		return userError("a log backup cannot start in the future; omit --start-ts to start now", nil,
 			"--start-ts %s is after the current time %s", FormatTS(startTS, env.loc()), FormatTS(nowTS, env.loc()))
 	}
@@ -79,17 +87,7 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 	}
 	if endTS <= startTS || endTS <= nowTS {
 		return userError("--end-ts must be later than both --start-ts and now", nil,
-			"invalid --end-ts %d", endTS)
-	}
-	filters := opts.Filters
-	if len(filters) == 0 {
-		filters = []string{"*.*"}
-	}
-	for _, f := range filters {
-		if f != "*.*" {
-			return userError("this tool backs up every table; omit --filter or pass '*.*'", nil,
-				"table filter %q is not supported: resolving table names needs TiDB's schema", f)
-		}
+			"invalid --end-ts %s (%d): the start is %s", FormatTS(endTS, env.loc()), endTS, FormatTS(startTS, env.loc()))
 	}
 	if opts.Storage == "" {
 		return userError("pass --storage, e.g. s3://bucket/prefix or local:///backup/log", nil, "missing --storage")
@@ -98,9 +96,15 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 	if err != nil {
 		return userError("check the --storage URL", err, "invalid storage URL")
 	}
+	for _, warning := range loc.Warnings() {
+		fmt.Fprintf(w, "warning: %s\n", warning)
+	}
 	backend, err := loc.Backend()
 	if err != nil {
 		return userError("use s3://, gcs://, azblob://, file:// or local:// storage for a task", err, "storage %s cannot hold a task", loc)
+	}
+	if err := applyCredentialPolicy(ctx, env, loc, backend, !opts.WithholdCredentials); err != nil {
+		return err
 	}
 
 	pdc, err := env.pd(ctx)
@@ -115,6 +119,12 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 		return userError("start from a later --start-ts (after a new full backup), or omit it to start now", nil,
 			"--start-ts %d (%s) is below PD's GC safepoint %d (%s): the changes since it are already collected",
 			startTS, FormatTS(startTS, env.loc()), sp, FormatTS(sp, env.loc()))
+	}
+
+	if opts.CheckRequirements {
+		if err := checkRequirements(ctx, env, w); err != nil {
+			return err
+		}
 	}
 
 	// Refuse a second task before touching the storage, so a duplicate
@@ -133,19 +143,42 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 		return userError("check the storage URL, its credentials and that the bucket exists", err, "cannot open storage %s", loc)
 	}
 	defer st.Close()
+	// The filter resolves at the start the task will really have (a
+	// restart continues from the storage's checkpoint), and before the
+	// storage is written, so a filter that selects nothing changes nothing.
+	resolveAt, err := plannedStart(ctx, st, startTS)
+	if err != nil {
+		return userError("is --storage the path of a log backup?", err, "cannot read the storage %s", loc)
+	}
+	if resolveAt < sp {
+		return userError("start a new task in another storage path (after a new full backup)", nil,
+			"the storage's log backup continues from %d (%s), below PD's GC safepoint %d: the changes since it are already collected",
+			resolveAt, FormatTS(resolveAt, env.loc()), sp)
+	}
+	ranges, err := filter.ranges(ctx, env, resolveAt, w)
+	if err != nil {
+		return err
+	}
 	if err := storage.CheckWritable(ctx, st); err != nil {
 		return userError("check the storage permissions and that the bucket exists", err, "storage %s is not writable", loc)
 	}
-	effectiveStart, restarted, err := prepareStorage(ctx, st, startTS)
+	// PD's cluster id goes into the root backupmeta, as BR records it, so
+	// verify can tell another cluster's files.
+	clusterID := pdc.GetClusterID(ctx)
+	effectiveStart, restarted, err := prepareStorage(ctx, st, startTS, clusterID)
 	if err != nil {
 		return err
+	}
+	if effectiveStart != resolveAt {
+		return fmt.Errorf("the storage %s changed while the task was starting (its log backup now continues from %d, not %d); run start again",
+			loc, effectiveStart, resolveAt)
 	}
 
 	// Hold GC at the start until the agents' own safepoints take over, as
 	// BR does: their first scans read every change after it.
 	if err := meta.SetServiceSafePoint(ctx, pdc, "br-"+randomID(), opts.GCTTL, effectiveStart-1); err != nil {
 		if errors.Is(err, meta.ErrGCPassed) {
-			return userError("start from a later --start-ts, or omit it to start now", err, "the start ts %d is already collectable", effectiveStart)
+			return userError("start from a later --start-ts, or omit it to start now", err, "the start %s (%d) is already collectable", FormatTS(effectiveStart, env.loc()), effectiveStart)
 		}
 		return userError("check PD's health", err, "cannot set the start GC safepoint")
 	}
@@ -155,10 +188,10 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 		StartTs:         effectiveStart,
 		EndTs:           endTS,
 		Name:            opts.TaskName,
-		TableFilter:     filters,
+		TableFilter:     filter.rules,
 		CompressionType: brpb.CompressionType_ZSTD,
 	}
-	if err := env.Meta.PutTask(ctx, info, allTableRanges); err != nil {
+	if err := env.Meta.PutTask(ctx, info, ranges); err != nil {
 		if errors.Is(err, meta.ErrTaskExists) {
 			return userError("stop the running task first", err, "cannot start task %q", opts.TaskName)
 		}
@@ -169,7 +202,28 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 	}
 	fmt.Fprintf(w, "Log backup task %q started.\n  start: %s (%d)\n  storage: %s\n",
 		opts.TaskName, FormatTS(effectiveStart, env.loc()), effectiveStart, loc.Redacted())
+	env.log().Info("log backup task started", "task", opts.TaskName, "start_ts", effectiveStart, "end_ts", endTS,
+		"storage", loc.Redacted(), "filter", filter.rules, "ranges", len(ranges), "restarted", restarted,
+		"credentials_sent", !opts.WithholdCredentials)
 	return nil
+}
+
+// plannedStart is the start ts prepareStorage will settle on, read without
+// writing: the storage's log-max-ts when it already holds a log backup
+// (BR's restart), startTS otherwise.
+func plannedStart(ctx context.Context, s storage.Storage, startTS uint64) (uint64, error) {
+	exists, err := s.Exists(ctx, LockFile)
+	if err != nil {
+		return 0, fmt.Errorf("check %s: %w", LockFile, err)
+	}
+	if !exists {
+		return startTS, nil
+	}
+	info, err := ReadLogInfo(ctx, s)
+	if err != nil {
+		return 0, err
+	}
+	return max(info.MaxTS, info.StartTS), nil
 }
 
 // randomID is a UUID-shaped random id, as BR names its start safepoint.

@@ -36,10 +36,13 @@ type StatusOptions struct {
 // TaskView is everything `status` shows about one task. Its JSON form keeps
 // BR's `--json` field names so BR-oriented tooling can read it.
 type TaskView struct {
-	Name        string          `json:"name"`
-	StartTS     uint64          `json:"start_ts,omitempty"`
-	EndTS       uint64          `json:"end_ts,omitempty"`
+	Name    string `json:"name"`
+	StartTS uint64 `json:"start_ts,omitempty"`
+	EndTS   uint64 `json:"end_ts,omitempty"`
+	// Status is BR's word (NORMAL, PAUSE, ERROR), so scripts written for
+	// BR keep parsing it; State is ours, with STALLED besides.
 	Status      string          `json:"status"`
+	State       string          `json:"state"`
 	TableFilter []string        `json:"table_filter"`
 	Progress    []StoreProgress `json:"progress"`
 	Storage     string          `json:"storage"`
@@ -54,6 +57,10 @@ type TaskView struct {
 	// RecentHistory is the last few recovery events (`br stream history`
 	// shows all of them).
 	RecentHistory []string `json:"recent_history,omitempty"`
+	// Stores are the stores' agent states for this task; EstimateQPS (as
+	// BR's JSON names it) is the changes per second they receive.
+	Stores      []StoreState `json:"stores"`
+	EstimateQPS float64      `json:"estimate_qps"`
 	// Conflicts are other writers of the task's state (TiDB's advancer,
 	// TiKV's built-in log backup), in words; empty when there are none.
 	Conflicts []string `json:"conflicts"`
@@ -66,8 +73,43 @@ type TaskView struct {
 	// task paused by a recoverable error (or just resumed by it): what it
 	// probes, how often, the last probe, the resumes so far.
 	AutoRecovery *meta.RecoveryState `json:"auto_recovery,omitempty"`
+	// Corrupt are the task's records that could not be read (key, why);
+	// the rest of the view is shown all the same.
+	Corrupt []CorruptView `json:"corrupt_records"`
 
 	hasGlobal bool // a central_global checkpoint exists
+}
+
+// StoreState is one store's agent state for a task: INITIALIZING (initial
+// scans running), HEALTHY, IDLE (no leader region of the task), RETRYING
+// (within the retry budget), PAUSED, ERROR (a LastError), or NO AGENT (no
+// live agent reports for it).
+type StoreState struct {
+	StoreID         uint64    `json:"store_id"`
+	State           string    `json:"state"`
+	Since           time.Time `json:"since,omitempty"`
+	ObservedRegions int64     `json:"observed_regions"`
+	Scanning        int64     `json:"scanning,omitempty"`
+	RowsPerSec      float64   `json:"rows_per_sec"`
+	BytesPerSec     float64   `json:"bytes_per_sec"`
+	LastError       string    `json:"last_error,omitempty"`
+	Attempts        int       `json:"attempts,omitempty"`
+}
+
+// Store states besides the agents' own (meta.State*).
+const (
+	StorePaused  = "PAUSED"
+	StoreErrored = "ERROR"
+	StoreNoAgent = "NO AGENT"
+)
+
+// staleProgress: a report older than this is from an agent that is gone.
+const staleProgress = 15 * time.Second
+
+// CorruptView is one record that could not be read.
+type CorruptView struct {
+	Key   string `json:"key"`
+	Error string `json:"error"`
 }
 
 // StoreProgress is one store's checkpoint (checkpoint/<task>/store/<id>).
@@ -119,14 +161,19 @@ func statusWord(p meta.PauseStatus, lastErrors int) string {
 // LoadTasks gathers the view of one task (name) or of all tasks ("" or "*").
 func LoadTasks(ctx context.Context, env *Env, name string) ([]*TaskView, error) {
 	var tasks []*meta.TaskStatus
+	// Corrupt records are shown, not fatal: status is what an operator
+	// reaches for when something is wrong.
+	var ignored []meta.CorruptRecord
+	listing := *env
+	listing.Meta = env.Meta.Tolerant(&ignored) // info/pause errors come back in the TaskStatus
 	if name == "" || name == "*" {
-		all, _, err := env.Meta.ListTasks(ctx)
+		all, _, err := listing.Meta.ListTasks(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("list tasks: %w", err)
 		}
 		tasks = all
 	} else {
-		t, err := getTask(ctx, env, name)
+		t, err := getTask(ctx, &listing, name)
 		if err != nil {
 			return nil, err
 		}
@@ -134,9 +181,26 @@ func LoadTasks(ctx context.Context, env *Env, name string) ([]*TaskView, error) 
 	}
 	views := make([]*TaskView, 0, len(tasks))
 	for _, t := range tasks {
-		v, err := loadView(ctx, env, t)
+		var bad []meta.CorruptRecord
+		tolerant := *env
+		tolerant.Meta = env.Meta.Tolerant(&bad)
+		v, err := loadView(ctx, &tolerant, t)
 		if err != nil {
 			return nil, err
+		}
+		for _, e := range []error{t.InfoErr, t.PauseErr} {
+			var m *meta.MalformedError
+			if errors.As(e, &m) {
+				bad = append(bad, meta.CorruptRecord{Key: m.Key, Err: m.Err})
+			}
+		}
+		v.Corrupt = []CorruptView{}
+		for _, r := range bad {
+			v.Corrupt = append(v.Corrupt, CorruptView{Key: r.Key, Error: r.Err.Error()})
+		}
+		sort.Slice(v.Corrupt, func(i, j int) bool { return v.Corrupt[i].Key < v.Corrupt[j].Key })
+		if t.InfoErr != nil {
+			v.Status, v.State = StatusError, StatusError // nothing of it can run
 		}
 		views = append(views, v)
 	}
@@ -217,6 +281,9 @@ func loadView(ctx context.Context, env *Env, t *meta.TaskStatus) (*TaskView, err
 	if err := loadAgents(ctx, env, v, t.Incarnation); err != nil {
 		return nil, err
 	}
+	if err := loadStores(ctx, env, v, t, errs); err != nil {
+		return nil, err
+	}
 	nb, err := env.Meta.Neighbours(ctx, info.Name, t.Incarnation)
 	if err != nil {
 		return nil, fmt.Errorf("read other log-backup writers of %q: %w", info.Name, err)
@@ -262,8 +329,9 @@ func loadAgents(ctx context.Context, env *Env, v *TaskView, inc int64) error {
 		}
 	}
 	sort.Slice(v.StoresWithoutAgent, func(i, j int) bool { return v.StoresWithoutAgent[i] < v.StoresWithoutAgent[j] })
+	v.State = v.Status
 	if v.Status == StatusNormal && len(v.StoresWithoutAgent) > 0 {
-		v.Status = StatusStalled
+		v.State = StatusStalled
 	}
 	return nil
 }
@@ -333,16 +401,17 @@ type row struct{ key, value string }
 
 func taskRows(v *TaskView, now time.Time, loc *time.Location) []row {
 	at := func(ts uint64) string { return fmt.Sprintf("%s; gap=%s", FormatTS(ts, loc), Gap(now, ts)) }
-	glyph := map[string]string{StatusNormal: "●", StatusPause: "●", StatusError: "○", StatusStalled: "○"}[v.Status]
+	glyph := map[string]string{StatusNormal: "●", StatusPause: "●", StatusError: "○", StatusStalled: "○"}[v.State]
 	rows := []row{
 		{"name", v.Name},
-		{"status", glyph + " " + v.Status},
+		{"status", glyph + " " + v.State},
 		{"start", FormatTS(v.StartTS, loc)},
 	}
 	if v.EndTS > 0 {
 		rows = append(rows, row{"end", FormatTS(v.EndTS, loc)})
 	}
-	rows = append(rows, row{"storage", v.Storage}, row{"checkpoint[global]", at(v.Checkpoint)})
+	rows = append(rows, row{"storage", v.Storage}, row{"speed(est.)", fmt.Sprintf("%.2f ops/s", v.EstimateQPS)},
+		row{"checkpoint[global]", at(v.Checkpoint)})
 	if v.GCPassed {
 		rows = append(rows, row{"gc-safepoint", fmt.Sprintf("○ PD's GC safepoint %s has passed the checkpoint: the changes since the checkpoint are gone and this task cannot resume without loss; stop it and start a new one after a new full backup",
 			FormatTS(v.GCSafePoint, loc))})
@@ -382,6 +451,12 @@ func taskRows(v *TaskView, now time.Time, loc *time.Location) []row {
 			rows = append(rows, row{"auto-recovery-probe-error", r.LastProbeError})
 		}
 	}
+	for _, s := range v.Stores {
+		rows = append(rows, row{fmt.Sprintf("store[%d]", s.StoreID), storeLine(s, now, loc)})
+	}
+	for i, c := range v.Corrupt {
+		rows = append(rows, row{fmt.Sprintf("corrupt[%d]", i+1), fmt.Sprintf("○ %s: %s", c.Key, c.Error)})
+	}
 	for i, c := range v.Conflicts {
 		rows = append(rows, row{fmt.Sprintf("conflict[%d]", i+1), "○ " + c})
 	}
@@ -389,7 +464,7 @@ func taskRows(v *TaskView, now time.Time, loc *time.Location) []row {
 		rows = append(rows, row{fmt.Sprintf("history[-%d]", len(v.RecentHistory)-i), h})
 	}
 	for _, e := range v.LastErrors {
-		happen := uint64(e.LastError.HappenAt) << logicalBits // happen_at is unix ms
+		happen := ComposeTS(time.UnixMilli(int64(e.LastError.HappenAt))) // happen_at is unix ms
 		rows = append(rows,
 			row{fmt.Sprintf("error[store=%d]", e.StoreID), e.LastError.ErrorCode},
 			row{fmt.Sprintf("error-happen-at[store=%d]", e.StoreID), at(happen)},
@@ -439,4 +514,79 @@ func autoRecoveryLine(r *meta.RecoveryState, now time.Time, loc *time.Location) 
 		s += fmt.Sprintf("; no resume before %s (backoff after a failed resume)", at(r.NextResumeAt))
 	}
 	return s
+}
+
+// storeLine renders one store's state for people.
+func storeLine(s StoreState, now time.Time, loc *time.Location) string {
+	glyph := "●"
+	switch s.State {
+	case StoreErrored, StoreNoAgent, meta.StateRetrying:
+		glyph = "○"
+	}
+	line := glyph + " " + s.State
+	if !s.Since.IsZero() {
+		line += fmt.Sprintf(" for %s", now.Sub(s.Since).Round(time.Second))
+	}
+	switch s.State {
+	case meta.StateInitializing:
+		line += fmt.Sprintf("; initial scans of %d of %d regions running", s.Scanning, s.ObservedRegions)
+	case meta.StateHealthy:
+		line += fmt.Sprintf("; %d regions; %.0f rows/s, %.2f MB/s", s.ObservedRegions, s.RowsPerSec, s.BytesPerSec/1e6)
+	case meta.StateRetrying:
+		line += fmt.Sprintf("; %d failed attempts, last: %s", s.Attempts, s.LastError)
+	case StoreErrored:
+		line += ": " + s.LastError
+	}
+	return line
+}
+
+// loadStores fills the stores' states: the agents' own reports while the
+// task runs, PAUSED or ERROR while it is paused.
+func loadStores(ctx context.Context, env *Env, v *TaskView, t *meta.TaskStatus, lastErrors map[uint64]*brpb.StreamBackupError) error {
+	v.Stores = []StoreState{}
+	reports, err := env.Meta.Progresses(ctx, v.Name, t.Incarnation)
+	if err != nil {
+		return fmt.Errorf("read agent reports of %q: %w", v.Name, err)
+	}
+	live := map[uint64]bool{}
+	for _, a := range v.Agents {
+		live[a.StoreID] = true
+	}
+	stores := map[uint64]bool{}
+	for s := range reports {
+		stores[s] = true
+	}
+	for s := range lastErrors {
+		stores[s] = true
+	}
+	for _, s := range v.StoresWithoutAgent {
+		stores[s] = true
+	}
+	now := env.now()
+	for s := range stores {
+		st := StoreState{StoreID: s}
+		r := reports[s]
+		fresh := r != nil && live[s] && now.Sub(time.UnixMilli(r.UpdatedUnixMs)) < staleProgress
+		switch {
+		case lastErrors[s] != nil:
+			st.State, st.LastError = StoreErrored, lastErrors[s].ErrorCode
+			st.Since = time.UnixMilli(int64(lastErrors[s].HappenAt))
+		case t.Pause.Paused:
+			st.State = StorePaused
+			if t.Pause.V2 != nil {
+				st.Since = t.Pause.V2.OperationTime
+			}
+		case !fresh:
+			st.State = StoreNoAgent
+		default:
+			st.State, st.Since = r.State, time.UnixMilli(r.SinceUnixMs)
+			st.ObservedRegions, st.Scanning = r.ObservedRegions, r.Scanning
+			st.RowsPerSec, st.BytesPerSec = r.RowsPerSec, r.BytesPerSec
+			st.LastError, st.Attempts = r.LastError, r.Attempts
+			v.EstimateQPS += r.RowsPerSec
+		}
+		v.Stores = append(v.Stores, st)
+	}
+	sort.Slice(v.Stores, func(i, j int) bool { return v.Stores[i].StoreID < v.Stores[j].StoreID })
+	return nil
 }

@@ -84,7 +84,7 @@ func ReadLogInfo(ctx context.Context, s storage.Storage) (*LogInfo, error) {
 // storage. On a storage that already holds a log backup it returns the
 // start-ts to continue from (the storage's log-max-ts), as `br log start`
 // does when restarting a task on the same path.
-func prepareStorage(ctx context.Context, s storage.Storage, startTS uint64) (uint64, bool, error) {
+func prepareStorage(ctx context.Context, s storage.Storage, startTS, clusterID uint64) (uint64, bool, error) {
 	exists, err := s.Exists(ctx, LockFile)
 	if err != nil {
 		return 0, false, fmt.Errorf("check %s: %w", LockFile, err)
@@ -96,7 +96,7 @@ func prepareStorage(ctx context.Context, s storage.Storage, startTS uint64) (uin
 		}
 		return max(info.MaxTS, info.StartTS), true, nil
 	}
-	bm := brpb.BackupMeta{StartVersion: startTS, BrVersion: "logbackup"}
+	bm := brpb.BackupMeta{StartVersion: startTS, ClusterId: clusterID, BrVersion: "logbackup"}
 	raw, err := bm.Marshal()
 	if err != nil {
 		return 0, false, fmt.Errorf("encode %s: %w", BackupMetaFile, err)

@@ -76,6 +76,13 @@ func (c *Client) RegisterAgent(ctx context.Context, reg *lbpb.AgentRegistration,
 		defer close(lost)
 		for range ka {
 		}
+		if ctx.Err() != nil {
+			// A clean exit: the registration goes now, not a lease TTL
+			// later, so status and `--wait` see the agent gone at once.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
+			_, _ = c.cli.Revoke(rctx, lease.ID)
+			cancel()
+		}
 	}()
 	return lost, nil
 }
@@ -84,9 +91,9 @@ func (c *Client) RegisterAgent(ctx context.Context, reg *lbpb.AgentRegistration,
 func (c *Client) Agents(ctx context.Context) (map[uint64]*lbpb.AgentRegistration, error) {
 	out := map[uint64]*lbpb.AgentRegistration{}
 	err := c.scan(ctx, AgentPrefix(), func(k, v []byte) error {
-		reg := &lbpb.AgentRegistration{}
-		if err := proto.Unmarshal(v, reg); err != nil {
-			return malformed(string(k), err)
+		reg, err := DecodeAgentRegistration(string(k), v)
+		if err != nil {
+			return err
 		}
 		out[reg.StoreId] = reg
 		return nil
@@ -112,9 +119,9 @@ func (c *Client) PutSpanCheckpoints(ctx context.Context, task string, inc int64,
 func (c *Client) SpanCheckpoints(ctx context.Context, task string, inc int64) (map[uint64]*lbpb.SpanCheckpoints, error) {
 	out := map[uint64]*lbpb.SpanCheckpoints{}
 	err := c.scan(ctx, SpanCheckpointPrefix(task, inc), func(k, v []byte) error {
-		sc := &lbpb.SpanCheckpoints{}
-		if err := proto.Unmarshal(v, sc); err != nil {
-			return malformed(string(k), err)
+		sc, err := DecodeSpanCheckpoints(string(k), v)
+		if err != nil {
+			return err
 		}
 		out[sc.StoreId] = sc
 		return nil

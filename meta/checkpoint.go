@@ -2,6 +2,7 @@ package meta
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 
@@ -12,6 +13,9 @@ import (
 // concurrent writers: a compare-and-swap on the key's ModRevision. It
 // returns the value stored after the call.
 func (c *Client) advance(ctx context.Context, task, key string, ts uint64) (uint64, error) {
+	if err := c.checkPlausible(key, ts); err != nil {
+		return 0, fmt.Errorf("refuse to write checkpoint %q: %w", key, err)
+	}
 	for {
 		if err := ctx.Err(); err != nil {
 			return 0, err
@@ -26,11 +30,15 @@ func (c *Client) advance(ctx context.Context, task, key string, ts uint64) (uint
 		if len(resp.Kvs) == 0 {
 			cmp = clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
 		} else {
-			cur, err := DecodeTS(key, resp.Kvs[0].Value)
-			if err != nil {
+			cur, err := c.decodeCheckpoint(key, resp.Kvs[0].Value)
+			switch {
+			case errors.Is(err, ErrImplausible):
+				// A value from the future (corrupt, or written by a tool
+				// with a broken clock) would stop the checkpoint for good:
+				// it is replaced, the only way a checkpoint goes down.
+			case err != nil:
 				return 0, err
-			}
-			if cur >= ts {
+			case cur >= ts:
 				return cur, nil
 			}
 			cmp = clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision)
@@ -74,7 +82,7 @@ func (c *Client) Checkpoints(ctx context.Context, task string) ([]Checkpoint, er
 		if err != nil {
 			return malformed(string(k), err)
 		}
-		if cp.TS, err = DecodeTS(string(k), v); err != nil {
+		if cp.TS, err = c.decodeCheckpoint(string(k), v); err != nil {
 			return err
 		}
 		out = append(out, cp)
@@ -98,8 +106,14 @@ func (c *Client) GlobalCheckpoint(ctx context.Context, task string) (ts uint64, 
 	if len(resp.Kvs) == 0 {
 		return 0, false, nil
 	}
-	ts, err = DecodeTS(key, resp.Kvs[0].Value)
-	return ts, err == nil, err
+	ts, err = c.decodeCheckpoint(key, resp.Kvs[0].Value)
+	if err != nil {
+		if c.tolerate(err) {
+			return 0, false, nil
+		}
+		return 0, false, err
+	}
+	return ts, true, nil
 }
 
 // StorageCheckpoints returns each store's storage checkpoint.
@@ -111,7 +125,7 @@ func (c *Client) StorageCheckpoints(ctx context.Context, task string) (map[uint6
 		if err != nil {
 			return malformed(string(k), fmt.Errorf("store id: %w", err))
 		}
-		ts, err := DecodeTS(string(k), v)
+		ts, err := c.decodeCheckpoint(string(k), v)
 		if err != nil {
 			return err
 		}
@@ -147,11 +161,18 @@ func (c *Client) AdvanceRegionCheckpoints(ctx context.Context, task string, cps 
 		return fmt.Errorf("read region checkpoints: %w", err)
 	}
 	for _, kv := range resp.Kvs {
-		ts, err := DecodeTS(string(kv.Key), kv.Value)
-		if err != nil {
+		ts, err := c.decodeCheckpoint(string(kv.Key), kv.Value)
+		if errors.Is(err, ErrImplausible) {
+			ts = 0 // replaced below, as advance replaces it
+		} else if err != nil {
 			return err
 		}
 		existing[string(kv.Key)] = cur{ts, kv.ModRevision}
+	}
+	for _, cp := range cps {
+		if err := c.checkPlausible(RegionCheckpointKey(task, cp.RegionID, cp.EpochVersion), cp.TS); err != nil {
+			return fmt.Errorf("refuse to write a region checkpoint: %w", err)
+		}
 	}
 	const batch = 64
 	var retry []RegionTS

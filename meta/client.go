@@ -3,7 +3,6 @@ package meta
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"sort"
@@ -13,7 +12,6 @@ import (
 
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -41,7 +39,9 @@ const scanPage = 512
 type Client struct {
 	cli     *clientv3.Client
 	timeout time.Duration
-	fence   *fence // set on a view made by Incarnation
+	fence   *fence           // set on a view made by Incarnation
+	sink    *[]CorruptRecord // set on a view made by Tolerant
+	now     func() time.Time
 }
 
 // Option configures a Client.
@@ -58,7 +58,7 @@ func WithRequestTimeout(d time.Duration) Option {
 
 // NewClient wraps an etcd client.
 func NewClient(cli *clientv3.Client, opts ...Option) *Client {
-	c := &Client{cli: cli, timeout: DefaultRequestTimeout}
+	c := &Client{cli: cli, timeout: DefaultRequestTimeout, now: time.Now}
 	for _, o := range opts {
 		o(c)
 	}
@@ -86,14 +86,11 @@ func Dial(ctx context.Context, cfg DialConfig) (*clientv3.Client, error) {
 	if timeout <= 0 {
 		timeout = 5 * time.Second
 	}
-	var tlsCfg *tls.Config
-	if cfg.CAFile != "" {
-		info := transport.TLSInfo{TrustedCAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile}
-		t, err := info.ClientConfig()
-		if err != nil {
-			return nil, fmt.Errorf("load TLS files: %w", err)
-		}
-		tlsCfg = t
+	// Checked before anything dials: a --cert without --ca, or a file
+	// that cannot be used, must not become a plaintext connection.
+	tlsCfg, err := TLSFiles{CA: cfg.CAFile, Cert: cfg.CertFile, Key: cfg.KeyFile}.ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("TLS: %w", err)
 	}
 	eps := make([]string, len(cfg.Endpoints))
 	for i, ep := range cfg.Endpoints {
@@ -150,6 +147,10 @@ type TaskStatus struct {
 	// Incarnation is the create revision of the info key: a task stopped
 	// and started again under the same name is another incarnation.
 	Incarnation int64
+	// InfoErr and PauseErr are set by a Tolerant client's reads when the
+	// info or pause value is corrupt: Info then holds only the name, and a
+	// corrupt pause still means paused (TiKV treats any put as a pause).
+	InfoErr, PauseErr error
 
 	infoRev, pauseRev int64 // ModRevisions, for the watcher's resync diff
 }
@@ -252,8 +253,22 @@ func (t *listedTask) setPause(key, value []byte, modRev int64) {
 	t.pause, t.pauseErr = DecodePause(string(key), value)
 }
 
-// status is the public view of a task; any decode error wins.
-func (t *listedTask) status() (*TaskStatus, error) {
+// status is the public view of a task; any decode error wins, unless the
+// client is tolerant: then the task comes back with what could be read.
+func (t *listedTask) status(c *Client) (*TaskStatus, error) {
+	if c.sink != nil && (t.infoErr != nil || t.pauseErr != nil) {
+		for _, err := range []error{t.infoErr, t.pauseErr} {
+			if err != nil && !c.tolerate(err) {
+				return nil, err
+			}
+		}
+		info := t.info
+		if t.infoErr != nil {
+			info = &brpb.StreamBackupTaskInfo{Name: t.name}
+		}
+		return &TaskStatus{Info: info, Pause: PauseStatus{Paused: t.paused, V2: t.pause}, Incarnation: t.inc,
+			InfoErr: t.infoErr, PauseErr: t.pauseErr, infoRev: t.infoRev, pauseRev: t.pauseRev}, nil
+	}
 	if t.infoErr != nil {
 		return nil, t.infoErr
 	}
@@ -282,7 +297,7 @@ func (c *Client) GetTask(ctx context.Context, name string) (*TaskStatus, error) 
 	if ps := resp.Responses[1].GetResponseRange().Kvs; len(ps) > 0 {
 		t.setPause(ps[0].Key, ps[0].Value, ps[0].ModRevision)
 	}
-	return t.status()
+	return t.status(c)
 }
 
 // ListTasks reads every task with its pause state at one revision and
@@ -298,7 +313,7 @@ func (c *Client) ListTasks(ctx context.Context) ([]*TaskStatus, int64, error) {
 		if !t.hasInfo {
 			continue // a pause key without a task is not a task
 		}
-		st, err := t.status()
+		st, err := t.status(c)
 		if err != nil {
 			return nil, 0, err
 		}
@@ -363,7 +378,7 @@ func (c *Client) scan(ctx context.Context, prefix string, fn func(key, value []b
 			rev = resp.Header.Revision
 		}
 		for _, kv := range resp.Kvs {
-			if err := fn(kv.Key, kv.Value); err != nil {
+			if err := fn(kv.Key, kv.Value); err != nil && !c.tolerate(err) {
 				return err
 			}
 		}
@@ -374,16 +389,26 @@ func (c *Client) scan(ctx context.Context, prefix string, fn func(key, value []b
 	}
 }
 
-// Ranges returns the task's ranges sorted by start key.
+// Ranges returns the task's ranges sorted by start key. A range whose end
+// is not after its start, or a task without any range, is malformed: it
+// would observe nothing while its checkpoint never moved, and status would
+// say NORMAL. (An empty end means "to the end of the key space".)
 func (c *Client) Ranges(ctx context.Context, name string) ([]Range, error) {
 	prefix := RangesPrefix(name)
 	var out []Range
 	err := c.scan(ctx, prefix, func(k, v []byte) error {
-		out = append(out, Range{StartKey: bytes.Clone(k[len(prefix):]), EndKey: bytes.Clone(v)})
+		r := Range{StartKey: bytes.Clone(k[len(prefix):]), EndKey: bytes.Clone(v)}
+		if len(r.EndKey) > 0 && bytes.Compare(r.StartKey, r.EndKey) >= 0 {
+			return malformed(string(k), fmt.Errorf("range end %x is not after its start %x", r.EndKey, r.StartKey))
+		}
+		out = append(out, r)
 		return nil
 	})
 	if err != nil {
 		return nil, err
+	}
+	if len(out) == 0 {
+		return nil, malformed(prefix, errors.New("the task has no ranges"))
 	}
 	sort.Slice(out, func(i, j int) bool { return bytes.Compare(out[i].StartKey, out[j].StartKey) < 0 })
 	return out, nil
@@ -406,6 +431,7 @@ func (c *Client) DeleteTask(ctx context.Context, name string) error {
 			clientv3.OpDelete(agentStatePrefix("span-checkpoint/", name), clientv3.WithPrefix()),
 			clientv3.OpDelete(agentStatePrefix("history/", name), clientv3.WithPrefix()),
 			clientv3.OpDelete(agentStatePrefix("recovery/", name), clientv3.WithPrefix()),
+			clientv3.OpDelete(agentStatePrefix("progress/", name), clientv3.WithPrefix()),
 		).Commit()
 	if err != nil {
 		return fmt.Errorf("delete task %q: %w", name, err)

@@ -1,14 +1,20 @@
 package meta
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"mime"
+	"strconv"
+	"strings"
 	"time"
 
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
+	"google.golang.org/protobuf/proto"
+
+	"logbackup/proto/lbpb"
 )
 
 // ErrMalformed marks a value in etcd that cannot be decoded.
@@ -240,4 +246,75 @@ func DecodePause(key string, v []byte) (*PauseV2, error) {
 		return nil, malformed(key, errors.New("pause record has no severity"))
 	}
 	return p, nil
+}
+
+// lastKeyID is the decimal id that ends key (…/<id>): the store a
+// per-store record is filed under.
+func lastKeyID(key string) (uint64, error) {
+	i := strings.LastIndexByte(key, '/')
+	id, err := strconv.ParseUint(key[i+1:], 10, 64)
+	if err != nil || id == 0 {
+		return 0, fmt.Errorf("key does not end with a store id")
+	}
+	return id, nil
+}
+
+// DecodeSpanCheckpoints decodes the span-checkpoint record stored at key
+// (…/span-checkpoint/<task>/<store>). The record must name the store of
+// its key (readers file it by that store: a record naming another would
+// replace that store's), and its spans must be what toRecord writes: each
+// non-empty, sorted and disjoint, with an unbounded end only last.
+func DecodeSpanCheckpoints(key string, v []byte) (*lbpb.SpanCheckpoints, error) {
+	store, err := lastKeyID(key)
+	if err != nil {
+		return nil, malformed(key, err)
+	}
+	sc := &lbpb.SpanCheckpoints{}
+	if err := unmarshalSafely(v, func(b []byte) error { return proto.Unmarshal(b, sc) }); err != nil {
+		return nil, malformed(key, fmt.Errorf("span checkpoints: %w", err))
+	}
+	if sc.StoreId != store {
+		return nil, malformed(key, fmt.Errorf("span checkpoints of store %d under the key of store %d", sc.StoreId, store))
+	}
+	for i, s := range sc.Spans {
+		if len(s.EndKey) > 0 && bytes.Compare(s.StartKey, s.EndKey) >= 0 {
+			return nil, malformed(key, fmt.Errorf("span %d [%x, %x) is empty", i, s.StartKey, s.EndKey))
+		}
+		if i == 0 {
+			continue
+		}
+		prev := sc.Spans[i-1]
+		if len(prev.EndKey) == 0 || bytes.Compare(prev.EndKey, s.StartKey) > 0 {
+			return nil, malformed(key, fmt.Errorf("span %d [%x, %x) overlaps or precedes span %d", i, s.StartKey, s.EndKey, i-1))
+		}
+	}
+	return sc, nil
+}
+
+// DecodeAgentRegistration decodes the registration stored at key
+// (…/agents/<store>); it must name the store of its key.
+func DecodeAgentRegistration(key string, v []byte) (*lbpb.AgentRegistration, error) {
+	store, err := lastKeyID(key)
+	if err != nil {
+		return nil, malformed(key, err)
+	}
+	reg := &lbpb.AgentRegistration{}
+	if err := unmarshalSafely(v, func(b []byte) error { return proto.Unmarshal(b, reg) }); err != nil {
+		return nil, malformed(key, fmt.Errorf("agent registration: %w", err))
+	}
+	if reg.StoreId != store {
+		return nil, malformed(key, fmt.Errorf("registration of store %d under the key of store %d", reg.StoreId, store))
+	}
+	return reg, nil
+}
+
+// DecodeRecoveryEvent decodes one recovery-history event stored at key.
+// Unknown kinds and actors decode (a newer writer may add some); the
+// reader shows their numbers.
+func DecodeRecoveryEvent(key string, v []byte) (*lbpb.RecoveryEvent, error) {
+	ev := &lbpb.RecoveryEvent{}
+	if err := unmarshalSafely(v, func(b []byte) error { return proto.Unmarshal(b, ev) }); err != nil {
+		return nil, malformed(key, fmt.Errorf("recovery event: %w", err))
+	}
+	return ev, nil
 }

@@ -224,6 +224,11 @@ func FuzzDecodePause(f *testing.F) {
 	f.Add([]byte(`{"severity":"ERROR","payload_type":"application/x-protobuf;messagetype=brpb.StreamBackupError","payload":"AAEC"}`))
 	f.Add([]byte(`{"severity":"ERROR","operation_time":"2025-03-14T14:35:06.123+08:00","payload_type":"application/x-protobuf;messageType=brpb.StreamBackupError","payload":"CAE="}`))
 	f.Add([]byte(`{"severity":"REGULAR_OPERATION","payload_type":"text/plain","payload":null}`))
+	// As TiKV writes an error pause (TestPauseFromTiKV).
+	tikv, _ := (&brpb.StreamBackupError{ErrorCode: "KV:LogBackup:Unknown", ErrorMessage: "[store = 1] boom", StoreId: 1}).Marshal()
+	f.Add([]byte(`{"severity":"ERROR","operation_hostname":"tikv-0","operation_pid":123,` +
+		`"operation_time":"2025-03-14T14:35:06.123456789+08:00",` +
+		`"payload_type":"application/x-protobuf;messageType=brpb.StreamBackupError","payload":"` + encodeB64(tikv) + `"}`))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, v []byte) {
 		p, err := DecodePause("k", v)
@@ -258,6 +263,12 @@ func FuzzDecodePause(f *testing.F) {
 func FuzzDecodeTaskInfo(f *testing.F) {
 	info := &brpb.StreamBackupTaskInfo{Name: "pitr", StartTs: 1, EndTs: 2, TableFilter: []string{"*.*"}}
 	raw, _ := info.Marshal()
+	f.Add(raw)
+	// As `br stream start` writes it: S3 backend, ZSTD, BR's end ts.
+	raw, _ = EncodeTaskInfo(&brpb.StreamBackupTaskInfo{Name: "pitr", StartTs: 450591562137600000, EndTs: ^uint64(0),
+		TableFilter: []string{"*.*"}, CompressionType: brpb.CompressionType_ZSTD,
+		Storage: &brpb.StorageBackend{Backend: &brpb.StorageBackend_S3{S3: &brpb.S3{
+			Endpoint: "http://127.0.0.1:9000", Region: "us-east-1", Bucket: "b", Prefix: "p", ForcePathStyle: true}}}})
 	f.Add(raw)
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, v []byte) {

@@ -47,9 +47,9 @@ func (c *Client) AppendHistory(ctx context.Context, task string, inc int64, ev *
 func (c *Client) History(ctx context.Context, task string, inc int64) ([]*lbpb.RecoveryEvent, error) {
 	var out []*lbpb.RecoveryEvent
 	err := c.scan(ctx, HistoryPrefix(task, inc), func(k, v []byte) error {
-		ev := &lbpb.RecoveryEvent{}
-		if err := proto.Unmarshal(v, ev); err != nil {
-			return malformed(string(k), err)
+		ev, err := DecodeRecoveryEvent(string(k), v)
+		if err != nil {
+			return err
 		}
 		out = append(out, ev)
 		return nil

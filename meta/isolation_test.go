@@ -149,6 +149,8 @@ func TestCorruptValuesNameTheKey(t *testing.T) {
 	}
 	otherInfo, _ := meta.EncodeTaskInfo(task("other"))
 	garbage := "\xff\x00garbage"
+	spanRecordOfStore2, _ := proto.Marshal(&lbpb.SpanCheckpoints{StoreId: 2, Spans: []*lbpb.SpanCheckpoints_Span{{StartKey: []byte("a"), Ts: 1}}})
+	registrationOfStore2, _ := proto.Marshal(&lbpb.AgentRegistration{StoreId: 2})
 	type call func() error
 	list := func() error { _, _, err := c.ListTasks(ctx); return err }
 	get := func() error { _, err := c.GetTask(ctx, "pitr"); return err }
@@ -185,6 +187,11 @@ func TestCorruptValuesNameTheKey(t *testing.T) {
 			func() error { _, err := c.LastErrors(ctx, "pitr"); return err }}},
 		{meta.SpanCheckpointKey("pitr", 3, 1), garbage, []call{
 			func() error { _, err := c.SpanCheckpoints(ctx, "pitr", 3); return err }}},
+		// Well-formed records filed under another store's key.
+		{meta.SpanCheckpointKey("pitr", 3, 1), string(spanRecordOfStore2), []call{
+			func() error { _, err := c.SpanCheckpoints(ctx, "pitr", 3); return err }}},
+		{meta.AgentKey(1), string(registrationOfStore2), []call{
+			func() error { _, err := c.Agents(ctx); return err }}},
 		{meta.HistoryPrefix("pitr", 3) + "1", garbage, []call{
 			func() error { _, err := c.History(ctx, "pitr", 3); return err }}},
 		{meta.AgentKey(1), garbage, []call{

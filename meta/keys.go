@@ -80,11 +80,18 @@ func LastErrorKey(task string, store uint64) string {
 
 var taskNameRE = regexp.MustCompile(`^[0-9a-zA-Z_]+$`)
 
+// MaxTaskNameLen bounds a task name: it goes into etcd keys, PD service
+// safepoint ids and metric labels, none of which should carry an essay.
+const MaxTaskNameLen = 128
+
 // ValidTaskName checks a task name as BR's TaskInfo.Check does. Names with
 // '/' or other characters would make keys ambiguous.
 func ValidTaskName(name string) error {
 	if name == "" {
 		return fmt.Errorf("task name is empty")
+	}
+	if len(name) > MaxTaskNameLen {
+		return fmt.Errorf("task name is %d characters long; at most %d", len(name), MaxTaskNameLen)
 	}
 	if !taskNameRE.MatchString(name) {
 		return fmt.Errorf("task name %q may only contain letters, digits and underscores", name)

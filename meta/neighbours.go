@@ -61,7 +61,8 @@ func (c *Client) Neighbours(ctx context.Context, task string, inc int64, storage
 	for _, s := range storageStores {
 		writers[s] = true
 	}
-	cps, err := c.Checkpoints(ctx, task)
+	var bad []CorruptRecord // a corrupt checkpoint says nothing of who wrote it
+	cps, err := c.Tolerant(&bad).Checkpoints(ctx, task)
 	if err != nil {
 		return nil, err
 	}
@@ -70,7 +71,7 @@ func (c *Client) Neighbours(ctx context.Context, task string, inc int64, storage
 			writers[cp.StoreID] = true
 		}
 	}
-	scs, err := c.StorageCheckpoints(ctx, task)
+	scs, err := c.Tolerant(&bad).StorageCheckpoints(ctx, task)
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 
 	pd "github.com/tikv/pd/client"
 	"github.com/tikv/pd/client/circuitbreaker"
+	"github.com/tikv/pd/client/clients/router"
 	"github.com/tikv/pd/client/opt"
 )
 
@@ -115,4 +116,30 @@ func FlushSafePointID(task string, store uint64) string {
 // the changes a resume rescans survive the pause (TiKV's naming).
 func PauseGuardID(task string, store uint64) string {
 	return fmt.Sprintf("%s-%d-pause-guard", task, store)
+}
+
+// scanPage is how many regions one PD request returns.
+const regionScanPage = 1024
+
+// ScanRegions lists the regions overlapping the encoded key range
+// [start, end) (empty end: to the end of the key space) from PD, a page at
+// a time, each page under its own deadline.
+func ScanRegions(ctx context.Context, pdc pd.Client, start, end []byte) ([]*router.Region, error) {
+	var out []*router.Region
+	for {
+		rctx, cancel := PDCallContext(ctx, 10*time.Second)
+		page, err := pdc.ScanRegions(rctx, start, end, regionScanPage)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("scan regions: %w", err)
+		}
+		out = append(out, page...)
+		if len(page) < regionScanPage {
+			return out, nil
+		}
+		start = page[len(page)-1].Meta.EndKey
+		if len(start) == 0 || (len(end) > 0 && string(start) >= string(end)) {
+			return out, nil
+		}
+	}
 }

@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
+	"github.com/cenkalti/backoff/v5"
 	"sort"
 	"strings"
 	"time"
@@ -139,20 +139,20 @@ func (w *taskWatcher) emit(ctx context.Context, evs ...TaskEvent) bool {
 }
 
 func (w *taskWatcher) run(ctx context.Context, rev int64) {
-	backoff := newBackoff()
+	bo := newBackoff()
 	needResync := rev <= 0
 	for ctx.Err() == nil {
 		if needResync {
 			if newRev, ok := w.resync(ctx); ok {
 				rev, needResync = newRev, false
-				backoff.reset()
+				bo.Reset()
 				continue
 			}
 		} else {
 			next, err := w.watchOnce(ctx, rev)
 			if next > rev {
 				rev = next
-				backoff.reset()
+				bo.Reset()
 			}
 			if ctx.Err() != nil {
 				return
@@ -164,7 +164,7 @@ func (w *taskWatcher) run(ctx context.Context, rev int64) {
 			}
 		}
 		select {
-		case <-time.After(backoff.next()):
+		case <-time.After(bo.NextBackOff()):
 		case <-ctx.Done():
 			return
 		}
@@ -326,15 +326,9 @@ func (w *taskWatcher) diff(name string, t *listedTask, rev int64) []TaskEvent {
 	return evs
 }
 
-// backoff is exponential with full jitter, 100 ms to 5 s.
-type backoff struct{ cur time.Duration }
-
-func newBackoff() *backoff { return &backoff{cur: 100 * time.Millisecond} }
-
-func (b *backoff) reset() { b.cur = 100 * time.Millisecond }
-
-func (b *backoff) next() time.Duration {
-	d := b.cur/2 + rand.N(b.cur/2+1)
-	b.cur = min(b.cur*2, 5*time.Second)
-	return d
+// newBackoff paces watch retries: 100 ms doubling to 5 s, with jitter.
+func newBackoff() *backoff.ExponentialBackOff {
+	b := &backoff.ExponentialBackOff{InitialInterval: 100 * time.Millisecond, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: 5 * time.Second}
+	b.Reset()
+	return b
 }

@@ -1,6 +1,8 @@
 package storage
 
 import (
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"os"
@@ -46,11 +48,20 @@ func (l *Location) Backend() (*brpb.StorageBackend, error) {
 			PredefinedAcl: l.ACL, CredentialsBlob: blob,
 		}}}, nil
 	case "azblob":
-		return &brpb.StorageBackend{Backend: &brpb.StorageBackend_AzureBlobStorage{AzureBlobStorage: &brpb.AzureBlobStorage{
+		a := &brpb.AzureBlobStorage{
 			Endpoint: l.Endpoint, Bucket: l.Bucket, Prefix: l.Prefix, StorageClass: l.StorageClass,
 			AccountName: l.AccountName, SharedKey: s.accountKey, AccessSig: s.sasToken,
 			EncryptionScope: l.EncryptionScope,
-		}}}, nil
+		}
+		if k := s.azureEncryptionKey; k != "" {
+			// BR's form: the raw key and its SHA-256, both base64.
+			sum := sha256.Sum256([]byte(k))
+			a.EncryptionKey = &brpb.AzureCustomerKey{
+				EncryptionKey:       base64.StdEncoding.EncodeToString([]byte(k)),
+				EncryptionKeySha256: base64.StdEncoding.EncodeToString(sum[:]),
+			}
+		}
+		return &brpb.StorageBackend{Backend: &brpb.StorageBackend_AzureBlobStorage{AzureBlobStorage: a}}, nil
 	case "mem":
 		return nil, errors.New("mem:// storage lives inside one process and cannot be a task's storage; use local://, s3://, gcs:// or azblob://")
 	}
@@ -88,12 +99,16 @@ func LocationFromBackend(b *brpb.StorageBackend) (*Location, error) {
 		if a == nil {
 			return nil, errors.New("azblob storage backend is empty")
 		}
-		if a.EncryptionKey != nil {
-			return nil, errors.New("azblob storage with a customer-provided encryption key is not supported")
-		}
 		loc = &Location{Scheme: "azblob", Bucket: a.Bucket, Prefix: a.Prefix, Endpoint: a.Endpoint,
 			StorageClass: a.StorageClass, AccountName: a.AccountName, EncryptionScope: a.EncryptionScope,
 			secret: secrets{accountKey: a.SharedKey, sasToken: a.AccessSig}}
+		if ck := a.EncryptionKey; ck != nil {
+			key, err := azureKeyFromBackend(ck)
+			if err != nil {
+				return nil, err
+			}
+			loc.secret.azureEncryptionKey = key
+		}
 	case nil:
 		return nil, errors.New("storage backend is empty")
 	default:
@@ -103,4 +118,19 @@ func LocationFromBackend(b *brpb.StorageBackend) (*Location, error) {
 		return nil, err
 	}
 	return loc, nil
+}
+
+// azureKeyFromBackend decodes BR's customer-provided key and checks it
+// against its hash, so a damaged key fails here and not as a 409 on the
+// first read. Messages never repeat the key.
+func azureKeyFromBackend(ck *brpb.AzureCustomerKey) (string, error) {
+	raw, err := base64.StdEncoding.DecodeString(ck.EncryptionKey)
+	if err != nil || len(raw) == 0 {
+		return "", errors.New("azblob storage encryption key is not valid base64")
+	}
+	sum := sha256.Sum256(raw)
+	if ck.EncryptionKeySha256 != "" && ck.EncryptionKeySha256 != base64.StdEncoding.EncodeToString(sum[:]) {
+		return "", errors.New("azblob storage encryption key does not match its SHA-256")
+	}
+	return string(raw), nil
 }

@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cenkalti/backoff/v5"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"syscall"
@@ -93,7 +93,8 @@ func retry(ctx context.Context, o options, op string, fn func(context.Context) e
 	p := o.retry
 	ctx, cancel := context.WithTimeout(ctx, p.MaxElapsed)
 	defer cancel()
-	backoff := p.InitialBackoff
+	bo := &backoff.ExponentialBackOff{InitialInterval: p.InitialBackoff, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: p.MaxBackoff}
+	bo.Reset()
 	for attempt := 1; ; attempt++ {
 		actx, acancel := context.WithTimeout(ctx, p.AttemptTimeout)
 		err := fn(actx)
@@ -107,8 +108,7 @@ func retry(ctx context.Context, o options, op string, fn func(context.Context) e
 		if attempt >= p.MaxAttempts || ctx.Err() != nil {
 			return giveUp(err, attempt)
 		}
-		wait := backoff/2 + rand.N(backoff/2+1)
-		backoff = min(backoff*2, p.MaxBackoff)
+		wait := min(bo.NextBackOff(), p.MaxBackoff)
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
 			// Sleeping past the budget would only delay the same answer.
 			return giveUp(err, attempt)
@@ -141,11 +141,22 @@ func giveUp(err error, attempts int) error {
 var ErrCredentials = errors.New("storage: no usable credentials")
 
 // Retryable reports whether a storage error is transient: server errors,
-// throttling, timeouts, dropped or refused connections. Access denied, a
-// missing bucket or object, bad requests, missing credentials and a
-// cancelled context are not.
+// throttling, timeouts, dropped or refused connections. Access denied
+// (on any backend: a 403, EACCES, a read-only filesystem, no
+// credentials), out of space or quota, a missing bucket or object, bad
+// requests and a cancelled context are not.
 func Retryable(err error) bool {
-	if err == nil || errors.Is(err, ErrCredentials) || errors.Is(err, context.Canceled) {
+	switch kindOf(err) {
+	case KindThrottled, KindTransient:
+		return true
+	}
+	return false
+}
+
+// transient is the part of Retryable left once denials, quotas and
+// missing things are ruled out.
+func transient(err error) bool {
+	if err == nil || errors.Is(err, context.Canceled) {
 		return false
 	}
 	if c := httpStatus(err); c != 0 {

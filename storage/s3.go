@@ -50,7 +50,7 @@ func openS3(ctx context.Context, loc *Location) (*blob.Bucket, blobWriteHook, fu
 	if cfg.Region == "" {
 		cfg.Region = "us-east-1" // BR's default; S3-compatible servers ignore it
 	}
-	httpClient := newS3HTTPClient()
+	httpClient := newHTTPClient()
 	cfg.HTTPClient = httpClient
 	cfg.Retryer = func() aws.Retryer { return aws.NopRetryer{} }
 	if loc.RoleARN != "" {
@@ -118,10 +118,10 @@ func s3WriteHook(loc *Location) blobWriteHook {
 	}
 }
 
-// newS3HTTPClient has its own transport (no state shared with other
+// newHTTPClient (for S3 and Azure) has its own transport (no state shared with other
 // clients in the process) with connect and header timeouts, so a black
 // hole fails fast even before the attempt deadline.
-func newS3HTTPClient() *http.Client {
+func newHTTPClient() *http.Client {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	tr.TLSHandshakeTimeout = 10 * time.Second

@@ -126,7 +126,7 @@ func TestS3RetriesTransientFailures(t *testing.T) {
 func TestS3MultipartRetriedWhole(t *testing.T) {
 	srv := s3test.Start(t, "bk")
 	var log retryLog
-	s := open(t, srv.URL("bk", "p"), fastRetry, storage.WithRetryObserver(log.observe))
+	s := open(t, srv.URL("bk", "p"), bigRetry, storage.WithRetryObserver(log.observe))
 	// Over the transfer manager's 16 MiB multipart threshold.
 	big := bytes.Repeat([]byte("0123456789abcdef"), 17<<20/16+77)
 	srv.SetFault(s3test.Fault{Status: 503, Remaining: 1, Match: func(r *http.Request) bool {

@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unicode"
 	"unicode/utf8"
 
@@ -65,6 +66,8 @@ type OpError struct {
 	Op   string // "open", "write", "read", "list", "delete", "exists"
 	Name string // object name or list prefix
 	URL  string // redacted storage URL
+	// Kind is what the failure means, decided alike for every backend.
+	Kind ErrorKind
 	Err  error
 }
 
@@ -88,8 +91,12 @@ type blobStorage struct {
 	// and fileblob's stranded temp files are hidden from List.
 	local    bool
 	localDir string
+	// azure writes (and checks existence) through the SDK directly; see
+	// azureBackend.
+	azure *azureBackend
 
 	release   func() // frees what the bucket's Close does not (idle connections)
+	closed    atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -147,14 +154,14 @@ func Open(ctx context.Context, loc *Location, opts ...Option) (Storage, error) {
 	case "s3":
 		b, s.hook, s.release, err = openS3(ctx, &l)
 	case "gcs":
-		b, s.hook, err = openGCS(ctx, &l)
+		b, s.hook, s.release, err = openGCS(ctx, &l)
 	case "azblob":
-		b, s.hook, err = openAzure(ctx, &l)
+		b, s.azure, s.release, err = openAzure(ctx, &l)
 	default:
 		err = fmt.Errorf("unsupported storage scheme %q", l.Scheme)
 	}
 	if err != nil {
-		return nil, &OpError{Op: "open", URL: s.url, Err: err}
+		return nil, &OpError{Op: "open", URL: s.url, Kind: kindOf(err), Err: err}
 	}
 	if l.Prefix != "" {
 		b = blob.PrefixedBucket(b, l.Prefix+"/")
@@ -165,8 +172,18 @@ func Open(ctx context.Context, loc *Location, opts ...Option) (Storage, error) {
 
 func (s *blobStorage) String() string { return s.url }
 
+// readOpts adds what a backend needs on every read (Azure's
+// customer-provided key).
+func (s *blobStorage) readOpts() *blob.ReaderOptions {
+	if s.azure == nil || s.azure.cpk == nil {
+		return nil
+	}
+	return &blob.ReaderOptions{BeforeRead: s.azure.beforeRead}
+}
+
 func (s *blobStorage) Close() error {
 	s.closeOnce.Do(func() {
+		s.closed.Store(true)
 		s.closeErr = s.bucket.Close()
 		if s.release != nil {
 			s.release()
@@ -179,7 +196,10 @@ func (s *blobStorage) fail(op, name string, err error) error {
 	if gcerrors.Code(err) == gcerrors.NotFound {
 		err = fmt.Errorf("%w: %w", ErrNotExist, err)
 	}
-	return &OpError{Op: op, Name: name, URL: s.url, Err: err}
+	if s.azure != nil {
+		err = shortAzure(err)
+	}
+	return &OpError{Op: op, Name: name, URL: s.url, Kind: kindOf(err), Err: err}
 }
 
 func (s *blobStorage) retry(ctx context.Context, op string, fn func(context.Context) error) error {
@@ -193,6 +213,9 @@ func (s *blobStorage) WriteFile(ctx context.Context, name string, data []byte) e
 	err := s.retry(ctx, "write", func(ctx context.Context) error {
 		if s.local {
 			return s.writeLocal(ctx, name, data)
+		}
+		if s.azure != nil {
+			return s.azure.write(ctx, name, data)
 		}
 		// Every attempt sends the same bytes: data is never modified, and
 		// WriteAll reads it from the start each time.
@@ -213,8 +236,12 @@ func (s *blobStorage) ReadFile(ctx context.Context, name string) ([]byte, error)
 	}
 	var out []byte
 	err := s.retry(ctx, "read", func(ctx context.Context) error {
-		b, err := s.bucket.ReadAll(ctx, name)
-		out = b
+		r, err := s.bucket.NewRangeReader(ctx, name, 0, -1, s.readOpts())
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		out, err = io.ReadAll(r)
 		return err
 	})
 	if err != nil {
@@ -235,7 +262,7 @@ func (s *blobStorage) ReadRange(ctx context.Context, name string, offset, length
 	}
 	var out []byte
 	err := s.retry(ctx, "read", func(ctx context.Context) error {
-		r, err := s.bucket.NewRangeReader(ctx, name, offset, length, nil)
+		r, err := s.bucket.NewRangeReader(ctx, name, offset, length, s.readOpts())
 		if httpStatus(err) == 416 {
 			// S3 answers a range that starts at or past the end with
 			// InvalidRange; the other backends return no bytes.
@@ -343,7 +370,11 @@ func (s *blobStorage) Exists(ctx context.Context, name string) (bool, error) {
 	var ok bool
 	err := s.retry(ctx, "exists", func(ctx context.Context) error {
 		var err error
-		ok, err = s.bucket.Exists(ctx, name)
+		if s.azure != nil {
+			ok, err = s.azure.exists(ctx, name)
+		} else {
+			ok, err = s.bucket.Exists(ctx, name)
+		}
 		return err
 	})
 	if err != nil {
@@ -352,12 +383,20 @@ func (s *blobStorage) Exists(ctx context.Context, name string) (bool, error) {
 	return ok, nil
 }
 
+// errClosed is what every operation on a closed storage returns.
+var errClosed = errors.New("storage is closed")
+
 func (s *blobStorage) checkName(name string) error {
+	if s.closed.Load() {
+		return errClosed
+	}
 	if err := checkName(name); err != nil {
 		return err
 	}
-	if s.local && strings.Contains(name, fileblobEscape) {
-		return fmt.Errorf("object name %q: file storage cannot hold names containing %q", name, fileblobEscape)
+	if (s.local || s.azure != nil) && strings.Contains(name, fileblobEscape) {
+		// Both escape unusual characters that way: such a name would read
+		// back as another.
+		return fmt.Errorf("object name %q: this storage cannot hold names containing %q", name, fileblobEscape)
 	}
 	return nil
 }

@@ -23,6 +23,13 @@ var fastRetry = storage.WithRetryPolicy(storage.RetryPolicy{
 	MaxBackoff: 20 * time.Millisecond, MaxElapsed: 20 * time.Second,
 })
 
+// bigRetry is fastRetry with time for a 17 MiB upload per attempt under
+// -race on a loaded machine.
+var bigRetry = storage.WithRetryPolicy(storage.RetryPolicy{
+	MaxAttempts: 4, AttemptTimeout: 60 * time.Second, InitialBackoff: 5 * time.Millisecond,
+	MaxBackoff: 20 * time.Millisecond, MaxElapsed: 3 * time.Minute,
+})
+
 func open(t testing.TB, url string, opts ...storage.Option) storage.Storage {
 	t.Helper()
 	s, err := storage.OpenURL(context.Background(), url, opts...)

@@ -42,6 +42,9 @@ type Location struct {
 	EncryptionScope   string // Azure
 
 	secret secrets
+	// warnings are what ParseURL ignored, one a line; see Warnings. (A
+	// string keeps Location comparable.)
+	warnings string
 }
 
 // secrets are the parts of a location that must never be shown.
@@ -49,6 +52,7 @@ type secrets struct {
 	accessKey, secretAccessKey, sessionToken string // S3 static credentials
 	externalID                               string // S3 assume-role external ID
 	accountKey, sasToken                     string // Azure
+	azureEncryptionKey                       string // Azure customer-provided key, 32 raw bytes
 	gcsCredentialsFile, gcsCredentialsBlob   string // GCS
 }
 
@@ -60,17 +64,18 @@ func (l *Location) HasStaticCredentials() bool {
 }
 
 // knownParams lists the query parameters each scheme accepts, in canonical
-// dash form. Unknown parameters are an error, so a typo such as
-// "acess-key" fails at parse time instead of silently falling back to the
-// environment's credentials.
+// dash form. Others are ignored, as BR ignores them, but never silently:
+// each gives a warning (Warnings), so a typo such as "acess-key" is seen
+// instead of quietly falling back to the environment's credentials.
 var knownParams = map[string]map[string]bool{
 	"s3": set("endpoint", "region", "force-path-style", "access-key", "secret-access-key", "session-token",
 		"storage-class", "sse", "sse-kms-key-id", "acl", "provider", "profile", "role-arn", "external-id",
 		"use-accelerate-endpoint", "object-lock-enabled"),
-	"gcs":    set("endpoint", "credentials-file", "storage-class", "predefined-acl"),
-	"azblob": set("endpoint", "account-name", "account-key", "sas-token", "access-tier", "storage-class", "encryption-scope"),
-	"local":  set(),
-	"mem":    set(),
+	"gcs": set("endpoint", "credentials-file", "storage-class", "predefined-acl"),
+	"azblob": set("endpoint", "account-name", "account-key", "sas-token", "access-tier", "storage-class", "encryption-scope",
+		"encryption-key"),
+	"local": set(),
+	"mem":   set(),
 }
 
 func set(names ...string) map[string]bool {
@@ -95,7 +100,7 @@ func canonicalParam(k string) string {
 }
 
 // paramName is what a parameter name looks like; anything else is not
-// echoed in errors.
+// echoed in errors or warnings.
 var paramName = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_-]{0,39}$`)
 
 const schemesHint = "use s3://, gcs://, azblob://, local:// or file://"
@@ -103,7 +108,8 @@ const schemesHint = "use s3://, gcs://, azblob://, local:// or file://"
 // ParseURL reads a BR-style storage URL and validates it without any
 // network call: s3://bucket/prefix?…, gs:// or gcs://bucket/prefix?…,
 // azblob://container/prefix?…, file:///abs/path, local:///abs/path, mem://.
-// Errors never repeat credentials from raw.
+// Errors and warnings never repeat credentials from raw. Parameters it
+// does not know are ignored with a warning: see Location.Warnings.
 func ParseURL(raw string) (*Location, error) {
 	if strings.TrimSpace(raw) == "" {
 		return nil, errors.New("storage URL is empty: " + schemesHint)
@@ -141,15 +147,18 @@ func ParseURL(raw string) (*Location, error) {
 		return nil, fmt.Errorf("storage URL %q has a malformed query", Redact(raw))
 	}
 	params := map[string]string{}
+	var warnings []string
 	for k, vs := range q {
 		ck := canonicalParam(k)
 		if !knownParams[loc.Scheme][ck] {
 			if !paramName.MatchString(k) || strings.Join(vs, "") == "" {
 				// Not quoted: a key pasted without "name=" arrives here
 				// whole, as a name with no value.
-				return nil, fmt.Errorf("storage URL has a malformed parameter for %s storage", loc.Scheme)
+				warnings = append(warnings, fmt.Sprintf("ignored a malformed parameter of the %s storage URL", loc.Scheme))
+			} else {
+				warnings = append(warnings, fmt.Sprintf("ignored unknown parameter %q of the %s storage URL", k, loc.Scheme))
 			}
-			return nil, fmt.Errorf("unknown parameter %q for %s storage", k, loc.Scheme)
+			continue
 		}
 		for _, v := range vs {
 			// One value per parameter, whatever the spelling: map order
@@ -170,11 +179,13 @@ func ParseURL(raw string) (*Location, error) {
 		if err := loc.validate(); err != nil {
 			return nil, err
 		}
+		loc.warnings = sortedWarnings(warnings)
 		return loc, nil
 	case "mem":
 		if u.Host != "" || strings.Trim(u.Path, "/") != "" {
 			return nil, fmt.Errorf("mem storage takes no bucket or path: write mem://")
 		}
+		loc.warnings = sortedWarnings(warnings)
 		return loc, nil
 	}
 
@@ -199,11 +210,27 @@ func ParseURL(raw string) (*Location, error) {
 			loc.StorageClass = params["storage-class"]
 		}
 		loc.secret.accountKey, loc.secret.sasToken = params["account-key"], strings.TrimPrefix(params["sas-token"], "?")
+		loc.secret.azureEncryptionKey = params["encryption-key"]
 	}
 	if err := loc.validate(); err != nil {
 		return nil, err
 	}
+	loc.warnings = sortedWarnings(warnings)
 	return loc, nil
+}
+
+// Warnings says what ParseURL ignored (unknown or malformed parameters),
+// in a stable order. They name parameters, never their values.
+func (l *Location) Warnings() []string {
+	if l.warnings == "" {
+		return nil
+	}
+	return strings.Split(l.warnings, "\n")
+}
+
+func sortedWarnings(w []string) string {
+	sort.Strings(w) // map order must not decide the order of messages
+	return strings.Join(w, "\n")
 }
 
 func parseS3Params(loc *Location, params map[string]string) error {
@@ -301,6 +328,16 @@ func (l *Location) validate() error {
 		if s.accountKey != "" && l.AccountName == "" {
 			return errors.New("azblob storage with account-key needs account-name")
 		}
+		if l.StorageClass != "" && azureTiers[strings.ToLower(l.StorageClass)] == "" {
+			return fmt.Errorf("azblob storage access-tier=%q: use Hot, Cool, Cold or Archive", l.StorageClass)
+		}
+		if err := validAzureKey(s.azureEncryptionKey); err != nil {
+			return err
+		}
+		if s.azureEncryptionKey != "" && l.EncryptionScope != "" {
+			// Azure refuses a request that carries both.
+			return errors.New("azblob storage takes encryption-key or encryption-scope, not both")
+		}
 	}
 	return nil
 }
@@ -396,7 +433,7 @@ func (l Location) GoString() string { return "storage.Location(" + l.Redacted() 
 // secretParam matches credential parameters in URL-like text, in any of
 // the spellings BR, gocloud or the cloud SDKs use.
 var secretParam = regexp.MustCompile(`(?i)((?:secret[-_]?access[-_]?key|access[-_]?key(?:[-_]?id)?|secret[-_]?key|session[-_]?token|` +
-	`external[-_]?id|account[-_]?key|shared[-_]?key|sas[-_]?token|access[-_]?sig|credentials[-_]?blob|sig|` +
+	`external[-_]?id|account[-_]?key|shared[-_]?key|sas[-_]?token|access[-_]?sig|credentials[-_]?blob|sig|encryption[-_]?key|` +
 	`x-amz-security-token|x-amz-credential|x-amz-signature)=)[^&\s"'<>]*`)
 
 var userInfo = regexp.MustCompile(`(://)[^/@\s:]+:[^/@\s]+@`)

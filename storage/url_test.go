@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
 )
@@ -84,22 +85,57 @@ func TestParseURLRejects(t *testing.T) {
 		{"s3://bk?external-id=X", "external id without role"},
 		{"s3://bk?sse=rot13", "unknown sse"},
 		{"s3://bk?sse-kms-key-id=k", "kms key without kms"},
-		{"s3://bk?bogus=1", "unknown parameter"},
 		{"s3://bk?access_key=A&access-key=B&secret-access-key=S", "one parameter, two values"},
-		{"s3://bk?acess-key=A&secret-access-key=S", "misspelt parameter"},
 		{"s3://bk?force-path-style=maybe", "bad boolean"},
 		{"s3://user:pass@bk/p", "user info"},
 		{"s3://bk/p#frag", "fragment"},
 		{"s3://bk/p?%zz", "malformed query"},
 		{"s3://bk/p?a=1;b=2", "malformed query"},
 		{"s3://b k/p", "invalid URL"},
-		{"gcs://bk?account-name=x", "parameter of another scheme"},
 		{"azblob://ctr?account-key=K", "key without account"},
-		{"local:///x?endpoint=http://h", "parameter on local"},
+		{"azblob://ctr?access-tier=Premium", "a tier a block blob cannot take"},
+		{"azblob://ctr?encryption-key=short", "an encryption key that is not 256 bits"},
+		{"azblob://ctr?encryption-key=0123456789abcdef0123456789abcdef&encryption-scope=s", "key and scope together"},
 	}
 	for _, c := range cases {
 		if loc, err := ParseURL(c.in); err == nil {
 			t.Errorf("ParseURL(%q) accepted (%s): %s", c.in, c.why, loc)
+		}
+	}
+}
+
+// TestParseURLWarnings: unknown parameters are ignored, as BR ignores
+// them, with a warning that names the parameter and never its value.
+func TestParseURLWarnings(t *testing.T) {
+	cases := []struct {
+		in, want string // want: Redacted()
+		warnings []string
+	}{
+		{"s3://bk?bogus=1", "s3://bk", []string{`ignored unknown parameter "bogus" of the s3 storage URL`}},
+		{"s3://bk?acess-key=SECRETVALUE&secret-access-key=S&access-key=A", "s3://bk",
+			[]string{`ignored unknown parameter "acess-key" of the s3 storage URL`}},
+		{"gcs://bk?account-name=x", "gcs://bk", []string{`ignored unknown parameter "account-name" of the gcs storage URL`}},
+		{"local:///x?endpoint=http://h", "local:///x", []string{`ignored unknown parameter "endpoint" of the local storage URL`}},
+		{"mem://?zz=1", "mem://", []string{`ignored unknown parameter "zz" of the mem storage URL`}},
+		// A pasted secret arrives as a parameter name with no value.
+		{"s3://bk?AKIAPASTEDSECRET&b=1", "s3://bk", []string{`ignored a malformed parameter of the s3 storage URL`,
+			`ignored unknown parameter "b" of the s3 storage URL`}},
+		{"s3://bk?x%2Fy%3DSECRETVALUE=2", "s3://bk", []string{`ignored a malformed parameter of the s3 storage URL`}},
+		{"s3://bk?region=r", "s3://bk?region=r", nil},
+	}
+	for _, c := range cases {
+		loc, err := ParseURL(c.in)
+		if err != nil {
+			t.Errorf("ParseURL(%q): %v", c.in, err)
+			continue
+		}
+		if loc.Redacted() != c.want || fmt.Sprint(loc.Warnings()) != fmt.Sprint(c.warnings) {
+			t.Errorf("ParseURL(%q) = %s, warnings %q; want %s, %q", c.in, loc.Redacted(), loc.Warnings(), c.want, c.warnings)
+		}
+		for _, w := range loc.Warnings() {
+			if strings.Contains(w, "SECRET") {
+				t.Errorf("warning repeats a value: %q", w)
+			}
 		}
 	}
 }
@@ -118,6 +154,7 @@ func TestBackendRoundTrip(t *testing.T) {
 		"gcs://bk/p?credentials-file=" + creds,
 		"azblob://ctr/p?account-name=acc&account-key=KEY&endpoint=https://acc.blob.example&access-tier=Cool",
 		"azblob://ctr/p?sas-token=sv%3D1%26sig%3Dabc&encryption-scope=scope1",
+		"azblob://ctr/p?account-name=acc&account-key=KEY&encryption-key=0123456789abcdef0123456789abcdef&access-tier=cold",
 	} {
 		loc, err := ParseURL(in)
 		if err != nil {
@@ -195,6 +232,7 @@ func TestSecretsNeverPrinted(t *testing.T) {
 		"s3://bk/p?role-arn=r&external-id=" + secret,
 		"azblob://ctr/p?account-name=acc&account-key=" + secret,
 		"azblob://ctr/p?sas-token=sv%3D1%26sig%3D" + secret,
+		"azblob://ctr/p?account-name=acc&account-key=k&encryption-key=" + secret + "-0123456789abcd",
 	}
 	for _, u := range urls {
 		loc, err := ParseURL(u)
@@ -216,10 +254,16 @@ func TestSecretsNeverPrinted(t *testing.T) {
 				t.Errorf("printed form leaks the secret: %s", s)
 			}
 		}
-		// Errors about the URL must not echo the secret either.
-		for _, bad := range []string{u + "&bogus=1", u + "&" + secret + "/+x", u + "&" + secret + "Tail", u + "&%zz", u + "#frag", strings.Replace(u, "://", "://user:"+secret+"@", 1)} {
+		// Errors and warnings about the URL must not echo the secret either.
+		for _, bad := range []string{u + "&%zz", u + "#frag", strings.Replace(u, "://", "://user:"+secret+"@", 1)} {
 			if _, err := ParseURL(bad); err == nil || strings.Contains(err.Error(), secret) {
 				t.Errorf("parse error leaks or is missing for %q: %v", Redact(bad), err)
+			}
+		}
+		for _, odd := range []string{u + "&bogus=1", u + "&" + secret + "/+x", u + "&" + secret + "Tail", u + "&x=" + secret} {
+			loc, err := ParseURL(odd)
+			if err != nil || len(loc.Warnings()) != 1 || strings.Contains(strings.Join(loc.Warnings(), " "), secret) {
+				t.Errorf("warning leaks or is missing for %q: %v, %q", Redact(odd), err, loc.Warnings())
 			}
 		}
 	}
@@ -235,29 +279,57 @@ func TestSecretsNeverPrinted(t *testing.T) {
 	}
 }
 
+// FuzzParseURL: no input makes ParseURL panic or hang; what it accepts
+// redacts every credential, re-parses to itself and survives the
+// StorageBackend round trip; warnings never repeat a credential. Seeds:
+// the f.Add list and testdata/fuzz/FuzzParseURL (real BR URLs).
 func FuzzParseURL(f *testing.F) {
 	for _, s := range []string{"s3://bk/p?access-key=a&secret-access-key=b", "local:///x", "gcs://b", "azblob://c?account-name=a&account-key=k", "mem://",
-		"s3://bk/p?endpoint=http://h:1&region=r&sse=aws:kms&sse-kms-key-id=k", "azblob://c?sas-token=sig%3Dx", "local:///a%3Fb%23c"} {
+		"s3://bk/p?endpoint=http://h:1&region=r&sse=aws:kms&sse-kms-key-id=k", "azblob://c?sas-token=sig%3Dx", "local:///a%3Fb%23c",
+		"azblob://c/p?account-name=a&account-key=k&encryption-key=0123456789abcdef0123456789abcdef&access-tier=cool",
+		"s3://bk/p?unknown=1&AKIAPASTED", "s3://bk/p?role-arn=arn:aws:iam::1:role/r&external-id=secret-ext-id"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, raw string) {
-		loc, err := ParseURL(raw)
+		type result struct {
+			loc *Location
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			loc, err := ParseURL(raw)
+			done <- result{loc, err}
+		}()
+		var r result
+		select {
+		case r = <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("ParseURL(%q) did not return within 10s", raw)
+		}
+		loc, err := r.loc, r.err
 		if err != nil {
 			return
 		}
 		red := loc.Redacted()
-		for _, sec := range []string{loc.secret.secretAccessKey, loc.secret.accountKey, loc.secret.sessionToken, loc.secret.sasToken} {
+		s := loc.secret
+		for _, sec := range []string{s.secretAccessKey, s.accountKey, s.sessionToken, s.sasToken, s.externalID, s.azureEncryptionKey} {
 			// Short secrets may occur by chance in the bucket or prefix.
-			if len(sec) > 8 && strings.Contains(red, sec) && !strings.Contains(loc.Bucket+loc.Prefix+loc.Endpoint, sec) {
+			if len(sec) <= 8 || strings.Contains(loc.Bucket+loc.Prefix+loc.Endpoint+loc.RoleARN+loc.AccountName, sec) {
+				continue
+			}
+			if strings.Contains(red, sec) {
 				t.Fatalf("redacted form %q contains a secret", red)
+			}
+			if w := strings.Join(loc.Warnings(), "\n"); strings.Contains(w, sec) {
+				t.Fatalf("warnings %q contain a secret", w)
 			}
 		}
 		again, err := ParseURL(red)
 		if err != nil {
 			t.Fatalf("redacted form %q of %q does not parse: %v", red, raw, err)
 		}
-		if again.Redacted() != red {
-			t.Fatalf("redacted form not stable: %q then %q", red, again.Redacted())
+		if again.Redacted() != red || len(again.Warnings()) != 0 {
+			t.Fatalf("redacted form not stable: %q then %q (warnings %q)", red, again.Redacted(), again.Warnings())
 		}
 		if loc.Scheme == "mem" || loc.secret.gcsCredentialsFile != "" {
 			return
@@ -267,7 +339,7 @@ func FuzzParseURL(f *testing.F) {
 			t.Fatalf("parsed %q but cannot build a backend: %v", raw, err)
 		}
 		back, err := LocationFromBackend(be)
-		if err != nil || back.Redacted() != red {
+		if err != nil || back.Redacted() != red || back.secret != loc.secret {
 			t.Fatalf("backend round trip of %q: %v, %v", raw, back, err)
 		}
 	})

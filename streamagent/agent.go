@@ -16,6 +16,7 @@ import (
 	"logbackup/meta"
 	"logbackup/proto/lbpb"
 	"logbackup/storage"
+	"logbackup/streamagent/errs"
 )
 
 // Agent runs every task on one store.
@@ -31,6 +32,10 @@ type Agent struct {
 	// openProbe opens a task's storage for a recovery probe: one attempt
 	// per request, since the probe's own schedule is the retry.
 	openProbe func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error)
+	// workDir is this process's own temp directory, set by Run.
+	workDir string
+	// reported: the incarnation whose corrupt info was reported, by task.
+	reported map[string]int64
 }
 
 type runnerHandle struct {
@@ -71,6 +76,12 @@ func New(cfg Config, reg prometheus.Registerer) (*Agent, error) {
 // coordinates global checkpoints when elected, until ctx ends. On return
 // every task has made a final flush.
 func (a *Agent) Run(ctx context.Context) error {
+	wd, err := claimWorkDir(a.cfg.TempDir, a.cfg.StoreID)
+	if err != nil {
+		return err
+	}
+	a.workDir = wd.path
+	defer wd.release()
 	defer a.stopAll()
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -78,29 +89,32 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); a.keepRegistered(ctx) }()
 	go func() { defer wg.Done(); a.coordinate(ctx) }()
 
-	backoff := time.Second
+	bo := newBackoff(time.Second, 30*time.Second)
 	for ctx.Err() == nil {
 		err := a.followTasks(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
 		a.cfg.Logger.Warn("task watch ended; reloading", "err", err)
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-		}
-		backoff = min(backoff*2, 30*time.Second)
+		sleep(ctx, bo.NextBackOff())
 	}
 	return nil
 }
 
 func (a *Agent) followTasks(ctx context.Context) error {
-	tasks, rev, err := a.cfg.Meta.ListTasks(ctx)
+	// A corrupt value must not stop the agent from reading the rest: it is
+	// reported on its task, and the others run.
+	var ignored []meta.CorruptRecord
+	tasks, rev, err := a.cfg.Meta.Tolerant(&ignored).ListTasks(ctx)
 	if err != nil {
 		return fmt.Errorf("load tasks: %w", err)
 	}
 	for _, t := range tasks {
-		if !t.Pause.Paused {
+		switch {
+		case t.Pause.Paused:
+		case t.InfoErr != nil:
+			a.reportCorrupt(ctx, t)
+		default:
 			a.startTask(ctx, t)
 		}
 	}
@@ -108,10 +122,7 @@ func (a *Agent) followTasks(ctx context.Context) error {
 		switch ev.Type {
 		case meta.EventAdd:
 			a.stopTask(ev.Name, false)
-			st, err := a.cfg.Meta.GetTask(ctx, ev.Name)
-			if err == nil && !st.Pause.Paused {
-				a.startTask(ctx, st)
-			}
+			a.startIfRunnable(ctx, ev.Name)
 		case meta.EventDelete:
 			a.stopTask(ev.Name, false)
 			a.dropSafePoints(ctx, ev.Name, true)
@@ -126,14 +137,12 @@ func (a *Agent) followTasks(ctx context.Context) error {
 			}
 		case meta.EventResume:
 			a.dropSafePoints(ctx, ev.Name, false)
-			st, err := a.cfg.Meta.GetTask(ctx, ev.Name)
-			if err != nil {
-				a.cfg.Logger.Warn("resume: cannot read task", "task", ev.Name, "err", err)
-				continue
-			}
-			a.startTask(ctx, st)
+			a.startIfRunnable(ctx, ev.Name)
 		case meta.EventError:
-			a.cfg.Logger.Warn("undecodable task metadata", "task", ev.Name, "err", ev.Err)
+			// An info value that cannot be decoded: the task cannot run, and
+			// stalling silently would let the lag grow unseen.
+			a.stopTask(ev.Name, false)
+			a.startIfRunnable(ctx, ev.Name)
 		}
 	}
 	return errors.New("watch closed")
@@ -190,21 +199,18 @@ func (a *Agent) startTask(ctx context.Context, st *meta.TaskStatus) {
 // retryStart keeps trying to start a task whose start failed.
 func (a *Agent) retryStart(ctx context.Context, first *meta.TaskStatus, err0 error) {
 	info := first.Info
-	probe := &taskRunner{a: a}
+	b := &budget{limit: a.cfg.RetryBudget}
 	err := err0
-	backoff := time.Second
+	bo := newBackoff(time.Second, 30*time.Second)
 	for {
-		if f := probe.noteError(err); f != nil {
+		if f := a.noteError(b, err); f != nil {
 			a.reportFatal(ctx, first, f)
 			return
 		}
 		a.cfg.Logger.Warn("cannot start task; retrying", "task", info.Name, "err", storage.Redact(err.Error()))
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
+		if !sleep(ctx, bo.NextBackOff()) {
 			return
 		}
-		backoff = min(backoff*2, 30*time.Second)
 		st, gerr := a.cfg.Meta.GetTask(ctx, info.Name)
 		if gerr != nil || st.Pause.Paused || st.Incarnation != first.Incarnation {
 			return // stopped, restarted or paused meanwhile: the watch decides what next
@@ -308,16 +314,15 @@ func (a *Agent) keepRegistered(ctx context.Context) {
 		reg.StoreAddress = s.Address
 	}
 	cancel()
+	bo := newBackoff(500*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
 		lost, err := a.cfg.Meta.RegisterAgent(ctx, reg, 10*time.Second)
 		if err != nil {
 			a.cfg.Logger.Warn("agent registration failed; retrying", "err", err)
-			select {
-			case <-time.After(time.Second):
-			case <-ctx.Done():
-			}
+			sleep(ctx, bo.NextBackOff())
 			continue
 		}
+		bo.Reset()
 		select {
 		case <-lost:
 		case <-ctx.Done():
@@ -328,13 +333,11 @@ func (a *Agent) keepRegistered(ctx context.Context) {
 // coordinate campaigns to be the coordinator and, while elected, publishes
 // each task's global checkpoint on an interval.
 func (a *Agent) coordinate(ctx context.Context) {
+	bo := newBackoff(500*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
 		sess, err := concurrency.NewSession(a.cfg.Meta.Raw(), concurrency.WithTTL(10), concurrency.WithContext(ctx))
 		if err != nil {
-			select {
-			case <-time.After(time.Second):
-			case <-ctx.Done():
-			}
+			sleep(ctx, bo.NextBackOff())
 			continue
 		}
 		a.dropStaleCampaign(ctx, sess)
@@ -370,7 +373,8 @@ func (a *Agent) coordinate(ctx context.Context) {
 // minimum over the task's key space of what any store has flushed. Never
 // backwards (meta.AdvanceGlobalCheckpoint keeps the maximum).
 func (a *Agent) AdvanceOnce(ctx context.Context) error {
-	tasks, _, err := a.cfg.Meta.ListTasks(ctx)
+	var ignored []meta.CorruptRecord
+	tasks, _, err := a.cfg.Meta.Tolerant(&ignored).ListTasks(ctx)
 	if err != nil {
 		return err
 	}
@@ -388,6 +392,9 @@ func (a *Agent) AdvanceOnce(ctx context.Context) error {
 	live := map[string]bool{}
 	for _, t := range tasks {
 		live[taskKey(t)] = true
+		if t.InfoErr != nil {
+			continue // reported by the agents; nothing to advance
+		}
 		if t.Pause.Paused {
 			// The pause alerts measure how long the checkpoint has stood.
 			g, ok, err := a.cfg.Meta.GlobalCheckpoint(ctx, t.Info.Name)
@@ -418,4 +425,39 @@ func (a *Agent) gcSafePoint(ctx context.Context) (uint64, error) {
 	rctx, cancel := context.WithTimeout(withBreaker(ctx), 10*time.Second)
 	defer cancel()
 	return a.cfg.PD.UpdateGCSafePoint(rctx, 0)
+}
+
+// startIfRunnable reads a task and starts it unless it is paused; a task
+// whose info is corrupt is reported instead.
+func (a *Agent) startIfRunnable(ctx context.Context, name string) {
+	var ignored []meta.CorruptRecord
+	st, err := a.cfg.Meta.Tolerant(&ignored).GetTask(ctx, name)
+	switch {
+	case errors.Is(err, meta.ErrTaskNotFound):
+	case err != nil:
+		a.cfg.Logger.Warn("cannot read task", "task", name, "err", err)
+	case st.Pause.Paused:
+	case st.InfoErr != nil:
+		a.reportCorrupt(ctx, st)
+	default:
+		a.startTask(ctx, st)
+	}
+}
+
+// reportCorrupt runs the fatal path for a task whose info cannot be
+// decoded: a MalformedMetadata LastError and an ERROR pause, once per
+// incarnation and agent, in the background (the report waits out etcd).
+func (a *Agent) reportCorrupt(ctx context.Context, st *meta.TaskStatus) {
+	a.mu.Lock()
+	if a.reported == nil {
+		a.reported = map[string]int64{}
+	}
+	if a.reported[st.Info.Name] == st.Incarnation {
+		a.mu.Unlock()
+		return
+	}
+	a.reported[st.Info.Name] = st.Incarnation
+	a.mu.Unlock()
+	f := &fatalError{info: errs.Lookup(errs.CodeMalformedMetadata), err: fmt.Errorf("task info: %w", st.InfoErr)}
+	go a.reportFatal(ctx, st, f)
 }

@@ -34,7 +34,11 @@ func taskSpans(ranges []meta.Range) []spans.Span {
 // start: every change at or below central_global is in storage already.
 func knownCheckpoints(ctx context.Context, m *meta.Client, task string, inc int64, covered []spans.Span, startTS uint64) (*spans.Map, error) {
 	floor := startTS
-	g, ok, err := m.GlobalCheckpoint(ctx, task)
+	// An unreadable or implausible central_global is no floor at all (a
+	// lower floor only rescans more); status reports it and the
+	// coordinator's next advance replaces it.
+	var bad []meta.CorruptRecord
+	g, ok, err := m.Tolerant(&bad).GlobalCheckpoint(ctx, task)
 	if err != nil {
 		return nil, fmt.Errorf("read global checkpoint: %w", err)
 	}
@@ -52,6 +56,16 @@ func knownCheckpoints(ctx context.Context, m *meta.Client, task string, inc int6
 		}
 	}
 	return known, nil
+}
+
+// lastRecordedFlush is the flush ts of the store's last flush whose span
+// checkpoints reached etcd, 0 before its first.
+func lastRecordedFlush(ctx context.Context, m *meta.Client, task string, inc int64, store uint64) (uint64, error) {
+	records, err := m.SpanCheckpoints(ctx, task, inc)
+	if err != nil {
+		return 0, fmt.Errorf("read span checkpoints: %w", err)
+	}
+	return records[store].GetFlushTs(), nil
 }
 
 // toRecord serializes a span map.

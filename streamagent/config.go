@@ -7,6 +7,7 @@ package streamagent
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"os"
@@ -27,6 +28,11 @@ type Config struct {
 	Meta    *meta.Client
 	// ClusterID is sent in CDC requests; TiKV refuses another cluster's.
 	ClusterID uint64
+	// TLS, when set, is used for the gRPC connection to the store's CDC
+	// service (the PD client and etcd get theirs from their own dialers).
+	// Without it the store is dialled in plaintext: a cluster that runs
+	// with TLS refuses that, and the error says so.
+	TLS *tls.Config
 
 	// FlushInterval is how often buffered changes are flushed (TiKV: 3 min).
 	FlushInterval time.Duration
@@ -42,9 +48,10 @@ type Config struct {
 	// MemoryQuota bounds the buffered bytes a task holds in memory; past
 	// it they spill to temp files under TempDir (default 256 MiB).
 	MemoryQuota int
-	// TempDir holds spilled buffers, one subdirectory per task (default
-	// <os temp>/logbackup-store-<id>). It is emptied when a task starts and
-	// removed when it stops.
+	// TempDir is where this agent makes its own directory for spilled
+	// buffers (store-<id>-<random>, locked while the process lives, one
+	// subdirectory per task incarnation, removed on a clean exit; see
+	// workdir.go). Default <os temp>/logbackup-agent.
 	TempDir string
 	// RetryBudget turns a persistent retryable error into a fatal one
 	// (TiKV: 30 failed flushes). Default 30 attempts or 10 minutes.
@@ -55,10 +62,6 @@ type Config struct {
 	LagLimit time.Duration
 	// AutoResume governs resuming tasks paused by recoverable errors.
 	AutoResume AutoResume
-	// BeforeCheckpoints, for crash tests, runs after a flush's files are
-	// durable and before any checkpoint moves; an error stops the flush
-	// there, as a crash would.
-	BeforeCheckpoints func(task string) error
 	// StatusAddress is this agent's /metrics and /status address, shown
 	// in its registration.
 	StatusAddress string
@@ -67,12 +70,6 @@ type Config struct {
 	OpenStorage func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error)
 	Logger      *slog.Logger
 	Version     string
-}
-
-// RetryBudget bounds how long a retryable error may persist.
-type RetryBudget struct {
-	Attempts int
-	Duration time.Duration
 }
 
 func (c *Config) withDefaults() error {
@@ -110,7 +107,7 @@ func (c *Config) withDefaults() error {
 		c.MemoryQuota = 256 << 20
 	}
 	if c.TempDir == "" {
-		c.TempDir = filepath.Join(os.TempDir(), fmt.Sprintf("logbackup-store-%d", c.StoreID))
+		c.TempDir = filepath.Join(os.TempDir(), "logbackup-agent")
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

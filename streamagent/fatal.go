@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"time"
 
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
+	"github.com/tikv/client-go/v2/oracle"
 
 	"logbackup/meta"
 	"logbackup/proto/lbpb"
@@ -35,34 +35,13 @@ type fatalError struct {
 
 func (f *fatalError) Error() string { return fmt.Sprintf("[%s] %v", f.info.Code, f.err) }
 
-// noteError counts an error by code and decides whether it is fatal:
-// fatal by class, or retryable but past the retry budget.
-func (t *taskRunner) noteError(err error) *fatalError {
+// noteError counts an error by code and decides, with the budget,
+// whether it is fatal.
+func (a *Agent) noteError(b *budget, err error) *fatalError {
 	info := errs.Classify(err)
-	t.a.metrics.countError(string(info.Code))
-	if info.Class == errs.Fatal {
-		return &fatalError{info: info, err: err}
-	}
-	now := time.Now()
-	if t.failingSince.IsZero() {
-		t.failingSince = now
-	}
-	t.failures++
-	budget := t.a.cfg.RetryBudget
-	if t.failures > budget.Attempts || now.Sub(t.failingSince) > budget.Duration {
-		// The LastError keeps the code of what failed (as TiKV keeps Io
-		// after its flush-failure threshold); the budget goes in the text.
-		info.Class = errs.Fatal
-		return &fatalError{
-			info: info,
-			err:  fmt.Errorf("retry budget exhausted (%d failures over %s; the budget is %d attempts or %s): %w", t.failures, now.Sub(t.failingSince).Round(time.Second), budget.Attempts, budget.Duration, err),
-		}
-	}
-	return nil
+	a.metrics.countError(string(info.Code))
+	return b.fail(time.Now(), info, err)
 }
-
-// noteSuccess resets the retry budget after a healthy flush.
-func (t *taskRunner) noteSuccess() { t.failures, t.failingSince = 0, time.Time{} }
 
 // reportFatal runs the fatal path for a stopped task, in TiKV's order but
 // with every step attempted whatever happened to the others: count it,
@@ -100,7 +79,7 @@ func (a *Agent) reportFatal(ctx context.Context, ts *meta.TaskStatus, f *fatalEr
 	// etcd steps are retried until they land; the GC guard is best effort
 	// after a few tries, as in TiKV.
 	done := make([]bool, len(steps))
-	backoff := 100 * time.Millisecond
+	bo := newBackoff(100*time.Millisecond, 5*time.Second)
 	for round := 1; ; round++ {
 		pending := false
 		for i, s := range steps {
@@ -128,12 +107,9 @@ func (a *Agent) reportFatal(ctx context.Context, ts *meta.TaskStatus, f *fatalEr
 		if !pending || ctx.Err() != nil {
 			return
 		}
-		select {
-		case <-time.After(backoff/2 + rand.N(backoff/2+1)):
-		case <-ctx.Done():
+		if !sleep(ctx, bo.NextBackOff()) {
 			return
 		}
-		backoff = min(backoff*2, 5*time.Second)
 	}
 }
 
@@ -171,7 +147,7 @@ func (a *Agent) checkLag(ctx context.Context, t *meta.TaskStatus, checkpoint uin
 	if a.cfg.LagLimit < 0 || checkpoint == 0 {
 		return nil
 	}
-	at := time.UnixMilli(int64(checkpoint >> 18))
+	at := oracle.GetTimeFromTS(checkpoint)
 	lag := time.Since(at)
 	if lag <= a.cfg.LagLimit {
 		return nil

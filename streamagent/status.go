@@ -19,6 +19,7 @@ type taskStats struct {
 	lastFlushUnixMs atomic.Int64
 	storeCheckpoint atomic.Uint64
 	pendingRanges   atomic.Int64
+	scanning        atomic.Int64
 }
 
 // TaskStatus is one task in the agent's /status.
@@ -26,6 +27,7 @@ type TaskStatus struct {
 	Name            string    `json:"name"`
 	ObservedRegions int64     `json:"observed_regions"`
 	PendingRanges   int64     `json:"pending_ranges"`
+	Scanning        int64     `json:"scanning"`       // subscriptions whose initial scan has not finished
 	BufferedBytes   int64     `json:"buffered_bytes"` // in memory and spilled
 	MemoryBytes     int64     `json:"memory_bytes"`   // in memory, bounded by the quota
 	LastFlush       time.Time `json:"last_flush,omitempty"`
@@ -50,7 +52,7 @@ func (a *Agent) Status() Status {
 	st := Status{StoreID: a.cfg.StoreID, Version: a.cfg.Version, Tasks: []TaskStatus{}, Spills: a.spills.Load(), Retries: a.retries.Load()}
 	for name, h := range a.runners {
 		s := &h.r.stats
-		ts := TaskStatus{Name: name, ObservedRegions: s.observedRegions.Load(), PendingRanges: s.pendingRanges.Load(),
+		ts := TaskStatus{Name: name, ObservedRegions: s.observedRegions.Load(), PendingRanges: s.pendingRanges.Load(), Scanning: s.scanning.Load(),
 			BufferedBytes: s.bufferedBytes.Load(), MemoryBytes: s.memoryBytes.Load(), StoreCheckpoint: s.storeCheckpoint.Load()}
 		if ms := s.lastFlushUnixMs.Load(); ms > 0 {
 			ts.LastFlush = time.UnixMilli(ms)

@@ -1,5 +1,6 @@
 // Command br manages logbackup's log backup tasks with BR's `br stream` /
-// `br log` commands, and runs a local playground.
+// `br log` commands. The local playground is its own command,
+// cmd/playground.
 package main
 
 import (
@@ -10,5 +11,5 @@ import (
 )
 
 func main() {
-	os.Exit(cli.Main(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(cli.MainProcess(context.Background(), os.Args[1:]))
 }

@@ -1,147 +1,16 @@
 // Command streamagent runs the log-backup agent of one TiKV store: it
 // observes the regions whose leader is on that store, flushes their changes
 // to the task's storage in TiKV's log-backup format and advances the
-// task's checkpoints in etcd.
+// task's checkpoints in etcd. The command line lives in package agentcmd,
+// which the playground runs too.
 package main
 
 import (
-	"context"
-	"errors"
-	"flag"
-	"fmt"
-	"log/slog"
-	"net"
-	"net/http"
 	"os"
-	"os/signal"
-	"strings"
-	"syscall"
-	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	pd "github.com/tikv/pd/client"
-
-	"logbackup/meta"
-	"logbackup/storage"
-	"logbackup/streamagent"
+	"logbackup/cmd/streamagent/agentcmd"
 )
 
-type options struct {
-	pd, etcd      string
-	storeID       uint64
-	storeAddr     string
-	statusAddr    string
-	ca, cert, key string
-	flushInterval time.Duration
-	fileSizeLimit int
-	memoryQuota   int
-	tempDir       string
-	dialTimeout   time.Duration
-}
-
 func main() {
-	o := options{}
-	fs := flag.NewFlagSet("streamagent", flag.ContinueOnError)
-	fs.StringVar(&o.pd, "pd", "127.0.0.1:2379", "PD endpoints, comma-separated")
-	fs.StringVar(&o.etcd, "etcd", "", "etcd endpoints for task metadata (default: the PD endpoints, as BR uses PD's etcd)")
-	fs.Uint64Var(&o.storeID, "store-id", 0, "the TiKV store this agent serves")
-	fs.StringVar(&o.storeAddr, "store-addr", "", "or: the TiKV store's address, to look its id up in PD")
-	fs.StringVar(&o.statusAddr, "status-addr", "127.0.0.1:9780", "HTTP address for /metrics and /status")
-	fs.StringVar(&o.ca, "ca", "", "CA certificate for TLS to PD/etcd/TiKV")
-	fs.StringVar(&o.cert, "cert", "", "certificate for TLS")
-	fs.StringVar(&o.key, "key", "", "private key for TLS")
-	fs.DurationVar(&o.flushInterval, "flush-interval", 3*time.Minute, "how often buffered changes are flushed")
-	fs.IntVar(&o.fileSizeLimit, "file-size-limit", 256<<20, "flush early at this many buffered bytes")
-	fs.IntVar(&o.memoryQuota, "memory-quota", 256<<20, "bytes a task buffers in memory before spilling to --temp-dir")
-	fs.StringVar(&o.tempDir, "temp-dir", "", "directory for spilled buffers (default <os temp>/logbackup-store-<id>)")
-	fs.DurationVar(&o.dialTimeout, "dial-timeout", 10*time.Second, "how long to wait for PD and etcd at start")
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, o); err != nil {
-		fmt.Fprintf(os.Stderr, "Error: %s\n", storage.Redact(err.Error()))
-		os.Exit(1)
-	}
-}
-
-func run(ctx context.Context, o options) error {
-	if o.storeID == 0 && o.storeAddr == "" {
-		return errors.New("pass --store-id or --store-addr")
-	}
-	if o.flushInterval < time.Second {
-		return fmt.Errorf("--flush-interval %s is below the 1s minimum", o.flushInterval)
-	}
-	if o.fileSizeLimit < 1<<20 {
-		return fmt.Errorf("--file-size-limit %d is below 1 MiB", o.fileSizeLimit)
-	}
-	pdAddrs := splitList(o.pd)
-	if len(pdAddrs) == 0 {
-		return errors.New("pass --pd")
-	}
-	etcdAddrs := splitList(o.etcd)
-	if len(etcdAddrs) == 0 {
-		etcdAddrs = pdAddrs
-	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-
-	dctx, cancel := context.WithTimeout(ctx, o.dialTimeout)
-	defer cancel()
-	pdc, err := pd.NewClientWithContext(dctx, pdAddrs, pd.SecurityOption{CAPath: o.ca, CertPath: o.cert, KeyPath: o.key})
-	if err != nil {
-		return fmt.Errorf("connect to PD at %v: %w", pdAddrs, err)
-	}
-	defer pdc.Close()
-	cli, err := meta.Dial(dctx, meta.DialConfig{Endpoints: etcdAddrs, CAFile: o.ca, CertFile: o.cert, KeyFile: o.key, DialTimeout: o.dialTimeout})
-	if err != nil {
-		return err
-	}
-	defer cli.Close()
-	storeID := o.storeID
-	if storeID == 0 {
-		stores, err := pdc.GetAllStores(dctx)
-		if err != nil {
-			return fmt.Errorf("list stores: %w", err)
-		}
-		for _, s := range stores {
-			if s.Address == o.storeAddr {
-				storeID = s.Id
-			}
-		}
-		if storeID == 0 {
-			return fmt.Errorf("no store at %s in PD", o.storeAddr)
-		}
-	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	lis, err := net.Listen("tcp", o.statusAddr)
-	if err != nil {
-		return fmt.Errorf("listen on --status-addr %s: %w", o.statusAddr, err)
-	}
-	agent, err := streamagent.New(streamagent.Config{
-		StoreID: storeID, PD: pdc, Meta: meta.NewClient(cli), ClusterID: pdc.GetClusterID(ctx),
-		FlushInterval: o.flushInterval, FileSizeLimit: o.fileSizeLimit, MemoryQuota: o.memoryQuota, TempDir: o.tempDir,
-		StatusAddress: lis.Addr().String(), Logger: log,
-	}, reg)
-	if err != nil {
-		lis.Close()
-		return err
-	}
-	srv := &http.Server{Handler: agent.Handler(reg), ReadHeaderTimeout: 5 * time.Second}
-	go srv.Serve(lis)
-	defer srv.Close()
-	log.Info("stream agent started", "store", storeID, "status", lis.Addr().String())
-	return agent.Run(ctx)
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
+	os.Exit(agentcmd.Main(os.Args[1:], os.Stderr))
 }

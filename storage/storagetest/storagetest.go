@@ -277,6 +277,9 @@ func testAtomicOverwrite(t *testing.T, ctx context.Context, s storage.Storage) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
+	// A failed read below must not end the test while the writer still
+	// runs (and reports).
+	defer wg.Wait()
 	go func() {
 		defer wg.Done()
 		defer close(done)

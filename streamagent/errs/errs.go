@@ -16,7 +16,6 @@ import (
 	"syscall"
 
 	"github.com/pingcap/kvproto/pkg/cdcpb"
-	"gocloud.dev/gcerrors"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -222,24 +221,21 @@ func classify(err error) Code {
 	if errors.Is(err, meta.ErrMalformed) {
 		return CodeMalformedMetadata
 	}
-	// Storage errors: gocloud's portable code, then the storage layer's own
-	// judgement of what is transient (HTTP status, network).
-	var op *storage.OpError
-	if errors.As(err, &op) {
-		switch gcerrors.Code(err) {
-		case gcerrors.PermissionDenied:
+	// Storage errors: the storage layer decides the kind alike for every
+	// backend (a read-only disk and an S3 or Azure 403 are one kind).
+	if errors.As(err, new(*storage.OpError)) {
+		switch storage.KindOf(err) {
+		case storage.KindAccessDenied:
 			return CodeStorageAccessDenied
-		case gcerrors.NotFound:
+		case storage.KindQuota:
+			return CodeStorageQuota
+		case storage.KindNotFound:
 			// A missing object is handled where it is read; one reaching
 			// here means the bucket itself is missing.
 			return CodeStorageNotFound
-		case gcerrors.ResourceExhausted:
+		case storage.KindThrottled:
 			return CodeStorageThrottled
-		}
-		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
-			return CodeStorageQuota
-		}
-		if storage.Retryable(err) {
+		case storage.KindTransient:
 			return CodeStorageUnavailable
 		}
 	}

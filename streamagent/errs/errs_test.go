@@ -15,6 +15,7 @@ import (
 
 	"github.com/pingcap/kvproto/pkg/cdcpb"
 	"github.com/pingcap/kvproto/pkg/errorpb"
+	"google.golang.org/api/googleapi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -48,6 +49,15 @@ func TestClassify(t *testing.T) {
 		{"grpc unimplemented", status.Error(codes.Unimplemented, "x"), CodeIncompatible, Fatal},
 		{"disk full", wrap(&storage.OpError{Op: "write", Err: &fs.PathError{Op: "write", Path: "/tmp/x", Err: syscall.ENOSPC}}), CodeStorageQuota, Fatal},
 		{"temp file", wrap(&fs.PathError{Op: "open", Path: "/tmp/x", Err: syscall.EACCES}), CodeIo, Fatal},
+		{"storage EACCES", wrap(&storage.OpError{Op: "write", Err: &fs.PathError{Op: "open", Path: "/b/x", Err: syscall.EACCES}}), CodeStorageAccessDenied, Fatal},
+		{"storage EPERM", wrap(&storage.OpError{Op: "write", Err: &fs.PathError{Op: "rename", Path: "/b/x", Err: syscall.EPERM}}), CodeStorageAccessDenied, Fatal},
+		{"storage EROFS", wrap(&storage.OpError{Op: "write", Err: &fs.PathError{Op: "mkdir", Path: "/b/v1", Err: syscall.EROFS}}), CodeStorageAccessDenied, Fatal},
+		{"storage EDQUOT", wrap(&storage.OpError{Op: "write", Err: &fs.PathError{Op: "write", Path: "/b/x", Err: syscall.EDQUOT}}), CodeStorageQuota, Fatal},
+		{"gcs 403", wrap(&storage.OpError{Op: "write", Err: &googleapi.Error{Code: 403, Message: "denied"}}), CodeStorageAccessDenied, Fatal},
+		{"gcs 401", wrap(&storage.OpError{Op: "read", Err: &googleapi.Error{Code: 401}}), CodeStorageAccessDenied, Fatal},
+		{"gcs 503", wrap(&storage.OpError{Op: "write", Err: &googleapi.Error{Code: 503}}), CodeStorageUnavailable, Retryable},
+		{"gcs 429", wrap(&storage.OpError{Op: "write", Err: &googleapi.Error{Code: 429}}), CodeStorageThrottled, Retryable},
+		{"no credentials", wrap(&storage.OpError{Op: "write", Err: fmt.Errorf("%w: none", storage.ErrCredentials)}), CodeStorageAccessDenied, Fatal},
 		{"unknown", errors.New("something new"), CodeUnknown, Fatal},
 	}
 	for _, c := range cases {

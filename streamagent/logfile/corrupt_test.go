@@ -1,9 +1,9 @@
 package logfile
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"strings"
 	"testing"
@@ -83,6 +83,29 @@ func remarshal(t testing.TB, f *Flush) {
 	f.Meta.Data = raw
 }
 
+// resync makes the groups, the metadata and the name agree with the files
+// again after a test changed a file's ts, so that only the data can tell.
+func resync(t testing.TB, f *Flush) {
+	md := f.Metadata
+	f.Name.MinBeginTS = 0
+	for i, g := range md.FileGroups {
+		g.MinTs, g.MaxTs = ^uint64(0), 0
+		for _, fi := range g.DataFilesInfo {
+			g.MinTs, g.MaxTs = min(g.MinTs, fi.MinTs), max(g.MaxTs, fi.MaxTs)
+			if f.Name.MinBeginTS == 0 || fi.MinBeginTsInDefaultCf < f.Name.MinBeginTS {
+				f.Name.MinBeginTS = fi.MinBeginTsInDefaultCf
+			}
+		}
+		if i == 0 {
+			md.MinTs, md.MaxTs = g.MinTs, g.MaxTs
+		}
+		md.MinTs, md.MaxTs = min(md.MinTs, g.MinTs), max(md.MaxTs, g.MaxTs)
+	}
+	f.Name.MinTS, f.Name.MaxTS = md.MinTs, md.MaxTs
+	f.Meta.Name = f.Name.Format()
+	remarshal(t, f)
+}
+
 // TestCorruption: every kind of damage is an error naming where it is,
 // never a panic and never silently fewer changes.
 func TestCorruption(t *testing.T) {
@@ -129,16 +152,29 @@ func TestCorruption(t *testing.T) {
 		{"wrong length", func(t *testing.T, f *Flush) { theFile(f).Length--; remarshal(t, f) }, "plain bytes"},
 		{"wrong entry count", func(t *testing.T, f *Flush) { theFile(f).NumberOfEntries++; remarshal(t, f) }, "entries"},
 		{"wrong crc64xor", func(t *testing.T, f *Flush) { theFile(f).Crc64Xor ^= 1; remarshal(t, f) }, "crc64xor"},
-		{"ts outside the file", func(t *testing.T, f *Flush) { theFile(f).MaxTs = 102; remarshal(t, f) }, "outside"},
+		{"ts outside the file", func(t *testing.T, f *Flush) { theFile(f).MaxTs = 102; resync(t, f) }, "outside"},
+		{"ts range wider than the entries", func(t *testing.T, f *Flush) { theFile(f).MaxTs = 200; resync(t, f) }, "ts 101..109, metadata says 101..200"},
+		{"ts range in the file only", func(t *testing.T, f *Flush) { theFile(f).MaxTs = 200; remarshal(t, f) }, "its files give"},
 		{"key outside the file", func(t *testing.T, f *Flush) { theFile(f).EndKey = theFile(f).StartKey; remarshal(t, f) }, "outside"},
 		{"begin ts above a start ts", func(t *testing.T, f *Flush) { theFile(f).MinBeginTsInDefaultCf = 103; remarshal(t, f) }, "min begin"},
 		{"unknown cf", func(t *testing.T, f *Flush) { theFile(f).Cf = "lock"; remarshal(t, f) }, "column family"},
 		{"unknown compression", func(t *testing.T, f *Flush) { theFile(f).CompressionType = brpb.CompressionType_LZ4; remarshal(t, f) }, "not supported"},
 		{"long value without its default", func(t *testing.T, f *Flush) {
 			p := AppendFrame(plainOf(t, f), EncodeMVCCKey(tableKey(1, 9), 110), EncodeWrite(WritePut, 109, nil, false))
-			theFile(f).EndKey, theFile(f).MaxTs = EncodeMVCCKey(tableKey(1, 9), 0), 110
+			theFile(f).EndKey, theFile(f).MaxTs = EncodeMVCCKey(tableKey(1, 9), 110), 110
 			setPlain(t, f, p, true)
+			resync(t, f)
 		}, "no default-cf value"},
+		{"start key below the entries", func(t *testing.T, f *Flush) { theFile(f).StartKey = []byte("t"); remarshal(t, f) }, "metadata says"},
+		{"table id", func(t *testing.T, f *Flush) { theFile(f).TableId = 2; remarshal(t, f) }, "table"},
+		{"is_meta", func(t *testing.T, f *Flush) { theFile(f).IsMeta, theFile(f).TableId = true, 0; remarshal(t, f) }, "is_meta"},
+		{"delete-type file", func(t *testing.T, f *Flush) { theFile(f).Type = brpb.FileType_Delete; remarshal(t, f) }, "delete of key"},
+		{"zstd frame size", func(t *testing.T, f *Flush) {
+			p := plainOf(t, f)
+			theFile(f).Length = uint64(len(p)) + 1
+			remarshal(t, f)
+		}, "zstd frame of"},
+		{"flags in the meta name", func(t *testing.T, f *Flush) { f.Name.Flags = 0; f.Meta.Name = f.Name.Format() }, "flags"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -183,30 +219,26 @@ func TestWalkStopsOnCallbackError(t *testing.T) {
 	}
 }
 
-// FuzzWalk: whatever the meta file and the data object hold, Walk returns
-// or fails; it never panics.
-func FuzzWalk(f *testing.F) {
-	fl := oneFileFlush(f)
-	f.Add(fl.Meta.Data, fl.Data[0].Data)
-	b := NewBuilder(BuilderConfig{StoreID: 3})
-	b.Add(RegionInfo{ID: 1}, Change{Key: []byte("k"), Value: bytes.Repeat([]byte("v"), 300), StartTS: 1, CommitTS: 2})
-	fl2, _ := b.Finish(1000, 999)
-	f.Add(fl2.Meta.Data, fl2.Data[0].Data)
-	f.Fuzz(func(t *testing.T, meta, object []byte) {
-		md, err := DecodeMetadata(meta)
-		if err != nil {
-			return
-		}
-		st := newMapReader()
-		for _, g := range md.FileGroups {
-			for _, fi := range g.DataFilesInfo {
-				if fi.Length > 1<<20 {
-					return // a real claim to allocate; not this test's point
-				}
-			}
-			st.put(Object{Name: g.Path, Data: object})
-		}
-		st.put(Object{Name: fl.Meta.Name, Data: meta})
-		Walk(context.Background(), st, func(Decoded) error { return nil })
-	})
+// TestLengthClaimsAllocateNothing: a zstd frame and a DataFileInfo that
+// agree on a huge plain size, around a few stored bytes, are refused
+// before anything is allocated for them.
+func TestLengthClaimsAllocateNothing(t *testing.T) {
+	dec, err := NewDecoder()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dec.Close()
+	// A single-segment frame header saying 768 MiB, then one RLE block.
+	const size = 768 << 20
+	frame := binary.LittleEndian.AppendUint64([]byte{0x28, 0xb5, 0x2f, 0xfd, 0xe0}, size)
+	frame = append(frame, 0x03, 0x00, 0x10, 'x')
+	fi := &brpb.DataFileInfo{Length: size, CompressionType: brpb.CompressionType_ZSTD, Sha256: make([]byte, 32)}
+	before := allocated()
+	_, err = dec.Plain(frame, fi)
+	if used := allocated() - before; used > 1<<20 {
+		t.Fatalf("%d bytes allocated for %d stored bytes", used, len(frame))
+	}
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "cannot hold") {
+		t.Fatalf("error %v", err)
+	}
 }

@@ -11,13 +11,17 @@
 //
 // A flusher adds each committed change to a Builder (Add), spills it to
 // temp files under memory pressure (Spill), and at flush time calls
-// Finish(flushTS, resolvedTS): the Flush it returns holds the data objects
-// to upload first, then the meta file that lists them; after that the
-// store publishes GlobalCheckpointObject. Builders can share a ChunkPool
-// so flushes recycle buffer memory; Close gives it back and removes temp
-// files. ReadMetas, ReadDataFile and Walk read a storage back, checking
-// every file against its metadata; Walk yields the committed changes and
-// is the oracle of `br stream verify` and the no-loss tests.
+// FinishLinked(flushTS, resolvedTS, lineage) (Finish names the meta file
+// exactly as TiKV would): the Flush it returns holds the data objects to
+// upload first, then the meta file that lists them; after that the store
+// publishes GlobalCheckpointObject. Builders can share a ChunkPool so
+// flushes recycle buffer memory; Close gives it back and removes temp
+// files. Audit reads a storage back and checks every field of every meta
+// file against its name, itself and the entries it lists, reporting each
+// problem as a Finding that names the object; it yields the committed
+// changes of intact flushes and is what `br stream verify` runs. Walk is
+// Audit stopping at the first failure, the oracle of the no-loss tests;
+// ReadMetas and ReadDataFile read single files.
 //
 // # Format
 //
@@ -87,6 +91,42 @@
 //
 // v1/global_checkpoint/{store_id}.ts holds a little-endian u64.
 //
+// # Lineage: what the agent adds to the name
+//
+// TiKV's format carries no sequence number, so a deleted meta file leaves
+// no trace. The agent's meta file names carry four more tags, after p:
+//
+//	b{prev_flush_ts:016X} the flush ts of this store's previous meta file
+//	                      made durable in this task; 0 for its first
+//	c{cluster_id:016X}    PD's cluster id (0 if unknown)
+//	s{task_start_ts:016X} the task's start ts
+//	h{checksum:016X}      the first 8 bytes (big-endian) of SHA-256 over the
+//	                      canonical name without h (as FormatMetaName
+//	                      writes it) followed by the body
+//
+// BR's backupmetas.ParseName and TiKV's parse_backupmeta_filename (used by
+// its tests and by compact-log-backup) both skip tags they do not know
+// (TiKV's test_parse_backupmeta_filename_accepts_reordered_and_new_tags),
+// so both read these names. The name grows to 174 characters, well within
+// every backend's limit and a file system's 255 per component.
+//
+// b makes each store's meta files a chain: every flush names its
+// predecessor, so verify finds a deleted one from the flush after it. The
+// agent keeps the flush ts of its last durable meta file in memory and
+// sets it once the meta file is written (never before: a failed upload is
+// retried under the same name, with the same b). A restarted agent starts
+// from the flush ts its store last recorded in etcd (the FlushTs of
+// lbpb.SpanCheckpoints, written after the meta file), and takes flush ts
+// above it. If it crashed between writing a meta file and recording it,
+// two flushes name the same predecessor: a fork, harmless because the
+// unrecorded flush's checkpoints were never published and its data is
+// scanned again. Chains are per store, so a region moving to another
+// store does not affect them. Below the truncate safepoint a predecessor
+// may be gone. c and s tell another cluster's or task's files apart from
+// the root backupmeta's cluster id and start ts. h covers everything the
+// fields cannot cross-check (a region id, an epoch, an unknown field, the
+// flush ts). The newest meta file of each store is named by no later
+// flush; only the task's records in etcd (verify --task-name) prove it.//
 // # Verified against
 //
 //   - tikv/tikv components/backup-stream/src/router.rs: ApplyEvents,

@@ -43,8 +43,29 @@ func zstdOptions() []zstd.EOption {
 // store's meta files and must grow with every flush; resolvedTS is the
 // checkpoint the flush covers. Finish leaves the builder as it was, so a
 // failed upload can call it again (the objects get new ids). Called with
-// nothing added, it returns only the meta file, flagged EMPTY.
+// nothing added, it returns only the meta file, flagged EMPTY. The meta
+// file gets the name TiKV would give it; see FinishLinked.
 func (b *Builder) Finish(flushTS, resolvedTS uint64) (*Flush, error) {
+	return b.finish(flushTS, resolvedTS, nil)
+}
+
+// FinishLinked is Finish for the agent: the meta file name also carries
+// the flush's lineage (the store's previous durable flush, the cluster,
+// the task) and a checksum of the name and body, so `br stream verify` can
+// prove the store's chain of flushes has no gap and every field is as
+// written. l.PrevFlushTS must be below flushTS, and l.TaskStartTS at most
+// flushTS.
+func (b *Builder) FinishLinked(flushTS, resolvedTS uint64, l Lineage) (*Flush, error) {
+	if l.PrevFlushTS >= flushTS {
+		return nil, fmt.Errorf("finish flush: flush ts %d does not follow the previous flush ts %d", flushTS, l.PrevFlushTS)
+	}
+	if l.TaskStartTS > flushTS {
+		return nil, fmt.Errorf("finish flush: flush ts %d is before the task start %d", flushTS, l.TaskStartTS)
+	}
+	return b.finish(flushTS, resolvedTS, &l)
+}
+
+func (b *Builder) finish(flushTS, resolvedTS uint64, lineage *Lineage) (*Flush, error) {
 	if flushTS == 0 {
 		return nil, errors.New("finish flush: flush ts must be positive")
 	}
@@ -63,7 +84,6 @@ func (b *Builder) Finish(flushTS, resolvedTS uint64) (*Flush, error) {
 
 	fl := &Flush{Metadata: &brpb.Metadata{StoreId: int64(b.cfg.StoreID), ResolvedTs: resolvedTS, MetaVersion: brpb.MetaVersion_V2}}
 	names := map[string]bool{}
-	hasSchema := false
 	for _, schema := range []bool{false, true} {
 		// TiKV's merge_and_flush_log: a new object starts once the plain
 		// length already batched reaches the limit.
@@ -86,35 +106,26 @@ func (b *Builder) Finish(flushTS, resolvedTS uint64) (*Flush, error) {
 			if err := b.addGroup(fl, names, schema, batch, infos, comp); err != nil {
 				return nil, err
 			}
-			hasSchema = hasSchema || schema
 		}
 	}
 
 	md := fl.Metadata
-	name := MetaName{FlushTS: flushTS, StoreID: b.cfg.StoreID}
 	for i, g := range md.FileGroups {
 		if i == 0 {
 			md.MinTs, md.MaxTs = g.MinTs, g.MaxTs
 		}
 		md.MinTs, md.MaxTs = min(md.MinTs, g.MinTs), max(md.MaxTs, g.MaxTs)
-		for _, fi := range g.DataFilesInfo {
-			// As TiKV's flush_backup_metadata: 0 means "none yet".
-			if name.MinBeginTS == 0 || fi.MinBeginTsInDefaultCf < name.MinBeginTS {
-				name.MinBeginTS = fi.MinBeginTsInDefaultCf
-			}
-		}
-	}
-	name.MinTS, name.MaxTS = md.MinTs, md.MaxTs
-	if !hasSchema {
-		name.Flags |= FlagNoMetaFiles
-	}
-	if len(md.FileGroups) == 0 {
-		name.Flags |= FlagEmpty
 	}
 	raw, err := md.Marshal()
 	if err != nil {
 		return nil, fmt.Errorf("finish flush: encode metadata: %w", err)
 	}
+	name := MetaName{FlushTS: flushTS, StoreID: b.cfg.StoreID, HasFlags: true, Tags: "dlup"}
+	if lineage != nil {
+		name.Linked, name.Lineage, name.HasChecksum = true, *lineage, true
+		name.Tags += "bcsh"
+	}
+	name = NameFor(name, md, raw)
 	fl.Name = name
 	fl.Meta = Object{Name: name.Format(), Data: raw}
 	return fl, nil

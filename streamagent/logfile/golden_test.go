@@ -20,7 +20,7 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
 // goldenFlush is the fixed input of the golden test: a short put, a long
 // put, a delete of one table's rows in one region, and a schema change.
-func goldenFlush(t *testing.T) (*Flush, [][]Change) {
+func goldenFlush(t testing.TB) (*Flush, [][]Change) {
 	at := time.Date(2024, 6, 20, 8, 0, 0, 0, time.UTC)
 	b := NewBuilder(BuilderConfig{StoreID: 1, NewID: seqIDs()})
 	region := RegionInfo{ID: 2, StartKey: EncodeMVCCKey(tableKey(71, 0), 0)[:18], EndKey: nil, Epoch: &metapb.RegionEpoch{ConfVer: 1, Version: 3}}

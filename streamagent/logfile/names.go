@@ -1,8 +1,10 @@
 package logfile
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	brpb "github.com/pingcap/kvproto/pkg/brpb"
 	"path"
 	"strconv"
 	"strings"
@@ -22,30 +24,86 @@ const (
 	metaSuffix          = ".meta"
 )
 
-// Tags of the tagged meta file name (utils::BACKUP_META_*_PREFIX).
+// Tags of the tagged meta file name: TiKV's (utils::BACKUP_META_*_PREFIX)
+// and the lineage tags this agent adds, which TiKV's
+// parse_backupmeta_filename and BR's backupmetas.ParseName skip as unknown.
 const (
 	tagMinBeginTS = 'd'
 	tagMinTS      = 'l'
 	tagMaxTS      = 'u'
 	tagFlags      = 'p'
-	tagLen        = 17 // tag letter + 16 hex digits
+	tagPrevFlush  = 'b' // the store's previous durable flush ts in the task
+	tagClusterID  = 'c' // PD's cluster id
+	tagTaskStart  = 's' // the task's start ts
+	tagChecksum   = 'h' // checksum of the name's other fields and the body
+	tagLen        = 17  // tag letter + 16 hex digits
 )
 
 // MetaName is the parsed name of a metadata file.
 type MetaName struct {
 	FlushTS, StoreID, MinBeginTS, MinTS, MaxTS, Flags uint64
+	// HasFlags: the name carries the p tag (TiKV has since the tagged
+	// form; Format always writes it).
+	HasFlags bool
+	// Linked: the name carries the lineage tags b, c and s (all three:
+	// Format writes them together). See Lineage.
+	Linked bool
+	Lineage
+	// HasChecksum: the name carries the h tag, Checksum, which must equal
+	// MetaChecksum of the name and the file's body.
+	HasChecksum bool
+	Checksum    uint64
+	// Tags are the tag letters the parsed name carried, in order
+	// (unknown ones included); empty for a legacy name.
+	Tags string
 	// Legacy marks the older {flush}-{min_begin}-{min}-{max} form, which
 	// carries no store id and no flags.
 	Legacy bool
 }
 
-// Format renders the tagged name current TiKV writes, under MetaDir.
+// Lineage is what this agent's meta file names say beyond TiKV's tags,
+// so that `br stream verify` can prove each store's flushes form an
+// unbroken chain from the task start and come from one cluster and task.
+type Lineage struct {
+	// PrevFlushTS is the flush ts of the store's previous durable meta
+	// file in this task (b); 0 for the store's first flush of the task.
+	PrevFlushTS uint64
+	// ClusterID is PD's cluster id (c); 0 when unknown.
+	ClusterID uint64
+	// TaskStartTS is the task's start ts (s).
+	TaskStartTS uint64
+}
+
+// Format renders the tagged name, under MetaDir.
 func (m MetaName) Format() string { return FormatMetaName(m) }
 
-// FormatMetaName renders v1/backupmeta/{flush_ts:016X}{store_id:016X}-d{min_begin_ts:016X}l{min_ts:016X}u{max_ts:016X}p{flags:016X}.meta.
+// FormatMetaName renders the tagged name current TiKV writes,
+// v1/backupmeta/{flush_ts:016X}{store_id:016X}-d{min_begin_ts:016X}l{min_ts:016X}u{max_ts:016X}p{flags:016X}.meta,
+// with b{prev_flush_ts}c{cluster_id}s{task_start_ts} before .meta when
+// Linked, then h{checksum} when HasChecksum.
 func FormatMetaName(m MetaName) string {
-	return fmt.Sprintf("%s%016X%016X-%c%016X%c%016X%c%016X%c%016X%s", MetaDir, m.FlushTS, m.StoreID,
-		tagMinBeginTS, m.MinBeginTS, tagMinTS, m.MinTS, tagMaxTS, m.MaxTS, tagFlags, m.Flags, metaSuffix)
+	name := fmt.Sprintf("%s%016X%016X-%c%016X%c%016X%c%016X%c%016X", MetaDir, m.FlushTS, m.StoreID,
+		tagMinBeginTS, m.MinBeginTS, tagMinTS, m.MinTS, tagMaxTS, m.MaxTS, tagFlags, m.Flags)
+	if m.Linked {
+		name += fmt.Sprintf("%c%016X%c%016X%c%016X", tagPrevFlush, m.PrevFlushTS, tagClusterID, m.ClusterID, tagTaskStart, m.TaskStartTS)
+	}
+	if m.HasChecksum {
+		name += fmt.Sprintf("%c%016X", tagChecksum, m.Checksum)
+	}
+	return name + metaSuffix
+}
+
+// MetaChecksum is the h tag of a meta file: the first 8 bytes (big-endian)
+// of the SHA-256 of the canonical name without its h tag — every other
+// field of the name, however it was spelled — followed by the body. Any
+// change to a name field or a body byte changes it, including changes no
+// other check can see (a region id, an unknown field).
+func MetaChecksum(m MetaName, body []byte) uint64 {
+	m.HasChecksum, m.Checksum = false, 0
+	h := sha256.New()
+	h.Write([]byte(FormatMetaName(m)))
+	h.Write(body)
+	return binary.BigEndian.Uint64(h.Sum(nil))
 }
 
 // ParseMetaName reads a metadata file name (with or without its
@@ -90,6 +148,7 @@ func ParseMetaName(name string) (MetaName, error) {
 			return MetaName{}, fmt.Errorf("backupmeta name %q: duplicate tag %q", name, tag)
 		}
 		seen[tag] = true
+		m.Tags += string(tag)
 		v, err := parseHex16(suffix[pos+1 : pos+tagLen])
 		if err != nil {
 			return MetaName{}, fmt.Errorf("backupmeta name %q: tag %q: %w", name, tag, err)
@@ -102,13 +161,27 @@ func ParseMetaName(name string) (MetaName, error) {
 		case tagMaxTS:
 			m.MaxTS = v
 		case tagFlags:
-			m.Flags = v
+			m.Flags, m.HasFlags = v, true
+		case tagPrevFlush:
+			m.PrevFlushTS = v
+		case tagClusterID:
+			m.ClusterID = v
+		case tagTaskStart:
+			m.TaskStartTS = v
+		case tagChecksum:
+			m.Checksum, m.HasChecksum = v, true
 		}
 	}
 	for _, need := range []byte{tagMinBeginTS, tagMinTS, tagMaxTS} {
 		if !seen[need] {
 			return MetaName{}, fmt.Errorf("backupmeta name %q: missing tag %q", name, need)
 		}
+	}
+	// Lineage counts only when whole; a name with part of it is judged
+	// by the checks (see CheckMeta), as BR would still read it.
+	m.Linked = seen[tagPrevFlush] && seen[tagClusterID] && seen[tagTaskStart]
+	if !m.Linked {
+		m.Lineage = Lineage{}
 	}
 	return m, nil
 }
@@ -288,4 +361,35 @@ func DecodeGlobalCheckpoint(b []byte) (uint64, error) {
 // global checkpoint.
 func GlobalCheckpointObject(storeID, ts uint64) Object {
 	return Object{Name: GlobalCheckpointName(storeID), Data: EncodeGlobalCheckpoint(ts)}
+}
+
+// NameFor is base with the tags that follow from a meta file's content
+// recomputed — d (min begin ts of the default CF, TiKV's 0 = none), l and
+// u (min and max ts), p (no schema files, no groups) — and, when base
+// carries one, the checksum over the result and body (the encoded md).
+// Flush ts, store and lineage are base's. A flush is named with it, and so
+// is a meta file `br stream truncate` rewrites with fewer groups.
+func NameFor(base MetaName, md *brpb.Metadata, body []byte) MetaName {
+	n := base
+	n.MinBeginTS, n.MinTS, n.MaxTS, n.Flags = 0, md.MinTs, md.MaxTs, 0
+	hasSchema := false
+	for _, g := range md.FileGroups {
+		for _, fi := range g.DataFilesInfo {
+			// As TiKV's flush_backup_metadata: 0 means "none yet".
+			if n.MinBeginTS == 0 || fi.MinBeginTsInDefaultCf < n.MinBeginTS {
+				n.MinBeginTS = fi.MinBeginTsInDefaultCf
+			}
+			hasSchema = hasSchema || fi.IsMeta
+		}
+	}
+	if !hasSchema {
+		n.Flags |= FlagNoMetaFiles
+	}
+	if len(md.FileGroups) == 0 {
+		n.Flags |= FlagEmpty
+	}
+	if n.HasChecksum {
+		n.Checksum = MetaChecksum(n, body)
+	}
+	return n
 }

@@ -7,7 +7,7 @@ import (
 )
 
 func TestMetaNames(t *testing.T) {
-	m := MetaName{FlushTS: 0x1234, StoreID: 4, MinBeginTS: 7, MinTS: 8, MaxTS: 0xABC, Flags: FlagNoMetaFiles}
+	m := MetaName{FlushTS: 0x1234, StoreID: 4, MinBeginTS: 7, MinTS: 8, MaxTS: 0xABC, Flags: FlagNoMetaFiles, HasFlags: true, Tags: "dlup"}
 	const want = "v1/backupmeta/00000000000012340000000000000004-d0000000000000007l0000000000000008u0000000000000ABCp0000000000000001.meta"
 	if got := FormatMetaName(m); got != want || m.Format() != want {
 		t.Fatalf("meta name %s, want %s", got, want)
@@ -16,12 +16,29 @@ func TestMetaNames(t *testing.T) {
 	if err != nil || back != m {
 		t.Fatalf("parse %s: %+v %v", want, back, err)
 	}
+	// The agent's names add the lineage tags and the checksum.
+	linked := m
+	linked.Linked, linked.Lineage = true, Lineage{PrevFlushTS: 0x1233, ClusterID: 0x7000000000000001, TaskStartTS: 0x1000}
+	linked.HasChecksum, linked.Checksum, linked.Tags = true, 0xFEDCBA9876543210, "dlupbcsh"
+	const wantLinked = "v1/backupmeta/00000000000012340000000000000004-d0000000000000007l0000000000000008u0000000000000ABCp0000000000000001" +
+		"b0000000000001233c7000000000000001s0000000000001000hFEDCBA9876543210.meta"
+	if got := linked.Format(); got != wantLinked {
+		t.Fatalf("linked name %s, want %s", got, wantLinked)
+	}
+	if back, err := ParseMetaName(wantLinked); err != nil || back != linked {
+		t.Fatalf("parse %s: %+v %v", wantLinked, back, err)
+	}
+	// Part of the lineage is no lineage: the checks judge such a name.
+	partial, err := ParseMetaName(strings.Replace(wantLinked, "c7000", "x7000", 1))
+	if err != nil || partial.Linked || partial.Lineage != (Lineage{}) || partial.Tags != "dlupbxsh" {
+		t.Fatalf("partial lineage: %+v %v", partial, err)
+	}
 	// What BR's backupmetas.ParseName accepts, and what it rejects.
 	accept := map[string]MetaName{
 		// no directory, lower-case hex, tags in another order, no p,
 		// unknown tags (letters and digits) ignored
-		"00000000000012340000000000000004-u0000000000000abcl0000000000000008x0000000000000000d0000000000000007.meta":               {FlushTS: 0x1234, StoreID: 4, MinBeginTS: 7, MinTS: 8, MaxTS: 0xabc},
-		"v1/backupmeta/00000000000000010000000000000002-d0000000000000003l0000000000000004u00000000000000059FFFFFFFFFFFFFFFF.meta": {FlushTS: 1, StoreID: 2, MinBeginTS: 3, MinTS: 4, MaxTS: 5},
+		"00000000000012340000000000000004-u0000000000000abcl0000000000000008x0000000000000000d0000000000000007.meta":               {FlushTS: 0x1234, StoreID: 4, MinBeginTS: 7, MinTS: 8, MaxTS: 0xabc, Tags: "ulxd"},
+		"v1/backupmeta/00000000000000010000000000000002-d0000000000000003l0000000000000004u00000000000000059FFFFFFFFFFFFFFFF.meta": {FlushTS: 1, StoreID: 2, MinBeginTS: 3, MinTS: 4, MaxTS: 5, Tags: "dlu9"},
 		// the legacy flush-minbegin-min-max form
 		"v1/backupmeta/0000000000000010-0000000000000001-0000000000000002-00000000000000ff.meta": {FlushTS: 16, MinBeginTS: 1, MinTS: 2, MaxTS: 255, Legacy: true},
 	}
@@ -112,6 +129,7 @@ func TestGlobalCheckpoint(t *testing.T) {
 
 func FuzzParseMetaName(f *testing.F) {
 	f.Add(MetaName{FlushTS: 1, StoreID: 2, MinBeginTS: 3, MinTS: 4, MaxTS: 5, Flags: 3}.Format())
+	f.Add(MetaName{FlushTS: 1, StoreID: 2, MinBeginTS: 3, MinTS: 4, MaxTS: 5, Linked: true, Lineage: Lineage{1, 2, 3}, HasChecksum: true, Checksum: 9}.Format())
 	f.Add("00000000000012340000000000000004-u0000000000000abcl0000000000000008x0000000000000000d0000000000000007.meta")
 	f.Add("v1/backupmeta/0000000000000010-0000000000000001-0000000000000002-00000000000000ff.meta")
 	f.Fuzz(func(t *testing.T, s string) {
@@ -120,7 +138,16 @@ func FuzzParseMetaName(f *testing.F) {
 			return
 		}
 		back, err := ParseMetaName(m.Format())
-		if err != nil || back != m {
+		// Format writes the known tags in one order, p always.
+		canon := m
+		canon.HasFlags, canon.Tags = true, "dlup"
+		if m.Linked {
+			canon.Tags += "bcs"
+		}
+		if m.HasChecksum {
+			canon.Tags += "h"
+		}
+		if err != nil || back != canon {
 			t.Fatalf("%q parses to %+v; its formatted name %s gives %+v, %v", s, m, m.Format(), back, err)
 		}
 	})

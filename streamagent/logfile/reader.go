@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"fmt"
+	"io"
 	"math"
 	"sort"
 	"strings"
@@ -94,15 +94,29 @@ func DecodeMetadata(raw []byte) (*brpb.Metadata, error) {
 
 // Decoder turns a file's stored bytes into its checked plain bytes.
 // Not safe for concurrent use.
-type Decoder struct{ zd *zstd.Decoder }
+type Decoder struct {
+	zd       *zstd.Decoder
+	maxPlain uint64
+}
+
+// zstdWindow is the window a frame may ask for beyond its file's length:
+// zstd levels up to 19 use at most 8 MiB, and TiKV's streaming encoder
+// (Level::Fastest, no content size) asks for 512 KiB even for tiny files.
+const zstdWindow = 8 << 20
+
+// zstdBlockMax is the most plain bytes one zstd block holds.
+const zstdBlockMax = 128 << 10
 
 // NewDecoder returns a decoder; Close releases it.
-func NewDecoder() (*Decoder, error) {
-	zd, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxPlainFile))
+func NewDecoder() (*Decoder, error) { return newDecoder(maxPlainFile) }
+
+// newDecoder bounds what one file may decompress to (and so allocate).
+func newDecoder(maxPlain uint64) (*Decoder, error) {
+	zd, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxPlain))
 	if err != nil {
 		return nil, fmt.Errorf("zstd decoder: %w", err)
 	}
-	return &Decoder{zd: zd}, nil
+	return &Decoder{zd: zd, maxPlain: maxPlain}, nil
 }
 
 // Close releases the decoder.
@@ -110,24 +124,46 @@ func (d *Decoder) Close() { d.zd.Close() }
 
 // Plain decompresses one file's stored bytes and checks its length and
 // sha256 against fi, as BR's restore does before applying a file.
+//
+// Memory follows the data, never a length field alone: the frame must
+// agree with fi.Length about the plain size before anything is allocated
+// for it, its window may not exceed what that size needs, and the output
+// grows as bytes actually decompress, up to fi.Length+1.
 func (d *Decoder) Plain(stored []byte, fi *brpb.DataFileInfo) ([]byte, error) {
 	if fi.FileEncryptionInfo != nil {
 		return nil, fmt.Errorf("encrypted log files are not supported")
 	}
-	if fi.Length > maxPlainFile {
-		return nil, corrupt("file of %d plain bytes", fi.Length)
+	if fi.Length > d.maxPlain {
+		return nil, corrupt("file of %d plain bytes (at most %d)", fi.Length, d.maxPlain)
 	}
 	var plain []byte
 	switch fi.CompressionType {
 	case brpb.CompressionType_UNKNOWN:
 		plain = stored
 	case brpb.CompressionType_ZSTD:
-		var err error
-		// The frame header or the zstd data may lie; grow past a modest
-		// guess rather than trust fi.Length with a huge allocation.
-		if plain, err = d.zd.DecodeAll(stored, make([]byte, 0, min(fi.Length, 64<<20))); err != nil {
+		// zstd's densest block (RLE: 3 bytes of header, 1 of content)
+		// yields at most 128 KiB, so stored bytes bound the plain ones,
+		// whatever the frame header and the metadata claim.
+		if fi.Length > (uint64(len(stored))/4+1)*zstdBlockMax {
+			return nil, corrupt("%d stored bytes cannot hold %d plain bytes", len(stored), fi.Length)
+		}
+		var h zstd.Header
+		if err := h.Decode(stored); err != nil {
 			return nil, corrupt("zstd: %v", err)
 		}
+		if h.HasFCS && h.FrameContentSize != fi.Length {
+			return nil, corrupt("zstd frame of %d plain bytes, metadata says %d", h.FrameContentSize, fi.Length)
+		}
+		window := max(fi.Length, min(zstdWindow, d.maxPlain), zstd.MinWindowSize)
+		if err := d.zd.ResetWithOptions(bytes.NewReader(stored), zstd.WithDecoderMaxWindow(window), zstd.WithDecoderMaxMemory(window)); err != nil {
+			return nil, corrupt("zstd: %v", err)
+		}
+		var out bytes.Buffer
+		out.Grow(int(min(fi.Length, 1<<20)))
+		if _, err := out.ReadFrom(io.LimitReader(d.zd, int64(fi.Length)+1)); err != nil {
+			return nil, corrupt("zstd: %v", err)
+		}
+		plain = out.Bytes()
 	default:
 		return nil, fmt.Errorf("compression %v is not supported", fi.CompressionType)
 	}
@@ -158,191 +194,4 @@ func ReadDataFile(ctx context.Context, r Reader, d *Decoder, objectPath string, 
 		return nil, fmt.Errorf("%s at %d: %w", objectPath, fi.RangeOffset, err)
 	}
 	return plain, nil
-}
-
-// Decoded is one committed change read back from storage.
-type Decoded struct {
-	Change
-	RegionID int64
-	Meta     string // the metadata file that lists it
-	Object   string // the data object holding its write record
-}
-
-// Summary describes what Walk read.
-type Summary struct {
-	MetaFiles, DataObjects, DataFiles int
-	Entries                           int64 // KV entries in all files
-	// Skipped counts entries that are no change of a value: lock and
-	// rollback records, and entries of Delete-type files.
-	Skipped int64
-	Changes int // joined changes (puts and deletes)
-	// MinTS and MaxTS bound the commit ts of the changes.
-	MinTS, MaxTS uint64
-	// MinResolvedTS and MaxResolvedTS bound the resolved ts the metadata
-	// files declare: a flush's resolved ts promises its store's data up
-	// to it is listed by that file or an earlier one.
-	MinResolvedTS, MaxResolvedTS uint64
-}
-
-// pendingWrite is a write record waiting for the end of its metadata file,
-// when every default-CF value the flush holds is known.
-type pendingWrite struct {
-	raw      []byte
-	commitTS uint64
-	w        Write
-	region   int64
-	object   string
-}
-
-// Walk reads everything the metadata files list, in flush order: each
-// data object, each file's range decompressed and checked (length,
-// sha256, entry count, crc64xor, ts and key bounds against its
-// DataFileInfo), and calls fn for every committed change — write-CF puts
-// and deletes, joined with their default-CF values — in file order within
-// each metadata file. Any inconsistency is an error naming the object, so
-// Walk serves as the oracle of what storage holds.
-func Walk(ctx context.Context, r Reader, fn func(Decoded) error) (Summary, error) {
-	var sum Summary
-	metas, err := ReadMetas(ctx, r)
-	if err != nil {
-		return sum, err
-	}
-	sum.MetaFiles = len(metas)
-	dec, err := NewDecoder()
-	if err != nil {
-		return sum, err
-	}
-	defer dec.Close()
-
-	// Long values by raw key and start ts. Kept for the whole walk: a
-	// value is written once at prewrite and may serve a commit listed by a
-	// later flush.
-	defaults := map[string][]byte{}
-	for i, mf := range metas {
-		if i == 0 {
-			sum.MinResolvedTS = mf.Metadata.ResolvedTs
-		}
-		sum.MinResolvedTS = min(sum.MinResolvedTS, mf.Metadata.ResolvedTs)
-		sum.MaxResolvedTS = max(sum.MaxResolvedTS, mf.Metadata.ResolvedTs)
-		var writes []pendingWrite
-		for _, g := range mf.Metadata.FileGroups {
-			if err := ctx.Err(); err != nil {
-				return sum, err
-			}
-			obj, err := r.ReadFile(ctx, g.Path)
-			if err != nil {
-				return sum, fmt.Errorf("read %s (listed by %s): %w", g.Path, mf.Path, err)
-			}
-			sum.DataObjects++
-			if uint64(len(obj)) != g.Length {
-				return sum, corrupt("%s is %d bytes, %s says %d", g.Path, len(obj), mf.Path, g.Length)
-			}
-			for _, fi := range g.DataFilesInfo {
-				sum.DataFiles++
-				if fi.RangeOffset > uint64(len(obj)) || fi.RangeLength > uint64(len(obj))-fi.RangeOffset {
-					return sum, corrupt("%s: range %d+%d is past its %d bytes", g.Path, fi.RangeOffset, fi.RangeLength, len(obj))
-				}
-				plain, err := dec.Plain(obj[fi.RangeOffset:fi.RangeOffset+fi.RangeLength], fi)
-				if err != nil {
-					return sum, fmt.Errorf("%s at %d: %w", g.Path, fi.RangeOffset, err)
-				}
-				if writes, err = decodeFile(&sum, defaults, writes, plain, g.Path, fi); err != nil {
-					return sum, fmt.Errorf("%s at %d: %w", g.Path, fi.RangeOffset, err)
-				}
-			}
-		}
-		// Join first, hand out after: a flush with a missing value yields
-		// nothing rather than a part.
-		changes := make([]Decoded, 0, len(writes))
-		for _, pw := range writes {
-			c := Change{Key: pw.raw, StartTS: pw.w.StartTS, CommitTS: pw.commitTS, Op: OpPut}
-			switch {
-			case pw.w.Type == WriteDelete:
-				c.Op = OpDelete
-			case pw.w.HasShort:
-				c.Value = pw.w.ShortValue
-			default:
-				v, ok := defaults[defaultKey(pw.raw, pw.w.StartTS)]
-				if !ok {
-					return sum, corrupt("%s: key %x committed at %d has no default-cf value (start ts %d) in this or an earlier flush",
-						pw.object, pw.raw, pw.commitTS, pw.w.StartTS)
-				}
-				c.Value = v
-			}
-			changes = append(changes, Decoded{Change: c, RegionID: pw.region, Meta: mf.Path, Object: pw.object})
-		}
-		for _, d := range changes {
-			if sum.Changes == 0 || d.CommitTS < sum.MinTS {
-				sum.MinTS = d.CommitTS
-			}
-			sum.MaxTS = max(sum.MaxTS, d.CommitTS)
-			sum.Changes++
-			if err := fn(d); err != nil {
-				return sum, err
-			}
-		}
-	}
-	return sum, nil
-}
-
-func defaultKey(raw []byte, startTS uint64) string {
-	return string(binary.BigEndian.AppendUint64(append(make([]byte, 0, len(raw)+8), raw...), startTS))
-}
-
-// decodeFile checks one file's entries against its DataFileInfo, records
-// its default-CF values and appends its puts and deletes to writes.
-func decodeFile(sum *Summary, defaults map[string][]byte, writes []pendingWrite, plain []byte, object string, fi *brpb.DataFileInfo) ([]pendingWrite, error) {
-	if fi.Cf != CFDefault && fi.Cf != CFWrite {
-		return writes, corrupt("unknown column family %q", fi.Cf)
-	}
-	t := crcTables()
-	var crc uint64
-	var n int64
-	for rest := plain; len(rest) > 0; n++ {
-		k, v, next, err := NextFrame(rest)
-		if err != nil {
-			return writes, fmt.Errorf("entry %d: %w", n, err)
-		}
-		rest = next
-		sum.Entries++
-		crc ^= crcUpdate(crcUpdate(0, t, k), t, v)
-		if bytes.Compare(k, fi.StartKey) < 0 || bytes.Compare(k, fi.EndKey) > 0 {
-			return writes, corrupt("entry %d: key %x outside the file's range %x..%x", n, k, fi.StartKey, fi.EndKey)
-		}
-		if fi.Type == brpb.FileType_Delete {
-			// A raft delete (e.g. GC) removes a version; it is no change.
-			if _, ts, err := DecodeMVCCKey(k); err != nil || ts < fi.MinTs || ts > fi.MaxTs {
-				return writes, corrupt("entry %d: delete of key %x: ts outside %d..%d or bad key (%v)", n, k, fi.MinTs, fi.MaxTs, err)
-			}
-			sum.Skipped++
-			continue
-		}
-		e, err := DecodeKV(fi.Cf, k, v)
-		if err != nil {
-			return writes, fmt.Errorf("entry %d: %w", n, err)
-		}
-		if e.TS < fi.MinTs || e.TS > fi.MaxTs {
-			return writes, corrupt("entry %d: key %x has ts %d outside the file's %d..%d", n, e.Key, e.TS, fi.MinTs, fi.MaxTs)
-		}
-		if e.CF == CFDefault {
-			defaults[defaultKey(e.Key, e.TS)] = bytes.Clone(v)
-			continue
-		}
-		if e.Write.StartTS < fi.MinBeginTsInDefaultCf {
-			return writes, corrupt("entry %d: key %x starts at %d, before the file's min begin ts %d", n, e.Key, e.Write.StartTS, fi.MinBeginTsInDefaultCf)
-		}
-		if e.Write.Type != WritePut && e.Write.Type != WriteDelete {
-			sum.Skipped++ // locks and rollbacks change no value
-			continue
-		}
-		writes = append(writes, pendingWrite{raw: e.Key, commitTS: e.TS, w: e.Write, region: fi.RegionId, object: object})
-	}
-	if n != fi.NumberOfEntries {
-		return writes, corrupt("%d entries, metadata says %d", n, fi.NumberOfEntries)
-	}
-	// Older TiKV left crc64xor empty.
-	if fi.Crc64Xor != 0 && crc != fi.Crc64Xor {
-		return writes, corrupt("crc64xor %016x, metadata says %016x", crc, fi.Crc64Xor)
-	}
-	return writes, nil
 }

@@ -6,6 +6,8 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"runtime"
+	"syscall"
 	"testing"
 	"time"
 
@@ -61,24 +63,46 @@ func (e *benchEnv) agent(b *testing.B, flush time.Duration) (*streamagent.Agent,
 	return a, func() { cancel(); <-done }
 }
 
-// BenchmarkObserve10KRegions: from an agent's start (or a resume) until it
-// has found all 10,000 regions of its store through PD (paged) and sent
-// their EventFeed registrations.
-func BenchmarkObserve10KRegions(b *testing.B) {
-	e := setupBench(b, 10000)
-	for i := 0; i < b.N; i++ {
-		began := time.Now()
-		a, stop := e.agent(b, time.Hour)
-		for {
-			st := a.Status()
-			if len(st.Tasks) == 1 && st.Tasks[0].ObservedRegions >= 10000 {
-				break
+// BenchmarkObserveRegions: from an agent's start (or a resume) until it
+// has found every region of its store through PD (paged), registered each
+// on its EventFeed and seen every initial scan finish; and the heap that
+// costs per observed region (the agent's subscription, matcher and span
+// state, plus the simulated store's side of each subscription).
+//
+//	go test -run '^$' -bench ObserveRegions -benchtime 1x ./tests/e2e/
+func BenchmarkObserveRegions(b *testing.B) {
+	for _, n := range []int{10000, 100000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			e := setupBench(b, n)
+			for i := 0; i < b.N; i++ {
+				runtime.GC()
+				var before runtime.MemStats
+				runtime.ReadMemStats(&before)
+				began := time.Now()
+				a, stop := e.agent(b, time.Hour)
+				var observed time.Duration
+				for {
+					st := a.Status()
+					if len(st.Tasks) == 1 && st.Tasks[0].ObservedRegions >= int64(n) {
+						if observed == 0 {
+							observed = time.Since(began)
+						}
+						if st.Tasks[0].PendingRanges == 0 && st.Tasks[0].Scanning == 0 {
+							break
+						}
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+				ready := time.Since(began)
+				runtime.GC()
+				var after runtime.MemStats
+				runtime.ReadMemStats(&after)
+				stop()
+				b.ReportMetric(observed.Seconds(), "s-to-register")
+				b.ReportMetric(ready.Seconds(), "s-to-scanned")
+				b.ReportMetric(float64(int64(after.HeapAlloc)-int64(before.HeapAlloc))/float64(n), "heap-B/region")
 			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		observed := time.Since(began)
-		stop()
-		b.ReportMetric(observed.Seconds(), "s-to-observe")
+		})
 	}
 }
 
@@ -248,4 +272,101 @@ func BenchmarkResumeObserve10K(b *testing.B) {
 		total += time.Since(began)
 	}
 	b.ReportMetric(total.Seconds()/float64(b.N), "s-to-observe")
+}
+
+// BenchmarkAgentThroughput measures one agent, not the writer in front of
+// it: the simulated cluster's bulk writer commits b.N rows straight into
+// its ledger and CDC streams (well over the agent's pace), and the clock
+// stops when the global checkpoint covers the last commit. rows/s and MB/s
+// (key and value bytes) are end to end through intake, matching,
+// buffering, compression, upload and checkpoints; writer-rows/s shows the
+// source was not the bound. Flush interval 1 s, default memory quota.
+//
+//	go test -run '^$' -bench AgentThroughput -benchtime 300000x ./tests/e2e/
+func BenchmarkAgentThroughput(b *testing.B) {
+	for _, value := range []int{100, 1024} {
+		for _, regions := range []int{16, 10000} {
+			for _, where := range []string{"local", "s3"} {
+				b.Run(fmt.Sprintf("value=%d/regions=%d/%s", value, regions, where), func(b *testing.B) {
+					benchThroughput(b, value, regions, where, 0)
+				})
+			}
+		}
+	}
+}
+
+func benchThroughput(b *testing.B, value, regions int, where string, rate int) (rowsPerSec float64) {
+	log.SetLevel(zapcore.ErrorLevel)
+	ctx := context.Background()
+	c := startPDCluster(b, ctx, simcluster.Config{Stores: 1})
+	m := meta.NewClient(pdEtcd{c}.Client(b))
+	w, err := c.NewBulkWriter(simcluster.BulkConfig{Keys: simcluster.KeysTiDBRow, Regions: regions, Split: true, ValueSize: value, Rate: rate})
+	if err != nil {
+		b.Fatal(err)
+	}
+	url := "local://" + b.TempDir()
+	if where == "s3" {
+		url = s3test.Start(b, "bk").URL("bk", "log")
+	}
+	start, _ := c.TSO(ctx)
+	if err := br.Start(ctx, br.NewEnv(m).WithPD(c.PD()), br.StartOptions{TaskName: "bench", StartTS: fmt.Sprint(start), Storage: url}, io.Discard); err != nil {
+		b.Fatal(err)
+	}
+	a, err := streamagent.New(streamagent.Config{StoreID: c.StoreIDs()[0], PD: c.PD(), Meta: m, ClusterID: c.ClusterID(),
+		FlushInterval: time.Second, ReconcileInterval: time.Hour, CoordinatorInterval: 200 * time.Millisecond, TempDir: b.TempDir(),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	actx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); a.Run(actx) }()
+	defer func() { cancel(); <-done }()
+	// Every region observed before the clock starts.
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(10 * time.Millisecond) {
+		if st := a.Status(); len(st.Tasks) == 1 && st.Tasks[0].ObservedRegions >= int64(regions) {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("the agent never observed %d regions", regions)
+		}
+	}
+	b.ResetTimer()
+	began := time.Now()
+	cpu := processCPU(b)
+	st, err := w.Write(ctx, int64(b.N))
+	if err != nil {
+		b.Fatal(err)
+	}
+	last, _ := c.TSO(ctx)
+	wrote := time.Now()
+	for deadline := time.Now().Add(10 * time.Minute); ; time.Sleep(10 * time.Millisecond) {
+		if g, ok, _ := m.GlobalCheckpoint(ctx, "bench"); ok && g >= last {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatal("the checkpoint never covered the last commit")
+		}
+	}
+	elapsed := time.Since(began)
+	b.StopTimer()
+	rowsPerSec = float64(st.Rows) / elapsed.Seconds()
+	b.ReportMetric(rowsPerSec, "rows/s")
+	b.ReportMetric(float64(st.Bytes)/elapsed.Seconds()/1e6, "MB/s")
+	b.ReportMetric(float64(st.Rows)/st.Elapsed.Seconds(), "writer-rows/s")
+	b.ReportMetric(time.Since(wrote).Seconds(), "s-catch-up")
+	// CPU per row is steadier than wall rates on a shared machine; it
+	// includes the simulator's side (BenchmarkBulkEventFeed in
+	// tests/simcluster measures that alone).
+	b.ReportMetric(float64(processCPU(b)-cpu)/float64(st.Rows), "cpu-ns/row")
+	return rowsPerSec
+}
+
+// processCPU is the process's CPU time so far (user + system).
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

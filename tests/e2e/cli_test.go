@@ -95,6 +95,7 @@ func sameSnapshot(t *testing.T, what string, before, after map[string]string) {
 type statusJSON struct {
 	Name       string `json:"name"`
 	Status     string `json:"status"`
+	State      string `json:"state"`
 	StartTS    uint64 `json:"start_ts"`
 	Storage    string `json:"storage"`
 	Checkpoint uint64 `json:"checkpoint"`
@@ -249,6 +250,8 @@ func TestCLIBadInputs(t *testing.T) {
 		args []string
 	}{
 		{"bad task name", "invalid task name", []string{"stream", "start", "--task-name", "bad-name!", "--storage", good}},
+		{"long task name", "at most 128", []string{"stream", "start", "--task-name", strings.Repeat("x", 129), "--storage", good}},
+		{"datetime without a zone", "must set timezone", []string{"stream", "start", "--task-name", "t2", "--storage", good, "--start-ts", "2024-01-01 00:00:00"}},
 		{"missing task name", "--task-name", []string{"stream", "start", "--storage", good}},
 		{"duplicate task", "only one task", []string{"stream", "start", "--task-name", "other", "--storage", "local://" + filepath.Join(dir, "other")}},
 		{"unknown task pause", `"nope" not found`, []string{"stream", "pause", "--task-name", "nope"}},
@@ -256,13 +259,13 @@ func TestCLIBadInputs(t *testing.T) {
 		{"unknown task stop", `"nope" not found`, []string{"stream", "stop", "--task-name", "nope"}},
 		{"unknown task status", `"nope" not found`, []string{"stream", "status", "--task-name", "nope"}},
 		{"bad start ts", "invalid --start-ts", []string{"stream", "start", "--task-name", "t2", "--storage", good, "--start-ts", "yesterday"}},
-		{"future start ts", "after the current time", []string{"stream", "start", "--task-name", "t2", "--storage", good, "--start-ts", "2999-01-01 00:00:00+0000"}},
+		{"future start ts", "after the current time", []string{"stream", "start", "--task-name", "t2", "--storage", good, "--start-ts", "2037-01-01 00:00:00+0000"}},
 		{"bad end ts", "--end-ts", []string{"stream", "start", "--task-name", "t2", "--storage", good, "--end-ts", "1"}},
 		{"unknown scheme", "invalid storage URL", []string{"stream", "start", "--task-name", "t2", "--storage", "ftp://host/x"}},
 		{"relative local path", "invalid storage URL", []string{"stream", "start", "--task-name", "t2", "--storage", "local://relative/path"}},
 		{"missing bucket", "invalid storage URL", []string{"stream", "start", "--task-name", "t2", "--storage", "s3:///prefix"}},
 		{"mem storage", "cannot hold a task", []string{"stream", "start", "--task-name", "t2", "--storage", "mem://"}},
-		{"unsupported filter", "not supported", []string{"stream", "start", "--task-name", "t2", "--storage", good, "--filter", "db.*"}},
+		{"bad filter", "invalid --filter", []string{"stream", "start", "--task-name", "t2", "--storage", good, "--filter", "db.t\\x"}},
 		{"unknown flag", "unknown flag", []string{"stream", "status", "--bogus"}},
 	}
 	for _, c := range cases {
@@ -310,21 +313,30 @@ func TestCLIUnreachableEtcd(t *testing.T) {
 	}
 }
 
-// TestCLICorruptValues puts garbage under each key kind of a task: status
-// and the control commands fail with an error naming the key, never panic,
-// and change nothing.
+// TestCLICorruptValues puts garbage under each key kind of a task. One
+// corrupt record never locks the operator out: status shows it (key, why)
+// with the rest of the task and exits 0; the commands that act on the
+// task refuse with an error naming the key and change nothing, except the
+// ones that repair: resume --clear-error replaces a corrupt pause or last
+// error, and stop removes whatever the task's keys hold.
 func TestCLICorruptValues(t *testing.T) {
+	garbage := "\xff\x00not-a-valid-value\x01\x02\x03"
+	future := string([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}) // a checkpoint ts of 0xFF…FF
 	keys := []struct {
-		kind string
-		key  string
-		cmds [][]string
+		kind, key, value string
+		refused          [][]string // fail naming the key, change nothing
+		repair           []string   // then succeeds
 	}{
-		{"info", "/tidb/br-stream/info/pitr", [][]string{{"stream", "status"}, {"stream", "pause", "--task-name", "pitr"}}},
-		{"pause", "/tidb/br-stream/pause/pitr", [][]string{{"stream", "status"}, {"stream", "resume", "--task-name", "pitr"}}},
-		{"store checkpoint", "/tidb/br-stream/checkpoint/pitr/store/1", [][]string{{"stream", "status"}}},
-		{"global checkpoint", "/tidb/br-stream/checkpoint/pitr/central_global", [][]string{{"stream", "status"}}},
-		{"storage checkpoint", "/tidb/br-stream/storage-checkpoint/pitr/1", [][]string{{"stream", "status"}}},
-		{"last error", "/tidb/br-stream/last-error/pitr/1", [][]string{{"stream", "status"}, {"stream", "resume", "--task-name", "pitr"}}},
+		{"info", "/tidb/br-stream/info/pitr", garbage, [][]string{{"stream", "pause", "--task-name", "pitr"}, {"stream", "resume", "--task-name", "pitr", "--clear-error"}},
+			[]string{"stream", "stop", "--task-name", "pitr"}},
+		{"pause", "/tidb/br-stream/pause/pitr", "{not json", [][]string{{"stream", "resume", "--task-name", "pitr"}},
+			[]string{"stream", "resume", "--task-name", "pitr", "--clear-error"}},
+		{"last error", "/tidb/br-stream/last-error/pitr/1", garbage, [][]string{{"stream", "resume", "--task-name", "pitr"}},
+			[]string{"stream", "resume", "--task-name", "pitr", "--clear-error"}},
+		{"history", "", garbage, nil, []string{"stream", "stop", "--task-name", "pitr"}},
+		{"store checkpoint", "/tidb/br-stream/checkpoint/pitr/store/1", garbage, nil, []string{"stream", "stop", "--task-name", "pitr"}},
+		{"global checkpoint", "/tidb/br-stream/checkpoint/pitr/central_global", future, nil, []string{"stream", "stop", "--task-name", "pitr"}},
+		{"storage checkpoint", "/tidb/br-stream/storage-checkpoint/pitr/1", garbage, nil, []string{"stream", "stop", "--task-name", "pitr"}},
 	}
 	for _, k := range keys {
 		t.Run(k.kind, func(t *testing.T) {
@@ -332,21 +344,54 @@ func TestCLICorruptValues(t *testing.T) {
 			r.ok("stream", "start", "--task-name", "pitr", "--storage", "local://"+t.TempDir())
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			garbage := "\xff\x00not-a-valid-value\x01\x02\x03"
-			if k.kind == "pause" {
-				garbage = "{not json"
+			key := k.key
+			if key == "" { // one record of the current incarnation's history
+				st, err := meta.NewClient(cli).GetTask(ctx, "pitr")
+				if err != nil {
+					t.Fatal(err)
+				}
+				key = meta.HistoryPrefix("pitr", st.Incarnation) + "00000000000000000001-00000000000000000001-1"
 			}
-			if _, err := cli.Put(ctx, k.key, garbage); err != nil {
+			if k.kind == "last error" || k.kind == "pause" {
+				r.ok("stream", "pause", "--task-name", "pitr")
+			}
+			if _, err := cli.Put(ctx, key, k.value); err != nil {
 				t.Fatal(err)
 			}
+			table := r.ok("stream", "status", "--task-name", "pitr")
+			if !strings.Contains(table, "corrupt[1]") || !strings.Contains(table, key) {
+				t.Fatalf("status does not show the corrupt record %s:\n%s", key, table)
+			}
+			js := r.ok("stream", "status", "--task-name", "pitr", "--json")
+			if !strings.Contains(js, `"corrupt_records":[{"key":`) {
+				t.Fatalf("status --json lacks corrupt_records: %s", js)
+			}
+			hist := r.ok("stream", "history", "--task-name", "pitr")
+			if k.kind == "history" && !strings.Contains(hist, "unreadable record "+key) {
+				t.Fatalf("history does not show the unreadable record:\n%s", hist)
+			}
 			before := snapshot(t, cli)
-			for _, args := range k.cmds {
-				res := r.fails("malformed", args...)
-				if !strings.Contains(res.stderr, k.key) {
-					t.Fatalf("br %v: error does not name the key %q: %q", args, k.key, res.stderr)
+			for _, args := range k.refused {
+				res := r.fails("pitr", args...)
+				if !strings.Contains(res.stderr+res.stdout, "info") && !strings.Contains(res.stderr+res.stdout, key) && !strings.Contains(res.stderr, "--clear-error") {
+					t.Fatalf("br %v: error says neither the key nor the way out: %q", args, res.stderr)
 				}
 			}
-			sameSnapshot(t, fmt.Sprintf("commands on corrupt %s", k.kind), before, snapshot(t, cli))
+			sameSnapshot(t, fmt.Sprintf("refused commands on corrupt %s", k.kind), before, snapshot(t, cli))
+			r.ok(k.repair...)
+			if k.repair[1] == "stop" {
+				if left := snapshot(t, cli); len(left) > 0 {
+					for key := range left {
+						if !strings.Contains(key, "/stream-agent/agents/") {
+							t.Fatalf("stop left %s", key)
+						}
+					}
+				}
+				return
+			}
+			if table := r.ok("stream", "status", "--task-name", "pitr"); strings.Contains(table, "corrupt[") || !strings.Contains(table, "NORMAL") {
+				t.Fatalf("after the repair:\n%s", table)
+			}
 		})
 	}
 }
@@ -387,4 +432,14 @@ func secretOf(t *testing.T, url string) string {
 	}
 	t.Fatalf("no secret-access-key in %s", url)
 	return ""
+}
+
+// TestCLIUnknownStorageParameterWarns: as BR, an unknown URL parameter is
+// ignored with a warning naming it (never its value), not refused.
+func TestCLIUnknownStorageParameterWarns(t *testing.T) {
+	r, _, _ := cliCluster(t)
+	out := r.ok("stream", "start", "--task-name", "pitr", "--storage", "local://"+t.TempDir()+"?acess-key=SECRETVALUE")
+	if !strings.Contains(out, "warning:") || !strings.Contains(out, "acess-key") || strings.Contains(out, "SECRETVALUE") {
+		t.Fatalf("start output: %s", out)
+	}
 }

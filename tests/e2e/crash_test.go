@@ -2,16 +2,18 @@ package e2e
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	brpb "github.com/pingcap/kvproto/pkg/brpb"
+
 	"logbackup/meta"
+	"logbackup/storage"
 	"logbackup/streamagent"
-	"logbackup/streamagent/errs"
 	"logbackup/tests/s3test"
 	"logbackup/tests/simcluster"
 )
@@ -24,15 +26,15 @@ func TestCrashBetweenUploadAndCheckpoint(t *testing.T) {
 	defer cancel()
 	h := newHarness(t, ctx, simcluster.Config{Stores: 1, SplitKeys: [][]byte{[]byte("t5")}}, "local://"+t.TempDir(), 0)
 	c, m, startTS, url := h.c, h.m, h.startTS, h.url
+	// The process "dies" right after the first meta file is durable: the
+	// storage write returns only once the agent is gone.
 	var hit atomic.Int32
 	crashed := make(chan struct{})
 	a, stop := h.agent(c.StoreIDs()[0], nil, func(cfg *streamagent.Config) {
 		cfg.FlushInterval = time.Hour
-		cfg.BeforeCheckpoints = func(string) error {
-			if hit.Add(1) == 1 {
-				close(crashed)
-			}
-			return errs.Wrap(errs.CodeNetwork, errors.New("simulated crash before the checkpoint write"))
+		cfg.OpenStorage = func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error) {
+			s, err := storage.OpenBackend(ctx, b)
+			return &dyingStorage{Storage: s, hit: &hit, crashed: crashed}, err
 		}
 	})
 	for i := 0; i < 50; i++ {
@@ -105,4 +107,24 @@ func TestEtcdDownDuringFlush(t *testing.T) {
 			t.Fatal("the fatal error's report was lost while etcd was down")
 		}
 	}
+}
+
+// dyingStorage writes the first meta file, then never returns: the agent
+// that wrote it is killed before any checkpoint could follow.
+type dyingStorage struct {
+	storage.Storage
+	hit     *atomic.Int32
+	crashed chan struct{}
+}
+
+func (d *dyingStorage) WriteFile(ctx context.Context, name string, data []byte) error {
+	if err := d.Storage.WriteFile(ctx, name, data); err != nil {
+		return err
+	}
+	if strings.HasSuffix(name, ".meta") && d.hit.Add(1) == 1 {
+		close(d.crashed)
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return nil
 }

@@ -43,6 +43,24 @@ func assertBackedUp(t *testing.T, ctx context.Context, url string, c *simcluster
 			t.Fatalf("%s@%d (%s) is not in storage", v.Key, v.CommitTS, v.Value)
 		}
 	}
+	// And what br stream verify proves of the agents' storage: every meta
+	// file as written, each store's flush chain unbroken.
+	// Its clock is PD's, as an operator's is: some tests move PD's clock
+	// ahead of the wall clock, and storage that PD's time wrote is not
+	// from the future.
+	pdNow, err := c.TSO(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := br.VerifyWith(ctx, st, br.VerifyConfig{Now: func() time.Time { return br.PhysicalTime(pdNow) }})
+	if err != nil || len(rep.Problems) > 0 {
+		t.Fatalf("verify: %v %v", err, rep.Problems)
+	}
+	for _, s := range rep.Stores {
+		if s.Linked != s.MetaFiles {
+			t.Fatalf("store %d: %d of %d meta files carry the agent's lineage tags", s.StoreID, s.Linked, s.MetaFiles)
+		}
+	}
 	return len(want)
 }
 

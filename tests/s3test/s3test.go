@@ -31,8 +31,11 @@ const (
 type Fault struct {
 	// Status answers with this HTTP status and an S3 error body:
 	// 403 AccessDenied, 404 NoSuchBucket, 429/503 SlowDown, 500
-	// InternalError, anything else InternalError.
+	// InternalError, anything else InternalError; Code, if set, replaces
+	// that error code (e.g. 403 QuotaExceeded as Ceph answers, 400
+	// EntityTooLarge).
 	Status int
+	Code   string
 	// Statuses, if set, answers the n-th faulted request with
 	// Statuses[n % len(Statuses)] instead of Status (e.g. 500 then 503).
 	Statuses []int
@@ -61,8 +64,20 @@ type Server struct {
 	mu       sync.Mutex
 	fault    *Fault
 	nth      int // faulted requests so far under the current fault
+	log      []Request
 	requests atomic.Int64
 	faults   atomic.Int64
+}
+
+// Request is what the server recorded of one request, S3 or STS.
+type Request struct {
+	Method string
+	Path   string // escaped, as sent
+	Query  url.Values
+	Header http.Header
+	// Form holds an STS request's parameters (Action, RoleArn, …).
+	Form    url.Values
+	Faulted bool
 }
 
 // Start serves on 127.0.0.1 with the given buckets created; it stops when
@@ -94,7 +109,14 @@ func Start(t testing.TB, buckets ...string) *Server {
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	s.requests.Add(1)
+	rec := Request{Method: r.Method, Path: r.URL.EscapedPath(), Query: r.URL.Query(), Header: r.Header.Clone()}
+	if isSTS(r) {
+		s.serveSTS(w, r, rec)
+		return
+	}
 	f, status := s.takeFault(r)
+	rec.Faulted = f != nil
+	s.record(rec)
 	if f == nil {
 		s.fake.ServeHTTP(w, r)
 		return
@@ -104,7 +126,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	case f.Drop:
 		drop(w, r)
 	case status != 0:
-		writeS3Error(w, r, status)
+		writeS3Error(w, r, status, f.Code)
 	case f.SlowBody > 0:
 		sw := &stallingWriter{ResponseWriter: w, delay: f.SlowBody, ctx: r.Context()}
 		s.fake.ServeHTTP(sw, r)
@@ -179,6 +201,26 @@ func (s *Server) ClearFault() {
 // Requests counts every request received; Faults counts those faulted.
 func (s *Server) Requests() int64 { return s.requests.Load() }
 
+// Log returns a copy of every request recorded so far, headers included.
+func (s *Server) Log() []Request {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Request(nil), s.log...)
+}
+
+// ResetLog forgets the recorded requests.
+func (s *Server) ResetLog() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.log = nil
+}
+
+func (s *Server) record(r Request) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.log = append(s.log, r)
+}
+
 // Faults counts the requests a fault was applied to.
 func (s *Server) Faults() int64 { return s.faults.Load() }
 
@@ -191,8 +233,10 @@ var s3ErrorCodes = map[int]string{
 
 // writeS3Error answers as S3 does, so the SDK parses the code (gocloud
 // maps AccessDenied to PermissionDenied). HEAD answers carry no body.
-func writeS3Error(w http.ResponseWriter, r *http.Request, status int) {
-	code := s3ErrorCodes[status]
+func writeS3Error(w http.ResponseWriter, r *http.Request, status int, code string) {
+	if code == "" {
+		code = s3ErrorCodes[status]
+	}
 	if code == "" {
 		code = "InternalError"
 	}
@@ -216,7 +260,7 @@ func drop(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.Copy(io.Discard, r.Body)
 	hj, ok := w.(http.Hijacker)
 	if !ok { // not with net/http's HTTP/1 server; answer something still
-		writeS3Error(w, r, http.StatusInternalServerError)
+		writeS3Error(w, r, http.StatusInternalServerError, "")
 		return
 	}
 	conn, _, err := hj.Hijack()

@@ -12,6 +12,7 @@ import (
 	"github.com/pingcap/kvproto/pkg/cdcpb"
 	"github.com/pingcap/kvproto/pkg/errorpb"
 	"github.com/pingcap/kvproto/pkg/metapb"
+	"github.com/pingcap/kvproto/pkg/tikvpb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -60,6 +61,8 @@ func (s *storeServer) serve(addr string) error {
 	}
 	g := grpc.NewServer(append([]grpc.ServerOption{grpc.MaxRecvMsgSize(256 << 20), grpc.ForceServerCodecV2(newGogoCodec())}, s.c.storeOpts...)...)
 	cdcpb.RegisterChangeDataServer(g, s)
+	// TiKV's KV API beside CDC, as TiKV serves both on one port.
+	tikvpb.RegisterTikvServer(g, &kvService{s: s})
 	// client-go marks a store it failed to reach as unreachable until the
 	// gRPC health service at the store's address says SERVING again, as
 	// TiKV's does; without it a store that was down stays shunned forever.

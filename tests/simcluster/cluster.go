@@ -7,6 +7,7 @@ import (
 	"math/rand"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pingcap/kvproto/pkg/metapb"
@@ -47,10 +48,13 @@ type Config struct {
 
 // Cluster is a running simulated cluster.
 type Cluster struct {
-	cfg       Config
-	mock      *testutils.MockCluster
-	pdClient  pd.Client
-	kv        *tikv.KVStore
+	cfg      Config
+	mock     *testutils.MockCluster
+	pdClient pd.Client
+	kv       *tikv.KVStore
+	// kvStore is kv for the stores' KV API (kvservice.go), which starts
+	// serving before kv exists.
+	kvStore   atomic.Pointer[tikv.KVStore]
 	clusterID uint64
 	storeIDs  []uint64
 
@@ -139,6 +143,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		c.Close()
 		return nil, fmt.Errorf("tikv store: %w", err)
 	}
+	c.kvStore.Store(c.kv)
 	lctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
 	c.wg.Add(1)

@@ -31,6 +31,15 @@
 //     below. It owns its key range; client-go prewrites there are refused.
 //   - Every store serves kvproto's cdcpb.ChangeData EventFeed; EventFeedV2
 //     answers Unimplemented so clients fall back (TiKV itself implements V2).
+//   - Every store also serves TiKV's KV API (tikvpb.Tikv, kvservice.go) for
+//     clients outside the process, such as br reading TiDB's schema with
+//     client-go: KvGet, KvScan, KvBatchGet, KvScanLock and lock resolution
+//     (CheckTxnStatus, Cleanup, ResolveLock, TxnHeartBeat, BatchRollback,
+//     PessimisticRollback), unary and over BatchCommands. Each request goes
+//     to the writer's own client (mocktikv behind the hook) as this store, so
+//     region, epoch and leader are checked as TiKV checks them and lock
+//     resolution is recorded like any write. Writes (Prewrite, Commit, …)
+//     answer Unimplemented: they stay in process.
 //
 // # EventFeed semantics
 //

@@ -1,7 +1,8 @@
-package main
+package agentcmd
 
 import (
 	"context"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -10,7 +11,7 @@ import (
 // Bad flags are refused with a clear error before anything connects, and
 // an unreachable PD is reported within the dial timeout.
 func TestRunRejectsBadInput(t *testing.T) {
-	base := options{pd: "127.0.0.1:1", statusAddr: "127.0.0.1:0", flushInterval: time.Minute, fileSizeLimit: 1 << 20, dialTimeout: time.Second}
+	base := options{pd: "127.0.0.1:1", statusAddr: "127.0.0.1:0", flushInterval: time.Minute, reconcileInterval: time.Second, coordinatorInterval: time.Second, fileSizeLimit: 1 << 20, dialTimeout: time.Second}
 	cases := []struct {
 		name string
 		mod  func(*options)
@@ -18,16 +19,19 @@ func TestRunRejectsBadInput(t *testing.T) {
 	}{
 		{"no store", func(o *options) {}, "--store-id or --store-addr"},
 		{"flush too fast", func(o *options) { o.storeID = 1; o.flushInterval = time.Millisecond }, "--flush-interval"},
+		{"reconcile too fast", func(o *options) { o.storeID = 1; o.reconcileInterval = time.Millisecond }, "--reconcile-interval"},
 		{"tiny files", func(o *options) { o.storeID = 1; o.fileSizeLimit = 10 }, "--file-size-limit"},
 		{"no pd", func(o *options) { o.storeID = 1; o.pd = " , " }, "--pd"},
 		{"unreachable pd", func(o *options) { o.storeID = 1 }, "127.0.0.1:1"},
+		{"cert without ca", func(o *options) { o.storeID = 1; o.cert, o.key = "/etc/x.pem", "/etc/x-key.pem" }, "--cert and --key are given without --ca"},
+		{"unreadable ca", func(o *options) { o.storeID = 1; o.ca = "/nonexistent/ca.pem" }, "--ca /nonexistent/ca.pem: cannot read"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			o := base
 			c.mod(&o)
 			began := time.Now()
-			err := run(context.Background(), o)
+			err := run(context.Background(), o, io.Discard)
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("run: %v, want an error mentioning %q", err, c.want)
 			}

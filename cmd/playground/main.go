@@ -1,0 +1,72 @@
+// Command playground runs logbackup locally in its deployed shape, in the
+// spirit of `tiup playground`: a simulated TiKV cluster (PD and its etcd on
+// one address, CDC per store), one stream agent process per store, a
+// workload and a log backup task, ending with a verification of the
+// backup. With --nemesis it injects faults meanwhile and checks the backup
+// against the cluster's ledger all along.
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"logbackup/playground"
+)
+
+func main() {
+	// The playground starts its agents by running this binary again.
+	playground.RunAgentIfAsked()
+	if err := command().Execute(); err != nil {
+		fmt.Fprintf(os.Stderr, "Error: %s\n", err)
+		os.Exit(1)
+	}
+}
+
+func command() *cobra.Command {
+	var o playground.Options
+	var faults string
+	cmd := &cobra.Command{
+		Use:           "playground",
+		Short:         "run a simulated TiKV cluster, one stream agent process per store, a workload and a log backup task locally, then verify the backup",
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			switch faults {
+			case "all":
+			case "none":
+				o.Faults = []string{}
+			default:
+				o.Faults = strings.Split(faults, ",")
+			}
+			if !o.Nemesis {
+				o.FatalSLO = 0
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return playground.Run(ctx, o, cmd.OutOrStdout())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.Dir, "dir", "", "directory for PD/etcd data, agent logs and the default storage (default: a new temp dir)")
+	f.StringVar(&o.Storage, "storage", "", "backup storage URL (default local://<dir>/backup)")
+	f.DurationVar(&o.Duration, "duration", 20*time.Second, "how long the workload runs (0 = until Ctrl-C)")
+	f.IntVar(&o.Stores, "stores", 3, "simulated TiKV stores")
+	f.IntVar(&o.Regions, "regions", 8, "initial regions")
+	f.IntVar(&o.Rate, "rate", 100, "transactions per second")
+	f.DurationVar(&o.FlushInterval, "flush-interval", 3*time.Second, "agents' flush interval (at least 1s)")
+	f.BoolVar(&o.Nemesis, "nemesis", false, "inject faults while the workload runs and check the backup against the cluster's ledger all along")
+	f.Int64Var(&o.Seed, "seed", 0, "the nemesis's random seed (default: from the clock; printed)")
+	f.StringVar(&faults, "faults", "all", "fault kinds to inject, comma-separated, or all, or none: "+strings.Join(playground.AllFaults(), ","))
+	f.DurationVar(&o.FaultGap, "fault-gap", 20*time.Second, "mean pause between two faults of one nemesis lane")
+	f.DurationVar(&o.FatalSLO, "fatal-slo", time.Second, "with --nemesis: a fatal error must reach its LastError this fast after the agent meets it (0: only report)")
+	f.StringVar(&o.Sabotage, "sabotage", "", "break the backup on purpose to see the oracle fail: drop-write or checkpoint-back")
+	_ = f.MarkHidden("sabotage")
+	return cmd
+}

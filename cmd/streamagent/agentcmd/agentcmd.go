@@ -1,0 +1,188 @@
+// Package agentcmd is the stream agent's command line: cmd/streamagent runs
+// it, and so does the playground, which starts every agent as a separate
+// process running exactly this code.
+package agentcmd
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"logbackup/meta"
+	"logbackup/storage"
+	"logbackup/streamagent"
+)
+
+type options struct {
+	pd, etcd            string
+	storeID             uint64
+	storeAddr           string
+	statusAddr          string
+	ca, cert, key       string
+	flushInterval       time.Duration
+	reconcileInterval   time.Duration
+	coordinatorInterval time.Duration
+	fileSizeLimit       int
+	memoryQuota         int
+	tempDir             string
+	dialTimeout         time.Duration
+}
+
+// Main parses args (without the program name), runs the agent until
+// SIGINT or SIGTERM, and returns the process exit code.
+func Main(args []string, stderr io.Writer) int {
+	o := options{}
+	fs := flag.NewFlagSet("streamagent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.pd, "pd", "127.0.0.1:2379", "PD endpoints, comma-separated")
+	fs.StringVar(&o.etcd, "etcd", "", "etcd endpoints for task metadata (default: the PD endpoints, as BR uses PD's etcd)")
+	fs.Uint64Var(&o.storeID, "store-id", 0, "the TiKV store this agent serves")
+	fs.StringVar(&o.storeAddr, "store-addr", "", "or: the TiKV store's address, to look its id up in PD")
+	fs.StringVar(&o.statusAddr, "status-addr", "127.0.0.1:9780", "HTTP address for /metrics and /status")
+	fs.StringVar(&o.ca, "ca", "", "CA certificate for TLS to PD/etcd/TiKV")
+	fs.StringVar(&o.cert, "cert", "", "certificate for TLS")
+	fs.StringVar(&o.key, "key", "", "private key for TLS")
+	fs.DurationVar(&o.flushInterval, "flush-interval", 3*time.Minute, "how often buffered changes are flushed")
+	fs.DurationVar(&o.reconcileInterval, "reconcile-interval", 10*time.Second, "how often PD is asked for leaders that moved onto this store")
+	fs.DurationVar(&o.coordinatorInterval, "coordinator-interval", 12*time.Second, "how often the elected coordinator publishes the global checkpoint")
+	fs.IntVar(&o.fileSizeLimit, "file-size-limit", 256<<20, "flush early at this many buffered bytes")
+	fs.IntVar(&o.memoryQuota, "memory-quota", 256<<20, "bytes a task buffers in memory before spilling to --temp-dir")
+	fs.StringVar(&o.tempDir, "temp-dir", "", "directory for spilled buffers (default <os temp>/logbackup-agent; each process claims its own subdirectory)")
+	fs.DurationVar(&o.dialTimeout, "dial-timeout", 10*time.Second, "how long to wait for PD and etcd at start")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "Error: unexpected argument %q (flags only)\n", fs.Arg(0))
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o, stderr); err != nil {
+		fmt.Fprintf(stderr, "Error: %s\n", storage.Redact(err.Error()))
+		return 1
+	}
+	return 0
+}
+
+func run(ctx context.Context, o options, logOut io.Writer) error {
+	if o.storeID == 0 && o.storeAddr == "" {
+		return errors.New("pass --store-id or --store-addr")
+	}
+	if o.flushInterval < time.Second {
+		return fmt.Errorf("--flush-interval %s is below the 1s minimum", o.flushInterval)
+	}
+	if o.reconcileInterval < 100*time.Millisecond || o.coordinatorInterval < 100*time.Millisecond {
+		return fmt.Errorf("--reconcile-interval %s and --coordinator-interval %s must be at least 100ms", o.reconcileInterval, o.coordinatorInterval)
+	}
+	if o.fileSizeLimit < 1<<20 {
+		return fmt.Errorf("--file-size-limit %d is below 1 MiB", o.fileSizeLimit)
+	}
+	if o.memoryQuota < 1<<20 {
+		return fmt.Errorf("--memory-quota %d is below 1 MiB", o.memoryQuota)
+	}
+	if o.dialTimeout <= 0 {
+		return fmt.Errorf("--dial-timeout %s must be positive", o.dialTimeout)
+	}
+	pdAddrs := splitList(o.pd)
+	if len(pdAddrs) == 0 {
+		return errors.New("pass --pd")
+	}
+	etcdAddrs := splitList(o.etcd)
+	if len(etcdAddrs) == 0 {
+		etcdAddrs = pdAddrs
+	}
+	// Before anything dials: PD's client, like etcd's, would otherwise
+	// connect in plaintext when --cert is given without --ca.
+	tlsFiles := meta.TLSFiles{CA: o.ca, Cert: o.cert, Key: o.key}
+	if err := tlsFiles.Validate(); err != nil {
+		return fmt.Errorf("TLS flags: %w", err)
+	}
+	var cdcTLS *tls.Config
+	if tlsFiles.Enabled() {
+		c, err := tlsFiles.ClientConfig()
+		if err != nil {
+			return fmt.Errorf("TLS flags: %w", err)
+		}
+		cdcTLS = c
+	}
+	log := slog.New(slog.NewJSONHandler(logOut, nil))
+
+	// The PD client lives as long as the agent (a PD client dies with the
+	// context it was made with); meta.DialPD bounds only the dial.
+	pdc, err := meta.DialPD(ctx, meta.DialConfig{Endpoints: pdAddrs, CAFile: o.ca, CertFile: o.cert, KeyFile: o.key, DialTimeout: o.dialTimeout})
+	if err != nil {
+		return fmt.Errorf("connect to PD: %w", err)
+	}
+	defer pdc.Close()
+	dctx, cancel := context.WithTimeout(ctx, o.dialTimeout)
+	defer cancel()
+	cli, err := meta.Dial(dctx, meta.DialConfig{Endpoints: etcdAddrs, CAFile: o.ca, CertFile: o.cert, KeyFile: o.key, DialTimeout: o.dialTimeout})
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	storeID := o.storeID
+	if storeID == 0 {
+		stores, err := pdc.GetAllStores(dctx)
+		if err != nil {
+			return fmt.Errorf("list stores: %w", err)
+		}
+		for _, s := range stores {
+			if s.Address == o.storeAddr {
+				storeID = s.Id
+			}
+		}
+		if storeID == 0 {
+			return fmt.Errorf("no store at %s in PD", o.storeAddr)
+		}
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	lis, err := net.Listen("tcp", o.statusAddr)
+	if err != nil {
+		return fmt.Errorf("listen on --status-addr %s: %w", o.statusAddr, err)
+	}
+	agent, err := streamagent.New(streamagent.Config{
+		StoreID: storeID, PD: pdc, Meta: meta.NewClient(cli), ClusterID: pdc.GetClusterID(ctx),
+		FlushInterval: o.flushInterval, FileSizeLimit: o.fileSizeLimit, MemoryQuota: o.memoryQuota, TempDir: o.tempDir,
+		ReconcileInterval: o.reconcileInterval, CoordinatorInterval: o.coordinatorInterval,
+		StatusAddress: lis.Addr().String(), Logger: log, TLS: cdcTLS,
+	}, reg)
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	srv := &http.Server{Handler: agent.Handler(reg), ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(lis)
+	defer srv.Close()
+	log.Info("stream agent started", "store", storeID, "status", lis.Addr().String())
+	return agent.Run(ctx)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

@@ -1,0 +1,302 @@
+package streamagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/pingcap/kvproto/pkg/metapb"
+	"github.com/tikv/client-go/v2/oracle"
+
+	"logbackup/meta"
+	"logbackup/proto/lbpb"
+	"logbackup/streamagent/errs"
+	"logbackup/streamagent/logfile"
+	"logbackup/streamagent/spans"
+)
+
+// The flush pipeline. The loop freezes a flush — each initialized
+// subscription's resolved ts, and the builder holding every row at or
+// below it — hands it to the flusher goroutine and goes on taking events
+// into a fresh builder. The flusher builds the files (compress, hash),
+// uploads the data objects, then the meta file that lists them, and only
+// then publishes the checkpoints the flush covers. At most one flush is in
+// flight: the next is frozen only once the previous one is done, so
+// checkpoints are published in flush order, and a flush whose buffer is
+// lost never has a successor already claiming to cover it.
+
+// frozen is one observed piece's resolved ts when its flush was frozen.
+type frozen struct {
+	span   spans.Span
+	region *metapb.Region
+	ts     uint64
+}
+
+// flushJob is one frozen flush.
+type flushJob struct {
+	builder  *logfile.Builder // closed (nil) once built
+	frozen   []frozen
+	observed []spans.Span // every observed piece when frozen: the store checkpoint is their minimum
+	resolved uint64       // the flush's resolved ts (the start ts if nothing is observed)
+	fl       *logfile.Flush
+	// durable is set once the meta file is written: a retry then only
+	// publishes checkpoints, never rewriting a file a meta file lists.
+	durable bool
+	waiters []chan error // FlushNow callers
+}
+
+// flushResult is one attempt's outcome, reported to the loop.
+type flushResult struct {
+	job *flushJob
+	err error
+	// lost: the buffer could not be built (a spilled file unreadable);
+	// its changes are gone and must be rescanned.
+	lost bool
+}
+
+// durableMap is what is durable in storage, by key range (ours or
+// inherited from other stores): the flusher advances it after uploads, the
+// loop reads it to start subscriptions.
+type durableMap struct {
+	mu sync.Mutex
+	m  *spans.Map
+}
+
+func (d *durableMap) advance(s spans.Span, ts uint64) {
+	d.mu.Lock()
+	d.m.Advance(s, ts)
+	d.mu.Unlock()
+}
+
+func (d *durableMap) min(s spans.Span) (uint64, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.m.Min(s)
+}
+
+func (d *durableMap) merge(from *spans.Map) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	from.Each(func(s spans.Span, ts uint64) { d.m.Advance(s, ts) })
+}
+
+func (d *durableMap) record(store, flushTS uint64) *lbpb.SpanCheckpoints {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return toRecord(store, flushTS, d.m)
+}
+
+// flusher builds, uploads and publishes flushes on its own goroutine, one
+// at a time.
+type flusher struct {
+	t           *taskRunner // its immutable parts: agent, task, storage, fenced meta
+	durable     *durableMap
+	lastFlushTS uint64
+	// prevFlushTS is the flush ts of this store's last meta file made
+	// durable in this task: the lineage (tag b) of the next one.
+	prevFlushTS uint64
+	jobs        chan *flushJob   // capacity 1; the loop sends only when none is in flight
+	retry       chan struct{}    // capacity 1; the loop's go-ahead to try a failed flush again
+	results     chan flushResult // capacity 1
+}
+
+func newFlusher(t *taskRunner, durable *durableMap) *flusher {
+	return &flusher{t: t, durable: durable, jobs: make(chan *flushJob, 1), retry: make(chan struct{}, 1), results: make(chan flushResult, 1)}
+}
+
+// run processes jobs until ctx ends; a job still unbuilt then has its
+// builder closed (its changes were never published as durable).
+func (f *flusher) run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case job := <-f.jobs:
+			f.process(ctx, job)
+		}
+	}
+}
+
+func (f *flusher) process(ctx context.Context, job *flushJob) {
+	defer func() {
+		if job.builder != nil {
+			job.builder.Close()
+			job.builder = nil
+		}
+	}()
+	for {
+		res := f.attempt(ctx, job)
+		select {
+		case f.results <- res:
+		case <-ctx.Done():
+			return
+		}
+		if res.err == nil || res.lost {
+			return
+		}
+		select {
+		case <-f.retry:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (f *flusher) attempt(ctx context.Context, job *flushJob) flushResult {
+	t := f.t
+	if job.fl == nil {
+		flushTS, err := f.nextFlushTS(ctx)
+		if err != nil {
+			return flushResult{job: job, err: err}
+		}
+		began := time.Now()
+		fl, err := job.builder.FinishLinked(flushTS, job.resolved,
+			logfile.Lineage{PrevFlushTS: f.prevFlushTS, ClusterID: t.a.cfg.ClusterID, TaskStartTS: t.info.StartTs})
+		job.builder.Close() // its temp files are compressed into fl now
+		job.builder = nil
+		t.a.metrics.flushStage("generate_metadata", time.Since(began))
+		if err != nil {
+			if errors.Is(err, logfile.ErrSpillCorrupt) {
+				err = errs.Wrap(errs.CodeChecksumMismatch, err)
+			}
+			return flushResult{job: job, err: fmt.Errorf("build flush: %w", err), lost: true}
+		}
+		job.fl = fl
+	}
+	return flushResult{job: job, err: f.upload(ctx, job)}
+}
+
+func (f *flusher) nextFlushTS(ctx context.Context) (uint64, error) {
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	phys, logical, err := f.t.a.cfg.PD.GetTS(rctx)
+	if err != nil {
+		return 0, errs.Wrap(errs.CodePD, fmt.Errorf("get flush ts: %w", err))
+	}
+	// Strictly growing per store, even if PD's clock went back: meta file
+	// names must never repeat.
+	ts := max(oracle.ComposeTS(phys, logical), f.lastFlushTS+1)
+	f.lastFlushTS = ts
+	return ts, nil
+}
+
+// upload writes the data objects, then the meta file that lists them, and
+// only then advances the checkpoints the flush covers.
+func (f *flusher) upload(ctx context.Context, job *flushJob) error {
+	t := f.t
+	if !job.durable {
+		began := time.Now()
+		for _, o := range job.fl.Data {
+			if err := t.st.WriteFile(ctx, o.Name, o.Data); err != nil {
+				return fmt.Errorf("upload %s: %w", o.Name, err)
+			}
+			t.a.metrics.uploaded("log", len(o.Data))
+		}
+		if err := t.st.WriteFile(ctx, job.fl.Meta.Name, job.fl.Meta.Data); err != nil {
+			return fmt.Errorf("upload %s: %w", job.fl.Meta.Name, err)
+		}
+		t.a.metrics.uploaded("metadata", len(job.fl.Meta.Data))
+		job.durable = true
+		f.prevFlushTS = job.fl.Name.FlushTS
+		job.fl.Data = nil // uploaded: release the compressed bytes
+		t.a.metrics.flushStage("save_files", time.Since(began))
+	}
+	for _, fr := range job.frozen {
+		f.durable.advance(fr.span, fr.ts)
+	}
+	if err := f.putRegionCheckpoints(ctx, job.frozen); err != nil {
+		return err
+	}
+	t.stats.lastFlushUnixMs.Store(time.Now().UnixMilli())
+	if err := t.meta.PutSpanCheckpoints(ctx, t.info.Name, t.inc, f.durable.record(t.a.cfg.StoreID, job.fl.Name.FlushTS)); err != nil {
+		return etcdErr(fmt.Errorf("publish span checkpoints: %w", err))
+	}
+	if cp, ok := f.storeCheckpoint(job.observed); ok {
+		stored, err := t.meta.AdvanceStoreCheckpoint(ctx, t.info.Name, t.a.cfg.StoreID, cp)
+		if err != nil {
+			return etcdErr(fmt.Errorf("advance store checkpoint: %w", err))
+		}
+		t.stats.storeCheckpoint.Store(stored)
+		t.a.metrics.checkpoints.setStore(t.info.Name, stored)
+		t.keepFlushSafePoint(ctx, stored)
+	}
+	return f.syncGlobalCheckpoint(ctx)
+}
+
+// storeCheckpoint is the minimum durable ts over what this store observed
+// when the flush was frozen.
+func (f *flusher) storeCheckpoint(observed []spans.Span) (uint64, bool) {
+	var cp uint64
+	found := false
+	for _, p := range observed {
+		ts, ok := f.durable.min(p)
+		if !ok {
+			continue
+		}
+		if !found || ts < cp {
+			cp, found = ts, true
+		}
+	}
+	return cp, found
+}
+
+// putRegionCheckpoints records each flushed region's checkpoint at
+// checkpoint/<task>/region/<id>/<epoch version>, as BR's tools read them.
+// A region split into several task ranges gets the minimum of its ranges.
+func (f *flusher) putRegionCheckpoints(ctx context.Context, fr []frozen) error {
+	type key struct{ id, version uint64 }
+	min := map[key]uint64{}
+	for _, x := range fr {
+		k := key{x.region.Id, x.region.RegionEpoch.GetVersion()}
+		if cur, ok := min[k]; !ok || x.ts < cur {
+			min[k] = x.ts
+		}
+	}
+	cps := make([]meta.RegionTS, 0, len(min))
+	for k, ts := range min {
+		cps = append(cps, meta.RegionTS{RegionID: k.id, EpochVersion: k.version, TS: ts})
+	}
+	if err := f.t.meta.AdvanceRegionCheckpoints(ctx, f.t.info.Name, cps); err != nil {
+		return etcdErr(fmt.Errorf("advance region checkpoints: %w", err))
+	}
+	return nil
+}
+
+// syncGlobalCheckpoint copies the coordinator's global checkpoint to
+// storage (v1/global_checkpoint/<store>.ts) and then to etcd's storage
+// checkpoint, as TiKV does, so BR's status and restore agree.
+func (f *flusher) syncGlobalCheckpoint(ctx context.Context) error {
+	t := f.t
+	// An implausible global checkpoint is not copied anywhere; the
+	// coordinator replaces it on its next advance.
+	var bad []meta.CorruptRecord
+	g, ok, err := t.meta.Tolerant(&bad).GlobalCheckpoint(ctx, t.info.Name)
+	if err != nil || !ok {
+		return etcdErr(err)
+	}
+	scs, err := t.meta.Tolerant(&bad).StorageCheckpoints(ctx, t.info.Name)
+	if err != nil {
+		return etcdErr(err)
+	}
+	if scs[t.a.cfg.StoreID] >= g {
+		return nil
+	}
+	name := logfile.GlobalCheckpointName(t.a.cfg.StoreID)
+	if err := t.st.WriteFile(ctx, name, logfile.EncodeGlobalCheckpoint(g)); err != nil {
+		return fmt.Errorf("upload %s: %w", name, err)
+	}
+	_, err = t.meta.AdvanceStorageCheckpoint(ctx, t.info.Name, t.a.cfg.StoreID, g)
+	return etcdErr(err)
+}
+
+// etcdErr codes a failed etcd request as EtcdUnavailable, unless it says
+// something more specific (a corrupt value, a task gone, a shutdown).
+func etcdErr(err error) error {
+	if err == nil || errors.Is(err, meta.ErrMalformed) || errors.Is(err, meta.ErrStaleIncarnation) ||
+		errors.Is(err, context.Canceled) {
+		return err
+	}
+	return errs.Wrap(errs.CodeEtcdUnavailable, err)
+}

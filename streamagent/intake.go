@@ -1,0 +1,175 @@
+package streamagent
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/pingcap/kvproto/pkg/cdcpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"logbackup/streamagent/errs"
+	"logbackup/streamagent/logfile"
+)
+
+// Intake: the EventFeed stream to this agent's own store, and what the
+// loop does with each event — rows through the region's matcher into the
+// builder, resolved ts into the matchers, region errors into placement.
+
+// ticdcVersion is the client version the agent announces in request
+// headers. TiKV enables store-level batched resolved ts for clients at or
+// above 4.0.8 and checks cluster ids from 5.3.0 (FeatureGate).
+const ticdcVersion = "8.5.0"
+
+// feedStream is the EventFeed stream to this agent's own store.
+type feedStream struct {
+	conn   *grpc.ClientConn
+	stream cdcpb.ChangeData_EventFeedClient
+	cancel context.CancelFunc
+}
+
+// streamEvent is what the receive goroutine hands the loop.
+type streamEvent struct {
+	stream *feedStream
+	ev     *cdcpb.ChangeDataEvent
+	err    error
+}
+
+func (t *taskRunner) ensureStream(ctx context.Context) (*feedStream, error) {
+	if t.stream != nil {
+		return t.stream, nil
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	store, err := t.a.cfg.PD.GetStore(rctx, t.a.cfg.StoreID)
+	if err != nil {
+		return nil, errs.Wrap(errs.CodePD, fmt.Errorf("look up store %d: %w", t.a.cfg.StoreID, err))
+	}
+	creds := insecure.NewCredentials()
+	if t.a.cfg.TLS != nil {
+		creds = credentials.NewTLS(t.a.cfg.TLS)
+	}
+	conn, err := grpc.NewClient(store.Address, grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)))
+	if err != nil {
+		return nil, fmt.Errorf("dial store %d at %s: %w", t.a.cfg.StoreID, store.Address, err)
+	}
+	sctx, scancel := context.WithCancel(ctx)
+	stream, err := cdcpb.NewChangeDataClient(conn).EventFeed(sctx)
+	if err != nil {
+		scancel()
+		conn.Close()
+		return nil, fmt.Errorf("open event feed on store %d: %w", t.a.cfg.StoreID, err)
+	}
+	fs := &feedStream{conn: conn, stream: stream, cancel: scancel}
+	t.stream = fs
+	go func() {
+		for {
+			ev, err := stream.Recv()
+			select {
+			case t.events <- streamEvent{stream: fs, ev: ev, err: err}:
+			case <-sctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return fs, nil
+}
+
+func (t *taskRunner) closeStream() {
+	if t.stream != nil {
+		t.stream.cancel()
+		t.stream.conn.Close()
+		t.stream = nil
+	}
+}
+
+// streamLost fails every subscription of a broken stream.
+func (t *taskRunner) streamLost(st *feedStream) {
+	if t.stream == st {
+		t.closeStream()
+	}
+	for _, sub := range t.subs {
+		if sub.stream == st {
+			t.drop(sub, "stream-lost")
+		}
+	}
+}
+
+func (t *taskRunner) handle(e streamEvent) {
+	if e.err != nil {
+		if t.stream == e.stream { // not the end of a stream we closed ourselves
+			info := errs.Classify(e.err)
+			t.a.metrics.countError(string(info.Code))
+			if info.Class == errs.Fatal {
+				// E.g. Unimplemented: this TiKV has no CDC service we can
+				// use. Retrying forever would hide it.
+				t.fatal = &fatalError{info: info, err: fmt.Errorf("event feed of store %d: %w", t.a.cfg.StoreID, e.err)}
+				return
+			}
+		}
+		t.streamLost(e.stream)
+		return
+	}
+	for _, ev := range e.ev.Events {
+		sub := t.subs[ev.RequestId]
+		if sub == nil || sub.region.Id != ev.RegionId {
+			continue // a subscription we already dropped
+		}
+		switch x := ev.Event.(type) {
+		case *cdcpb.Event_Entries_:
+			t.a.metrics.tikv.handleKVBatch.Observe(float64(len(x.Entries.Entries)))
+			err := sub.m.Rows(x.Entries.Entries, func(row *cdcpb.Event_Row) {
+				if !sub.contains(row.Key) {
+					return // between two task ranges in one region
+				}
+				t.builder.Add(logfile.RegionInfo{ID: sub.region.Id, StartKey: sub.region.StartKey, EndKey: sub.region.EndKey, Epoch: sub.region.RegionEpoch},
+					logfile.Change{Key: row.Key, Value: row.Value, StartTS: row.StartTs, CommitTS: row.CommitTs, Op: opOf(row)})
+				t.a.metrics.eventsIn.Inc()
+				t.a.metrics.bytesIn.Add(float64(len(row.Key) + len(row.Value)))
+				t.progress.received(len(row.Key) + len(row.Value))
+			})
+			if err != nil {
+				t.log.Warn("region stream broke its promises; rescanning", "region", sub.region.Id, "err", err)
+				t.deregister(sub)
+				t.drop(sub, "matcher")
+			}
+		case *cdcpb.Event_Error:
+			// Classified where it arrives: a region moving is routine, but
+			// another cluster's TiKV or an incompatible one never heals.
+			rerr := &errs.RegionError{RegionID: sub.region.Id, Err: x.Error}
+			info := errs.Classify(rerr)
+			t.a.metrics.countError(string(info.Code))
+			if info.Class == errs.Fatal {
+				t.fatal = &fatalError{info: info, err: fmt.Errorf("store %d: %w", t.a.cfg.StoreID, rerr)}
+				return
+			}
+			t.drop(sub, errs.RegionErrorKind(x.Error))
+		case *cdcpb.Event_ResolvedTs:
+			// The per-region form TiKV sends clients older than 4.0.8.
+			sub.m.Resolve(x.ResolvedTs)
+		}
+	}
+	if rt := e.ev.ResolvedTs; rt != nil {
+		for _, id := range rt.Regions {
+			// request_id 0 (EventFeed without multiplexing) names the
+			// region's subscription on this stream, whatever its request.
+			sub := t.byRegion[id]
+			if sub != nil && sub.stream == e.stream && (rt.RequestId == 0 || rt.RequestId == sub.reqID) {
+				sub.m.Resolve(rt.Ts)
+			}
+		}
+	}
+}
+
+func opOf(row *cdcpb.Event_Row) logfile.Op {
+	if row.OpType == cdcpb.Event_Row_DELETE {
+		return logfile.OpDelete
+	}
+	return logfile.OpPut
+}

@@ -1,0 +1,66 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"logbackup/meta"
+	"logbackup/tests/simcluster"
+)
+
+// TestCheckRequirements: `start --check-requirements` (on by default, as in
+// BR) warns, naming them, about the TiKV stores that have no registered
+// agent, and refuses a cluster whose PD reports no TiKV store that is up;
+// --check-requirements=false skips both checks.
+func TestCheckRequirements(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := startPDCluster(t, ctx, simcluster.Config{Stores: 2})
+	r := brRun{t: t, ep: c.PDAddr()}
+	m := meta.NewClient(pdEtcd{c}.Client(t))
+	s1, s2 := c.StoreIDs()[0], c.StoreIDs()[1]
+	start := func(extra ...string) string {
+		t.Helper()
+		out := r.ok(append([]string{"log", "start", "--task-name", "pitr", "-s", "local://" + filepath.Join(t.TempDir(), "b")}, extra...)...)
+		r.ok("log", "stop", "--task-name", "pitr")
+		return out
+	}
+	want := fmt.Sprintf("warning: no log backup agent is registered for store %d (%s), %d (%s)", s1, c.StoreAddr(s1), s2, c.StoreAddr(s2))
+	if out := start(); !strings.Contains(out, want) {
+		t.Fatalf("no agents: start says\n%s\nwant %q", out, want)
+	}
+	if out := start("--check-requirements=false"); strings.Contains(out, "warning") {
+		t.Fatalf("--check-requirements=false still checks:\n%s", out)
+	}
+
+	h := &harness{t: t, ctx: ctx, c: c, etcd: pdEtcd{c}, m: m}
+	_, stop := h.agent(s1, nil, nil)
+	defer stop()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if agents, err := m.Agents(ctx); err == nil && agents[s1] != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the agent of store 1 never registered")
+		}
+	}
+	out := start()
+	if want := fmt.Sprintf("warning: no log backup agent is registered for store %d (%s):", s2, c.StoreAddr(s2)); !strings.Contains(out, want) {
+		t.Fatalf("one agent: start says\n%s\nwant %q", out, want)
+	}
+
+	c.StoreDown(s1)
+	c.StoreDown(s2)
+	res := r.fails("no TiKV store that is up", "log", "start", "--task-name", "pitr", "-s", "local://"+filepath.Join(t.TempDir(), "down"))
+	if !strings.Contains(res.stderr, "--check-requirements=false") {
+		t.Fatalf("no hint: %s", res.stderr)
+	}
+	if tasks, _, err := m.ListTasks(ctx); err != nil || len(tasks) != 0 {
+		t.Fatalf("the refused start left tasks %v (%v)", tasks, err)
+	}
+	start("--check-requirements=false")
+}

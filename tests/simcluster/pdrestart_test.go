@@ -1,0 +1,90 @@
+package simcluster_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	pd "github.com/tikv/pd/client"
+
+	"logbackup/meta"
+	"logbackup/tests/simcluster"
+)
+
+// TestStopAndStartPD: a stopped PD refuses PD and etcd calls on its
+// address; started again it serves both on the same address with the same
+// cluster id and GC state, and clients made before the stop carry on.
+func TestStopAndStartPD(t *testing.T) {
+	c := startPD(t, simcluster.Config{Stores: 1, DataDir: t.TempDir()})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	addr := c.PDAddr()
+	pdc := newPDClient(t, c, pd.SecurityOption{})
+	cli, err := meta.Dial(ctx, meta.DialConfig{Endpoints: []string{addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ts, err := c.TSO(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pdc.UpdateServiceGCSafePoint(ctx, "svc", 3600, ts); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, "/k", "v"); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := c.StopPD(); err != nil {
+		t.Fatal(err)
+	}
+	short, cancelShort := context.WithTimeout(ctx, time.Second)
+	if _, _, err := pdc.GetTS(short); err == nil {
+		t.Fatal("a stopped PD handed out a timestamp")
+	}
+	cancelShort()
+	short, cancelShort = context.WithTimeout(ctx, time.Second)
+	if _, err := cli.Get(short, "/k"); err == nil {
+		t.Fatal("a stopped PD's etcd answered")
+	}
+	cancelShort()
+	if _, err := c.TSO(ctx); err != nil {
+		t.Fatalf("the in-process PD stopped too: %v", err)
+	}
+
+	if err := c.StartPD(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if c.PDAddr() != addr {
+		t.Fatalf("PD came back at %s, was %s", c.PDAddr(), addr)
+	}
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
+		_, _, tsErr := pdc.GetTS(rctx)
+		resp, getErr := cli.Get(rctx, "/k")
+		rcancel()
+		if tsErr == nil && getErr == nil {
+			if len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "v" {
+				t.Fatalf("etcd lost its data across the restart: %v", resp.Kvs)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("clients did not reconnect: tso %v, etcd %v", tsErr, getErr)
+		}
+	}
+	if got := pdc.GetClusterID(ctx); got != c.ClusterID() {
+		t.Fatalf("cluster id %d, want %d", got, c.ClusterID())
+	}
+	if sp, ok := c.ServiceSafePoints()["svc"]; !ok || sp.SafePoint != ts {
+		t.Fatalf("service safepoint after restart: %+v %v", sp, ok)
+	}
+	// GC changes are persisted in the new etcd.
+	if _, err := pdc.UpdateServiceGCSafePoint(ctx, "svc2", 3600, ts); err != nil {
+		t.Fatalf("a GC change after the restart: %v", err)
+	}
+	if _, err := meta.GCSafePoint(ctx, pdc); err != nil {
+		t.Fatalf("PD's GC safe point after the restart: %v", err)
+	}
+}
