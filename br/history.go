@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"logbackup/meta"
@@ -27,6 +28,9 @@ func HistoryLine(ev *lbpb.RecoveryEvent, loc *time.Location) string {
 	if ev.Attempt > 0 {
 		s += fmt.Sprintf(" (attempt %d)", ev.Attempt)
 	}
+	if o := outcome(ev); o != "" {
+		s += " [" + o + "]"
+	}
 	if ev.ErrorCode != "" {
 		s += " " + ev.ErrorCode
 	}
@@ -34,6 +38,23 @@ func HistoryLine(ev *lbpb.RecoveryEvent, loc *time.Location) string {
 		s += ": " + ev.Message
 	}
 	return s
+}
+
+// outcome names what an automatic resume event says: the coordinator
+// records each resume and its outcome, never a probe.
+func outcome(ev *lbpb.RecoveryEvent) string {
+	switch ev.Kind {
+	case lbpb.RecoveryEvent_AUTO_RESUME_ATTEMPT:
+		return "resumed"
+	case lbpb.RecoveryEvent_AUTO_RESUME_SUCCEEDED:
+		return "held"
+	case lbpb.RecoveryEvent_AUTO_RESUME_FAILED:
+		if strings.Contains(ev.Message, meta.RecoveryGaveUpMarker) {
+			return "gave_up"
+		}
+		return "failed"
+	}
+	return ""
 }
 
 func actor(ev *lbpb.RecoveryEvent) string {
@@ -69,10 +90,11 @@ func History(ctx context.Context, env *Env, name string, asJSON bool, w io.Write
 			ErrorCode string    `json:"error_code,omitempty"`
 			Message   string    `json:"message,omitempty"`
 			Attempt   uint32    `json:"attempt,omitempty"`
+			Outcome   string    `json:"outcome,omitempty"`
 		}
 		rows := []row{}
 		for _, ev := range evs {
-			rows = append(rows, row{time.UnixMilli(ev.HappenAtUnixMs), ev.Kind.String(), actor(ev), ev.StoreId, ev.ErrorCode, ev.Message, ev.Attempt})
+			rows = append(rows, row{time.UnixMilli(ev.HappenAtUnixMs), ev.Kind.String(), actor(ev), ev.StoreId, ev.ErrorCode, ev.Message, ev.Attempt, outcome(ev)})
 		}
 		for _, r := range bad {
 			rows = append(rows, row{Kind: "CORRUPT_RECORD", Actor: "unknown", Message: r.Key + ": " + r.Err.Error()})

@@ -69,6 +69,10 @@ type TaskView struct {
 	// the checkpoint are gone and the task cannot resume without loss.
 	GCSafePoint uint64 `json:"gc_safepoint,omitempty"`
 	GCPassed    bool   `json:"gc_safepoint_passed"`
+	// AutoRecovery is what the coordinator's automatic recovery does for a
+	// task paused by a recoverable error (or just resumed by it): what it
+	// probes, how often, the last probe, the resumes so far.
+	AutoRecovery *meta.RecoveryState `json:"auto_recovery,omitempty"`
 	// Corrupt are the task's records that could not be read (key, why);
 	// the rest of the view is shown all the same.
 	Corrupt []CorruptView `json:"corrupt_records"`
@@ -285,6 +289,13 @@ func loadView(ctx context.Context, env *Env, t *meta.TaskStatus) (*TaskView, err
 		return nil, fmt.Errorf("read other log-backup writers of %q: %w", info.Name, err)
 	}
 	v.Conflicts = append([]string{}, nb.Describe()...)
+	rs, err := env.Meta.GetRecoveryState(ctx, info.Name, t.Incarnation)
+	if err != nil {
+		return nil, fmt.Errorf("read the automatic recovery state of %q: %w", info.Name, err)
+	}
+	if rs != nil && (t.Pause.Paused || rs.Phase == meta.RecoveryResumed) {
+		v.AutoRecovery = rs
+	}
 	evs, err := env.Meta.History(ctx, info.Name, t.Incarnation)
 	if err != nil {
 		return nil, fmt.Errorf("read history of %q: %w", info.Name, err)
@@ -434,6 +445,12 @@ func taskRows(v *TaskView, now time.Time, loc *time.Location) []row {
 			rows = append(rows, row{"pause-payload", p.Message})
 		}
 	}
+	if r := v.AutoRecovery; r != nil {
+		rows = append(rows, row{"auto-recovery", autoRecoveryLine(r, now, loc)})
+		if r.Phase == meta.RecoveryProbing && r.LastProbeError != "" {
+			rows = append(rows, row{"auto-recovery-probe-error", r.LastProbeError})
+		}
+	}
 	for _, s := range v.Stores {
 		rows = append(rows, row{fmt.Sprintf("store[%d]", s.StoreID), storeLine(s, now, loc)})
 	}
@@ -465,6 +482,38 @@ func writeRows(b *strings.Builder, rows []row) {
 	for _, r := range rows {
 		fmt.Fprintf(b, "%*s: %s\n", width, r.key, r.value)
 	}
+}
+
+// autoRecoveryLine says what automatic recovery does for the task.
+func autoRecoveryLine(r *meta.RecoveryState, now time.Time, loc *time.Location) string {
+	deps := strings.Join(r.Dependencies, "+")
+	at := func(t time.Time) string { return t.In(loc).Format(time.RFC3339) }
+	switch r.Phase {
+	case meta.RecoveryResumed:
+		return fmt.Sprintf("resumed at %s after a healthy %s probe, %d resumes attempted; the resume holds once the checkpoint passes it",
+			at(r.LastResumeAt), deps, r.ResumesAttempted)
+	case meta.RecoveryGaveUp:
+		return fmt.Sprintf("○ gave up: %d of %d resumes failed again after a healthy %s probe; a person decides (fix the cause, then resume --clear-error)",
+			r.FailedResumes, r.MaxFailedResumes, deps)
+	}
+	s := fmt.Sprintf("probing %s every %s", deps, r.ProbeInterval())
+	if r.LastProbeAt.IsZero() {
+		s += ", no probe yet"
+	} else {
+		result := "ok"
+		if !r.LastProbeOK {
+			result = "failed"
+		}
+		s += fmt.Sprintf(", last probe %s at %s", result, at(r.LastProbeAt))
+	}
+	s += fmt.Sprintf(", %d resumes attempted", r.ResumesAttempted)
+	if r.FailedResumes > 0 {
+		s += fmt.Sprintf(" (%d of %d allowed failed again)", r.FailedResumes, r.MaxFailedResumes)
+	}
+	if r.NextResumeAt.After(now) {
+		s += fmt.Sprintf("; no resume before %s (backoff after a failed resume)", at(r.NextResumeAt))
+	}
+	return s
 }
 
 // storeLine renders one store's state for people.

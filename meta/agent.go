@@ -24,7 +24,7 @@ func AgentPrefix() string { return agentDir + "agents/" }
 func AgentKey(store uint64) string { return AgentPrefix() + strconv.FormatUint(store, 10) }
 
 // agentStatePrefix covers every incarnation's state of a task in one of the
-// per-task trees (span-checkpoint/, history/).
+// per-task trees (span-checkpoint/, history/, recovery/).
 func agentStatePrefix(dir, task string) string { return agentDir + dir + task + "/" }
 
 // incarnationPrefix is one incarnation's state in one of those trees.

@@ -14,6 +14,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 )
 
 // Errors callers test for.
@@ -24,6 +26,10 @@ var (
 
 // DefaultRequestTimeout bounds every etcd request the client makes.
 const DefaultRequestTimeout = 5 * time.Second
+
+// ReconnectBackoffCap is the longest a client made by Dial waits between
+// two attempts to reconnect to etcd.
+const ReconnectBackoffCap = 2 * time.Second
 
 // scanPage is how many keys a paged scan reads per request.
 const scanPage = 512
@@ -99,6 +105,13 @@ func Dial(ctx context.Context, cfg DialConfig) (*clientv3.Client, error) {
 		DialTimeout: timeout,
 		TLS:         tlsCfg,
 		Logger:      zap.NewNop(),
+		// gRPC's default reconnect backoff grows to 2 minutes: after a long
+		// etcd outage the client would find etcd back that late. Capped at
+		// 2 s, a client reconnects within seconds of etcd answering.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           grpcbackoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: ReconnectBackoffCap},
+			MinConnectTimeout: timeout,
+		})},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach etcd at %v within %s: %w", cfg.Endpoints, timeout, err)
@@ -417,6 +430,7 @@ func (c *Client) DeleteTask(ctx context.Context, name string) error {
 			clientv3.OpDelete(StorageCheckpointPrefix(name), clientv3.WithPrefix()),
 			clientv3.OpDelete(agentStatePrefix("span-checkpoint/", name), clientv3.WithPrefix()),
 			clientv3.OpDelete(agentStatePrefix("history/", name), clientv3.WithPrefix()),
+			clientv3.OpDelete(agentStatePrefix("recovery/", name), clientv3.WithPrefix()),
 			clientv3.OpDelete(agentStatePrefix("progress/", name), clientv3.WithPrefix()),
 		).Commit()
 	if err != nil {

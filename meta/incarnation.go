@@ -84,7 +84,7 @@ func (c *Client) put(ctx context.Context, task, key, value string) error {
 
 // agentStateDirs are the per-task trees the agents keep, each
 // <dir><task>/<incarnation>/….
-var agentStateDirs = []string{agentDir + "span-checkpoint/", agentDir + "history/", agentDir + "progress/"}
+var agentStateDirs = []string{agentDir + "span-checkpoint/", agentDir + "history/", agentDir + "recovery/", agentDir + "progress/"}
 
 // CleanStaleAgentState removes agent-owned state of tasks that no longer
 // exist and of earlier incarnations of those that do (TiDB's `br log stop`

@@ -28,10 +28,10 @@ type Agent struct {
 	runners map[string]*runnerHandle
 	spills  atomic.Int64
 	retries atomic.Int64
-	// resumes is the coordinator's auto-resume state, touched only by the
-	// coordinator goroutine.
-	resumes map[string]*resumeState
 	coord   coordState
+	// openProbe opens a task's storage for a recovery probe: one attempt
+	// per request, since the probe's own schedule is the retry.
+	openProbe func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error)
 	// workDir is this process's own temp directory, set by Run.
 	workDir string
 	// reported: the incarnation whose corrupt info was reported, by task.
@@ -52,9 +52,14 @@ func New(cfg Config, reg prometheus.Registerer) (*Agent, error) {
 	if err := cfg.withDefaults(); err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, metrics: newMetrics(reg), runners: map[string]*runnerHandle{}, resumes: map[string]*resumeState{},
-		coord: coordState{storages: map[string]storage.Storage{}, conflicts: map[string]string{}}}
+	a := &Agent{cfg: cfg, metrics: newMetrics(reg), runners: map[string]*runnerHandle{},
+		coord: coordState{storages: map[string]storage.Storage{}, conflicts: map[string]string{}, kick: make(chan struct{}, 1)}}
+	a.coord.recovery = &recovery{a: a, tasks: map[string]*taskRecovery{}}
+	a.openProbe = a.cfg.OpenStorage
 	if a.cfg.OpenStorage == nil {
+		a.openProbe = func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error) {
+			return storage.OpenBackend(ctx, b, storage.WithRetryPolicy(storage.RetryPolicy{MaxAttempts: 1}))
+		}
 		// Every retry inside the storage layer is counted by operation.
 		observe := storage.WithRetryObserver(func(op string, _ int, _ error) {
 			a.metrics.storageRetries.WithLabelValues(op).Inc()
@@ -123,6 +128,7 @@ func (a *Agent) followTasks(ctx context.Context) error {
 			a.dropSafePoints(ctx, ev.Name, true)
 			a.metrics.deleteTask(ev.Name)
 		case meta.EventPause:
+			a.coord.kickNow() // an error pause is the coordinator's to probe, now rather than next tick
 			a.stopTask(ev.Name, true)
 			if ev.Pause == nil || !ev.Pause.IsError() {
 				a.metrics.setTaskStatus(ev.Name, statusPaused)
@@ -337,6 +343,7 @@ func (a *Agent) coordinate(ctx context.Context) {
 			sleep(ctx, bo.NextBackOff())
 			continue
 		}
+		a.dropStaleCampaign(ctx, sess)
 		el := concurrency.NewElection(sess, meta.CoordinatorPrefix())
 		if err := el.Campaign(ctx, fmt.Sprint(a.cfg.StoreID)); err == nil {
 			t := time.NewTicker(a.cfg.CoordinatorInterval)
@@ -347,6 +354,7 @@ func (a *Agent) coordinate(ctx context.Context) {
 				}
 				select {
 				case <-t.C:
+				case <-a.coord.kick:
 				case <-sess.Done():
 					break lead
 				case <-ctx.Done():
@@ -399,7 +407,7 @@ func (a *Agent) AdvanceOnce(ctx context.Context) error {
 					published[t.Info.Name] = max(g, t.Info.StartTs)
 				}
 			}
-			a.autoResumeOnce(ctx, t)
+			a.coord.recovery.observe(ctx, t, 0)
 			continue
 		}
 		g, err := a.advanceTask(ctx, t)
@@ -408,6 +416,7 @@ func (a *Agent) AdvanceOnce(ctx context.Context) error {
 			continue
 		}
 		published[t.Info.Name] = g
+		a.coord.recovery.observe(ctx, t, g)
 	}
 	a.coord.forgetExcept(live)
 	return errors.Join(errs...)

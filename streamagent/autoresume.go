@@ -2,9 +2,16 @@ package streamagent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
+	"sync"
 	"time"
+
+	brpb "github.com/pingcap/kvproto/pkg/brpb"
+	"github.com/tikv/client-go/v2/oracle"
 
 	"logbackup/meta"
 	"logbackup/proto/lbpb"
@@ -12,80 +19,403 @@ import (
 	"logbackup/streamagent/errs"
 )
 
-// AutoResume says whether and how the coordinator resumes tasks paused by
-// a recoverable error. A task a person paused is never resumed.
+// AutoResume says whether and how the coordinator recovers tasks paused by
+// a recoverable error. Detecting that the cause cleared is separate from
+// resuming: while such a task is paused, the dependency its error names is
+// probed every few seconds for as long as the pause lasts, and the first
+// healthy probe resumes it. What is bounded is resumes the task does not
+// hold (it pauses again before its checkpoint passes the resume): a long
+// clean outage spends nothing. A task a person paused is never resumed.
 type AutoResume struct {
-	Disabled    bool
-	MaxAttempts int           // default 5
-	Backoff     time.Duration // first wait after the pause; doubles per attempt (default 30 s, cap 30 min)
+	Disabled bool
+	// ProbeInterval is the base gap between two probes of one task; each
+	// gap is jittered by ±20% and never longer than 10 s (default 5 s).
+	ProbeInterval time.Duration
+	// ProbeTimeout bounds one probe (default 5 s).
+	ProbeTimeout time.Duration
+	// MaxAttempts bounds the resumes that fail again after a healthy
+	// probe; reaching it leaves the task in ERROR for a person (default 5).
+	MaxAttempts int
+	// Backoff is the least wait after a failed resume before the next
+	// one, healthy probes or not; it doubles per failed resume, capped at
+	// 30 min (default 30 s).
+	Backoff time.Duration
 }
 
-// recoverable codes: the cause can clear by itself (storage or network
-// back), so trying again later is the right call. They are retryable
-// codes, which reach a LastError only through the retry budget.
-var recoverable = map[errs.Code]bool{
-	errs.CodeStorageUnavailable: true, errs.CodeStorageThrottled: true,
-	errs.CodeNetwork: true, errs.CodeDeadline: true, errs.CodeEtcdUnavailable: true, errs.CodePD: true, errs.CodeGRPC: true,
+// maxProbeGap caps the time between two probes of one paused task, jitter
+// included: a healed dependency is seen within it.
+const maxProbeGap = 10 * time.Second
+
+func (c AutoResume) probeInterval() time.Duration {
+	if c.ProbeInterval <= 0 {
+		return 5 * time.Second
+	}
+	return min(c.ProbeInterval, maxProbeGap)
 }
 
-type resumeState struct {
-	inc      int64
-	attempts int
-	next     time.Time
-	pausedAt time.Time
+func (c AutoResume) probeTimeout() time.Duration {
+	if c.ProbeTimeout <= 0 {
+		return 5 * time.Second
+	}
+	return c.ProbeTimeout
 }
 
-// autoResumeOnce considers one paused task; the coordinator calls it each
-// tick. It resumes only error pauses with a recoverable code, after a
-// backoff, and only once the task's storage is writable again.
-func (a *Agent) autoResumeOnce(ctx context.Context, st *meta.TaskStatus) {
-	cfg := a.cfg.AutoResume
-	name := st.Info.Name
-	p := st.Pause.V2
-	if cfg.Disabled || p == nil || !p.IsError() {
-		delete(a.resumes, name)
-		return // manual and legacy pauses are the operator's
+// Dependencies a probe checks.
+const (
+	depStorage = "storage"
+	depPD      = "pd"
+	depEtcd    = "etcd"
+)
+
+// recoverable codes and what to probe for each: the cause can clear by
+// itself (storage, PD or etcd back), so resuming once it answers is the
+// right call. They are retryable codes, which reach a LastError only
+// through the retry budget. Network, deadline and gRPC errors do not say
+// which dependency failed, so every one of them must answer.
+var recoverable = map[errs.Code][]string{
+	errs.CodeStorageUnavailable: {depStorage},
+	errs.CodeStorageThrottled:   {depStorage},
+	errs.CodeEtcdUnavailable:    {depEtcd},
+	errs.CodePD:                 {depPD},
+	errs.CodeNetwork:            {depStorage, depPD, depEtcd},
+	errs.CodeDeadline:           {depStorage, depPD, depEtcd},
+	errs.CodeGRPC:               {depStorage, depPD, depEtcd},
+}
+
+// RecoverableCodes lists the codes recovered automatically and the
+// dependencies probed for each (for docs and tests).
+func RecoverableCodes() map[errs.Code][]string {
+	out := make(map[errs.Code][]string, len(recoverable))
+	for c, d := range recoverable {
+		out[c] = slices.Clone(d)
+	}
+	return out
+}
+
+const gaveUpMarker = meta.RecoveryGaveUpMarker
+
+type pauseClass int
+
+const (
+	notPaused        pauseClass = iota
+	manualPause                 // a person's (or a legacy empty) pause: never touched
+	fatalPause                  // an error no probe can clear
+	recoverablePause            // probe, then resume
+	gaveUpPause                 // recovery gave up on it
+)
+
+func classifyPause(t *meta.TaskStatus) (pauseClass, *brpb.StreamBackupError) {
+	if !t.Pause.Paused {
+		return notPaused, nil
+	}
+	p := t.Pause.V2
+	if !p.IsError() {
+		return manualPause, nil
 	}
 	e, err := p.ErrorPayload()
-	if err != nil || e == nil || !recoverable[errs.Code(e.ErrorCode)] {
-		return
+	if err != nil || e == nil || recoverable[errs.Code(e.ErrorCode)] == nil {
+		return fatalPause, e
 	}
-	rs := a.resumes[name]
-	if rs == nil || rs.inc != st.Incarnation || !rs.pausedAt.Equal(p.OperationTime) {
-		attempts := 0
-		if rs != nil && rs.inc == st.Incarnation {
-			attempts = rs.attempts // paused again after an auto-resume: the same error came back
+	if strings.Contains(e.ErrorMessage, gaveUpMarker) {
+		return gaveUpPause, e
+	}
+	return recoverablePause, e
+}
+
+// recovery is the coordinator's automatic recovery. Its map is the
+// coordinator goroutine's; each task's state is shared with that task's
+// prober goroutine under the task's mutex, and a prober is never stopped
+// while that mutex is held.
+type recovery struct {
+	a     *Agent
+	tasks map[string]*taskRecovery // by taskKey
+}
+
+// taskRecovery is one task incarnation's recovery: the published state
+// (nil: no incident) and at most one prober.
+type taskRecovery struct {
+	task string
+	inc  int64
+	info *brpb.StreamBackupTaskInfo
+
+	mu    sync.Mutex
+	state *meta.RecoveryState
+	// what the prober last published, so a short probe interval does not
+	// write etcd on every probe
+	publishedAt time.Time
+	publishedOK bool
+
+	cancel context.CancelFunc // the prober's, coordinator goroutine only
+	done   chan struct{}
+}
+
+// observe is called by the coordinator each tick for every task, with the
+// global checkpoint of a running one (0 when unknown). It follows the
+// task's pause, starts and stops its prober, and judges each resume: held
+// once the global checkpoint passes it, failed if the task pauses again
+// first.
+func (r *recovery) observe(ctx context.Context, t *meta.TaskStatus, global uint64) {
+	key := taskKey(t)
+	tr := r.tasks[key]
+	if tr == nil {
+		// A coordinator taking over continues the incident where the last
+		// one left it: the failed resumes count against the same bound.
+		s, err := r.a.cfg.Meta.GetRecoveryState(ctx, t.Info.Name, t.Incarnation)
+		if err != nil {
+			r.a.cfg.Logger.Warn("cannot read the recovery state; trying next tick", "task", t.Info.Name, "err", err)
+			return
 		}
-		rs = &resumeState{inc: st.Incarnation, attempts: attempts, pausedAt: p.OperationTime}
-		rs.next = time.Now().Add(backoffFor(cfg.Backoff, attempts))
-		a.resumes[name] = rs
+		tr = &taskRecovery{task: t.Info.Name, inc: t.Incarnation, info: t.Info, state: s}
+		r.tasks[key] = tr
 	}
-	if rs.attempts >= cfg.MaxAttempts || time.Now().Before(rs.next) {
+	if r.a.cfg.AutoResume.Disabled {
+		r.stopProber(tr)
 		return
 	}
-	rs.attempts++
-	rs.next = time.Now().Add(backoffFor(cfg.Backoff, rs.attempts))
-	a.history(ctx, name, st.Incarnation, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_ATTEMPT, Actor: lbpb.RecoveryEvent_COORDINATOR,
-		ErrorCode: e.ErrorCode, Attempt: uint32(rs.attempts)})
-	if err := a.probeStorage(ctx, st); err != nil {
+	class, e := classifyPause(t)
+	if class != recoverablePause {
+		r.stopProber(tr)
+	}
+	tr.mu.Lock()
+	probe := r.step(ctx, tr, t, class, e, global)
+	tr.mu.Unlock()
+	if probe {
+		r.startProber(ctx, tr)
+	}
+}
+
+// step moves the task's state on what the tick saw; it says whether the
+// task wants a prober. tr.mu is held.
+func (r *recovery) step(ctx context.Context, tr *taskRecovery, t *meta.TaskStatus, class pauseClass, e *brpb.StreamBackupError, global uint64) bool {
+	a, s := r.a, tr.state
+	switch class {
+	case notPaused:
+		if s == nil {
+			return false
+		}
+		if s.Phase != meta.RecoveryResumed {
+			// Resumed by someone else: a person, or a coordinator before
+			// this one whose state this one has not seen yet.
+			fresh, err := a.cfg.Meta.GetRecoveryState(ctx, tr.task, tr.inc)
+			if err != nil {
+				return false
+			}
+			if fresh != nil && fresh.Phase == meta.RecoveryResumed {
+				tr.state = fresh
+				return false
+			}
+			r.endIncident(ctx, tr)
+			return false
+		}
+		if !held(s, global) {
+			return false // not judged yet
+		}
+		r.resumeHeld(ctx, tr)
+		r.endIncident(ctx, tr)
+		return false
+
+	case manualPause:
+		if s != nil {
+			r.endIncident(ctx, tr) // a person took over
+		}
+		return false
+
+	case fatalPause:
+		if s == nil {
+			return false
+		}
+		if s.Phase == meta.RecoveryResumed && t.PauseRevision() > s.ResumeRevision {
+			if cp, err := a.flushedCheckpoint(ctx, t); err != nil {
+				return false // judged next tick
+			} else if held(s, cp) {
+				r.resumeHeld(ctx, tr) // and this is another incident
+				r.endIncident(ctx, tr)
+				return false
+			}
+			a.metrics.autoResumes.WithLabelValues("failed").Inc()
+			a.history(ctx, tr.task, tr.inc, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_FAILED, Actor: lbpb.RecoveryEvent_COORDINATOR,
+				ErrorCode: errCode(e), Attempt: uint32(s.ResumesAttempted),
+				Message: "the resumed task paused again with an error that is not recovered automatically; a person decides"})
+		}
+		r.endIncident(ctx, tr)
+		return false
+
+	case gaveUpPause:
+		if s == nil || s.Phase != meta.RecoveryGaveUp {
+			if s == nil {
+				s = &meta.RecoveryState{ErrorCode: e.ErrorCode, Dependencies: recoverable[errs.Code(e.ErrorCode)],
+					ProbeIntervalMs: a.cfg.AutoResume.probeInterval().Milliseconds(), PausedAt: t.Pause.V2.OperationTime,
+					MaxFailedResumes: a.cfg.AutoResume.MaxAttempts}
+				tr.state = s
+			}
+			s.Phase = meta.RecoveryGaveUp
+			r.publish(ctx, tr)
+		}
+		return false
+	}
+
+	// A pause by a recoverable error.
+	deps := recoverable[errs.Code(e.ErrorCode)]
+	switch {
+	case s == nil:
+		tr.state = &meta.RecoveryState{Phase: meta.RecoveryProbing, ErrorCode: e.ErrorCode, Dependencies: deps,
+			ProbeIntervalMs: a.cfg.AutoResume.probeInterval().Milliseconds(), PausedAt: t.Pause.V2.OperationTime,
+			MaxFailedResumes: a.cfg.AutoResume.MaxAttempts}
+		a.cfg.Logger.Warn("task paused by a recoverable error; probing until it clears", "task", tr.task, "code", e.ErrorCode,
+			"probe", strings.Join(deps, "+"), "every", a.cfg.AutoResume.probeInterval())
+		r.publish(ctx, tr)
+	case s.Phase == meta.RecoveryResumed:
+		if t.PauseRevision() <= s.ResumeRevision {
+			return false // read before the resume
+		}
+		cp, err := a.flushedCheckpoint(ctx, t)
+		if err != nil {
+			return false // judged next tick
+		}
+		if held(s, cp) {
+			// It held, and then failed anew: a new incident, counted
+			// from zero.
+			r.resumeHeld(ctx, tr)
+			r.endIncident(ctx, tr)
+			if tr.state != nil {
+				return false // the old state is not deleted yet: next tick
+			}
+			return r.step(ctx, tr, t, class, e, global)
+		}
+		// The resumed task failed again before its checkpoint passed the
+		// resume, although the probe was healthy: a flapping or partial
+		// fault. Bounded, with backoff.
+		s.FailedResumes++
 		a.metrics.autoResumes.WithLabelValues("failed").Inc()
-		a.history(ctx, name, st.Incarnation, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_FAILED, Actor: lbpb.RecoveryEvent_COORDINATOR,
-			ErrorCode: string(errs.Classify(err).Code), Message: storage.Redact(err.Error()), Attempt: uint32(rs.attempts)})
-		return
+		if s.FailedResumes >= s.MaxFailedResumes {
+			r.giveUp(ctx, tr, t, e)
+			return false
+		}
+		wait := backoffFor(a.cfg.AutoResume.Backoff, s.FailedResumes-1)
+		s.Phase, s.ErrorCode, s.Dependencies = meta.RecoveryProbing, e.ErrorCode, deps
+		s.PausedAt, s.Probes, s.NextResumeAt = t.Pause.V2.OperationTime, 0, time.Now().Add(wait)
+		a.history(ctx, tr.task, tr.inc, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_FAILED, Actor: lbpb.RecoveryEvent_COORDINATOR,
+			ErrorCode: e.ErrorCode, Attempt: uint32(s.ResumesAttempted),
+			Message: fmt.Sprintf("the resumed task paused again before its checkpoint passed the resume (%d of %d failed resumes); next resume after a healthy probe, not before %s",
+				s.FailedResumes, s.MaxFailedResumes, wait.Round(time.Millisecond))})
+		a.cfg.Logger.Warn("automatic resume did not hold", "task", tr.task, "code", e.ErrorCode, "failed", s.FailedResumes, "bound", s.MaxFailedResumes)
+		r.publish(ctx, tr)
+	case s.Phase == meta.RecoveryGaveUp:
+		// The pause does not say so yet (the replacement raced a write):
+		// say it again. A person decides.
+		r.markGaveUp(ctx, tr, t, e)
+		return false
+	case s.ErrorCode != e.ErrorCode:
+		s.ErrorCode, s.Dependencies = e.ErrorCode, deps
+		r.publish(ctx, tr)
 	}
-	// Errors first, then the pause key: a crash in between leaves a plain
-	// pause, never a running task with stale errors.
-	m := a.cfg.Meta.Incarnation(name, st.Incarnation)
-	if err := m.ClearLastErrors(ctx, name); err != nil {
-		return
+	return true
+}
+
+// giveUp ends automatic recovery of the incident: the task stays in ERROR
+// with a LastError and pause payload that say so. tr.mu is held.
+func (r *recovery) giveUp(ctx context.Context, tr *taskRecovery, t *meta.TaskStatus, e *brpb.StreamBackupError) {
+	s := tr.state
+	s.Phase = meta.RecoveryGaveUp
+	r.publish(ctx, tr)
+	r.a.metrics.autoResumes.WithLabelValues("gave_up").Inc()
+	r.a.history(ctx, tr.task, tr.inc, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_FAILED, Actor: lbpb.RecoveryEvent_COORDINATOR,
+		ErrorCode: e.ErrorCode, Attempt: uint32(s.ResumesAttempted),
+		Message: fmt.Sprintf("%s: %d resumes after a healthy probe did not hold (the bound); a person decides", gaveUpMarker, s.FailedResumes)})
+	r.a.cfg.Logger.Error("automatic recovery gave up; the task stays paused", "task", tr.task, "code", e.ErrorCode, "failed_resumes", s.FailedResumes)
+	r.markGaveUp(ctx, tr, t, e)
+}
+
+// markGaveUp rewrites the pause payload and writes a LastError saying that
+// automatic recovery gave up, conditional on the pause read.
+func (r *recovery) markGaveUp(ctx context.Context, tr *taskRecovery, t *meta.TaskStatus, e *brpb.StreamBackupError) {
+	s := tr.state
+	deps := strings.Join(s.Dependencies, "+")
+	msg := fmt.Sprintf("[store = %d] %s: %d automatic resumes failed again after a healthy %s probe (the bound is %d), so the fault is partial or flapping; "+
+		"action: find why the task fails while %s answers, fix it, then `br stream resume --task-name %s --clear-error`; the last error: %s",
+		r.a.cfg.StoreID, gaveUpMarker, s.FailedResumes, deps, s.MaxFailedResumes, deps, tr.task, e.ErrorMessage)
+	le := &brpb.StreamBackupError{HappenAt: uint64(time.Now().UnixMilli()), ErrorCode: e.ErrorCode, ErrorMessage: msg, StoreId: r.a.cfg.StoreID}
+	host, _ := os.Hostname()
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	err := r.a.cfg.Meta.Incarnation(tr.task, tr.inc).ReplaceErrorPause(wctx, tr.task, t.PauseRevision(), meta.NewErrorPause(host, os.Getpid(), time.Now(), le), le)
+	if err != nil && !errors.Is(err, meta.ErrStaleIncarnation) {
+		r.a.cfg.Logger.Warn("cannot mark the pause as given up; trying next tick", "task", tr.task, "err", err)
 	}
-	if err := m.ResumeTask(ctx, name); err != nil {
-		return
+}
+
+// endIncident forgets the incident and its published state. tr.mu is held.
+func (r *recovery) endIncident(ctx context.Context, tr *taskRecovery) {
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := r.a.cfg.Meta.Incarnation(tr.task, tr.inc).DeleteRecoveryState(dctx, tr.task, tr.inc); err != nil && !errors.Is(err, meta.ErrStaleIncarnation) {
+		r.a.cfg.Logger.Warn("cannot delete the recovery state; trying next tick", "task", tr.task, "err", err)
+		return // kept, so the next tick ends it again
 	}
-	a.metrics.autoResumes.WithLabelValues("resumed").Inc()
-	a.metrics.timeToRecover.Observe(time.Since(p.OperationTime).Seconds())
-	a.history(ctx, name, st.Incarnation, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_SUCCEEDED, Actor: lbpb.RecoveryEvent_COORDINATOR,
-		ErrorCode: e.ErrorCode, Attempt: uint32(rs.attempts), Message: fmt.Sprintf("paused for %s", time.Since(p.OperationTime).Round(time.Second))})
+	tr.state = nil
+}
+
+// publish writes the state where `br stream status` reads it; best effort
+// (a lost update is overwritten by the next probe). tr.mu is held.
+func (r *recovery) publish(ctx context.Context, tr *taskRecovery) {
+	s := tr.state
+	s.CoordinatorStore, s.UpdatedAt = r.a.cfg.StoreID, time.Now()
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := r.a.cfg.Meta.Incarnation(tr.task, tr.inc).PutRecoveryState(pctx, tr.task, tr.inc, s); err != nil && !errors.Is(err, meta.ErrStaleIncarnation) {
+		r.a.cfg.Logger.Debug("cannot publish the recovery state", "task", tr.task, "err", err)
+	}
+}
+
+// forgetExcept stops the probers of tasks no longer live (nil: all, the
+// coordinator lost its election). Their published state stays for the
+// next coordinator, or is cleaned with the incarnation.
+func (r *recovery) forgetExcept(live map[string]bool) {
+	for k, tr := range r.tasks {
+		if !live[k] {
+			r.stopProber(tr)
+			delete(r.tasks, k)
+		}
+	}
+}
+
+// flushedCheckpoint is what the stores have made durable over the whole
+// task, read from their span checkpoints now — central_global lags by up
+// to a tick, and a task paused again soon after a resume that held must
+// not be counted as a failed resume for want of a tick in between.
+func (a *Agent) flushedCheckpoint(ctx context.Context, t *meta.TaskStatus) (uint64, error) {
+	ranges, err := a.cfg.Meta.Ranges(ctx, t.Info.Name)
+	if err != nil {
+		return 0, err
+	}
+	covered := taskSpans(ranges)
+	known, err := knownCheckpoints(ctx, a.cfg.Meta, t.Info.Name, t.Incarnation, covered, t.Info.StartTs)
+	if err != nil {
+		return 0, err
+	}
+	return globalCheckpoint(known, covered), nil
+}
+
+// held reports whether checkpoint ts passed the last resume.
+func held(s *meta.RecoveryState, ts uint64) bool {
+	return ts > 0 && !oracle.GetTimeFromTS(ts).Before(s.LastResumeAt)
+}
+
+// resumeHeld records that the last resume held. tr.mu is held.
+func (r *recovery) resumeHeld(ctx context.Context, tr *taskRecovery) {
+	s := tr.state
+	r.a.metrics.autoResumes.WithLabelValues("held").Inc()
+	r.a.history(ctx, tr.task, tr.inc, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_SUCCEEDED, Actor: lbpb.RecoveryEvent_COORDINATOR,
+		ErrorCode: s.ErrorCode, Attempt: uint32(s.ResumesAttempted),
+		Message: fmt.Sprintf("the resume held: the checkpoint passed it (seen %s after it)", time.Since(s.LastResumeAt).Round(time.Second))})
+	r.a.cfg.Logger.Info("automatic resume held", "task", tr.task, "attempt", s.ResumesAttempted)
+}
+
+func errCode(e *brpb.StreamBackupError) string {
+	if e == nil {
+		return ""
+	}
+	return e.ErrorCode
 }
 
 func backoffFor(base time.Duration, attempts int) time.Duration {
@@ -94,18 +424,6 @@ func backoffFor(base time.Duration, attempts int) time.Duration {
 		d *= 2
 	}
 	return min(d, 30*time.Minute)
-}
-
-// probeStorage checks the task's storage takes writes again.
-func (a *Agent) probeStorage(ctx context.Context, st *meta.TaskStatus) error {
-	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	s, err := a.cfg.OpenStorage(pctx, st.Info.Storage)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	return storage.CheckWritable(pctx, s)
 }
 
 // history records a recovery event; losing one is logged, never fatal.
@@ -123,6 +441,6 @@ func (a *Agent) history(ctx context.Context, task string, inc int64, ev *lbpb.Re
 	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := a.cfg.Meta.Incarnation(task, inc).AppendHistory(hctx, task, inc, ev); err != nil {
-		a.cfg.Logger.Warn("cannot record recovery history", "task", task, "err", err)
+		a.cfg.Logger.Warn("cannot record recovery history", "task", task, "err", storage.Redact(err.Error()))
 	}
 }

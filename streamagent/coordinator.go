@@ -7,6 +7,9 @@ import (
 	"strings"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+
 	"logbackup/meta"
 	"logbackup/storage"
 	"logbackup/streamagent/logfile"
@@ -21,12 +24,27 @@ type coordState struct {
 	// conflicts remembers what was last logged per task, so a standing
 	// conflict is logged once, not every tick.
 	conflicts map[string]string
+	// recovery probes and resumes tasks paused by recoverable errors.
+	recovery *recovery
+	// kick makes the coordinator tick now (a task was paused).
+	kick chan struct{}
+}
+
+// kickNow asks the coordinator, if this agent is it, for a tick now; it
+// never blocks.
+func (c *coordState) kickNow() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
 }
 
 func taskKey(t *meta.TaskStatus) string { return fmt.Sprintf("%s/%d", t.Info.Name, t.Incarnation) }
 
-// forgetExcept closes what belongs to tasks no longer live.
+// forgetExcept closes what belongs to tasks no longer live (nil: the
+// coordinator lost its election), and stops their probers.
 func (c *coordState) forgetExcept(live map[string]bool) {
+	c.recovery.forgetExcept(live)
 	for k, st := range c.storages {
 		if !live[k] {
 			st.Close()
@@ -123,4 +141,30 @@ func b2f(b bool) float64 {
 		return 1
 	}
 	return 0
+}
+
+// dropStaleCampaign removes this store's election keys left by an earlier
+// session of its own, lost while etcd was unreachable: etcd keeps their
+// lease for a whole TTL after it comes back, which would hold every
+// candidate back that long (and automatic recovery with them), although
+// their owner is this very agent, campaigning again.
+func (a *Agent) dropStaleCampaign(ctx context.Context, sess *concurrency.Session) {
+	cli := a.cfg.Meta.Raw()
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := cli.Get(rctx, meta.CoordinatorPrefix(), clientv3.WithPrefix())
+	if err != nil {
+		return // the campaign waits the TTL out, as before
+	}
+	me := fmt.Sprint(a.cfg.StoreID)
+	for _, kv := range resp.Kvs {
+		if string(kv.Value) != me || clientv3.LeaseID(kv.Lease) == sess.Lease() {
+			continue
+		}
+		_, err := cli.Txn(rctx).If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
+			Then(clientv3.OpDelete(string(kv.Key))).Commit()
+		if err != nil {
+			a.cfg.Logger.Warn("cannot remove this agent's stale coordinator campaign", "err", err)
+		}
+	}
 }

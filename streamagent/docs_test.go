@@ -39,6 +39,7 @@ func TestMetricDocs(t *testing.T) {
 	m.taskStatus.WithLabelValues("x")
 	m.retries.WithLabelValues("x")
 	m.autoResumes.WithLabelValues("x")
+	m.recoveryProbes.WithLabelValues("x", "y")
 	m.storageRetries.WithLabelValues("x")
 	mfs, err := reg.Gather()
 	if err != nil {

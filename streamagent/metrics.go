@@ -32,6 +32,7 @@ type metrics struct {
 	taskStatus      *prometheus.GaugeVec
 	retries         *prometheus.CounterVec
 	autoResumes     *prometheus.CounterVec
+	recoveryProbes  *prometheus.CounterVec // by dependency and result
 	storageRetries  *prometheus.CounterVec
 	timeToRecover   prometheus.Histogram
 	advancerOwner   *prometheus.GaugeVec // by task: 1 when a foreign advancer owns it
@@ -94,7 +95,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "logbackup_agent_retries_total", Help: "Failed flushes that will be retried, by code."}, []string{"code"}),
 		autoResumes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "logbackup_agent_auto_resumes_total", Help: "Automatic resume attempts by the coordinator, by outcome (resumed, failed)."}, []string{"outcome"}),
+			Name: "logbackup_agent_auto_resumes_total", Help: "The coordinator's automatic resumes and their outcomes: resumed, held (the checkpoint passed the resume), failed (paused again first), gave_up."}, []string{"outcome"}),
+		recoveryProbes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "logbackup_agent_recovery_probes_total", Help: "Probes of the dependency a recoverable error names, while its task is paused, by dependency (storage, pd, etcd) and result (ok, failed)."}, []string{"dependency", "result"}),
 		storageRetries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "logbackup_agent_storage_retries_total", Help: "Storage requests retried inside the storage layer, by operation."}, []string{"op"}),
 		timeToRecover: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -138,7 +141,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	m.tikv.enabled.Inc()
 	if reg != nil {
-		reg.MustRegister(m.errors, m.fatalErrors, m.taskStatus, m.retries, m.autoResumes, m.storageRetries, m.timeToRecover)
+		reg.MustRegister(m.errors, m.fatalErrors, m.taskStatus, m.retries, m.autoResumes, m.recoveryProbes, m.storageRetries, m.timeToRecover)
 		reg.MustRegister(m.eventsIn, m.bytesIn, m.fileSize, m.spilled, m.bytesOut, m.regionErrors, m.initialScans, m.flushDuration,
 			m.observedRegions, m.bufferedBytes, m.advancerOwner, m.foreignWriters, m.checkpoints)
 		t := m.tikv

@@ -24,14 +24,30 @@ func TestErrorsDoc(t *testing.T) {
 	b.WriteString("the budget in the message, as TiKV keeps `Io` after its flush-failure threshold. **Fatal** errors write a LastError\n")
 	b.WriteString("to `/tidb/br-stream/last-error/<task>/<store>`, pause the task with severity ERROR and count\n")
 	b.WriteString("`logbackup_agent_fatal_errors_total{code}` (and `tikv_log_backup_fatal_errors{type}`). Fix the cause, then\n")
-	b.WriteString("`br stream resume --task-name T --clear-error`. A pause by a retryable code (the budget ran out) is resumed\n")
-	b.WriteString("automatically once the failing dependency answers again (see docs/ARCHITECTURE.md, automatic recovery).\n\n")
+	b.WriteString("`br stream resume --task-name T --clear-error`. A pause by one of the codes under *Recovered automatically*\n")
+	b.WriteString("below is resumed by the coordinator once the failing dependency answers again.\n\n")
 	b.WriteString("| code | class | cause | what to do | TiKV code |\n|---|---|---|---|---|\n")
 	codes := Codes()
 	sort.Slice(codes, func(i, j int) bool { return codes[i] < codes[j] })
 	for _, c := range codes {
 		info := Lookup(c)
 		fmt.Fprintf(&b, "| `%s` | %s | %s | %s | %s |\n", c, info.Class, info.Cause, info.Action, TiKVCode(c))
+	}
+	b.WriteString("\n## Recovered automatically\n\n")
+	b.WriteString("A task paused by one of these codes (only ever through the retry budget: they are retryable) is not left for\n")
+	b.WriteString("a person. The elected coordinator probes the dependency the code names — one prober per task, within a second of\n")
+	b.WriteString("the pause, then every 5 s ±20% and never more than 10 s apart, for as long as the pause lasts — and resumes the\n")
+	b.WriteString("task on the first healthy probe: LastErrors cleared and the pause removed in one transaction, fenced to the task's\n")
+	b.WriteString("incarnation and to the pause it read. A long outage costs only probes (`logbackup_agent_recovery_probes_total`).\n")
+	b.WriteString("What is bounded is resumes that fail again after a healthy probe (the task pauses again before its checkpoint\n")
+	b.WriteString("passes the resume: a flapping or partial fault): 30 s, doubling, between them, and after 5 the task stays in\n")
+	b.WriteString("ERROR with a LastError and pause payload saying \"automatic recovery gave up\", for a person to fix and\n")
+	b.WriteString("`resume --clear-error`. `br stream status` shows the `auto-recovery` row, `br stream history` each resume and its\n")
+	b.WriteString("outcome. Any other code, and a pause by a person, is never resumed automatically. See docs/ARCHITECTURE.md,\n")
+	b.WriteString("automatic recovery.\n\n")
+	b.WriteString("| code | probed | the probe |\n|---|---|---|\n")
+	for _, r := range autoRecovered {
+		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", r.code, r.probed, r.probe)
 	}
 	path := "../../docs/ERRORS.md"
 	if *updateDoc {
@@ -46,4 +62,20 @@ func TestErrorsDoc(t *testing.T) {
 	if string(got) != b.String() {
 		t.Fatal("docs/ERRORS.md is out of date with the code table; run: go test ./streamagent/errs -run TestErrorsDoc -update")
 	}
+}
+
+// autoRecovered is what the coordinator recovers by itself and how
+// (streamagent's recoverable table; TestRecoverableCodesDocumented in
+// streamagent keeps the two in step).
+var autoRecovered = []struct {
+	code          Code
+	probed, probe string
+}{
+	{CodeStorageUnavailable, "storage", "write, read back and delete a ~60-byte object under the task's prefix (3 requests, one attempt each)"},
+	{CodeStorageThrottled, "storage", "the same"},
+	{CodeEtcdUnavailable, "etcd", "one count-only linearizable `Get` of the task's info key (needs a quorum); while etcd is down the pause cannot even be written, so the first probe after it lands succeeds"},
+	{CodePD, "pd", "one `GetTS`"},
+	{CodeNetwork, "storage + pd + etcd", "the code does not say which dependency failed: each in turn, stopping at the first failure"},
+	{CodeDeadline, "storage + pd + etcd", "the same"},
+	{CodeGRPC, "storage + pd + etcd", "the same"},
 }

@@ -15,10 +15,11 @@ import (
 )
 
 // TestAutoResume: storage failing past the retry budget pauses the task
-// with a recoverable code; the coordinator's auto-resume fails while
-// storage is still down, succeeds once it is back, and the pause window is
-// backed up. A manual pause is never auto-resumed. Every step is in the
-// task's history.
+// with a recoverable code; the coordinator probes storage while it is down
+// (status says so, history does not list probes), resumes on the first
+// healthy probe, the resume holds, and the pause window is backed up. A
+// manual pause is never auto-resumed. Every resume and its outcome is in
+// the task's history.
 func TestAutoResume(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -29,7 +30,7 @@ func TestAutoResume(t *testing.T) {
 		_, stop := h.agent(s, nil, func(cfg *streamagent.Config) {
 			cfg.CoordinatorInterval = 100 * time.Millisecond
 			cfg.RetryBudget = streamagent.RetryBudget{Attempts: 2, Duration: time.Hour}
-			cfg.AutoResume = streamagent.AutoResume{Backoff: 300 * time.Millisecond, MaxAttempts: 20}
+			cfg.AutoResume = streamagent.AutoResume{ProbeInterval: 200 * time.Millisecond}
 		})
 		defer stop()
 	}
@@ -75,14 +76,33 @@ func TestAutoResume(t *testing.T) {
 		t.Fatalf("pause payload: %+v", e)
 	}
 	put(20, "during")
-	waitFor("a failed auto-resume while storage is down", time.Minute, func() bool { return hasEvent(lbpb.RecoveryEvent_AUTO_RESUME_FAILED) })
+	waitFor("failed storage probes", time.Minute, func() bool {
+		rs, err := m.GetRecoveryState(ctx, "pitr", st.Incarnation)
+		return err == nil && rs != nil && rs.Probes >= 3 && !rs.LastProbeOK
+	})
 	if st, _ := m.GetTask(ctx, "pitr"); !st.Pause.Paused {
 		t.Fatal("auto-resumed while storage was still failing")
+	}
+	r := brRun{t: t, ep: etcd.Endpoint()}
+	table := r.ok("stream", "status", "--task-name", "pitr")
+	for _, want := range []string{"auto-recovery: probing storage every 200ms, last probe failed at ", ", 0 resumes attempted", "auto-recovery-probe-error: storage: "} {
+		if !strings.Contains(table, want) {
+			t.Fatalf("status lacks %q:\n%s", want, table)
+		}
+	}
+	if strings.Contains(table, s3test.SecretKey) {
+		t.Fatal("status leaks the storage secret")
+	}
+	if js := r.ok("stream", "status", "--task-name", "pitr", "--json"); !strings.Contains(js, `"auto_recovery":{"phase":"probing"`) || !strings.Contains(js, `"dependencies":["storage"]`) {
+		t.Fatalf("JSON status lacks the auto-recovery state: %s", js)
+	}
+	if hasEvent(lbpb.RecoveryEvent_AUTO_RESUME_ATTEMPT) || hasEvent(lbpb.RecoveryEvent_AUTO_RESUME_FAILED) {
+		t.Fatal("a probe was recorded in the history as a resume")
 	}
 	s3.ClearFault()
 	waitFor("the auto-resume", time.Minute, func() bool {
 		st, err := m.GetTask(ctx, "pitr")
-		return err == nil && !st.Pause.Paused && hasEvent(lbpb.RecoveryEvent_AUTO_RESUME_SUCCEEDED)
+		return err == nil && !st.Pause.Paused && hasEvent(lbpb.RecoveryEvent_AUTO_RESUME_ATTEMPT)
 	})
 	if le, _ := m.LastErrors(ctx, "pitr"); len(le) != 0 {
 		t.Fatalf("auto-resume left %d last errors", len(le))
@@ -94,19 +114,22 @@ func TestAutoResume(t *testing.T) {
 	if n := assertBackedUp(t, ctx, s3.URL("bk", "log"), c, startTS, global); n != 60 {
 		t.Fatalf("%d versions committed, want 60", n)
 	}
-	if !hasEvent(lbpb.RecoveryEvent_ERROR_REPORTED) || !hasEvent(lbpb.RecoveryEvent_AUTO_RESUME_ATTEMPT) {
-		t.Fatal("history lacks the error report or the attempts")
+	waitFor("the resume's outcome", time.Minute, func() bool { return hasEvent(lbpb.RecoveryEvent_AUTO_RESUME_SUCCEEDED) })
+	if !hasEvent(lbpb.RecoveryEvent_ERROR_REPORTED) || hasEvent(lbpb.RecoveryEvent_AUTO_RESUME_FAILED) {
+		t.Fatal("history lacks the error report, or shows a failed resume in a clean outage")
+	}
+	if rs, _ := m.GetRecoveryState(ctx, "pitr", st.Incarnation); rs != nil {
+		t.Fatalf("recovery state left after the resume held: %+v", rs)
 	}
 
 	// A manual pause stays paused through many coordinator ticks.
-	r := brRun{t: t, ep: etcd.Endpoint()}
 	r.ok("stream", "pause", "--task-name", "pitr", "--message", "operator")
 	time.Sleep(2 * time.Second) // 20 coordinator ticks
 	if st, _ := m.GetTask(ctx, "pitr"); !st.Pause.Paused {
 		t.Fatal("a manual pause was resumed automatically")
 	}
 	hist := r.ok("stream", "history", "--task-name", "pitr")
-	for _, want := range []string{"ERROR_REPORTED", "AUTO_RESUME_FAILED", "AUTO_RESUME_SUCCEEDED", "PAUSED", "by operator"} {
+	for _, want := range []string{"ERROR_REPORTED", "AUTO_RESUME_ATTEMPT", "AUTO_RESUME_SUCCEEDED", "PAUSED", "by operator"} {
 		if !strings.Contains(hist, want) {
 			t.Fatalf("history lacks %q:\n%s", want, hist)
 		}
