@@ -133,6 +133,7 @@ func newTaskRunner(ctx context.Context, a *Agent, ts *meta.TaskStatus) (*taskRun
 		return nil, err
 	}
 	t.flusher.prevFlushTS, t.flusher.lastFlushTS = prev, prev
+	t.carryBudget(ctx, time.Now())
 	t.builder = t.newBuilder()
 	return t, nil
 }
@@ -466,4 +467,33 @@ func checkNotCollected(ctx context.Context, a *Agent, checkpoint uint64) error {
 			checkpoint, oracle.GetTimeFromTS(checkpoint).UTC().Format(time.RFC3339), sp, oracle.GetTimeFromTS(sp).UTC().Format(time.RFC3339)))
 	}
 	return nil
+}
+
+// budgetCarryWindow: a RETRYING report at most this old is the same
+// incident as the one this runner starts into (an agent restarted, a quick
+// pause and resume), so its retry budget carries on instead of restarting.
+// An older one is left behind: a failure after a long pause starts afresh.
+const budgetCarryWindow = time.Minute
+
+// carryBudget continues the retry budget of this store's previous runner
+// of the incarnation, read from the report it published. Without it an
+// outage under churn (agents restarted by a supervisor, pauses) never
+// spent its budget and never became a LastError (found by the playground's
+// nemesis). A success resets it as always.
+func (t *taskRunner) carryBudget(ctx context.Context, now time.Time) {
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	reports, err := t.a.cfg.Meta.Progresses(rctx, t.info.Name, t.inc)
+	if err != nil {
+		t.log.Warn("cannot read the previous report; the retry budget starts afresh", "err", err)
+		return
+	}
+	r := reports[t.a.cfg.StoreID]
+	if r == nil || r.State != meta.StateRetrying || r.Attempts <= 0 || now.Sub(time.UnixMilli(r.UpdatedUnixMs)) > budgetCarryWindow {
+		return
+	}
+	since := time.UnixMilli(r.SinceUnixMs)
+	t.budget.failures, t.budget.since = r.Attempts, since
+	t.progress.state, t.progress.since, t.progress.lastErr = meta.StateRetrying, since, r.LastError
+	t.log.Info("continuing the retry budget of the previous run", "failures", r.Attempts, "since", since)
 }
