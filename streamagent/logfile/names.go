@@ -4,11 +4,13 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
-	brpb "github.com/pingcap/kvproto/pkg/brpb"
 	"path"
 	"strconv"
 	"strings"
 	"time"
+
+	brpb "github.com/pingcap/kvproto/pkg/brpb"
+	"github.com/tikv/client-go/v2/oracle"
 )
 
 // Meta file flags (TiKV utils::BACKUP_META_FLAG_*).
@@ -254,9 +256,9 @@ func FormatDataName(d DataName) string {
 	return fmt.Sprintf("v1/%s/%s/%d/%s%d-%s.log", t.Format("20060102"), t.Format("15"), d.StoreID, schema, d.MinTS, d.ID)
 }
 
-// tsoTime is the physical part of a TSO (milliseconds since the epoch in
-// its high 46 bits) in UTC.
-func tsoTime(ts uint64) time.Time { return time.UnixMilli(int64(ts >> 18)).UTC() }
+// tsoTime is the physical part of a TSO in UTC (client-go's oracle, the
+// project's one TSO ↔ time conversion).
+func tsoTime(ts uint64) time.Time { return oracle.GetTimeFromTS(ts).UTC() }
 
 // ParseDataName reads a data object name.
 func ParseDataName(name string) (DataName, error) {
@@ -282,7 +284,7 @@ func ParseDataName(name string) (DataName, error) {
 	if at.UnixMilli() < 0 {
 		return DataName{}, fmt.Errorf("data object %q: date before 1970", name)
 	}
-	d.MaxTS = uint64(at.UnixMilli()) << 18
+	d.MaxTS = oracle.GoTimeToTS(at)
 	if d.StoreID, err = parseDecimal(parts[3]); err != nil {
 		return DataName{}, fmt.Errorf("data object %q: store id: %w", name, err)
 	}

@@ -1,0 +1,206 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pingcap/log"
+	"go.uber.org/zap/zapcore"
+
+	"logbackup/br"
+	"logbackup/meta"
+	"logbackup/tests/simcluster"
+)
+
+// BenchmarkBurstRSS: the agent as the deployed binary (cmd/streamagent,
+// built once, run as its own process against the simulated cluster's PD
+// address), a 64 MiB memory quota, and a burst of ten times the quota in
+// 1 KiB rows written as fast as the source goes with no flush due during
+// it. Reported: the agent process's peak RSS (the kernel's VmHWM, so
+// everything the Go runtime holds, not only the buffer accounting), the
+// margin over the quota, and the burst's rate into the agent. The goal is
+// quota + 64 MiB, with backpressure (spill, slowed intake) instead of an
+// OOM.
+//
+//	go test -run '^$' -bench BurstRSS -benchtime 1x ./tests/e2e/
+func BenchmarkBurstRSS(b *testing.B) {
+	const quota = 64 << 20
+	const value = 1024
+	rows := int64(10 * quota / value)
+	bin := buildAgent(b)
+	for i := 0; i < b.N; i++ {
+		log.SetLevel(zapcore.ErrorLevel)
+		ctx := context.Background()
+		c := startPDCluster(b, ctx, simcluster.Config{Stores: 1})
+		m := meta.NewClient(pdEtcd{c}.Client(b))
+		start, _ := c.TSO(ctx)
+		if err := br.Start(ctx, br.NewEnv(m).WithPD(c.PD()), br.StartOptions{TaskName: "burst", StartTS: fmt.Sprint(start),
+			Storage: "local://" + b.TempDir()}, io.Discard); err != nil {
+			b.Fatal(err)
+		}
+		cmd := exec.Command(bin, "--pd", c.PDAddr(), "--store-id", fmt.Sprint(c.StoreIDs()[0]), "--status-addr", "127.0.0.1:0",
+			"--flush-interval", "10m", "--memory-quota", fmt.Sprint(quota), "--temp-dir", b.TempDir())
+		logf, err := os.Create(filepath.Join(b.TempDir(), "agent.log"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		stopped := false
+		stop := func() {
+			if !stopped {
+				stopped = true
+				cmd.Process.Kill()
+				cmd.Wait()
+				logf.Close()
+			}
+		}
+		b.Cleanup(stop)
+		// The agent observes the task's region before the burst.
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+			ps, _ := m.Progresses(ctx, "burst", mustIncarnation(b, m, "burst"))
+			if p := ps[c.StoreIDs()[0]]; p != nil && p.ObservedRegions > 0 && p.Scanning == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("the agent never observed its region; its log: %s", logf.Name())
+			}
+		}
+		base := procStatusKB(b, cmd.Process.Pid, "VmRSS")
+		w, err := c.NewBulkWriter(simcluster.BulkConfig{Keys: simcluster.KeysTiDBRow, Regions: 16, Split: true, ValueSize: value})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ResetTimer()
+		st, err := w.Write(ctx, rows)
+		if err != nil {
+			b.Fatal(err)
+		}
+		// The agent has taken the burst in once its intake rate (averaged
+		// over its last reports) falls to nothing; then its peak is final.
+		for deadline := time.Now().Add(5 * time.Minute); ; time.Sleep(time.Second) {
+			ps, _ := m.Progresses(ctx, "burst", mustIncarnation(b, m, "burst"))
+			if p := ps[c.StoreIDs()[0]]; p != nil && p.RowsPerSec < 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatal("the agent never took the burst in")
+			}
+		}
+		peak := procStatusKB(b, cmd.Process.Pid, "VmHWM")
+		b.StopTimer()
+		stop()
+		b.ReportMetric(float64(peak)/1024, "peak-RSS-MiB")
+		b.ReportMetric(float64(peak)/1024-quota>>20, "over-quota-MiB")
+		b.ReportMetric(float64(base)/1024, "idle-RSS-MiB")
+		b.ReportMetric(float64(st.Bytes)/(1<<20), "burst-MiB")
+		b.ReportMetric(float64(st.Rows)/st.Elapsed.Seconds(), "writer-rows/s")
+	}
+}
+
+// buildAgent builds cmd/streamagent once for the benchmark.
+func buildAgent(b *testing.B) string {
+	b.Helper()
+	bin := filepath.Join(b.TempDir(), "streamagent")
+	out, err := exec.Command("go", "build", "-o", bin, "logbackup/cmd/streamagent").CombinedOutput()
+	if err != nil {
+		b.Fatalf("build cmd/streamagent: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// procStatusKB reads one kB field of /proc/<pid>/status (VmRSS, VmHWM).
+func procStatusKB(b *testing.B, pid int, field string) int64 {
+	b.Helper()
+	if runtime.GOOS != "linux" {
+		b.Skip("reads /proc")
+	}
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			if err != nil {
+				b.Fatalf("%s: %v", line, err)
+			}
+			return n
+		}
+	}
+	b.Fatalf("no %s in /proc/%d/status", field, pid)
+	return 0
+}
+
+func mustIncarnation(b *testing.B, m *meta.Client, task string) int64 {
+	b.Helper()
+	t, err := m.GetTask(context.Background(), task)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return t.Incarnation
+}
+
+// BenchmarkCheckpointLag: one agent (in process), 1 KiB rows over 16
+// regions, flush interval 1 s. First the unthrottled rate is measured
+// (as BenchmarkAgentThroughput does), then the writer runs at 80 % of it
+// for 20 s while the global checkpoint's lag behind PD's clock is sampled
+// every 100 ms. Goal: p99 ≤ flush interval + 2 s.
+//
+//	go test -run '^$' -bench CheckpointLag -benchtime 200000x ./tests/e2e/
+func BenchmarkCheckpointLag(b *testing.B) {
+	full := benchThroughput(b, 1024, 16, "local", 0)
+	b.StopTimer()
+	rate := int(0.8 * full)
+	ctx := context.Background()
+	c := startPDCluster(b, ctx, simcluster.Config{Stores: 1})
+	m := meta.NewClient(pdEtcd{c}.Client(b))
+	start, _ := c.TSO(ctx)
+	if err := br.Start(ctx, br.NewEnv(m).WithPD(c.PD()), br.StartOptions{TaskName: "lag", StartTS: fmt.Sprint(start), Storage: "local://" + b.TempDir()}, io.Discard); err != nil {
+		b.Fatal(err)
+	}
+	e := &benchEnv{c: c, m: m, start: start}
+	_, stopAgent := e.agent(b, time.Second)
+	defer stopAgent()
+	w, err := c.NewBulkWriter(simcluster.BulkConfig{Keys: simcluster.KeysTiDBRow, Regions: 16, Split: true, ValueSize: 1024, Rate: rate,
+		KeysPerShard: 4096, KeepVersions: 2})
+	if err != nil {
+		b.Fatal(err)
+	}
+	wctx, stopWriter := context.WithTimeout(ctx, 25*time.Second)
+	defer stopWriter()
+	go w.Write(wctx, int64(rate)*30)
+	time.Sleep(5 * time.Second) // past the start-up
+	var lags []time.Duration
+	for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		now, err := c.TSO(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		g, ok, err := m.GlobalCheckpoint(ctx, "lag")
+		if err != nil || !ok {
+			continue
+		}
+		lags = append(lags, br.PhysicalTime(now).Sub(br.PhysicalTime(g)))
+	}
+	if len(lags) == 0 {
+		b.Fatal("no checkpoint sampled")
+	}
+	slices.Sort(lags)
+	b.ReportMetric(float64(rate), "rows/s-offered")
+	b.ReportMetric(lags[len(lags)/2].Seconds(), "lag-p50-s")
+	b.ReportMetric(lags[len(lags)*99/100].Seconds(), "lag-p99-s")
+	b.ReportMetric(lags[len(lags)-1].Seconds(), "lag-max-s")
+}
