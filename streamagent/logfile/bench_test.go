@@ -244,7 +244,7 @@ func BenchmarkZstdSha256Only(b *testing.B) {
 // meta file.
 func uploadFlush(ctx context.Context, st storage.Storage, fl *Flush) error {
 	for _, o := range fl.Data {
-		if err := st.WriteFile(ctx, o.Name, o.Data); err != nil {
+		if err := st.WriteFrom(ctx, o.Name, o.Size, o.Open); err != nil {
 			return err
 		}
 	}
@@ -252,4 +252,8 @@ func uploadFlush(ctx context.Context, st storage.Storage, fl *Flush) error {
 }
 
 // releaseFlush lets go of a flush's data.
-func releaseFlush(fl *Flush) { fl.Data = nil }
+func releaseFlush(fl *Flush) {
+	if err := fl.Close(); err != nil {
+		panic(err)
+	}
+}

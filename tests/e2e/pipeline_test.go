@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -36,6 +37,21 @@ func (g *gatedUploads) WriteFile(ctx context.Context, name string, data []byte) 
 		}
 	}
 	return g.Storage.WriteFile(ctx, name, data)
+}
+
+// WriteFrom is how the agent uploads data objects: held like WriteFile.
+func (g *gatedUploads) WriteFrom(ctx context.Context, name string, size int64, open func() (io.ReadCloser, error)) error {
+	g.mu.Lock()
+	gate := g.gate
+	g.mu.Unlock()
+	if gate != nil && strings.HasSuffix(name, ".log") {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return g.Storage.WriteFrom(ctx, name, size, open)
 }
 
 // TestIntakeFlowsDuringUpload: while a flush is uploading (here: held),
