@@ -168,6 +168,9 @@ func (f *flusher) attempt(ctx context.Context, job *flushJob) flushResult {
 		}
 		job.builder.Close() // fl has its own temp files; the builder's are compressed into them
 		job.builder = nil
+		// The flush in flight holds no buffer any more (its objects stream
+		// from disk): the next builder may use the whole quota.
+		t.inflightM.Store(0)
 		if err != nil {
 			if errors.Is(err, logfile.ErrSpillCorrupt) {
 				err = errs.Wrap(errs.CodeChecksumMismatch, err)
