@@ -1,6 +1,6 @@
 // Package storage is the narrow seam between logbackup and external storage
 // (S3, GCS, Azure Blob, local files, memory), built on gocloud.dev/blob.
-// Everything above it speaks six verbs; URL parsing, credential redaction
+// Everything above it speaks seven verbs; URL parsing, credential redaction
 // and retries of transient failures live here, in one place.
 package storage
 
