@@ -278,14 +278,24 @@ func TestS3WriteOptionsAreSent(t *testing.T) {
 		return false
 	}})
 	s := open(t, srv.URL("bk", "p")+"&storage-class=STANDARD_IA&acl=bucket-owner-full-control&sse=AES256")
-	if err := s.WriteFile(context.Background(), "obj", []byte("x")); err != nil {
-		t.Fatal(err)
-	}
-	mu.Lock()
-	defer mu.Unlock()
 	want := map[string]string{"X-Amz-Storage-Class": "STANDARD_IA", "X-Amz-Acl": "bucket-owner-full-control", "X-Amz-Server-Side-Encryption": "AES256"}
-	if fmt.Sprint(seen) != fmt.Sprint(want) {
-		t.Fatalf("headers sent %v, want %v", seen, want)
+	src := &storagetest.Source{Data: []byte("streamed")}
+	for _, write := range []func() error{
+		func() error { return s.WriteFile(context.Background(), "obj", []byte("x")) },
+		func() error { return s.WriteFrom(context.Background(), "streamed", int64(len(src.Data)), src.Open) },
+	} {
+		mu.Lock()
+		clear(seen)
+		mu.Unlock()
+		if err := write(); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		got := fmt.Sprint(seen)
+		mu.Unlock()
+		if got != fmt.Sprint(want) {
+			t.Fatalf("headers sent %v, want %v", got, want)
+		}
 	}
 }
 
