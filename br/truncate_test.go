@@ -85,10 +85,13 @@ func (f *logFixture) flush(n, limit int, items ...item) *logfile.Flush {
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	for _, o := range append(fl.Data, fl.Meta) {
-		if err := f.st.WriteFile(f.ctx, o.Name, o.Data); err != nil {
+	for _, o := range fl.Data {
+		if err := f.st.WriteFrom(f.ctx, o.Name, o.Size, o.Open); err != nil {
 			f.t.Fatal(err)
 		}
+	}
+	if err := f.st.WriteFile(f.ctx, fl.Meta.Name, fl.Meta.Data); err != nil {
+		f.t.Fatal(err)
 	}
 	return fl
 }
@@ -163,15 +166,15 @@ func TestTruncateRemovesOldFlushes(t *testing.T) {
 		t.Fatalf("removed %d files, %d metas deleted, %d rewritten; want 2, 3 (one empty), 0\n%s", res.DataFiles, res.MetasDeleted, res.MetasRewritten, out)
 	}
 	for _, gone := range []*logfile.Flush{f1, f2, empty} {
-		for _, o := range append(gone.Data, gone.Meta) {
-			if f.exists(o.Name) {
-				t.Fatalf("%s is still there", o.Name)
+		for _, name := range objectNames(gone) {
+			if f.exists(name) {
+				t.Fatalf("%s is still there", name)
 			}
 		}
 	}
-	for _, o := range append(f3.Data, f3.Meta) {
-		if !f.exists(o.Name) {
-			t.Fatalf("%s was removed", o.Name)
+	for _, name := range objectNames(f3) {
+		if !f.exists(name) {
+			t.Fatalf("%s was removed", name)
 		}
 	}
 	got := f.walk()
@@ -463,4 +466,13 @@ func (l *lineUp) List(ctx context.Context, prefix string, fn func(storage.Object
 		<-l.second
 	}
 	return l.Storage.List(ctx, prefix, fn)
+}
+
+// objectNames is a flush's data objects' names, then its meta file's.
+func objectNames(fl *logfile.Flush) []string {
+	var names []string
+	for _, o := range fl.Data {
+		names = append(names, o.Name)
+	}
+	return append(names, fl.Meta.Name)
 }

@@ -133,9 +133,14 @@ func newFixture(t testing.TB, o fixtureOpts) *fixture {
 			}
 			b.Close()
 			for _, obj := range fl.Data {
-				f.put(t, obj.Name, obj.Data)
+				data, err := obj.Bytes()
+				if err != nil {
+					t.Fatal(err)
+				}
+				f.put(t, obj.Name, data)
 				f.objects = append(f.objects, obj.Name)
 			}
+			fl.Close()
 			f.put(t, fl.Meta.Name, fl.Meta.Data)
 			f.metas[store] = append(f.metas[store], fl.Meta.Name)
 			f.flushes[store] = append(f.flushes[store], fl)

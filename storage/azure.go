@@ -10,9 +10,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
@@ -159,51 +161,139 @@ func (a *azureBackend) key(name string) string {
 // write uploads data as one block blob, whole or not at all: a block
 // upload is only visible once Put Block List commits it.
 func (a *azureBackend) write(ctx context.Context, name string, data []byte) error {
-	bb := a.client.NewBlockBlobClient(a.key(name))
-	sum := md5.Sum(data)
-	ct := "application/octet-stream"
-	headers := &azblobblob.HTTPHeaders{BlobContentType: &ct, BlobContentMD5: sum[:]}
 	if len(data) <= azureSingleUploadMax {
-		_, err := bb.Upload(ctx, streaming.NopCloser(bytes.NewReader(data)), &blockblob.UploadOptions{
-			HTTPHeaders: headers, Tier: a.tier, CPKInfo: a.cpk, CPKScopeInfo: a.scope,
-			TransactionalValidation: azblobblob.TransferValidationTypeMD5(sum[:]),
-		})
-		return err
+		return a.putBlob(ctx, name, data)
 	}
+	n := (len(data) + azureBlockSize - 1) / azureBlockSize
+	return a.putBlocks(ctx, name, func(i int) ([]byte, func(), error) {
+		if i == n {
+			return nil, nil, io.EOF
+		}
+		return data[i*azureBlockSize : min((i+1)*azureBlockSize, len(data))], func() {}, nil
+	})
+}
+
+// writeFrom is write for a stream of size bytes: one Put Blob of a
+// buffer up to azureSingleUploadMax, above that blocks read one by one
+// into azureUploadParallel+1 reused buffers, so at most
+// (azureUploadParallel+1) × azureBlockSize of the stream is in memory.
+func (a *azureBackend) writeFrom(ctx context.Context, name string, size int64, r io.Reader) error {
+	if size <= azureSingleUploadMax {
+		data, err := readExact(r, size)
+		if err != nil {
+			return err
+		}
+		return a.putBlob(ctx, name, data)
+	}
+	free := make(chan []byte, azureUploadParallel+1)
+	for range azureUploadParallel + 1 {
+		free <- nil // allocated on first use
+	}
+	return a.putBlocks(ctx, name, func(int) ([]byte, func(), error) {
+		var buf []byte
+		select {
+		case buf = <-free:
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		}
+		if buf == nil {
+			buf = make([]byte, azureBlockSize)
+		}
+		n, err := io.ReadFull(r, buf)
+		if err == io.EOF || (err == io.ErrUnexpectedEOF && n > 0) {
+			err = nil // the last block; exactReader has checked the length
+		}
+		if n == 0 && err == nil {
+			free <- buf
+			return nil, nil, io.EOF
+		}
+		if err != nil {
+			free <- buf
+			return nil, nil, err
+		}
+		return buf[:n], func() { free <- buf }, nil
+	})
+}
+
+func (a *azureBackend) putBlob(ctx context.Context, name string, data []byte) error {
+	sum := md5.Sum(data)
+	_, err := a.client.NewBlockBlobClient(a.key(name)).Upload(ctx, streaming.NopCloser(bytes.NewReader(data)), &blockblob.UploadOptions{
+		HTTPHeaders: a.headers(sum[:]), Tier: a.tier, CPKInfo: a.cpk, CPKScopeInfo: a.scope,
+		TransactionalValidation: azblobblob.TransferValidationTypeMD5(sum[:]),
+	})
+	return err
+}
+
+func (a *azureBackend) headers(md5sum []byte) *azblobblob.HTTPHeaders {
+	ct := "application/octet-stream"
+	return &azblobblob.HTTPHeaders{BlobContentType: &ct, BlobContentMD5: md5sum}
+}
+
+// putBlocks stages the blocks next returns (io.EOF after the last; done
+// releases a block once staged), azureUploadParallel at a time, then
+// commits them with one Put Block List. The blob's MD5 is summed as the
+// blocks come, in order. On any failure nothing is committed (staged
+// blocks expire on their own) and no further block is read.
+func (a *azureBackend) putBlocks(ctx context.Context, name string, next func(i int) (block []byte, done func(), err error)) error {
+	bb := a.client.NewBlockBlobClient(a.key(name))
 	// Block ids must be unique to this attempt (another writer of the
 	// same name stages its own) and of one length within the blob.
 	var nonce [8]byte
 	if _, err := rand.Read(nonce[:]); err != nil {
 		return err
 	}
-	n := (len(data) + azureBlockSize - 1) / azureBlockSize
-	ids := make([]string, n)
-	errc := make(chan error, n)
-	sem := make(chan struct{}, azureUploadParallel)
-	for i := range n {
-		ids[i] = base64.StdEncoding.EncodeToString(fmt.Appendf(nil, "%s-%06d", hex.EncodeToString(nonce[:]), i))
-		part := data[i*azureBlockSize : min((i+1)*azureBlockSize, len(data))]
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem }()
-			psum := md5.Sum(part)
-			_, err := bb.StageBlock(ctx, ids[i], streaming.NopCloser(bytes.NewReader(part)), &blockblob.StageBlockOptions{
-				CPKInfo: a.cpk, CPKScopeInfo: a.scope, TransactionalValidation: azblobblob.TransferValidationTypeMD5(psum[:]),
-			})
-			errc <- err
-		}()
-	}
-	var first error
-	for range n {
-		if err := <-errc; err != nil && first == nil {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		ids   []string
+		mu    sync.Mutex
+		first error
+		wg    sync.WaitGroup
+	)
+	setErr := func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if first == nil {
 			first = err
+			cancel()
 		}
 	}
+	failed := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return first != nil
+	}
+	sem := make(chan struct{}, azureUploadParallel)
+	whole := md5.New()
+	for i := 0; !failed(); i++ {
+		part, done, err := next(i)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			setErr(err)
+			break
+		}
+		whole.Write(part)
+		id := base64.StdEncoding.EncodeToString(fmt.Appendf(nil, "%s-%06d", hex.EncodeToString(nonce[:]), i))
+		ids = append(ids, id)
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { done(); <-sem }()
+			psum := md5.Sum(part)
+			if _, err := bb.StageBlock(sctx, id, streaming.NopCloser(bytes.NewReader(part)), &blockblob.StageBlockOptions{
+				CPKInfo: a.cpk, CPKScopeInfo: a.scope, TransactionalValidation: azblobblob.TransferValidationTypeMD5(psum[:]),
+			}); err != nil {
+				setErr(err)
+			}
+		})
+	}
+	wg.Wait()
 	if first != nil {
 		return first // uncommitted blocks expire on their own
 	}
 	_, err := bb.CommitBlockList(ctx, ids, &blockblob.CommitBlockListOptions{
-		HTTPHeaders: headers, Tier: a.tier, CPKInfo: a.cpk, CPKScopeInfo: a.scope,
+		HTTPHeaders: a.headers(whole.Sum(nil)), Tier: a.tier, CPKInfo: a.cpk, CPKScopeInfo: a.scope,
 	})
 	return err
 }

@@ -157,3 +157,41 @@ func TestAzureErrorsAreOneLine(t *testing.T) {
 	}
 	t.Log(msg)
 }
+
+// TestAzureStreamBlocks: a stream over 16 MiB is staged block by block
+// and committed by one Put Block List; a source failing mid-stream
+// commits nothing (staging stops, blocks in flight are cancelled).
+func TestAzureStreamBlocks(t *testing.T) {
+	srv := azuretest.Start(t, "ctr")
+	s := open(t, srv.URL("ctr", "p"), bigRetry)
+	ctx := context.Background()
+	ops := func() map[string]int {
+		m := map[string]int{}
+		for _, r := range srv.Requests() {
+			m[r.Op]++
+		}
+		srv.ResetRequests()
+		return m
+	}
+	big := bytes.Repeat([]byte("0123456789abcdef"), (17<<20)/16+3)
+	src := &storagetest.Source{Data: big}
+	if err := s.WriteFrom(ctx, "a/big", int64(len(big)), src.Open); err != nil {
+		t.Fatal(err)
+	}
+	if m := ops(); m["PutBlob"] != 0 || m["PutBlock"] != 3 || m["PutBlockList"] != 1 {
+		t.Fatalf("17 MiB stream made %v, want 3 Put Block and 1 Put Block List", m)
+	}
+	mustRead(t, s, "a/big", big)
+
+	gone := errors.New("temp file unreadable")
+	src = &storagetest.Source{Data: big, FailAt: 12 << 20, FailErr: gone, FailOpens: 1}
+	if err := s.WriteFrom(ctx, "a/broken", int64(len(big)), src.Open); !errors.Is(err, gone) {
+		t.Fatalf("source failing at 12 MiB: %v", err)
+	}
+	if m := ops(); m["PutBlockList"] != 0 {
+		t.Fatalf("failed stream made %v, want no Put Block List", m)
+	}
+	if _, ok := srv.Blob("ctr", "p/a/broken"); ok {
+		t.Fatal("a failed stream left a blob")
+	}
+}

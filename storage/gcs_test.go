@@ -22,6 +22,7 @@ import (
 	"testing"
 
 	"logbackup/storage"
+	"logbackup/storage/storagetest"
 )
 
 // gcsUpload is what the loopback GCS endpoint saw of one upload.
@@ -189,5 +190,33 @@ func TestGCSTokenRefused(t *testing.T) {
 	}
 	if got := log.take(); got != "" {
 		t.Fatalf("retried: %s", got)
+	}
+}
+
+// TestGCSStream: a streamed object is uploaded with the write settings; a
+// source failing mid-stream cancels the upload before anything reaches
+// GCS (the gocloud writer would otherwise commit what it had on Close).
+func TestGCSStream(t *testing.T) {
+	f := startFakeGCS(t)
+	s := open(t, f.url(t, "bk", "&storage-class=NEARLINE"), fastRetry)
+	ctx := context.Background()
+	gone := errors.New("temp file unreadable")
+	src := &storagetest.Source{Data: []byte(strings.Repeat("stream ", 20000)), FailAt: 70000, FailErr: gone, FailOpens: 1}
+	if err := s.WriteFrom(ctx, "v1/broken.log", int64(len(src.Data)), src.Open); !errors.Is(err, gone) {
+		t.Fatalf("failing source: %v", err)
+	}
+	f.mu.Lock()
+	n := len(f.uploads)
+	f.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("a failed stream reached GCS: %d uploads", n)
+	}
+	if err := s.WriteFrom(ctx, "v1/a.log", int64(len(src.Data)), src.Open); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.uploads) != 1 || f.uploads[0].metadata["name"] != "p/v1/a.log" || f.uploads[0].metadata["storageClass"] != "NEARLINE" {
+		t.Fatalf("uploads %v", f.uploads)
 	}
 }

@@ -1,9 +1,11 @@
 package storage
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -46,7 +48,8 @@ func openLocal(dir string) (*blob.Bucket, string, error) {
 // the temp file before the rename and the directory after it. fileblob
 // alone does neither, so a crash could leave a renamed but empty or
 // partial file: exactly the "some of it" readers must never see.
-func (s *blobStorage) writeLocal(ctx context.Context, name string, data []byte) error {
+// r is copied as it is read; a failing r leaves nothing at name.
+func (s *blobStorage) writeLocal(ctx context.Context, name string, r io.Reader) error {
 	// Directories fileblob is about to create need their own entries made
 	// durable too. (fileblob escapes unusual characters in paths; for such
 	// names this guess only costs a few extra fsyncs.)
@@ -74,7 +77,13 @@ func (s *blobStorage) writeLocal(ctx context.Context, name string, data []byte) 
 		_ = w.Close()
 		return cause
 	}
-	if _, err := w.Write(data); err != nil {
+	if br, ok := r.(*bytes.Reader); ok {
+		// WriteFile's bytes: one write, no copy buffer.
+		_, err = br.WriteTo(w)
+	} else {
+		_, err = copyStream(w, r)
+	}
+	if err != nil {
 		return abort(err)
 	}
 	if err := f.Sync(); err != nil {

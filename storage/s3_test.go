@@ -17,6 +17,7 @@ import (
 	"gocloud.dev/gcerrors"
 
 	"logbackup/storage"
+	"logbackup/storage/storagetest"
 	"logbackup/tests/s3test"
 )
 
@@ -277,14 +278,24 @@ func TestS3WriteOptionsAreSent(t *testing.T) {
 		return false
 	}})
 	s := open(t, srv.URL("bk", "p")+"&storage-class=STANDARD_IA&acl=bucket-owner-full-control&sse=AES256")
-	if err := s.WriteFile(context.Background(), "obj", []byte("x")); err != nil {
-		t.Fatal(err)
-	}
-	mu.Lock()
-	defer mu.Unlock()
 	want := map[string]string{"X-Amz-Storage-Class": "STANDARD_IA", "X-Amz-Acl": "bucket-owner-full-control", "X-Amz-Server-Side-Encryption": "AES256"}
-	if fmt.Sprint(seen) != fmt.Sprint(want) {
-		t.Fatalf("headers sent %v, want %v", seen, want)
+	src := &storagetest.Source{Data: []byte("streamed")}
+	for _, write := range []func() error{
+		func() error { return s.WriteFile(context.Background(), "obj", []byte("x")) },
+		func() error { return s.WriteFrom(context.Background(), "streamed", int64(len(src.Data)), src.Open) },
+	} {
+		mu.Lock()
+		clear(seen)
+		mu.Unlock()
+		if err := write(); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		got := fmt.Sprint(seen)
+		mu.Unlock()
+		if got != fmt.Sprint(want) {
+			t.Fatalf("headers sent %v, want %v", got, want)
+		}
 	}
 }
 
@@ -406,4 +417,56 @@ func readEqual(s storage.Storage, name string, want []byte) error {
 		return fmt.Errorf("%s: read %d bytes that differ from the %d written", name, len(got), len(want))
 	}
 	return nil
+}
+
+// TestS3StreamMultipart: a 22 MiB stream is a multipart upload of 5 MiB
+// parts. A part refused once by the server makes the whole stream start
+// again from a new reader; a source failing past the multipart threshold
+// aborts the upload: no object, no multipart upload left open.
+func TestS3StreamMultipart(t *testing.T) {
+	srv := s3test.Start(t, "bk")
+	var log retryLog
+	s := open(t, srv.URL("bk", "p"), bigRetry, storage.WithRetryObserver(log.observe))
+	ctx := context.Background()
+	data := bytes.Repeat([]byte("0123456789abcdef"), 22<<20/16+5)
+
+	srv.ResetLog()
+	srv.SetFault(s3test.Fault{Status: 503, Remaining: 1, Match: func(r *http.Request) bool {
+		return r.Method == http.MethodPut && r.URL.Query().Get("partNumber") == "2"
+	}})
+	src := &storagetest.Source{Data: data}
+	if err := s.WriteFrom(ctx, "big", int64(len(data)), src.Open); err != nil {
+		t.Fatalf("multipart stream through a failed part: %v", err)
+	}
+	if got := log.take(); srv.Faults() != 1 || got != "write#1" || src.Opens() != 2 || src.Closes() != 2 {
+		t.Fatalf("faults %d, retries %q, readers %d/%d; want one failed part, one retry from a new reader", srv.Faults(), got, src.Opens(), src.Closes())
+	}
+	parts := 0
+	for _, r := range srv.Log() {
+		if r.Method == http.MethodPut && r.Query.Get("partNumber") != "" && !r.Faulted {
+			parts++
+		}
+	}
+	if parts < 5 {
+		t.Fatalf("%d parts uploaded for 22 MiB; want 5 MiB parts", parts)
+	}
+	mustRead(t, s, "big", data)
+
+	gone := errors.New("temp file unreadable")
+	src = &storagetest.Source{Data: data, FailAt: 20 << 20, FailErr: gone, FailOpens: 1}
+	if err := s.WriteFrom(ctx, "broken", int64(len(data)), src.Open); !errors.Is(err, gone) {
+		t.Fatalf("source failing at 20 MiB: %v", err)
+	}
+	if ok, err := s.Exists(ctx, "broken"); ok || err != nil {
+		t.Fatalf("a failed multipart stream left an object (%v)", err)
+	}
+	resp, err := http.Get(srv.Endpoint() + "/bk?uploads")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || bytes.Contains(body, []byte("<Upload>")) {
+		t.Fatalf("multipart uploads after the failed stream (%d): %s", resp.StatusCode, body)
+	}
 }

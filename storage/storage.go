@@ -1,6 +1,6 @@
 // Package storage is the narrow seam between logbackup and external storage
 // (S3, GCS, Azure Blob, local files, memory), built on gocloud.dev/blob.
-// Everything above it speaks six verbs; URL parsing, credential redaction
+// Everything above it speaks seven verbs; URL parsing, credential redaction
 // and retries of transient failures live here, in one place.
 package storage
 
@@ -42,6 +42,16 @@ type Storage interface {
 	// WriteFile writes a whole object atomically: readers see all of it or
 	// none of it. It returns only once the object is durable.
 	WriteFile(ctx context.Context, name string, data []byte) error
+	// WriteFrom writes an object of size bytes streamed from the reader
+	// open returns, with WriteFile's guarantees (whole or not at all,
+	// durable on return, the same retries and error kinds) but without
+	// the whole object in memory: memory is bounded by a fixed upload
+	// window (see streamPartSize), whatever size is. open is called once
+	// per attempt, so a retry reads from the start; each reader is closed.
+	// A reader that fails, or that gives other than size bytes, fails the
+	// attempt and leaves no object at name (an older object there stays
+	// as it was).
+	WriteFrom(ctx context.Context, name string, size int64, open func() (io.ReadCloser, error)) error
 	// ReadFile reads a whole object; a missing one gives ErrNotExist.
 	ReadFile(ctx context.Context, name string) ([]byte, error)
 	// ReadRange reads length bytes at offset: fewer at the end of the
@@ -91,6 +101,8 @@ type blobStorage struct {
 	// and fileblob's stranded temp files are hidden from List.
 	local    bool
 	localDir string
+	// s3: s3blob reads an upload's source itself (see streamRemote).
+	s3 bool
 	// azure writes (and checks existence) through the SDK directly; see
 	// azureBackend.
 	azure *azureBackend
@@ -153,6 +165,7 @@ func Open(ctx context.Context, loc *Location, opts ...Option) (Storage, error) {
 		b = memblob.OpenBucket(nil)
 	case "s3":
 		b, s.hook, s.release, err = openS3(ctx, &l)
+		s.s3 = true
 	case "gcs":
 		b, s.hook, s.release, err = openGCS(ctx, &l)
 	case "azblob":
@@ -212,7 +225,7 @@ func (s *blobStorage) WriteFile(ctx context.Context, name string, data []byte) e
 	}
 	err := s.retry(ctx, "write", func(ctx context.Context) error {
 		if s.local {
-			return s.writeLocal(ctx, name, data)
+			return s.writeLocal(ctx, name, bytes.NewReader(data))
 		}
 		if s.azure != nil {
 			return s.azure.write(ctx, name, data)

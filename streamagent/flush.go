@@ -20,9 +20,10 @@ import (
 // The flush pipeline. The loop freezes a flush — each initialized
 // subscription's resolved ts, and the builder holding every row at or
 // below it — hands it to the flusher goroutine and goes on taking events
-// into a fresh builder. The flusher builds the files (compress, hash),
-// uploads the data objects, then the meta file that lists them, and only
-// then publishes the checkpoints the flush covers. At most one flush is in
+// into a fresh builder. The flusher builds the files (compress, hash)
+// into temp files, streams the data objects from them to storage, then
+// uploads the meta file that lists them, and only then publishes the
+// checkpoints the flush covers. At most one flush is in
 // flight: the next is frozen only once the previous one is done, so
 // checkpoints are published in flush order, and a flush whose buffer is
 // lost never has a successor already claiming to cover it.
@@ -40,7 +41,9 @@ type flushJob struct {
 	frozen   []frozen
 	observed []spans.Span // every observed piece when frozen: the store checkpoint is their minimum
 	resolved uint64       // the flush's resolved ts (the start ts if nothing is observed)
-	fl       *logfile.Flush
+	// fl is the built flush; its temp files are closed once it is
+	// uploaded or abandoned.
+	fl *logfile.Flush
 	// durable is set once the meta file is written: a retry then only
 	// publishes checkpoints, never rewriting a file a meta file lists.
 	durable bool
@@ -125,6 +128,9 @@ func (f *flusher) process(ctx context.Context, job *flushJob) {
 			job.builder.Close()
 			job.builder = nil
 		}
+		if job.fl != nil {
+			job.fl.Close() // nothing to report: the files are unlinked already
+		}
 	}()
 	for {
 		res := f.attempt(ctx, job)
@@ -154,9 +160,17 @@ func (f *flusher) attempt(ctx context.Context, job *flushJob) flushResult {
 		began := time.Now()
 		fl, err := job.builder.FinishLinked(flushTS, job.resolved,
 			logfile.Lineage{PrevFlushTS: f.prevFlushTS, ClusterID: t.a.cfg.ClusterID, TaskStartTS: t.info.StartTs})
-		job.builder.Close() // its temp files are compressed into fl now
-		job.builder = nil
 		t.a.metrics.flushStage("generate_metadata", time.Since(began))
+		if errors.Is(err, logfile.ErrTempWrite) {
+			// The flush's temp file could not be written; the builder
+			// is whole, so nothing is lost.
+			return flushResult{job: job, err: errs.Wrap(errs.CodeIo, fmt.Errorf("build flush: %w", err))}
+		}
+		job.builder.Close() // fl has its own temp files; the builder's are compressed into them
+		job.builder = nil
+		// The flush in flight holds no buffer any more (its objects stream
+		// from disk): the next builder may use the whole quota.
+		t.inflightM.Store(0)
 		if err != nil {
 			if errors.Is(err, logfile.ErrSpillCorrupt) {
 				err = errs.Wrap(errs.CodeChecksumMismatch, err)
@@ -165,7 +179,13 @@ func (f *flusher) attempt(ctx context.Context, job *flushJob) flushResult {
 		}
 		job.fl = fl
 	}
-	return flushResult{job: job, err: f.upload(ctx, job)}
+	err := f.upload(ctx, job)
+	if !job.durable && errors.Is(err, logfile.ErrSpillCorrupt) {
+		// A data object's temp file was damaged on disk: the upload
+		// was refused, and the flush cannot be built again.
+		return flushResult{job: job, err: errs.Wrap(errs.CodeChecksumMismatch, err), lost: true}
+	}
+	return flushResult{job: job, err: err}
 }
 
 func (f *flusher) nextFlushTS(ctx context.Context) (uint64, error) {
@@ -182,17 +202,19 @@ func (f *flusher) nextFlushTS(ctx context.Context) (uint64, error) {
 	return ts, nil
 }
 
-// upload writes the data objects, then the meta file that lists them, and
-// only then advances the checkpoints the flush covers.
+// upload streams the data objects from the flush's temp files (storage
+// holds one bounded upload window of each in memory, never a whole
+// object), then writes the meta file that lists them, and only then
+// advances the checkpoints the flush covers.
 func (f *flusher) upload(ctx context.Context, job *flushJob) error {
 	t := f.t
 	if !job.durable {
 		began := time.Now()
 		for _, o := range job.fl.Data {
-			if err := t.st.WriteFile(ctx, o.Name, o.Data); err != nil {
+			if err := t.st.WriteFrom(ctx, o.Name, o.Size, o.Open); err != nil {
 				return fmt.Errorf("upload %s: %w", o.Name, err)
 			}
-			t.a.metrics.uploaded("log", len(o.Data))
+			t.a.metrics.uploaded("log", int(o.Size))
 		}
 		if err := t.st.WriteFile(ctx, job.fl.Meta.Name, job.fl.Meta.Data); err != nil {
 			return fmt.Errorf("upload %s: %w", job.fl.Meta.Name, err)
@@ -200,7 +222,7 @@ func (f *flusher) upload(ctx context.Context, job *flushJob) error {
 		t.a.metrics.uploaded("metadata", len(job.fl.Meta.Data))
 		job.durable = true
 		f.prevFlushTS = job.fl.Name.FlushTS
-		job.fl.Data = nil // uploaded: release the compressed bytes
+		job.fl.Close() // uploaded: free the temp files
 		t.a.metrics.flushStage("save_files", time.Since(began))
 	}
 	for _, fr := range job.frozen {

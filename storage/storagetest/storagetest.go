@@ -37,6 +37,10 @@ func Run(t *testing.T, open func(t *testing.T) storage.Storage) {
 		{"BadNames", testBadNames},
 		{"CheckWritable", testCheckWritable},
 		{"Close", testClose},
+		{"Stream", testStream},
+		{"StreamSourceFails", testStreamSourceFails},
+		{"StreamRetried", testStreamRetried},
+		{"StreamWrongLength", testStreamWrongLength},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -1,11 +1,17 @@
 package logfile
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"math/rand"
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
 	"testing"
 	"time"
+
+	"logbackup/storage"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/pingcap/kvproto/pkg/metapb"
@@ -99,23 +105,103 @@ func benchFlush(b *testing.B, pool *ChunkPool) {
 		}
 		plain = bl.Size()
 	}
+	dir := b.TempDir()
 	b.SetBytes(int64(plain))
 	b.ReportAllocs()
 	b.ResetTimer()
+	before := allocated()
 	for i := 0; i < b.N; i++ {
-		bl := NewBuilder(BuilderConfig{StoreID: 1, Chunks: pool})
+		bl := NewBuilder(BuilderConfig{StoreID: 1, Chunks: pool, SpillDir: dir})
 		for _, c := range changes {
 			if err := bl.Add(regionOf(regions, c), c); err != nil {
 				b.Fatal(err)
 			}
 		}
-		if _, err := bl.Finish(uint64(i+1), 1); err != nil {
+		fl, err := bl.Finish(uint64(i+1), 1)
+		if err != nil {
 			b.Fatal(err)
 		}
 		if err := bl.Close(); err != nil {
 			b.Fatal(err)
 		}
+		releaseFlush(fl)
 	}
+	// Heap bytes allocated per plain byte flushed: the goal is
+	// at most 1.5.
+	b.ReportMetric(float64(allocated()-before)/float64(plain)/float64(b.N), "alloc-B/flushed-B")
+}
+
+// BenchmarkFlushPeakHeap is one flush of the same ~64 MiB as the agent
+// does it: Add every change, Finish, upload every object to file storage,
+// release the flush. A sampler reads the live heap every 100 µs (GC at
+// 50% to keep garbage from hiding the live peak); peak-heap-MiB is the
+// highest reading, over-builder-MiB that less the heap once the builder
+// is full (the plain bytes the memory quota counts), i.e. what Finish and
+// the upload add on top.
+func BenchmarkFlushPeakHeap(b *testing.B) {
+	changes, regions := benchRows()
+	ctx := context.Background()
+	st, err := storage.OpenURL(ctx, "local://"+b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	dir := b.TempDir()
+	defer debug.SetGCPercent(debug.SetGCPercent(50))
+	var peak, over float64
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		bl := NewBuilder(BuilderConfig{StoreID: 1, SpillDir: dir})
+		for _, c := range changes {
+			if err := bl.Add(regionOf(regions, c), c); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.SetBytes(int64(bl.Size()))
+		runtime.GC()
+		full := heapLive()
+		stop := make(chan struct{})
+		got := make(chan uint64)
+		go func() {
+			m := full
+			t := time.NewTicker(100 * time.Microsecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-stop:
+					got <- max(m, heapLive())
+					return
+				case <-t.C:
+					m = max(m, heapLive())
+				}
+			}
+		}()
+		fl, err := bl.Finish(uint64(i+1), 1)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := bl.Close(); err != nil {
+			b.Fatal(err)
+		}
+		if err := uploadFlush(ctx, st, fl); err != nil {
+			b.Fatal(err)
+		}
+		releaseFlush(fl)
+		close(stop)
+		m := <-got
+		peak = max(peak, float64(m)/(1<<20))
+		over = max(over, float64(m-full)/(1<<20))
+	}
+	b.ReportMetric(peak, "peak-heap-MiB")
+	b.ReportMetric(over, "over-builder-MiB")
+}
+
+// heapLive is the bytes in heap objects, live or not yet swept.
+func heapLive() uint64 {
+	s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
 }
 
 func BenchmarkZstdSha256Only(b *testing.B) {
@@ -144,10 +230,30 @@ func BenchmarkZstdSha256Only(b *testing.B) {
 	b.SetBytes(int64(plain))
 	b.ReportAllocs()
 	b.ResetTimer()
+	before := allocated()
 	for i := 0; i < b.N; i++ {
 		for _, p := range files {
 			dst = enc.EncodeAll(p, dst[:0])
 			sha256.Sum256(p)
 		}
+	}
+	b.ReportMetric(float64(allocated()-before)/float64(plain)/float64(b.N), "alloc-B/flushed-B")
+}
+
+// uploadFlush writes a flush as the agent does: data objects, then the
+// meta file.
+func uploadFlush(ctx context.Context, st storage.Storage, fl *Flush) error {
+	for _, o := range fl.Data {
+		if err := st.WriteFrom(ctx, o.Name, o.Size, o.Open); err != nil {
+			return err
+		}
+	}
+	return st.WriteFile(ctx, fl.Meta.Name, fl.Meta.Data)
+}
+
+// releaseFlush lets go of a flush's data.
+func releaseFlush(fl *Flush) {
+	if err := fl.Close(); err != nil {
+		panic(err)
 	}
 }

@@ -52,8 +52,9 @@ type BuilderConfig struct {
 	// NewID returns the unique part of an object name; nil means a random
 	// UUID v4, as TiKV uses.
 	NewID func() string
-	// SpillDir receives the plain bytes of files when Spill is called; ""
-	// means the system temp dir.
+	// SpillDir receives the plain bytes of files when Spill is called,
+	// and Finish's compressed output (temp files unlinked at once, freed
+	// by Flush.Close); "" means the system temp dir.
 	SpillDir string
 	// Concurrency is how many files Finish compresses at once; 0 means
 	// GOMAXPROCS.

@@ -107,8 +107,8 @@ func checkFlush(t *testing.T, f *Flush, size int) {
 	plain, schemaSeen, hasSchema := 0, false, false
 	minBegin := uint64(0)
 	for i, g := range md.FileGroups {
-		if f.Data[i].Name != g.Path || uint64(len(f.Data[i].Data)) != g.Length {
-			t.Fatalf("group %d: object %s (%d bytes) vs %s (%d)", i, f.Data[i].Name, len(f.Data[i].Data), g.Path, g.Length)
+		if f.Data[i].Name != g.Path || uint64(len(mustBytes(f.Data[i]))) != g.Length || uint64(f.Data[i].Size) != g.Length {
+			t.Fatalf("group %d: object %s (%d bytes, size %d) vs %s (%d)", i, f.Data[i].Name, len(mustBytes(f.Data[i])), f.Data[i].Size, g.Path, g.Length)
 		}
 		dn, err := ParseDataName(g.Path)
 		if err != nil || dn.StoreID != uint64(md.StoreId) || dn.MinTS != g.MinTs || tsoTime(dn.MaxTS).Truncate(time.Hour) != tsoTime(g.MaxTs).Truncate(time.Hour) {
@@ -328,7 +328,7 @@ func TestFinishTwice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(a.Data) != len(c.Data) || a.Data[0].Name == c.Data[0].Name || !bytes.Equal(a.Data[0].Data, c.Data[0].Data) {
+	if len(a.Data) != len(c.Data) || a.Data[0].Name == c.Data[0].Name || !bytes.Equal(mustBytes(a.Data[0]), mustBytes(c.Data[0])) {
 		t.Fatal("a second Finish must give the same bytes under new names")
 	}
 }
@@ -375,7 +375,7 @@ func TestSpill(t *testing.T) {
 		t.Fatal("spilling changed the meta file")
 	}
 	for i := range a.Data {
-		if a.Data[i].Name != b.Data[i].Name || !bytes.Equal(a.Data[i].Data, b.Data[i].Data) {
+		if a.Data[i].Name != b.Data[i].Name || !bytes.Equal(mustBytes(a.Data[i]), mustBytes(b.Data[i])) {
 			t.Fatalf("object %d differs after spilling", i)
 		}
 	}
@@ -402,10 +402,13 @@ func TestStorageReader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, o := range append(f.Data, f.Meta) {
-		if err := st.WriteFile(ctx, o.Name, o.Data); err != nil {
+	for _, o := range f.Data {
+		if err := st.WriteFrom(ctx, o.Name, o.Size, o.Open); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if err := st.WriteFile(ctx, f.Meta.Name, f.Meta.Data); err != nil {
+		t.Fatal(err)
 	}
 	got, _ := walkAll(t, st)
 	if len(got) != len(cs) {

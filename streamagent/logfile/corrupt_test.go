@@ -71,7 +71,7 @@ func setPlain(t testing.TB, f *Flush, plain []byte, fix bool) {
 		fi.Crc64Xor, _ = crcXorFrames(plain)
 	}
 	f.Metadata.FileGroups[0].Length = uint64(len(comp))
-	f.Data[0].Data = comp
+	f.Data[0] = NewDataObject(f.Data[0].Name, comp)
 	remarshal(t, f)
 }
 
@@ -125,12 +125,17 @@ func TestCorruption(t *testing.T) {
 			theFile(f).Sha256 = sum
 			remarshal(t, f)
 		}, "sha256"},
-		{"bad zstd magic", func(t *testing.T, f *Flush) { f.Data[0].Data[0] ^= 0xff }, "zstd"},
+		{"bad zstd magic", func(t *testing.T, f *Flush) {
+			d := mustBytes(f.Data[0])
+			d[0] ^= 0xff
+			f.Data[0] = NewDataObject(f.Data[0].Name, d)
+		}, "zstd"},
 		{"bad zstd block", func(t *testing.T, f *Flush) {
-			d := f.Data[0].Data
+			d := mustBytes(f.Data[0])
 			for i := 6; i < len(d); i++ { // past the frame header
 				d[i] ^= 0x5a
 			}
+			f.Data[0] = NewDataObject(f.Data[0].Name, d)
 		}, "corrupt"},
 		{"bad write record", func(t *testing.T, f *Flush) {
 			p := AppendFrame(plainOf(t, f), EncodeMVCCKey(tableKey(1, 9), 105), []byte{'X', 1})
@@ -145,7 +150,10 @@ func TestCorruption(t *testing.T) {
 		{"bad meta proto", func(t *testing.T, f *Flush) { f.Meta.Data = []byte("\xff\xff\xff\xff") }, "metadata"},
 		{"v1 metadata", func(t *testing.T, f *Flush) { f.Metadata.MetaVersion = brpb.MetaVersion_V1; remarshal(t, f) }, "not supported"},
 		{"store differs from name", func(t *testing.T, f *Flush) { f.Metadata.StoreId = 4; remarshal(t, f) }, "store"},
-		{"truncated object", func(t *testing.T, f *Flush) { f.Data[0].Data = f.Data[0].Data[:len(f.Data[0].Data)-3] }, "bytes"},
+		{"truncated object", func(t *testing.T, f *Flush) {
+			d := mustBytes(f.Data[0])
+			f.Data[0] = NewDataObject(f.Data[0].Name, d[:len(d)-3])
+		}, "bytes"},
 		{"missing object", func(t *testing.T, f *Flush) { f.Data = nil }, "listed by"},
 		{"range past the object", func(t *testing.T, f *Flush) { theFile(f).RangeLength += 1 << 40; remarshal(t, f) }, "past"},
 		{"huge length claim", func(t *testing.T, f *Flush) { theFile(f).Length = 1 << 62; remarshal(t, f) }, "plain bytes"},

@@ -13,8 +13,9 @@
 // temp files under memory pressure (Spill), and at flush time calls
 // FinishLinked(flushTS, resolvedTS, lineage) (Finish names the meta file
 // exactly as TiKV would): the Flush it returns holds the data objects to
-// upload first, then the meta file that lists them; after that the store
-// publishes GlobalCheckpointObject. Builders can share a ChunkPool so
+// upload first — streamed from the flush's own temp files (DataObject.Open),
+// never whole in memory; Flush.Close frees them — then the meta file that
+// lists them; after that the store publishes GlobalCheckpointObject. Builders can share a ChunkPool so
 // flushes recycle buffer memory; Close gives it back and removes temp
 // files. Audit reads a storage back and checks every field of every meta
 // file against its name, itself and the entries it lists, reporting each

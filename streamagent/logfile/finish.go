@@ -17,7 +17,8 @@ import (
 	"github.com/pingcap/kvproto/pkg/metapb"
 )
 
-// Object is one object to upload.
+// Object is one small object to upload, in memory: a meta file, a
+// global checkpoint.
 type Object struct {
 	Name string
 	Data []byte
@@ -25,11 +26,24 @@ type Object struct {
 
 // Flush is what one flush uploads: every Data object first, then Meta,
 // which lists them. Metadata is Meta decoded; Name is Meta's parsed name.
+// The data objects stream from temp files the flush owns: Close frees
+// them once uploaded (or abandoned); Meta, Metadata and Name stay.
 type Flush struct {
-	Data     []Object
+	Data     []DataObject
 	Meta     Object
 	Metadata *brpb.Metadata
 	Name     MetaName
+
+	spools *spools
+}
+
+// Close frees the flush's temp files; its data objects can no longer be
+// opened. It may be called more than once.
+func (f *Flush) Close() error {
+	if f.spools == nil {
+		return nil
+	}
+	return f.spools.close()
 }
 
 // zstdOptions is how files are compressed: TiKV's Level::Fastest, one
@@ -42,9 +56,11 @@ func zstdOptions() []zstd.EOption {
 // Finish compresses and names everything added. flushTS orders this
 // store's meta files and must grow with every flush; resolvedTS is the
 // checkpoint the flush covers. Finish leaves the builder as it was, so a
-// failed upload can call it again (the objects get new ids). Called with
-// nothing added, it returns only the meta file, flagged EMPTY. The meta
-// file gets the name TiKV would give it; see FinishLinked.
+// failed upload can call it again (the objects get new ids); the flush
+// does not depend on the builder, which may be closed at once. Called
+// with nothing added, it returns only the meta file, flagged EMPTY. The
+// meta file gets the name TiKV would give it; see FinishLinked. The
+// caller closes the flush.
 func (b *Builder) Finish(flushTS, resolvedTS uint64) (*Flush, error) {
 	return b.finish(flushTS, resolvedTS, nil)
 }
@@ -72,8 +88,17 @@ func (b *Builder) finish(flushTS, resolvedTS uint64, lineage *Lineage) (*Flush, 
 	if b.closed {
 		return nil, fmt.Errorf("finish flush: %w", errClosed)
 	}
+	sp := &spools{}
+	fl, err := b.build(flushTS, resolvedTS, lineage, sp)
+	if err != nil {
+		return nil, errors.Join(err, sp.close())
+	}
+	return fl, nil
+}
+
+func (b *Builder) build(flushTS, resolvedTS uint64, lineage *Lineage, sp *spools) (*Flush, error) {
 	files := b.sortedFiles()
-	comp, err := b.compressAll(files)
+	comp, err := b.compressAll(files, sp)
 	if err != nil {
 		return nil, err
 	}
@@ -82,7 +107,7 @@ func (b *Builder) finish(flushTS, resolvedTS uint64, lineage *Lineage) (*Flush, 
 		infos[i] = f.info(comp[i], resolvedTS)
 	}
 
-	fl := &Flush{Metadata: &brpb.Metadata{StoreId: int64(b.cfg.StoreID), ResolvedTs: resolvedTS, MetaVersion: brpb.MetaVersion_V2}}
+	fl := &Flush{Metadata: &brpb.Metadata{StoreId: int64(b.cfg.StoreID), ResolvedTs: resolvedTS, MetaVersion: brpb.MetaVersion_V2}, spools: sp}
 	names := map[string]bool{}
 	for _, schema := range []bool{false, true} {
 		// TiKV's merge_and_flush_log: a new object starts once the plain
@@ -131,31 +156,23 @@ func (b *Builder) finish(flushTS, resolvedTS uint64, lineage *Lineage) (*Flush, 
 	return fl, nil
 }
 
-// addGroup concatenates the compressed files batch (indexes into infos
-// and comp) into one object and lists it.
+// addGroup lists the compressed files batch (indexes into infos and comp)
+// as one object: their extents in order, concatenated only as the object
+// is read.
 func (b *Builder) addGroup(fl *Flush, names map[string]bool, schema bool, batch []int, infos []*brpb.DataFileInfo, comp []compressed) error {
-	total := 0
-	for _, i := range batch {
-		total += len(comp[i].data)
-	}
-	body := comp[batch[0]].data
-	if len(batch) > 1 {
-		body = make([]byte, 0, total)
-	}
 	g := &brpb.DataFileGroup{MinTs: ^uint64(0), MinResolvedTs: ^uint64(0)}
+	parts := make([]extent, 0, len(batch))
 	var off uint64
 	for _, i := range batch {
 		fi := infos[i]
-		fi.RangeOffset, fi.RangeLength = off, uint64(len(comp[i].data))
+		fi.RangeOffset, fi.RangeLength = off, uint64(comp[i].ext.n)
 		off += fi.RangeLength
-		if len(batch) > 1 {
-			body = append(body, comp[i].data...)
-		}
+		parts = append(parts, comp[i].ext)
 		g.DataFilesInfo = append(g.DataFilesInfo, fi)
 		g.MinTs, g.MaxTs = min(g.MinTs, fi.MinTs), max(g.MaxTs, fi.MaxTs)
 		g.MinResolvedTs = min(g.MinResolvedTs, fi.ResolvedTs)
 	}
-	g.Length = uint64(len(body))
+	g.Length = off
 	g.Path = DataName{StoreID: b.cfg.StoreID, MinTS: g.MinTs, MaxTS: g.MaxTs, Schema: schema, ID: b.cfg.NewID()}.Format()
 	if names[g.Path] {
 		// Objects must never overwrite each other; a constant id source
@@ -163,7 +180,7 @@ func (b *Builder) addGroup(fl *Flush, names map[string]bool, schema bool, batch 
 		return fmt.Errorf("finish flush: object name %s given twice: the id source repeats", g.Path)
 	}
 	names[g.Path] = true
-	fl.Data = append(fl.Data, Object{Name: g.Path, Data: body})
+	fl.Data = append(fl.Data, DataObject{Name: g.Path, Size: int64(off), parts: parts})
 	fl.Metadata.FileGroups = append(fl.Metadata.FileGroups, g)
 	return nil
 }
@@ -187,16 +204,18 @@ func (f *fileBuf) info(c compressed, resolvedTS uint64) *brpb.DataFileInfo {
 	return fi
 }
 
-// compressed is one file's zstd frame and checksums.
+// compressed is one file's zstd frame, in a temp file, and checksums.
 type compressed struct {
-	data []byte
-	sum  []byte // sha256 of the plain bytes
-	crc  uint64 // crc64xor of the entries
+	ext extent
+	sum []byte // sha256 of the plain bytes
+	crc uint64 // crc64xor of the entries
 }
 
 // compressAll compresses files on up to Concurrency goroutines, each
-// with its own encoder, hasher and buffers, reused across its files.
-func (b *Builder) compressAll(files []*fileBuf) ([]compressed, error) {
+// with its own encoder, hasher and buffers, reused across its files, and
+// its own temp file in SpillDir (added to sp), which the encoder writes
+// as it goes: no file's compressed bytes are ever whole in memory.
+func (b *Builder) compressAll(files []*fileBuf, sp *spools) ([]compressed, error) {
 	out := make([]compressed, len(files))
 	errs := make([]error, len(files))
 	var next atomic.Int64
@@ -214,6 +233,13 @@ func (b *Builder) compressAll(files []*fileBuf) ([]compressed, error) {
 			if encErr != nil {
 				errs[i] = fmt.Errorf("zstd encoder: %w", encErr)
 				continue
+			}
+			if c.out == nil {
+				if c.out, errs[i] = newSpoolFile(b.cfg.SpillDir); errs[i] != nil {
+					encErr = errs[i] // every later file of this goroutine fails too
+					continue
+				}
+				sp.add(c.out)
 			}
 			out[i], errs[i] = c.compress(files[i])
 		}
@@ -239,19 +265,23 @@ func (b *Builder) compressAll(files []*fileBuf) ([]compressed, error) {
 }
 
 type compressor struct {
-	enc     *zstd.Encoder
-	h       hash.Hash
-	crc     *[8][256]uint64
-	scratch []byte // compressed output, grown once and reused
-	rbuf    []byte // read-back buffer for spilled bytes
+	enc  *zstd.Encoder
+	h    hash.Hash
+	crc  *[8][256]uint64
+	out  *spoolFile // the compressed files, one after another
+	rbuf []byte     // read-back buffer for spilled bytes
 }
 
-// appendWriter collects the encoder's output.
-type appendWriter struct{ b []byte }
+// crcWriter sums what the encoder writes to the temp file.
+type crcWriter struct {
+	w   io.Writer
+	sum uint32
+}
 
-func (w *appendWriter) Write(p []byte) (int, error) {
-	w.b = append(w.b, p...)
-	return len(p), nil
+func (w *crcWriter) Write(p []byte) (int, error) {
+	n, err := w.w.Write(p)
+	w.sum = crc32.Update(w.sum, castagnoli, p[:n])
+	return n, err
 }
 
 // compress streams one file's plain bytes — the spilled head, read back,
@@ -261,7 +291,8 @@ func (w *appendWriter) Write(p []byte) (int, error) {
 // have in memory.
 func (c *compressor) compress(f *fileBuf) (compressed, error) {
 	c.h.Reset()
-	w := appendWriter{b: c.scratch[:0]}
+	start := c.out.size
+	w := crcWriter{w: c.out}
 	c.enc.ResetContentSize(&w, f.length)
 	crc := f.spillCRC
 	if f.spilled > 0 {
@@ -309,6 +340,5 @@ func (c *compressor) compress(f *fileBuf) (compressed, error) {
 	if err := c.enc.Close(); err != nil {
 		return compressed{}, fmt.Errorf("compress %d plain bytes: %w", f.length, err)
 	}
-	c.scratch = w.b
-	return compressed{data: bytes.Clone(w.b), sum: c.h.Sum(nil), crc: crc}, nil
+	return compressed{ext: extent{f: c.out, off: start, n: c.out.size - start, crc: w.sum}, sum: c.h.Sum(nil), crc: crc}, nil
 }

@@ -89,7 +89,7 @@ func FuzzDataFile(f *testing.F) {
 	for _, fl := range realFlushes(f) {
 		for gi, g := range fl.Metadata.FileGroups {
 			for _, fi := range g.DataFilesInfo {
-				stored := fl.Data[gi].Data[fi.RangeOffset : fi.RangeOffset+fi.RangeLength]
+				stored := mustBytes(fl.Data[gi])[fi.RangeOffset : fi.RangeOffset+fi.RangeLength]
 				f.Add(stored, fi.Length, uint8(fi.CompressionType), fi.Sha256, fi.Cf == CFWrite, fi.MinTs, fi.MaxTs, fi.NumberOfEntries)
 			}
 		}
@@ -132,7 +132,7 @@ func FuzzDataFile(f *testing.F) {
 // allocates no more than its inputs and the plain bound justify.
 func FuzzAudit(f *testing.F) {
 	for _, fl := range realFlushes(f) {
-		f.Add(fl.Meta.Name, fl.Meta.Data, fl.Data[0].Data)
+		f.Add(fl.Meta.Name, fl.Meta.Data, mustBytes(fl.Data[0]))
 	}
 	f.Fuzz(func(t *testing.T, name string, meta, object []byte) {
 		// A hang would stall the fuzzer silently; crash instead, so the

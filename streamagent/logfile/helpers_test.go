@@ -32,9 +32,19 @@ func (m *mapReader) put(o Object) {
 
 func (m *mapReader) upload(f *Flush) {
 	for _, o := range f.Data {
-		m.put(o)
+		m.put(Object{Name: o.Name, Data: mustBytes(o)})
 	}
 	m.put(f.Meta)
+}
+
+// mustBytes is a data object's bytes; tests only read flushes they have
+// not closed.
+func mustBytes(o DataObject) []byte {
+	b, err := o.Bytes()
+	if err != nil {
+		panic(fmt.Sprintf("test flush object unreadable: %v", err))
+	}
+	return b
 }
 
 func (m *mapReader) ReadFile(_ context.Context, name string) ([]byte, error) {

@@ -179,6 +179,13 @@ func (s *faultyStorage) WriteFile(ctx context.Context, name string, data []byte)
 	return s.Storage.WriteFile(ctx, name, data)
 }
 
+func (s *faultyStorage) WriteFrom(ctx context.Context, name string, size int64, open func() (io.ReadCloser, error)) error {
+	if err := s.mutate(); err != nil {
+		return err
+	}
+	return s.Storage.WriteFrom(ctx, name, size, open)
+}
+
 func (s *faultyStorage) Delete(ctx context.Context, name string) error {
 	if s.beforeDelete != nil {
 		s.once.Do(func() { s.beforeDelete(ctx) })
