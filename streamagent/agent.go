@@ -17,6 +17,7 @@ import (
 	"logbackup/proto/lbpb"
 	"logbackup/storage"
 	"logbackup/streamagent/errs"
+	"logbackup/streamagent/logfile"
 )
 
 // Agent runs every task on one store.
@@ -32,6 +33,10 @@ type Agent struct {
 	// openProbe opens a task's storage for a recovery probe: one attempt
 	// per request, since the probe's own schedule is the retry.
 	openProbe func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error)
+	// chunks recycles the builders' buffers from one flush to the next
+	// (a sync.Pool per size class: the GC empties it, so it holds no
+	// memory an idle agent needs back).
+	chunks *logfile.ChunkPool
 	// workDir is this process's own temp directory, set by Run.
 	workDir string
 	// reported: the incarnation whose corrupt info was reported, by task.
@@ -52,7 +57,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Agent, error) {
 	if err := cfg.withDefaults(); err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, metrics: newMetrics(reg), runners: map[string]*runnerHandle{},
+	a := &Agent{cfg: cfg, metrics: newMetrics(reg), runners: map[string]*runnerHandle{}, chunks: logfile.NewChunkPool(),
 		coord: coordState{storages: map[string]storage.Storage{}, conflicts: map[string]string{}, kick: make(chan struct{}, 1)}}
 	a.coord.recovery = &recovery{a: a, tasks: map[string]*taskRecovery{}}
 	a.openProbe = a.cfg.OpenStorage

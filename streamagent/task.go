@@ -139,7 +139,7 @@ func newTaskRunner(ctx context.Context, a *Agent, ts *meta.TaskStatus) (*taskRun
 }
 
 func (t *taskRunner) newBuilder() *logfile.Builder {
-	return logfile.NewBuilder(logfile.BuilderConfig{StoreID: t.a.cfg.StoreID, FileSizeLimit: t.a.cfg.FileSizeLimit, SpillDir: t.tempDir})
+	return logfile.NewBuilder(logfile.BuilderConfig{StoreID: t.a.cfg.StoreID, FileSizeLimit: t.a.cfg.FileSizeLimit, SpillDir: t.tempDir, Chunks: t.a.chunks})
 }
 
 // run is the task's loop: events, flush and reconcile ticks, flush
