@@ -120,6 +120,10 @@ func VerifyWith(ctx context.Context, st storage.Storage, cfg VerifyConfig) (*Ver
 	if err := v.readRoot(ctx); err != nil {
 		return nil, err
 	}
+	globals, err := v.readGlobalCheckpoints(ctx)
+	if err != nil {
+		return nil, err
+	}
 	keys := map[string]struct{}{}
 	res, err := logfile.Audit(ctx, st, func(d logfile.Decoded) error {
 		keys[string(d.Key)] = struct{}{}
@@ -144,7 +148,7 @@ func VerifyWith(ctx context.Context, st storage.Storage, cfg VerifyConfig) (*Ver
 	v.checkOrigin()
 	v.checkChains()
 	v.checkRecorded()
-	if err := v.checkGlobalCheckpoints(ctx); err != nil {
+	if err := v.checkGlobalCheckpoints(ctx, globals); err != nil {
 		return nil, err
 	}
 	if err := v.checkUnlisted(ctx); err != nil {

@@ -222,22 +222,21 @@ func (v *verifier) checkChains() {
 	}
 }
 
-// checkGlobalCheckpoints reads every v1/global_checkpoint/<store>.ts: each
-// must be a little-endian u64 no earlier than the task start, not in the
-// future, and not beyond the newest flush in storage (a store publishes
-// its global checkpoint only after meta files cover it).
-func (v *verifier) checkGlobalCheckpoints(ctx context.Context) error {
-	var maxFlush, maxResolved uint64
-	linked := false
-	for _, mf := range v.res.Metas {
-		maxFlush = max(maxFlush, mf.Name.FlushTS)
-		linked = linked || mf.Name.Linked
-		if mf.Metadata != nil {
-			maxResolved = max(maxResolved, mf.Metadata.ResolvedTs)
-		}
-	}
-	loc := v.cfg.Now().Location()
-	read := map[string]uint64{}
+// globalRead is one store's global checkpoint object as read.
+type globalRead struct {
+	name  string
+	store uint64
+	ts    uint64
+}
+
+// readGlobalCheckpoints reads every v1/global_checkpoint/<store>.ts. It
+// runs before the meta files are listed: a store writes its global
+// checkpoint only after the meta files covering it, so what is read first
+// is covered by what is listed next, even while agents keep flushing (read
+// the other way round, a checkpoint written during the listing would look
+// uncovered).
+func (v *verifier) readGlobalCheckpoints(ctx context.Context) ([]globalRead, error) {
+	var out []globalRead
 	err := v.st.List(ctx, logfile.GlobalCheckpointDir, func(o storage.ObjectInfo) error {
 		store, err := logfile.ParseGlobalCheckpointName(o.Name)
 		if err != nil {
@@ -261,34 +260,58 @@ func (v *verifier) checkGlobalCheckpoints(ctx context.Context) error {
 			v.fail(o.Name, "%v", err)
 			return nil
 		}
-		read[o.Name] = ts
+		out = append(out, globalRead{name: o.Name, store: store, ts: ts})
+		return nil
+	})
+	return out, err
+}
+
+// checkGlobalCheckpoints judges the global checkpoints read first: each
+// must be no earlier than the task start, not in the future, and not
+// beyond the newest flush in storage (a store publishes its global
+// checkpoint only after meta files cover it).
+func (v *verifier) checkGlobalCheckpoints(ctx context.Context, globals []globalRead) error {
+	var maxFlush, maxResolved uint64
+	linked := false
+	for _, mf := range v.res.Metas {
+		maxFlush = max(maxFlush, mf.Name.FlushTS)
+		linked = linked || mf.Name.Linked
+		if mf.Metadata != nil {
+			maxResolved = max(maxResolved, mf.Metadata.ResolvedTs)
+		}
+	}
+	loc := v.cfg.Now().Location()
+	read := map[string]uint64{}
+	for _, gr := range globals {
+		name, store, ts := gr.name, gr.store, gr.ts
+		read[name] = ts
 		s := v.store(store)
 		s.GlobalCheckpoint = ts
 		v.rep.GlobalCheckpoint = max(v.rep.GlobalCheckpoint, ts)
 		switch {
 		case ts > v.latest:
-			v.fail(o.Name, "global checkpoint %s is in the future (the clock says %s)", FormatTS(ts, loc), FormatTS(ComposeTS(v.cfg.Now()), loc))
+			v.fail(name, "global checkpoint %s is in the future (the clock says %s)", FormatTS(ts, loc), FormatTS(ComposeTS(v.cfg.Now()), loc))
 		case v.rep.StartTS > 0 && ts < v.rep.StartTS:
-			v.fail(o.Name, "global checkpoint %s is before the task start %s", FormatTS(ts, loc), FormatTS(v.rep.StartTS, loc))
+			v.fail(name, "global checkpoint %s is before the task start %s", FormatTS(ts, loc), FormatTS(v.rep.StartTS, loc))
 		case ts > max(maxFlush, v.rep.StartTS):
-			v.fail(o.Name, "global checkpoint %s is beyond every flush in storage (the newest at %s): the meta files that cover it are missing",
+			v.fail(name, "global checkpoint %s is beyond every flush in storage (the newest at %s): the meta files that cover it are missing",
 				FormatTS(ts, loc), FormatTS(maxFlush, loc))
 		case ts > max(maxResolved, v.rep.StartTS):
 			// A flush's resolved ts is the minimum of its regions', so the
 			// global checkpoint can pass them all when stores share ranges
 			// after leader moves; rare, and not provable from storage.
-			v.warn(o.Name, "global checkpoint %s is beyond every flush's resolved ts (the highest %s): storage alone cannot show the meta files cover it",
+			v.warn(name, "global checkpoint %s is beyond every flush's resolved ts (the highest %s): storage alone cannot show the meta files cover it",
 				FormatTS(ts, loc), FormatTS(maxResolved, loc))
 		}
 		if s.MetaFiles == 0 {
 			if linked {
-				v.fail(o.Name, "store %d published a global checkpoint but none of its meta files is in storage", store)
+				v.fail(name, "store %d published a global checkpoint but none of its meta files is in storage", store)
 			} else {
-				v.warn(o.Name, "store %d published a global checkpoint but has no meta file", store)
+				v.warn(name, "store %d published a global checkpoint but has no meta file", store)
 			}
 		}
-		return nil
-	})
+	}
+	var err error
 	if err != nil || v.cfg.EtcdGlobal == nil || len(read) == 0 {
 		return err
 	}

@@ -515,8 +515,16 @@ func (n *nemesis) permissionLoss(ctx context.Context, rng *rand.Rand) {
 	// The operator's part: resume only what this fault paused.
 	rctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
+	// The agent writes its LastError before the pause, and the pause can
+	// wait for etcd or PD (other faults): give it a minute to appear
+	// rather than leave a task paused by this fault behind.
+	pauseBy := time.Now().Add(time.Minute)
 	for rctx.Err() == nil {
 		got, paused := n.pausedByError(rctx)
+		if !paused && time.Now().Before(pauseBy) {
+			sleepUntil(rctx, 200*time.Millisecond)
+			continue
+		}
 		if !paused || got != code {
 			break
 		}
