@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
+
+	brpb "github.com/pingcap/kvproto/pkg/brpb"
 
 	"logbackup/storage"
 )
@@ -138,7 +141,8 @@ func audit(ctx context.Context, r Reader, o auditOptions, fn func(Decoded) error
 	// Every meta file on its own, then against each other.
 	damaged := map[*MetaFile]bool{}
 	type flushID struct{ store, flushTS uint64 }
-	flushes := map[flushID]string{}
+	flushes := map[flushID]*MetaFile{}
+	superseded := map[*MetaFile]bool{}
 	owner := map[string]string{} // data object → the meta file listing it
 	for _, mf := range res.Metas {
 		before := fs.failed
@@ -160,9 +164,26 @@ func audit(ctx context.Context, r Reader, o auditOptions, fn func(Decoded) error
 		if !mf.Name.Legacy {
 			id := flushID{mf.Name.StoreID, mf.Name.FlushTS}
 			if other, dup := flushes[id]; dup {
-				fs.fail(mf.Path, "store %d's flush ts %d is also that of %s: flush ts must grow", id.store, id.flushTS, other)
+				// A truncate writes a rewritten meta file under its new
+				// name before deleting the old one: a crash in between
+				// leaves both, one listing a subset of the other's groups.
+				// The fuller one is read; the other is a warning.
+				switch {
+				case other.Metadata != nil && groupsWithin(md, other.Metadata):
+					superseded[mf] = true
+					fs.warn(mf.Path, "a truncate's rewrite of %s, which is still there (a truncate was interrupted: run it again)", other.Path)
+					continue
+				case other.Metadata != nil && groupsWithin(other.Metadata, md):
+					superseded[other] = true
+					fs.warn(other.Path, "a truncate's rewrite of %s, which is still there (a truncate was interrupted: run it again)", mf.Path)
+					for _, g := range other.Metadata.FileGroups {
+						delete(owner, g.Path)
+					}
+				default:
+					fs.fail(mf.Path, "store %d's flush ts %d is also that of %s: flush ts must grow", id.store, id.flushTS, other.Path)
+				}
 			}
-			flushes[id] = mf.Path
+			flushes[id] = mf
 		}
 		for _, g := range md.FileGroups {
 			if other, dup := owner[g.Path]; dup && other != mf.Path {
@@ -175,6 +196,11 @@ func audit(ctx context.Context, r Reader, o auditOptions, fn func(Decoded) error
 		if o.stopAtFailure && fs.failed > 0 {
 			return res, nil
 		}
+	}
+
+	if len(superseded) > 0 {
+		res.Metas = slices.DeleteFunc(res.Metas, func(mf *MetaFile) bool { return superseded[mf] })
+		res.MetaFiles = len(res.Metas)
 	}
 
 	maxPlain := o.maxPlain
@@ -311,4 +337,18 @@ func auditData(ctx context.Context, r Reader, fs *findings, dec *Decoder, mf *Me
 		}
 	}
 	return writes, nil
+}
+
+// groupsWithin reports whether every data object a lists, b lists too.
+func groupsWithin(a, b *brpb.Metadata) bool {
+	in := make(map[string]bool, len(b.FileGroups))
+	for _, g := range b.FileGroups {
+		in[g.Path] = true
+	}
+	for _, g := range a.FileGroups {
+		if !in[g.Path] {
+			return false
+		}
+	}
+	return true
 }
