@@ -35,7 +35,15 @@ type streamEvent struct {
 	stream *feedStream
 	ev     *cdcpb.ChangeDataEvent
 	err    error
+	// held is the intake window this message holds until the loop has
+	// handled it.
+	held int64
 }
+
+// intakeWindow bounds the bytes of received messages waiting for the loop:
+// without it the receiver queued up to 256 whole messages, hundreds of
+// MiB in a burst, beside the memory quota (BenchmarkBurstRSS).
+const intakeWindow = 8 << 20
 
 func (t *taskRunner) ensureStream(ctx context.Context) (*feedStream, error) {
 	if t.stream != nil {
@@ -68,9 +76,18 @@ func (t *taskRunner) ensureStream(ctx context.Context) (*feedStream, error) {
 	go func() {
 		for {
 			ev, err := stream.Recv()
+			var held int64
+			if ev != nil {
+				// A message larger than the window takes all of it.
+				held = min(int64(ev.Size()), intakeWindow)
+				if aerr := t.intake.Acquire(sctx, held); aerr != nil {
+					return
+				}
+			}
 			select {
-			case t.events <- streamEvent{stream: fs, ev: ev, err: err}:
+			case t.events <- streamEvent{stream: fs, ev: ev, err: err, held: held}:
 			case <-sctx.Done():
+				t.intake.Release(held)
 				return
 			}
 			if err != nil {

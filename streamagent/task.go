@@ -15,6 +15,7 @@ import (
 	"github.com/pingcap/kvproto/pkg/encryptionpb"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tikv/client-go/v2/oracle"
+	"golang.org/x/sync/semaphore"
 
 	"logbackup/meta"
 	"logbackup/storage"
@@ -50,6 +51,7 @@ type taskRunner struct {
 	stream     *feedStream
 	nextReq    uint64
 	events     chan streamEvent
+	intake     *semaphore.Weighted // bytes of received messages not yet handled
 	builder    *logfile.Builder
 
 	// The flush pipeline (flush.go): at most one flush in flight; a
@@ -117,6 +119,7 @@ func newTaskRunner(ctx context.Context, a *Agent, ts *meta.TaskStatus) (*taskRun
 		pending: append([]spans.Span(nil), covered...),
 		tempDir: tempDir, scanReason: "task-start",
 		events:  make(chan streamEvent, 256),
+		intake:  semaphore.NewWeighted(intakeWindow),
 		flushCh: make(chan chan error),
 	}
 	t.flushed = &durableMap{m: known}
@@ -201,6 +204,7 @@ func (t *taskRunner) run(ctx context.Context, flushOnExit *atomic.Bool) {
 			return
 		case e := <-events:
 			t.handle(e)
+			t.intake.Release(e.held)
 			if t.fatal != nil || !t.keepQuota() {
 				return
 			}

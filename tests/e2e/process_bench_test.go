@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -48,13 +50,17 @@ func BenchmarkBurstRSS(b *testing.B) {
 			Storage: "local://" + b.TempDir()}, io.Discard); err != nil {
 			b.Fatal(err)
 		}
-		cmd := exec.Command(bin, "--pd", c.PDAddr(), "--store-id", fmt.Sprint(c.StoreIDs()[0]), "--status-addr", "127.0.0.1:0",
+		status := freeAddr(b)
+		cmd := exec.Command(bin, "--pd", c.PDAddr(), "--store-id", fmt.Sprint(c.StoreIDs()[0]), "--status-addr", status,
 			"--flush-interval", "10m", "--memory-quota", fmt.Sprint(quota), "--temp-dir", b.TempDir())
 		logf, err := os.Create(filepath.Join(b.TempDir(), "agent.log"))
 		if err != nil {
 			b.Fatal(err)
 		}
 		cmd.Stdout, cmd.Stderr = logf, logf
+		if v := os.Getenv("BENCH_AGENT_GOMEMLIMIT"); v != "" {
+			cmd.Env = append(os.Environ(), "GOMEMLIMIT="+v)
+		}
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)
 		}
@@ -84,21 +90,23 @@ func BenchmarkBurstRSS(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.ResetTimer()
+		began := time.Now()
 		st, err := w.Write(ctx, rows)
 		if err != nil {
 			b.Fatal(err)
 		}
-		// The agent has taken the burst in once its intake rate (averaged
-		// over its last reports) falls to nothing; then its peak is final.
-		for deadline := time.Now().Add(5 * time.Minute); ; time.Sleep(time.Second) {
-			ps, _ := m.Progresses(ctx, "burst", mustIncarnation(b, m, "burst"))
-			if p := ps[c.StoreIDs()[0]]; p != nil && p.RowsPerSec < 1 {
+		// The agent has taken the burst in once it has received every
+		// committed row (its own counter); then its peak is final.
+		for deadline := time.Now().Add(5 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
+			if metricValue(b, status, "logbackup_agent_events_total") >= float64(st.Rows) {
 				break
 			}
 			if time.Now().After(deadline) {
 				b.Fatal("the agent never took the burst in")
 			}
 		}
+		took := time.Since(began)
+		spills := metricValue(b, status, "logbackup_agent_spills_total")
 		peak := procStatusKB(b, cmd.Process.Pid, "VmHWM")
 		b.StopTimer()
 		stop()
@@ -106,7 +114,8 @@ func BenchmarkBurstRSS(b *testing.B) {
 		b.ReportMetric(float64(peak)/1024-quota>>20, "over-quota-MiB")
 		b.ReportMetric(float64(base)/1024, "idle-RSS-MiB")
 		b.ReportMetric(float64(st.Bytes)/(1<<20), "burst-MiB")
-		b.ReportMetric(float64(st.Rows)/st.Elapsed.Seconds(), "writer-rows/s")
+		b.ReportMetric(float64(st.Rows)/took.Seconds(), "agent-rows/s")
+		b.ReportMetric(spills, "spills")
 	}
 }
 
@@ -203,4 +212,38 @@ func BenchmarkCheckpointLag(b *testing.B) {
 	b.ReportMetric(lags[len(lags)/2].Seconds(), "lag-p50-s")
 	b.ReportMetric(lags[len(lags)*99/100].Seconds(), "lag-p99-s")
 	b.ReportMetric(lags[len(lags)-1].Seconds(), "lag-max-s")
+}
+
+// freeAddr is a loopback address with a port free a moment ago.
+func freeAddr(b *testing.B) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// metricValue scrapes one unlabelled series (summed over labels) from an
+// agent's /metrics; 0 while it does not answer.
+func metricValue(b *testing.B, addr, name string) float64 {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0
+	}
+	var sum float64
+	for _, line := range strings.Split(string(raw), "\n") {
+		if rest, ok := strings.CutPrefix(line, name); ok && (strings.HasPrefix(rest, " ") || strings.HasPrefix(rest, "{")) {
+			fields := strings.Fields(rest)
+			if v, err := strconv.ParseFloat(fields[len(fields)-1], 64); err == nil {
+				sum += v
+			}
+		}
+	}
+	return sum
 }

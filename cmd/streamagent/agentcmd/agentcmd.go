@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -38,6 +39,7 @@ type options struct {
 	coordinatorInterval time.Duration
 	fileSizeLimit       int
 	memoryQuota         int
+	memoryLimit         int64
 	tempDir             string
 	dialTimeout         time.Duration
 }
@@ -61,6 +63,7 @@ func Main(args []string, stderr io.Writer) int {
 	fs.DurationVar(&o.coordinatorInterval, "coordinator-interval", 12*time.Second, "how often the elected coordinator publishes the global checkpoint")
 	fs.IntVar(&o.fileSizeLimit, "file-size-limit", 256<<20, "flush early at this many buffered bytes")
 	fs.IntVar(&o.memoryQuota, "memory-quota", 256<<20, "bytes a task buffers in memory before spilling to --temp-dir")
+	fs.Int64Var(&o.memoryLimit, "memory-limit", -1, "the Go runtime's soft memory limit for this process, in bytes: the garbage collector works harder to stay under it (-1: --memory-quota + 64 MiB; 0: none; GOMEMLIMIT, if set, wins)")
 	fs.StringVar(&o.tempDir, "temp-dir", "", "directory for spilled buffers (default <os temp>/logbackup-agent; each process claims its own subdirectory)")
 	fs.DurationVar(&o.dialTimeout, "dial-timeout", 10*time.Second, "how long to wait for PD and etcd at start")
 	if err := fs.Parse(args); err != nil {
@@ -72,6 +75,15 @@ func Main(args []string, stderr io.Writer) int {
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "Error: unexpected argument %q (flags only)\n", fs.Arg(0))
 		return 2
+	}
+	if o.memoryLimit < -1 {
+		fmt.Fprintf(stderr, "Error: --memory-limit %d must be -1, 0 or a number of bytes\n", o.memoryLimit)
+		return 2
+	}
+	// Set here, not in run: it is the whole process's, and run also runs
+	// inside tests.
+	if limit := memoryLimit(o, os.Getenv("GOMEMLIMIT") != ""); limit > 0 {
+		debug.SetMemoryLimit(limit)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -185,4 +197,20 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// memoryLimit is the soft memory limit the agent process sets, 0 for none.
+// Without one the garbage collector lets the heap grow to twice what is
+// live, so a burst held the process at several times the memory quota
+// (BenchmarkBurstRSS: 349 MiB peak RSS for a 64 MiB quota; 172 MiB with a
+// limit). GOMEMLIMIT set by the operator is left alone.
+func memoryLimit(o options, envSet bool) int64 {
+	switch {
+	case envSet || o.memoryLimit == 0:
+		return 0
+	case o.memoryLimit > 0:
+		return o.memoryLimit
+	default:
+		return int64(o.memoryQuota) + 64<<20
+	}
 }

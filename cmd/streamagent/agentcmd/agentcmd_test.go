@@ -43,3 +43,27 @@ func TestRunRejectsBadInput(t *testing.T) {
 		})
 	}
 }
+
+// The process's soft memory limit follows the quota unless told
+// otherwise, and an operator's GOMEMLIMIT wins.
+func TestMemoryLimit(t *testing.T) {
+	q := options{memoryQuota: 64 << 20}
+	cases := []struct {
+		limit  int64
+		envSet bool
+		want   int64
+	}{
+		{-1, false, 128 << 20},
+		{0, false, 0},
+		{1 << 30, false, 1 << 30},
+		{-1, true, 0},
+		{1 << 30, true, 0},
+	}
+	for _, c := range cases {
+		o := q
+		o.memoryLimit = c.limit
+		if got := memoryLimit(o, c.envSet); got != c.want {
+			t.Errorf("memoryLimit(limit %d, GOMEMLIMIT set %v) = %d, want %d", c.limit, c.envSet, got, c.want)
+		}
+	}
+}
