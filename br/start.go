@@ -36,6 +36,9 @@ type StartOptions struct {
 	WithholdCredentials bool
 	// CheckRequirements is --check-requirements (see checkRequirements).
 	CheckRequirements bool
+	// TakeOver is --take-over: start on a storage another cluster owns
+	// (see checkOwner), fencing that cluster's agents off it.
+	TakeOver bool
 }
 
 // DefaultStartGCTTL is BR's default --gc-ttl of `log start`.
