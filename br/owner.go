@@ -103,9 +103,22 @@ func checkOwnership(o *ownership, loc fmt.Stringer, clusterID uint64, takeOver b
 // takeover it first rewrites the root backupmeta's cluster id, keeps the
 // old owner in the record's history and prints a warning. The record is
 // written last: it is what fences the old owner's agents.
-func claimStorage(ctx context.Context, st storage.Storage, o *ownership, clusterID uint64, task string, taskStart, nowTS uint64, w io.Writer) error {
+//
+// The takeover's ts must not be earlier than any meta file the old owner
+// still writes: its agents check the record before each meta file, whose
+// flush ts they took before that check, so every such file's flush ts is
+// below a ts taken once the record is written. So the record is written
+// twice on a takeover: first to fence, then with a ts taken after that
+// write. (The two clusters' PDs each tell their own time: the boundary is
+// as exact as their clocks agree.)
+func claimStorage(ctx context.Context, st storage.Storage, o *ownership, clusterID uint64, task string, taskStart uint64,
+	tso func(context.Context) (uint64, error), w io.Writer) error {
+	nowTS, err := tso(ctx)
+	if err != nil {
+		return err
+	}
 	rec := &logfile.Owner{Version: logfile.OwnerVersion, ClusterID: clusterID, Task: task, TaskStartTS: taskStart,
-		SinceTS: nowTS, Since: PhysicalTime(nowTS).UTC().Format("2006-01-02T15:04:05.000Z07:00")}
+		SinceTS: nowTS, Since: formatClaimTS(nowTS)}
 	if o.record != nil {
 		rec.Previous = o.record.Previous
 	}
@@ -117,14 +130,6 @@ func claimStorage(ctx context.Context, st storage.Storage, o *ownership, cluster
 			takenFrom = 0
 		}
 	}
-	if takenFrom != 0 {
-		prev := logfile.PreviousOwner{ClusterID: takenFrom, TakenOverTS: nowTS, TakenOverAt: rec.Since, TakenOverBy: clusterID}
-		if o.record != nil {
-			prev.Task, prev.TaskStartTS = o.record.Task, o.record.TaskStartTS
-		}
-		rec.Previous = append(rec.Previous, prev)
-		fmt.Fprintf(w, "warning: taking the storage over from %s; its agents stop writing here\n", o.describe())
-	}
 	// A foreign id in the root backupmeta is replaced (a takeover, or one
 	// interrupted before its record); none is left alone, as BR left it.
 	if clusterID != 0 && o.rootCluster != 0 && o.rootCluster != clusterID {
@@ -132,7 +137,29 @@ func claimStorage(ctx context.Context, st storage.Storage, o *ownership, cluster
 			return err
 		}
 	}
+	if takenFrom == 0 {
+		return logfile.WriteOwner(ctx, st, rec)
+	}
+	prev := logfile.PreviousOwner{ClusterID: takenFrom, TakenOverTS: nowTS, TakenOverAt: rec.Since, TakenOverBy: clusterID}
+	if o.record != nil {
+		prev.Task, prev.TaskStartTS = o.record.Task, o.record.TaskStartTS
+	}
+	rec.Previous = append(rec.Previous, prev)
+	if err := logfile.WriteOwner(ctx, st, rec); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "warning: taking the storage over from %s; its agents stop writing here\n", o.describe())
+	fencedTS, err := tso(ctx)
+	if err != nil {
+		return err
+	}
+	last := &rec.Previous[len(rec.Previous)-1]
+	last.TakenOverTS, last.TakenOverAt = fencedTS, formatClaimTS(fencedTS)
 	return logfile.WriteOwner(ctx, st, rec)
+}
+
+func formatClaimTS(ts uint64) string {
+	return PhysicalTime(ts).UTC().Format("2006-01-02T15:04:05.000Z07:00")
 }
 
 // setRootClusterID rewrites the root backupmeta's cluster id, keeping the

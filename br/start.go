@@ -180,20 +180,19 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 	if err != nil {
 		return err
 	}
+	if effectiveStart > resolveAt && restarted && own.foreign != 0 {
+		// Taking over from a cluster whose agents still flush here (the
+		// owner record fences them only once written, below): continue
+		// from the checkpoint read first, which the filter was resolved
+		// at. Nothing is lost; some changes may be written twice.
+		effectiveStart = resolveAt
+	}
 	if effectiveStart != resolveAt {
 		return fmt.Errorf("the storage %s changed while the task was starting (its log backup now continues from %d, not %d); run start again",
 			loc, effectiveStart, resolveAt)
 	}
 	// Before the task exists: its agents must find it named as the owner.
-	// The claim's ts is taken now, not at the start of the command: a
-	// previous owner's meta files are its history up to this ts (its agents
-	// check the record before each one), so it must not be earlier than
-	// the record.
-	claimTS, err := env.tso(ctx)
-	if err != nil {
-		return err
-	}
-	if err := claimStorage(ctx, st, own, clusterID, opts.TaskName, effectiveStart, claimTS, w); err != nil {
+	if err := claimStorage(ctx, st, own, clusterID, opts.TaskName, effectiveStart, env.tso, w); err != nil {
 		return fmt.Errorf("claim the storage %s: %w", loc, err)
 	}
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -69,20 +70,29 @@ func TestTakeOverFencesTheOldWriter(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		le, _ := a.m.LastErrors(ctx, "pitr")
-		task, _ := a.m.GetTask(ctx, "pitr")
-		var found bool
-		for _, e := range le {
-			found = found || e.ErrorCode == string(errs.CodeStorageOwned) && strings.Contains(e.ErrorMessage, fmt.Sprint(bc.ClusterID()))
-		}
-		if found && task != nil && task.Pause.Paused {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("cluster A's task was not fenced off: last errors %v", le)
+	waitFenced := func(what string) {
+		t.Helper()
+		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			le, _ := a.m.LastErrors(ctx, "pitr")
+			task, _ := a.m.GetTask(ctx, "pitr")
+			var found bool
+			for _, e := range le {
+				found = found || e.ErrorCode == string(errs.CodeStorageOwned) && strings.Contains(e.ErrorMessage, fmt.Sprint(bc.ClusterID()))
+			}
+			if found && task != nil && task.Pause.Paused {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: cluster A's task was not fenced off: last errors %v", what, le)
+			}
 		}
 	}
+	waitFenced("after the takeover")
+	// Resumed, A's agents refuse the storage before their first flush.
+	if err := br.Resume(ctx, a.env(), "pitr", true, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	waitFenced("resumed")
 
 	// B's agents back up B's writes from the storage's checkpoint.
 	for _, s := range bc.StoreIDs() {
