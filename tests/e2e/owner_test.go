@@ -133,3 +133,26 @@ func TestTakeOverFencesTheOldWriter(t *testing.T) {
 		t.Fatalf("%d versions of cluster B backed up, want 10", n)
 	}
 }
+
+// TestCLITakeOver: through the command line, `br log start` on another
+// cluster's storage exits 1 naming the owner and the flag; `br stream
+// start --take-over` starts and warns.
+func TestCLITakeOver(t *testing.T) {
+	ra, _, ca := cliCluster(t)
+	rb, cli, cb := cliCluster(t)
+	url := "local://" + filepath.Join(t.TempDir(), "backup")
+	ra.ok("stream", "start", "--task-name", "pitr", "--storage", url)
+	before := snapshot(t, cli)
+	res := rb.fails(fmt.Sprint(ca.ClusterID()), "log", "start", "--task-name", "pitr", "--storage", url)
+	if !strings.Contains(res.stderr, "--take-over") {
+		t.Fatalf("the refusal does not name --take-over: %s", res.stderr)
+	}
+	sameSnapshot(t, "refused start", before, snapshot(t, cli))
+	out := rb.ok("stream", "start", "--task-name", "pitr", "--storage", url, "--take-over")
+	if !strings.Contains(out, "warning: taking the storage over from cluster "+fmt.Sprint(ca.ClusterID())) || !strings.Contains(out, `"pitr" started`) {
+		t.Fatalf("take-over output: %s", out)
+	}
+	// And the cluster taken over is refused in turn, naming the new owner.
+	ra.ok("stream", "stop", "--task-name", "pitr")
+	ra.fails(fmt.Sprint(cb.ClusterID()), "stream", "start", "--task-name", "pitr", "--storage", url)
+}
