@@ -56,8 +56,9 @@ func readOwnership(ctx context.Context, st storage.Storage, clusterID uint64) (*
 		return nil, fmt.Errorf("read %s: %w", BackupMetaFile, err)
 	default:
 		var bm brpb.BackupMeta
-		// An undecodable backupmeta is reported by the restart path.
-		if bm.Unmarshal(raw) == nil {
+		// An undecodable backupmeta, or a full backup's, is reported by
+		// the restart path (ReadLogInfo) as what it is.
+		if bm.Unmarshal(raw) == nil && bm.EndVersion == 0 {
 			o.rootCluster = bm.ClusterId
 		}
 	}

@@ -375,3 +375,34 @@ func TestTruncateKeepsOwnerRecord(t *testing.T) {
 		t.Fatalf("owner record after truncate: %+v %v", got, err)
 	}
 }
+
+// TestStartFullBackupOfAnotherCluster: another cluster's full backup
+// storage is refused as a full backup, not as a storage to take over.
+func TestStartFullBackupOfAnotherCluster(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	b := newOwnerCluster(t, ctx)
+	url := "local://" + t.TempDir()
+	st, err := storage.OpenURL(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	bm := brpb.BackupMeta{StartVersion: 1, EndVersion: 2, ClusterId: b.c.ClusterID() + 1}
+	raw, _ := bm.Marshal()
+	if err := st.WriteFile(ctx, BackupMetaFile, raw); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.WriteFile(ctx, LockFile, []byte(lockFileBody)); err != nil {
+		t.Fatal(err)
+	}
+	for _, takeOver := range []bool{false, true} {
+		before := storageState(t, ctx, url)
+		if _, err := b.start(ctx, "pitr", url, takeOver); err == nil || !strings.Contains(err.Error(), "full (snapshot) backup") {
+			t.Fatalf("take-over %v: %v", takeOver, err)
+		}
+		if storageState(t, ctx, url) != before {
+			t.Fatalf("take-over %v: the refused start changed the storage", takeOver)
+		}
+	}
+}
