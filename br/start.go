@@ -37,7 +37,7 @@ type StartOptions struct {
 	// CheckRequirements is --check-requirements (see checkRequirements).
 	CheckRequirements bool
 	// TakeOver is --take-over: start on a storage another cluster owns
-	// (see checkOwner), fencing that cluster's agents off it.
+	// (see owner.go), fencing that cluster's agents off it.
 	TakeOver bool
 }
 

@@ -140,7 +140,11 @@ func (v *verifier) checkOrigin() {
 		}
 		clusters[n.ClusterID] = append(clusters[n.ClusterID], mf.Path)
 	}
-	for p, paths := range history {
+	for _, p := range v.ownerHistory() {
+		paths := history[p]
+		if len(paths) == 0 {
+			continue
+		}
 		v.warn(paths[0], "%d meta files (this one first) are cluster %d's, flushed before the storage was taken over by cluster %d at %s: the previous owner's history, not a second writer",
 			len(paths), p.ClusterID, p.TakenOverBy, FormatTS(p.TakenOverTS, v.cfg.Now().Location()))
 	}
@@ -384,4 +388,12 @@ func (v *verifier) previousOwner(n logfile.MetaName) (logfile.PreviousOwner, boo
 		return logfile.PreviousOwner{}, false
 	}
 	return v.owner.TakenOverBefore(n.ClusterID, n.FlushTS)
+}
+
+// ownerHistory is the owner record's previous owners, oldest first.
+func (v *verifier) ownerHistory() []logfile.PreviousOwner {
+	if v.owner == nil {
+		return nil
+	}
+	return v.owner.Previous
 }
