@@ -80,6 +80,9 @@ func TestTakeOverFencesTheOldWriter(t *testing.T) {
 				found = found || e.ErrorCode == string(errs.CodeStorageOwned) && strings.Contains(e.ErrorMessage, fmt.Sprint(bc.ClusterID()))
 			}
 			if found && task != nil && task.Pause.Paused {
+				for _, e := range le {
+					t.Logf("%s: store %d: %s: %s", what, e.StoreId, e.ErrorCode, e.ErrorMessage)
+				}
 				return
 			}
 			if time.Now().After(deadline) {
@@ -144,6 +147,7 @@ func TestCLITakeOver(t *testing.T) {
 	ra.ok("stream", "start", "--task-name", "pitr", "--storage", url)
 	before := snapshot(t, cli)
 	res := rb.fails(fmt.Sprint(ca.ClusterID()), "log", "start", "--task-name", "pitr", "--storage", url)
+	t.Logf("refused:\n%s", res.stderr)
 	if !strings.Contains(res.stderr, "--take-over") {
 		t.Fatalf("the refusal does not name --take-over: %s", res.stderr)
 	}
@@ -152,6 +156,7 @@ func TestCLITakeOver(t *testing.T) {
 	if !strings.Contains(out, "warning: taking the storage over from cluster "+fmt.Sprint(ca.ClusterID())) || !strings.Contains(out, `"pitr" started`) {
 		t.Fatalf("take-over output: %s", out)
 	}
+	t.Logf("taken over:\n%s", out)
 	// And the cluster taken over is refused in turn, naming the new owner.
 	ra.ok("stream", "stop", "--task-name", "pitr")
 	ra.fails(fmt.Sprint(cb.ClusterID()), "stream", "start", "--task-name", "pitr", "--storage", url)
