@@ -79,10 +79,11 @@ func (o *Owner) Describe() string {
 
 // EncodeOwner is the record's body.
 func EncodeOwner(o *Owner) ([]byte, error) {
-	if len(o.Previous) > MaxPreviousOwners {
-		o.Previous = o.Previous[len(o.Previous)-MaxPreviousOwners:]
+	c := *o
+	if len(c.Previous) > MaxPreviousOwners {
+		c.Previous = c.Previous[len(c.Previous)-MaxPreviousOwners:]
 	}
-	b, err := json.MarshalIndent(o, "", "  ")
+	b, err := json.MarshalIndent(&c, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", OwnerFile, err)
 	}
@@ -104,6 +105,9 @@ func DecodeOwner(raw []byte) (*Owner, error) {
 		return nil, fmt.Errorf("%w: %s has version %d, this program reads version %d", ErrOwnerCorrupt, OwnerFile, o.Version, OwnerVersion)
 	case o.Task == "":
 		return nil, fmt.Errorf("%w: %s names no task", ErrOwnerCorrupt, OwnerFile)
+	}
+	if len(o.Previous) == 0 {
+		o.Previous = nil // "previous": [] and none are one
 	}
 	return &o, nil
 }
