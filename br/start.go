@@ -36,6 +36,9 @@ type StartOptions struct {
 	WithholdCredentials bool
 	// CheckRequirements is --check-requirements (see checkRequirements).
 	CheckRequirements bool
+	// TakeOver is --take-over: start on a storage another cluster owns
+	// (see owner.go), fencing that cluster's agents off it.
+	TakeOver bool
 }
 
 // DefaultStartGCTTL is BR's default --gc-ttl of `log start`.
@@ -143,6 +146,17 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 		return userError("check the storage URL, its credentials and that the bucket exists", err, "cannot open storage %s", loc)
 	}
 	defer st.Close()
+	// One storage, one cluster: another cluster's storage is refused
+	// before anything is written (owner.go). PD's cluster id also goes
+	// into the root backupmeta, as BR records it.
+	clusterID := pdc.GetClusterID(ctx)
+	own, err := readOwnership(ctx, st, clusterID)
+	if err != nil {
+		return userError("check that the storage is reachable and readable", err, "cannot read the owner of the storage %s", loc)
+	}
+	if err := checkOwnership(own, loc, clusterID, opts.TakeOver); err != nil {
+		return err
+	}
 	// The filter resolves at the start the task will really have (a
 	// restart continues from the storage's checkpoint), and before the
 	// storage is written, so a filter that selects nothing changes nothing.
@@ -162,16 +176,24 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 	if err := storage.CheckWritable(ctx, st); err != nil {
 		return userError("check the storage permissions and that the bucket exists", err, "storage %s is not writable", loc)
 	}
-	// PD's cluster id goes into the root backupmeta, as BR records it, so
-	// verify can tell another cluster's files.
-	clusterID := pdc.GetClusterID(ctx)
 	effectiveStart, restarted, err := prepareStorage(ctx, st, startTS, clusterID)
 	if err != nil {
 		return err
 	}
+	if effectiveStart > resolveAt && restarted && own.foreign != 0 {
+		// Taking over from a cluster whose agents still flush here (the
+		// owner record fences them only once written, below): continue
+		// from the checkpoint read first, which the filter was resolved
+		// at. Nothing is lost; some changes may be written twice.
+		effectiveStart = resolveAt
+	}
 	if effectiveStart != resolveAt {
 		return fmt.Errorf("the storage %s changed while the task was starting (its log backup now continues from %d, not %d); run start again",
 			loc, effectiveStart, resolveAt)
+	}
+	// Before the task exists: its agents must find it named as the owner.
+	if err := claimStorage(ctx, st, own, clusterID, opts.TaskName, effectiveStart, env.tso, w); err != nil {
+		return fmt.Errorf("claim the storage %s: %w", loc, err)
 	}
 
 	// Hold GC at the start until the agents' own safepoints take over, as

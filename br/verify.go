@@ -170,6 +170,7 @@ type verifier struct {
 	rep    *VerifyReport
 	res    *logfile.AuditResult
 	stores map[uint64]*StoreFlushes
+	owner  *logfile.Owner // the storage's owner record, if it has a readable one
 }
 
 func (v *verifier) fail(object, format string, args ...any) {

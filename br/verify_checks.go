@@ -38,6 +38,19 @@ func (v *verifier) readRoot(ctx context.Context) error {
 			v.rep.StartTS, v.rep.ClusterID = bm.StartVersion, bm.ClusterId
 		}
 	}
+	switch rec, err := logfile.ReadOwner(ctx, v.st); {
+	case errors.Is(err, storage.ErrNotExist):
+	case errors.Is(err, logfile.ErrOwnerCorrupt):
+		v.fail(logfile.OwnerFile, "%v", err)
+	case err != nil:
+		return err
+	default:
+		v.owner = rec
+		if rec.ClusterID != 0 && v.rep.ClusterID != 0 && rec.ClusterID != v.rep.ClusterID {
+			v.warn(logfile.OwnerFile, "names cluster %d, the root %s cluster %d: a takeover was interrupted; run br stream start --take-over again",
+				rec.ClusterID, BackupMetaFile, v.rep.ClusterID)
+		}
+	}
 	switch ok, err := v.st.Exists(ctx, LockFile); {
 	case err != nil:
 		return fmt.Errorf("check %s: %w", LockFile, err)
@@ -99,6 +112,7 @@ func (v *verifier) summariseStores() {
 func (v *verifier) checkOrigin() {
 	rep := v.rep
 	clusters := map[uint64][]string{}
+	history := map[logfile.PreviousOwner][]string{}
 	var unknownCluster []string
 	for _, mf := range v.res.Metas {
 		n := mf.Name
@@ -120,7 +134,19 @@ func (v *verifier) checkOrigin() {
 			unknownCluster = append(unknownCluster, mf.Path)
 			continue
 		}
+		if p, ok := v.previousOwner(n); ok {
+			history[p] = append(history[p], mf.Path)
+			continue
+		}
 		clusters[n.ClusterID] = append(clusters[n.ClusterID], mf.Path)
+	}
+	for _, p := range v.ownerHistory() {
+		paths := history[p]
+		if len(paths) == 0 {
+			continue
+		}
+		v.warn(paths[0], "%d meta files (this one first) are cluster %d's, flushed before the storage was taken over by cluster %d at %s: the previous owner's history, not a second writer",
+			len(paths), p.ClusterID, p.TakenOverBy, FormatTS(p.TakenOverTS, v.cfg.Now().Location()))
 	}
 	// The first task on this storage wrote the root backupmeta; a task
 	// started again on it (br's restart path) starts later. So unless the
@@ -374,4 +400,23 @@ func (v *verifier) checkRecorded() {
 		v.fail(fmt.Sprintf("%s%016X%016X-*.meta", logfile.MetaDir, flushTS, store),
 			"missing: task %q's etcd records store %d's flush of %s as durable, and its published checkpoints rest on it", v.cfg.Task, store, FormatTS(flushTS, loc))
 	}
+}
+
+// previousOwner is the owner record's previous owner a meta file belongs
+// to: one of another cluster than the current owner, flushed before that
+// cluster's storage was taken over (its agents read the record before
+// each meta file, so what they wrote after it is a second writer's).
+func (v *verifier) previousOwner(n logfile.MetaName) (logfile.PreviousOwner, bool) {
+	if v.owner == nil || n.ClusterID == v.owner.ClusterID {
+		return logfile.PreviousOwner{}, false
+	}
+	return v.owner.TakenOverBefore(n.ClusterID, n.FlushTS)
+}
+
+// ownerHistory is the owner record's previous owners, oldest first.
+func (v *verifier) ownerHistory() []logfile.PreviousOwner {
+	if v.owner == nil {
+		return nil
+	}
+	return v.owner.Previous
 }

@@ -216,6 +216,12 @@ func (f *flusher) upload(ctx context.Context, job *flushJob) error {
 			}
 			t.a.metrics.uploaded("log", int(o.Size))
 		}
+		// The meta file is what makes the flush part of the backup: a
+		// storage taken over meanwhile gets none (its data objects stay
+		// unlisted, which restore ignores).
+		if err := checkOwner(ctx, t.st, t.a.cfg.ClusterID, t.info); err != nil {
+			return err
+		}
 		if err := t.st.WriteFile(ctx, job.fl.Meta.Name, job.fl.Meta.Data); err != nil {
 			return fmt.Errorf("upload %s: %w", job.fl.Meta.Name, err)
 		}

@@ -91,6 +91,11 @@ func newTaskRunner(ctx context.Context, a *Agent, ts *meta.TaskStatus) (*taskRun
 	if err != nil {
 		return nil, fmt.Errorf("open storage of %q: %w", info.Name, err)
 	}
+	// Before the first flush: a storage taken over is not written at all.
+	if err := checkOwner(ctx, st, a.cfg.ClusterID, info); err != nil {
+		st.Close()
+		return nil, err
+	}
 	covered := taskSpans(ranges)
 	known, err := knownCheckpoints(ctx, a.cfg.Meta, info.Name, ts.Incarnation, covered, info.StartTs)
 	if err != nil {

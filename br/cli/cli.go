@@ -298,6 +298,7 @@ func startCommand(g *globalFlags) *cobra.Command {
 	f.StringArrayVarP(&o.Filters, "filter", "f", nil, "TiDB table filter rule ('db.*', 'db.t', '!db.t', '/re/.*'); repeatable; default '*.*'")
 	f.BoolVar(&o.CaseSensitive, "case-sensitive", false, "match --filter names case-sensitively")
 	f.Var(secondsFlag{&o.GCTTL}, "gc-ttl", "how long PD keeps the changes since --start-ts for the agents' first scans, in seconds or as a duration")
+	f.BoolVar(&o.TakeOver, "take-over", false, "start on a storage another cluster owns, deliberately: its agents stop writing there")
 	crypt.define(f)
 	wf.add(cmd)
 	return cmd

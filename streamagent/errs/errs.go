@@ -83,6 +83,7 @@ const (
 	CodeIo                  Code = "KV:LogBackup:Io"
 	CodeEncryption          Code = "KV:LogBackup:Encryption"
 	CodeCheckpointLag       Code = "KV:LogBackup:CheckpointLagTooLarge"
+	CodeStorageOwned        Code = "KV:LogBackup:StorageOwnedElsewhere"
 	CodeUnknown             Code = "KV:LogBackup:Unknown"
 )
 
@@ -113,6 +114,8 @@ var table = map[Code]Info{
 		"stop the task and start it without encryption, or back it up with TiKV's built-in log backup; never written in plaintext"},
 	CodeCheckpointLag: {CodeCheckpointLag, Fatal, "the checkpoint lag passed the limit, so the task was paused to stop holding back GC",
 		"find why the checkpoint stopped (status, agent logs), fix it, then resume with --clear-error"},
+	CodeStorageOwned: {CodeStorageOwned, Fatal, "the storage's owner record (logbackup.owner) names another cluster or a later task: the storage was taken over (br stream start --take-over), or the record cannot be read",
+		"this task must not write there any more: stop it (br stream stop) and start it on another storage path; if the takeover was a mistake, stop the other cluster's task, then stop this one and start it again with --take-over"},
 	CodeUnknown: {CodeUnknown, Fatal, "an error the agent does not recognise", "read the message and the agent log; report it if the cause is unclear"},
 }
 
@@ -145,6 +148,7 @@ var tikvCodes = map[Code]string{
 	CodeIo:                  "KV:LogBackup:Io",
 	CodeEncryption:          "KV:LogBackup:Encryption",
 	CodeCheckpointLag:       "none (TiDB's advancer pauses with this message)",
+	CodeStorageOwned:        "none (TiKV does not check who owns a storage)",
 	CodeUnknown:             "KV:LogBackup:Unknown",
 }
 
