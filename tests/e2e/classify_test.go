@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,6 +21,7 @@ import (
 	"logbackup/br"
 	"logbackup/meta"
 	"logbackup/streamagent"
+	"logbackup/streamagent/logfile"
 	"logbackup/tests/simcluster"
 )
 
@@ -48,7 +50,15 @@ func waitLastError(t *testing.T, ctx context.Context, m *meta.Client) *brpb.Stre
 func TestRegionErrorsThatNeverHeal(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	h := newHarness(t, ctx, simcluster.Config{Stores: 1}, "local://"+filepath.Join(t.TempDir(), "b"), 0)
+	dir := filepath.Join(t.TempDir(), "b")
+	h := newHarness(t, ctx, simcluster.Config{Stores: 1}, "local://"+dir, 0)
+	// A storage without an owner record (as TiDB's BR leaves one): with
+	// it, the agent's first flush could also stop on the record naming a
+	// cluster other than the one the agent was told, which is not what
+	// this test is about.
+	if err := os.Remove(filepath.Join(dir, logfile.OwnerFile)); err != nil {
+		t.Fatal(err)
+	}
 	reg := prometheus.NewRegistry()
 	_, stop := h.agent(1, reg, func(cfg *streamagent.Config) { cfg.ClusterID = h.c.ClusterID() + 1 })
 	defer stop()
