@@ -337,9 +337,8 @@ func (v *verifier) checkGlobalCheckpoints(ctx context.Context, globals []globalR
 			}
 		}
 	}
-	var err error
-	if err != nil || v.cfg.EtcdGlobal == nil || len(read) == 0 {
-		return err
+	if v.cfg.EtcdGlobal == nil || len(read) == 0 {
+		return nil
 	}
 	etcd, err := v.cfg.EtcdGlobal(ctx)
 	if err != nil {

@@ -75,8 +75,9 @@ func BenchmarkBurstRSS(b *testing.B) {
 		}
 		b.Cleanup(stop)
 		// The agent observes the task's region before the burst.
+		inc := mustIncarnation(b, m, "burst")
 		for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
-			ps, _ := m.Progresses(ctx, "burst", mustIncarnation(b, m, "burst"))
+			ps, _ := m.Progresses(ctx, "burst", inc)
 			if p := ps[c.StoreIDs()[0]]; p != nil && p.ObservedRegions > 0 && p.Scanning == 0 {
 				break
 			}
