@@ -51,9 +51,11 @@ func knownCheckpoints(ctx context.Context, m *meta.Client, task string, inc int6
 		return nil, fmt.Errorf("read span checkpoints: %w", err)
 	}
 	for _, rec := range records {
-		for _, s := range rec.Spans {
-			known.Advance(spans.Span{Start: s.StartKey, End: s.EndKey}, s.Ts)
+		items := make([]spans.Advanced, len(rec.Spans))
+		for i, s := range rec.Spans {
+			items[i] = spans.Advanced{Span: spans.Span{Start: s.StartKey, End: s.EndKey}, TS: s.Ts}
 		}
+		known.AdvanceAll(items) // a record can hold a span per region
 	}
 	return known, nil
 }

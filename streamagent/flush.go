@@ -67,9 +67,14 @@ type durableMap struct {
 	m  *spans.Map
 }
 
-func (d *durableMap) advance(s spans.Span, ts uint64) {
+// advance raises each frozen piece's span to its ts, in one pass.
+func (d *durableMap) advance(fr []frozen) {
+	items := make([]spans.Advanced, len(fr))
+	for i, f := range fr {
+		items[i] = spans.Advanced{Span: f.span, TS: f.ts}
+	}
 	d.mu.Lock()
-	d.m.Advance(s, ts)
+	d.m.AdvanceAll(items)
 	d.mu.Unlock()
 }
 
@@ -80,9 +85,11 @@ func (d *durableMap) min(s spans.Span) (uint64, bool) {
 }
 
 func (d *durableMap) merge(from *spans.Map) {
+	var items []spans.Advanced
+	from.Each(func(s spans.Span, ts uint64) { items = append(items, spans.Advanced{Span: s, TS: ts}) })
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	from.Each(func(s spans.Span, ts uint64) { d.m.Advance(s, ts) })
+	d.m.AdvanceAll(items)
 }
 
 func (d *durableMap) record(store, flushTS uint64) *lbpb.SpanCheckpoints {
@@ -231,9 +238,7 @@ func (f *flusher) upload(ctx context.Context, job *flushJob) error {
 		job.fl.Close() // uploaded: free the temp files
 		t.a.metrics.flushStage("save_files", time.Since(began))
 	}
-	for _, fr := range job.frozen {
-		f.durable.advance(fr.span, fr.ts)
-	}
+	f.durable.advance(job.frozen)
 	if err := f.putRegionCheckpoints(ctx, job.frozen); err != nil {
 		return err
 	}

@@ -123,6 +123,76 @@ func (m *Map) Advance(s Span, ts uint64) {
 	m.merge(lo, hi)
 }
 
+// Advanced is one span and the ts AdvanceAll raises it to.
+type Advanced struct {
+	Span Span
+	TS   uint64
+}
+
+// AdvanceAll is Advance of every item, in one pass over the map. A flush
+// advances every observed region at once, and each Advance copies the
+// segments after the one it splits: at 100,000 regions one flush spent
+// about a minute in memmove.
+func (m *Map) AdvanceAll(items []Advanced) {
+	its := make([]Advanced, 0, len(items))
+	for _, it := range items {
+		if it.Span.Valid() {
+			its = append(its, it)
+		}
+	}
+	sort.Slice(its, func(i, j int) bool { return bytes.Compare(its[i].Span.Start, its[j].Span.Start) < 0 })
+	for k := 1; k < len(its); k++ {
+		if prev := its[k-1].Span.End; len(prev) == 0 || bytes.Compare(prev, its[k].Span.Start) > 0 {
+			// Overlapping items (never from one flush): one at a time.
+			for _, it := range its {
+				m.Advance(it.Span, it.TS)
+			}
+			return
+		}
+	}
+	out := make([]segment, 0, len(m.segs)+2*len(its))
+	emit := func(start, end []byte, ts uint64) {
+		if n := len(out); n > 0 && out[n-1].ts == ts && len(out[n-1].end) > 0 && bytes.Equal(out[n-1].end, start) {
+			out[n-1].end = end
+			return
+		}
+		out = append(out, segment{start: start, end: end, ts: ts})
+	}
+	j := 0
+	for _, seg := range m.segs {
+		cur, done := seg.start, false // done: cur has reached seg.end
+		for j < len(its) && !done {
+			it := its[j]
+			if !startBeforeEnd(it.Span.Start, seg.end) {
+				break // the item starts after this segment
+			}
+			if len(it.Span.End) > 0 && bytes.Compare(it.Span.End, cur) <= 0 {
+				j++ // the item lies wholly before cur (in a hole)
+				continue
+			}
+			if bytes.Compare(it.Span.Start, cur) > 0 {
+				emit(cur, it.Span.Start, seg.ts)
+				cur = it.Span.Start
+			}
+			if endLess(it.Span.End, seg.end) {
+				emit(cur, it.Span.End, max(seg.ts, it.TS))
+				cur = it.Span.End
+				j++
+				continue
+			}
+			emit(cur, seg.end, max(seg.ts, it.TS))
+			done = true
+			if !endLess(seg.end, it.Span.End) {
+				j++ // the item ends with the segment
+			}
+		}
+		if !done {
+			emit(cur, seg.end, seg.ts)
+		}
+	}
+	m.segs = out
+}
+
 // merge joins adjacent segments with equal ts in the window [lo-1, hi] that
 // just changed, keeping the representation small without touching the rest.
 func (m *Map) merge(lo, hi int) {

@@ -114,6 +114,72 @@ func TestAgainstNaive(t *testing.T) {
 	}
 }
 
+// TestAdvanceAllAgainstNaive: AdvanceAll of random batches (disjoint ones,
+// as a flush gives, and overlapping ones) leaves the same keys with the
+// same ts as the per-key model advancing each item, on random maps with holes.
+func TestAdvanceAllAgainstNaive(t *testing.T) {
+	seed := rand.Int63()
+	r := rand.New(rand.NewSource(seed))
+	const n = 12
+	for round := 0; round < 3000; round++ {
+		m, v := &Map{}, newNaive(n)
+		for op := 0; op < 6; op++ {
+			s, ts := randSpan(r, n), uint64(r.Intn(50))
+			if r.Intn(4) > 0 {
+				m.Cover(s, ts)
+				v.cover(s, ts)
+			}
+		}
+		var items []Advanced
+		if r.Intn(2) == 0 { // disjoint: consecutive pieces of the key space, some skipped
+			at := 0
+			for at < n {
+				next := at + 1 + r.Intn(4)
+				s := Span{Start: []byte{byte('a' + at)}}
+				if next < n {
+					s.End = []byte{byte('a' + next)}
+				}
+				if r.Intn(3) > 0 {
+					items = append(items, Advanced{Span: s, TS: uint64(r.Intn(60))})
+				}
+				at = next
+			}
+			r.Shuffle(len(items), func(i, j int) { items[i], items[j] = items[j], items[i] })
+		} else {
+			for k := r.Intn(5); k >= 0; k-- {
+				items = append(items, Advanced{Span: randSpan(r, n), TS: uint64(r.Intn(60))})
+			}
+		}
+		before := m.String()
+		m.AdvanceAll(items)
+		for _, it := range items {
+			v.advance(it.Span, it.TS)
+		}
+		for a := 0; a < n; a++ {
+			for b := a + 1; b <= n; b++ {
+				q := Span{Start: []byte{byte('a' + a)}}
+				if b < n {
+					q.End = []byte{byte('a' + b)}
+				}
+				gotTS, gotOK := m.Min(q)
+				wantTS, wantOK := v.min(q)
+				if gotOK != wantOK || (gotOK && gotTS != wantTS) {
+					t.Fatalf("seed %d round %d: after AdvanceAll(%v) on %s: Min(%v) = %d,%v; want %d,%v\nmap: %s", seed, round, items, before, q, gotTS, gotOK, wantTS, wantOK, m)
+				}
+			}
+		}
+		for i := 1; i < len(m.segs); i++ {
+			prev, cur := m.segs[i-1], m.segs[i]
+			if len(prev.end) == 0 || string(prev.end) > string(cur.start) {
+				t.Fatalf("seed %d: overlapping segments %s", seed, m)
+			}
+			if string(prev.end) == string(cur.start) && prev.ts == cur.ts {
+				t.Fatalf("seed %d: unmerged segments %s", seed, m)
+			}
+		}
+	}
+}
+
 func TestHolesHoldBack(t *testing.T) {
 	m := New([]Span{{Start: []byte("m"), End: []byte("n")}, {Start: []byte("t"), End: []byte("u")}}, 10)
 	if ts, ok := m.Min(Span{Start: []byte("m"), End: []byte("n")}); !ok || ts != 10 {
@@ -165,6 +231,26 @@ func BenchmarkAdvance10KRegions(b *testing.B) {
 		r := i % 10000
 		m.Advance(Span{Start: keys[r], End: keys[r+1]}, uint64(i+2))
 	}
+}
+
+// BenchmarkAdvanceAll100KRegions: one flush's advance of 100,000 regions
+// covering the key space, per flush.
+func BenchmarkAdvanceAll100KRegions(b *testing.B) {
+	const n = 100000
+	m := New([]Span{{}}, 1)
+	items := make([]Advanced, n)
+	for i := range items {
+		items[i].Span = Span{Start: []byte{byte(i >> 16), byte(i >> 8), byte(i)}, End: []byte{byte((i + 1) >> 16), byte((i + 1) >> 8), byte(i + 1)}}
+	}
+	items[0].Span.Start, items[n-1].Span.End = nil, nil
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for k := range items {
+			items[k].TS = uint64(i+2) + uint64(k%3) // regions resolved at different ts
+		}
+		m.AdvanceAll(items)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/n, "ns/region")
 }
 
 func TestCoalesceAndClip(t *testing.T) {

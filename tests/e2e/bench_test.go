@@ -13,6 +13,7 @@ import (
 
 	"github.com/pingcap/log"
 	"github.com/tikv/client-go/v2/txnkv/transaction"
+	pd "github.com/tikv/pd/client"
 	"go.uber.org/zap/zapcore"
 
 	"logbackup/br"
@@ -25,33 +26,38 @@ import (
 
 type benchEnv struct {
 	c     *simcluster.Cluster
+	pd    pd.Client // the real pd client, over gRPC to the simulated PD
 	m     *meta.Client
 	start uint64
 }
 
-func setupBench(b *testing.B, regions int) *benchEnv {
+// setupBench starts one store holding `regions` regions, in the deployed
+// shape: PD and its etcd served on one address, reached with the real pd
+// and etcd clients (mocktikv's in-process PD client sorts and clones every
+// region per scan), and a task "bench" to file storage.
+func setupBench(b testing.TB, regions int) *benchEnv {
 	log.SetLevel(zapcore.ErrorLevel)
 	ctx := context.Background()
-	etcd := etcdtest.Start(b)
-	m := meta.NewClient(etcd.Client(b))
 	var splits [][]byte
 	for i := 1; i < regions; i++ {
 		splits = append(splits, []byte(fmt.Sprintf("t%06d", i)))
 	}
-	c, err := simcluster.Start(ctx, simcluster.Config{Stores: 1, SplitKeys: splits})
+	c := startPDCluster(b, ctx, simcluster.Config{Stores: 1, SplitKeys: splits})
+	m := meta.NewClient(pdEtcd{c}.Client(b))
+	pdc, err := meta.DialPD(ctx, meta.DialConfig{Endpoints: []string{c.PDAddr()}, DialTimeout: 30 * time.Second})
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(c.Close)
+	b.Cleanup(pdc.Close)
 	start, _ := c.TSO(ctx)
-	if err := br.Start(ctx, br.NewEnv(m).WithPD(c.PD()), br.StartOptions{TaskName: "bench", StartTS: fmt.Sprint(start), Storage: "local://" + b.TempDir()}, io.Discard); err != nil {
+	if err := br.Start(ctx, br.NewEnv(m).WithPD(pdc), br.StartOptions{TaskName: "bench", StartTS: fmt.Sprint(start), Storage: "local://" + b.TempDir()}, io.Discard); err != nil {
 		b.Fatal(err)
 	}
-	return &benchEnv{c: c, m: m, start: start}
+	return &benchEnv{c: c, pd: pdc, m: m, start: start}
 }
 
-func (e *benchEnv) agent(b *testing.B, flush time.Duration) (*streamagent.Agent, func()) {
-	a, err := streamagent.New(streamagent.Config{StoreID: e.c.StoreIDs()[0], PD: e.c.PD(), Meta: e.m, ClusterID: e.c.ClusterID(),
+func (e *benchEnv) agent(b testing.TB, flush time.Duration) (*streamagent.Agent, func()) {
+	a, err := streamagent.New(streamagent.Config{StoreID: e.c.StoreIDs()[0], PD: e.pd, Meta: e.m, ClusterID: e.c.ClusterID(),
 		FlushInterval: flush, ReconcileInterval: time.Hour, CoordinatorInterval: 200 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, nil)
 	if err != nil {
@@ -148,7 +154,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 // held in memory stay bounded by the quota while the rest spills to disk.
 func BenchmarkBurstMemory(b *testing.B) {
 	e := setupBench(b, 4)
-	a, err := streamagent.New(streamagent.Config{StoreID: e.c.StoreIDs()[0], PD: e.c.PD(), Meta: e.m, ClusterID: e.c.ClusterID(),
+	a, err := streamagent.New(streamagent.Config{StoreID: e.c.StoreIDs()[0], PD: e.pd, Meta: e.m, ClusterID: e.c.ClusterID(),
 		FlushInterval: time.Hour, MemoryQuota: 1 << 20, TempDir: b.TempDir(), ReconcileInterval: time.Hour,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, nil)
 	if err != nil {

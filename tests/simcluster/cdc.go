@@ -195,8 +195,12 @@ func (c *Cluster) handleRequest(s *storeServer, st *feedStream, req *cdcpb.Chang
 	case *cdcpb.ChangeDataRequest_Deregister_:
 		// A region id deregisters that region of the request id; without
 		// one, every region of the request id.
-		for sub := range st.subs {
-			if sub.requestID == req.RequestId && (req.RegionId == 0 || sub.regionID == req.RegionId) {
+		subs := st.subs
+		if req.RegionId != 0 {
+			subs = c.subs[req.RegionId] // not every region of the stream
+		}
+		for sub := range subs {
+			if sub.stream == st && sub.requestID == req.RequestId && (req.RegionId == 0 || sub.regionID == req.RegionId) {
 				c.removeSubLocked(sub)
 			}
 		}
@@ -243,8 +247,10 @@ func (c *Cluster) handleRequest(s *storeServer, st *feedStream, req *cdcpb.Chang
 		fail(&cdcpb.Error{RegionNotFound: &errorpb.RegionNotFound{RegionId: req.RegionId}})
 		return nil
 	}
-	for sub := range st.subs {
-		if sub.regionID == req.RegionId && sub.requestID == req.RequestId {
+	// The region's own subscriptions, not the stream's: a stream holding
+	// 100,000 regions made each registration scan all of them.
+	for sub := range c.subs[req.RegionId] {
+		if sub.stream == st && sub.requestID == req.RequestId {
 			fail(&cdcpb.Error{DuplicateRequest: &cdcpb.DuplicateRequest{RegionId: req.RegionId}})
 			return nil
 		}
@@ -261,6 +267,7 @@ func (c *Cluster) handleRequest(s *storeServer, st *feedStream, req *cdcpb.Chang
 	}
 	start, end := observedRange(meta, req.StartKey, req.EndKey)
 	sub := &subscription{regionID: meta.Id, requestID: req.RequestId, store: s.id, start: start, end: end, stream: st}
+	sub.rawLo, sub.rawHi, sub.rawUnbounded, sub.rawOK = rawRange(start, end)
 	st.subs[sub] = struct{}{}
 	if c.subs[meta.Id] == nil {
 		c.subs[meta.Id] = map[*subscription]struct{}{}
@@ -382,9 +389,14 @@ type subscription struct {
 	regionID, requestID uint64
 	store               uint64
 	start, end          []byte // encoded observed range, inside the region
-	stream              *feedStream
-	state               subState
-	advancedTo          uint64 // TiKV's downstream.advanced_to: starts at 0, never goes back
+	// raw is the observed range as raw keys (rawOK false when a bound does
+	// not decode), kept for the resolved-ts rounds.
+	rawLo, rawHi string
+	rawUnbounded bool
+	rawOK        bool
+	stream       *feedStream
+	state        subState
+	advancedTo   uint64 // TiKV's downstream.advanced_to: starts at 0, never goes back
 }
 
 func (s *subscription) contains(ek []byte) bool { return inRange(ek, s.start, s.end) }

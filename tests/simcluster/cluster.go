@@ -71,6 +71,10 @@ type Cluster struct {
 	stores map[uint64]*storeServer
 	subs   map[uint64]map[*subscription]struct{} // by region id
 	routes *routeIndex                           // nil after a topology change; see routesLocked
+	// topology counts topology changes; pdView is PD's view of the regions
+	// as of one count (see regionSnapshot).
+	topology atomic.Uint64
+	pdView   atomic.Pointer[pdView]
 
 	seed int64
 	rng  *rand.Rand // guarded by mu

@@ -327,6 +327,13 @@ func (l *ledger) minLockIn(start, end []byte) (uint64, bool) {
 	if !ok {
 		return l.minLockScan(start, end)
 	}
+	return l.minLockInRaw(lo, hi, unbounded)
+}
+
+// minLockInRaw is minLockIn for a range already decoded to raw keys (hi
+// ignored when unbounded): a resolved-ts round over 100,000 subscriptions
+// decoded 200,000 keys before subscriptions kept theirs.
+func (l *ledger) minLockInRaw(lo, hi string, unbounded bool) (uint64, bool) {
 	if l.lockIdx == nil {
 		l.lockIdx = make([]lockRef, 0, len(l.locks))
 		for k, lk := range l.locks {

@@ -16,10 +16,34 @@ import (
 // and batch scans with PD's checks of the ranges.
 type regionIndex []*router.Region
 
+type pdView struct {
+	topology uint64
+	regions  regionIndex
+}
+
+// regionSnapshot is the current topology. mocktikv sorts and clones every
+// region for each scan, which made paging through 100,000 regions
+// quadratic, so a view is kept until the topology changes. A view is
+// labelled with the change count read before it was taken: one taken
+// across a change carries the older count and is never served after it.
+// Callers must not modify what it returns.
 func (c *Cluster) regionSnapshot() regionIndex {
+	gen := c.topology.Load()
+	if v := c.pdView.Load(); v != nil && v.topology == gen {
+		return v.regions
+	}
 	// mocktikv returns copies sorted by start key, with an empty leader
 	// peer where there is none (as PD's scans answer).
-	return regionIndex(c.mock.ScanRegions(nil, nil, 0))
+	x := regionIndex(c.mock.ScanRegions(nil, nil, 0))
+	c.pdView.Store(&pdView{topology: gen, regions: x})
+	return x
+}
+
+// topologyChangedLocked drops the indexes of the regions (the rows' routes
+// and PD's view); every change of regions or leaders must call it.
+func (c *Cluster) topologyChangedLocked() {
+	c.routes = nil
+	c.topology.Add(1)
 }
 
 // find returns the index of the region holding key, or -1.

@@ -271,9 +271,12 @@ func (p *pdServer) QueryRegion(stream pdpb.PD_QueryRegionServer) error {
 		for _, k := range req.GetPrevKeys() {
 			resp.PrevKeyIdMap = append(resp.PrevKeyIdMap, add(x.prev(k)))
 		}
-		byID := map[uint64]*router.Region{}
-		for _, r := range x {
-			byID[r.Meta.Id] = r
+		var byID map[uint64]*router.Region
+		if len(req.GetIds()) > 0 {
+			byID = make(map[uint64]*router.Region, len(x))
+			for _, r := range x {
+				byID[r.Meta.Id] = r
+			}
 		}
 		for _, id := range req.GetIds() {
 			if id == 0 || resp.RegionsById[id] != nil {

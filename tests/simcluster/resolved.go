@@ -2,6 +2,7 @@ package simcluster
 
 import (
 	"context"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -116,14 +117,18 @@ func (c *Cluster) ResolveOnce(ctx context.Context) {
 	for id := range c.subs {
 		regions = append(regions, id)
 	}
-	sort.Slice(regions, func(i, j int) bool { return regions[i] < regions[j] })
+	slices.Sort(regions)
 	for _, regionID := range regions {
 		for sub := range c.subs[regionID] {
 			if sub.state != subNormal {
 				continue
 			}
 			r := ts
-			if m, ok := c.ledger.minLockIn(sub.start, sub.end); ok && m < r {
+			m, ok := c.ledger.minLockIn(sub.start, sub.end)
+			if sub.rawOK {
+				m, ok = c.ledger.minLockInRaw(sub.rawLo, sub.rawHi, sub.rawUnbounded)
+			}
+			if ok && m < r {
 				r = m
 			}
 			if r > sub.advancedTo {

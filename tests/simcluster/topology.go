@@ -37,7 +37,7 @@ func (c *Cluster) transferLeaderLocked(regionID, toStore uint64) error {
 		return nil
 	}
 	c.mock.ChangeLeader(regionID, target.Id)
-	c.routes = nil
+	c.topologyChangedLocked()
 	c.failRegionLocked(regionID, &cdcpb.Error{NotLeader: &errorpb.NotLeader{RegionId: regionID, Leader: target}})
 	return nil
 }
@@ -78,7 +78,7 @@ func (c *Cluster) splitLocked(regionID uint64, raw []byte) uint64 {
 		}
 	}
 	c.mock.Split(regionID, newID, raw, peerIDs, newLeader)
-	c.routes = nil
+	c.topologyChangedLocked()
 	return newID
 }
 
@@ -96,7 +96,7 @@ func (c *Cluster) Merge(raw []byte) error {
 	}
 	right := c.regionByEncoded(left.Meta.EndKey)
 	c.mock.Merge(left.Meta.Id, right.Meta.Id)
-	c.routes = nil
+	c.topologyChangedLocked()
 	// The writer's client-go region cache can wedge on a merged-away
 	// region in mocktikv ("no replica available", backing off forever);
 	// TiKV would answer it with region_not_found. Dropping both cached
