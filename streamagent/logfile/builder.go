@@ -76,11 +76,13 @@ type fileKey struct {
 // fileBuf is one file being built: its plain framed bytes (a spilled head
 // on disk, then in-memory chunks) and what its DataFileInfo needs.
 type fileBuf struct {
-	key      fileKey
-	chunks   [][]byte
-	next     int // size of the next chunk
-	spill    *os.File
-	spilled  int64  // plain bytes in spill
+	key    fileKey
+	chunks [][]byte
+	next   int // size of the next chunk
+	// spillExt is where the spilled head is in the builder's spill file,
+	// in order: one extent per Spill that found bytes in memory.
+	spillExt []spillExtent
+	spilled  int64  // plain bytes spilled
 	spillCRC uint64 // crc64xor of the spilled entries
 	// spillSum is the CRC-32C of the spilled bytes in order; Finish
 	// checks the bytes it reads back against it, so a temp file damaged
@@ -136,18 +138,27 @@ func (r *regionAcc) note(ri RegionInfo) {
 }
 
 // Builder collects one flush's changes and produces its objects. It does
-// no network IO and reads no clock; it touches the file system only in
-// Spill. Not safe for concurrent use. It keeps the RegionInfo key slices
+// no network IO and reads no clock; it touches the file system only for
+// its temp files: the spill file (Spill), the compressed output (Finish),
+// both removed by Close and Flush.Close. Not safe for concurrent use. It keeps the RegionInfo key slices
 // and epochs it is given (not Change keys or values, which it copies).
 type Builder struct {
-	cfg    BuilderConfig
-	files  map[fileKey]*fileBuf
-	cache  [2]cachedFile // last file used per CF: consecutive changes share one
-	size   int           // all plain bytes added
-	memory int           // bytes of the chunks held
-	count  int
-	closed bool
+	cfg   BuilderConfig
+	files map[fileKey]*fileBuf
+	// spill is the one temp file every file's spilled bytes go to (a file
+	// each ran an agent with 10,000 regions out of descriptors), and
+	// spillSize its length: bytes past it are a failed spill's.
+	spill     *os.File
+	spillSize int64
+	cache     [2]cachedFile // last file used per CF: consecutive changes share one
+	size      int           // all plain bytes added
+	memory    int           // bytes of the chunks held
+	count     int
+	closed    bool
 }
+
+// spillExtent is a run of one file's plain bytes in the spill file.
+type spillExtent struct{ off, n int64 }
 
 type cachedFile struct {
 	key fileKey
@@ -344,31 +355,39 @@ func (b *Builder) Spill() error {
 }
 
 func (b *Builder) spillFile(f *fileBuf) error {
-	if f.spill == nil {
+	if b.spill == nil {
 		tf, err := os.CreateTemp(b.cfg.SpillDir, "logbackup-*.temp.log")
 		if err != nil {
 			return fmt.Errorf("spill: %w", err)
 		}
-		f.spill = tf
+		b.spill = tf
 	}
 	t := crcTables()
-	off := f.spilled
+	start, off := b.spillSize, b.spillSize
 	var crc uint64
+	sum := f.spillSum
 	for _, c := range f.chunks {
-		if _, err := f.spill.WriteAt(c, off); err != nil {
+		if _, err := b.spill.WriteAt(c, off); err != nil {
 			// Cut the partial write so the file keeps only whole spills.
-			terr := f.spill.Truncate(f.spilled)
-			return errors.Join(fmt.Errorf("spill to %s: %w", f.spill.Name(), err), terr)
+			terr := b.spill.Truncate(start)
+			return errors.Join(fmt.Errorf("spill to %s: %w", b.spill.Name(), err), terr)
 		}
 		off += int64(len(c))
-		f.spillSum = crc32.Update(f.spillSum, castagnoli, c)
+		sum = crc32.Update(sum, castagnoli, c)
 		x, err := crcXorFramesWith(t, c)
 		if err != nil {
 			return fmt.Errorf("spill: %w", err) // cannot happen: chunks hold whole frames
 		}
 		crc ^= x
 	}
-	f.spilled, f.spillCRC = off, f.spillCRC^crc
+	b.spillSize = off
+	if n := len(f.spillExt); n > 0 && f.spillExt[n-1].off+f.spillExt[n-1].n == start {
+		f.spillExt[n-1].n += off - start
+	} else {
+		f.spillExt = append(f.spillExt, spillExtent{off: start, n: off - start})
+	}
+	f.spilled += off - start
+	f.spillSum, f.spillCRC = sum, f.spillCRC^crc
 	// first and last alias the chunks; keep only their bytes, then let
 	// the chunks go: the point is the memory.
 	f.first, f.last = bytes.Clone(f.first), bytes.Clone(f.last)
@@ -388,16 +407,16 @@ func (b *Builder) Close() error {
 	for _, f := range b.files {
 		f.first, f.last = nil, nil
 		b.release(f)
-		if f.spill != nil {
-			name := f.spill.Name()
-			if err := f.spill.Close(); err != nil {
-				errs = append(errs, fmt.Errorf("close %s: %w", name, err))
-			}
-			if err := os.Remove(name); err != nil {
-				errs = append(errs, fmt.Errorf("remove %s: %w", name, err))
-			}
-			f.spill = nil
+	}
+	if b.spill != nil {
+		name := b.spill.Name()
+		if err := b.spill.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close %s: %w", name, err))
 		}
+		if err := os.Remove(name); err != nil {
+			errs = append(errs, fmt.Errorf("remove %s: %w", name, err))
+		}
+		b.spill = nil
 	}
 	return errors.Join(errs...)
 }

@@ -509,3 +509,64 @@ func TestSpillCorruptionCaught(t *testing.T) {
 		t.Fatalf("Finish over a damaged spill file: %v, want ErrSpillCorrupt", err)
 	}
 }
+
+// TestSpillOpenFilesBounded: a builder holding the files of many regions
+// spills them into one temp file, not one open file each. With a temp
+// file per file, 10,000 regions × 2 column families ran the agent out of
+// file descriptors ("too many open files") and the task into ERROR.
+func TestSpillOpenFilesBounded(t *testing.T) {
+	if _, err := os.ReadDir("/proc/self/fd"); err != nil {
+		t.Skip("needs /proc/self/fd to count open files")
+	}
+	openFiles := func() int {
+		entries, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(entries)
+	}
+	base := tso(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), 0)
+	dir := t.TempDir()
+	spilly := NewBuilder(BuilderConfig{StoreID: 1, NewID: seqIDs(), SpillDir: dir})
+	defer spilly.Close()
+	plain := NewBuilder(BuilderConfig{StoreID: 1, NewID: seqIDs()})
+	defer plain.Close()
+	before := openFiles()
+	const regions = 2000
+	changes := randomChanges(rand.New(rand.NewSource(11)), 3*regions, base)
+	for round := 0; round < 3; round++ {
+		for i, c := range changes[round*regions : (round+1)*regions] {
+			r := RegionInfo{ID: uint64(1 + i)}
+			if err := spilly.Add(r, c); err != nil {
+				t.Fatal(err)
+			}
+			if err := plain.Add(r, c); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := spilly.Spill(); err != nil {
+			t.Fatal(err)
+		}
+		if n := openFiles() - before; n > 2 {
+			t.Fatalf("after spilling %d regions' files the builder holds %d more open files", regions, n)
+		}
+	}
+	a, err := spilly.Finish(base+99999, base+99998)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := plain.Finish(base+99999, base+99998)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if len(a.Data) != len(b.Data) || !bytes.Equal(a.Meta.Data, b.Meta.Data) {
+		t.Fatal("spilling changed the meta file")
+	}
+	for i := range a.Data {
+		if !bytes.Equal(mustBytes(a.Data[i]), mustBytes(b.Data[i])) {
+			t.Fatalf("object %d differs after spilling", i)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"hash"
 	"hash/crc32"
 	"io"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -224,7 +225,7 @@ func (b *Builder) compressAll(files []*fileBuf, sp *spools) ([]compressed, error
 		if encErr == nil {
 			defer enc.Close()
 		}
-		c := compressor{enc: enc, h: sha256.New(), crc: crcTables()}
+		c := compressor{enc: enc, h: sha256.New(), crc: crcTables(), spill: b.spill}
 		for {
 			i := int(next.Add(1) - 1)
 			if i >= len(files) {
@@ -270,6 +271,10 @@ type compressor struct {
 	crc  *[8][256]uint64
 	out  *spoolFile // the compressed files, one after another
 	rbuf []byte     // read-back buffer for spilled bytes
+	// spill is the builder's spill file (nil if it spilled nothing or was
+	// closed), read at each file's extents; reads at offsets are safe
+	// from several compressors at once.
+	spill *os.File
 }
 
 // crcWriter sums what the encoder writes to the temp file.
@@ -296,32 +301,34 @@ func (c *compressor) compress(f *fileBuf) (compressed, error) {
 	c.enc.ResetContentSize(&w, f.length)
 	crc := f.spillCRC
 	if f.spilled > 0 {
-		if f.spill == nil {
+		if c.spill == nil {
 			return compressed{}, errors.New("spilled bytes are gone: the builder was closed")
 		}
 		if c.rbuf == nil {
 			c.rbuf = make([]byte, 256<<10)
 		}
-		r := io.NewSectionReader(f.spill, 0, f.spilled)
 		var sum uint32
-		for {
-			n, err := io.ReadFull(r, c.rbuf)
-			if n > 0 {
-				sum = crc32.Update(sum, castagnoli, c.rbuf[:n])
-				c.h.Write(c.rbuf[:n])
-				if _, werr := c.enc.Write(c.rbuf[:n]); werr != nil {
-					return compressed{}, fmt.Errorf("compress %s: %w", f.spill.Name(), werr)
+		for _, e := range f.spillExt {
+			r := io.NewSectionReader(c.spill, e.off, e.n)
+			for {
+				n, err := io.ReadFull(r, c.rbuf)
+				if n > 0 {
+					sum = crc32.Update(sum, castagnoli, c.rbuf[:n])
+					c.h.Write(c.rbuf[:n])
+					if _, werr := c.enc.Write(c.rbuf[:n]); werr != nil {
+						return compressed{}, fmt.Errorf("compress %s: %w", c.spill.Name(), werr)
+					}
 				}
-			}
-			if err == io.EOF || err == io.ErrUnexpectedEOF {
-				break
-			}
-			if err != nil {
-				return compressed{}, fmt.Errorf("read back %s: %w", f.spill.Name(), err)
+				if err == io.EOF || err == io.ErrUnexpectedEOF {
+					break
+				}
+				if err != nil {
+					return compressed{}, fmt.Errorf("read back %s: %w", c.spill.Name(), err)
+				}
 			}
 		}
 		if sum != f.spillSum {
-			return compressed{}, fmt.Errorf("%w: %s (crc32c %08x, written %08x)", ErrSpillCorrupt, f.spill.Name(), sum, f.spillSum)
+			return compressed{}, fmt.Errorf("%w: %s (crc32c %08x, written %08x)", ErrSpillCorrupt, c.spill.Name(), sum, f.spillSum)
 		}
 	}
 	for _, chunk := range f.chunks {

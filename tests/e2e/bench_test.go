@@ -350,6 +350,9 @@ func benchThroughput(b *testing.B, value, regions int, where string, rate int) (
 		if g, ok, _ := m.GlobalCheckpoint(ctx, "bench"); ok && g >= last {
 			break
 		}
+		if errs, _ := m.LastErrors(ctx, "bench"); len(errs) > 0 {
+			b.Fatalf("the task stopped with an error: %v", errs)
+		}
 		if time.Now().After(deadline) {
 			b.Fatal("the checkpoint never covered the last commit")
 		}

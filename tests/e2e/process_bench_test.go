@@ -181,7 +181,7 @@ func BenchmarkCheckpointLag(b *testing.B) {
 	if err := br.Start(ctx, br.NewEnv(m).WithPD(c.PD()), br.StartOptions{TaskName: "lag", StartTS: fmt.Sprint(start), Storage: "local://" + b.TempDir()}, io.Discard); err != nil {
 		b.Fatal(err)
 	}
-	e := &benchEnv{c: c, m: m, start: start}
+	e := &benchEnv{c: c, pd: c.PD(), m: m, start: start}
 	_, stopAgent := e.agent(b, time.Second)
 	defer stopAgent()
 	w, err := c.NewBulkWriter(simcluster.BulkConfig{Keys: simcluster.KeysTiDBRow, Regions: 16, Split: true, ValueSize: 1024, Rate: rate,

@@ -36,6 +36,10 @@ var roles = []struct{ name, frame string }{
 	{"loopback S3 server", "logbackup/tests/s3test."},
 	{"etcd server (PD's etcd)", "go.etcd.io/etcd/server/"},
 	{"agent", "logbackup/streamagent."},
+	{"agent", "logbackup/streamagent/"},
+	{"agent", "logbackup/storage."},
+	{"agent", "gocloud.dev/"},
+	{"agent", "github.com/aws/aws-sdk-go-v2/feature/s3/manager"},
 	{"gRPC transport, client side (agent, etcd and PD clients)", "google.golang.org/grpc/internal/transport.(*http2Client)"},
 	{"gRPC transport, server side (stores, PD, etcd)", "google.golang.org/grpc/internal/transport.(*http2Server)"},
 	{"gRPC transport, writers (both sides)", "google.golang.org/grpc/internal/transport.(*loopyWriter)"},
@@ -48,6 +52,10 @@ var roles = []struct{ name, frame string }{
 var stages = []struct{ name, frame string }{
 	{"agent: receive (EventFeed stream, decode)", "logbackup/streamagent.(*taskRunner).ensureStream.func"},
 	{"agent: flush (build files, compress, upload, checkpoints)", "logbackup/streamagent.(*flusher)"},
+	{"agent: flush (build files, compress, upload, checkpoints)", "logbackup/streamagent/logfile.(*Builder).compressAll"},
+	{"agent: flush (build files, compress, upload, checkpoints)", "logbackup/storage."},
+	{"agent: flush (build files, compress, upload, checkpoints)", "gocloud.dev/"},
+	{"agent: flush (build files, compress, upload, checkpoints)", "github.com/aws/aws-sdk-go-v2/feature/s3/manager"},
 	{"agent: task loop (placement, match, buffer, spill, freeze)", "logbackup/streamagent.(*taskRunner)"},
 }
 
