@@ -226,6 +226,16 @@ func (b *Builder) compressAll(files []*fileBuf, sp *spools) ([]compressed, error
 			defer enc.Close()
 		}
 		c := compressor{enc: enc, h: sha256.New(), crc: crcTables(), spill: b.spill}
+		last := -1 // the last file this goroutine compressed
+		defer func() {
+			// The files' tails may still be in the spool's buffer; a
+			// failure to write them fails the last file (and Finish).
+			if c.out != nil && last >= 0 {
+				if err := c.out.flush(); err != nil {
+					errs[last] = errors.Join(errs[last], err)
+				}
+			}
+		}()
 		for {
 			i := int(next.Add(1) - 1)
 			if i >= len(files) {
@@ -243,6 +253,7 @@ func (b *Builder) compressAll(files []*fileBuf, sp *spools) ([]compressed, error
 				sp.add(c.out)
 			}
 			out[i], errs[i] = c.compress(files[i])
+			last = i
 		}
 	}
 	workers := b.cfg.Concurrency

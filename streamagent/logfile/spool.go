@@ -142,9 +142,17 @@ type spoolFile struct {
 	f      *os.File
 	name   string // for messages; the file is already unlinked
 	linked bool   // the unlink failed: Close removes it
-	size   int64  // bytes appended
+	size   int64  // bytes appended, buffered ones included
+	// buf holds appended bytes not yet written: one flush compresses a
+	// file per region and column family, most of them small, and writing
+	// each zstd frame as it came cost a quarter of the agent's CPU in
+	// system calls at 10,000 regions. flush writes it out; nothing reads
+	// the file before (Finish flushes before it returns).
+	buf    []byte
 	closed atomic.Bool
 }
+
+const spoolBuffer = 256 << 10
 
 func newSpoolFile(dir string) (*spoolFile, error) {
 	f, err := os.CreateTemp(dir, "logbackup-*.flush")
@@ -160,12 +168,41 @@ func newSpoolFile(dir string) (*spoolFile, error) {
 
 // Write appends p.
 func (s *spoolFile) Write(p []byte) (int, error) {
-	n, err := s.f.Write(p)
-	s.size += int64(n)
-	if err != nil {
-		return n, fmt.Errorf("%w: %w", ErrTempWrite, err)
+	if len(s.buf)+len(p) > spoolBuffer {
+		if err := s.flush(); err != nil {
+			return 0, err
+		}
 	}
-	return n, nil
+	if len(p) >= spoolBuffer {
+		n, err := s.f.Write(p)
+		s.size += int64(n)
+		if err != nil {
+			return n, fmt.Errorf("%w: %w", ErrTempWrite, err)
+		}
+		return n, nil
+	}
+	if s.buf == nil {
+		s.buf = make([]byte, 0, spoolBuffer)
+	}
+	s.buf = append(s.buf, p...)
+	s.size += int64(len(p))
+	return len(p), nil
+}
+
+// flush writes the buffered bytes to the file.
+func (s *spoolFile) flush() error {
+	if len(s.buf) == 0 {
+		return nil
+	}
+	n, err := s.f.Write(s.buf)
+	if err != nil {
+		// What was not written is gone: size says where the file ends.
+		s.size -= int64(len(s.buf) - n)
+		s.buf = s.buf[:0]
+		return fmt.Errorf("%w: %w", ErrTempWrite, err)
+	}
+	s.buf = s.buf[:0]
+	return nil
 }
 
 func (s *spoolFile) close() error {

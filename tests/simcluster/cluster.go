@@ -71,6 +71,10 @@ type Cluster struct {
 	stores map[uint64]*storeServer
 	subs   map[uint64]map[*subscription]struct{} // by region id
 	routes *routeIndex                           // nil after a topology change; see routesLocked
+	// lastSplit is the right-hand region of the last split: splits in
+	// ascending key order (a bulk writer's regions) each fall in it, and
+	// mocktikv's lookup by key scans every region.
+	lastSplit uint64
 	// topology counts topology changes; pdView is PD's view of the regions
 	// as of one count (see regionSnapshot).
 	topology atomic.Uint64
@@ -294,6 +298,17 @@ func (c *Cluster) RegionByKey(raw []byte) RegionInfo {
 }
 
 func (c *Cluster) regionByEncoded(ek []byte) RegionInfo {
+	if c.lastSplit != 0 {
+		if r, leaderID := c.mock.GetRegion(c.lastSplit); r != nil && inRange(ek, r.StartKey, r.EndKey) {
+			info := RegionInfo{Meta: r}
+			for _, p := range r.Peers {
+				if p.Id == leaderID {
+					info.LeaderPeer, info.LeaderStore = p, p.StoreId
+				}
+			}
+			return info
+		}
+	}
 	r, leader, _, _ := c.mock.GetRegionByKey(ek)
 	info := RegionInfo{Meta: r, LeaderPeer: leader}
 	if leader != nil {

@@ -79,6 +79,7 @@ func (c *Cluster) splitLocked(regionID uint64, raw []byte) uint64 {
 	}
 	c.mock.Split(regionID, newID, raw, peerIDs, newLeader)
 	c.topologyChangedLocked()
+	c.lastSplit = newID
 	return newID
 }
 
