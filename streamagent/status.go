@@ -3,6 +3,7 @@ package streamagent
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"sync/atomic"
 	"time"
@@ -63,7 +64,11 @@ func (a *Agent) Status() Status {
 	return st
 }
 
-// Handler serves /metrics from gatherer and /status as JSON.
+// Handler serves /metrics from gatherer, /status as JSON and Go's
+// profiles under /debug/pprof/ (as TiKV's status address does), so an
+// operator can see where an agent's memory and CPU go. The command line
+// (/debug/pprof/cmdline) is left out: it could carry what only the host
+// should see.
 func (a *Agent) Handler(gatherer prometheus.Gatherer) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
@@ -71,5 +76,10 @@ func (a *Agent) Handler(gatherer prometheus.Gatherer) http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(a.Status())
 	})
+	mux.HandleFunc("/debug/pprof/", pprof.Index) // heap, goroutine, allocs, block, mutex, threadcreate
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("/debug/pprof/cmdline", http.NotFound)
 	return mux
 }

@@ -63,6 +63,20 @@ func TestAgentMetricsAndStatus(t *testing.T) {
 			t.Fatalf("/metrics lacks %q", want)
 		}
 	}
+	// Go's profiles, as TiKV's status address serves them; not the
+	// command line.
+	for path, want := range map[string]int{"/debug/pprof/heap?debug=1": 200, "/debug/pprof/goroutine?debug=1": 200,
+		"/debug/pprof/profile?seconds=1": 200, "/debug/pprof/cmdline": 404} {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want || (want == 200 && len(body) == 0) {
+			t.Fatalf("GET %s: %s with %d bytes; want %d", path, resp.Status, len(body), want)
+		}
+	}
 }
 
 // scrape reads one series' value from a registry, by metric name and an

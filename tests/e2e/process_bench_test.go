@@ -91,6 +91,7 @@ func BenchmarkBurstRSS(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.ResetTimer()
+		stopSampler := heapAtPeak(b, cmd.Process.Pid, status)
 		began := time.Now()
 		st, err := w.Write(ctx, rows)
 		if err != nil {
@@ -107,6 +108,7 @@ func BenchmarkBurstRSS(b *testing.B) {
 			}
 		}
 		took := time.Since(began)
+		stopSampler()
 		spills := metricValue(b, status, "logbackup_agent_spills_total")
 		peak := procStatusKB(b, cmd.Process.Pid, "VmHWM")
 		b.StopTimer()
@@ -118,6 +120,53 @@ func BenchmarkBurstRSS(b *testing.B) {
 		b.ReportMetric(float64(st.Rows)/took.Seconds(), "agent-rows/s")
 		b.ReportMetric(spills, "spills")
 	}
+}
+
+// heapAtPeak, when LOGBACKUP_BENCH_HEAPPROFILE names a directory, reads
+// the agent's RSS every 50 ms and keeps the heap profile (text form, with
+// the Go runtime's memory statistics at its end) of the moment the RSS
+// was highest, as <dir>/burst-heap.txt: where the peak goes.
+func heapAtPeak(b *testing.B, pid int, status string) (stop func()) {
+	dir := os.Getenv("LOGBACKUP_BENCH_HEAPPROFILE")
+	if dir == "" {
+		return func() {}
+	}
+	done, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		var top int64
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+			if err != nil {
+				return
+			}
+			var rss int64
+			for _, line := range strings.Split(string(raw), "\n") {
+				if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+					rss, _ = strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+				}
+			}
+			if rss <= top+1024 { // a new peak by at least 1 MiB
+				continue
+			}
+			top = rss
+			resp, err := http.Get("http://" + status + "/debug/pprof/heap?debug=1")
+			if err != nil {
+				continue
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil {
+				os.WriteFile(filepath.Join(dir, "burst-heap.txt"), append([]byte(fmt.Sprintf("# VmRSS %d kB\n", rss)), body...), 0o644)
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
 }
 
 // buildAgent builds cmd/streamagent once for the benchmark.
