@@ -139,9 +139,10 @@ func (r *regionAcc) note(ri RegionInfo) {
 
 // Builder collects one flush's changes and produces its objects. It does
 // no network IO and reads no clock; it touches the file system only for
-// its temp files: the spill file (Spill), the compressed output (Finish),
-// both removed by Close and Flush.Close. Not safe for concurrent use. It keeps the RegionInfo key slices
-// and epochs it is given (not Change keys or values, which it copies).
+// its temp files: the spill file (Spill, removed by Close) and the
+// compressed output (Finish, freed by Flush.Close). Not safe for
+// concurrent use. It keeps the RegionInfo key slices and epochs it is
+// given (not Change keys or values, which it copies).
 type Builder struct {
 	cfg   BuilderConfig
 	files map[fileKey]*fileBuf
