@@ -75,6 +75,21 @@ func randSpan(r *rand.Rand, n int) Span {
 	return s
 }
 
+// checkSegments asserts the representation invariants: segments sorted,
+// disjoint, and merged where neighbours share a ts.
+func checkSegments(t *testing.T, seed int64, m *Map) {
+	t.Helper()
+	for i := 1; i < len(m.segs); i++ {
+		prev, cur := m.segs[i-1], m.segs[i]
+		if len(prev.end) == 0 || string(prev.end) > string(cur.start) {
+			t.Fatalf("seed %d: overlapping segments %s", seed, m)
+		}
+		if string(prev.end) == string(cur.start) && prev.ts == cur.ts {
+			t.Fatalf("seed %d: unmerged segments %s", seed, m)
+		}
+	}
+}
+
 // TestAgainstNaive checks thousands of random operation sequences against
 // the per-key model.
 func TestAgainstNaive(t *testing.T) {
@@ -100,16 +115,7 @@ func TestAgainstNaive(t *testing.T) {
 			if gotOK != wantOK || (gotOK && gotTS != wantTS) {
 				t.Fatalf("seed %d round %d: Min(%v) = %d,%v; want %d,%v\nmap: %s", seed, round, q, gotTS, gotOK, wantTS, wantOK, m)
 			}
-			// Representation invariants: sorted, disjoint, merged.
-			for i := 1; i < len(m.segs); i++ {
-				prev, cur := m.segs[i-1], m.segs[i]
-				if len(prev.end) == 0 || string(prev.end) > string(cur.start) {
-					t.Fatalf("seed %d: overlapping segments %s", seed, m)
-				}
-				if string(prev.end) == string(cur.start) && prev.ts == cur.ts {
-					t.Fatalf("seed %d: unmerged segments %s", seed, m)
-				}
-			}
+			checkSegments(t, seed, m)
 		}
 	}
 }
@@ -168,15 +174,7 @@ func TestAdvanceAllAgainstNaive(t *testing.T) {
 				}
 			}
 		}
-		for i := 1; i < len(m.segs); i++ {
-			prev, cur := m.segs[i-1], m.segs[i]
-			if len(prev.end) == 0 || string(prev.end) > string(cur.start) {
-				t.Fatalf("seed %d: overlapping segments %s", seed, m)
-			}
-			if string(prev.end) == string(cur.start) && prev.ts == cur.ts {
-				t.Fatalf("seed %d: unmerged segments %s", seed, m)
-			}
-		}
+		checkSegments(t, seed, m)
 	}
 }
 
