@@ -50,6 +50,12 @@ type Config struct {
 	// a 30 s grace period such as Kubernetes' default); what it does not
 	// make durable is rescanned by the next owner of the ranges.
 	FinalFlushTimeout time.Duration
+	// RegionCheckpointInterval is how often every region checkpoint is
+	// written to etcd (default 1 minute); the final flush of a pause or a
+	// stop writes them all too, and a region with none gets one at its
+	// first flush. Writing them every flush cost etcd a read of all and a
+	// write per region each time.
+	RegionCheckpointInterval time.Duration
 	// MemoryQuota bounds the buffered bytes a task holds in memory; past
 	// it they spill to temp files under TempDir (default 256 MiB).
 	MemoryQuota int
@@ -95,6 +101,9 @@ func (c *Config) withDefaults() error {
 	}
 	if c.FinalFlushTimeout <= 0 {
 		c.FinalFlushTimeout = 20 * time.Second
+	}
+	if c.RegionCheckpointInterval <= 0 {
+		c.RegionCheckpointInterval = time.Minute
 	}
 	if c.RetryBudget.Attempts <= 0 {
 		c.RetryBudget.Attempts = 30

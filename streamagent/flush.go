@@ -48,6 +48,9 @@ type flushJob struct {
 	// publishes checkpoints, never rewriting a file a meta file lists.
 	durable bool
 	waiters []chan error // FlushNow callers
+	// final: the flush a pause or a stop makes, which writes every region
+	// checkpoint whatever Config.RegionCheckpointInterval says.
+	final bool
 }
 
 // flushResult is one attempt's outcome, reported to the loop.
@@ -107,6 +110,11 @@ type flusher struct {
 	// prevFlushTS is the flush ts of this store's last meta file made
 	// durable in this task: the lineage (tag b) of the next one.
 	prevFlushTS uint64
+	// regionCPs are the region checkpoint keys written since the last
+	// full write, at regionCPsAt: between full writes only regions
+	// without one are written.
+	regionCPs   map[regionCPKey]struct{}
+	regionCPsAt time.Time
 	jobs        chan *flushJob   // capacity 1; the loop sends only when none is in flight
 	retry       chan struct{}    // capacity 1; the loop's go-ahead to try a failed flush again
 	results     chan flushResult // capacity 1
@@ -239,7 +247,7 @@ func (f *flusher) upload(ctx context.Context, job *flushJob) error {
 		t.a.metrics.flushStage("save_files", time.Since(began))
 	}
 	f.durable.advance(job.frozen)
-	if err := f.putRegionCheckpoints(ctx, job.frozen); err != nil {
+	if err := f.putRegionCheckpoints(ctx, job); err != nil {
 		return err
 	}
 	t.stats.lastFlushUnixMs.Store(time.Now().UnixMilli())
@@ -275,17 +283,32 @@ func (f *flusher) storeCheckpoint(observed []spans.Span) (uint64, bool) {
 	return cp, found
 }
 
+type regionCPKey struct{ id, version uint64 }
+
 // putRegionCheckpoints records each flushed region's checkpoint at
-// checkpoint/<task>/region/<id>/<epoch version>, as BR's tools read them.
-// A region split into several task ranges gets the minimum of its ranges.
-func (f *flusher) putRegionCheckpoints(ctx context.Context, fr []frozen) error {
-	type key struct{ id, version uint64 }
-	min := map[key]uint64{}
-	for _, x := range fr {
-		k := key{x.region.Id, x.region.RegionEpoch.GetVersion()}
+// checkpoint/<task>/region/<id>/<epoch version>, where TiKV's log backup
+// starts a region from if it takes the task back (else from the global
+// checkpoint: an older one only rescans more). A region split into
+// several task ranges gets the minimum of its ranges. Each write reads
+// the task's region keys and rewrites one per region, so all of them are
+// written at most once per Config.RegionCheckpointInterval and by the
+// final flush of a pause or a stop; in between only regions that have
+// none yet (new, split or moved here).
+func (f *flusher) putRegionCheckpoints(ctx context.Context, job *flushJob) error {
+	full := job.final || len(job.waiters) > 0 || f.regionCPs == nil ||
+		time.Since(f.regionCPsAt) >= f.t.a.cfg.RegionCheckpointInterval
+	min := map[regionCPKey]uint64{}
+	for _, x := range job.frozen {
+		k := regionCPKey{x.region.Id, x.region.RegionEpoch.GetVersion()}
+		if _, done := f.regionCPs[k]; done && !full {
+			continue
+		}
 		if cur, ok := min[k]; !ok || x.ts < cur {
 			min[k] = x.ts
 		}
+	}
+	if len(min) == 0 {
+		return nil
 	}
 	cps := make([]meta.RegionTS, 0, len(min))
 	for k, ts := range min {
@@ -293,6 +316,12 @@ func (f *flusher) putRegionCheckpoints(ctx context.Context, fr []frozen) error {
 	}
 	if err := f.t.meta.AdvanceRegionCheckpoints(ctx, f.t.info.Name, cps); err != nil {
 		return etcdErr(fmt.Errorf("advance region checkpoints: %w", err))
+	}
+	if full {
+		f.regionCPs, f.regionCPsAt = map[regionCPKey]struct{}{}, time.Now()
+	}
+	for k := range min {
+		f.regionCPs[k] = struct{}{}
 	}
 	return nil
 }

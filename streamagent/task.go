@@ -267,15 +267,15 @@ func (t *taskRunner) requestFlush(waiter chan error) {
 		t.wantFlush = true
 		return
 	}
-	t.startFlush()
+	t.startFlush(false)
 }
 
 // startFlush freezes a flush and hands it to the flusher: each initialized
 // subscription's resolved ts (every row at or below it has been handled by
 // this goroutine, so it is in the builder swapped out now), and every
 // observed piece (the store checkpoint is their minimum).
-func (t *taskRunner) startFlush() {
-	job := &flushJob{builder: t.builder, waiters: t.waiters, resolved: t.info.StartTs}
+func (t *taskRunner) startFlush(final bool) {
+	job := &flushJob{builder: t.builder, waiters: t.waiters, resolved: t.info.StartTs, final: final}
 	minResolved := uint64(0)
 	for _, sub := range t.subs {
 		job.observed = append(job.observed, sub.pieces...)
@@ -327,7 +327,7 @@ func (t *taskRunner) takeResult(res flushResult) bool {
 		t.backoff.Reset()
 		t.retry.Stop()
 		if t.wantFlush {
-			t.startFlush()
+			t.startFlush(false)
 		}
 		return true
 	}
@@ -371,7 +371,7 @@ func (t *taskRunner) finalFlush() {
 			if final {
 				return
 			}
-			t.startFlush()
+			t.startFlush(true)
 			final = true
 		}
 		select {
