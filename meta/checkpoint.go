@@ -77,7 +77,15 @@ func (c *Client) AdvanceStorageCheckpoint(ctx context.Context, task string, stor
 // Checkpoints returns every checkpoint under checkpoint/<task>/.
 func (c *Client) Checkpoints(ctx context.Context, task string) ([]Checkpoint, error) {
 	var out []Checkpoint
-	err := c.scan(ctx, CheckpointPrefix(task), func(k, v []byte) error {
+	if err := c.scan(ctx, CheckpointPrefix(task), c.checkpointInto(task, &out)); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// checkpointInto decodes one checkpoint key and value of task into out.
+func (c *Client) checkpointInto(task string, out *[]Checkpoint) func(k, v []byte) error {
+	return func(k, v []byte) error {
 		cp, err := ParseCheckpointKey(task, string(k))
 		if err != nil {
 			return malformed(string(k), err)
@@ -85,10 +93,23 @@ func (c *Client) Checkpoints(ctx context.Context, task string) ([]Checkpoint, er
 		if cp.TS, err = c.decodeCheckpoint(string(k), v); err != nil {
 			return err
 		}
-		out = append(out, cp)
+		*out = append(*out, cp)
 		return nil
-	})
-	if err != nil {
+	}
+}
+
+// CheckpointsExceptRegions is Checkpoints without the region checkpoints:
+// what needs only the global and store ones (who writes the task) reads
+// two ranges around region/ instead of one key per region of the cluster.
+func (c *Client) CheckpointsExceptRegions(ctx context.Context, task string) ([]Checkpoint, error) {
+	prefix := CheckpointPrefix(task)
+	regions := prefix + "region/"
+	var out []Checkpoint
+	add := c.checkpointInto(task, &out)
+	if err := c.scanRange(ctx, prefix, regions, add); err != nil {
+		return nil, err
+	}
+	if err := c.scanRange(ctx, clientv3.GetPrefixRangeEnd(regions), clientv3.GetPrefixRangeEnd(prefix), add); err != nil {
 		return nil, err
 	}
 	return out, nil

@@ -2,7 +2,9 @@ package meta_test
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -190,5 +192,40 @@ func TestAdvanceRegionCheckpointsBatch(t *testing.T) {
 		if cp.TS != want {
 			t.Fatalf("region %d checkpoint %d, want %d", cp.RegionID, cp.TS, want)
 		}
+	}
+}
+
+// TestCheckpointsExceptRegions: every checkpoint of the task but the
+// region ones, the legacy V1 store key included, none of another task
+// whose name extends this one's.
+func TestCheckpointsExceptRegions(t *testing.T) {
+	c, cli, _ := setup(t)
+	ctx := context.Background()
+	ts := make([]byte, 8)
+	binary.BigEndian.PutUint64(ts, 100)
+	legacy := meta.CheckpointPrefix("pitr") + string(binary.BigEndian.AppendUint64(nil, 5)) // V1: the store id in 8 raw bytes
+	keys := []string{meta.GlobalCheckpointKey("pitr"), meta.StoreCheckpointKey("pitr", 1), meta.StoreCheckpointKey("pitr", 2), legacy,
+		meta.RegionCheckpointKey("pitr", 7, 1), meta.RegionCheckpointKey("pitr", 8, 3), meta.StoreCheckpointKey("pitr2", 9)}
+	for _, k := range keys {
+		if _, err := cli.Put(ctx, k, string(ts)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := c.CheckpointsExceptRegions(ctx, "pitr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, err := c.Checkpoints(ctx, "pitr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []meta.Checkpoint
+	for _, cp := range all {
+		if cp.Kind != meta.CheckpointRegion {
+			want = append(want, cp)
+		}
+	}
+	if len(all) != 6 || len(want) != 4 || !reflect.DeepEqual(got, want) {
+		t.Fatalf("CheckpointsExceptRegions = %+v; want %+v (of all %+v)", got, want, all)
 	}
 }

@@ -360,8 +360,12 @@ func (c *Client) listTasks(ctx context.Context) ([]*listedTask, int64, error) {
 // scan reads every key under prefix in pages, all at the revision of the
 // first page, and calls fn for each.
 func (c *Client) scan(ctx context.Context, prefix string, fn func(key, value []byte) error) error {
-	end := clientv3.GetPrefixRangeEnd(prefix)
-	from := prefix
+	return c.scanRange(ctx, prefix, clientv3.GetPrefixRangeEnd(prefix), fn)
+}
+
+// scanRange is scan over the keys in [from, end).
+func (c *Client) scanRange(ctx context.Context, from, end string, fn func(key, value []byte) error) error {
+	prefix := from // for messages
 	var rev int64
 	for {
 		rctx, cancel := c.ctx(ctx)

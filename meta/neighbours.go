@@ -62,7 +62,7 @@ func (c *Client) Neighbours(ctx context.Context, task string, inc int64, storage
 		writers[s] = true
 	}
 	var bad []CorruptRecord // a corrupt checkpoint says nothing of who wrote it
-	cps, err := c.Tolerant(&bad).Checkpoints(ctx, task)
+	cps, err := c.Tolerant(&bad).CheckpointsExceptRegions(ctx, task)
 	if err != nil {
 		return nil, err
 	}
