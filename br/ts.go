@@ -15,8 +15,10 @@ import (
 // DefaultEndTS is BR's default end-ts for log tasks (about 2090-11-18).
 const DefaultEndTS uint64 = 999999999999999999
 
-// ComposeTS builds a TSO from a wall-clock time (logical part 0).
-func ComposeTS(t time.Time) uint64 { return oracle.GoTimeToTS(t) }
+// ComposeTS builds a TSO from a wall-clock time (logical part 0), from its
+// milliseconds: oracle.GoTimeToTS goes through UnixNano, which wraps after
+// 2262 (a LastError's happen_at is whatever etcd holds).
+func ComposeTS(t time.Time) uint64 { return oracle.ComposeTS(t.UnixMilli(), 0) }
 
 // PhysicalTime returns the wall-clock part of a TSO.
 func PhysicalTime(ts uint64) time.Time { return oracle.GetTimeFromTS(ts) }

@@ -96,4 +96,10 @@ func TestTSRoundTrip(t *testing.T) {
 	if g := Gap(at.Add(90*time.Second+400*time.Millisecond), ts); g != 90*time.Second {
 		t.Fatalf("Gap = %v", g)
 	}
+	// Past 2262 (where nanoseconds since 1970 overflow int64) the TSO
+	// still holds the time.
+	far := time.Date(2270, 1, 1, 0, 0, 0, 0, time.UTC)
+	if got := PhysicalTime(ComposeTS(far)); !got.Equal(far) {
+		t.Fatalf("ComposeTS(%v) reads back as %v", far, got)
+	}
 }

@@ -281,10 +281,17 @@ func ParseDataName(name string) (DataName, error) {
 	if err != nil {
 		return DataName{}, fmt.Errorf("data object %q: %w", name, err)
 	}
-	if at.UnixMilli() < 0 {
+	ms := at.UnixMilli()
+	if ms < 0 {
 		return DataName{}, fmt.Errorf("data object %q: date before 1970", name)
 	}
-	d.MaxTS = oracle.GoTimeToTS(at)
+	if ms >= 1<<46 { // a TSO is 46 bits of milliseconds over 18 logical ones
+		return DataName{}, fmt.Errorf("data object %q: date past what a TSO can hold", name)
+	}
+	// Milliseconds straight into the TSO: oracle.GoTimeToTS goes through
+	// UnixNano, which wraps after 2262 (the fuzzer found 2270 parsing to
+	// a ts of 3916).
+	d.MaxTS = oracle.ComposeTS(ms, 0)
 	if d.StoreID, err = parseDecimal(parts[3]); err != nil {
 		return DataName{}, fmt.Errorf("data object %q: store id: %w", name, err)
 	}
