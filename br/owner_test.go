@@ -63,14 +63,21 @@ func etcdState(t *testing.T, ctx context.Context, cli *clientv3.Client) string {
 	return b.String()
 }
 
-// storageState is every object in a storage with its content.
-func storageState(t *testing.T, ctx context.Context, url string) string {
+// openTestStorage opens url for the rest of the test.
+func openTestStorage(t testing.TB, ctx context.Context, url string) storage.Storage {
 	t.Helper()
 	st, err := storage.OpenURL(ctx, url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// storageState is every object in a storage with its content.
+func storageState(t *testing.T, ctx context.Context, url string) string {
+	t.Helper()
+	st := openTestStorage(t, ctx, url)
 	var b strings.Builder
 	if err := st.List(ctx, "", func(o storage.ObjectInfo) error {
 		raw, err := st.ReadFile(ctx, o.Name)
@@ -84,11 +91,7 @@ func storageState(t *testing.T, ctx context.Context, url string) string {
 
 func readOwner(t *testing.T, ctx context.Context, url string) *logfile.Owner {
 	t.Helper()
-	st, err := storage.OpenURL(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openTestStorage(t, ctx, url)
 	o, err := logfile.ReadOwner(ctx, st)
 	if err != nil {
 		t.Fatal(err)
@@ -98,11 +101,7 @@ func readOwner(t *testing.T, ctx context.Context, url string) *logfile.Owner {
 
 func rootClusterID(t *testing.T, ctx context.Context, url string) uint64 {
 	t.Helper()
-	st, err := storage.OpenURL(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openTestStorage(t, ctx, url)
 	raw, err := st.ReadFile(ctx, BackupMetaFile)
 	if err != nil {
 		t.Fatal(err)
@@ -213,11 +212,7 @@ func TestStartRefusesByRootClusterID(t *testing.T) {
 	defer cancel()
 	a, b := newOwnerCluster(t, ctx), newOwnerCluster(t, ctx)
 	url := "local://" + t.TempDir()
-	st, err := storage.OpenURL(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openTestStorage(t, ctx, url)
 	start, err := a.c.TSO(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -258,16 +253,12 @@ func TestStartCorruptOwnerRecord(t *testing.T) {
 		if err := Stop(ctx, a.env, "pitr", io.Discard); err != nil {
 			t.Fatal(err)
 		}
-		st, err := storage.OpenURL(ctx, url)
-		if err != nil {
-			t.Fatal(err)
-		}
+		st := openTestStorage(t, ctx, url)
 		if err := st.WriteFile(ctx, logfile.OwnerFile, []byte(body)); err != nil {
 			t.Fatal(err)
 		}
-		st.Close()
 		storageBefore, etcdBefore, sps := storageState(t, ctx, url), etcdState(t, ctx, a.cli), len(a.c.ServiceSafePoints())
-		_, err = a.start(ctx, "pitr", url, false)
+		_, err := a.start(ctx, "pitr", url, false)
 		if err == nil || !strings.Contains(err.Error(), logfile.OwnerFile) || !strings.Contains(HintOf(err), "--take-over") {
 			t.Fatalf("owner record %q: %v (hint %q)", body, err, HintOf(err))
 		}
@@ -388,11 +379,7 @@ func TestStartFullBackupOfAnotherCluster(t *testing.T) {
 	defer cancel()
 	b := newOwnerCluster(t, ctx)
 	url := "local://" + t.TempDir()
-	st, err := storage.OpenURL(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openTestStorage(t, ctx, url)
 	bm := brpb.BackupMeta{StartVersion: 1, EndVersion: 2, ClusterId: b.c.ClusterID() + 1}
 	raw, _ := bm.Marshal()
 	if err := st.WriteFile(ctx, BackupMetaFile, raw); err != nil {

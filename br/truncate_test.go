@@ -28,11 +28,7 @@ type logFixture struct {
 func newLogFixture(t *testing.T) *logFixture {
 	t.Helper()
 	ctx := context.Background()
-	st, err := storage.OpenURL(ctx, "mem://")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := openTestStorage(t, ctx, "mem://")
 	env := NewEnv(nil)
 	env.Location = time.UTC
 	f := &logFixture{t: t, ctx: ctx, st: st, env: env, base: ComposeTS(time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC))}

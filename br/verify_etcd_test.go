@@ -119,17 +119,7 @@ func TestStartRecordsClusterID(t *testing.T) {
 	if err := Start(ctx, env, StartOptions{TaskName: "pitr", Storage: "local://" + dir}, &bytes.Buffer{}); err != nil {
 		t.Fatal(err)
 	}
-	st, err := storage.OpenURL(ctx, "local://"+dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	raw, err := st.ReadFile(ctx, BackupMetaFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var bm brpb.BackupMeta
-	if err := bm.Unmarshal(raw); err != nil || bm.ClusterId != c.ClusterID() {
-		t.Fatalf("root backupmeta cluster id %d (%v), want PD's %d", bm.ClusterId, err, c.ClusterID())
+	if id := rootClusterID(t, ctx, "local://"+dir); id != c.ClusterID() {
+		t.Fatalf("root backupmeta cluster id %d, want PD's %d", id, c.ClusterID())
 	}
 }

@@ -61,11 +61,7 @@ func newFixture(t testing.TB, o fixtureOpts) *fixture {
 	if o.url == "" {
 		o.url = "mem://"
 	}
-	st, err := storage.OpenURL(ctx, o.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := openTestStorage(t, ctx, o.url)
 	if o.cluster == 0 {
 		o.cluster = fixtureCluster
 	}
@@ -123,6 +119,7 @@ func newFixture(t testing.TB, o fixtureOpts) *fixture {
 				f.changes++
 			}
 			var fl *logfile.Flush
+			var err error
 			if o.linked {
 				fl, err = b.FinishLinked(flushTS, resolved, logfile.Lineage{PrevFlushTS: prev, ClusterID: o.cluster, TaskStartTS: f.startTS})
 			} else {
