@@ -141,15 +141,9 @@ func heapAtPeak(b *testing.B, pid int, status string) (stop func()) {
 				return
 			case <-time.After(50 * time.Millisecond):
 			}
-			raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+			rss, err := readProcStatusKB(pid, "VmRSS")
 			if err != nil {
 				return
-			}
-			var rss int64
-			for _, line := range strings.Split(string(raw), "\n") {
-				if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-					rss, _ = strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-				}
 			}
 			if rss <= top+1024 { // a new peak by at least 1 MiB
 				continue
@@ -186,21 +180,28 @@ func procStatusKB(b *testing.B, pid int, field string) int64 {
 	if runtime.GOOS != "linux" {
 		b.Skip("reads /proc")
 	}
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	n, err := readProcStatusKB(pid, field)
 	if err != nil {
 		b.Fatal(err)
+	}
+	return n
+}
+
+func readProcStatusKB(pid int, field string) (int64, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
 	}
 	for _, line := range strings.Split(string(raw), "\n") {
 		if rest, ok := strings.CutPrefix(line, field+":"); ok {
 			n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
 			if err != nil {
-				b.Fatalf("%s: %v", line, err)
+				return 0, fmt.Errorf("%s: %w", line, err)
 			}
-			return n
+			return n, nil
 		}
 	}
-	b.Fatalf("no %s in /proc/%d/status", field, pid)
-	return 0
+	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
 }
 
 func mustIncarnation(b *testing.B, m *meta.Client, task string) int64 {
