@@ -5,6 +5,7 @@ package embedetcd
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"net/url"
 	"sync"
 	"time"
@@ -39,6 +40,11 @@ type Config struct {
 	// way PD serves pdpb.PD. etcd calls it once for each gRPC server it
 	// builds (one per client URL scheme); it must not block.
 	ServiceRegister func(*grpc.Server)
+	// HTTPHandlers are served on the client port too, by path pattern (as
+	// http.ServeMux takes them), beside etcd's own HTTP endpoints — the way
+	// PD serves its HTTP API (/pd/api/v1/) on its client URL: plain HTTP
+	// without TLS, HTTPS with the same certificates with it.
+	HTTPHandlers map[string]http.Handler
 }
 
 // TLS names the PEM files of the server's certificate and of the CA that
@@ -103,6 +109,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		}
 	}
 	ec.ServiceRegister = cfg.ServiceRegister
+	ec.UserHandlers = cfg.HTTPHandlers
 	ec.ListenClientUrls, ec.AdvertiseClientUrls = []url.URL{*client}, []url.URL{*client}
 	ec.ListenPeerUrls, ec.AdvertisePeerUrls = []url.URL{*peer}, []url.URL{*peer}
 	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)

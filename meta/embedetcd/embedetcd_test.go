@@ -3,6 +3,8 @@ package embedetcd_test
 import (
 	"context"
 	"crypto/tls"
+	"io"
+	"net/http"
 	"net"
 	"strings"
 	"testing"
@@ -256,4 +258,106 @@ func TestTLSRefusals(t *testing.T) {
 			t.Errorf("%s: started", name)
 		}
 	}
+}
+
+// getBody is a GET with a deadline; it returns the status and the body.
+func getBody(t *testing.T, cli *http.Client, url string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := cli.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+// TestHTTPHandlers: handlers registered through HTTPHandlers answer
+// HTTP/1.1 on the client port, beside a registered gRPC service and etcd's
+// own API, as PD serves its HTTP API; with TLS they answer HTTPS only, to
+// clients with the CA's certificates.
+func TestHTTPHandlers(t *testing.T) {
+	hello := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "hello "+r.URL.Path+" "+r.Proto)
+	})
+	handlers := map[string]http.Handler{"/pd/api/v1/": hello}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	t.Run("plain", func(t *testing.T) {
+		s := start(t, embedetcd.Config{Dir: t.TempDir(), Fast: true, HTTPHandlers: handlers,
+			ServiceRegister: func(g *grpc.Server) { g.RegisterService(&echoService, struct{}{}) }})
+		defer s.Close()
+		cli := &http.Client{Transport: &http.Transport{}}
+		defer cli.CloseIdleConnections()
+		code, body := getBody(t, cli, "http://"+s.Endpoint()+"/pd/api/v1/version")
+		if code != http.StatusOK || body != "hello /pd/api/v1/version HTTP/1.1" {
+			t.Fatalf("user handler: %d %q", code, body)
+		}
+		// etcd's own HTTP endpoints stay.
+		if code, body := getBody(t, cli, "http://"+s.Endpoint()+"/version"); code != http.StatusOK || !strings.Contains(body, "etcdserver") {
+			t.Fatalf("etcd /version: %d %q", code, body)
+		}
+		conn, err := grpc.NewClient(s.Endpoint(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if got, err := callEcho(ctx, conn); err != nil || got != "ping" {
+			t.Fatalf("gRPC beside the handlers: %q, %v", got, err)
+		}
+	})
+
+	t.Run("TLS", func(t *testing.T) {
+		certs := certtest.New(t)
+		s := start(t, embedetcd.Config{Dir: t.TempDir(), Fast: true, HTTPHandlers: handlers,
+			TLS:             &embedetcd.TLS{CertFile: certs.ServerCert, KeyFile: certs.ServerKey, CAFile: certs.CA},
+			ServiceRegister: func(g *grpc.Server) { g.RegisterService(&echoService, struct{}{}) }})
+		defer s.Close()
+		good, err := certs.ClientTLS()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cli := &http.Client{Transport: &http.Transport{TLSClientConfig: good}}
+		defer cli.CloseIdleConnections()
+		code, body := getBody(t, cli, "https://"+s.Endpoint()+"/pd/api/v1/health")
+		if code != http.StatusOK || !strings.HasPrefix(body, "hello /pd/api/v1/health HTTP/") {
+			t.Fatalf("user handler over TLS: %d %q", code, body)
+		}
+		conn, err := grpc.NewClient(s.Endpoint(), grpc.WithTransportCredentials(credentials.NewTLS(good)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if got, err := callEcho(ctx, conn); err != nil || got != "ping" {
+			t.Fatalf("gRPC over TLS beside the handlers: %q, %v", got, err)
+		}
+		// Plain HTTP to the TLS port gets no answer from the handler.
+		plain := &http.Client{Transport: &http.Transport{}, Timeout: 5 * time.Second}
+		defer plain.CloseIdleConnections()
+		if resp, err := plain.Get("http://" + s.Endpoint() + "/pd/api/v1/health"); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if strings.HasPrefix(string(b), "hello") {
+				t.Fatalf("plain HTTP served by the handler on a TLS port: %q", b)
+			}
+		}
+		noCert := good.Clone()
+		noCert.Certificates = nil
+		nc := &http.Client{Transport: &http.Transport{TLSClientConfig: noCert}, Timeout: 5 * time.Second}
+		defer nc.CloseIdleConnections()
+		if resp, err := nc.Get("https://" + s.Endpoint() + "/pd/api/v1/health"); err == nil {
+			resp.Body.Close()
+			t.Fatalf("HTTPS without a client certificate accepted: %s", resp.Status)
+		}
+	})
 }
