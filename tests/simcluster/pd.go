@@ -28,10 +28,12 @@ type pdState struct {
 	// otherwise); written before the change is committed in memory, so
 	// etcd never holds less than what a caller was told.
 	etcd *clientv3.Client
+
+	http *pdHTTPState // what PD's HTTP API changes (pdhttp.go)
 }
 
 func newPDState(clusterID uint64) *pdState {
-	return &pdState{clusterID: clusterID, gc: &gcStates{barriers: map[string]gcBarrier{}}}
+	return &pdState{clusterID: clusterID, gc: &gcStates{barriers: map[string]gcBarrier{}}, http: newPDHTTPState()}
 }
 
 // etcdTimeout bounds one write of PD state to its own embedded etcd.

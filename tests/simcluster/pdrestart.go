@@ -41,7 +41,8 @@ func (c *Cluster) StartPD(ctx context.Context) error {
 	srv := newPDServer(c)
 	// The same settings as startPD, plus the address the stopped server had.
 	ecfg := embedetcd.Config{Dir: dir, Name: old.Name, Fast: true, ClientURL: old.ClientURL,
-		ServiceRegister: func(g *grpc.Server) { pdpb.RegisterPDServer(g, srv) }}
+		ServiceRegister: func(g *grpc.Server) { pdpb.RegisterPDServer(g, srv) },
+		HTTPHandlers:    pdHTTPHandlers(srv)}
 	if f := c.cfg.TLS; f != nil {
 		ecfg.TLS = &embedetcd.TLS{CertFile: f.Cert, KeyFile: f.Key, CAFile: f.CA}
 	}

@@ -73,7 +73,8 @@ func (c *Cluster) startPD(ctx context.Context) error {
 	}
 	srv := newPDServer(c)
 	ecfg := embedetcd.Config{Dir: dir, Name: "pd-simcluster", Fast: true,
-		ServiceRegister: func(g *grpc.Server) { pdpb.RegisterPDServer(g, srv) }}
+		ServiceRegister: func(g *grpc.Server) { pdpb.RegisterPDServer(g, srv) },
+		HTTPHandlers:    pdHTTPHandlers(srv)}
 	if f := c.cfg.TLS; f != nil {
 		ecfg.TLS = &embedetcd.TLS{CertFile: f.Cert, KeyFile: f.Key, CAFile: f.CA}
 	}
