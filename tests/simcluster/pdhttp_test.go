@@ -126,6 +126,39 @@ func TestPDHTTPCurl(t *testing.T) {
 	}
 }
 
+// TestPDHTTPServiceDiscovery: BR's pdutil.NewPdController finds PD's HTTP
+// API through the pd client's service discovery (the members' client URLs
+// from GetMembers) and asks the version first; with TLS too.
+func TestPDHTTPServiceDiscovery(t *testing.T) {
+	certs := certtest.New(t)
+	for name, files := range map[string]*simcluster.TLSFiles{
+		"plain": nil, "TLS": {CA: certs.CA, Cert: certs.ServerCert, Key: certs.ServerKey}} {
+		t.Run(name, func(t *testing.T) {
+			c := startPD(t, simcluster.Config{TLS: files}, "m")
+			ctx := testCtx(t)
+			var sec pd.SecurityOption
+			var opts []pdhttp.ClientOption
+			if files != nil {
+				sec = pd.SecurityOption{CAPath: certs.CA, CertPath: certs.ClientCert, KeyPath: certs.ClientKey}
+				tc, err := certs.ClientTLS()
+				if err != nil {
+					t.Fatal(err)
+				}
+				opts = append(opts, pdhttp.WithTLSConfig(tc))
+			}
+			pdc := newPDClient(t, c, sec)
+			cli := pdhttp.NewClientWithServiceDiscovery("br/lightning PD controller", pdc.GetServiceDiscovery(), opts...)
+			defer cli.Close()
+			if v, err := cli.GetPDVersion(ctx); err != nil || v != "v8.5.6" {
+				t.Fatalf("GetPDVersion = %q, %v", v, err)
+			}
+			if s, err := cli.GetStores(ctx); err != nil || s.Count != len(c.StoreIDs()) {
+				t.Fatalf("GetStores = %+v, %v", s, err)
+			}
+		})
+	}
+}
+
 // TestPDHTTPClient: every endpoint served, through PD's HTTP client, answers
 // from the simulated cluster's state: its stores and their leaders, its
 // member, its GC state, its regions; pausing schedulers and TTL config as
