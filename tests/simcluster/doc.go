@@ -138,8 +138,25 @@
 //     the same CA. client-go's store liveness check dials plain text, so
 //     with TLS a store marked down for the writer (StoreDown) is not seen
 //     healthy again unless client-go's global security config is set.
-//   - SetPDDown fails PD's API only: etcd and the in-process PD keep
-//     serving, so the workload goes on while agents lose PD.
+//   - HTTP API (pdhttp.go): PD's /pd/api/v1/ on the same port (PDURL;
+//     HTTPS with Config.TLS), what TiDB's BR (pdutil, log restore), pd-ctl
+//     and curl read, answered from the sim's state in PD v8.5's JSON shapes
+//     and status codes: version, status, health, members, leader, cluster
+//     (and /status), stores (?state=) and store/{id} (mocktikv's stores,
+//     leader and region counts from the topology, no disk statistics; a
+//     StoreDown store is Up and "Disconnected"), gc/safepoint (barriers by
+//     id, then gc_worker's txn safe point, their minimum, the GC safe point),
+//     config (the part the sim has), config/schedule, config/replicate,
+//     config/cluster-version, POST config (items, or PD's TTL items with
+//     ?ttlSecond, kept apart as PD keeps them), schedulers (?status=paused)
+//     and POST schedulers/{name} {"delay": s} (pause on PD's clock, 0
+//     resumes), stats/region. Everything else answers 404 as PD does for an
+//     unknown path (regions, operators, placement and label rules are not
+//     served). The config and paused schedulers outlast StopPD/StartPD.
+//     pdhttp_test.go compares every answer with a real PD's, field by field.
+//   - SetPDDown fails PD's API only (gRPC and HTTP, 503): etcd and the
+//     in-process PD keep serving, so the workload goes on while agents lose
+//     PD.
 //
 // # Keys
 //
