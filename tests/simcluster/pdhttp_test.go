@@ -583,7 +583,9 @@ func shapeDiff(path string, real, sim any, subset bool) []string {
 		}
 	case map[string]any:
 		sv := sim.(map[string]any)
-		if idKeyed(rv) && idKeyed(sv) {
+		// By store id: the ids differ, and a real PD may not have counted a
+		// heartbeat yet (an empty object).
+		if (idKeyed(rv) || len(rv) == 0) && (idKeyed(sv) || len(sv) == 0) && len(rv)+len(sv) > 0 {
 			if len(rv) > 0 && len(sv) > 0 {
 				diffs = append(diffs, shapeDiff(path+"[id]", rv[firstKey(rv)], sv[firstKey(sv)], subset)...)
 			}
