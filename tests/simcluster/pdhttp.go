@@ -179,7 +179,11 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 // inputError is PD's answer to a body it cannot decode.
 func inputError(w http.ResponseWriter, err error) {
-	writeJSON(w, http.StatusBadRequest, map[string]any{"code": "input", "msg": err.Error(), "data": map[string]any{}})
+	writeJSON(w, http.StatusBadRequest, struct {
+		Code string         `json:"code"`
+		Msg  string         `json:"msg"`
+		Data map[string]any `json:"data"`
+	}{"input", err.Error(), map[string]any{}})
 }
 
 func (h *pdHTTP) httpState() *pdHTTPState { return h.srv.s.http }
@@ -345,7 +349,8 @@ func (h *pdHTTP) storeInfos() []storeJSON {
 }
 
 // stores lists Up and Offline stores, or those in the states asked for
-// (?state=0&state=1, metapb's numbers), as PD does.
+// (?state=0&state=1, metapb's numbers), as PD does (a bad state is PD's
+// 500).
 func (h *pdHTTP) stores(w http.ResponseWriter, r *http.Request, _ string) {
 	accept := []metapb.StoreState{metapb.StoreState_Up, metapb.StoreState_Offline}
 	if v, ok := r.URL.Query()["state"]; ok {
@@ -353,12 +358,12 @@ func (h *pdHTTP) stores(w http.ResponseWriter, r *http.Request, _ string) {
 		for _, s := range v {
 			n, err := strconv.Atoi(s)
 			if err != nil {
-				writeJSON(w, http.StatusBadRequest, err.Error())
+				writeJSON(w, http.StatusInternalServerError, err.Error())
 				return
 			}
 			state := metapb.StoreState(n)
 			if _, known := metapb.StoreState_name[int32(n)]; !known {
-				writeJSON(w, http.StatusBadRequest, fmt.Sprintf("unknown StoreState: %v", state))
+				writeJSON(w, http.StatusInternalServerError, fmt.Sprintf("unknown StoreState: %v", state))
 				return
 			}
 			accept = append(accept, state)
@@ -555,10 +560,14 @@ func (h *pdHTTP) setConfig(w http.ResponseWriter, r *http.Request, _ string) {
 			target = st.schedule
 		case section == "replication" || (section == "" && st.replication[item] != nil):
 			target = st.replication
+		case section != "":
+			writeJSON(w, http.StatusBadRequest, fmt.Sprintf("config prefix %s not found", section))
+			return
 		}
 		old, found := target[item]
 		if target == nil || !found || item == "store-limit" || item == "schedulers-v2" {
-			writeJSON(w, http.StatusBadRequest, fmt.Sprintf("config item %s not found", k))
+			// PD names the item of a "section.item" key, or the key.
+			writeJSON(w, http.StatusBadRequest, fmt.Sprintf("config item %s not found", item))
 			return
 		}
 		if isSchedule {

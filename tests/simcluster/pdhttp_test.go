@@ -533,12 +533,68 @@ func TestPDHTTPShapeRealPD(t *testing.T) {
 			}
 		}
 	}
-	// A path PD does not serve.
-	rc, rb := plainGET(t, real.URL()+"/pd/api/v1/no/such/path", nil)
-	sc, sb := plainGET(t, c.PDURL()+"/pd/api/v1/no/such/path", nil)
-	if rc != sc || rb != sb {
-		t.Errorf("unknown path: %d %q, real PD %d %q", sc, sb, rc, rb)
+	// Plain requests, in order, answered alike to the byte: PD's errors
+	// and messages, the TTL config rules, state filters, unknown paths.
+	for _, rq := range []struct{ method, path, body string }{
+		{"GET", "/pd/api/v1/no/such/path", ""},
+		{"DELETE", "/pd/api/v1/version", ""},
+		{"GET", "/pd/api/v1/store/abc", ""},
+		{"GET", "/pd/api/v1/stores?state=2", ""},
+		{"GET", "/pd/api/v1/stores?state=9", ""},
+		{"GET", "/pd/api/v1/stores?state=x", ""},
+		{"GET", "/pd/api/v1/schedulers?status=paused", ""},
+		{"POST", "/pd/api/v1/schedulers/balance-leader-scheduler", `{}`},
+		{"POST", "/pd/api/v1/schedulers/balance-leader-scheduler", `{"delay": 0}`},
+		{"GET", "/pd/api/v1/schedulers?status=paused", ""},
+		{"POST", "/pd/api/v1/config?ttlSecond=30", `{"schedule.no-such-item": 1}`},
+		{"POST", "/pd/api/v1/config", `{"no-such-item": 1}`},
+		{"POST", "/pd/api/v1/config?ttlSecond=300", `{"schedule.leader-schedule-limit": 12}`},
+		{"POST", "/pd/api/v1/config", `{"leader-schedule-limit": 5}`},
+		{"POST", "/pd/api/v1/config?ttlSecond=0", `{"schedule.leader-schedule-limit": 12}`},
+		{"POST", "/pd/api/v1/config", `{"leader-schedule-limit": 5}`},
+		{"POST", "/pd/api/v1/config", `{"schedule.max-replicas": 5}`},
+		{"POST", "/pd/api/v1/config", `{"no-such-section.max-replicas": 5}`},
+		{"POST", "/pd/api/v1/config", `{"replication.max-replicas": 2}`},
+	} {
+		rc, rb := plainDo(t, rq.method, real.URL()+rq.path, rq.body)
+		sc, sb := plainDo(t, rq.method, c.PDURL()+rq.path, rq.body)
+		if rc != sc || rb != sb {
+			t.Errorf("%s %s %s: %d %q, real PD %d %q", rq.method, rq.path, rq.body, sc, sb, rc, rb)
+		}
 	}
+	for _, cli := range []pdhttp.Client{realCli, simCli} {
+		sched, err := cli.GetScheduleConfig(ctx)
+		if err != nil || sched["leader-schedule-limit"] != float64(5) {
+			t.Errorf("leader-schedule-limit after the updates: %v, %v", sched["leader-schedule-limit"], err)
+		}
+		rep, err := cli.GetReplicateConfig(ctx)
+		if err != nil || rep["max-replicas"] != float64(2) {
+			t.Errorf("max-replicas after the updates: %v, %v", rep["max-replicas"], err)
+		}
+	}
+}
+
+// plainDo is one request with a deadline, as curl sends it.
+func plainDo(t *testing.T, method, url, body string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	return resp.StatusCode, string(b)
 }
 
 // optionalFields are PD's omitempty fields that one side may lack for
