@@ -57,7 +57,54 @@ type ttlConfig struct {
 // /pd/api/v1/config/schedule and /config/replicate answer on a fresh PD
 // (store-limit, per store, is filled in when served).
 const (
-	defaultScheduleConfig    = `{"max-snapshot-count":64,"max-pending-peer-count":64,"max-merge-region-size":54,"max-merge-region-keys":540000,"split-merge-interval":"1h0m0s","switch-witness-interval":"1h0m0s","enable-one-way-merge":"false","enable-cross-table-merge":"true","patrol-region-interval":"10ms","max-store-down-time":"30m0s","max-store-preparing-time":"48h0m0s","leader-schedule-limit":4,"leader-schedule-policy":"count","region-schedule-limit":2048,"witness-schedule-limit":4,"replica-schedule-limit":64,"merge-schedule-limit":8,"hot-region-schedule-limit":4,"affinity-schedule-limit":0,"hot-region-cache-hits-threshold":3,"store-limit":{},"tolerant-size-ratio":0,"low-space-ratio":0.8,"high-space-ratio":0.7,"region-score-formula-version":"v2","scheduler-max-waiting-operator":5,"enable-remove-down-replica":"true","enable-replace-offline-replica":"true","enable-make-up-replica":"true","enable-remove-extra-replica":"true","enable-location-replacement":"true","enable-debug-metrics":"false","enable-joint-consensus":"true","enable-tikv-split-region":"true","enable-heartbeat-breakdown-metrics":"true","enable-heartbeat-concurrent-runner":"true","schedulers-v2":[{"type":"balance-region","args":null,"disable":false,"args-payload":""},{"type":"balance-leader","args":null,"disable":false,"args-payload":""},{"type":"hot-region","args":null,"disable":false,"args-payload":""},{"type":"evict-slow-store","args":null,"disable":false,"args-payload":""},{"type":"evict-stopping-store","args":null,"disable":false,"args-payload":""}],"hot-regions-write-interval":"10m0s","hot-regions-reserved-days":7,"max-movable-hot-peer-size":512,"enable-diagnostic":"true","enable-witness":"false","slow-store-evicting-affected-store-ratio-threshold":0.3,"store-limit-version":"v1","patrol-region-worker-count":1,"max-affinity-merge-region-size":256}`
+	defaultScheduleConfig = `{
+	"max-snapshot-count":64,
+	"max-pending-peer-count":64,
+	"max-merge-region-size":54,
+	"max-merge-region-keys":540000,
+	"split-merge-interval":"1h0m0s",
+	"switch-witness-interval":"1h0m0s",
+	"enable-one-way-merge":"false",
+	"enable-cross-table-merge":"true",
+	"patrol-region-interval":"10ms",
+	"max-store-down-time":"30m0s",
+	"max-store-preparing-time":"48h0m0s",
+	"leader-schedule-limit":4,
+	"leader-schedule-policy":"count",
+	"region-schedule-limit":2048,
+	"witness-schedule-limit":4,
+	"replica-schedule-limit":64,
+	"merge-schedule-limit":8,
+	"hot-region-schedule-limit":4,
+	"affinity-schedule-limit":0,
+	"hot-region-cache-hits-threshold":3,
+	"store-limit":{},
+	"tolerant-size-ratio":0,
+	"low-space-ratio":0.8,
+	"high-space-ratio":0.7,
+	"region-score-formula-version":"v2",
+	"scheduler-max-waiting-operator":5,
+	"enable-remove-down-replica":"true",
+	"enable-replace-offline-replica":"true",
+	"enable-make-up-replica":"true",
+	"enable-remove-extra-replica":"true",
+	"enable-location-replacement":"true",
+	"enable-debug-metrics":"false",
+	"enable-joint-consensus":"true",
+	"enable-tikv-split-region":"true",
+	"enable-heartbeat-breakdown-metrics":"true",
+	"enable-heartbeat-concurrent-runner":"true",
+	"schedulers-v2":[{"type":"balance-region","args":null,"disable":false,"args-payload":""},{"type":"balance-leader","args":null,"disable":false,"args-payload":""},{"type":"hot-region","args":null,"disable":false,"args-payload":""},{"type":"evict-slow-store","args":null,"disable":false,"args-payload":""},{"type":"evict-stopping-store","args":null,"disable":false,"args-payload":""}],
+	"hot-regions-write-interval":"10m0s",
+	"hot-regions-reserved-days":7,
+	"max-movable-hot-peer-size":512,
+	"enable-diagnostic":"true",
+	"enable-witness":"false",
+	"slow-store-evicting-affected-store-ratio-threshold":0.3,
+	"store-limit-version":"v1",
+	"patrol-region-worker-count":1,
+	"max-affinity-merge-region-size":256
+}`
 	defaultReplicationConfig = `{"max-replicas":3,"location-labels":"","strictly-match-label":"false","enable-placement-rules":"true","enable-placement-rules-cache":"false","isolation-level":""}`
 )
 
