@@ -186,7 +186,6 @@ func TestSecondInterruptExitsAtOnce(t *testing.T) {
 	// Guard well below the two-minute wait the second Ctrl-C used to sit
 	// out.
 	code := p.exitCode(time.Minute)
-	t.Logf("output:\n%s", p.output())
 	if code != 130 || !strings.Contains(p.output(), "exiting now") || !strings.Contains(p.output(), dir) {
 		t.Fatalf("second Ctrl-C: exit %d; want 130 and a message naming %s:\n%s", code, dir, p.output())
 	}
