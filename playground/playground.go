@@ -35,7 +35,10 @@ const taskName = "playground"
 
 // Options are the playground's flags.
 type Options struct {
-	Dir           string        // PD/etcd data, agent logs, default storage; default a temp dir
+	Dir string // PD/etcd data, agent logs, default storage; default a temp dir
+	// TempDir says Dir was made for this run (set when Dir is empty): it
+	// is removed when the run passes and named when it does not.
+	TempDir       bool
 	Storage       string        // default local://<dir>/backup; the nemesis uses a loopback S3
 	Duration      time.Duration // workload duration; 0 = until ctx ends
 	Stores        int
@@ -65,13 +68,21 @@ type Options struct {
 	Sabotage string
 }
 
+// defaults fills in the zero values. Negative values are refused here;
+// the command refuses zeros too (CheckFlags), where a zero was typed.
 func (o *Options) defaults() error {
+	if o.Stores < 0 || o.Regions < 0 || o.Rate < 0 || o.Duration < 0 || o.FlushInterval < 0 || o.FaultGap < 0 || o.FatalSLO < 0 {
+		return fmt.Errorf("negative option in %+v", *o)
+	}
+	if o.Regions > MaxRegions {
+		return fmt.Errorf("--regions %d: at most %d", o.Regions, MaxRegions)
+	}
 	if o.Dir == "" {
 		d, err := os.MkdirTemp("", "logbackup-playground-")
 		if err != nil {
-			return err
+			return fmt.Errorf("make a temp dir (or pass --dir): %w", err)
 		}
-		o.Dir = d
+		o.Dir, o.TempDir = d, true
 	}
 	if o.Nemesis && o.Storage != "" {
 		return errors.New("--nemesis writes to its own loopback S3 server (it injects storage faults there); leave out --storage")
@@ -164,14 +175,111 @@ func (p *printer) Write(b []byte) (int, error) {
 	return p.out.Write(b)
 }
 
+// MaxRegions bounds --regions: the initial split keys are t0000…t9999.
+const MaxRegions = 10000
+
+// CheckFlags refuses flag values the playground cannot run with; unlike
+// the Options' zero values, a zero typed on the command line is an error
+// rather than a default.
+func CheckFlags(o Options) error {
+	bad := func(flag string, v any, want string) error {
+		return fmt.Errorf("--%s %v: %s", flag, v, want)
+	}
+	switch {
+	case o.Duration < 0:
+		return bad("duration", o.Duration, "want a positive duration, or 0 to run until Ctrl-C")
+	case o.Stores < 1:
+		return bad("stores", o.Stores, "want at least 1 store")
+	case o.Regions < 1 || o.Regions > MaxRegions:
+		return bad("regions", o.Regions, fmt.Sprintf("want 1 to %d regions", MaxRegions))
+	case o.Rate < 1:
+		return bad("rate", o.Rate, "want at least 1 transaction per second")
+	case o.FlushInterval < time.Second:
+		return bad("flush-interval", o.FlushInterval, "the agents flush at most once a second; want 1s or more")
+	case o.FaultGap <= 0:
+		return bad("fault-gap", o.FaultGap, "want a positive duration")
+	case o.FatalSLO < 0:
+		return bad("fatal-slo", o.FatalSLO, "want a positive duration, or 0 to only report")
+	}
+	return nil
+}
+
 // Run runs the playground and returns an error unless the final
-// verification (and, with Nemesis, every rule of the oracle) passes.
+// verification (and, with Nemesis, every rule of the oracle) passes. A
+// temp dir it made is removed when the run passes; otherwise its path is
+// printed.
 func Run(ctx context.Context, o Options, out io.Writer) error {
 	if err := o.defaults(); err != nil {
+		if o.TempDir {
+			_ = os.RemoveAll(o.Dir)
+		}
 		return err
 	}
-	log.SetLevel(zapcore.ErrorLevel) // client-go's INFO chatter would drown the progress line
 	pr := &printer{out: out, began: time.Now()}
+	if o.TempDir {
+		pr.printf("data dir: %s (a temp dir: removed when the run passes; --dir keeps one)\n", o.Dir)
+	} else {
+		pr.printf("data dir: %s\n", o.Dir)
+	}
+	err := prepareDir(&o, pr)
+	if err == nil {
+		err = run(ctx, o, pr)
+	}
+	if o.TempDir {
+		if err == nil {
+			if rerr := os.RemoveAll(o.Dir); rerr != nil {
+				pr.printf("could not remove the temp dir %s: %v\n", o.Dir, rerr)
+			} else {
+				pr.printf("removed the temp dir %s\n", o.Dir)
+			}
+		} else {
+			pr.printf("kept the temp dir %s (PD data, agent logs, backup) to look into; remove it when done\n", o.Dir)
+		}
+	}
+	return err
+}
+
+// dirMarker marks a directory the playground has run in.
+const dirMarker = ".logbackup-playground"
+
+// prepareDir starts afresh in a --dir a previous run used: the PD data it
+// kept holds that run's task (one task per cluster), so a new run cannot
+// start its own there. Only the playground's own files are replaced, and
+// only in a directory the playground marked (or laid out) as its own.
+func prepareDir(o *Options, pr *printer) error {
+	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
+		return fmt.Errorf("--dir %s: %w", o.Dir, err)
+	}
+	exists := func(name string) bool {
+		_, err := os.Stat(filepath.Join(o.Dir, name))
+		return err == nil
+	}
+	if exists("pd") {
+		if !exists(dirMarker) && !exists("agent-1.log") {
+			return fmt.Errorf("--dir %s holds a pd/ directory the playground did not make; pick a new or empty --dir", o.Dir)
+		}
+		old, _ := filepath.Glob(filepath.Join(o.Dir, "agent-*"))
+		old = append(old, filepath.Join(o.Dir, "pd"))
+		what := "its PD data and agent logs"
+		if o.Storage == "local://"+filepath.Join(o.Dir, "backup") {
+			old = append(old, filepath.Join(o.Dir, "backup"))
+			what = "its PD data, agent logs and backup"
+		}
+		pr.printf("--dir %s holds a previous playground run: starting afresh (%s are replaced; pick a new --dir to keep them)\n", o.Dir, what)
+		for _, p := range old {
+			if err := os.RemoveAll(p); err != nil {
+				return fmt.Errorf("remove the previous run's %s: %w", p, err)
+			}
+		}
+	}
+	if err := os.WriteFile(filepath.Join(o.Dir, dirMarker), []byte("a logbackup playground ran here\n"), 0o644); err != nil {
+		return fmt.Errorf("--dir %s: %w", o.Dir, err)
+	}
+	return nil
+}
+
+func run(ctx context.Context, o Options, pr *printer) error {
+	log.SetLevel(zapcore.ErrorLevel) // client-go's INFO chatter would drown the progress line
 	if o.Nemesis {
 		pr.printf("nemesis seed: %d (replay its choices with --seed %d)\n", o.Seed, o.Seed)
 	}
@@ -217,7 +325,7 @@ func Run(ctx context.Context, o Options, out io.Writer) error {
 
 	// The task, through `br stream start`'s own code, against PD's address.
 	if code := cli.Main(ctx, []string{"stream", "start", "-u", pdAddr, "--task-name", taskName, "--storage", storageURL}, pr, pr); code != 0 {
-		return errors.New("br stream start failed")
+		return errors.New("br stream start failed (see above); if --storage holds an earlier run's backup, pick a new --storage")
 	}
 	st, err := m.GetTask(ctx, taskName)
 	if err != nil {
@@ -315,6 +423,9 @@ progress:
 	}
 	pr.eventf("waiting (up to %s) for the global checkpoint to pass the end of the workload...", limit)
 	global, waitErr := waitGlobal(m, end, limit)
+	if waitErr != nil {
+		waitErr = fmt.Errorf("%w; agent logs: %s", waitErr, filepath.Join(o.Dir, "agent-*.log"))
+	}
 	if waitErr != nil && orc != nil {
 		orc.violate("%v", waitErr)
 		global = orc.globalCheckpoint()
@@ -366,10 +477,47 @@ func waitGlobal(m *meta.Client, end uint64, limit time.Duration) (uint64, error)
 			return g, nil
 		}
 		if wait.Err() != nil {
-			return g, fmt.Errorf("the global checkpoint did not reach the end of the workload within %s", limit)
+			rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			return g, fmt.Errorf("the global checkpoint did not reach the end of the workload within %s; %s", limit, stallReason(rctx, m))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// stallReason says what the task's records tell about a checkpoint that
+// does not move: its pause, and each store's LastError.
+func stallReason(ctx context.Context, m *meta.Client) string {
+	st, err := m.GetTask(ctx, taskName)
+	if err != nil {
+		return fmt.Sprintf("the task cannot be read: %v", err)
+	}
+	errs, err := m.LastErrors(ctx, taskName)
+	if err != nil {
+		return fmt.Sprintf("its last errors cannot be read: %v", err)
+	}
+	var b strings.Builder
+	switch {
+	case st.Pause.Paused && (len(errs) > 0 || (st.Pause.V2 != nil && st.Pause.V2.Severity == meta.SeverityError)):
+		b.WriteString("the task is paused by an error")
+	case st.Pause.Paused:
+		b.WriteString("the task is paused")
+	default:
+		b.WriteString("the task is running")
+	}
+	if len(errs) == 0 {
+		b.WriteString("; no store reported an error (LastError)")
+	}
+	stores := make([]uint64, 0, len(errs))
+	for s := range errs {
+		stores = append(stores, s)
+	}
+	sort.Slice(stores, func(i, j int) bool { return stores[i] < stores[j] })
+	for _, s := range stores {
+		// An agent's message can quote a storage URL; never its keys.
+		fmt.Fprintf(&b, "; store %d's LastError: %s: %s", s, errs[s].ErrorCode, storage.Redact(errs[s].ErrorMessage))
+	}
+	return b.String()
 }
 
 func printProgress(ctx context.Context, pr *printer, m *meta.Client, txns int64, startTS uint64, c *simcluster.Cluster) {

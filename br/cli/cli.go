@@ -150,10 +150,50 @@ func newRootCommand(g *globalFlags) *cobra.Command {
 		Args:    cobra.NoArgs,
 		RunE:    missingSubcommand("subcommand"),
 	}
-	stream.AddCommand(startCommand(g), statusCommand(g), pauseCommand(g), resumeCommand(g), stopCommand(g),
-		truncateCommand(g), metadataCommand(g), verifyCommand(g), historyCommand(g))
+	start, status, pause, resume, stop := startCommand(g), statusCommand(g), pauseCommand(g), resumeCommand(g), stopCommand(g)
+	truncate, metadata, verify, history := truncateCommand(g), metadataCommand(g), verifyCommand(g), historyCommand(g)
+	for _, c := range []*cobra.Command{start, verify, truncate, metadata} {
+		listOwn(c, pf, "storage")
+	}
+	for _, c := range []*cobra.Command{start, status, pause, resume, stop, history} {
+		listOwn(c, pf, "pd")
+	}
+	stream.AddCommand(start, status, pause, resume, stop, truncate, metadata, verify, history)
 	root.AddCommand(stream)
 	return root
+}
+
+// listOwn shows root flags a command needs among its own flags in its
+// help: under "Global Flags" they were lost among the storage backend
+// flags. The copy shares the root flag's value, so the flag reads the same
+// wherever it stands on the command line; cobra prefers a command's own
+// flag of a name over its parent's.
+func listOwn(cmd *cobra.Command, root *pflag.FlagSet, names ...string) {
+	for _, n := range names {
+		own := *root.Lookup(n)
+		cmd.Flags().AddFlag(&own)
+	}
+}
+
+// MinGCTTL is the shortest --gc-ttl start and pause accept: an agent's
+// flush interval (3 min by default) plus a minute. A start safepoint must
+// outlive the agents' first flush, which sets their own safepoints; a
+// pause safepoint shorter than that lets GC pass the checkpoint before a
+// resume can rescan from it.
+const MinGCTTL = 4 * time.Minute
+
+// checkGCTTL refuses a --gc-ttl that cannot hold GC back long enough; the
+// value 0 used to mean the default silently.
+func checkGCTTL(ttl, def time.Duration) error {
+	if ttl >= MinGCTTL {
+		return nil
+	}
+	return &br.Error{
+		Msg: fmt.Sprintf("--gc-ttl %s is too short: it must be at least %d seconds (an agent flush interval, 3m by default, plus a minute)",
+			secondsFlag{&ttl}, int64(MinGCTTL/time.Second)),
+		Hint: fmt.Sprintf("leave out --gc-ttl for the default %d seconds, or give %d or more (seconds) or a duration such as 30m",
+			int64(def/time.Second), int64(MinGCTTL/time.Second)),
+	}
 }
 
 // openLog opens the command's log (and, in the br process, captures the
@@ -277,6 +317,9 @@ func startCommand(g *globalFlags) *cobra.Command {
 			if err := crypt.check(); err != nil {
 				return err
 			}
+			if err := checkGCTTL(o.GCTTL, br.DefaultStartGCTTL); err != nil {
+				return err
+			}
 			u, err := g.storageURL(cmd)
 			if err != nil {
 				return err
@@ -297,7 +340,7 @@ func startCommand(g *globalFlags) *cobra.Command {
 	f.StringVar(&o.EndTS, "end-ts", "", "end timestamp (TSO or datetime); default 999999999999999999")
 	f.StringArrayVarP(&o.Filters, "filter", "f", nil, "TiDB table filter rule ('db.*', 'db.t', '!db.t', '/re/.*'); repeatable; default '*.*'")
 	f.BoolVar(&o.CaseSensitive, "case-sensitive", false, "match --filter names case-sensitively")
-	f.Var(secondsFlag{&o.GCTTL}, "gc-ttl", "how long PD keeps the changes since --start-ts for the agents' first scans, in seconds or as a duration")
+	f.Var(secondsFlag{&o.GCTTL}, "gc-ttl", "how long PD keeps the changes since --start-ts for the agents' first scans, in seconds or as a duration; at least 240 (an agent flush interval plus a minute)")
 	f.BoolVar(&o.TakeOver, "take-over", false, "start on a storage another cluster owns, deliberately: its agents stop writing there")
 	crypt.define(f)
 	wf.add(cmd)
@@ -356,6 +399,9 @@ func pauseCommand(g *globalFlags) *cobra.Command {
 			if err := requireTaskName(name); err != nil {
 				return err
 			}
+			if err := checkGCTTL(gcTTL, br.DefaultPauseGCTTL); err != nil {
+				return err
+			}
 			return withEnv(cmd, g, func(ctx context.Context, env *br.Env) error {
 				return br.Pause(ctx, env, name, message, gcTTL, cmd.OutOrStdout())
 			})
@@ -363,7 +409,7 @@ func pauseCommand(g *globalFlags) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&name, "task-name", "", "the task to pause")
 	cmd.Flags().StringVar(&message, "message", "", "why the task is paused (shown by status)")
-	cmd.Flags().Var(secondsFlag{&gcTTL}, "gc-ttl", "the TTL PD holds the changes since the checkpoint for while the task is paused, in seconds or as a duration")
+	cmd.Flags().Var(secondsFlag{&gcTTL}, "gc-ttl", "how long PD keeps the changes since the checkpoint while the task is paused (a resume rescans them), in seconds or as a duration; at least 240 (an agent flush interval plus a minute)")
 	return cmd
 }
 

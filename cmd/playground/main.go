@@ -7,7 +7,9 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strings"
@@ -28,6 +30,23 @@ func main() {
 	}
 }
 
+// interrupts turns the first Ctrl-C (or SIGTERM) into a graceful end —
+// the workload stops, the backup catches up and is verified, which can
+// take minutes — and the second into an exit at once. The agents die with
+// the playground (their parent-death signal); the files stay in dir.
+func interrupts(ctx context.Context, stop context.CancelFunc, sigs <-chan os.Signal, w io.Writer, dir string) {
+	select {
+	case <-sigs:
+	case <-ctx.Done():
+		return
+	}
+	stop()
+	fmt.Fprintln(w, "\nstopping: the workload ends, then the backup catches up and is verified; press Ctrl-C again to exit at once")
+	<-sigs
+	fmt.Fprintf(w, "\nsecond interrupt: exiting now, without the final verification; the agents exit with the playground; its files stay in %s\n", dir)
+	os.Exit(130)
+}
+
 func command() *cobra.Command {
 	var o playground.Options
 	var faults string
@@ -38,6 +57,9 @@ func command() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := playground.CheckFlags(o); err != nil {
+				return err
+			}
 			switch faults {
 			case "all":
 			case "none":
@@ -48,8 +70,20 @@ func command() *cobra.Command {
 			if !o.Nemesis {
 				o.FatalSLO = 0
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
+			if o.Dir == "" {
+				// Made here, so that a second Ctrl-C can say where it is.
+				d, err := os.MkdirTemp("", "logbackup-playground-")
+				if err != nil {
+					return fmt.Errorf("make a temp dir (or pass --dir): %w", err)
+				}
+				o.Dir, o.TempDir = d, true
+			}
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			sigs := make(chan os.Signal, 2)
+			signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+			defer signal.Stop(sigs)
+			go interrupts(ctx, cancel, sigs, cmd.ErrOrStderr(), o.Dir)
 			return playground.Run(ctx, o, cmd.OutOrStdout())
 		},
 	}
