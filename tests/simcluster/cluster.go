@@ -44,6 +44,10 @@ type Config struct {
 	DataDir string
 	// TLS serves PD, its etcd and every store's CDC server with mutual TLS.
 	TLS *TLSFiles
+	// ExternalPD ("127.0.0.1:2379") runs the stores against that PD, as
+	// TiKV stores join one, instead of serving PD (see extpd.go): it must
+	// not be bootstrapped yet. Not with ServePD or TLS.
+	ExternalPD string
 }
 
 // Cluster is a running simulated cluster.
@@ -62,6 +66,7 @@ type Cluster struct {
 	pdServer  *pdServer           // nil unless Config.ServePD
 	etcd      *embedetcd.Server   // PD's etcd, nil unless Config.ServePD
 	pdTempDir string              // removed by Close
+	ext       *extPD              // nil unless Config.ExternalPD
 	storeOpts []grpc.ServerOption // every CDC server's (TLS)
 
 	// mu orders everything that must be atomic against CDC: ledger changes,
@@ -101,9 +106,18 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if cfg.Seed == 0 {
 		cfg.Seed = time.Now().UnixNano()
 	}
+	if cfg.ExternalPD != "" && (cfg.ServePD || cfg.TLS != nil) {
+		return nil, fmt.Errorf("simcluster: ExternalPD %s with ServePD or TLS: the external PD serves PD, in plain text", cfg.ExternalPD)
+	}
 	storeOpts, err := storeServerOptions(cfg)
 	if err != nil {
 		return nil, err
+	}
+	var ext *extPD
+	if cfg.ExternalPD != "" {
+		if ext, err = dialExternalPD(ctx, cfg.ExternalPD); err != nil {
+			return nil, err
+		}
 	}
 	client, mock, mockPD, err := testutils.NewMockTiKV("", nil)
 	if err != nil {
@@ -114,10 +128,14 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	state := newPDState(newClusterID(rng))
 	// The in-process PD keeps mocktikv's topology answers but takes the
 	// cluster id, timestamps and GC state from pdState, which the network
-	// PD shares.
-	pdClient := &localPD{Client: mockPD, s: state}
+	// PD shares, or from the external PD.
+	var pdClient pd.Client = &localPD{Client: mockPD, s: state}
+	if ext != nil {
+		state = newPDState(ext.store.ClusterID())
+		pdClient = &extLocalPD{Client: mockPD, ext: ext.pd, clusterID: state.clusterID}
+	}
 	c := &Cluster{
-		cfg: cfg, mock: mock, pdClient: pdClient, storeIDs: storeIDs, pd: state, storeOpts: storeOpts,
+		cfg: cfg, mock: mock, pdClient: pdClient, storeIDs: storeIDs, pd: state, storeOpts: storeOpts, ext: ext,
 		ledger: newLedger(), stores: map[uint64]*storeServer{}, subs: map[uint64]map[*subscription]struct{}{},
 		seed: cfg.Seed, rng: rng,
 	}
@@ -143,6 +161,15 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	c.clusterID = state.clusterID
 	if cfg.ServePD {
 		if err := c.startPD(ctx); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	if ext != nil {
+		jctx, cancel := context.WithTimeout(ctx, extPDTimeout)
+		err := c.joinExternalPD(jctx, regionID)
+		cancel()
+		if err != nil {
 			c.Close()
 			return nil, err
 		}
@@ -178,6 +205,9 @@ func (c *Cluster) Close() {
 		s.stop()
 	}
 	c.wg.Wait() // scans end once their streams are closed
+	if c.ext != nil {
+		c.ext.close()
+	}
 	if c.kv != nil {
 		c.kv.Close()
 	}
