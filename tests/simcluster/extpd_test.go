@@ -37,32 +37,48 @@ func startExternal(t *testing.T, ctx context.Context, cfg simcluster.Config) (*r
 	return s, c, pdc
 }
 
-// requirePDRegions checks, through a pd client of its own, that PD lists
-// exactly the cluster's regions with their ranges, epochs and leaders.
-func requirePDRegions(t *testing.T, ctx context.Context, c *simcluster.Cluster, pdc pd.Client) {
+// pdDiff describes, through a pd client of the test's own, the first
+// difference between the regions PD lists (ranges, epochs, leaders) and
+// the cluster's; "" when none.
+func pdDiff(t *testing.T, ctx context.Context, c *simcluster.Cluster, pdc pd.Client) string {
 	t.Helper()
-	if err := c.WaitPDSynced(ctx); err != nil {
-		t.Fatal(err)
-	}
 	want := c.Regions()
 	sctx, cancel := meta.PDCallContext(ctx, 10*time.Second)
 	defer cancel()
 	got, err := pdc.ScanRegions(sctx, nil, nil, 1000)
 	if err != nil {
-		t.Fatal(err)
+		return err.Error()
 	}
 	if len(got) != len(want) {
-		t.Fatalf("PD lists %d regions, the cluster has %d", len(got), len(want))
+		return fmt.Sprintf("PD lists %d regions, the cluster has %d", len(got), len(want))
 	}
 	for i, w := range want {
 		g := got[i]
 		if g.Meta.Id != w.Meta.Id || !bytes.Equal(g.Meta.StartKey, w.Meta.StartKey) || !bytes.Equal(g.Meta.EndKey, w.Meta.EndKey) ||
 			g.Meta.RegionEpoch.GetVersion() != w.Meta.RegionEpoch.GetVersion() || g.Meta.RegionEpoch.GetConfVer() != w.Meta.RegionEpoch.GetConfVer() {
-			t.Fatalf("region %d: PD has %v, the cluster %v", w.Meta.Id, g.Meta, w.Meta)
+			return fmt.Sprintf("region %d: PD has %v, the cluster %v", w.Meta.Id, g.Meta, w.Meta)
 		}
 		if g.Leader.GetStoreId() != w.LeaderStore || g.Leader.GetId() != w.LeaderPeer.Id {
-			t.Fatalf("region %d: PD's leader is %v, the cluster's %v", w.Meta.Id, g.Leader, w.LeaderPeer)
+			return fmt.Sprintf("region %d: PD's leader is %v, the cluster's %v", w.Meta.Id, g.Leader, w.LeaderPeer)
 		}
+	}
+	return ""
+}
+
+// requirePDRegions waits until PD lists exactly the cluster's regions, as
+// the stores' own heartbeats tell it (not WaitPDSynced's re-reports).
+func requirePDRegions(t *testing.T, ctx context.Context, c *simcluster.Cluster, pdc pd.Client) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		diff := pdDiff(t, ctx, c, pdc)
+		if diff == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the stores' heartbeats did not bring PD up to date: %s", diff)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
@@ -127,7 +143,13 @@ func TestExternalPD(t *testing.T) {
 		if err := c.Merge([]byte(k)); err != nil {
 			t.Fatal(err)
 		}
-		requirePDRegions(t, ctx, c, pdc)
+		// WaitPDSynced returns once PD has it all.
+		if err := c.WaitPDSynced(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if diff := pdDiff(t, ctx, c, pdc); diff != "" {
+			t.Fatalf("after WaitPDSynced: %s", diff)
+		}
 	}
 	for i, r := range c.Regions() {
 		to := c.StoreIDs()[i%len(c.StoreIDs())]
