@@ -4,8 +4,12 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"math"
+	"net/http"
 	"slices"
 	"sync"
 	"time"
@@ -41,9 +45,11 @@ import (
 //     flushes;
 //   - the cluster id is that PD's, which the CDC servers check;
 //   - PDAddr is the external address (PD's etcd is there too, as
-//     deployed); ServePD, StopPD, StartPD and SetPDDown do not apply, and
-//     GCSafePoint, SetGCSafePoint, ServiceSafePoints and AdvancePDClock
-//     describe the simulator's own PD, not the external one.
+//     deployed); ServePD, StopPD, StartPD and SetPDDown do not apply (stop
+//     the PD process itself); GCSafePoint, SetGCSafePoint and
+//     ServiceSafePoints act on the external PD (its HTTP API and TiDB's GC
+//     worker's calls); AdvancePDClock cannot move a real PD's clock and
+//     does nothing.
 //
 // PD's IDs allocator is not asked: nothing the simulator reports uses an id
 // PD allocated (PD's scheduling answers on the heartbeat stream, which
@@ -457,4 +463,64 @@ func (p *extLocalPD) UpdateGCSafePoint(ctx context.Context, safePoint uint64) (u
 
 func (p *extLocalPD) UpdateServiceGCSafePoint(ctx context.Context, serviceID string, ttl int64, safePoint uint64) (uint64, error) {
 	return p.ext.UpdateServiceGCSafePoint(ctx, serviceID, ttl, safePoint)
+}
+
+// gcState reads PD's GC state from its HTTP API (GET
+// /pd/api/v1/gc/safepoint, what pd-ctl shows): the GC safe point and the
+// service safepoints, gc_worker's (the txn safe point) included.
+func (e *extPD) gcState(ctx context.Context) (uint64, map[string]ServiceSafePoint, error) {
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, "http://"+e.addr+"/pd/api/v1/gc/safepoint", nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, nil, fmt.Errorf("read PD's GC state: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return 0, nil, fmt.Errorf("read PD's GC state: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return 0, nil, fmt.Errorf("read PD's GC state: %s: %s", resp.Status, body)
+	}
+	var list struct {
+		SafePoints []struct {
+			ServiceID string `json:"service_id"`
+			ExpiredAt int64  `json:"expired_at"`
+			SafePoint uint64 `json:"safe_point"`
+		} `json:"service_gc_safe_points"`
+		GCSafePoint uint64 `json:"gc_safe_point"`
+	}
+	if err := json.Unmarshal(body, &list); err != nil {
+		return 0, nil, fmt.Errorf("PD's GC state: %w", err)
+	}
+	out := map[string]ServiceSafePoint{}
+	for _, sp := range list.SafePoints {
+		v := ServiceSafePoint{SafePoint: sp.SafePoint}
+		// gc_worker's never expires: PD lists it at the largest int64.
+		if sp.ExpiredAt < math.MaxInt64/2 {
+			v.ExpiresAt = time.Unix(sp.ExpiredAt, 0)
+		}
+		out[sp.ServiceID] = v
+	}
+	return list.GCSafePoint, out, nil
+}
+
+// setGCSafePoint is SetGCSafePoint on the external PD, as TiDB's GC worker
+// moves it: the txn safe point first, then the GC safe point to what the
+// txn safe point reached.
+func (e *extPD) setGCSafePoint(ctx context.Context, ts uint64) (uint64, error) {
+	reached, err := e.store.SetTxnSafePoint(ctx, ts)
+	if err != nil {
+		return 0, fmt.Errorf("set GC safe point: %w", err)
+	}
+	sp, err := e.store.SetGCSafePoint(ctx, reached)
+	if err != nil {
+		return 0, fmt.Errorf("set GC safe point: %w", err)
+	}
+	return sp, nil
 }

@@ -129,6 +129,26 @@ func TestExternalPD(t *testing.T) {
 		t.Fatalf("cluster ts %d, PD ts %d, commit ts %d: not one clock", a, b, commit)
 	}
 
+	// GC state is the external PD's: the GC worker's moves through the
+	// cluster, a barrier through its in-process PD(), both seen by PD.
+	if sp, err := c.SetGCSafePoint(ctx, a); err != nil || sp != a {
+		t.Fatalf("SetGCSafePoint(%d) = %d, %v", a, sp, err)
+	}
+	if min, err := pdc.UpdateServiceGCSafePoint(ctx, "no-such-barrier", 0, 0); err != nil || min != a {
+		t.Fatalf("PD's txn safe point %d (%v), want %d", min, err, a)
+	}
+	if _, err := c.PD().UpdateServiceGCSafePoint(ctx, "svc", 3600, commit); err != nil {
+		t.Fatal(err)
+	}
+	sps := c.ServiceSafePoints()
+	if sps["gc_worker"].SafePoint != a || !sps["gc_worker"].ExpiresAt.IsZero() || sps["svc"].SafePoint != commit ||
+		time.Until(sps["svc"].ExpiresAt) > time.Hour+time.Minute || time.Until(sps["svc"].ExpiresAt) < 50*time.Minute {
+		t.Fatalf("service safepoints in PD: %v", sps)
+	}
+	if got := c.GCSafePoint(); got != a {
+		t.Fatalf("GC safe point %d, want %d", got, a)
+	}
+
 	// Splits, merges and leader moves, each seen by PD as TiKV reports it.
 	for _, k := range []string{"c", "j", "m", "s", "v"} {
 		if _, err := c.Split([]byte(k)); err != nil {
