@@ -48,6 +48,10 @@ type Config struct {
 	// TiKV stores join one, instead of serving PD (see extpd.go): it must
 	// not be bootstrapped yet. Not with ServePD or TLS.
 	ExternalPD string
+	// JoinPDLater leaves the external PD unbootstrapped and unaware of the
+	// stores until JoinPD, as a PD deployed before its TiKVs start; the
+	// cluster id and timestamps are PD's from the start.
+	JoinPDLater bool
 }
 
 // Cluster is a running simulated cluster.
@@ -67,6 +71,9 @@ type Cluster struct {
 	etcd      *embedetcd.Server   // PD's etcd, nil unless Config.ServePD
 	pdTempDir string              // removed by Close
 	ext       *extPD              // nil unless Config.ExternalPD
+	// firstRegion is mocktikv's first region, the one a store bootstraps
+	// PD with.
+	firstRegion uint64
 	storeOpts []grpc.ServerOption // every CDC server's (TLS)
 
 	// mu orders everything that must be atomic against CDC: ledger changes,
@@ -166,12 +173,12 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		}
 	}
 	if ext != nil {
-		jctx, cancel := context.WithTimeout(ctx, extPDTimeout)
-		err := c.joinExternalPD(jctx, regionID)
-		cancel()
-		if err != nil {
-			c.Close()
-			return nil, err
+		c.firstRegion = regionID
+		if !cfg.JoinPDLater {
+			if err := c.JoinPD(ctx); err != nil {
+				c.Close()
+				return nil, err
+			}
 		}
 	}
 	c.kv, err = tikv.NewTestTiKVStore(client, pdClient, func(inner tikv.Client) tikv.Client {

@@ -119,9 +119,12 @@ func dialExternalPD(ctx context.Context, addr string) (*extPD, error) {
 }
 
 func (e *extPD) close() {
-	if e.cancel != nil {
-		e.cancel()
-		<-e.done
+	e.mu.Lock()
+	cancel, done := e.cancel, e.done
+	e.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
 	}
 	e.store.Close()
 	e.pd.Close()
@@ -135,11 +138,25 @@ func (e *extPD) wake() {
 	}
 }
 
-// joinExternalPD bootstraps PD with the cluster's first store and region,
-// registers every store, reports them and their regions, and starts the
-// reporter. It returns once PD lists the cluster's regions.
-func (c *Cluster) joinExternalPD(ctx context.Context, firstRegion uint64) error {
+// JoinPD makes the stores join the external PD (Config.ExternalPD) as
+// TiKVs starting do: it bootstraps PD with the cluster's first store and
+// region, registers every store, reports them and their regions, and
+// starts the reporter. It returns once PD lists the cluster's regions.
+// Start calls it unless Config.JoinPDLater; it is for one call only.
+func (c *Cluster) JoinPD(ctx context.Context) error {
 	e := c.ext
+	if e == nil {
+		return errors.New("join PD: the cluster has no external PD (Config.ExternalPD)")
+	}
+	e.mu.Lock()
+	joined := e.done != nil
+	e.mu.Unlock()
+	if joined {
+		return errors.New("join PD: the stores have joined already")
+	}
+	ctx, cancel := context.WithTimeout(ctx, extPDTimeout)
+	defer cancel()
+	firstRegion := c.firstRegion
 	ok, err := e.store.IsBootstrapped(ctx)
 	if err != nil {
 		return fmt.Errorf("external PD at %s: %w", e.addr, err)
@@ -181,10 +198,13 @@ func (c *Cluster) joinExternalPD(ctx context.Context, firstRegion uint64) error 
 	if err := c.WaitPDSynced(ctx); err != nil {
 		return err
 	}
-	lctx, cancel := context.WithCancel(context.Background())
-	e.cancel, e.done = cancel, make(chan struct{})
+	lctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	e.mu.Lock()
+	e.cancel, e.done = stop, done
+	e.mu.Unlock()
 	go func() {
-		defer close(e.done)
+		defer close(done)
 		c.reportLoop(lctx)
 	}()
 	return nil

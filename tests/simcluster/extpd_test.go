@@ -272,3 +272,41 @@ func waitStoreState(t *testing.T, ctx context.Context, s *realpd.Server, id uint
 		}
 	}
 }
+
+// TestExternalPDJoinLater: with JoinPDLater PD stays unbootstrapped, with
+// no stores, while the cluster already takes its cluster id and
+// timestamps from it; JoinPD then bootstraps it as the first TiKV would.
+func TestExternalPDJoinLater(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s, c, pdc := startExternal(t, ctx, simcluster.Config{Stores: 2, SplitKeys: [][]byte{[]byte("m")}, JoinPDLater: true})
+	sc, err := realpd.Dial(ctx, s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	if ok, err := sc.IsBootstrapped(ctx); err != nil || ok {
+		t.Fatalf("before JoinPD: bootstrapped=%v err=%v", ok, err)
+	}
+	if c.ClusterID() != sc.ClusterID() {
+		t.Fatalf("cluster id %d, PD's %d", c.ClusterID(), sc.ClusterID())
+	}
+	before, err := c.Put(ctx, []byte("k"), []byte("v"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.JoinPD(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := sc.IsBootstrapped(ctx); err != nil || !ok {
+		t.Fatalf("after JoinPD: bootstrapped=%v err=%v", ok, err)
+	}
+	requirePDRegions(t, ctx, c, pdc)
+	p, l, err := pdc.GetTS(ctx)
+	if err != nil || uint64(p)<<18|uint64(l) <= before {
+		t.Fatalf("PD's ts %d after a commit at %d (%v): not one clock", uint64(p)<<18|uint64(l), before, err)
+	}
+	if err := c.JoinPD(ctx); err == nil {
+		t.Fatal("a second JoinPD was accepted")
+	}
+}
