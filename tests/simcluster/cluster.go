@@ -67,14 +67,14 @@ type Cluster struct {
 	storeIDs  []uint64
 
 	pd        *pdState
-	pdServer  *pdServer           // nil unless Config.ServePD
-	etcd      *embedetcd.Server   // PD's etcd, nil unless Config.ServePD
-	pdTempDir string              // removed by Close
-	ext       *extPD              // nil unless Config.ExternalPD
+	pdServer  *pdServer         // nil unless Config.ServePD
+	etcd      *embedetcd.Server // PD's etcd, nil unless Config.ServePD
+	pdTempDir string            // removed by Close
+	ext       *extPD            // nil unless Config.ExternalPD
 	// firstRegion is mocktikv's first region, the one a store bootstraps
 	// PD with.
 	firstRegion uint64
-	storeOpts []grpc.ServerOption // every CDC server's (TLS)
+	storeOpts   []grpc.ServerOption // every CDC server's (TLS)
 
 	// mu orders everything that must be atomic against CDC: ledger changes,
 	// routing rows to subscriptions, registrations and topology changes.
