@@ -179,9 +179,17 @@ func TestExternalPD(t *testing.T) {
 	}
 	requirePDRegions(t, ctx, c, pdc)
 
-	// A restart: PD keeps stores and regions but not leaders until the
-	// stores' heartbeats tell it again; timestamps go on past the old ones.
-	if err := s.Restart(); err != nil {
+	// A restart, with a split and a leader move while PD is down: PD keeps
+	// stores and regions but not leaders until the stores' heartbeats tell
+	// it again; timestamps go on past the old ones.
+	s.Stop()
+	if _, err := c.Split([]byte("u")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.TransferLeader(c.RegionByKey([]byte("u")).Meta.Id, c.StoreIDs()[2]); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
 		t.Fatal(err)
 	}
 	var after uint64
