@@ -124,27 +124,37 @@ func TestRealPDAgentsBackUpThroughTopologyChanges(t *testing.T) {
 		defer h.agent(s)()
 	}
 
+	// churn moves a leader, splits or merges, at random.
+	churn := func() {
+		regions := c.Regions()
+		reg := regions[rng.Intn(len(regions))]
+		switch rng.Intn(4) {
+		case 0, 1:
+			_ = c.TransferLeader(reg.Meta.Id, c.StoreIDs()[rng.Intn(len(c.StoreIDs()))])
+		case 2:
+			_, _ = c.Split([]byte(fmt.Sprintf("t%d%02d", rng.Intn(8), rng.Intn(100))))
+		case 3:
+			if raw, err := simcluster.DecodeKey(reg.Meta.StartKey); err == nil && len(reg.Meta.EndKey) > 0 && len(regions) > 3 {
+				_ = c.Merge(raw)
+			}
+		}
+	}
 	restarted := false
 	for i := 0; i < 160; i++ {
 		if i == 80 {
-			if err := h.pd.Restart(); err != nil {
+			// PD goes away; regions change meanwhile, as TiKV goes on
+			// without PD; PD comes back on the same address and data.
+			h.pd.Stop()
+			for j := 0; j < 3; j++ {
+				churn()
+			}
+			if err := h.pd.Start(); err != nil {
 				t.Fatal(err)
 			}
 			restarted = true
 		}
 		if i%8 == 0 {
-			regions := c.Regions()
-			reg := regions[rng.Intn(len(regions))]
-			switch rng.Intn(4) {
-			case 0, 1:
-				_ = c.TransferLeader(reg.Meta.Id, c.StoreIDs()[rng.Intn(len(c.StoreIDs()))])
-			case 2:
-				_, _ = c.Split([]byte(fmt.Sprintf("t%d%02d", rng.Intn(8), rng.Intn(100))))
-			case 3:
-				if raw, err := simcluster.DecodeKey(reg.Meta.StartKey); err == nil && len(reg.Meta.EndKey) > 0 && len(regions) > 3 {
-					_ = c.Merge(raw)
-				}
-			}
+			churn()
 		}
 		n := 1 + rng.Intn(4)
 		st, err := c.Txn(ctx, func(txn *transaction.KVTxn) error {
