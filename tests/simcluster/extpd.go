@@ -81,6 +81,11 @@ type extPD struct {
 	pd    pd.Client      // TSO, GC and region scans, as any PD client
 	kick  chan struct{}  // report now: the topology changed or a store came back
 
+	// round serialises reporting rounds (the reporter's and
+	// WaitPDSynced's), so heartbeats from an older view of the topology
+	// never follow a newer one's.
+	round sync.Mutex
+
 	mu       sync.Mutex
 	reported map[uint64]reportedRegion // by region id: what PD was last sent
 	terms    map[uint64]regionTerm     // by region id
@@ -109,7 +114,9 @@ func dialExternalPD(ctx context.Context, addr string) (*extPD, error) {
 	if err != nil {
 		return nil, fmt.Errorf("external PD: %w", err)
 	}
-	pc, err := meta.DialPD(dctx, meta.DialConfig{Endpoints: []string{addr}, DialTimeout: extPDTimeout})
+	// The dial timeout is also the pd client's per-call one: a timestamp
+	// asked of a PD that is down fails within it.
+	pc, err := meta.DialPD(dctx, meta.DialConfig{Endpoints: []string{addr}, DialTimeout: 10 * time.Second})
 	if err != nil {
 		sc.Close()
 		return nil, fmt.Errorf("external PD: %w", err)
@@ -293,6 +300,8 @@ func (c *Cluster) storeHeartbeats(ctx context.Context) error {
 // is there to report them).
 func (c *Cluster) reportRound(ctx context.Context, all bool) error {
 	e := c.ext
+	e.round.Lock()
+	defer e.round.Unlock()
 	c.mu.Lock()
 	regions := c.regionsLocked()
 	down := map[uint64]bool{}
