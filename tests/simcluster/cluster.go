@@ -212,11 +212,11 @@ func (c *Cluster) Close() {
 		s.stop()
 	}
 	c.wg.Wait() // scans end once their streams are closed
-	if c.ext != nil {
-		c.ext.close()
-	}
 	if c.kv != nil {
 		c.kv.Close()
+	}
+	if c.ext != nil {
+		c.ext.close() // after the writer, whose timestamps come through it
 	}
 	c.stopPD()
 }

@@ -11,6 +11,7 @@ import (
 	"math"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -235,6 +236,19 @@ func (c *Cluster) putStores(ctx context.Context) error {
 	return nil
 }
 
+// downStores names the down stores, in store order ("" when none).
+func (c *Cluster) downStores() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var b strings.Builder
+	for _, id := range c.storeIDs {
+		if c.storeDownLocked(id) {
+			fmt.Fprintf(&b, "%d,", id)
+		}
+	}
+	return b.String()
+}
+
 func (c *Cluster) isStoreDown(id uint64) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -248,6 +262,7 @@ func (c *Cluster) reportLoop(ctx context.Context) {
 	defer storeTick.Stop()
 	regionTick := time.NewTicker(time.Second)
 	defer regionTick.Stop()
+	lastDown := c.downStores()
 	for {
 		stores := false
 		select {
@@ -257,7 +272,10 @@ func (c *Cluster) reportLoop(ctx context.Context) {
 			stores = true
 		case <-regionTick.C:
 		case <-e.kick:
-			stores = true // a store may have come back
+		}
+		// A store back up reports at once, as a restarted TiKV does.
+		if down := c.downStores(); down != lastDown {
+			stores, lastDown = true, down
 		}
 		e.mu.Lock()
 		resync := e.resync
