@@ -18,6 +18,7 @@ import (
 	"github.com/tikv/client-go/v2/txnkv/transaction"
 	pd "github.com/tikv/pd/client"
 
+	"logbackup/br"
 	"logbackup/meta"
 	"logbackup/streamagent"
 	"logbackup/tests/realpd"
@@ -54,6 +55,9 @@ func startRealPDHarness(t *testing.T, ctx context.Context, sim simcluster.Config
 	h.m = meta.NewClient(e.Client(t))
 	return &realPDHarness{harness: h, pd: s, pdc: pdc, br: brRun{t: t, ep: s.Addr()}}
 }
+
+// env is the br commands' environment: the real PD's etcd and PD.
+func (h *realPDHarness) env() *br.Env { return br.NewEnv(h.m).WithPD(h.pdc) }
 
 // agent runs an agent for store against the real PD.
 func (h *realPDHarness) agent(store uint64) func() {
@@ -119,7 +123,9 @@ func TestRealPDAgentsBackUpThroughTopologyChanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.br.ok("stream", "start", "--task-name", "pitr", "--storage", url, "--start-ts", fmt.Sprint(start))
+	if err := br.Start(ctx, h.env(), br.StartOptions{TaskName: "pitr", StartTS: fmt.Sprint(start), Storage: url}, io.Discard); err != nil {
+		t.Fatal(err)
+	}
 	for _, s := range c.StoreIDs() {
 		defer h.agent(s)()
 	}
