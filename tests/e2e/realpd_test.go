@@ -103,7 +103,8 @@ func safePointsInPD(t *testing.T, ctx context.Context, s *realpd.Server) map[str
 
 // TestRealPDAgentsBackUpThroughTopologyChanges runs an agent per store
 // against a real PD while a workload writes and regions split and merge
-// and leaders move, PD restarting half-way, then decodes the storage: every
+// and leaders move (by transfer or a store going down), PD stopping
+// half-way while regions change and starting again, then decodes the storage: every
 // version committed between the start and the end is there, and br's
 // verify finds the storage whole.
 func TestRealPDAgentsBackUpThroughTopologyChanges(t *testing.T) {
@@ -130,11 +131,19 @@ func TestRealPDAgentsBackUpThroughTopologyChanges(t *testing.T) {
 		defer h.agent(s)()
 	}
 
-	// churn moves a leader, splits or merges, at random.
+	// churn moves a leader, splits, merges or takes a store down and up,
+	// at random.
 	churn := func() {
 		regions := c.Regions()
 		reg := regions[rng.Intn(len(regions))]
-		switch rng.Intn(4) {
+		switch rng.Intn(5) {
+		case 4:
+			s := c.StoreIDs()[rng.Intn(len(c.StoreIDs()))]
+			// A store down for a moment: its leaders move to live
+			// peers, and PD hears of it from the new leaders.
+			c.StoreDown(s)
+			time.Sleep(300 * time.Millisecond)
+			c.StoreUp(s)
 		case 0, 1:
 			_ = c.TransferLeader(reg.Meta.Id, c.StoreIDs()[rng.Intn(len(c.StoreIDs()))])
 		case 2:
