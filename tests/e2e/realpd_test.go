@@ -104,9 +104,9 @@ func safePointsInPD(t *testing.T, ctx context.Context, s *realpd.Server) map[str
 // TestRealPDAgentsBackUpThroughTopologyChanges runs an agent per store
 // against a real PD while a workload writes and regions split and merge
 // and leaders move (by transfer or a store going down), PD stopping
-// half-way while regions change and starting again, then decodes the storage: every
-// version committed between the start and the end is there, and br's
-// verify finds the storage whole.
+// half-way while regions change and starting again, then decodes the
+// storage: every version committed between the start and the end is
+// there, and br's verify finds the storage whole.
 func TestRealPDAgentsBackUpThroughTopologyChanges(t *testing.T) {
 	seed := time.Now().UnixNano()
 	if s := os.Getenv("SIM_SEED"); s != "" {
