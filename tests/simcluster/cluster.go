@@ -128,6 +128,9 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	}
 	client, mock, mockPD, err := testutils.NewMockTiKV("", nil)
 	if err != nil {
+		if ext != nil {
+			ext.close()
+		}
 		return nil, fmt.Errorf("mock tikv: %w", err)
 	}
 	storeIDs, _, regionID, _ := testutils.BootstrapWithMultiStores(mock, cfg.Stores)
