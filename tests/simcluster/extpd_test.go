@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -316,5 +317,21 @@ func TestExternalPDJoinLater(t *testing.T) {
 	}
 	if err := c.JoinPD(ctx); err == nil {
 		t.Fatal("a second JoinPD was accepted")
+	}
+}
+
+// TestExternalPDBadConfig: an unreachable external PD, or one combined
+// with serving PD, is a clear error at Start, within the caller's
+// deadline.
+func TestExternalPDBadConfig(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	_, err := simcluster.Start(ctx, simcluster.Config{Stores: 1, ExternalPD: "127.0.0.1:1"})
+	if err == nil || !strings.Contains(err.Error(), "127.0.0.1:1") {
+		t.Fatalf("Start with an unreachable PD: %v", err)
+	}
+	_, err = simcluster.Start(context.Background(), simcluster.Config{Stores: 1, ExternalPD: "127.0.0.1:1", ServePD: true})
+	if err == nil || !strings.Contains(err.Error(), "ServePD") {
+		t.Fatalf("Start with ExternalPD and ServePD: %v", err)
 	}
 }
