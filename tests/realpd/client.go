@@ -163,6 +163,14 @@ func (c *Client) RegionHeartbeat(ctx context.Context, region *metapb.Region, lea
 		go func() {
 			for {
 				if _, err := hb.Recv(); err != nil {
+					// A broken stream (PD restarted) is reopened by the
+					// next heartbeat rather than failing it.
+					c.mu.Lock()
+					if c.hb == hb {
+						c.hbStop()
+						c.hb, c.hbStop = nil, nil
+					}
+					c.mu.Unlock()
 					return
 				}
 			}

@@ -44,6 +44,14 @@ type Config struct {
 	DataDir string
 	// TLS serves PD, its etcd and every store's CDC server with mutual TLS.
 	TLS *TLSFiles
+	// ExternalPD ("127.0.0.1:2379") runs the stores against that PD, as
+	// TiKV stores join one, instead of serving PD (see extpd.go): it must
+	// not be bootstrapped yet. Not with ServePD or TLS.
+	ExternalPD string
+	// JoinPDLater leaves the external PD unbootstrapped and unaware of the
+	// stores until JoinPD, as a PD deployed before its TiKVs start; the
+	// cluster id and timestamps are PD's from the start.
+	JoinPDLater bool
 }
 
 // Cluster is a running simulated cluster.
@@ -59,10 +67,14 @@ type Cluster struct {
 	storeIDs  []uint64
 
 	pd        *pdState
-	pdServer  *pdServer           // nil unless Config.ServePD
-	etcd      *embedetcd.Server   // PD's etcd, nil unless Config.ServePD
-	pdTempDir string              // removed by Close
-	storeOpts []grpc.ServerOption // every CDC server's (TLS)
+	pdServer  *pdServer         // nil unless Config.ServePD
+	etcd      *embedetcd.Server // PD's etcd, nil unless Config.ServePD
+	pdTempDir string            // removed by Close
+	ext       *extPD            // nil unless Config.ExternalPD
+	// firstRegion is mocktikv's first region, the one a store bootstraps
+	// PD with.
+	firstRegion uint64
+	storeOpts   []grpc.ServerOption // every CDC server's (TLS)
 
 	// mu orders everything that must be atomic against CDC: ledger changes,
 	// routing rows to subscriptions, registrations and topology changes.
@@ -101,12 +113,24 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if cfg.Seed == 0 {
 		cfg.Seed = time.Now().UnixNano()
 	}
+	if cfg.ExternalPD != "" && (cfg.ServePD || cfg.TLS != nil) {
+		return nil, fmt.Errorf("simcluster: ExternalPD %s with ServePD or TLS: the external PD serves PD, in plain text", cfg.ExternalPD)
+	}
 	storeOpts, err := storeServerOptions(cfg)
 	if err != nil {
 		return nil, err
 	}
+	var ext *extPD
+	if cfg.ExternalPD != "" {
+		if ext, err = dialExternalPD(ctx, cfg.ExternalPD); err != nil {
+			return nil, err
+		}
+	}
 	client, mock, mockPD, err := testutils.NewMockTiKV("", nil)
 	if err != nil {
+		if ext != nil {
+			ext.close()
+		}
 		return nil, fmt.Errorf("mock tikv: %w", err)
 	}
 	storeIDs, _, regionID, _ := testutils.BootstrapWithMultiStores(mock, cfg.Stores)
@@ -114,10 +138,14 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	state := newPDState(newClusterID(rng))
 	// The in-process PD keeps mocktikv's topology answers but takes the
 	// cluster id, timestamps and GC state from pdState, which the network
-	// PD shares.
-	pdClient := &localPD{Client: mockPD, s: state}
+	// PD shares, or from the external PD.
+	var pdClient pd.Client = &localPD{Client: mockPD, s: state}
+	if ext != nil {
+		state = newPDState(ext.store.ClusterID())
+		pdClient = &extLocalPD{Client: mockPD, ext: ext.pd, clusterID: state.clusterID}
+	}
 	c := &Cluster{
-		cfg: cfg, mock: mock, pdClient: pdClient, storeIDs: storeIDs, pd: state, storeOpts: storeOpts,
+		cfg: cfg, mock: mock, pdClient: pdClient, storeIDs: storeIDs, pd: state, storeOpts: storeOpts, ext: ext,
 		ledger: newLedger(), stores: map[uint64]*storeServer{}, subs: map[uint64]map[*subscription]struct{}{},
 		seed: cfg.Seed, rng: rng,
 	}
@@ -145,6 +173,15 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		if err := c.startPD(ctx); err != nil {
 			c.Close()
 			return nil, err
+		}
+	}
+	if ext != nil {
+		c.firstRegion = regionID
+		if !cfg.JoinPDLater {
+			if err := c.JoinPD(ctx); err != nil {
+				c.Close()
+				return nil, err
+			}
 		}
 	}
 	c.kv, err = tikv.NewTestTiKVStore(client, pdClient, func(inner tikv.Client) tikv.Client {
@@ -180,6 +217,9 @@ func (c *Cluster) Close() {
 	c.wg.Wait() // scans end once their streams are closed
 	if c.kv != nil {
 		c.kv.Close()
+	}
+	if c.ext != nil {
+		c.ext.close() // after the writer, whose timestamps come through it
 	}
 	c.stopPD()
 }

@@ -158,6 +158,22 @@
 //     in-process PD keep serving, so the workload goes on while agents lose
 //     PD.
 //
+// # External PD
+//
+// With Config.ExternalPD the stores join a PD server of their own (a real
+// pd-server; tests/realpd runs one) as TiKV stores do, and the cluster
+// serves no PD: Bootstrap with the first store and region, PutStore at
+// the CDC servers' addresses, store heartbeats (none from a down store, so
+// PD shows it disconnected) and region heartbeats from leaders on every
+// topology change and periodically, with mocktikv's epochs and a term that
+// grows on leader change; merges raise the survivor's version above the
+// absorbed region's as TiKV does, or PD would refuse it as stale. The
+// cluster id and every timestamp (client-go's writer, TSO, the
+// BulkWriter, resolved ts) are that PD's; PDAddr is its address, where
+// its etcd serves too. WaitPDSynced waits until PD lists the cluster's
+// regions; JoinPDLater and JoinPD leave PD unbootstrapped until a test
+// says. See extpd.go.
+//
 // # Keys
 //
 // Three forms appear and each function says which it takes:

@@ -112,7 +112,12 @@ func (s *pdState) updateGCSafePoint(ctx context.Context, target uint64) (uint64,
 }
 
 // GCSafePoint is PD's GC safe point: TiKV may collect versions below it.
+// With an external PD it is read from PD's HTTP API (0 when that fails).
 func (c *Cluster) GCSafePoint() uint64 {
+	if c.ext != nil {
+		sp, _, _ := c.ext.gcState(context.Background())
+		return sp
+	}
 	c.pd.gcMu.Lock()
 	defer c.pd.gcMu.Unlock()
 	return c.pd.gc.gcSafePoint
@@ -125,6 +130,9 @@ func (c *Cluster) GCSafePoint() uint64 {
 // ts when a service safepoint held it back (ServiceSafePoints says which).
 // A ts below the current txn safe point is an error, as in PD.
 func (c *Cluster) SetGCSafePoint(ctx context.Context, ts uint64) (uint64, error) {
+	if c.ext != nil {
+		return c.ext.setGCSafePoint(ctx, ts)
+	}
 	s := c.pd
 	now, err := s.clock.now()
 	if err != nil {
@@ -151,7 +159,13 @@ func (c *Cluster) SetGCSafePoint(ctx context.Context, ts uint64) (uint64, error)
 // ServiceSafePoints lists the live service safepoints by service id,
 // including gc_worker (the txn safe point, never expiring). Expired ones
 // are gone, whether or not PD has deleted them from etcd yet.
+// With an external PD they are read from PD's HTTP API (nil when that
+// fails).
 func (c *Cluster) ServiceSafePoints() map[string]ServiceSafePoint {
+	if c.ext != nil {
+		_, sps, _ := c.ext.gcState(context.Background())
+		return sps
+	}
 	now, err := c.pd.clock.now()
 	if err != nil {
 		now = time.Now() // unreachable: allocating one timestamp cannot fail
@@ -165,7 +179,12 @@ func (c *Cluster) ServiceSafePoints() map[string]ServiceSafePoint {
 // only: later timestamps are at least d ahead of the wall clock, and
 // service safepoints expire accordingly. Tests use it to expire a TTL
 // without waiting for it.
-func (c *Cluster) AdvancePDClock(d time.Duration) { c.pd.clock.advance(d) }
+// With an external PD it does nothing: a real PD's clock is the wall's.
+func (c *Cluster) AdvancePDClock(d time.Duration) {
+	if c.ext == nil {
+		c.pd.clock.advance(d)
+	}
+}
 
 // localPD is the in-process door to PD: mocktikv's pd.Client for the
 // topology, with the cluster id, the TSO and the GC calls served from

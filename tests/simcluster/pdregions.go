@@ -44,6 +44,9 @@ func (c *Cluster) regionSnapshot() regionIndex {
 func (c *Cluster) topologyChangedLocked() {
 	c.routes = nil
 	c.topology.Add(1)
+	if c.ext != nil {
+		c.ext.wake()
+	}
 }
 
 // find returns the index of the region holding key, or -1.

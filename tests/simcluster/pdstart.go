@@ -110,6 +110,9 @@ func (c *Cluster) stopPD() {
 // pd.NewClient and to an etcd client (over TLS with Config.TLS). It is ""
 // when PD is not served.
 func (c *Cluster) PDAddr() string {
+	if c.ext != nil {
+		return c.ext.addr
+	}
 	if c.etcd == nil {
 		return ""
 	}

@@ -96,6 +96,9 @@ func (c *Cluster) Merge(raw []byte) error {
 		return fmt.Errorf("merge: region holding %q has no right neighbour", raw)
 	}
 	right := c.regionByEncoded(left.Meta.EndKey)
+	if c.ext != nil {
+		c.raiseVersionForMergeLocked(left.Meta.Id, right.Meta.Id)
+	}
 	c.mock.Merge(left.Meta.Id, right.Meta.Id)
 	c.topologyChangedLocked()
 	// The writer's client-go region cache can wedge on a merged-away
@@ -171,4 +174,7 @@ func (c *Cluster) StoreUp(store uint64) {
 	}
 	c.mock.StartStore(store)
 	s.setDown(false)
+	if c.ext != nil {
+		c.ext.wake() // its heartbeats resume
+	}
 }
