@@ -38,8 +38,13 @@ type Options struct {
 	Dir string // PD/etcd data, agent logs, default storage; default a temp dir
 	// TempDir says Dir was made for this run (set when Dir is empty): it
 	// is removed when the run passes and named when it does not.
-	TempDir       bool
-	Storage       string        // default local://<dir>/backup; the nemesis uses a loopback S3
+	TempDir bool
+	Storage string // default local://<dir>/backup; the nemesis uses a loopback S3
+	// PD is a PD the user runs ("127.0.0.1:2379", a pd-server v8.5.x):
+	// the simulated stores join it as TiKV stores do (bootstrap, heartbeats,
+	// its TSO) and the agents and br use it and its etcd. "" serves the
+	// simulator's own PD.
+	PD            string
 	Duration      time.Duration // workload duration; 0 = until ctx ends
 	Stores        int
 	Regions       int
@@ -83,6 +88,9 @@ func (o *Options) defaults() error {
 			return fmt.Errorf("make a temp dir (or pass --dir): %w", err)
 		}
 		o.Dir, o.TempDir = d, true
+	}
+	if o.Nemesis && o.PD != "" {
+		return errors.New("--nemesis restarts and fails PD itself, which it cannot do to a PD you run; leave out --pd")
 	}
 	if o.Nemesis && o.Storage != "" {
 		return errors.New("--nemesis writes to its own loopback S3 server (it injects storage faults there); leave out --storage")
@@ -289,8 +297,11 @@ func run(ctx context.Context, o Options, pr *printer) error {
 		splits = append(splits, []byte(fmt.Sprintf("t%04d", i*10000/o.Regions)))
 	}
 	sctx, cancel := context.WithTimeout(ctx, time.Minute)
-	cluster, err := simcluster.Start(sctx, simcluster.Config{Stores: o.Stores, SplitKeys: splits, Seed: o.Seed,
-		ServePD: true, DataDir: filepath.Join(o.Dir, "pd")})
+	scfg := simcluster.Config{Stores: o.Stores, SplitKeys: splits, Seed: o.Seed, ServePD: true, DataDir: filepath.Join(o.Dir, "pd")}
+	if o.PD != "" {
+		scfg.ServePD, scfg.DataDir, scfg.ExternalPD = false, "", o.PD
+	}
+	cluster, err := simcluster.Start(sctx, scfg)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("start the simulated cluster: %w", err)

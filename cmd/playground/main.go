@@ -90,6 +90,7 @@ func command() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&o.Dir, "dir", "", "directory for PD/etcd data, agent logs and the default storage (default: a new temp dir)")
 	f.StringVar(&o.Storage, "storage", "", "backup storage URL (default local://<dir>/backup)")
+	f.StringVar(&o.PD, "pd", "", "a PD you run (host:port of a fresh pd-server v8.5.x): the simulated stores bootstrap and join it as TiKV stores do (default: the simulator's own PD)")
 	f.DurationVar(&o.Duration, "duration", 20*time.Second, "how long the workload runs (0 = until Ctrl-C)")
 	f.IntVar(&o.Stores, "stores", 3, "simulated TiKV stores")
 	f.IntVar(&o.Regions, "regions", 8, "initial regions")
