@@ -171,6 +171,7 @@ func (c *Cluster) AdvancePDClock(d time.Duration) { c.pd.clock.advance(d) }
 type localPD struct {
 	pd.Client
 	s *pdState
+	c *Cluster // its stores' liveness (withHeartbeat)
 }
 
 func (p *localPD) GetClusterID(context.Context) uint64 { return p.s.clusterID }
