@@ -112,7 +112,7 @@ func TestStartRefusedAtOrBelowTxnSafePoint(t *testing.T) {
 	for _, tc := range []struct {
 		what string
 		ts   uint64
-	}{{"below the GC safe point", gcTS - 1}, {"at the GC safe point", gcTS}, {"between the GC and the txn safe point", between}, {"at the txn safe point", txnTS}} {
+	}{{"between the GC and the txn safe point", between}, {"at the txn safe point", txnTS}, {"at the GC safe point", gcTS}, {"below the GC safe point", gcTS - 1}} {
 		res := r.fails("txn safe point", "stream", "start", "--task-name", "pitr", "--storage", "local://"+dir, "--start-ts", fmt.Sprint(tc.ts))
 		if res.code != 1 || !strings.Contains(res.stderr, "omit it to start now") || !strings.Contains(res.stderr, br.FormatTS(txnTS, time.Local)) {
 			t.Fatalf("%s: rc %d, stderr %q: want rc 1 naming the txn safe point as a datetime and the next step", tc.what, res.code, res.stderr)
