@@ -239,21 +239,25 @@ func LoadTasks(ctx context.Context, env *Env, name string) ([]*TaskView, error) 
 	// PD is asked once, and only when there is a task: status must work
 	// with etcd alone, so an unreachable PD leaves the GC and store rows
 	// out.
+	// A PD that does not answer the first call is not asked again: each
+	// call would wait out its deadline.
 	if len(views) > 0 {
 		if pdc, err := env.pd(ctx); err == nil {
-			if sp, err := meta.GCSafePoint(ctx, pdc); err == nil {
-				for _, v := range views {
-					v.GCSafePoint = sp
-				}
-			}
 			// A resume holds GC at checkpoint − 1, which PD refuses once its
 			// txn safe point is at the checkpoint.
 			if txn, err := meta.TxnSafePoint(ctx, pdc); err == nil {
 				for _, v := range views {
 					v.TxnSafePoint, v.GCPassed = txn, v.Checkpoint <= txn
 				}
+				if sp, err := meta.GCSafePoint(ctx, pdc); err == nil {
+					for _, v := range views {
+						v.GCSafePoint = sp
+					}
+				}
+				crossCheckPD(ctx, env, views, tasks)
+			} else {
+				env.log().Warn("status: PD does not answer; GC and store rows left out", "err", err)
 			}
-			crossCheckPD(ctx, env, views, tasks)
 		}
 	}
 	return views, nil

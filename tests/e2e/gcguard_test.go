@@ -318,3 +318,36 @@ func TestCoordinatorReadsGCSafePointOncePerMinute(t *testing.T) {
 		t.Fatalf("the coordinator read PD's GC safe point %d times in under a minute, want once", n)
 	}
 }
+
+// TestAgentRefusesCheckpointPastTxnSafePoint: an agent starting a task
+// whose checkpoint PD's txn safe point has passed (the GC safe point still
+// below it, as during a GC round) refuses to observe from it, with TiKV's
+// GCSafepointExceeded, instead of rescanning versions GC may remove.
+func TestAgentRefusesCheckpointPastTxnSafePoint(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	h := newHarness(t, ctx, simcluster.Config{Stores: 1}, "local://"+t.TempDir(), 0)
+	h.c.AdvancePDClock(31 * time.Minute) // BR's start barrier expires
+	now, _ := h.c.TSO(ctx)
+	moveTxnSafePoint(t, ctx, h.c.PD(), now)
+	if gc := h.c.GCSafePoint(); gc >= h.startTS {
+		t.Fatalf("GC safe point %d: the test needs it below the start %d", gc, h.startTS)
+	}
+	_, stop := h.agent(h.c.StoreIDs()[0], nil, nil)
+	defer stop()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		errsByStore, err := h.m.LastErrors(ctx, "pitr")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e := errsByStore[h.c.StoreIDs()[0]]; e != nil {
+			if e.ErrorCode != "KV:LogBackup:GCSafepointExceeded" || !strings.Contains(e.ErrorMessage, "txn safe point") {
+				t.Fatalf("last error %s: %s", e.ErrorCode, e.ErrorMessage)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the agent observes from a checkpoint PD's txn safe point has passed")
+		}
+	}
+}
