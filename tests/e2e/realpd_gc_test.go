@@ -44,7 +44,7 @@ func startRealCluster(t *testing.T, ctx context.Context) *realCluster {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	ids := make([]uint64, 3)
+	ids := make([]uint64, 4)
 	for i := range ids {
 		if ids[i], err = c.AllocID(ctx); err != nil {
 			t.Fatal(err)
@@ -164,7 +164,7 @@ func TestRealPDStartGCChecks(t *testing.T) {
 			t.Fatalf("%s: the refused start changed PD's service safepoints: %v → %v", tc.what, spsBefore, sps)
 		}
 	}
-	rc.r.ok("stream", "start", "--task-name", "pitr", "--storage", "local://"+dir)
+	rc.r.ok("stream", "start", "--task-name", "pitr", "--storage", "local://"+dir, "--gc-ttl", "1s")
 	st := statusOf(t, rc.r, "pitr")
 	if st.StartTS <= txnTS {
 		t.Fatalf("plain start at %d, not after the txn safe point %d", st.StartTS, txnTS)
@@ -173,6 +173,35 @@ func TestRealPDStartGCChecks(t *testing.T) {
 		t.Fatalf("no br-<uuid> barrier at start − 1 (%d): %v", st.StartTS-1, rc.serviceSafePoints(t, ctx))
 	}
 	rc.r.ok("stream", "stop", "--task-name", "pitr")
+
+	// The storage holds backup.lock but no log data; once GC passes its
+	// start, the next plain start begins it afresh.
+	passTxnSafePoint(t, ctx, rc)
+	out := rc.r.ok("stream", "start", "--task-name", "again", "--storage", "local://"+dir)
+	if !strings.Contains(out, "starting it afresh") {
+		t.Fatalf("start on a storage without log data says:\n%s", out)
+	}
+	rc.r.ok("stream", "stop", "--task-name", "again")
+}
+
+// passTxnSafePoint moves PD's txn safe point to now as TiDB's GC worker
+// does every round, until the barriers holding it (short TTLs) expire, and
+// returns it.
+func passTxnSafePoint(t *testing.T, ctx context.Context, rc *realCluster) uint64 {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		target := rc.tso(t, ctx)
+		got, err := rc.c.SetTxnSafePoint(ctx, target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got == target {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the txn safe point stays at %d: %v", got, rc.serviceSafePoints(t, ctx))
+		}
+	}
 }
 
 // TestRealPDResumeRefusedPastTxnSafePoint: once the pause safepoint has
@@ -187,23 +216,7 @@ func TestRealPDResumeRefusedPastTxnSafePoint(t *testing.T) {
 	rc.r.ok("stream", "start", "--task-name", "pitr", "--storage", "local://"+filepath.Join(t.TempDir(), "b"), "--gc-ttl", "1s")
 	rc.r.ok("stream", "pause", "--task-name", "pitr", "--gc-ttl", "1s")
 	cp := statusOf(t, rc.r, "pitr").Checkpoint
-	// TiDB's GC worker tries every round; the barriers hold it until their
-	// TTL is over.
-	var txn uint64
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		target := rc.tso(t, ctx)
-		got, err := rc.c.SetTxnSafePoint(ctx, target)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got == target {
-			txn = got
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the txn safe point stays at %d: %v", got, rc.serviceSafePoints(t, ctx))
-		}
-	}
+	txn := passTxnSafePoint(t, ctx, rc)
 	if gc, err := meta.GCSafePoint(ctx, rc.pdc); err != nil || gc >= cp {
 		t.Fatalf("GC safe point %d (%v): the test needs it below the checkpoint %d", gc, err, cp)
 	}
@@ -220,13 +233,14 @@ func TestRealPDResumeRefusedPastTxnSafePoint(t *testing.T) {
 
 // TestRealPDStatusNamesStores: status cross-checks a real PD's stores: the
 // store leading the task's region with no agent is named until an agent
-// registers for it; a store PD never heard from is disconnected; a TiFlash
-// store and a tombstone are left out.
+// registers for it; a store PD never heard from, and one it has not heard
+// from for 20 s (PD keeps both Up), are disconnected; a TiFlash store and a
+// tombstone are left out.
 func TestRealPDStatusNamesStores(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	rc := startRealCluster(t, ctx)
-	ids := make([]uint64, 3)
+	ids := make([]uint64, 4)
 	for i := range ids {
 		var err error
 		if ids[i], err = rc.c.AllocID(ctx); err != nil {
@@ -237,14 +251,18 @@ func TestRealPDStatusNamesStores(t *testing.T) {
 	tiflash := &metapb.Store{Id: ids[1], Address: "127.0.0.1:3", Version: "8.5.6",
 		Labels: []*metapb.StoreLabel{{Key: "engine", Value: "tiflash"}}}
 	gone := &metapb.Store{Id: ids[2], Address: "127.0.0.1:4", Version: "8.5.6"}
-	for _, s := range []*metapb.Store{silent, tiflash, gone} {
+	never := &metapb.Store{Id: ids[3], Address: "127.0.0.1:5", Version: "8.5.6"}
+	for _, s := range []*metapb.Store{silent, tiflash, gone, never} {
 		if err := rc.c.PutStore(ctx, s); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := rc.c.StoreHeartbeat(ctx, gone.Id, 0); err != nil {
-		t.Fatal(err)
+	for _, s := range []*metapb.Store{silent, gone} {
+		if err := rc.c.StoreHeartbeat(ctx, s.Id, 0); err != nil {
+			t.Fatal(err)
+		}
 	}
+	silentSince := time.Now()
 	if err := rc.c.Tombstone(ctx, gone.Id); err != nil {
 		t.Fatal(err)
 	}
@@ -254,25 +272,42 @@ func TestRealPDStatusNamesStores(t *testing.T) {
 	rc.r.ok("stream", "start", "--task-name", "pitr", "--storage", "local://"+filepath.Join(t.TempDir(), "b"))
 
 	wantNoAgent := fmt.Sprintf("store %d (%s): no agent", rc.store.Id, rc.store.Address)
-	wantSilent := fmt.Sprintf("store %d (%s): disconnected", silent.Id, silent.Address)
+	wantNever := fmt.Sprintf("store %d (%s): disconnected (PD never had a heartbeat from it)", never.Id, never.Address)
+	wantSilent := fmt.Sprintf("store %d (%s): disconnected (PD last heard from it", silent.Id, silent.Address)
+	// PD takes the region heartbeat in, and the silent store's 20 s pass,
+	// while store 1 keeps heartbeating as a TiKV does every 10 s.
 	var v gcView
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+	lastBeat := time.Now()
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		if time.Since(lastBeat) > 5*time.Second {
+			if err := rc.c.StoreHeartbeat(ctx, rc.store.Id, 1); err != nil {
+				t.Fatal(err)
+			}
+			lastBeat = time.Now()
+		}
 		v = gcStatus(t, rc.r, "pitr")
-		if len(v.PDStores) == 2 {
-			break // PD has taken in the region heartbeat
+		if len(v.PDStores) == 3 {
+			break
+		}
+		for _, p := range v.PDStores {
+			if p.StoreID == silent.Id && time.Since(silentSince) < 19*time.Second {
+				t.Fatalf("store %d shown disconnected %s after its heartbeat: %+v", silent.Id, time.Since(silentSince), v.PDStores)
+			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("pd_stores %+v, want stores %d (no agent) and %d (disconnected)", v.PDStores, rc.store.Id, silent.Id)
+			t.Fatalf("pd_stores %+v, want stores %d (no agent), %d and %d (disconnected)", v.PDStores, rc.store.Id, silent.Id, never.Id)
 		}
 	}
 	if p := v.PDStores[0]; p.StoreID != rc.store.Id || !p.NoAgent || p.LeaderRegions != 1 || p.Disconnected || p.Address != rc.store.Address {
 		t.Fatalf("first pd_stores row %+v, want store %d with no agent", p, rc.store.Id)
 	}
-	if p := v.PDStores[1]; p.StoreID != silent.Id || p.NoAgent || !p.Disconnected {
-		t.Fatalf("second pd_stores row %+v, want store %d disconnected", p, silent.Id)
+	for i, s := range []*metapb.Store{silent, never} {
+		if p := v.PDStores[i+1]; p.StoreID != s.Id || p.NoAgent || !p.Disconnected {
+			t.Fatalf("pd_stores row %+v, want store %d disconnected", p, s.Id)
+		}
 	}
 	table := rc.r.ok("stream", "status", "--task-name", "pitr")
-	for _, want := range []string{wantNoAgent, wantSilent} {
+	for _, want := range []string{wantNoAgent, wantSilent, wantNever} {
 		if !strings.Contains(table, want) {
 			t.Fatalf("status lacks %q:\n%s", want, table)
 		}
@@ -283,7 +318,7 @@ func TestRealPDStatusNamesStores(t *testing.T) {
 	if _, err := meta.NewClient(rc.cli).RegisterAgent(actx, &lbpb.AgentRegistration{StoreId: rc.store.Id, Hostname: "h1", Version: "v"}, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if v := gcStatus(t, rc.r, "pitr"); len(v.PDStores) != 1 || v.PDStores[0].StoreID != silent.Id {
+	if v := gcStatus(t, rc.r, "pitr"); len(v.PDStores) != 2 || v.PDStores[0].StoreID != silent.Id {
 		t.Fatalf("with an agent for store %d: pd_stores %+v", rc.store.Id, v.PDStores)
 	}
 }
