@@ -197,8 +197,11 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 	// start. Should a later step fail, the barrier expires with its TTL.
 	if err := meta.SetServiceSafePoint(ctx, pdc, "br-"+randomID(), opts.GCTTL, resolveAt-1); err != nil {
 		if errors.Is(err, meta.ErrGCPassed) {
-			return userError("start from a later --start-ts (after a new full backup), or omit it to start now", err,
-				"the start %s (%d) is already collectable: PD's txn safe point has passed it", FormatTS(resolveAt, env.loc()), resolveAt)
+			hint := "start from a later --start-ts (after a new full backup), or omit it to start now"
+			if resolveAt != startTS { // the storage's own continue point
+				hint = "start a new task in another storage path (after a new full backup)"
+			}
+			return userError(hint, err, "the start %s (%d) is already collectable: PD's txn safe point has passed it", FormatTS(resolveAt, env.loc()), resolveAt)
 		}
 		return userError("check PD's health", err, "cannot set the start GC safepoint")
 	}
@@ -211,7 +214,7 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 	if afresh {
 		effectiveStart, err = restartEmptyStorage(ctx, st, startTS, clusterID)
 		if err == nil {
-			fmt.Fprintf(w, "The storage holds backup.lock but no log data (a start that did not finish?); starting it afresh.\n")
+			fmt.Fprintf(w, "The storage holds backup.lock but no log data (a start that did not finish, or a task stopped before its first flush); starting it afresh.\n")
 		}
 	} else {
 		effectiveStart, restarted, err = prepareStorage(ctx, st, startTS, clusterID)
