@@ -276,7 +276,8 @@ func TestStatusNamesStoresPDListsWithoutAgent(t *testing.T) {
 	if len(v.PDStores) != 1 || v.PDStores[0].StoreID != s2 || !v.PDStores[0].Disconnected || v.PDStores[0].NoAgent {
 		t.Fatalf("pd_stores %+v, want store %d disconnected", v.PDStores, s2)
 	}
-	want = fmt.Sprintf("store %d (%s): disconnected (PD last heard from it 21s ago)", s2, c.StoreAddr(s2))
+	// 21 s and however long the test took since: the seconds are not fixed.
+	want = fmt.Sprintf("store %d (%s): disconnected (PD last heard from it 2", s2, c.StoreAddr(s2))
 	if table := r.ok("stream", "status", "--task-name", "pitr"); !strings.Contains(table, want) {
 		t.Fatalf("status table lacks %q:\n%s", want, table)
 	}
