@@ -121,7 +121,14 @@ func Resume(ctx context.Context, env *Env, name string, clearError bool, w io.Wr
 		return userError(fmt.Sprintf("fix the cause, then run `br stream resume --task-name %s --clear-error`", name), nil,
 			"refusing to resume task %q paused by an error", name)
 	}
-	if err := checkNotCollected(ctx, env, t); err != nil {
+	// The agents rescan from the checkpoint: PD must hold GC at it before
+	// the task runs again, or the rescan may read versions GC removed.
+	pdc, err := env.pd(ctx)
+	if err != nil {
+		return err
+	}
+	cp, err := holdForResume(ctx, env, pdc, t)
+	if err != nil {
 		return err
 	}
 	// Errors go first: if the second step fails the task is still paused
@@ -138,14 +145,10 @@ func Resume(ctx context.Context, env *Env, name string, clearError bool, w io.Wr
 	// The agents' pause guards go; BR's pause safepoint is cut to 30
 	// minutes as BR does, so GC stays held until the agents' flush
 	// safepoints take over, and then it expires by itself.
-	if pdc, err := env.pd(ctx); err == nil {
-		if cp, err := taskCheckpoint(ctx, env, t); err == nil && cp > 0 {
-			if err := meta.SetServiceSafePoint(ctx, pdc, PauseSafePointID(name), 30*time.Minute, cp-1); err != nil {
-				fmt.Fprintf(w, "warning: could not shorten the pause GC safepoint: %v\n", err)
-			}
-		}
-		dropSafePoints(ctx, env, pdc, name, false, w)
+	if err := meta.SetServiceSafePoint(ctx, pdc, PauseSafePointID(name), resumeGCTTL, cp-1); err != nil {
+		fmt.Fprintf(w, "warning: could not shorten the pause GC safepoint: %v\n", err)
 	}
+	dropSafePoints(ctx, env, pdc, name, false, w)
 	note := ""
 	if clearError && records > 0 {
 		fmt.Fprintf(w, "Cleared %d error record(s).\n", records)
@@ -227,28 +230,46 @@ func dropSafePoints(ctx context.Context, env *Env, pdc pd.Client, task string, f
 	}
 }
 
-// checkNotCollected refuses to resume a task whose checkpoint is below
-// PD's GC safepoint: the changes it would rescan are gone, and resuming
-// would leave a hole in the backup.
-func checkNotCollected(ctx context.Context, env *Env, t *meta.TaskStatus) error {
-	pdc, err := env.pd(ctx)
-	if err != nil {
-		return err
-	}
-	sp, err := meta.GCSafePoint(ctx, pdc)
-	if err != nil {
-		return userError("check PD's health", err, "cannot read PD's GC safepoint")
-	}
+// resumeGCTTL is how long BR's pause safepoint outlives a resume (BR cuts
+// it to 30 minutes): the agents' flush safepoints take over meanwhile.
+const resumeGCTTL = 30 * time.Minute
+
+// holdForResume makes PD hold GC at the task's checkpoint − 1 (BR's pause
+// safepoint, for a pause's TTL while the task is still paused) and returns
+// the checkpoint. PD refuses once its txn safe point has passed the
+// checkpoint − 1 — the pause safepoint expired and a GC round ran — and so
+// does this, whatever the GC safe point says: the changes the agents would
+// rescan may be gone, and resuming would leave a hole in the backup.
+func holdForResume(ctx context.Context, env *Env, pdc pd.Client, t *meta.TaskStatus) (uint64, error) {
+	name := t.Info.Name
 	cp, err := taskCheckpoint(ctx, env, t)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	if cp < sp {
+	collected := func(txn uint64) error {
 		return userError("start a new task (after a new full backup) in another storage path", nil,
-			"the global checkpoint ts %d (%s) of task %q has been garbage collected (GC safepoint %d); the changes since it are gone",
-			cp, FormatTS(cp, env.loc()), t.Info.Name, sp)
+			"the global checkpoint %s (%d) of task %q has been garbage collected: PD's txn safe point is %s (%d), so PD no longer holds GC there and the changes since the checkpoint may be gone",
+			FormatTS(cp, env.loc()), cp, name, FormatTS(txn, env.loc()), txn)
 	}
-	return nil
+	txn, err := meta.TxnSafePoint(ctx, pdc)
+	if err != nil {
+		return 0, userError("check PD's health", err, "cannot read PD's txn safe point")
+	}
+	if cp <= txn {
+		return 0, collected(txn)
+	}
+	err = meta.SetServiceSafePoint(ctx, pdc, PauseSafePointID(name), DefaultPauseGCTTL, cp-1)
+	if errors.Is(err, meta.ErrGCPassed) { // GC moved on since the read
+		if txn, rerr := meta.TxnSafePoint(ctx, pdc); rerr == nil {
+			return 0, collected(txn)
+		}
+		return 0, userError("start a new task (after a new full backup) in another storage path", err,
+			"the global checkpoint %s (%d) of task %q has been garbage collected", FormatTS(cp, env.loc()), cp, name)
+	}
+	if err != nil {
+		return 0, userError("check PD's health", err, "cannot hold GC at the checkpoint of task %q", name)
+	}
+	return cp, nil
 }
 
 // getTaskTolerant reads a task even when its info or pause value is

@@ -18,8 +18,10 @@ import (
 // BR). BR checks the cluster's versions and that TiKV's own log backup is
 // enabled, since a task nothing observes never advances. Here the
 // observers are our agents, so the check is:
-//   - PD answers and reports at least one TiKV store that is up (an error
-//     otherwise: a task on such a cluster cannot be backed up);
+//   - PD answers and has heard from at least one TiKV store within the last
+//     20 s (an error otherwise: a task on such a cluster cannot be backed
+//     up). PD keeps a store that stopped heartbeating Up, so its state
+//     alone cannot tell;
 //   - every such store has a live agent registered in etcd (a warning
 //     naming the stores otherwise: the agents may be started after the
 //     task, but until each store has one the task's checkpoint stays at its
@@ -37,15 +39,27 @@ func checkRequirements(ctx context.Context, env *Env, w io.Writer) error {
 	if err != nil {
 		return userError("check PD's health, or pass --check-requirements=false", err, "cannot list the stores from PD")
 	}
+	// PD's heartbeat times are on PD's clock.
+	nowTS, err := env.tso(ctx)
+	if err != nil {
+		return err
+	}
+	now := PhysicalTime(nowTS)
 	var up []*metapb.Store
+	silent := 0
 	for _, s := range stores {
-		if s.GetState() == metapb.StoreState_Up && !isTiFlash(s) {
-			up = append(up, s)
+		if s.GetState() != metapb.StoreState_Up || isTiFlash(s) {
+			continue
 		}
+		if hb := s.GetLastHeartbeat(); hb == 0 || now.Sub(time.Unix(0, hb)) > storeDisconnected {
+			silent++
+			continue
+		}
+		up = append(up, s)
 	}
 	if len(up) == 0 {
-		return userError("check the cluster (pd-ctl store), or pass --check-requirements=false", nil,
-			"PD reports no TiKV store that is up (%d stores in all)", len(stores))
+		return userError("check the cluster (pd-ctl store) and that the TiKV stores run, or pass --check-requirements=false", nil,
+			"PD has heard from no TiKV store within %s (%d stores in all, %d up in PD's records but silent)", storeDisconnected, len(stores), silent)
 	}
 	agents, err := env.Meta.Agents(ctx)
 	if err != nil {

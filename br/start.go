@@ -44,10 +44,11 @@ type StartOptions struct {
 // DefaultStartGCTTL is BR's default --gc-ttl of `log start`.
 const DefaultStartGCTTL = 1800 * time.Second
 
-// Start validates the options, prepares the storage (backup.lock and the
-// root backupmeta, like BR) and puts the task with its ranges in one etcd
-// transaction. Nothing is written anywhere until every input is checked and
-// the table filter is resolved to ranges.
+// Start validates the options, holds GC at the start (BR's br-<uuid>
+// barrier), prepares the storage (backup.lock and the root backupmeta, like
+// BR) and puts the task with its ranges in one etcd transaction. Nothing is
+// written anywhere until every input is checked, the table filter is
+// resolved to ranges and PD has taken the barrier.
 func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error {
 	if err := meta.ValidTaskName(opts.TaskName); err != nil {
 		return userError("pass --task-name with letters, digits and underscores only", err, "invalid task name")
@@ -114,14 +115,17 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 	if err != nil {
 		return err
 	}
-	sp, err := meta.GCSafePoint(ctx, pdc)
+	// What PD enforces is its txn safe point, not the GC safe point: TiDB's
+	// GC worker moves it ahead at the start of every GC round, and PD
+	// refuses the start barrier (at start − 1) below it.
+	txnSP, err := meta.TxnSafePoint(ctx, pdc)
 	if err != nil {
-		return userError("check PD's health", err, "cannot read PD's GC safepoint")
+		return userError("check PD's health", err, "cannot read PD's txn safe point")
 	}
-	if startTS < sp {
+	if startTS <= txnSP {
 		return userError("start from a later --start-ts (after a new full backup), or omit it to start now", nil,
-			"--start-ts %d (%s) is below PD's GC safepoint %d (%s): the changes since it are already collected",
-			startTS, FormatTS(startTS, env.loc()), sp, FormatTS(sp, env.loc()))
+			"--start-ts %s (%d) is at or below PD's txn safe point %s (%d), which TiDB's GC has reached: the changes after the start may be collected already, and PD refuses to hold GC there",
+			FormatTS(startTS, env.loc()), startTS, FormatTS(txnSP, env.loc()), txnSP)
 	}
 
 	if opts.CheckRequirements {
@@ -164,19 +168,57 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 	if err != nil {
 		return userError("is --storage the path of a log backup?", err, "cannot read the storage %s", loc)
 	}
-	if resolveAt < sp {
-		return userError("start a new task in another storage path (after a new full backup)", nil,
-			"the storage's log backup continues from %d (%s), below PD's GC safepoint %d: the changes since it are already collected",
-			resolveAt, FormatTS(resolveAt, env.loc()), sp)
+	// A storage whose log backup continues from a ts GC has reached cannot
+	// continue. If it holds no log data at all (a start that failed after
+	// writing backup.lock, or a task stopped before its first flush), there
+	// is nothing to continue and nothing to lose: it starts afresh.
+	afresh := false
+	if resolveAt <= txnSP {
+		holds, err := holdsLogData(ctx, st)
+		if err != nil {
+			return userError("check that the storage is reachable and readable", err, "cannot read the storage %s", loc)
+		}
+		if holds {
+			return userError("start a new task in another storage path (after a new full backup)", nil,
+				"the storage's log backup continues from %s (%d), at or below PD's txn safe point %s (%d): the changes since it may be collected already",
+				FormatTS(resolveAt, env.loc()), resolveAt, FormatTS(txnSP, env.loc()), txnSP)
+		}
+		afresh, resolveAt = true, startTS
 	}
 	ranges, err := filter.ranges(ctx, env, resolveAt, w)
 	if err != nil {
 		return err
 	}
+
+	// Hold GC at the start until the agents' own safepoints take over, as
+	// BR does: their first scans read every change after it. This is the
+	// first write anywhere: if PD refuses it (its txn safe point moved past
+	// the start since it was read), nothing is left behind to trip the next
+	// start. Should a later step fail, the barrier expires with its TTL.
+	if err := meta.SetServiceSafePoint(ctx, pdc, "br-"+randomID(), opts.GCTTL, resolveAt-1); err != nil {
+		if errors.Is(err, meta.ErrGCPassed) {
+			hint := "start from a later --start-ts (after a new full backup), or omit it to start now"
+			if resolveAt != startTS { // the storage's own continue point
+				hint = "start a new task in another storage path (after a new full backup)"
+			}
+			return userError(hint, err, "the start %s (%d) is already collectable: PD's txn safe point has passed it", FormatTS(resolveAt, env.loc()), resolveAt)
+		}
+		return userError("check PD's health", err, "cannot set the start GC safepoint")
+	}
+
 	if err := storage.CheckWritable(ctx, st); err != nil {
 		return userError("check the storage permissions and that the bucket exists", err, "storage %s is not writable", loc)
 	}
-	effectiveStart, restarted, err := prepareStorage(ctx, st, startTS, clusterID)
+	var effectiveStart uint64
+	var restarted bool
+	if afresh {
+		effectiveStart, err = restartEmptyStorage(ctx, st, startTS, clusterID)
+		if err == nil {
+			fmt.Fprintf(w, "The storage holds backup.lock but no log data (a start that did not finish, or a task stopped before its first flush); starting it afresh.\n")
+		}
+	} else {
+		effectiveStart, restarted, err = prepareStorage(ctx, st, startTS, clusterID)
+	}
 	if err != nil {
 		return err
 	}
@@ -194,15 +236,6 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 	// Before the task exists: its agents must find it named as the owner.
 	if err := claimStorage(ctx, st, own, clusterID, opts.TaskName, effectiveStart, env.tso, w); err != nil {
 		return fmt.Errorf("claim the storage %s: %w", loc, err)
-	}
-
-	// Hold GC at the start until the agents' own safepoints take over, as
-	// BR does: their first scans read every change after it.
-	if err := meta.SetServiceSafePoint(ctx, pdc, "br-"+randomID(), opts.GCTTL, effectiveStart-1); err != nil {
-		if errors.Is(err, meta.ErrGCPassed) {
-			return userError("start from a later --start-ts, or omit it to start now", err, "the start %s (%d) is already collectable", FormatTS(effectiveStart, env.loc()), effectiveStart)
-		}
-		return userError("check PD's health", err, "cannot set the start GC safepoint")
 	}
 
 	info := &brpb.StreamBackupTaskInfo{

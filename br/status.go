@@ -11,6 +11,8 @@ import (
 	"time"
 
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
+	"github.com/pingcap/kvproto/pkg/metapb"
+	"github.com/tikv/pd/client/opt"
 
 	"logbackup/meta"
 	"logbackup/storage"
@@ -64,11 +66,19 @@ type TaskView struct {
 	// Conflicts are other writers of the task's state (TiDB's advancer,
 	// TiKV's built-in log backup), in words; empty when there are none.
 	Conflicts []string `json:"conflicts"`
-	// GCSafePoint is PD's GC safepoint when PD could be asked (0: not
-	// known); GCPassed says it has passed the checkpoint: the changes since
-	// the checkpoint are gone and the task cannot resume without loss.
-	GCSafePoint uint64 `json:"gc_safepoint,omitempty"`
-	GCPassed    bool   `json:"gc_safepoint_passed"`
+	// GCSafePoint is PD's GC safepoint and TxnSafePoint its txn safe point
+	// (what PD enforces; ahead of the GC safepoint during a GC round) when
+	// PD could be asked (0: not known). GCPassed says the txn safe point has
+	// reached the checkpoint: PD no longer holds GC there, the changes since
+	// the checkpoint may be gone and the task cannot resume without loss.
+	GCSafePoint  uint64 `json:"gc_safepoint,omitempty"`
+	TxnSafePoint uint64 `json:"txn_safepoint,omitempty"`
+	GCPassed     bool   `json:"gc_safepoint_passed"`
+	// PDStores are the TiKV stores PD lists (not tombstones, not TiFlash)
+	// that hold the task back: leading regions of its ranges with no live
+	// agent, or not heard from by PD for more than 20 s. Empty when PD
+	// could not be asked.
+	PDStores []PDStoreView `json:"pd_stores"`
 	// AutoRecovery is what the coordinator's automatic recovery does for a
 	// task paused by a recoverable error (or just resumed by it): what it
 	// probes, how often, the last probe, the resumes so far.
@@ -79,6 +89,27 @@ type TaskView struct {
 
 	hasGlobal bool // a central_global checkpoint exists
 }
+
+// PDStoreView is one store PD lists that holds the task back.
+type PDStoreView struct {
+	StoreID uint64 `json:"store_id"`
+	Address string `json:"address"`
+	// NoAgent: it leads LeaderRegions regions of the task's ranges and no
+	// live agent is registered for it.
+	NoAgent       bool `json:"no_agent"`
+	LeaderRegions int  `json:"leader_regions"`
+	// Disconnected: PD has not had a heartbeat from it for more than
+	// storeDisconnected (PD keeps such a store Up; only the heartbeat
+	// tells). LastHeartbeat is zero if PD never had one.
+	Disconnected  bool      `json:"disconnected"`
+	LastHeartbeat time.Time `json:"last_heartbeat,omitempty"`
+	// SilentSeconds is how long PD has not heard from it, on PD's clock.
+	SilentSeconds float64 `json:"silent_seconds,omitempty"`
+}
+
+// storeDisconnected is how long PD may not hear from a store before status
+// calls it disconnected: PD's own threshold (its store state "Disconnected").
+const storeDisconnected = 20 * time.Second
 
 // StoreState is one store's agent state for a task: INITIALIZING (initial
 // scans running), HEALTHY, IDLE (no leader region of the task), RETRYING
@@ -195,6 +226,7 @@ func LoadTasks(ctx context.Context, env *Env, name string) ([]*TaskView, error) 
 			}
 		}
 		v.Corrupt = []CorruptView{}
+		v.PDStores = []PDStoreView{}
 		for _, r := range bad {
 			v.Corrupt = append(v.Corrupt, CorruptView{Key: r.Key, Error: r.Err.Error()})
 		}
@@ -205,17 +237,85 @@ func LoadTasks(ctx context.Context, env *Env, name string) ([]*TaskView, error) 
 		views = append(views, v)
 	}
 	// PD is asked once, and only when there is a task: status must work
-	// with etcd alone, so an unreachable PD leaves the GC rows out.
+	// with etcd alone, so an unreachable PD leaves the GC and store rows
+	// out.
+	// A PD that does not answer the first call is not asked again: each
+	// call would wait out its deadline.
 	if len(views) > 0 {
 		if pdc, err := env.pd(ctx); err == nil {
-			if sp, err := meta.GCSafePoint(ctx, pdc); err == nil {
+			// A resume holds GC at checkpoint − 1, which PD refuses once its
+			// txn safe point is at the checkpoint.
+			if txn, err := meta.TxnSafePoint(ctx, pdc); err == nil {
 				for _, v := range views {
-					v.GCSafePoint, v.GCPassed = sp, v.Checkpoint < sp
+					v.TxnSafePoint, v.GCPassed = txn, v.Checkpoint <= txn
 				}
+				if sp, err := meta.GCSafePoint(ctx, pdc); err == nil {
+					for _, v := range views {
+						v.GCSafePoint = sp
+					}
+				}
+				crossCheckPD(ctx, env, views, tasks)
+			} else {
+				env.log().Warn("status: PD does not answer; GC and store rows left out", "err", err)
 			}
 		}
 	}
 	return views, nil
+}
+
+// crossCheckPD fills each task's PDStores from PD's store list: stores that
+// lead regions of the task but have no live agent (an agent never started,
+// or started with a wrong --store-id, is seen nowhere else), and stores PD
+// has not heard from lately. Errors leave the rows out: status must answer
+// whatever PD does.
+func crossCheckPD(ctx context.Context, env *Env, views []*TaskView, tasks []*meta.TaskStatus) {
+	pdc, err := env.pd(ctx)
+	if err != nil {
+		return
+	}
+	rctx, cancel := meta.PDCallContext(ctx, 10*time.Second)
+	all, err := pdc.GetAllStores(rctx, opt.WithExcludeTombstone())
+	cancel()
+	if err != nil {
+		env.log().Warn("status: cannot list the stores from PD", "err", err)
+		return
+	}
+	// PD's clock judges PD's heartbeat times: the local clock may be off.
+	now := env.now()
+	if ts, err := env.tso(ctx); err == nil {
+		now = PhysicalTime(ts)
+	}
+	agents, err := env.Meta.Agents(ctx)
+	if err != nil {
+		env.log().Warn("status: cannot read agent registrations", "err", err)
+		return
+	}
+	for i, v := range views {
+		if tasks[i].InfoErr != nil {
+			continue
+		}
+		leaders, err := leaderStores(ctx, env, v.Name)
+		if err != nil {
+			env.log().Warn("status: cannot list the task's regions", "task", v.Name, "err", err)
+			continue
+		}
+		for _, s := range all {
+			if s.GetState() == metapb.StoreState_Tombstone || isTiFlash(s) {
+				continue
+			}
+			pv := PDStoreView{StoreID: s.GetId(), Address: s.GetAddress(), LeaderRegions: leaders[s.GetId()]}
+			pv.NoAgent = pv.LeaderRegions > 0 && agents[s.GetId()] == nil
+			if hb := s.GetLastHeartbeat(); hb > 0 {
+				pv.LastHeartbeat = time.Unix(0, hb)
+				pv.SilentSeconds = max(0, now.Sub(pv.LastHeartbeat).Seconds())
+			}
+			pv.Disconnected = pv.LastHeartbeat.IsZero() || now.Sub(pv.LastHeartbeat) > storeDisconnected
+			if pv.NoAgent || pv.Disconnected {
+				v.PDStores = append(v.PDStores, pv)
+			}
+		}
+		sort.Slice(v.PDStores, func(i, j int) bool { return v.PDStores[i].StoreID < v.PDStores[j].StoreID })
+	}
 }
 
 func getTask(ctx context.Context, env *Env, name string) (*meta.TaskStatus, error) {
@@ -413,8 +513,8 @@ func taskRows(v *TaskView, now time.Time, loc *time.Location) []row {
 	rows = append(rows, row{"storage", v.Storage}, row{"speed(est.)", fmt.Sprintf("%.2f ops/s", v.EstimateQPS)},
 		row{"checkpoint[global]", at(v.Checkpoint)})
 	if v.GCPassed {
-		rows = append(rows, row{"gc-safepoint", fmt.Sprintf("○ PD's GC safepoint %s has passed the checkpoint: the changes since the checkpoint are gone and this task cannot resume without loss; stop it and start a new one after a new full backup",
-			FormatTS(v.GCSafePoint, loc))})
+		rows = append(rows, row{"gc-safepoint", fmt.Sprintf("○ PD's txn safe point %s (TiDB's GC) has reached the checkpoint: the changes since the checkpoint may be gone and this task cannot resume without loss; stop it and start a new one after a new full backup",
+			FormatTS(v.TxnSafePoint, loc))})
 	}
 	if !v.hasGlobal {
 		for _, p := range v.Progress {
@@ -430,6 +530,9 @@ func taskRows(v *TaskView, now time.Time, loc *time.Location) []row {
 		for _, s := range v.StoresWithoutAgent {
 			rows = append(rows, row{fmt.Sprintf("agent[store=%d]", s), "○ NOT RUNNING: the checkpoint cannot advance until it is back"})
 		}
+	}
+	for _, s := range v.PDStores {
+		rows = append(rows, row{fmt.Sprintf("pd[store=%d]", s.StoreID), pdStoreLine(s)})
 	}
 	if p := v.Pause; p != nil {
 		rows = append(rows,
@@ -514,6 +617,22 @@ func autoRecoveryLine(r *meta.RecoveryState, now time.Time, loc *time.Location) 
 		s += fmt.Sprintf("; no resume before %s (backoff after a failed resume)", at(r.NextResumeAt))
 	}
 	return s
+}
+
+// pdStoreLine says why a store PD lists holds the task back.
+func pdStoreLine(s PDStoreView) string {
+	var why []string
+	if s.NoAgent {
+		why = append(why, fmt.Sprintf("no agent (it leads %d of the task's regions; the checkpoint cannot advance until an agent runs beside it)", s.LeaderRegions))
+	}
+	if s.Disconnected {
+		if s.LastHeartbeat.IsZero() {
+			why = append(why, "disconnected (PD never had a heartbeat from it)")
+		} else {
+			why = append(why, fmt.Sprintf("disconnected (PD last heard from it %s ago)", time.Duration(s.SilentSeconds*float64(time.Second)).Round(time.Second)))
+		}
+	}
+	return fmt.Sprintf("○ store %d (%s): %s", s.StoreID, s.Address, strings.Join(why, "; "))
 }
 
 // storeLine renders one store's state for people.

@@ -11,6 +11,7 @@ import (
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
 
 	"logbackup/storage"
+	"logbackup/streamagent/logfile"
 )
 
 // Object names at the storage root, as BR and TiKV use them.
@@ -110,4 +111,41 @@ func prepareStorage(ctx context.Context, s storage.Storage, startTS, clusterID u
 		return 0, false, fmt.Errorf("write %s: %w", LockFile, err)
 	}
 	return startTS, false, nil
+}
+
+// holdsLogData says whether a storage with backup.lock holds any log data:
+// a meta file (a flush committed) or a truncate safepoint (data was there).
+func holdsLogData(ctx context.Context, s storage.Storage) (bool, error) {
+	if ok, err := s.Exists(ctx, TruncateSafepointFile); err != nil || ok {
+		return ok, err
+	}
+	errFound := errors.New("found")
+	err := s.List(ctx, logfile.MetaDir, func(storage.ObjectInfo) error { return errFound })
+	if errors.Is(err, errFound) {
+		return true, nil
+	}
+	return false, err
+}
+
+// restartEmptyStorage rewrites the root backupmeta of a storage that holds
+// backup.lock but no log data, so its log backup starts at startTS: what a
+// start that failed after writing them, or a task stopped before its first
+// flush, left behind. Checked again here, as a flush may have landed since.
+func restartEmptyStorage(ctx context.Context, s storage.Storage, startTS, clusterID uint64) (uint64, error) {
+	holds, err := holdsLogData(ctx, s)
+	if err != nil {
+		return 0, err
+	}
+	if holds {
+		return 0, fmt.Errorf("the storage %s received log data while the task was starting; run start again", s)
+	}
+	bm := brpb.BackupMeta{StartVersion: startTS, ClusterId: clusterID, BrVersion: "logbackup"}
+	raw, err := bm.Marshal()
+	if err != nil {
+		return 0, fmt.Errorf("encode %s: %w", BackupMetaFile, err)
+	}
+	if err := s.WriteFile(ctx, BackupMetaFile, raw); err != nil {
+		return 0, fmt.Errorf("write %s: %w", BackupMetaFile, err)
+	}
+	return startTS, nil
 }

@@ -77,7 +77,7 @@ func waitObserved(ctx context.Context, env *Env, name string, since uint64, time
 }
 
 // leaderStores maps each store that leads regions of the task's ranges to
-// how many.
+// how many (distinct regions).
 func leaderStores(ctx context.Context, env *Env, name string) (map[uint64]int, error) {
 	pdc, err := env.pd(ctx)
 	if err != nil {
@@ -88,6 +88,7 @@ func leaderStores(ctx context.Context, env *Env, name string) (map[uint64]int, e
 		return nil, fmt.Errorf("read ranges of %q: %w", name, err)
 	}
 	out := map[uint64]int{}
+	seen := map[uint64]bool{} // a region spanning two ranges counts once
 	for _, r := range ranges {
 		start := codec.EncodeBytes(nil, r.StartKey)
 		var end []byte
@@ -99,7 +100,8 @@ func leaderStores(ctx context.Context, env *Env, name string) (map[uint64]int, e
 			return nil, userError("check PD's health", err, "cannot list the task's regions")
 		}
 		for _, reg := range regions {
-			if reg.Leader != nil {
+			if reg.Leader != nil && !seen[reg.Meta.GetId()] {
+				seen[reg.Meta.GetId()] = true
 				out[reg.Leader.StoreId]++
 			}
 		}

@@ -99,14 +99,37 @@ func SetServiceSafePoint(ctx context.Context, pdc pd.Client, id string, ttl time
 		return fmt.Errorf("set GC safepoint %s: %w", id, err)
 	}
 	if secs > 0 && min > ts {
-		return fmt.Errorf("set GC safepoint %s at %d: PD's GC safepoint is already %d: %w", id, ts, min, ErrGCPassed)
+		return fmt.Errorf("set GC safepoint %s at %d: PD's txn safe point is already %d: %w", id, ts, min, ErrGCPassed)
 	}
 	return nil
 }
 
-// ErrGCPassed: PD's GC safepoint is past the timestamp a caller wanted to
-// keep.
+// ErrGCPassed: PD's GC (its txn safe point) is past the timestamp a caller
+// wanted to keep.
 var ErrGCPassed = errors.New("the GC safepoint has passed it")
+
+// TxnSafePointProbeID is the service safepoint TxnSafePoint deletes to read
+// PD's txn safe point. Nothing ever sets it, so the delete changes nothing;
+// the id names the reader in PD's log.
+const TxnSafePointProbeID = "logbackup-read-txn-safe-point"
+
+// TxnSafePoint reads PD's txn safe point: what PD enforces. PD refuses a
+// service safepoint below it, and TiDB's GC worker moves it ahead of the
+// GC safe point (GCSafePoint) at the start of every GC round, so a ts
+// between the two is already lost to GC as far as a new safepoint goes.
+// The pinned pd client has no call for it; every UpdateServiceGCSafePoint
+// answers with it (PD v8.5: the txn safe point; older PDs: the lowest
+// service safepoint, gc_worker's included, which is never above it), and
+// deleting one that does not exist (ttl 0) is the call that writes nothing.
+func TxnSafePoint(ctx context.Context, pdc pd.Client) (uint64, error) {
+	rctx, cancel := PDCallContext(ctx, 10*time.Second)
+	defer cancel()
+	sp, err := pdc.UpdateServiceGCSafePoint(rctx, TxnSafePointProbeID, 0, 0)
+	if err != nil {
+		return 0, fmt.Errorf("read PD's txn safe point: %w", err)
+	}
+	return sp, nil
+}
 
 // PD service safepoint ids the agents hold, named as TiKV names its own so
 // an operator (and PD's tooling) sees the same ids whichever writes.

@@ -41,6 +41,8 @@ type Agent struct {
 	workDir string
 	// reported: the incarnation whose corrupt info was reported, by task.
 	reported map[string]int64
+	// gcRead is the coordinator's last read of PD's GC safe point.
+	gcRead gcSafePointRead
 }
 
 type runnerHandle struct {
@@ -392,7 +394,7 @@ func (a *Agent) AdvanceOnce(ctx context.Context) error {
 	if _, err := a.cfg.Meta.CleanStaleAgentState(ctx); err != nil {
 		errs = append(errs, err)
 	}
-	if sp, err := a.gcSafePoint(ctx); err == nil {
+	if sp, ok := a.gcRead.get(ctx, a.gcSafePoint); ok {
 		a.metrics.checkpoints.setGCSafePoint(sp)
 	}
 	published := map[string]uint64{}
@@ -433,6 +435,32 @@ func (a *Agent) gcSafePoint(ctx context.Context) (uint64, error) {
 	rctx, cancel := context.WithTimeout(withBreaker(ctx), 10*time.Second)
 	defer cancel()
 	return a.cfg.PD.UpdateGCSafePoint(rctx, 0)
+}
+
+// gcSafePointReadEvery: the coordinator reads PD's GC safe point at most
+// this often. It only feeds a metric, and PD logs deprecation WARN lines on
+// every read (the pinned client has no other way to ask).
+const gcSafePointReadEvery = time.Minute
+
+// gcSafePointRead is the last read of PD's GC safe point and when it was
+// tried (a failed read waits its minute too).
+type gcSafePointRead struct {
+	mu sync.Mutex
+	sp uint64
+	ok bool
+	at time.Time
+}
+
+func (g *gcSafePointRead) get(ctx context.Context, read func(context.Context) (uint64, error)) (uint64, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.at.IsZero() || time.Since(g.at) >= gcSafePointReadEvery {
+		g.at = time.Now()
+		if sp, err := read(ctx); err == nil {
+			g.sp, g.ok = sp, true
+		}
+	}
+	return g.sp, g.ok
 }
 
 // startIfRunnable reads a task and starts it unless it is paused; a task

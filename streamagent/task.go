@@ -461,18 +461,19 @@ func encryptionOf(info *brpb.StreamBackupTaskInfo) (string, bool) {
 
 // checkNotCollected refuses to observe from a checkpoint PD's GC has
 // passed: the changes since it are gone, and a rescan would silently miss
-// them. The GC safepoint is read as BR reads it (UpdateGCSafePoint(0)
-// never moves it, and returns it).
+// them. It compares with PD's txn safe point, what PD enforces, which runs
+// ahead of the GC safe point during a GC round; a rescan reads the changes
+// after the checkpoint, which a txn safe point at the checkpoint keeps.
 func checkNotCollected(ctx context.Context, a *Agent, checkpoint uint64) error {
 	if checkpoint == 0 {
 		return nil
 	}
-	sp, err := a.gcSafePoint(ctx)
+	sp, err := meta.TxnSafePoint(ctx, a.cfg.PD)
 	if err != nil {
-		return errs.Wrap(errs.CodePD, fmt.Errorf("read PD's GC safepoint: %w", err))
+		return errs.Wrap(errs.CodePD, err)
 	}
 	if checkpoint < sp {
-		return errs.Wrap(errs.CodeGCSafepointExceeded, fmt.Errorf("the checkpoint %d (%s) is below PD's GC safepoint %d (%s): the changes since it may be gone",
+		return errs.Wrap(errs.CodeGCSafepointExceeded, fmt.Errorf("the checkpoint %d (%s) is below PD's txn safe point %d (%s): the changes since it may be gone",
 			checkpoint, oracle.GetTimeFromTS(checkpoint).UTC().Format(time.RFC3339), sp, oracle.GetTimeFromTS(sp).UTC().Format(time.RFC3339)))
 	}
 	return nil

@@ -40,7 +40,7 @@ func hasPrefix(ids []string, prefix string) (string, bool) {
 // TestGCSafePointsAsTiKVAndBR: the PD service safepoints a log backup
 // task holds over its life, through the real CLI and the agents, with
 // TiKV's and BR's ids and values:
-//   - start refuses a start-ts PD's GC has passed, and sets BR's start
+//   - start refuses a start-ts PD's GC has reached, and sets BR's start
 //     safepoint (br-<uuid>) at start-ts − 1;
 //   - each store's agent keeps backup-stream-<task>-<store> at its store
 //     checkpoint − 1, refreshed as flushes go on;
@@ -62,7 +62,7 @@ func TestGCSafePointsAsTiKVAndBR(t *testing.T) {
 	if _, err := c.SetGCSafePoint(ctx, past); err != nil {
 		t.Fatal(err)
 	}
-	r.fails("below PD's GC safepoint", "stream", "start", "--task-name", "pitr", "--storage", "local://"+filepath.Join(dir, "b"),
+	r.fails("at or below PD's txn safe point", "stream", "start", "--task-name", "pitr", "--storage", "local://"+filepath.Join(dir, "b"),
 		"--start-ts", fmt.Sprint(past-1000))
 	start, _ := c.TSO(ctx)
 	r.ok("stream", "start", "--task-name", "pitr", "--storage", "local://"+filepath.Join(dir, "b"), "--start-ts", fmt.Sprint(start), "--gc-ttl", "10m")

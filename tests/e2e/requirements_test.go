@@ -8,13 +8,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pingcap/kvproto/pkg/metapb"
+
 	"logbackup/meta"
 	"logbackup/tests/simcluster"
 )
 
 // TestCheckRequirements: `start --check-requirements` (on by default, as in
 // BR) warns, naming them, about the TiKV stores that have no registered
-// agent, and refuses a cluster whose PD reports no TiKV store that is up;
+// agent, and refuses a cluster whose PD has heard from no TiKV store for
+// 20 s (PD keeps a silent store Up);
 // --check-requirements=false skips both checks.
 func TestCheckRequirements(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -53,9 +56,17 @@ func TestCheckRequirements(t *testing.T) {
 		t.Fatalf("one agent: start says\n%s\nwant %q", out, want)
 	}
 
+	// PD keeps a stopped store Up: only its heartbeat, silent for more than
+	// 20 s on PD's clock, tells.
 	c.StoreDown(s1)
 	c.StoreDown(s2)
-	res := r.fails("no TiKV store that is up", "log", "start", "--task-name", "pitr", "-s", "local://"+filepath.Join(t.TempDir(), "down"))
+	if st, err := c.PD().GetStore(ctx, s1); err != nil || st.GetState() != metapb.StoreState_Up {
+		t.Fatalf("PD reports a stopped store as %v (%v), want Up as a real PD does", st.GetState(), err)
+	}
+	r.ok("log", "start", "--task-name", "pitr", "-s", "local://"+filepath.Join(t.TempDir(), "recent"))
+	r.ok("log", "stop", "--task-name", "pitr")
+	c.AdvancePDClock(21 * time.Second)
+	res := r.fails("PD has heard from no TiKV store within 20s", "log", "start", "--task-name", "pitr", "-s", "local://"+filepath.Join(t.TempDir(), "down"))
 	if !strings.Contains(res.stderr, "--check-requirements=false") {
 		t.Fatalf("no hint: %s", res.stderr)
 	}

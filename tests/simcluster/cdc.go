@@ -33,6 +33,7 @@ type storeServer struct {
 	served  chan struct{}  // closed when the current grpc.Serve returns
 	streams map[*feedStream]struct{}
 	down    bool
+	downAt  time.Time // PD's clock when it went down (its last heartbeat)
 	faults  storeFaults
 	changed chan struct{} // closed and replaced whenever faults change
 }
@@ -121,7 +122,14 @@ func (s *storeServer) setHealthLocked() {
 }
 
 func (s *storeServer) setDown(down bool) {
+	at, err := s.c.pd.clock.now()
+	if err != nil {
+		at = time.Now() // unreachable: allocating one timestamp cannot fail
+	}
 	s.mu.Lock()
+	if down && !s.down {
+		s.downAt = at
+	}
 	s.down = down
 	s.setHealthLocked()
 	s.mu.Unlock()

@@ -149,6 +149,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		ledger: newLedger(), stores: map[uint64]*storeServer{}, subs: map[uint64]map[*subscription]struct{}{},
 		seed: cfg.Seed, rng: rng,
 	}
+	pdClient.c = c
 	// Split keys in ascending order each fall in the previous split's
 	// right-hand region, which regionByEncoded tries before mocktikv's
 	// scan of every region (100,000 splits were quadratic).

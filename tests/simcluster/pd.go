@@ -192,6 +192,7 @@ func (c *Cluster) AdvancePDClock(d time.Duration) {
 type localPD struct {
 	pd.Client
 	s *pdState
+	c *Cluster // its stores' liveness (withHeartbeat)
 }
 
 func (p *localPD) GetClusterID(context.Context) uint64 { return p.s.clusterID }

@@ -7,10 +7,12 @@ import (
 	"io"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/pingcap/kvproto/pkg/metapb"
 	"github.com/pingcap/kvproto/pkg/pdpb"
 	"github.com/tikv/pd/client/clients/router"
+	"github.com/tikv/pd/client/opt"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -300,7 +302,7 @@ func (p *pdServer) GetStore(_ context.Context, req *pdpb.GetStoreRequest) (*pdpb
 	if st == nil {
 		return &pdpb.GetStoreResponse{Header: p.errorHeader(pdpb.ErrorType_UNKNOWN, fmt.Sprintf("invalid store ID %d, not found", req.GetStoreId()))}, nil
 	}
-	return &pdpb.GetStoreResponse{Header: p.header(), Store: st}, nil
+	return &pdpb.GetStoreResponse{Header: p.header(), Store: p.c.withHeartbeat(st)}, nil
 }
 
 // GetAllStores lists the stores by id; each store's address is its CDC
@@ -314,7 +316,7 @@ func (p *pdServer) GetAllStores(_ context.Context, req *pdpb.GetAllStoresRequest
 		if req.GetExcludeTombstoneStores() && st.GetNodeState() == metapb.NodeState_Removed {
 			continue
 		}
-		stores = append(stores, st)
+		stores = append(stores, p.c.withHeartbeat(st))
 	}
 	sort.Slice(stores, func(i, j int) bool { return stores[i].Id < stores[j].Id })
 	return &pdpb.GetAllStoresResponse{Header: p.header(), Stores: stores}, nil
@@ -350,4 +352,48 @@ func (p *pdServer) UpdateServiceGCSafePoint(ctx context.Context, req *pdpb.Updat
 	}
 	return &pdpb.UpdateServiceGCSafePointResponse{Header: p.header(), ServiceId: []byte(min.id),
 		TTL: min.expiresAt - now.Unix(), MinSafePoint: min.safePoint}, nil
+}
+
+// storeHeartbeatInterval is how often a TiKV store heartbeats to PD.
+const storeHeartbeatInterval = 10 * time.Second
+
+// withHeartbeat is a store as PD reports it, with LastHeartbeat (unix ns,
+// PD's clock): a serving store's is its latest heartbeat, on a 10 s grid as
+// TiKV sends them (the same answer to calls close together), a stopped
+// one's is when it stopped, so a client tells a disconnected store the way
+// it does with a real PD, which keeps its state Up.
+func (c *Cluster) withHeartbeat(st *metapb.Store) *metapb.Store {
+	if st == nil {
+		return nil
+	}
+	out := *st
+	now, err := c.pd.clock.now()
+	if err != nil {
+		now = time.Now() // unreachable: allocating one timestamp cannot fail
+	}
+	out.LastHeartbeat = now.Truncate(storeHeartbeatInterval).UnixNano()
+	if s := c.store(st.GetId()); s != nil {
+		s.mu.Lock()
+		if s.down {
+			// mocktikv marks a stopped store Offline; PD keeps it Up.
+			out.LastHeartbeat = s.downAt.UnixNano()
+			out.State, out.NodeState = metapb.StoreState_Up, metapb.NodeState_Serving
+		}
+		s.mu.Unlock()
+	}
+	return &out
+}
+
+// GetStore and GetAllStores answer in process as the PD server does.
+func (p *localPD) GetStore(ctx context.Context, id uint64) (*metapb.Store, error) {
+	st, err := p.Client.GetStore(ctx, id)
+	return p.c.withHeartbeat(st), err
+}
+
+func (p *localPD) GetAllStores(ctx context.Context, opts ...opt.GetStoreOption) ([]*metapb.Store, error) {
+	all, err := p.Client.GetAllStores(ctx, opts...)
+	for i, st := range all {
+		all[i] = p.c.withHeartbeat(st)
+	}
+	return all, err
 }
