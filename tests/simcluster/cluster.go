@@ -139,7 +139,8 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	// The in-process PD keeps mocktikv's topology answers but takes the
 	// cluster id, timestamps and GC state from pdState, which the network
 	// PD shares, or from the external PD.
-	var pdClient pd.Client = &localPD{Client: mockPD, s: state}
+	local := &localPD{Client: mockPD, s: state}
+	var pdClient pd.Client = local
 	if ext != nil {
 		state = newPDState(ext.store.ClusterID())
 		pdClient = &extLocalPD{Client: mockPD, ext: ext.pd, clusterID: state.clusterID}
@@ -149,7 +150,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		ledger: newLedger(), stores: map[uint64]*storeServer{}, subs: map[uint64]map[*subscription]struct{}{},
 		seed: cfg.Seed, rng: rng,
 	}
-	pdClient.c = c
+	local.c = c
 	// Split keys in ascending order each fall in the previous split's
 	// right-hand region, which regionByEncoded tries before mocktikv's
 	// scan of every region (100,000 splits were quadratic).

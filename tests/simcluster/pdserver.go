@@ -354,8 +354,8 @@ func (p *pdServer) UpdateServiceGCSafePoint(ctx context.Context, req *pdpb.Updat
 		TTL: min.expiresAt - now.Unix(), MinSafePoint: min.safePoint}, nil
 }
 
-// storeHeartbeatInterval is how often a TiKV store heartbeats to PD.
-const storeHeartbeatInterval = 10 * time.Second
+// tikvHeartbeatInterval is how often a TiKV store heartbeats to PD.
+const tikvHeartbeatInterval = 10 * time.Second
 
 // withHeartbeat is a store as PD reports it, with LastHeartbeat (unix ns,
 // PD's clock): a serving store's is its latest heartbeat, on a 10 s grid as
@@ -371,7 +371,7 @@ func (c *Cluster) withHeartbeat(st *metapb.Store) *metapb.Store {
 	if err != nil {
 		now = time.Now() // unreachable: allocating one timestamp cannot fail
 	}
-	out.LastHeartbeat = now.Truncate(storeHeartbeatInterval).UnixNano()
+	out.LastHeartbeat = now.Truncate(tikvHeartbeatInterval).UnixNano()
 	if s := c.store(st.GetId()); s != nil {
 		s.mu.Lock()
 		if s.down {
