@@ -20,6 +20,7 @@ import (
 
 	"logbackup/br"
 	"logbackup/meta"
+	"logbackup/playground"
 	"logbackup/streamagent"
 	"logbackup/tests/realpd"
 	"logbackup/tests/simcluster"
@@ -351,4 +352,35 @@ func TestRealPDBrStreamCommands(t *testing.T) {
 		}
 	}
 	assertBackedUp(t, ctx, url, c, start, more)
+}
+
+// TestRealPDPlayground: the playground's main job against a PD the user
+// runs (--pd): its stores bootstrap and join that PD, its agents are
+// processes of their own against it, and the backup verifies.
+func TestRealPDPlayground(t *testing.T) {
+	s := realpd.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	err := playground.Run(ctx, playground.Options{Dir: t.TempDir(), PD: s.Addr(), Duration: 3 * time.Second, Rate: 50,
+		FlushInterval: time.Second}, &out)
+	if err != nil {
+		t.Fatalf("playground --pd %s: %v\n%s", s.Addr(), err, out.String())
+	}
+	if !strings.Contains(out.String(), "verify: OK") || !strings.Contains(out.String(), s.Addr()) {
+		t.Fatalf("the playground against the real PD did not verify, or named another PD:\n%s", out.String())
+	}
+	c, err := realpd.Dial(ctx, s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if ok, err := c.IsBootstrapped(ctx); err != nil || !ok {
+		t.Fatalf("the playground's stores did not bootstrap the real PD: %v %v", ok, err)
+	}
+	// --nemesis fails PD itself, which it cannot do to a PD the user runs.
+	err = playground.Run(ctx, playground.Options{Dir: t.TempDir(), PD: s.Addr(), Nemesis: true}, &out)
+	if err == nil || !strings.Contains(err.Error(), "--pd") {
+		t.Fatalf("--nemesis with --pd: %v", err)
+	}
 }
