@@ -45,6 +45,9 @@ func azureFault(f azuretest.Fault) func(t *testing.T, log *retryLog) error {
 
 // TestAccessDeniedAlike: a refusal is the same kind of error on every
 // backend (ErrAccessDenied, KindAccessDenied) and is never retried.
+//
+// Hand-written fault: each backend's refusal codes (403 AccessDenied, InvalidAccessKeyId, 400 ExpiredToken,
+// AuthorizationPermissionMismatch, …) answered on cue; the real servers' own refusals run in tests/realstorage.
 func TestAccessDeniedAlike(t *testing.T) {
 	for _, c := range []failCase{
 		{"local read-only filesystem", func(t *testing.T, log *retryLog) error {
@@ -92,6 +95,9 @@ func TestAccessDeniedAlike(t *testing.T) {
 
 // TestQuotaAlike: out of space or quota is one kind everywhere, not
 // retried.
+//
+// Hand-written fault: quota and size-limit answers (XMinioStorageFull, QuotaExceeded, EntityTooLarge, …):
+// no server fills up on cue.
 func TestQuotaAlike(t *testing.T) {
 	for _, c := range []failCase{
 		{"local ENOSPC", func(t *testing.T, log *retryLog) error {

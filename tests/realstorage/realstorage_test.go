@@ -90,6 +90,12 @@ func wantFailure(t *testing.T, what string, err error, kind storage.ErrorKind, r
 		t.Errorf("%s: retries observed %q, want retried=%v", what, got, retried)
 		ok = false
 	}
+	// One line naming the storage (the Azure SDK's own error spans a
+	// dozen lines with the request and response).
+	if msg := err.Error(); strings.Contains(msg, "\n") || !strings.Contains(msg, "://") {
+		t.Errorf("%s: not one line naming the storage: %q", what, msg)
+		ok = false
+	}
 	NoSecret(t, what, err.Error(), secrets...)
 	NoSecret(t, what, fmt.Sprintf("%+v %#v", err, err), secrets...)
 	return ok
@@ -109,7 +115,10 @@ var every = []op{
 		return s.WriteFrom(ctx, "v1/y.log", int64(len(src.Data)), src.Open)
 	}},
 	{"read", func(ctx context.Context, s storage.Storage) error { _, err := s.ReadFile(ctx, "v1/x.log"); return err }},
-	{"range", func(ctx context.Context, s storage.Storage) error { _, err := s.ReadRange(ctx, "v1/x.log", 0, 1); return err }},
+	{"range", func(ctx context.Context, s storage.Storage) error {
+		_, err := s.ReadRange(ctx, "v1/x.log", 0, 1)
+		return err
+	}},
 	{"exists", func(ctx context.Context, s storage.Storage) error { _, err := s.Exists(ctx, "v1/x.log"); return err }},
 	{"list", func(ctx context.Context, s storage.Storage) error {
 		return s.List(ctx, "", func(storage.ObjectInfo) error { return nil })
