@@ -2,6 +2,7 @@ package realstorage
 
 import (
 	"context"
+	"net"
 	"net/url"
 	"testing"
 	"time"
@@ -27,7 +28,7 @@ func StartAzurite(t testing.TB) *Azurite {
 		"npm install -g azurite@"+versions()["LOGBACKUP_AZURITE_VERSION"])
 	srv := start(t, "azurite", bin, nil,
 		func(addr, dir string) []string {
-			host, port, _ := splitHostPort(addr)
+			host, port, _ := net.SplitHostPort(addr)
 			// No telemetry: nothing may leave the machine.
 			return []string{"--blobHost", host, "--blobPort", port, "--location", dir, "--silent", "--disableTelemetry"}
 		},

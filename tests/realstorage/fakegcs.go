@@ -34,7 +34,7 @@ func StartFakeGCS(t testing.TB) *FakeGCS {
 		"go install github.com/fsouza/fake-gcs-server@"+versions()["LOGBACKUP_FAKEGCS_VERSION"])
 	srv := start(t, "fake-gcs-server", bin, nil,
 		func(addr, dir string) []string {
-			host, port, _ := splitHostPort(addr)
+			host, port, _ := net.SplitHostPort(addr)
 			return []string{"-scheme", "http", "-host", host, "-port", port, "-public-host", addr,
 				"-external-url", "http://" + addr, "-backend", "memory", "-log-level", "warn"}
 		},
@@ -103,5 +103,3 @@ func (g *FakeGCS) URL(bucket, prefix string) string {
 	}
 	return u.String()
 }
-
-func splitHostPort(addr string) (string, string, error) { return net.SplitHostPort(addr) }

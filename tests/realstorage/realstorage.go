@@ -14,7 +14,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -196,21 +195,14 @@ func httpStatus(ctx context.Context, url string) int {
 	return resp.StatusCode
 }
 
-// checkNoSecret fails if text holds any of the secrets.
-func checkNoSecret(text string, secrets ...string) error {
-	for _, s := range secrets {
-		if s != "" && strings.Contains(text, s) {
-			return errors.New("a credential appears in the text")
-		}
-	}
-	return nil
-}
-
-// NoSecret fails the test if text holds any credential of the servers'
-// URLs.
+// NoSecret fails the test if text holds any of the credentials.
 func NoSecret(t testing.TB, what, text string, secrets ...string) {
 	t.Helper()
-	if err := checkNoSecret(text, secrets...); err != nil {
-		t.Errorf("%s: %v:\n%s", what, err, text)
+	for _, s := range secrets {
+		if s != "" && strings.Contains(text, s) {
+			// Not the text itself: it holds the secret.
+			t.Errorf("%s: a credential appears in it (%d bytes)", what, len(text))
+			return
+		}
 	}
 }
