@@ -5,7 +5,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"net/url"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -32,17 +37,18 @@ func randomHex(t testing.TB, n int) string {
 	return hex.EncodeToString(b)
 }
 
-// StartMinIO starts a single-drive MinIO server in a temp dir.
-func StartMinIO(t testing.TB) *MinIO {
+// StartMinIO starts a single-drive MinIO server in a temp dir; env adds
+// MinIO settings (MINIO_API_REQUESTS_MAX=1 for throttling).
+func StartMinIO(t testing.TB, env ...string) *MinIO {
 	t.Helper()
 	bin := binary(t, "LOGBACKUP_MINIO", "minio",
 		"go install github.com/minio/minio@"+versions()["LOGBACKUP_MINIO_VERSION"])
 	m := &MinIO{RootUser: "root" + randomHex(t, 4), RootPassword: randomHex(t, 16)}
 	console := freePort(t)
 	m.Server = start(t, "minio", bin,
-		[]string{"MINIO_ROOT_USER=" + m.RootUser, "MINIO_ROOT_PASSWORD=" + m.RootPassword,
+		append([]string{"MINIO_ROOT_USER=" + m.RootUser, "MINIO_ROOT_PASSWORD=" + m.RootPassword,
 			// Nothing leaves the machine: no update checks, no console.
-			"MINIO_UPDATE=off", "MINIO_BROWSER=off", "MINIO_CALLHOME_ENABLE=off"},
+			"MINIO_UPDATE=off", "MINIO_BROWSER=off", "MINIO_CALLHOME_ENABLE=off"}, env...),
 		func(addr, dir string) []string {
 			return []string{"server", "--quiet", "--address", addr, "--console-address", console, dir + "/data"}
 		},
@@ -123,4 +129,55 @@ func (m *MinIO) NoPutCredentials(t testing.TB, bucket string) (accessKey, secret
 		t.Fatalf("minio: assume a role without PutObject: %v", err)
 	}
 	return *out.Credentials.AccessKeyId, *out.Credentials.SecretAccessKey, *out.Credentials.SessionToken
+}
+
+// HoldRequest starts a signed upload into bucket and sends only part of
+// its body, so MinIO holds one of its request slots for it until release
+// is called. With MINIO_API_REQUESTS_MAX=1 every other S3 request is then
+// answered 429 TooManyRequests: throttling on cue, by the server itself.
+func (m *MinIO) HoldRequest(t testing.TB, bucket string) (release func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const size = 1 << 20
+	req, err := s3.NewPresignClient(m.s3Client(m.RootUser, m.RootPassword, "")).PresignPutObject(ctx,
+		&s3.PutObjectInput{Bucket: aws.String(bucket), Key: aws.String("held-upload"), ContentLength: aws.Int64(size)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse(req.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.DialTimeout("tcp", m.Addr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var head strings.Builder
+	fmt.Fprintf(&head, "PUT %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n", u.RequestURI(), u.Host, size)
+	for k, vs := range req.SignedHeader {
+		if k == "Host" || k == "Content-Length" {
+			continue
+		}
+		for _, v := range vs {
+			fmt.Fprintf(&head, "%s: %s\r\n", k, v)
+		}
+	}
+	head.WriteString("\r\nfirst bytes of a body that never ends")
+	if _, err := io.WriteString(conn, head.String()); err != nil {
+		conn.Close()
+		t.Fatal(err)
+	}
+	var once sync.Once
+	release = func() { once.Do(func() { conn.Close() }) }
+	t.Cleanup(release)
+	// Held once MinIO refuses another request for want of a slot.
+	for ctx.Err() == nil {
+		if httpStatus(ctx, m.Endpoint()+"/"+bucket) == http.StatusTooManyRequests {
+			return release
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("minio: the held upload never took the request slot")
+	return nil
 }

@@ -231,6 +231,38 @@ func TestMinIO(t *testing.T) {
 	})
 }
 
+// TestMinIOThrottles: MinIO allowed one request at a time and holding it
+// answers the storage's requests 429 TooManyRequests; each is retried as
+// throttled until the slot frees, and the operation then succeeds.
+func TestMinIOThrottles(t *testing.T) {
+	m := StartMinIO(t, "MINIO_API_REQUESTS_MAX=1")
+	m.CreateBucket(t, "throttled")
+	ctx := context.Background()
+	for _, o := range []op{every[0], every[2], every[5]} { // write, read, list
+		release := m.HoldRequest(t, "throttled")
+		var mu sync.Mutex
+		var kinds []storage.ErrorKind
+		s := openURL(t, m.URL("throttled", "p"), storage.WithRetryPolicy(storage.RetryPolicy{
+			MaxAttempts: 8, AttemptTimeout: 10 * time.Second, InitialBackoff: 100 * time.Millisecond,
+			MaxBackoff: 500 * time.Millisecond, MaxElapsed: time.Minute,
+		}), storage.WithRetryObserver(func(_ string, attempt int, err error) {
+			mu.Lock()
+			kinds = append(kinds, storage.KindOf(err))
+			mu.Unlock()
+			t.Logf("%s attempt %d: %v", o.name, attempt, err)
+			release() // the throttle lifts once seen
+		}))
+		if err := o.run(ctx, s); err != nil {
+			t.Fatalf("%s through a throttle: %v", o.name, err)
+		}
+		mu.Lock()
+		if len(kinds) == 0 || kinds[0] != storage.KindThrottled {
+			t.Fatalf("%s: retries of kinds %v, want throttled first", o.name, kinds)
+		}
+		mu.Unlock()
+	}
+}
+
 func TestAzurite(t *testing.T) {
 	a := StartAzurite(t)
 	t.Run("Conformance", func(t *testing.T) { conformance(t, a.CreateContainer, a.URL) })
