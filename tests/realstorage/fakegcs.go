@@ -91,11 +91,16 @@ func (g *FakeGCS) CreateBucket(t testing.TB, name string) {
 // CredentialsFile is the service-account key file the URLs name.
 func (g *FakeGCS) CredentialsFile() string { return g.credFile }
 
-// URL is a gcs:// URL for bucket/prefix with the endpoint and the
-// service-account key file.
+// URL is a gcs:// URL for bucket/prefix with the endpoint (the server's
+// address alone, as README shows it) and the service-account key file.
 func (g *FakeGCS) URL(bucket, prefix string) string {
+	return g.URLWithEndpoint(bucket, prefix, g.Server.Endpoint())
+}
+
+// URLWithEndpoint is URL with another spelling of the endpoint.
+func (g *FakeGCS) URLWithEndpoint(bucket, prefix, endpoint string) string {
 	q := url.Values{}
-	q.Set("endpoint", g.Server.Endpoint()+"/storage/v1/")
+	q.Set("endpoint", endpoint)
 	q.Set("credentials-file", g.credFile)
 	u := url.URL{Scheme: "gcs", Host: bucket, RawQuery: q.Encode()}
 	if prefix != "" {

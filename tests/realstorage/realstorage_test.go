@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -282,7 +283,9 @@ func TestAzurite(t *testing.T) {
 		a.CreateContainer(t, "expired")
 		sas := a.SAS(t, time.Now().Add(-time.Hour))
 		_, sig, _ := strings.Cut(sas, "sig=")
-		denied(t, "an expired SAS", a.URLWith("expired", "p", "sas-token", sas), append(a.Secrets(), sig))
+		sig, _, _ = strings.Cut(sig, "&")
+		plain, _ := url.QueryUnescape(sig)
+		denied(t, "an expired SAS", a.URLWith("expired", "p", "sas-token", sas), append(a.Secrets(), sig, plain))
 	})
 	t.Run("WrongKey", func(t *testing.T) {
 		a.CreateContainer(t, "wrongkey")
@@ -302,6 +305,29 @@ func TestAzurite(t *testing.T) {
 func TestFakeGCS(t *testing.T) {
 	g := StartFakeGCS(t)
 	t.Run("Conformance", func(t *testing.T) { conformance(t, g.CreateBucket, g.URL) })
+	t.Run("EndpointSpellings", func(t *testing.T) {
+		// The JSON API base as BR users write it, with or without the
+		// slash, and the address alone: lists and deletes (resolved
+		// against it) must work with each.
+		g.CreateBucket(t, "spellings")
+		ctx := context.Background()
+		for i, ep := range []string{g.Endpoint(), g.Endpoint() + "/", g.Endpoint() + "/storage/v1", g.Endpoint() + "/storage/v1/"} {
+			s := openURL(t, g.URLWithEndpoint("spellings", fmt.Sprint(i), ep))
+			if err := s.WriteFile(ctx, "a.log", []byte("a")); err != nil {
+				t.Fatalf("endpoint %s: write: %v", ep, err)
+			}
+			var names []string
+			if err := s.List(ctx, "", func(o storage.ObjectInfo) error { names = append(names, o.Name); return nil }); err != nil || len(names) != 1 {
+				t.Fatalf("endpoint %s: list %v, %v", ep, names, err)
+			}
+			if err := s.Delete(ctx, "a.log"); err != nil {
+				t.Fatalf("endpoint %s: delete: %v", ep, err)
+			}
+			if ok, err := s.Exists(ctx, "a.log"); ok || err != nil {
+				t.Fatalf("endpoint %s: exists after delete: %v %v", ep, ok, err)
+			}
+		}
+	})
 	t.Run("MissingBucket", func(t *testing.T) {
 		// The GCS client answers any 404 to a read as "object doesn't
 		// exist", Exists as false, and a delete of nothing succeeds:
