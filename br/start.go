@@ -156,7 +156,7 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 	clusterID := pdc.GetClusterID(ctx)
 	own, err := readOwnership(ctx, st, clusterID)
 	if err != nil {
-		return userError("check that the storage is reachable and readable", err, "cannot read the owner of the storage %s", loc)
+		return userError(storageHint(loc, err, "check that the storage is reachable and readable"), err, "cannot read the owner of the storage %s", loc)
 	}
 	if err := checkOwnership(own, loc, clusterID, opts.TakeOver); err != nil {
 		return err
@@ -166,7 +166,7 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 	// storage is written, so a filter that selects nothing changes nothing.
 	resolveAt, err := plannedStart(ctx, st, startTS)
 	if err != nil {
-		return userError("is --storage the path of a log backup?", err, "cannot read the storage %s", loc)
+		return userError(storageHint(loc, err, "is --storage the path of a log backup?"), err, "cannot read the storage %s", loc)
 	}
 	// A storage whose log backup continues from a ts GC has reached cannot
 	// continue. If it holds no log data at all (a start that failed after
@@ -207,7 +207,7 @@ func Start(ctx context.Context, env *Env, opts StartOptions, w io.Writer) error 
 	}
 
 	if err := storage.CheckWritable(ctx, st); err != nil {
-		return userError("check the storage permissions and that the bucket exists", err, "storage %s is not writable", loc)
+		return userError(storageHint(loc, err, "check the storage permissions and that the bucket exists"), err, "storage %s is not writable", loc)
 	}
 	var effectiveStart uint64
 	var restarted bool
@@ -287,4 +287,28 @@ func randomID() string {
 	_, _ = rand.Read(b[:])
 	h := hex.EncodeToString(b[:])
 	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
+
+// storageHint is hint, unless err says the bucket or container itself is
+// missing: then it says so and how to create it, which is what a first
+// start on a fresh server needs.
+func storageHint(loc *storage.Location, err error, hint string) string {
+	if !storage.IsBucketMissing(err) {
+		return hint
+	}
+	switch loc.Scheme {
+	case "s3":
+		return fmt.Sprintf("the bucket %q does not exist: create it (MinIO: mc mb <alias>/%s; AWS: aws s3 mb s3://%s), then run start again",
+			loc.Bucket, loc.Bucket, loc.Bucket)
+	case "azblob":
+		account := loc.AccountName
+		if account == "" {
+			account = "<account>"
+		}
+		return fmt.Sprintf("the container %q does not exist: create it (az storage container create --name %s --account-name %s), then run start again",
+			loc.Bucket, loc.Bucket, account)
+	case "gcs":
+		return fmt.Sprintf("the bucket %q does not exist: create it (gsutil mb gs://%s), then run start again", loc.Bucket, loc.Bucket)
+	}
+	return hint
 }

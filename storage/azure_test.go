@@ -16,21 +16,13 @@ import (
 	"logbackup/tests/azuretest"
 )
 
-func TestConformanceAzure(t *testing.T) {
-	srv := azuretest.Start(t)
-	n := 0
-	storagetest.Run(t, func(t *testing.T) storage.Storage {
-		n++
-		ctr := fmt.Sprintf("ctr%d", n)
-		srv.CreateContainer(ctr)
-		return open(t, srv.URL(ctr, "log/prefix"))
-	})
-}
-
 // TestAzureFailedUploadIsAnError: every failed upload (server errors,
 // refused connections) comes back as an error. gocloud's azureblob writer
 // dereferenced a nil pipe in Close when its upload failed, killing the
 // process with SIGSEGV.
+//
+// Hand-written fault: 500, 503, 403 and 404 answered to every upload into an existing container: Azurite
+// fails no valid upload on cue (tests/realstorage covers its real 403 and 404).
 func TestAzureFailedUploadIsAnError(t *testing.T) {
 	srv := azuretest.Start(t, "ctr")
 	ctx := context.Background()
@@ -73,6 +65,9 @@ func TestAzureFailedUploadIsAnError(t *testing.T) {
 // TestAzureUploadPaths: small objects are one Put Blob, large ones Put
 // Block and one Put Block List; both read back whole, and names with the
 // characters gocloud escapes land where its reader looks.
+//
+// Hand-written fault: which REST operations an upload sends (Put Blob, Put Block, Put Block List) and the
+// escaped names they carry: Azurite serves them but does not report them.
 func TestAzureUploadPaths(t *testing.T) {
 	srv := azuretest.Start(t, "ctr")
 	s := open(t, srv.URL("ctr", "p"), bigRetry)
@@ -113,6 +108,9 @@ func TestAzureUploadPaths(t *testing.T) {
 
 // TestAzureRetriesAreOurs: a transient failure is retried by our loop,
 // observably, and the SDK adds no attempts of its own.
+//
+// Hand-written fault: a 500 on the first two uploads, then 503 on all, counted per request: Azurite cannot
+// fail a request on cue nor count them.
 func TestAzureRetriesAreOurs(t *testing.T) {
 	srv := azuretest.Start(t, "ctr")
 	var log retryLog
@@ -143,24 +141,12 @@ func mustWriteT(t *testing.T, s storage.Storage, name string, data []byte) {
 	}
 }
 
-// TestAzureErrorsAreOneLine: the SDK's multi-line error becomes one line
-// that names the operation and Azure's code, and never the key.
-func TestAzureErrorsAreOneLine(t *testing.T) {
-	srv := azuretest.Start(t, "ctr")
-	s := open(t, srv.URL("ctr", "p"), fastRetry)
-	srv.SetFault(azuretest.Fault{Status: 403, Remaining: -1})
-	err := s.WriteFile(context.Background(), "obj", []byte("x"))
-	msg := err.Error()
-	if strings.Contains(msg, "\n") || !strings.Contains(msg, "403 AuthorizationFailure") || !strings.Contains(msg, `"obj"`) ||
-		strings.Contains(msg, azuretest.AccountKey) {
-		t.Fatalf("error: %s", msg)
-	}
-	t.Log(msg)
-}
-
 // TestAzureStreamBlocks: a stream over 16 MiB is staged block by block
 // and committed by one Put Block List; a source failing mid-stream
 // commits nothing (staging stops, blocks in flight are cancelled).
+//
+// Hand-written fault: the order of staged blocks and the cancelled commit of a failing stream, seen per
+// request; Azurite does not report its requests (the end states run on it in tests/realstorage).
 func TestAzureStreamBlocks(t *testing.T) {
 	srv := azuretest.Start(t, "ctr")
 	s := open(t, srv.URL("ctr", "p"), bigRetry)

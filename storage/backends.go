@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
+	"strings"
 
 	gcs "cloud.google.com/go/storage"
 	"gocloud.dev/blob"
@@ -52,11 +54,19 @@ func openGCS(ctx context.Context, loc *Location) (*blob.Bucket, blobWriteHook, f
 	}
 	opts := &gcsblob.Options{}
 	if loc.Endpoint != "" {
-		opts.ClientOptions = append(opts.ClientOptions, option.WithEndpoint(loc.Endpoint))
+		opts.ClientOptions = append(opts.ClientOptions, option.WithEndpoint(gcsEndpoint(loc.Endpoint)))
 	}
 	b, err := gcsblob.OpenBucket(ctx, client, loc.Bucket, opts)
 	if err != nil {
 		return nil, nil, nil, err
+	}
+	// Our retry loop owns retries (its attempts, deadlines and observer);
+	// the client's own loop retried a refused connection until the
+	// attempt's deadline, so an outage took every attempt's whole timeout
+	// and was reported as a timeout instead of the refused connection.
+	var gc *gcs.Client
+	if b.As(&gc) {
+		gc.SetRetry(gcs.WithPolicy(gcs.RetryNever))
 	}
 	var hook blobWriteHook
 	if loc.StorageClass != "" || loc.ACL != "" {
@@ -71,6 +81,19 @@ func openGCS(ctx context.Context, loc *Location) (*blob.Bucket, blobWriteHook, f
 		}
 	}
 	return b, hook, tr.CloseIdleConnections, nil
+}
+
+// gcsEndpoint is the JSON API base URL the client resolves its paths
+// against: "http://host:port" alone (as fake-gcs-server and other
+// emulators are given) means their /storage/v1/, and the URL must end in
+// a slash, or "b/bucket/o" resolves beside "v1" instead of under it (lists
+// and deletes then answered 404 while reads and uploads, addressed
+// differently, worked). ParseURL trims the slash off every endpoint.
+func gcsEndpoint(ep string) string {
+	if u, err := url.Parse(ep); err == nil && strings.Trim(u.Path, "/") == "" {
+		return strings.TrimRight(ep, "/") + "/storage/v1/"
+	}
+	return strings.TrimRight(ep, "/") + "/"
 }
 
 // gcsTokenGuard marks every failure to get a token with ErrCredentials,

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 
+	gcs "cloud.google.com/go/storage"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/aws/smithy-go"
 	"gocloud.dev/gcerrors"
@@ -180,4 +181,23 @@ func shortAzure(err error) error {
 		return &azureError{re: re, err: err}
 	}
 	return err
+}
+
+// IsBucketMissing reports whether err says the bucket (S3, GCS) or the
+// container (Azure) itself does not exist, as opposed to an object in it:
+// the storage URL names something nobody has created yet.
+func IsBucketMissing(err error) bool {
+	switch serviceCode(err) {
+	case "NoSuchBucket", "ContainerNotFound":
+		return true
+	}
+	// A write has no object to miss: a write answered "not found" means
+	// the bucket is missing. GCS says no more than 404 notFound to an
+	// upload into a missing bucket.
+	var op *OpError
+	if errors.As(err, &op) && op.Op == "write" && KindOf(err) == KindNotFound {
+		return true
+	}
+	// The GCS client's own finding (JSON API lists).
+	return errors.Is(err, gcs.ErrBucketNotExist)
 }

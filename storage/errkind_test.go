@@ -45,6 +45,9 @@ func azureFault(f azuretest.Fault) func(t *testing.T, log *retryLog) error {
 
 // TestAccessDeniedAlike: a refusal is the same kind of error on every
 // backend (ErrAccessDenied, KindAccessDenied) and is never retried.
+//
+// Hand-written fault: each backend's refusal codes (403 AccessDenied, InvalidAccessKeyId, 400 ExpiredToken,
+// AuthorizationPermissionMismatch, …) answered on cue; the real servers' own refusals run in tests/realstorage.
 func TestAccessDeniedAlike(t *testing.T) {
 	for _, c := range []failCase{
 		{"local read-only filesystem", func(t *testing.T, log *retryLog) error {
@@ -92,6 +95,9 @@ func TestAccessDeniedAlike(t *testing.T) {
 
 // TestQuotaAlike: out of space or quota is one kind everywhere, not
 // retried.
+//
+// Hand-written fault: quota and size-limit answers (XMinioStorageFull, QuotaExceeded, EntityTooLarge, …):
+// no server fills up on cue.
 func TestQuotaAlike(t *testing.T) {
 	for _, c := range []failCase{
 		{"local ENOSPC", func(t *testing.T, log *retryLog) error {
@@ -186,4 +192,35 @@ func filler(t *testing.T, dir string) string {
 		t.Fatalf("filler file: %v %v", m, err)
 	}
 	return filepath.Base(m[0])
+}
+
+// TestIsBucketMissing: a missing bucket or container is told apart from
+// a missing object, from the error alone (tests/realstorage proves the
+// same against MinIO, Azurite and fake-gcs-server).
+func TestIsBucketMissing(t *testing.T) {
+	ctx := context.Background()
+	s3srv := s3test.Start(t, "bk")
+	az := azuretest.Start(t, "ctr")
+	for _, c := range []struct{ name, there, missing string }{
+		{"s3", s3srv.URL("bk", "p"), s3srv.URL("nobucket", "p")},
+		{"azure", az.URL("ctr", "p"), az.URL("nocontainer", "p")},
+	} {
+		there, missing := open(t, c.there, fastRetry), open(t, c.missing, fastRetry)
+		_, err := there.ReadFile(ctx, "v1/none")
+		if !errors.Is(err, storage.ErrNotExist) || storage.IsBucketMissing(err) {
+			t.Errorf("%s: a missing object in an existing bucket: missing bucket %v: %v", c.name, storage.IsBucketMissing(err), err)
+		}
+		for op, err := range map[string]error{
+			"write": missing.WriteFile(ctx, "v1/x", []byte("x")),
+			"list":  missing.List(ctx, "", func(storage.ObjectInfo) error { return nil }),
+			"check": storage.CheckWritable(ctx, missing),
+		} {
+			if !storage.IsBucketMissing(err) || storage.KindOf(err) != storage.KindNotFound {
+				t.Errorf("%s %s on a missing bucket: missing %v, kind %s: %v", c.name, op, storage.IsBucketMissing(err), storage.KindOf(err), err)
+			}
+		}
+	}
+	if storage.IsBucketMissing(nil) || storage.IsBucketMissing(errors.New("NoSuchBucket")) {
+		t.Error("IsBucketMissing of nil or of a plain error")
+	}
 }

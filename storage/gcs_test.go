@@ -141,6 +141,8 @@ func (f *fakeGCS) url(t *testing.T, bucket, params string) string {
 
 // TestGCSSecuritySettingsOnEveryWrite: storage-class and predefined-acl
 // reach GCS on every upload, read back from what the endpoint received.
+//
+// Hand-written fault: what each upload carried (storageClass, predefinedAcl): fake-gcs-server does not report it.
 func TestGCSSecuritySettingsOnEveryWrite(t *testing.T) {
 	f := startFakeGCS(t)
 	s := open(t, f.url(t, "bk", "&storage-class=NEARLINE&predefined-acl=bucketOwnerFullControl"), fastRetry)
@@ -161,6 +163,8 @@ func TestGCSSecuritySettingsOnEveryWrite(t *testing.T) {
 
 // TestGCSAccessDenied: a GCS 403 is the same kind as every other
 // backend's refusal, and is not retried.
+//
+// Hand-written fault: a 403 to an upload: fake-gcs-server checks no credentials and never refuses.
 func TestGCSAccessDenied(t *testing.T) {
 	f := startFakeGCS(t)
 	var log retryLog
@@ -179,6 +183,8 @@ func TestGCSAccessDenied(t *testing.T) {
 
 // TestGCSTokenRefused: a service account whose token is refused is a
 // credentials failure (access denied), reported at once.
+//
+// Hand-written fault: Google's token endpoint refusing the service account: no local server is that endpoint.
 func TestGCSTokenRefused(t *testing.T) {
 	f := startFakeGCS(t)
 	f.denyToken = true
@@ -196,6 +202,9 @@ func TestGCSTokenRefused(t *testing.T) {
 // TestGCSStream: a streamed object is uploaded with the write settings; a
 // source failing mid-stream cancels the upload before anything reaches
 // GCS (the gocloud writer would otherwise commit what it had on Close).
+//
+// Hand-written fault: that a failing stream sends no request at all, seen per request (the end state runs on
+// fake-gcs-server in tests/realstorage).
 func TestGCSStream(t *testing.T) {
 	f := startFakeGCS(t)
 	s := open(t, f.url(t, "bk", "&storage-class=NEARLINE"), fastRetry)

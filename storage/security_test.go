@@ -22,6 +22,9 @@ var big = bytes.Repeat([]byte("0123456789abcdef"), (17<<20)/16+5)
 // storage-class reach S3 on every request that creates an object, single
 // PutObject and multipart (CreateMultipartUpload) alike, read back from
 // the headers the server received.
+//
+// Hand-written fault: what each request carried (sse, sse-kms-key-id, acl, storage class): MinIO does not
+// report it, and refuses SSE-KMS without a KMS.
 func TestS3SecuritySettingsOnEveryWrite(t *testing.T) {
 	for _, c := range []struct {
 		params string
@@ -77,6 +80,9 @@ func TestS3SecuritySettingsOnEveryWrite(t *testing.T) {
 // TestS3AssumeRole: role-arn and external-id make the storage call STS
 // AssumeRole (signed with the URL's own keys) with that role and external
 // id, and sign S3 requests with the role's temporary credentials.
+//
+// Hand-written fault: STS AssumeRole with role-arn and external-id, as AWS checks them; MinIO ignores both
+// (tests/realstorage uses its AssumeRole for a user without PutObject).
 func TestS3AssumeRole(t *testing.T) {
 	srv := s3test.Start(t, "bk")
 	t.Setenv("AWS_ENDPOINT_URL_STS", srv.Endpoint())
@@ -126,6 +132,9 @@ func TestS3AssumeRole(t *testing.T) {
 // TestAzureSecuritySettingsOnEveryWrite: access-tier, encryption-scope
 // and encryption-key reach Azure on every request that writes, single
 // Put Blob and Put Block/Put Block List alike.
+//
+// Hand-written fault: what each request carried (access tier, encryption scope, customer key headers):
+// Azurite does not report it.
 func TestAzureSecuritySettingsOnEveryWrite(t *testing.T) {
 	const key = "0123456789abcdef0123456789ABCDEF" // 32 bytes: AES-256
 	for _, c := range []struct {
@@ -188,6 +197,9 @@ func TestAzureSecuritySettingsOnEveryWrite(t *testing.T) {
 // TestConformanceAzureCustomerKey runs the whole suite with a
 // customer-provided key: the fake refuses any read of such a blob
 // without the key, so every read path must send it.
+//
+// Hand-written fault: a server that requires the customer-provided key on every read and refuses a wrong one;
+// Azurite was not shown to enforce customer-provided keys.
 func TestConformanceAzureCustomerKey(t *testing.T) {
 	srv := azuretest.Start(t)
 	n := 0
