@@ -28,6 +28,10 @@ type TruncateOptions struct {
 	// Yes skips the confirmation prompt, which is otherwise read from In.
 	Yes bool
 	In  io.Reader
+	// TaskStopped lets truncate go on when etcd (env.Meta) does not answer:
+	// the operator vouches that no task writes to the storage, so the
+	// storage's own checkpoints are all there is to check.
+	TaskStopped bool
 }
 
 // TruncateResult says what a truncate removed (or, dry, would remove).
@@ -110,7 +114,11 @@ func TruncateStorage(ctx context.Context, env *Env, st storage.Storage, opts Tru
 	if err != nil {
 		return nil, userError("is --storage the path a log backup task writes to?", err, "cannot read the log backup metadata of %s", st)
 	}
-	if err := checkUntil(ctx, env, st, until, info); err != nil {
+	proof, err := proveCheckpoints(ctx, env, st, opts, w)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkUntil(ctx, env, st, until, info, proof); err != nil {
 		return nil, err
 	}
 	if err := refuseMigrations(ctx, st); err != nil {
@@ -130,7 +138,7 @@ func TruncateStorage(ctx context.Context, env *Env, st storage.Storage, opts Tru
 	if err != nil {
 		return nil, err
 	}
-	metas, err := loadMetas(ctx, st, until, max(until, journal.Until), w)
+	metas, err := loadMetas(ctx, st, until, max(until, journal.Until), proof.metas, w)
 	if err != nil {
 		return nil, err
 	}
@@ -240,13 +248,13 @@ func interrupted(err error) error {
 
 // checkUntil refuses an until past what the storage (and etcd, when
 // reachable) says is backed up: the global checkpoint.
-func checkUntil(ctx context.Context, env *Env, st storage.Storage, until uint64, info *LogInfo) error {
+func checkUntil(ctx context.Context, env *Env, st storage.Storage, until uint64, info *LogInfo, proof *checkpointProof) error {
 	loc := env.loc()
 	if until > info.MaxTS {
 		return userError("truncate only what is backed up: pass an --until at or before the log's max ts (br stream metadata shows it)", nil,
 			"--until %s (%d) is after the storage's global checkpoint %s (%d)", FormatTS(until, loc), until, FormatTS(info.MaxTS, loc), info.MaxTS)
 	}
-	if env.Meta == nil {
+	if env.Meta == nil || !proof.etcdAsked {
 		return nil
 	}
 	tasks, _, err := env.Meta.ListTasks(ctx)
@@ -338,7 +346,7 @@ func validBegin(n logfile.MetaName) bool { return n.MinBeginTS != 0 && n.MinBegi
 // any that may list data before threshold, and any whose name cannot
 // answer for BR's shift (legacy names, or a name with no valid min begin
 // ts while it reaches until). A tagged name's ts tags bound its content.
-func loadMetas(ctx context.Context, st storage.Storage, until, threshold uint64, w io.Writer) ([]*metaEntry, error) {
+func loadMetas(ctx context.Context, st storage.Storage, until, threshold uint64, known map[string]*brpb.Metadata, w io.Writer) ([]*metaEntry, error) {
 	var metas []*metaEntry
 	err := st.List(ctx, logfile.MetaDir, func(o storage.ObjectInfo) error {
 		if !strings.HasSuffix(o.Name, ".meta") {
@@ -357,6 +365,10 @@ func loadMetas(ctx context.Context, st storage.Storage, until, threshold uint64,
 	var read []*metaEntry
 	for _, m := range metas {
 		n := m.name
+		if md, ok := known[m.path]; ok {
+			m.md = md // read (and checked) by proveCheckpoints
+			continue
+		}
 		if n.Legacy || n.MinTS <= threshold || n.MaxTS >= until && !validBegin(n) {
 			read = append(read, m)
 		}
