@@ -127,12 +127,17 @@ func TruncateStorage(ctx context.Context, env *Env, st storage.Storage, opts Tru
 	res := &TruncateResult{Until: until, DryRun: opts.DryRun}
 	fmt.Fprintf(w, "Storage: %s\n", st)
 
+	var lock *truncateLock
 	if !opts.DryRun {
-		release, err := acquireTruncateLock(ctx, env, st)
+		lock, err = acquireTruncateLock(ctx, env, st)
 		if err != nil {
 			return nil, err
 		}
-		defer release(w)
+		defer lock.release(w)
+		if lock.TakenOver != "" {
+			fmt.Fprintf(w, "Took over the lock of a truncate that died: %s. This run finishes its work.\n", lock.TakenOver)
+		}
+		cleanTempFiles(st, w)
 	}
 	journal, err := readJournal(ctx, st)
 	if err != nil {
@@ -190,18 +195,24 @@ func TruncateStorage(ctx context.Context, env *Env, st storage.Storage, opts Tru
 
 	// The safepoint first, as BR: from here on the storage says it restores
 	// to until and later only, which stays true whatever else happens.
+	if err := lock.check(ctx); err != nil {
+		return nil, err
+	}
 	if until > sp {
 		if err := st.WriteFile(ctx, TruncateSafepointFile, []byte(strconv.FormatUint(until, 10))); err != nil {
-			return nil, fmt.Errorf("write the truncate safepoint %s: %w", TruncateSafepointFile, err)
+			return nil, interrupted(fmt.Errorf("write the truncate safepoint %s: %w", TruncateSafepointFile, err))
 		}
 	}
 	if len(all) > 0 {
 		j := truncateJournal{Version: 1, Until: max(until, journal.Until), ShiftUntil: res.ShiftUntil, Objects: all}
 		if err := writeJournal(ctx, st, j); err != nil {
-			return nil, err
+			return nil, interrupted(err)
 		}
 	}
 	// Meta files before data: no meta file ever lists a deleted object.
+	if err := lock.check(ctx); err != nil {
+		return nil, interrupted(err)
+	}
 	p := newProgress(w, "Rewriting meta files", len(rewrites)+len(deletes))
 	err = forEach(ctx, len(rewrites)+len(deletes), func(ctx context.Context, i int) error {
 		defer p.add(1)
@@ -215,6 +226,9 @@ func TruncateStorage(ctx context.Context, env *Env, st storage.Storage, opts Tru
 		return nil
 	})
 	if err != nil {
+		return nil, interrupted(err)
+	}
+	if err := lock.check(ctx); err != nil {
 		return nil, interrupted(err)
 	}
 	p = newProgress(w, "Deleting data files", len(all))
@@ -240,10 +254,13 @@ func TruncateStorage(ctx context.Context, env *Env, st storage.Storage, opts Tru
 }
 
 // interrupted explains a failure half-way: the storage is consistent, and
-// a rerun (after removing a lock the failed run could not) finishes.
+// a rerun finishes, taking over a lock this run could not remove.
 func interrupted(err error) error {
-	return userError("the storage is still readable; run the same truncate again to finish (if "+TruncateLockFile+
-		" or a "+TruncateLockFile+".INTENT.* file was left behind, delete it first)", err, "truncate interrupted")
+	if h := HintOf(err); h != "" {
+		return err
+	}
+	return userError("nothing is lost: every meta file still lists only data that exists. Fix what failed (above), then run the same truncate again: "+
+		"it finishes this run's work (and takes over "+TruncateLockFile+" if this run could not remove it)", err, "truncate interrupted")
 }
 
 // checkUntil refuses an until past what the storage (and etcd, when
@@ -479,11 +496,13 @@ func plan(metas []*metaEntry, res *TruncateResult, until uint64, j truncateJourn
 			}
 		}
 		switch {
-		case len(m.del) == len(gs) && m.name.Linked && m.name.FlushTS >= until:
+		case len(m.del) == len(gs) && m.name.FlushTS >= until:
 			// A flush after until that only listed older changes stays as
 			// an empty meta file: the next flush of its store names it as
 			// its predecessor, and verify's chain would otherwise see a gap
-			// the truncate safepoint cannot explain.
+			// the truncate safepoint cannot explain; and its flush ts is
+			// what vouches for the global checkpoints up to it (verify
+			// fails a checkpoint beyond every flush in storage).
 			rewrites = append(rewrites, m)
 		case len(m.del) == len(gs):
 			m.gone = true

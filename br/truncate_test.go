@@ -394,14 +394,14 @@ func TestTruncateLockExcludes(t *testing.T) {
 	ls := &lineUp{Storage: f.st, n: runs, first: make(chan struct{}), second: make(chan struct{})}
 	var wg sync.WaitGroup
 	var won atomic.Int32
-	releases := make(chan func(io.Writer), runs)
+	releases := make(chan *truncateLock, runs)
 	for range runs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if release, err := acquireTruncateLock(f.ctx, f.env, ls); err == nil {
+			if l, err := acquireTruncateLock(f.ctx, f.env, ls); err == nil {
 				won.Add(1)
-				releases <- release
+				releases <- l
 			}
 		}()
 	}
@@ -410,15 +410,15 @@ func TestTruncateLockExcludes(t *testing.T) {
 	if won.Load() > 1 {
 		t.Fatalf("%d runs hold the lock at once", won.Load())
 	}
-	for release := range releases {
-		release(io.Discard)
+	for l := range releases {
+		l.release(io.Discard)
 	}
 	// Losers cleaned up their intents: the lock is free again.
-	release, err := acquireTruncateLock(f.ctx, f.env, f.st)
+	l, err := acquireTruncateLock(f.ctx, f.env, f.st)
 	if err != nil {
 		t.Fatalf("lock not free after the race: %v", err)
 	}
-	release(io.Discard)
+	l.release(io.Discard)
 	if f.exists(TruncateLockFile) {
 		t.Fatal("release left the lock")
 	}
