@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -217,5 +218,49 @@ func TestTruncateRerunAfterFailure(t *testing.T) {
 		if got, gotN := fmt.Sprint(f.walk()), len(snapshot(t, f.st)); got != want || gotN != wantN {
 			t.Fatalf("failure at step %d, then a rerun: %d objects holding %s, want %d holding %s\n%s", n, gotN, got, wantN, want, out.String())
 		}
+	}
+}
+
+// TestTruncateCleansTempFiles: on a local storage, the temp files a
+// killed truncate stranded at the root (its lock, journal and safepoint
+// half-written; issue 20 found a …safepoint.txt.<hex>.tmp) are removed by
+// the next run under its lock; meta file temps, which an agent may be
+// writing right now, are reported, not touched; other files stay.
+func TestTruncateCleansTempFiles(t *testing.T) {
+	dir := t.TempDir()
+	f := newLogFixture(t)
+	f.st = openTestStorage(t, f.ctx, "local://"+dir)
+	if _, _, err := prepareStorage(f.ctx, f.st, f.ts(1), 7); err != nil {
+		t.Fatal(err)
+	}
+	f.flush(20, 0, f.put(1, "ta", 10, 12, 8))
+	f.flush(40, 0, f.put(1, "ta", 30, 32, 8))
+	f.checkpoint(40)
+	ours := []string{TruncateSafepointFile + ".17f3a.tmp", TruncateLockFile + ".5ab.tmp", TruncateLockFile + ".INTENT.0a0b.99.tmp", TruncateJournalFile + ".1.tmp"}
+	others := []string{"notes.tmp", "backupmeta.17f3a.tmp", filepath.Join("v1", "backupmeta", "x.meta.abc.tmp")}
+	for _, name := range append(append([]string{}, ours...), others...) {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("partial"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var out bytes.Buffer
+	if _, err := TruncateStorage(f.ctx, f.env, f.st, TruncateOptions{Until: fmt.Sprint(f.ts(35)), Yes: true}, &out); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	for _, name := range ours {
+		if _, err := os.Stat(filepath.Join(dir, name)); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s stays (%v)\n%s", name, err, out.String())
+		}
+		if !strings.Contains(out.String(), "Removed "+name) {
+			t.Fatalf("removing %s is not said:\n%s", name, out.String())
+		}
+	}
+	for _, name := range others {
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+			t.Fatalf("%s was removed: %v", name, err)
+		}
+	}
+	if !strings.Contains(out.String(), "1 temp files of meta files") {
+		t.Fatalf("the meta file temp is not reported:\n%s", out.String())
 	}
 }
