@@ -255,8 +255,11 @@ func (l *truncateLock) renewOnce(ctx context.Context) error {
 	if err := l.mine(rctx); err != nil {
 		return err
 	}
+	l.mu.Lock()
 	l.me.LeaseUntil = l.env.now().Add(truncateLease)
-	raw, err := json.Marshal(l.me)
+	me := l.me
+	l.mu.Unlock()
+	raw, err := json.Marshal(me)
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", TruncateLockFile, err)
 	}
@@ -277,7 +280,7 @@ func (l *truncateLock) mine(ctx context.Context) error {
 		return fmt.Errorf("read %s: %w", TruncateLockFile, err)
 	}
 	var cur lockMeta
-	if json.Unmarshal(b, &cur) != nil || !bytes.Equal(cur.TxnID, l.me.TxnID) {
+	if json.Unmarshal(b, &cur) != nil || !bytes.Equal(cur.TxnID, l.me.TxnID) { // TxnID never changes
 		return userError(truncateLostHint, nil, "%s is no longer this run's (now %s): another run took it over", TruncateLockFile, cur)
 	}
 	return nil
@@ -323,7 +326,7 @@ func (l *truncateLock) release(w io.Writer) {
 	}
 	if err != nil {
 		fmt.Fprintf(w, "Warning: could not remove %s (%s). Nothing is lost: the next truncate takes it over, on this host once this process has exited, "+
-			"elsewhere after %s.\n", TruncateLockFile, storage.Redact(err.Error()), l.me.LeaseUntil.Add(lockClockSkew).Format(time.RFC3339))
+			"elsewhere after %s.\n", TruncateLockFile, storage.Redact(err.Error()), l.me.LeaseUntil.Add(lockClockSkew).Format(time.RFC3339)) // renewals ended
 	}
 }
 

@@ -117,6 +117,10 @@ func TestTruncateLockLost(t *testing.T) {
 	f := newLogFixture(t)
 	f.flush(20, 0, f.put(1, "ta", 10, 12, 8))
 	f.checkpoint(20)
+	var clock atomic.Int64
+	t0 := time.Now()
+	clock.Store(t0.UnixNano())
+	f.env.Now = func() time.Time { return time.Unix(0, clock.Load()) }
 	l, err := acquireTruncateLock(f.ctx, f.env, f.st)
 	if err != nil {
 		t.Fatal(err)
@@ -124,10 +128,22 @@ func TestTruncateLockLost(t *testing.T) {
 	if err := l.check(f.ctx); err != nil {
 		t.Fatalf("a fresh lock: %v", err)
 	}
+	// A renewal moves the lease on.
+	clock.Store(t0.Add(time.Minute).UnixNano())
+	if err := l.renewOnce(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	rec, _, err := readLockObject(f.ctx, f.st, TruncateLockFile)
+	if err != nil || rec == nil || !rec.LeaseUntil.Equal(t0.Add(time.Minute+truncateLease)) {
+		t.Fatalf("after a renewal at +1m the lease is %v (%v), want %v", rec, err, t0.Add(time.Minute+truncateLease))
+	}
 	other := lockMeta{LockerHost: "taker", LockerPID: 5, TxnID: []byte{9}, LeaseUntil: time.Now().Add(time.Minute)}
 	writeLockObject(t, f, TruncateLockFile, other)
 	if err := l.check(f.ctx); err == nil || !strings.Contains(err.Error(), "taker") {
 		t.Fatalf("lost lock not noticed: %v", err)
+	}
+	if err := l.renewOnce(f.ctx); err == nil {
+		t.Fatal("a renewal overwrote the taker's lock")
 	}
 	l.release(io.Discard)
 	b, err := f.st.ReadFile(f.ctx, TruncateLockFile)

@@ -275,3 +275,26 @@ func TestTruncateProvenThenVerifies(t *testing.T) {
 		t.Fatalf("verify prints\n%s\nwant %q", vout.String(), want)
 	}
 }
+
+// TestMetadataWarnsOfImpossibleCheckpoint: metadata still prints BR's
+// line (log-max-ts is BR's, whatever the .ts holds) and, after it, names
+// a .ts from the future.
+func TestMetadataWarnsOfImpossibleCheckpoint(t *testing.T) {
+	url := "local://" + t.TempDir()
+	f := newFixture(t, fixtureOpts{stores: 2, flushes: 3, linked: true, url: url})
+	env := NewEnv(nil)
+	env.Now = func() time.Time { return fixtureNow }
+	var out bytes.Buffer
+	if err := RunMetadata(context.Background(), env, MetadataOptions{Storage: url}, &out); err != nil || strings.Contains(out.String(), "warning") {
+		t.Fatalf("intact: %v\n%s", err, out.String())
+	}
+	name := putTS(t, f, 2, 0x7FFFFFFFFFFFFFFF)
+	out.Reset()
+	if err := RunMetadata(context.Background(), env, MetadataOptions{Storage: url}, &out); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], `["log metadata"]`) || !strings.Contains(lines[1], "warning: "+name+": ") {
+		t.Fatalf("damaged .ts:\n%s", out.String())
+	}
+}
