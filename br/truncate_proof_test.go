@@ -298,3 +298,35 @@ func TestMetadataWarnsOfImpossibleCheckpoint(t *testing.T) {
 		t.Fatalf("damaged .ts:\n%s", out.String())
 	}
 }
+
+// TestTruncateScaledInStore: a store scaled in keeps its old .ts for
+// good. A truncate past its last flush removes all its meta files; the
+// storage must still verify, and the next truncate must not refuse it.
+func TestTruncateScaledInStore(t *testing.T) {
+	f := newFixture(t, fixtureOpts{stores: 2, flushes: 12, linked: true})
+	// Store 2 left after its 3rd flush: its later flushes never happened,
+	// its .ts stayed at what it last saw.
+	for _, fl := range f.flushes[2][3:] {
+		f.del(t, fl.Meta.Name)
+		for _, o := range fl.Data {
+			f.del(t, o.Name)
+		}
+	}
+	putTS(t, f, 2, f.flushes[2][2].Metadata.ResolvedTs)
+	env := NewEnv(nil)
+	env.Now = func() time.Time { return fixtureNow }
+	for _, k := range []int{6, 8} {
+		until := f.flushes[1][k].Name.FlushTS
+		var out bytes.Buffer
+		if _, err := TruncateStorage(context.Background(), env, f.st, TruncateOptions{Until: fmt.Sprint(until), Yes: true}, &out); err != nil {
+			t.Fatalf("truncate to store 1's flush %d: %v\n%s", k, err, out.String())
+		}
+		rep, err := VerifyWith(context.Background(), f.st, VerifyConfig{Now: func() time.Time { return fixtureNow }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rep.Problems) > 0 {
+			t.Fatalf("after a truncate to store 1's flush %d: %v", k, rep.Problems)
+		}
+	}
+}
