@@ -110,19 +110,30 @@ func TruncateStorage(ctx context.Context, env *Env, st storage.Storage, opts Tru
 	if err != nil {
 		return nil, userError("give --until as a TSO or a datetime like \"2006-01-02 15:04:05+0800\"", err, "invalid --until")
 	}
+	// Until the safepoint is written nothing has changed: a failure says
+	// so, and what to do.
+	pre := func(err error) error {
+		if HintOf(err) != "" {
+			return err
+		}
+		return userError("nothing was changed. Check that the storage (and etcd, with -u) answers, then run the same truncate again", err,
+			"truncate stopped before changing anything")
+	}
+	// The proof first: it names a damaged object that would otherwise
+	// only fail the reading of the log's range.
+	proof, err := proveCheckpoints(ctx, env, st, opts, w)
+	if err != nil {
+		return nil, pre(err)
+	}
 	info, err := ReadLogInfo(ctx, st)
 	if err != nil {
 		return nil, userError("is --storage the path a log backup task writes to?", err, "cannot read the log backup metadata of %s", st)
 	}
-	proof, err := proveCheckpoints(ctx, env, st, opts, w)
-	if err != nil {
-		return nil, err
-	}
 	if err := checkUntil(ctx, env, st, until, info, proof); err != nil {
-		return nil, err
+		return nil, pre(err)
 	}
 	if err := refuseMigrations(ctx, st); err != nil {
-		return nil, err
+		return nil, pre(err)
 	}
 	res := &TruncateResult{Until: until, DryRun: opts.DryRun}
 	fmt.Fprintf(w, "Storage: %s\n", st)
@@ -141,11 +152,11 @@ func TruncateStorage(ctx context.Context, env *Env, st storage.Storage, opts Tru
 	}
 	journal, err := readJournal(ctx, st)
 	if err != nil {
-		return nil, err
+		return nil, pre(err)
 	}
 	metas, err := loadMetas(ctx, st, until, max(until, journal.Until), proof.metas, w)
 	if err != nil {
-		return nil, err
+		return nil, pre(err)
 	}
 	res.MetaFiles = len(metas)
 	res.ShiftUntil = shiftUntil(metas, until)
@@ -172,7 +183,7 @@ func TruncateStorage(ctx context.Context, env *Env, st storage.Storage, opts Tru
 	}
 	sp, err := readSafepoint(ctx, st)
 	if err != nil {
-		return nil, err
+		return nil, pre(err)
 	}
 	if until < sp {
 		fmt.Fprintf(w, "According to the log, you have truncated log backup data before %s (%d).\n", FormatTS(sp, loc), sp)
@@ -196,7 +207,7 @@ func TruncateStorage(ctx context.Context, env *Env, st storage.Storage, opts Tru
 	// The safepoint first, as BR: from here on the storage says it restores
 	// to until and later only, which stays true whatever else happens.
 	if err := lock.check(ctx); err != nil {
-		return nil, err
+		return nil, pre(err)
 	}
 	if until > sp {
 		if err := st.WriteFile(ctx, TruncateSafepointFile, []byte(strconv.FormatUint(until, 10))); err != nil {

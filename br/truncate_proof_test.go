@@ -92,6 +92,11 @@ var proofCases = []proofCase{
 		f.put(t, name, []byte("20250601"))
 		return name, minutes(f.global, 40)
 	}},
+	{"a store's .ts is not 8 bytes", func(t *testing.T, f *fixture, d *proofDeps) (string, uint64) {
+		name := logfile.GlobalCheckpointObject(2, 0).Name
+		f.put(t, name, []byte{1, 2, 3, 4, 5})
+		return name, f.global
+	}},
 	{"a store's .ts is past every flush", func(t *testing.T, f *fixture, d *proofDeps) (string, uint64) {
 		return putTS(t, f, 1, minutes(f.global, 40)), minutes(f.global, 40)
 	}},
