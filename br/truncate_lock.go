@@ -63,6 +63,10 @@ type lockMeta struct {
 	// ProcStart tells the holder's process from a later one given the
 	// same pid (Linux: /proc/<pid>/stat's start time); "" if unknown.
 	ProcStart string `json:"locker_proc_start,omitempty"`
+	// Machine is the kernel's boot id and the pid namespace the pid is
+	// in: a pid means something only there (two containers may share a
+	// host name, and each has its own pids). "" if unknown.
+	Machine string `json:"locker_machine,omitempty"`
 	// LeaseUntil is when the holder, unless it renews, is taken for dead.
 	LeaseUntil time.Time `json:"lease_until,omitempty"`
 }
@@ -97,7 +101,7 @@ func holderGone(env *Env, l lockMeta) (bool, string) {
 	if l.LeaseUntil.IsZero() {
 		return false, ""
 	}
-	if l.LockerHost == env.Hostname && l.LockerPID > 0 {
+	if l.LockerHost == env.Hostname && l.LockerPID > 0 && l.Machine != "" && l.Machine == machineID() {
 		if !processAlive(l.LockerPID, l.ProcStart) {
 			return true, fmt.Sprintf("its process %d on this host is gone", l.LockerPID)
 		}
@@ -107,6 +111,20 @@ func holderGone(env *Env, l lockMeta) (bool, string) {
 		return true, fmt.Sprintf("its lease expired at %s", l.LeaseUntil.Format(time.RFC3339))
 	}
 	return false, ""
+}
+
+// machineID is this process's kernel boot and pid namespace, "" where
+// /proc cannot tell (then only the lease can free a lock).
+func machineID() string {
+	boot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	ns, err := os.Readlink("/proc/self/ns/pid")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(boot)) + "/" + ns
 }
 
 // processAlive reports whether pid runs, and, when start is known, is the
@@ -168,7 +186,7 @@ func acquireTruncateLock(ctx context.Context, env *Env, st storage.Storage) (*tr
 	intent := TruncateLockFile + ".INTENT." + hex.EncodeToString(id[:])
 	now := env.now()
 	me := lockMeta{LockedAt: now, LockerHost: env.Hostname, LockerPID: env.PID, TxnID: id[:], Hint: truncateLockHint,
-		ProcStart: procStart(env.PID), LeaseUntil: now.Add(truncateLease)}
+		ProcStart: procStart(env.PID), Machine: machineID(), LeaseUntil: now.Add(truncateLease)}
 	raw, err := json.Marshal(me)
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", TruncateLockFile, err)

@@ -51,10 +51,11 @@ func TestTruncateLockTakeover(t *testing.T) {
 	f.env.Now = func() time.Time { return now }
 	dead := deadPID(t)
 	self := procStart(os.Getpid())
-	if self == "" {
-		t.Skip("no /proc: pid reuse cannot be told")
+	if self == "" || machineID() == "" {
+		t.Skip("no /proc: pids cannot be told apart")
 	}
 	lease := now.Add(time.Minute)
+	here := machineID()
 	cases := []struct {
 		name   string
 		object string
@@ -63,11 +64,13 @@ func TestTruncateLockTakeover(t *testing.T) {
 		refuse string
 	}{
 		{"dead process on this host", TruncateLockFile,
-			lockMeta{LockerHost: f.env.Hostname, LockerPID: dead, TxnID: []byte{1}, LeaseUntil: lease}, "is gone", ""},
+			lockMeta{LockerHost: f.env.Hostname, LockerPID: dead, Machine: here, TxnID: []byte{1}, LeaseUntil: lease}, "is gone", ""},
+		{"dead pid, same host name, another container", TruncateLockFile,
+			lockMeta{LockerHost: f.env.Hostname, LockerPID: dead, Machine: "other-boot/pid:[1]", TxnID: []byte{11}, LeaseUntil: lease}, "", "pid " + fmt.Sprint(dead)},
 		{"pid reused by a later process", TruncateLockFile,
-			lockMeta{LockerHost: f.env.Hostname, LockerPID: os.Getpid(), ProcStart: self + "0", TxnID: []byte{2}, LeaseUntil: lease}, "is gone", ""},
+			lockMeta{LockerHost: f.env.Hostname, LockerPID: os.Getpid(), ProcStart: self + "0", Machine: here, TxnID: []byte{2}, LeaseUntil: lease}, "is gone", ""},
 		{"live process on this host", TruncateLockFile,
-			lockMeta{LockerHost: f.env.Hostname, LockerPID: os.Getpid(), ProcStart: self, TxnID: []byte{3}, LeaseUntil: now.Add(-time.Hour)}, "", "pid " + fmt.Sprint(os.Getpid())},
+			lockMeta{LockerHost: f.env.Hostname, LockerPID: os.Getpid(), ProcStart: self, Machine: here, TxnID: []byte{3}, LeaseUntil: now.Add(-time.Hour)}, "", "pid " + fmt.Sprint(os.Getpid())},
 		{"other host, lease running", TruncateLockFile,
 			lockMeta{LockerHost: "far-away", LockerPID: 9, TxnID: []byte{4}, LeaseUntil: lease}, "", "far-away"},
 		{"other host, lease within the clock skew", TruncateLockFile,
@@ -77,7 +80,7 @@ func TestTruncateLockTakeover(t *testing.T) {
 		{"BR's lock, no lease", TruncateLockFile,
 			lockMeta{LockerHost: "far-away", LockerPID: 9, TxnID: []byte{7}}, "", "far-away"},
 		{"dead run's intent", TruncateLockFile + ".INTENT.0a0b",
-			lockMeta{LockerHost: f.env.Hostname, LockerPID: dead, TxnID: []byte{8}, LeaseUntil: lease}, "is gone", ""},
+			lockMeta{LockerHost: f.env.Hostname, LockerPID: dead, Machine: here, TxnID: []byte{8}, LeaseUntil: lease}, "is gone", ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
