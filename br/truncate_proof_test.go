@@ -335,3 +335,29 @@ func TestTruncateScaledInStore(t *testing.T) {
 		}
 	}
 }
+
+// TestTruncateRefusesSilentEtcd: etcd that answered once and then stops
+// answering (the command connected, the task's records cannot be read) is
+// a refusal that names --task-stopped; with it the truncate goes on, on
+// the storage's word alone, and says so.
+func TestTruncateRefusesSilentEtcd(t *testing.T) {
+	url := "local://" + t.TempDir()
+	f := newFixture(t, fixtureOpts{stores: 2, flushes: 12, linked: true, url: url})
+	srv := etcdtest.Start(t)
+	env := NewEnv(meta.NewClient(srv.Client(t), meta.WithRequestTimeout(500*time.Millisecond)))
+	env.Now = func() time.Time { return fixtureNow }
+	srv.Stop(t)
+	until := f.flushes[1][6].Name.FlushTS
+	before := snapshot(t, f.st)
+	var out bytes.Buffer
+	_, err := TruncateStorage(context.Background(), env, f.st, TruncateOptions{Until: fmt.Sprint(until), Yes: true}, &out)
+	if err == nil || !strings.Contains(err.Error(), "etcd did not answer") || !strings.Contains(HintOf(err), "--task-stopped") {
+		t.Fatalf("silent etcd: %v (hint %q)\n%s", err, HintOf(err), out.String())
+	}
+	requireUnchanged(t, "a silent etcd", before, snapshot(t, f.st))
+	out.Reset()
+	res, err := TruncateStorage(context.Background(), env, f.st, TruncateOptions{Until: fmt.Sprint(until), Yes: true, TaskStopped: true}, &out)
+	if err != nil || res.DataFiles == 0 || !strings.Contains(out.String(), "--task-stopped") {
+		t.Fatalf("--task-stopped: %v\n%s", err, out.String())
+	}
+}
