@@ -258,8 +258,11 @@ func TruncateStorage(ctx context.Context, env *Env, st storage.Storage, opts Tru
 			return nil, interrupted(fmt.Errorf("delete %s: %w", TruncateJournalFile, err))
 		}
 	}
-	from := max(until, sp, info.StartTS)
-	fmt.Fprintf(w, "Truncated: deleted %d files (%s) and %d meta files, rewrote %d meta files. The log now restores to %s (%d) and later.\n",
+	from, err := checkAfterTruncate(ctx, env, st, until)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(w, "Truncated: deleted %d files (%s) and %d meta files, rewrote %d meta files. Verified: the log now restores to %s (%d) and later.\n",
 		len(all), humanBytes(res.DataBytes), len(deletes), len(rewrites), FormatTS(from, loc), from)
 	return res, nil
 }

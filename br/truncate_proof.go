@@ -370,3 +370,41 @@ func (v *verifier) checkAgreement(globals []globalRead, ev *etcdView) {
 			FormatTS(s.ts, loc), PhysicalTime(s.ts).Sub(PhysicalTime(peer)).Round(time.Second), nearest, FormatTS(peer, loc), TruncateFlushSlack)
 	}
 }
+
+// checkAfterTruncate proves, once the deletions are done, what the summary
+// claims: the meta files left still verify (every name, each store's
+// chain back to the safepoint, the global checkpoints covered) and the
+// storage restores from at least until. It returns where it restores
+// from. The data objects are not read: their meta files were not touched
+// but for the groups removed (br stream verify reads them all).
+func checkAfterTruncate(ctx context.Context, env *Env, st storage.Storage, until uint64) (uint64, error) {
+	loc := env.loc()
+	v := newVerifier(st, VerifyConfig{Now: func() time.Time { return env.now().In(loc) }})
+	if err := v.readRoot(ctx); err != nil {
+		return 0, err
+	}
+	globals, err := v.readGlobalCheckpoints(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", logfile.GlobalCheckpointDir, err)
+	}
+	metas, err := readAllMetas(ctx, st, v, io.Discard)
+	if err != nil {
+		return 0, err
+	}
+	v.res = &logfile.AuditResult{Metas: metas, Listed: map[string]bool{}}
+	v.summariseStores()
+	v.checkOrigin()
+	v.checkChains()
+	if err := v.checkGlobalCheckpoints(ctx, globals); err != nil {
+		return 0, err
+	}
+	from := v.restorableFrom()
+	if from < until {
+		v.fail(TruncateSafepointFile, "the storage restores from %s, before --until %s", FormatTS(from, loc), FormatTS(until, loc))
+	}
+	if len(v.rep.Problems) > 0 {
+		return from, userError(fmt.Sprintf("nothing a restore from --until needs was removed, but check the storage: run `br stream verify -s %s`", st), nil,
+			"truncated, but the storage does not verify: %s", strings.Join(v.rep.Problems, "; "))
+	}
+	return from, nil
+}

@@ -361,3 +361,22 @@ func TestTruncateRefusesSilentEtcd(t *testing.T) {
 		t.Fatalf("--task-stopped: %v\n%s", err, out.String())
 	}
 }
+
+// TestTruncateChecksAfter: once done, truncate proves the storage still
+// verifies from --until; a problem it finds then (here a meta file lost
+// before the truncate, above --until) fails the command with the problem
+// and the next step, instead of "the log now restores to".
+func TestTruncateChecksAfter(t *testing.T) {
+	f, env, d := proofFixture(t, false)
+	lost := f.flushes[1][9]
+	f.del(t, lost.Meta.Name)
+	var out bytes.Buffer
+	_, err := TruncateStorage(d.ctx, env, f.st, TruncateOptions{Until: fmt.Sprint(f.flushes[1][6].Name.FlushTS), Yes: true}, &out)
+	if err == nil || !strings.Contains(err.Error(), "does not verify") || !strings.Contains(err.Error(), fmt.Sprintf("%016X", lost.Name.FlushTS)) ||
+		!strings.Contains(HintOf(err), "br stream verify") {
+		t.Fatalf("a storage that does not verify after the truncate: %v (hint %q)\n%s", err, HintOf(err), out.String())
+	}
+	if strings.Contains(out.String(), "restores to") {
+		t.Fatalf("claims a range it did not prove:\n%s", out.String())
+	}
+}
