@@ -127,7 +127,8 @@ func TruncateStorage(ctx context.Context, env *Env, st storage.Storage, opts Tru
 	}
 	info, err := ReadLogInfo(ctx, st)
 	if err != nil {
-		return nil, userError("is --storage the path a log backup task writes to?", err, "cannot read the log backup metadata of %s", st)
+		// What is missing or undecodable the proof refused already.
+		return nil, pre(fmt.Errorf("read the log backup metadata of %s: %w", st, err))
 	}
 	if err := checkUntil(ctx, env, st, until, info, proof); err != nil {
 		return nil, pre(err)
@@ -142,7 +143,7 @@ func TruncateStorage(ctx context.Context, env *Env, st storage.Storage, opts Tru
 	if !opts.DryRun {
 		lock, err = acquireTruncateLock(ctx, env, st)
 		if err != nil {
-			return nil, err
+			return nil, pre(err)
 		}
 		defer lock.release(w)
 		if lock.TakenOver != "" {
@@ -260,6 +261,10 @@ func TruncateStorage(ctx context.Context, env *Env, st storage.Storage, opts Tru
 	}
 	from, err := checkAfterTruncate(ctx, env, st, until)
 	if err != nil {
+		if HintOf(err) == "" {
+			err = userError(fmt.Sprintf("the truncate itself is done; check the storage with `br stream verify -s %s`", st), err,
+				"cannot read the storage back after truncating")
+		}
 		return nil, err
 	}
 	fmt.Fprintf(w, "Truncated: deleted %d files (%s) and %d meta files, rewrote %d meta files. Verified: the log now restores to %s (%d) and later.\n",

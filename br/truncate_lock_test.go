@@ -283,3 +283,83 @@ func TestTruncateCleansTempFiles(t *testing.T) {
 		t.Fatalf("the meta file temp is not reported:\n%s", out.String())
 	}
 }
+
+// readFailing fails every read and listing after the first n, as a
+// storage that stops answering (hand-written for the same reason as
+// failingStorage).
+type readFailing struct {
+	storage.Storage
+	left atomic.Int64
+	ops  atomic.Int64
+}
+
+func (s *readFailing) fail() error {
+	s.ops.Add(1)
+	if s.left.Add(-1) < 0 {
+		return errStorage500
+	}
+	return nil
+}
+
+func (s *readFailing) ReadFile(ctx context.Context, name string) ([]byte, error) {
+	if err := s.fail(); err != nil {
+		return nil, err
+	}
+	return s.Storage.ReadFile(ctx, name)
+}
+
+func (s *readFailing) List(ctx context.Context, prefix string, fn func(storage.ObjectInfo) error) error {
+	if err := s.fail(); err != nil {
+		return err
+	}
+	return s.Storage.List(ctx, prefix, fn)
+}
+
+// TestTruncateFailureHints: a storage that stops answering reads at any
+// point of a truncate gives an error with a hint saying what to do (issue
+// 20: the first failure's hint was "run br stream truncate --help"), and
+// a rerun finishes.
+func TestTruncateFailureHints(t *testing.T) {
+	build := func() *logFixture {
+		f := newLogFixture(t)
+		f.flush(20, 0, f.put(1, "ta", 10, 12, 8), f.put(2, "tb", 14, 16, 300))
+		f.flush(40, 0, f.put(1, "ta", 30, 32, 8))
+		f.flush(60, 0, f.put(1, "ta", 50, 52, 300), f.put(2, "tb", 54, 56, 8))
+		f.checkpoint(60)
+		return f
+	}
+	ref := build()
+	counted := &readFailing{Storage: ref.st}
+	counted.left.Store(1 << 40)
+	if _, err := TruncateStorage(ref.ctx, ref.env, counted, TruncateOptions{Until: fmt.Sprint(ref.ts(45)), Yes: true}, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	steps := counted.ops.Load()
+	dead := deadPID(t)
+	for n := int64(0); n < steps; n++ {
+		f := build()
+		opts := TruncateOptions{Until: fmt.Sprint(f.ts(45)), Yes: true}
+		failed := NewEnv(nil)
+		failed.PID = dead
+		rf := &readFailing{Storage: f.st}
+		rf.left.Store(n)
+		var out bytes.Buffer
+		_, err := TruncateStorage(f.ctx, failed, rf, opts, &out)
+		if err == nil {
+			// Only the release's read of the lock, the very last, can fail
+			// without failing the truncate: the work is done.
+			if n != steps-1 || !strings.Contains(out.String(), "the next truncate takes it over") {
+				t.Fatalf("reads failing from %d of %d: the truncate succeeded\n%s", n, steps, out.String())
+			}
+			continue
+		}
+		h := HintOf(err)
+		if !errors.Is(err, errStorage500) || h == "" || !strings.Contains(h, "again") && !strings.Contains(h, "br stream verify") {
+			t.Fatalf("reads failing from %d of %d: %v (hint %q)", n, steps, err, h)
+		}
+		out.Reset()
+		if _, err := TruncateStorage(f.ctx, f.env, f.st, opts, &out); err != nil {
+			t.Fatalf("rerun after reads failed from %d: %v (hint %q)\n%s", n, err, HintOf(err), out.String())
+		}
+	}
+}
