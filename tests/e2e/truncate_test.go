@@ -790,6 +790,9 @@ func TestTruncateCLI(t *testing.T) {
 		t.Fatalf("silent etcd: the hint does not name --task-stopped:\n%s", res.stderr)
 	}
 	unchanged("a silent etcd", before)
+	if help := r.ok("log", "truncate", "--help"); !strings.Contains(help, "--task-stopped") || !strings.Contains(help, "Risk:") {
+		t.Fatalf("--task-stopped's help does not say what it risks:\n%s", help)
+	}
 	out = r.ok("log", "truncate", "-s", url, "--until", u, "--dry-run", "--task-stopped", "-u", "127.0.0.1:1", "--dial-timeout", "1s")
 	outputs = append(outputs, out)
 	if !strings.Contains(out, "not reachable") || !strings.Contains(out, "Dry run") {
