@@ -21,7 +21,8 @@ import (
 // may be and still be explained by one flush: stores publish the global
 // checkpoint each after its own flush (every 3 minutes by default, TiKV's
 // and the agent's), so two stores' copies can lag each other by a flush
-// interval and the time to publish it.
+// interval and the time to publish it. Stores that flush less often get
+// more (flushSlack).
 const TruncateFlushSlack = 5 * time.Minute
 
 // checkpointProof is what proveCheckpoints read and found sound.
@@ -344,7 +345,8 @@ func (v *verifier) checkAgreement(globals []globalRead, ev *etcdView) {
 			maxResolved = max(maxResolved, mf.Metadata.ResolvedTs)
 		}
 	}
-	slack := uint64(TruncateFlushSlack.Milliseconds()) << 18 // a TSO's physical part: milliseconds above 18 logical bits
+	oneFlush := flushSlack(v.res.Metas)
+	slack := uint64(oneFlush.Milliseconds()) << 18 // a TSO's physical part: milliseconds above 18 logical bits
 	loc := v.cfg.Now().Location()
 	for i, s := range all {
 		if !s.led || s.ts > v.latest {
@@ -367,7 +369,7 @@ func (v *verifier) checkAgreement(globals []globalRead, ev *etcdView) {
 			continue
 		}
 		v.fail(s.name, "global checkpoint %s is %s ahead of the other records of it (the nearest, %s, says %s): more than one flush (%s) explains, so one of them is damaged",
-			FormatTS(s.ts, loc), PhysicalTime(s.ts).Sub(PhysicalTime(peer)).Round(time.Second), nearest, FormatTS(peer, loc), TruncateFlushSlack)
+			FormatTS(s.ts, loc), PhysicalTime(s.ts).Sub(PhysicalTime(peer)).Round(time.Second), nearest, FormatTS(peer, loc), oneFlush)
 	}
 }
 
@@ -407,4 +409,32 @@ func checkAfterTruncate(ctx context.Context, env *Env, st storage.Storage, until
 			"truncated, but the storage does not verify: %s", strings.Join(v.rep.Problems, "; "))
 	}
 	return from, nil
+}
+
+// flushSlack is how far one flush lets two records of the global
+// checkpoint drift apart: TruncateFlushSlack, or, where the stores flush
+// less often (a longer flush interval), one and a half times the longest
+// of their median gaps between flushes.
+func flushSlack(metas []*logfile.MetaFile) time.Duration {
+	flushes := map[uint64][]uint64{}
+	for _, mf := range metas {
+		if mf.Name.FlushTS != 0 {
+			s := storeOf(mf)
+			flushes[s] = append(flushes[s], mf.Name.FlushTS)
+		}
+	}
+	slack := TruncateFlushSlack
+	for _, ts := range flushes {
+		if len(ts) < 2 {
+			continue
+		}
+		sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
+		gaps := make([]time.Duration, 0, len(ts)-1)
+		for i := 1; i < len(ts); i++ {
+			gaps = append(gaps, PhysicalTime(ts[i]).Sub(PhysicalTime(ts[i-1])))
+		}
+		sort.Slice(gaps, func(i, j int) bool { return gaps[i] < gaps[j] })
+		slack = max(slack, gaps[len(gaps)/2]*3/2)
+	}
+	return slack
 }

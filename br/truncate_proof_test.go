@@ -380,3 +380,34 @@ func TestTruncateChecksAfter(t *testing.T) {
 		t.Fatalf("claims a range it did not prove:\n%s", out.String())
 	}
 }
+
+// TestFlushSlack: one flush's slack follows the stores' flush interval
+// (the median gap between a store's flushes, so a pause does not widen
+// it), never below TruncateFlushSlack.
+func TestFlushSlack(t *testing.T) {
+	base := fixtureNow.Add(-5 * time.Hour)
+	metas := func(store uint64, gaps ...time.Duration) []*logfile.MetaFile {
+		at := base
+		out := []*logfile.MetaFile{{Name: logfile.MetaName{StoreID: store, FlushTS: tsAt(at)}}}
+		for _, g := range gaps {
+			at = at.Add(g)
+			out = append(out, &logfile.MetaFile{Name: logfile.MetaName{StoreID: store, FlushTS: tsAt(at)}})
+		}
+		return out
+	}
+	m := time.Minute
+	for _, c := range []struct {
+		name  string
+		metas []*logfile.MetaFile
+		want  time.Duration
+	}{
+		{"none", nil, TruncateFlushSlack},
+		{"every 3 minutes", metas(1, 3*m, 3*m, 3*m), TruncateFlushSlack},
+		{"every 10 minutes, one pause of 2 hours", metas(1, 10*m, 10*m, 120*m, 10*m), 15 * m},
+		{"one store every 3, another every 8", append(metas(1, 3*m, 3*m, 3*m), metas(2, 8*m, 8*m, 8*m)...), 12 * m},
+	} {
+		if got := flushSlack(c.metas); got != c.want {
+			t.Errorf("%s: slack %s, want %s", c.name, got, c.want)
+		}
+	}
+}
