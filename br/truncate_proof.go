@@ -36,10 +36,9 @@ type checkpointProof struct {
 
 // etcdRecord is one checkpoint etcd holds for a task writing to the storage.
 type etcdRecord struct {
-	key   string
-	kind  string // "central_global", "store checkpoint", "storage checkpoint"
-	store uint64 // 0 for central_global
-	ts    uint64
+	key  string
+	kind string // "central_global", "store checkpoint", "storage checkpoint"
+	ts   uint64
 }
 
 // etcdView is what etcd says of the tasks writing to one storage.
@@ -185,7 +184,7 @@ func readEtcdView(ctx context.Context, env *Env, st storage.Storage, v *verifier
 			}
 		}
 		for store, ts := range scs {
-			ev.records = append(ev.records, etcdRecord{key: meta.StorageCheckpointKey(name, store), kind: "storage checkpoint", store: store, ts: ts})
+			ev.records = append(ev.records, etcdRecord{key: meta.StorageCheckpointKey(name, store), kind: "storage checkpoint", ts: ts})
 		}
 		cps, err := env.Meta.CheckpointsExceptRegions(ctx, name)
 		if err != nil {
@@ -195,7 +194,7 @@ func readEtcdView(ctx context.Context, env *Env, st storage.Storage, v *verifier
 		}
 		for _, cp := range cps {
 			if cp.Kind == meta.CheckpointStore {
-				ev.records = append(ev.records, etcdRecord{key: meta.StoreCheckpointKey(name, cp.StoreID), kind: "store checkpoint", store: cp.StoreID, ts: cp.TS})
+				ev.records = append(ev.records, etcdRecord{key: meta.StoreCheckpointKey(name, cp.StoreID), kind: "store checkpoint", ts: cp.TS})
 			}
 		}
 		g, ok, err := env.Meta.GlobalCheckpoint(ctx, name)
@@ -268,15 +267,13 @@ func readAllMetas(ctx context.Context, st storage.Storage, v *verifier, w io.Wri
 	return metas, nil
 }
 
-// coverage is the highest ts the meta files in storage can vouch for,
-// overall (store 0) or for one store: its newest flush, or what a task
-// start or an earlier truncate already vouches for.
-func (v *verifier) coverage(store uint64, taskStart uint64) uint64 {
+// coverage is the highest ts the meta files in storage can vouch for:
+// the newest flush, or what a task start or an earlier truncate already
+// vouches for.
+func (v *verifier) coverage(taskStart uint64) uint64 {
 	c := max(v.rep.StartTS, v.rep.TruncatedUntil, taskStart)
 	for _, mf := range v.res.Metas {
-		if store == 0 || storeOf(mf) == store {
-			c = max(c, mf.Name.FlushTS)
-		}
+		c = max(c, mf.Name.FlushTS)
 	}
 	return c
 }
@@ -293,20 +290,16 @@ func (v *verifier) checkEtcd(ev *etcdView) {
 		switch {
 		case r.ts > v.latest:
 			v.fail(name, "%s %s is in the future (the clock says %s)", r.kind, FormatTS(r.ts, loc), FormatTS(ComposeTS(v.cfg.Now()), loc))
-		case r.ts > v.coverage(r.store, ev.taskStart):
-			v.fail(name, "%s %s is beyond every flush in storage%s (the newest at %s): the meta files that cover it are missing, or etcd belongs to another storage",
-				r.kind, FormatTS(r.ts, loc), storeSuffix(r.store), FormatTS(v.coverage(r.store, 0), loc))
+		case r.ts > v.coverage(ev.taskStart):
+			// Judged against every store's flushes, not its own: a store's
+			// checkpoints are floored at central_global, which other
+			// stores' later flushes may have moved past its last one.
+			v.fail(name, "%s %s is beyond every flush in storage (the newest at %s): the meta files that cover it are missing, or etcd belongs to another storage",
+				r.kind, FormatTS(r.ts, loc), FormatTS(v.coverage(0), loc))
 		case r.kind == "storage checkpoint" && ev.hasGlobal && r.ts > ev.global:
 			v.fail(name, "storage checkpoint %s is beyond the task's global checkpoint %s, which it copies", FormatTS(r.ts, loc), FormatTS(ev.global, loc))
 		}
 	}
-}
-
-func storeSuffix(store uint64) string {
-	if store == 0 {
-		return ""
-	}
-	return fmt.Sprintf(" of store %d", store)
 }
 
 // checkAgreement: truncate goes as far as the highest global checkpoint

@@ -143,7 +143,7 @@ var proofCases = []proofCase{
 		d.raw(meta.GlobalCheckpointKey(d.task), minutes(old, 24))
 		return "etcd " + meta.GlobalCheckpointKey(d.task), old
 	}},
-	{"etcd's store checkpoint is past its store's flushes", func(t *testing.T, f *fixture, d *proofDeps) (string, uint64) {
+	{"etcd's store checkpoint is past every flush", func(t *testing.T, f *fixture, d *proofDeps) (string, uint64) {
 		d.raw(meta.StoreCheckpointKey(d.task, 1), minutes(f.global, 40))
 		return "etcd " + meta.StoreCheckpointKey(d.task, 1), f.global
 	}},
