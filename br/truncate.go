@@ -228,6 +228,9 @@ func TruncateStorage(ctx context.Context, env *Env, st storage.Storage, opts Tru
 	p := newProgress(w, "Rewriting meta files", len(rewrites)+len(deletes))
 	err = forEach(ctx, len(rewrites)+len(deletes), func(ctx context.Context, i int) error {
 		defer p.add(1)
+		if err := lock.valid(); err != nil {
+			return err
+		}
 		if i < len(rewrites) {
 			return rewriteMeta(ctx, st, rewrites[i])
 		}
@@ -246,6 +249,9 @@ func TruncateStorage(ctx context.Context, env *Env, st storage.Storage, opts Tru
 	p = newProgress(w, "Deleting data files", len(all))
 	err = forEach(ctx, len(all), func(ctx context.Context, i int) error {
 		defer p.add(1)
+		if err := lock.valid(); err != nil {
+			return err
+		}
 		if err := st.Delete(ctx, all[i]); err != nil {
 			return fmt.Errorf("delete data file %s: %w", all[i], err)
 		}

@@ -328,6 +328,27 @@ func (l *truncateLock) check(ctx context.Context) error {
 	return l.mine(ctx)
 }
 
+// valid fails once the lock was found lost or this run's own lease ran
+// out by its own clock (renewals failing, or the process stalled): a
+// taker waits lockClockSkew longer, so a holder that stops here never
+// acts beside it. No storage request: it runs before every delete.
+func (l *truncateLock) valid() error {
+	if l == nil {
+		return nil
+	}
+	l.mu.Lock()
+	lost, until := l.lost, l.me.LeaseUntil
+	l.mu.Unlock()
+	if lost != nil {
+		return lost
+	}
+	if now := l.env.now(); now.After(until) {
+		return userError(truncateLostHint, nil, "this run's lease on %s ran out at %s (it could not renew it): stopping before another run may take it over",
+			TruncateLockFile, until.Format(time.RFC3339))
+	}
+	return nil
+}
+
 // release stops the renewals and removes the lock if it is still ours; a
 // failure is printed with what the next run will do about it.
 func (l *truncateLock) release(w io.Writer) {

@@ -113,9 +113,10 @@ func TestTruncateLockTakeover(t *testing.T) {
 	}
 }
 
-// TestTruncateLockLost: a run whose lock another run took over (it
-// stalled past its lease) stops before its next destructive step and does
-// not remove the other run's lock.
+// TestTruncateLockLost: a run whose lease ran out by its own clock, or
+// whose lock another run took over (it stalled past its lease), stops
+// before its next destructive step and does not remove the other run's
+// lock; renewals move the lease on, and stop once the lock is another's.
 func TestTruncateLockLost(t *testing.T) {
 	f := newLogFixture(t)
 	f.flush(20, 0, f.put(1, "ta", 10, 12, 8))
@@ -140,6 +141,16 @@ func TestTruncateLockLost(t *testing.T) {
 	if err != nil || rec == nil || !rec.LeaseUntil.Equal(t0.Add(time.Minute+truncateLease)) {
 		t.Fatalf("after a renewal at +1m the lease is %v (%v), want %v", rec, err, t0.Add(time.Minute+truncateLease))
 	}
+	// Past its lease by its own clock (renewals failing, or a stall) the
+	// run stops before its next delete, without asking the storage.
+	if err := l.valid(); err != nil {
+		t.Fatalf("within the lease: %v", err)
+	}
+	clock.Store(t0.Add(time.Minute + truncateLease + time.Second).UnixNano())
+	if err := l.valid(); err == nil || !strings.Contains(err.Error(), "ran out") {
+		t.Fatalf("past the lease: %v", err)
+	}
+	clock.Store(t0.Add(time.Minute).UnixNano())
 	other := lockMeta{LockerHost: "taker", LockerPID: 5, TxnID: []byte{9}, LeaseUntil: time.Now().Add(time.Minute)}
 	writeLockObject(t, f, TruncateLockFile, other)
 	if err := l.check(f.ctx); err == nil || !strings.Contains(err.Error(), "taker") {
