@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"time"
 
 	"logbackup/storage"
 )
@@ -39,5 +40,19 @@ func RunMetadata(ctx context.Context, env *Env, opts MetadataOptions, w io.Write
 	// BR's, so scripts that read them keep working.
 	fmt.Fprintf(w, "[\"log metadata\"] [log-min-ts=%d] [log-min-date=%q] [log-max-ts=%d] [log-max-date=%q]\n",
 		info.MinTS, date(info.MinTS), info.MaxTS, date(info.MaxTS))
+	// log-max-ts is the highest .ts whatever it holds: say so when one is
+	// impossible (issue 20: a damaged .ts made it the year 3084), after
+	// BR's line, which scripts read.
+	v := newVerifier(st, VerifyConfig{Now: func() time.Time { return env.now().In(loc) }})
+	globals, err := v.readGlobalCheckpoints(ctx)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", GlobalCheckpointDir, err)
+	}
+	for _, g := range globals {
+		if g.ts > v.latest {
+			fmt.Fprintf(w, "warning: %s: global checkpoint %s is in the future, so log-max-ts cannot be trusted; run br stream verify -s %s (truncate refuses this storage)\n",
+				g.name, date(g.ts), st)
+		}
+	}
 	return nil
 }

@@ -28,6 +28,10 @@ type TruncateOptions struct {
 	// Yes skips the confirmation prompt, which is otherwise read from In.
 	Yes bool
 	In  io.Reader
+	// TaskStopped lets truncate go on when etcd (env.Meta) does not answer:
+	// the operator vouches that no task writes to the storage, so the
+	// storage's own checkpoints are all there is to check.
+	TaskStopped bool
 }
 
 // TruncateResult says what a truncate removed (or, dry, would remove).
@@ -106,33 +110,54 @@ func TruncateStorage(ctx context.Context, env *Env, st storage.Storage, opts Tru
 	if err != nil {
 		return nil, userError("give --until as a TSO or a datetime like \"2006-01-02 15:04:05+0800\"", err, "invalid --until")
 	}
+	// Until the safepoint is written nothing has changed: a failure says
+	// so, and what to do.
+	pre := func(err error) error {
+		if HintOf(err) != "" {
+			return err
+		}
+		return userError("nothing was changed. Check that the storage (and etcd, with -u) answers, then run the same truncate again", err,
+			"truncate stopped before changing anything")
+	}
+	// The proof first: it names a damaged object that would otherwise
+	// only fail the reading of the log's range.
+	proof, err := proveCheckpoints(ctx, env, st, opts, w)
+	if err != nil {
+		return nil, pre(err)
+	}
 	info, err := ReadLogInfo(ctx, st)
 	if err != nil {
-		return nil, userError("is --storage the path a log backup task writes to?", err, "cannot read the log backup metadata of %s", st)
+		// What is missing or undecodable the proof refused already.
+		return nil, pre(fmt.Errorf("read the log backup metadata of %s: %w", st, err))
 	}
-	if err := checkUntil(ctx, env, st, until, info); err != nil {
-		return nil, err
+	if err := checkUntil(ctx, env, st, until, info, proof); err != nil {
+		return nil, pre(err)
 	}
 	if err := refuseMigrations(ctx, st); err != nil {
-		return nil, err
+		return nil, pre(err)
 	}
 	res := &TruncateResult{Until: until, DryRun: opts.DryRun}
 	fmt.Fprintf(w, "Storage: %s\n", st)
 
+	var lock *truncateLock
 	if !opts.DryRun {
-		release, err := acquireTruncateLock(ctx, env, st)
+		lock, err = acquireTruncateLock(ctx, env, st)
 		if err != nil {
-			return nil, err
+			return nil, pre(err)
 		}
-		defer release(w)
+		defer lock.release(w)
+		if lock.TakenOver != "" {
+			fmt.Fprintf(w, "Took over the lock of a truncate that died: %s. This run finishes its work.\n", lock.TakenOver)
+		}
+		cleanTempFiles(st, w)
 	}
 	journal, err := readJournal(ctx, st)
 	if err != nil {
-		return nil, err
+		return nil, pre(err)
 	}
-	metas, err := loadMetas(ctx, st, until, max(until, journal.Until), w)
+	metas, err := loadMetas(ctx, st, until, max(until, journal.Until), proof.metas, w)
 	if err != nil {
-		return nil, err
+		return nil, pre(err)
 	}
 	res.MetaFiles = len(metas)
 	res.ShiftUntil = shiftUntil(metas, until)
@@ -159,7 +184,7 @@ func TruncateStorage(ctx context.Context, env *Env, st storage.Storage, opts Tru
 	}
 	sp, err := readSafepoint(ctx, st)
 	if err != nil {
-		return nil, err
+		return nil, pre(err)
 	}
 	if until < sp {
 		fmt.Fprintf(w, "According to the log, you have truncated log backup data before %s (%d).\n", FormatTS(sp, loc), sp)
@@ -182,21 +207,30 @@ func TruncateStorage(ctx context.Context, env *Env, st storage.Storage, opts Tru
 
 	// The safepoint first, as BR: from here on the storage says it restores
 	// to until and later only, which stays true whatever else happens.
+	if err := lock.check(ctx); err != nil {
+		return nil, pre(err)
+	}
 	if until > sp {
 		if err := st.WriteFile(ctx, TruncateSafepointFile, []byte(strconv.FormatUint(until, 10))); err != nil {
-			return nil, fmt.Errorf("write the truncate safepoint %s: %w", TruncateSafepointFile, err)
+			return nil, interrupted(fmt.Errorf("write the truncate safepoint %s: %w", TruncateSafepointFile, err))
 		}
 	}
 	if len(all) > 0 {
 		j := truncateJournal{Version: 1, Until: max(until, journal.Until), ShiftUntil: res.ShiftUntil, Objects: all}
 		if err := writeJournal(ctx, st, j); err != nil {
-			return nil, err
+			return nil, interrupted(err)
 		}
 	}
 	// Meta files before data: no meta file ever lists a deleted object.
+	if err := lock.check(ctx); err != nil {
+		return nil, interrupted(err)
+	}
 	p := newProgress(w, "Rewriting meta files", len(rewrites)+len(deletes))
 	err = forEach(ctx, len(rewrites)+len(deletes), func(ctx context.Context, i int) error {
 		defer p.add(1)
+		if err := lock.valid(); err != nil {
+			return err
+		}
 		if i < len(rewrites) {
 			return rewriteMeta(ctx, st, rewrites[i])
 		}
@@ -209,9 +243,15 @@ func TruncateStorage(ctx context.Context, env *Env, st storage.Storage, opts Tru
 	if err != nil {
 		return nil, interrupted(err)
 	}
+	if err := lock.check(ctx); err != nil {
+		return nil, interrupted(err)
+	}
 	p = newProgress(w, "Deleting data files", len(all))
 	err = forEach(ctx, len(all), func(ctx context.Context, i int) error {
 		defer p.add(1)
+		if err := lock.valid(); err != nil {
+			return err
+		}
 		if err := st.Delete(ctx, all[i]); err != nil {
 			return fmt.Errorf("delete data file %s: %w", all[i], err)
 		}
@@ -225,28 +265,38 @@ func TruncateStorage(ctx context.Context, env *Env, st storage.Storage, opts Tru
 			return nil, interrupted(fmt.Errorf("delete %s: %w", TruncateJournalFile, err))
 		}
 	}
-	from := max(until, sp, info.StartTS)
-	fmt.Fprintf(w, "Truncated: deleted %d files (%s) and %d meta files, rewrote %d meta files. The log now restores to %s (%d) and later.\n",
+	from, err := checkAfterTruncate(ctx, env, st, until)
+	if err != nil {
+		if HintOf(err) == "" {
+			err = userError(fmt.Sprintf("the truncate itself is done; check the storage with `br stream verify -s %s`", st), err,
+				"cannot read the storage back after truncating")
+		}
+		return nil, err
+	}
+	fmt.Fprintf(w, "Truncated: deleted %d files (%s) and %d meta files, rewrote %d meta files. Verified: the log now restores to %s (%d) and later.\n",
 		len(all), humanBytes(res.DataBytes), len(deletes), len(rewrites), FormatTS(from, loc), from)
 	return res, nil
 }
 
 // interrupted explains a failure half-way: the storage is consistent, and
-// a rerun (after removing a lock the failed run could not) finishes.
+// a rerun finishes, taking over a lock this run could not remove.
 func interrupted(err error) error {
-	return userError("the storage is still readable; run the same truncate again to finish (if "+TruncateLockFile+
-		" or a "+TruncateLockFile+".INTENT.* file was left behind, delete it first)", err, "truncate interrupted")
+	if h := HintOf(err); h != "" {
+		return err
+	}
+	return userError("nothing is lost: every meta file still lists only data that exists. Fix what failed (above), then run the same truncate again: "+
+		"it finishes this run's work (and takes over "+TruncateLockFile+" if this run could not remove it)", err, "truncate interrupted")
 }
 
 // checkUntil refuses an until past what the storage (and etcd, when
 // reachable) says is backed up: the global checkpoint.
-func checkUntil(ctx context.Context, env *Env, st storage.Storage, until uint64, info *LogInfo) error {
+func checkUntil(ctx context.Context, env *Env, st storage.Storage, until uint64, info *LogInfo, proof *checkpointProof) error {
 	loc := env.loc()
 	if until > info.MaxTS {
 		return userError("truncate only what is backed up: pass an --until at or before the log's max ts (br stream metadata shows it)", nil,
 			"--until %s (%d) is after the storage's global checkpoint %s (%d)", FormatTS(until, loc), until, FormatTS(info.MaxTS, loc), info.MaxTS)
 	}
-	if env.Meta == nil {
+	if env.Meta == nil || !proof.etcdAsked {
 		return nil
 	}
 	tasks, _, err := env.Meta.ListTasks(ctx)
@@ -338,7 +388,7 @@ func validBegin(n logfile.MetaName) bool { return n.MinBeginTS != 0 && n.MinBegi
 // any that may list data before threshold, and any whose name cannot
 // answer for BR's shift (legacy names, or a name with no valid min begin
 // ts while it reaches until). A tagged name's ts tags bound its content.
-func loadMetas(ctx context.Context, st storage.Storage, until, threshold uint64, w io.Writer) ([]*metaEntry, error) {
+func loadMetas(ctx context.Context, st storage.Storage, until, threshold uint64, known map[string]*brpb.Metadata, w io.Writer) ([]*metaEntry, error) {
 	var metas []*metaEntry
 	err := st.List(ctx, logfile.MetaDir, func(o storage.ObjectInfo) error {
 		if !strings.HasSuffix(o.Name, ".meta") {
@@ -357,6 +407,10 @@ func loadMetas(ctx context.Context, st storage.Storage, until, threshold uint64,
 	var read []*metaEntry
 	for _, m := range metas {
 		n := m.name
+		if md, ok := known[m.path]; ok {
+			m.md = md // read (and checked) by proveCheckpoints
+			continue
+		}
 		if n.Legacy || n.MinTS <= threshold || n.MaxTS >= until && !validBegin(n) {
 			read = append(read, m)
 		}
@@ -467,11 +521,13 @@ func plan(metas []*metaEntry, res *TruncateResult, until uint64, j truncateJourn
 			}
 		}
 		switch {
-		case len(m.del) == len(gs) && m.name.Linked && m.name.FlushTS >= until:
+		case len(m.del) == len(gs) && m.name.FlushTS >= until:
 			// A flush after until that only listed older changes stays as
 			// an empty meta file: the next flush of its store names it as
 			// its predecessor, and verify's chain would otherwise see a gap
-			// the truncate safepoint cannot explain.
+			// the truncate safepoint cannot explain; and its flush ts is
+			// what vouches for the global checkpoints up to it (verify
+			// fails a checkpoint beyond every flush in storage).
 			rewrites = append(rewrites, m)
 		case len(m.del) == len(gs):
 			m.gone = true

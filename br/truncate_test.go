@@ -306,9 +306,9 @@ func TestTruncateKeepsValuesOfKeptRecords(t *testing.T) {
 func TestTruncateRefusals(t *testing.T) {
 	f := newLogFixture(t)
 	f.flush(20, 0, f.put(1, "ta", 10, 12, 8))
-	f.checkpoint(30)
+	f.checkpoint(20)
 	var out bytes.Buffer
-	for _, until := range []string{fmt.Sprint(f.ts(31)), "2037-12-31 00:00:00+0800"} {
+	for _, until := range []string{fmt.Sprint(f.ts(21)), "2037-12-31 00:00:00+0800"} {
 		_, err := TruncateStorage(f.ctx, f.env, f.st, TruncateOptions{Until: until, Yes: true}, &out)
 		if err == nil || !strings.Contains(err.Error(), "global checkpoint") || HintOf(err) == "" {
 			t.Fatalf("until %s past the checkpoint: %v (hint %q)", until, err, HintOf(err))
@@ -321,7 +321,7 @@ func TestTruncateRefusals(t *testing.T) {
 	if err := f.st.WriteFile(f.ctx, TruncateLockFile, []byte(`{"locker_host":"elsewhere","locker_pid":7}`)); err != nil {
 		t.Fatal(err)
 	}
-	_, err = TruncateStorage(f.ctx, f.env, f.st, TruncateOptions{Until: fmt.Sprint(f.ts(25)), Yes: true}, &out)
+	_, err = TruncateStorage(f.ctx, f.env, f.st, TruncateOptions{Until: fmt.Sprint(f.ts(15)), Yes: true}, &out)
 	if err == nil || !strings.Contains(err.Error(), "elsewhere") || !strings.Contains(HintOf(err), TruncateLockFile) {
 		t.Fatalf("held lock: %v (hint %q)", err, HintOf(err))
 	}
@@ -373,13 +373,13 @@ func TestTruncateDeletesOnlyLogObjects(t *testing.T) {
 func TestTruncateLockExcludes(t *testing.T) {
 	f := newLogFixture(t)
 	f.flush(20, 0, f.put(1, "ta", 10, 12, 8))
-	f.checkpoint(30)
+	f.checkpoint(20)
 	foreign := TruncateLockFile + ".INTENT.00ff"
 	if err := f.st.WriteFile(f.ctx, foreign, nil); err != nil {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
-	_, err := TruncateStorage(f.ctx, f.env, f.st, TruncateOptions{Until: fmt.Sprint(f.ts(25)), Yes: true}, &out)
+	_, err := TruncateStorage(f.ctx, f.env, f.st, TruncateOptions{Until: fmt.Sprint(f.ts(15)), Yes: true}, &out)
 	if err == nil || !strings.Contains(err.Error(), foreign) || !strings.Contains(HintOf(err), "INTENT") {
 		t.Fatalf("foreign intent: %v (hint %q)", err, HintOf(err))
 	}
@@ -394,14 +394,14 @@ func TestTruncateLockExcludes(t *testing.T) {
 	ls := &lineUp{Storage: f.st, n: runs, first: make(chan struct{}), second: make(chan struct{})}
 	var wg sync.WaitGroup
 	var won atomic.Int32
-	releases := make(chan func(io.Writer), runs)
+	releases := make(chan *truncateLock, runs)
 	for range runs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if release, err := acquireTruncateLock(f.ctx, f.env, ls); err == nil {
+			if l, err := acquireTruncateLock(f.ctx, f.env, ls); err == nil {
 				won.Add(1)
-				releases <- release
+				releases <- l
 			}
 		}()
 	}
@@ -410,15 +410,15 @@ func TestTruncateLockExcludes(t *testing.T) {
 	if won.Load() > 1 {
 		t.Fatalf("%d runs hold the lock at once", won.Load())
 	}
-	for release := range releases {
-		release(io.Discard)
+	for l := range releases {
+		l.release(io.Discard)
 	}
 	// Losers cleaned up their intents: the lock is free again.
-	release, err := acquireTruncateLock(f.ctx, f.env, f.st)
+	l, err := acquireTruncateLock(f.ctx, f.env, f.st)
 	if err != nil {
 		t.Fatalf("lock not free after the race: %v", err)
 	}
-	release(io.Discard)
+	l.release(io.Discard)
 	if f.exists(TruncateLockFile) {
 		t.Fatal("release left the lock")
 	}

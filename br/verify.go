@@ -32,7 +32,12 @@ type VerifyReport struct {
 	ClusterID uint64 `json:"cluster_id"`
 	// TruncatedUntil is the truncate safepoint: meta files wholly below it
 	// may have been removed by `br log truncate`.
-	TruncatedUntil uint64         `json:"truncated_until"`
+	TruncatedUntil uint64 `json:"truncated_until"`
+	// RestorableFrom is where the storage really restores from: the task
+	// start, raised to the truncate safepoint and, after a takeover, to the
+	// current owner's task start and the takeover (before it the log is
+	// another cluster's).
+	RestorableFrom uint64         `json:"restorable_from"`
 	Stores         []StoreFlushes `json:"stores"`
 	// Problems are failures, each naming its object: something is wrong
 	// or missing. Warnings name what cannot be proven.
@@ -109,17 +114,11 @@ func Verify(ctx context.Context, st storage.Storage, keep bool) (*VerifyReport, 
 // objects no meta file lists. Problems name the object; err is only for a
 // storage that cannot be read.
 func VerifyWith(ctx context.Context, st storage.Storage, cfg VerifyConfig) (*VerifyReport, error) {
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	if cfg.MaxClockSkew <= 0 {
-		cfg.MaxClockSkew = DefaultMaxClockSkew
-	}
-	v := &verifier{st: st, cfg: cfg, latest: ComposeTS(cfg.Now().Add(cfg.MaxClockSkew)),
-		rep: &VerifyReport{Storage: st.String(), Stores: []StoreFlushes{}, Problems: []string{}, Warnings: []string{}}}
+	v := newVerifier(st, cfg)
 	if err := v.readRoot(ctx); err != nil {
 		return nil, err
 	}
+	v.rep.RestorableFrom = v.restorableFrom()
 	globals, err := v.readGlobalCheckpoints(ctx)
 	if err != nil {
 		return nil, err
@@ -159,6 +158,27 @@ func VerifyWith(ctx context.Context, st storage.Storage, cfg VerifyConfig) (*Ver
 	}
 	sort.Slice(rep.Stores, func(i, j int) bool { return rep.Stores[i].StoreID < rep.Stores[j].StoreID })
 	return rep, nil
+}
+
+// newVerifier starts a verification of st: no object read yet.
+func newVerifier(st storage.Storage, cfg VerifyConfig) *verifier {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.MaxClockSkew <= 0 {
+		cfg.MaxClockSkew = DefaultMaxClockSkew
+	}
+	return &verifier{st: st, cfg: cfg, latest: ComposeTS(cfg.Now().Add(cfg.MaxClockSkew)),
+		rep: &VerifyReport{Storage: st.String(), Stores: []StoreFlushes{}, Problems: []string{}, Warnings: []string{}}}
+}
+
+// restorableFrom: see VerifyReport.RestorableFrom; after readRoot.
+func (v *verifier) restorableFrom() uint64 {
+	from := max(v.rep.StartTS, v.rep.TruncatedUntil)
+	if o := v.owner; o != nil && len(o.Previous) > 0 {
+		from = max(from, o.TaskStartTS, o.Previous[len(o.Previous)-1].TakenOverTS)
+	}
+	return from
 }
 
 // verifier holds one verification's state; its checks live in
@@ -258,7 +278,15 @@ func printVerify(w io.Writer, rep *VerifyReport, loc *time.Location) {
 		fmt.Fprintf(w, "commit ts: %s .. %s\n", FormatTS(rep.MinCommitTS, loc), FormatTS(rep.MaxCommitTS, loc))
 	}
 	if rep.StartTS > 0 {
-		fmt.Fprintf(w, "restorable: %s .. %s (start .. global checkpoint)\n", FormatTS(rep.StartTS, loc), FormatTS(max(rep.GlobalCheckpoint, rep.StartTS), loc))
+		from, why := max(rep.RestorableFrom, rep.StartTS), "start"
+		switch {
+		case from == rep.StartTS:
+		case from == rep.TruncatedUntil:
+			why = "truncated until"
+		default:
+			why = "taken over"
+		}
+		fmt.Fprintf(w, "restorable: %s .. %s (%s .. global checkpoint)\n", FormatTS(from, loc), FormatTS(max(rep.GlobalCheckpoint, from), loc), why)
 	}
 	for _, s := range rep.Stores {
 		chain := "chain proven unbroken"

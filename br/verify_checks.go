@@ -329,7 +329,10 @@ func (v *verifier) checkGlobalCheckpoints(ctx context.Context, globals []globalR
 			v.warn(name, "global checkpoint %s is beyond every flush's resolved ts (the highest %s): storage alone cannot show the meta files cover it",
 				FormatTS(ts, loc), FormatTS(maxResolved, loc))
 		}
-		if s.MetaFiles == 0 {
+		if s.MetaFiles == 0 && (v.rep.TruncatedUntil == 0 || ts > v.rep.TruncatedUntil) {
+			// Below the truncate safepoint a store's meta files may all be
+			// gone: a store scaled in keeps its last .ts for good, and a
+			// truncate past its last flush removes every one of its files.
 			if linked {
 				v.fail(name, "store %d published a global checkpoint but none of its meta files is in storage", store)
 			} else {

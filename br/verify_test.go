@@ -1,6 +1,10 @@
 package br
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -250,5 +254,48 @@ func TestVerifyGlobalCheckpointPastResolved(t *testing.T) {
 	rep := f.verify(t)
 	if len(rep.Problems) > 0 || !strings.Contains(strings.Join(rep.Warnings, "\n"), o.Name+": global checkpoint") {
 		t.Fatalf("problems %v warnings %v", rep.Problems, rep.Warnings)
+	}
+}
+
+// TestVerifyRestorableRange: the range verify prints (and restorable_from
+// in its JSON) starts where the storage really restores from: the task
+// start, the truncate safepoint past it, and after a takeover the takeover
+// (the log before it is another cluster's). It used to print the task
+// start whatever happened.
+func TestVerifyRestorableRange(t *testing.T) {
+	f := newFixture(t, fixtureOpts{stores: 2, flushes: 3, linked: true})
+	printed := func(rep *VerifyReport) string {
+		var b bytes.Buffer
+		printVerify(&b, rep, time.UTC)
+		return b.String()
+	}
+	rep := f.verify(t)
+	if rep.RestorableFrom != f.startTS || !strings.Contains(printed(rep), "restorable: "+FormatTS(f.startTS, time.UTC)+" .. ") {
+		t.Fatalf("fresh: from %d, want the start %d\n%s", rep.RestorableFrom, f.startTS, printed(rep))
+	}
+
+	truncated := f.flushes[1][0].Name.FlushTS
+	f.put(t, TruncateSafepointFile, []byte(fmt.Sprint(truncated)))
+	rep = f.verify(t)
+	if rep.RestorableFrom != truncated || !strings.Contains(printed(rep), "restorable: "+FormatTS(truncated, time.UTC)+" .. ") ||
+		!strings.Contains(printed(rep), "truncated until") {
+		t.Fatalf("truncated: from %d, want %d\n%s", rep.RestorableFrom, truncated, printed(rep))
+	}
+	b, _ := json.Marshal(rep)
+	if !strings.Contains(string(b), fmt.Sprintf(`"restorable_from":%d`, truncated)) {
+		t.Fatalf("JSON: %s", b)
+	}
+
+	const newCluster = 42
+	takeover := fixtureNow.Add(-40 * time.Minute) // after the fixture's flushes
+	o := &logfile.Owner{Version: logfile.OwnerVersion, ClusterID: newCluster, Task: "pitr", TaskStartTS: f.global, SinceTS: tsAt(takeover),
+		Previous: []logfile.PreviousOwner{{ClusterID: fixtureCluster, Task: "pitr", TaskStartTS: f.startTS, TakenOverTS: tsAt(takeover), TakenOverBy: newCluster}}}
+	if err := logfile.WriteOwner(context.Background(), f.st, o); err != nil {
+		t.Fatal(err)
+	}
+	rep = f.verify(t)
+	if rep.RestorableFrom != tsAt(takeover) || !strings.Contains(printed(rep), "restorable: "+FormatTS(tsAt(takeover), time.UTC)+" .. ") ||
+		!strings.Contains(printed(rep), "taken over") {
+		t.Fatalf("taken over: from %d, want %d\n%s", rep.RestorableFrom, tsAt(takeover), printed(rep))
 	}
 }

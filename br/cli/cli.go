@@ -521,18 +521,30 @@ func truncateCommand(g *globalFlags) *cobra.Command {
 			}
 			o.Storage = u
 			env := g.newEnv(nil)
-			// etcd is asked only when named, and only if it answers: the
-			// storage's own checkpoint is always checked.
+			// etcd is asked when named; one that does not answer is a
+			// refusal unless the operator vouches the task is stopped.
 			if o.Storage != "" && o.Until != "" && cmd.Flags().Changed("pd") {
-				cli, err := meta.Dial(cmd.Context(), meta.DialConfig{
-					Endpoints: g.pd, CAFile: g.ca, CertFile: g.cert, KeyFile: g.key, DialTimeout: g.dialTimeout,
-				})
-				if err != nil {
-					fmt.Fprintf(cmd.OutOrStdout(), "Note: etcd at %s is not reachable; checking --until against the storage's checkpoint only.\n",
+				dc := meta.DialConfig{Endpoints: g.pd, CAFile: g.ca, CertFile: g.cert, KeyFile: g.key, DialTimeout: g.dialTimeout}
+				cli, err := meta.Dial(cmd.Context(), dc)
+				switch {
+				case err != nil && !o.TaskStopped:
+					return &br.Error{Msg: fmt.Sprintf("etcd at %s did not answer, so the task's checkpoint cannot be checked; nothing was changed", strings.Join(g.pd, ",")),
+						Err: err, Hint: "check -u/--pd and that PD/etcd is up, then run truncate again; if you know no task writes to this storage any more, " +
+							"rerun with --task-stopped to check --until against the storage alone"}
+				case err != nil:
+					fmt.Fprintf(cmd.OutOrStdout(), "Note: etcd at %s is not reachable; --task-stopped: checking --until against the storage alone.\n",
 						strings.Join(g.pd, ","))
-				} else {
+				default:
 					defer cli.Close()
 					env = g.newEnv(meta.NewClient(cli))
+					// PD (on etcd's address) tells "the future" apart;
+					// without it, this machine's clock does.
+					env.OpenPD = func(ctx context.Context) (pd.Client, error) { return meta.DialPD(ctx, dc) }
+					defer func() {
+						if env.PD != nil {
+							env.PD.Close()
+						}
+					}()
 				}
 			}
 			_, err = br.RunTruncate(cmd.Context(), env, o, cmd.OutOrStdout())
@@ -543,6 +555,8 @@ func truncateCommand(g *globalFlags) *cobra.Command {
 	f.StringVar(&o.Until, "until", "", "remove what only restores before this TSO or datetime (\"2006-01-02 15:04:05+0800\") need")
 	f.BoolVar(&o.DryRun, "dry-run", false, "print what would be removed and change nothing")
 	f.BoolVarP(&o.Yes, "yes", "y", false, "do not ask for confirmation")
+	f.BoolVar(&o.TaskStopped, "task-stopped", false, "go on when etcd (-u) does not answer: you vouch no task writes to this storage. "+
+		"Risk: a running task's checkpoint in etcd is then not checked, and a damaged checkpoint in storage that etcd would contradict is believed")
 	return cmd
 }
 

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -10,10 +11,12 @@ import (
 	"io/fs"
 	"math/rand"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -445,9 +448,9 @@ func truncateUnderLoad(t *testing.T, fileSizeLimit int, perRound int64, pace tim
 // TestTruncateCrashAndRerun: a storage written under load is truncated
 // once cleanly (the reference), then, on fresh copies, crashed after each
 // possible number of writes and deletes. Every crashed storage decodes as
-// a whole and holds every version committed at or after until; a rerun
-// (after clearing the lock the crashed run left, as its error says) ends in
-// exactly the reference's objects, byte for byte.
+// a whole and holds every version committed at or after until; a rerun,
+// with nobody deleting anything by hand (it takes over the lock the dead
+// run left), ends in exactly the reference's objects, byte for byte.
 func TestTruncateCrashAndRerun(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -477,6 +480,9 @@ func TestTruncateCrashAndRerun(t *testing.T) {
 	}
 	opts := br.TruncateOptions{Until: fmt.Sprint(until), Yes: true}
 	env := br.NewEnv(nil)
+	// The crashed runs' process, gone by the time of the rerun.
+	crashedEnv := br.NewEnv(nil)
+	crashedEnv.PID = exitedPID(t)
 
 	refDir := t.TempDir()
 	copyDir(t, src, refDir)
@@ -505,12 +511,12 @@ func TestTruncateCrashAndRerun(t *testing.T) {
 			t.Fatal(err)
 		}
 		var crashOut bytes.Buffer
-		_, err = br.TruncateStorage(ctx, env, newFaulty(st, n), opts, &crashOut)
+		_, err = br.TruncateStorage(ctx, crashedEnv, newFaulty(st, n), opts, &crashOut)
 		switch {
 		case err == nil:
 			// Only the lock's removal, the very last step, can fail without
 			// failing the truncate: all the work is done, the lock stays.
-			if n != steps-1 || !strings.Contains(crashOut.String(), "could not remove "+br.TruncateLockFile) {
+			if n != steps-1 || !strings.Contains(crashOut.String(), "the next truncate takes it over") {
 				t.Fatalf("crash after %d of %d steps: the truncate succeeded\n%s", n, steps, crashOut.String())
 			}
 		case !errors.Is(err, errCrashed):
@@ -518,16 +524,12 @@ func TestTruncateCrashAndRerun(t *testing.T) {
 		}
 		assertBackedUp(t, ctx, url, h.c, until-1, end)
 
+		if err != nil && !strings.Contains(br.HintOf(err), "run the same truncate again") {
+			t.Fatalf("crash at step %d: the hint does not say to rerun: %v (hint %q)", n, err, br.HintOf(err))
+		}
 		var out bytes.Buffer
-		_, err = br.TruncateStorage(ctx, env, st, opts, &out)
-		if err != nil {
-			if !strings.Contains(br.HintOf(err), br.TruncateLockFile) {
-				t.Fatalf("rerun after a crash at step %d: %v (hint %q)", n, err, br.HintOf(err))
-			}
-			clearLocks(t, ctx, st)
-			if _, err = br.TruncateStorage(ctx, env, st, opts, &out); err != nil {
-				t.Fatalf("rerun after a crash at step %d, lock cleared: %v\n%s", n, err, out.String())
-			}
+		if _, err = br.TruncateStorage(ctx, env, st, opts, &out); err != nil {
+			t.Fatalf("rerun after a crash at step %d: %v (hint %q)\n%s", n, err, br.HintOf(err), out.String())
 		}
 		sameObjects(t, fmt.Sprintf("crash at step %d, then a rerun", n), want, objectsOf(t, ctx, st))
 		st.Close()
@@ -535,21 +537,110 @@ func TestTruncateCrashAndRerun(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-}
 
-// clearLocks deletes what a crashed truncate leaves of its lock, as the
-// error's hint tells an operator to: truncating.lock and its intents.
-func clearLocks(t *testing.T, ctx context.Context, st storage.Storage) {
-	t.Helper()
-	var names []string
-	if err := st.List(ctx, br.TruncateLockFile, func(o storage.ObjectInfo) error { names = append(names, o.Name); return nil }); err != nil {
-		t.Fatal(err)
+	// The real thing: the br binary killed with SIGKILL after each line it
+	// printed (through the proof, the lock, the plan, every tenth of the
+	// meta files and of the data files), then run again.
+	bin := filepath.Join(t.TempDir(), "br")
+	if out, err := exec.Command("go", "build", "-o", bin, "logbackup/cmd/br").CombinedOutput(); err != nil {
+		t.Fatalf("build cmd/br: %v\n%s", err, out)
 	}
-	for _, n := range names {
-		if err := st.Delete(ctx, n); err != nil {
+	args := func(dir string) []string {
+		return []string{"log", "truncate", "-s", "local://" + dir, "--until", fmt.Sprint(until), "-y"}
+	}
+	lines, takeovers := 0, 0
+	for kill := 0; ; kill++ {
+		dir, err := os.MkdirTemp(t.TempDir(), "kill")
+		if err != nil {
+			t.Fatal(err)
+		}
+		copyDir(t, src, dir)
+		printed, finished := runAndKill(t, bin, args(dir), kill)
+		if finished {
+			lines = kill
+			if err := os.RemoveAll(dir); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+		url := "local://" + dir
+		assertBackedUp(t, ctx, url, h.c, until-1, end)
+		out, err := exec.Command(bin, args(dir)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("rerun after a kill -9 after %q: %v\n%s", printed, err, out)
+		}
+		if strings.Contains(string(out), "Took over the lock") {
+			takeovers++
+		}
+		st := openStorage(t, ctx, url)
+		sameObjects(t, fmt.Sprintf("kill -9 after %q, then a rerun", printed), want, objectsOf(t, ctx, st))
+		st.Close()
+		if tmps, _ := filepath.Glob(filepath.Join(dir, "*.tmp")); len(tmps) > 0 {
+			t.Fatalf("kill -9 after %q, then a rerun: temp files left at the root: %v", printed, tmps)
+		}
+		if err := os.RemoveAll(dir); err != nil {
 			t.Fatal(err)
 		}
 	}
+	if lines < 5 || takeovers == 0 {
+		t.Fatalf("the truncate printed %d lines, %d reruns took a lock over: too few kill points", lines, takeovers)
+	}
+	t.Logf("killed after each of %d lines; %d reruns took over the dead run's lock", lines, takeovers)
+}
+
+// runAndKill runs bin and sends it SIGKILL as soon as it has printed n
+// lines. It returns the last line printed and whether the run finished
+// first (it printed fewer lines).
+func runAndKill(t *testing.T, bin string, args []string, n int) (string, bool) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stdout)
+	last := "(nothing)"
+	seen := 0
+	for seen < n && sc.Scan() {
+		last = sc.Text()
+		seen++
+	}
+	killed := false
+	if seen == n {
+		killed = cmd.Process.Signal(syscall.SIGKILL) == nil
+	}
+	_, _ = io.Copy(io.Discard, stdout)
+	err = cmd.Wait()
+	if seen < n {
+		if err != nil {
+			t.Fatalf("%s %v: %v (after %q)", bin, args, err, last)
+		}
+		return last, true
+	}
+	var ee *exec.ExitError
+	if killed && errors.As(err, &ee) && ee.ProcessState.Sys().(syscall.WaitStatus).Signaled() {
+		return last, false
+	}
+	// It exited on its own between the line and the signal.
+	if err != nil {
+		t.Fatalf("%s %v: %v (after %q)", bin, args, err, last)
+	}
+	return last, true
+}
+
+// exitedPID is the pid of a process that has exited: the "crashed"
+// truncate's, so that a rerun in this process sees its holder gone.
+func exitedPID(t *testing.T) int {
+	t.Helper()
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd.Process.Pid
 }
 
 // copyDir copies a local storage's directory tree.
@@ -661,27 +752,57 @@ func TestTruncateCLI(t *testing.T) {
 	outputs = append(outputs, res.stdout, res.stderr)
 	unchanged("an until past the storage's checkpoint", before)
 
-	// A store's checkpoint in storage ahead of etcd's (stale or foreign):
-	// etcd, when named, still refuses an until past the task's checkpoint.
-	fake := logfile.GlobalCheckpointObject(99, etcdCP+(1<<30))
-	if err := st.WriteFile(ctx, fake.Name, fake.Data); err != nil {
+	// A store's checkpoint damaged (issue 20: 0x7FFF…, which made the log
+	// max the year 3084): refused naming it, storage alone or with etcd.
+	ts1 := logfile.GlobalCheckpointObject(h.c.StoreIDs()[0], 0).Name
+	good := mustRead(t, ctx, st, ts1)
+	damaged := logfile.GlobalCheckpointObject(h.c.StoreIDs()[0], 0x7FFFFFFFFFFFFFFF)
+	if err := st.WriteFile(ctx, damaged.Name, damaged.Data); err != nil {
 		t.Fatal(err)
 	}
-	res = withEtcd.fails("in etcd", "log", "truncate", "-s", url, "--until", fmt.Sprint(etcdCP+1), "--dry-run")
+	damagedSnap := objectsOf(t, ctx, st)
+	for _, runner := range []brRun{r, withEtcd} {
+		res := runner.fails(ts1+": ", "log", "truncate", "-s", url, "--until", fmt.Sprint(until+(40*60*1000)<<18), "-y")
+		outputs = append(outputs, res.stdout, res.stderr)
+		if !strings.Contains(res.stderr, "Hint:") || !strings.Contains(res.stderr, "br stream verify") {
+			t.Fatalf("damaged checkpoint: %s", res.stderr)
+		}
+		sameObjects(t, "a damaged checkpoint changed the storage", damagedSnap, objectsOf(t, ctx, st))
+	}
+	// Raised within the flushed range, a second past etcd's: only etcd
+	// can tell, and does.
+	raised := logfile.GlobalCheckpointObject(h.c.StoreIDs()[0], etcdCP+(1<<18)*1000)
+	if err := st.WriteFile(ctx, raised.Name, raised.Data); err != nil {
+		t.Fatal(err)
+	}
+	res = withEtcd.fails("in etcd", "log", "truncate", "-s", url, "--until", fmt.Sprint(etcdCP+1), "-y")
 	outputs = append(outputs, res.stdout, res.stderr)
-	out = r.ok("log", "truncate", "-s", url, "--until", fmt.Sprint(etcdCP+1), "--dry-run", "-u", "127.0.0.1:1", "--dial-timeout", "1s")
+	if err := st.WriteFile(ctx, ts1, good); err != nil {
+		t.Fatal(err)
+	}
+	unchanged("a damaged checkpoint", before)
+
+	// etcd named and silent: refused, unless the operator vouches the task
+	// is stopped.
+	res = r.fails("did not answer", "log", "truncate", "-s", url, "--until", u, "-y", "-u", "127.0.0.1:1", "--dial-timeout", "1s")
+	outputs = append(outputs, res.stdout, res.stderr)
+	if !strings.Contains(res.stderr, "--task-stopped") {
+		t.Fatalf("silent etcd: the hint does not name --task-stopped:\n%s", res.stderr)
+	}
+	unchanged("a silent etcd", before)
+	if help := r.ok("log", "truncate", "--help"); !strings.Contains(help, "--task-stopped") || !strings.Contains(help, "Risk:") {
+		t.Fatalf("--task-stopped's help does not say what it risks:\n%s", help)
+	}
+	out = r.ok("log", "truncate", "-s", url, "--until", u, "--dry-run", "--task-stopped", "-u", "127.0.0.1:1", "--dial-timeout", "1s")
 	outputs = append(outputs, out)
 	if !strings.Contains(out, "not reachable") || !strings.Contains(out, "Dry run") {
-		t.Fatalf("unreachable etcd:\n%s", out)
-	}
-	if err := st.Delete(ctx, fake.Name); err != nil {
-		t.Fatal(err)
+		t.Fatalf("unreachable etcd, --task-stopped:\n%s", out)
 	}
 
 	if err := st.WriteFile(ctx, br.TruncateLockFile, []byte(`{"locker_host":"other-host","locker_pid":42}`)); err != nil {
 		t.Fatal(err)
 	}
-	res = r.fails("other-host", "log", "truncate", "-s", url, "--until", u, "-y")
+	res = r.fails("other-host", "log", "truncate", "-s", url, "--until", u, "-y") // no lease: BR's, never taken over
 	outputs = append(outputs, res.stdout, res.stderr)
 	if !strings.Contains(res.stderr, "Hint:") || !strings.Contains(res.stderr, br.TruncateLockFile) {
 		t.Fatalf("held lock: %s", res.stderr)
