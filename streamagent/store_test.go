@@ -15,7 +15,9 @@ import (
 // data here.
 func TestPickByAddress(t *testing.T) {
 	const addr = "10.0.0.1:20160"
-	up := func(id uint64) *metapb.Store { return &metapb.Store{Id: id, Address: addr, State: metapb.StoreState_Up} }
+	up := func(id uint64) *metapb.Store {
+		return &metapb.Store{Id: id, Address: addr, State: metapb.StoreState_Up}
+	}
 	tomb := &metapb.Store{Id: 2, Address: addr, State: metapb.StoreState_Tombstone, NodeState: metapb.NodeState_Removed}
 	destroyed := &metapb.Store{Id: 3, Address: addr, State: metapb.StoreState_Offline, NodeState: metapb.NodeState_Removing, PhysicallyDestroyed: true}
 	other := &metapb.Store{Id: 9, Address: "10.0.0.9:20160", State: metapb.StoreState_Up}
