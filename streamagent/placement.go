@@ -73,6 +73,14 @@ func withBreaker(ctx context.Context) context.Context {
 // subscribes those whose leader is this store. Ranges led elsewhere are
 // left to that store's agent.
 func (t *taskRunner) placePending(ctx context.Context) {
+	defer func() {
+		// Nothing left to place without a stream: the regions the store
+		// could not be reached for are led elsewhere now, and its open
+		// failure stops holding the retry budget (takeResult).
+		if len(t.pending) == 0 && t.stream == nil {
+			t.open.err = nil
+		}
+	}()
 	if len(t.pending) == 0 || (t.stream == nil && time.Now().Before(t.open.retryAt)) {
 		return
 	}
