@@ -545,3 +545,53 @@ func TestRealPDStoreRemovedWhileRunning(t *testing.T) {
 		t.Fatalf("log lines %v; want one ERROR saying the store was removed", rec)
 	}
 }
+
+// forward accepts on addr and pipes each connection to target, until the
+// test ends: PD's etcd appearing at an address the agent was given.
+func forward(t *testing.T, addr, target string) {
+	t.Helper()
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			in, err := l.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.DialTimeout("tcp", target, 5*time.Second)
+			if err != nil {
+				in.Close()
+				continue
+			}
+			go func() { io.Copy(out, in); out.Close() }()
+			go func() { io.Copy(in, out); in.Close() }()
+		}
+	}()
+}
+
+// TestRealPDWaitsForEtcd: with PD up but its etcd not reachable at the
+// --etcd address, the agent waits and says so, and starts once etcd
+// answers there. (Failed before: it exited after --dial-timeout.)
+func TestRealPDWaitsForEtcd(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cl := startCluster(ctx, t)
+	o := agentOptions(t, cl.pd.Addr())
+	o.storeID = cl.first.Id
+	o.etcd = freeAddr(t)
+	logs, done, stop := startAgent(t, o)
+	waitFor(t, "a WARN that etcd does not answer", time.Minute, done, func() bool { return len(logs.lines("etcd at")) > 0 })
+	st, err := agentStatus(o.statusAddr)
+	if err != nil || st.State != streamagent.AgentWaiting || !strings.Contains(st.Reason, "etcd at ["+o.etcd+"] does not answer") {
+		t.Fatalf("/status while etcd is away = %+v, %v; want WAITING naming etcd's address", st, err)
+	}
+	time.Sleep(2 * o.dialTimeout) // the old agent gave up after one dial timeout
+	forward(t, o.etcd, cl.pd.Addr())
+	waitFor(t, "the agent to start once etcd answers", time.Minute, done, func() bool { return len(logs.lines("stream agent started")) > 0 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
