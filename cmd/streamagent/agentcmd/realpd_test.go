@@ -407,7 +407,7 @@ func TestRealPDWaitsForPD(t *testing.T) {
 }
 
 // startTask starts a task against the real PD, as `br stream start`.
-func startTask(ctx context.Context, t *testing.T, pdAddr string) (*meta.Client, string) {
+func startTask(ctx context.Context, t *testing.T, pdAddr string) (*br.Env, *meta.Client, string) {
 	t.Helper()
 	pdc, err := meta.DialPD(ctx, meta.DialConfig{Endpoints: []string{pdAddr}, DialTimeout: 10 * time.Second})
 	if err != nil {
@@ -421,10 +421,11 @@ func startTask(ctx context.Context, t *testing.T, pdAddr string) (*meta.Client, 
 	t.Cleanup(func() { cli.Close() })
 	m := meta.NewClient(cli)
 	dir := filepath.Join(t.TempDir(), "backup")
-	if err := br.Start(ctx, br.NewEnv(m).WithPD(pdc), br.StartOptions{TaskName: "pitr", Storage: "local://" + dir}, io.Discard); err != nil {
+	env := br.NewEnv(m).WithPD(pdc)
+	if err := br.Start(ctx, env, br.StartOptions{TaskName: "pitr", Storage: "local://" + dir}, io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	return m, dir
+	return env, m, dir
 }
 
 // TestRealPDUnreachableTiKV: a store whose TiKV cannot be reached is not
@@ -437,7 +438,7 @@ func TestRealPDUnreachableTiKV(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cl := startCluster(ctx, t)
-	m, dir := startTask(ctx, t, cl.pd.Addr())
+	env, m, dir := startTask(ctx, t, cl.pd.Addr())
 	task, err := m.GetTask(ctx, "pitr")
 	if err != nil {
 		t.Fatal(err)
@@ -462,6 +463,13 @@ func TestRealPDUnreachableTiKV(t *testing.T) {
 	}
 	if metrics := get(t, "http://"+o.statusAddr+"/metrics"); !strings.Contains(metrics, "logbackup_agent_errors_total{code=") {
 		t.Fatal("no error counted in logbackup_agent_errors_total")
+	}
+	var out bytes.Buffer
+	if err := br.Status(ctx, env, br.StatusOptions{TaskName: "pitr"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "RETRYING") || !strings.Contains(out.String(), cl.first.Address) {
+		t.Fatalf("br stream status does not show the store RETRYING with its address:\n%s", out.String())
 	}
 	if w := logs.lines("cannot reach this agent's TiKV"); len(w) == 0 || w[0]["level"] != "WARN" || w[0]["address"] != cl.first.Address {
 		t.Fatalf("WARN lines %v; want one naming %s", w, cl.first.Address)
@@ -519,7 +527,7 @@ func TestRealPDStoreRemovedWhileRunning(t *testing.T) {
 	defer cancel()
 	cl := startCluster(ctx, t)
 	second := cl.putStore(ctx, t, freeAddr(t))
-	startTask(ctx, t, cl.pd.Addr())
+	_, _, _ = startTask(ctx, t, cl.pd.Addr())
 	o := agentOptions(t, cl.pd.Addr())
 	o.storeID = second.Id
 	logs, done, _ := startAgent(t, o)
