@@ -43,6 +43,10 @@ type Agent struct {
 	reported map[string]int64
 	// gcRead is the coordinator's last read of PD's GC safe point.
 	gcRead gcSafePointRead
+	// gone is set once PD says the store left the cluster (store.go);
+	// stopRun ends Run then.
+	gone    atomic.Pointer[StoreGoneError]
+	stopRun atomic.Pointer[context.CancelCauseFunc]
 }
 
 type runnerHandle struct {
@@ -89,21 +93,33 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.workDir = wd.path
 	defer wd.release()
+	// A store removed from the cluster ends the run with a
+	// *StoreGoneError (store.go).
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	a.stopRun.Store(&stop)
+	if g := a.gone.Load(); g != nil {
+		return g
+	}
 	defer a.stopAll()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); a.keepRegistered(ctx) }()
 	go func() { defer wg.Done(); a.coordinate(ctx) }()
+	go func() { defer wg.Done(); a.watchStore(ctx) }()
 
 	bo := newBackoff(time.Second, 30*time.Second)
 	for ctx.Err() == nil {
 		err := a.followTasks(ctx)
 		if ctx.Err() != nil {
-			return nil
+			break
 		}
 		a.cfg.Logger.Warn("task watch ended; reloading", "err", err)
 		sleep(ctx, bo.NextBackOff())
+	}
+	if g := a.gone.Load(); g != nil {
+		return g
 	}
 	return nil
 }
@@ -320,7 +336,7 @@ func (a *Agent) keepRegistered(ctx context.Context) {
 	reg := &lbpb.AgentRegistration{StoreId: a.cfg.StoreID, Version: a.cfg.Version, StartedAtUnixMs: time.Now().UnixMilli(),
 		Hostname: host, Pid: int64(os.Getpid()), StatusAddress: a.cfg.StatusAddress}
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	if s, err := a.cfg.PD.GetStore(sctx, a.cfg.StoreID); err == nil {
+	if s, err := a.ownStore(sctx); err == nil {
 		reg.StoreAddress = s.Address
 	}
 	cancel()

@@ -45,15 +45,29 @@ type streamEvent struct {
 // MiB in a burst, beside the memory quota (BenchmarkBurstRSS).
 const intakeWindow = 8 << 20
 
+// streamOpenTimeout bounds opening the EventFeed stream to the store.
+const streamOpenTimeout = 10 * time.Second
+
+// openError is a failure to open the store's EventFeed stream: the TiKV
+// beside the agent cannot be reached. It counts against the retry budget
+// (placement.go), with the address in the report.
+type openError struct {
+	addr string
+	err  error
+}
+
+func (e *openError) Error() string { return e.err.Error() }
+func (e *openError) Unwrap() error { return e.err }
+
 func (t *taskRunner) ensureStream(ctx context.Context) (*feedStream, error) {
 	if t.stream != nil {
 		return t.stream, nil
 	}
-	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	store, err := t.a.cfg.PD.GetStore(rctx, t.a.cfg.StoreID)
+	// A removed store is the agent's to handle (store.go): ownStore stops
+	// it, never a nil store dereferenced here.
+	store, err := t.a.ownStore(ctx)
 	if err != nil {
-		return nil, errs.Wrap(errs.CodePD, fmt.Errorf("look up store %d: %w", t.a.cfg.StoreID, err))
+		return nil, err
 	}
 	creds := insecure.NewCredentials()
 	if t.a.cfg.TLS != nil {
@@ -62,17 +76,27 @@ func (t *taskRunner) ensureStream(ctx context.Context) (*feedStream, error) {
 	conn, err := grpc.NewClient(store.Address, grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)))
 	if err != nil {
-		return nil, fmt.Errorf("dial store %d at %s: %w", t.a.cfg.StoreID, store.Address, err)
+		return nil, &openError{addr: store.Address, err: fmt.Errorf("dial store %d at %s: %w", t.a.cfg.StoreID, store.Address, err)}
 	}
+	// grpc.NewClient connects lazily: an unreachable TiKV shows first
+	// here, when the stream needs a transport (fails fast once the
+	// connection attempt failed). The timer bounds a black-holed address;
+	// the stream itself lives on with sctx.
 	sctx, scancel := context.WithCancel(ctx)
+	openTimer := time.AfterFunc(streamOpenTimeout, scancel)
 	stream, err := cdcpb.NewChangeDataClient(conn).EventFeed(sctx)
-	if err != nil {
+	fired := !openTimer.Stop()
+	if err != nil || fired {
 		scancel()
 		conn.Close()
-		return nil, fmt.Errorf("open event feed on store %d: %w", t.a.cfg.StoreID, err)
+		if fired && ctx.Err() == nil {
+			err = fmt.Errorf("no connection within %s: %w", streamOpenTimeout, context.DeadlineExceeded)
+		}
+		return nil, &openError{addr: store.Address, err: fmt.Errorf("open the event feed of store %d at %s: %w", t.a.cfg.StoreID, store.Address, err)}
 	}
 	fs := &feedStream{conn: conn, stream: stream, cancel: scancel}
 	t.stream = fs
+	t.opened()
 	go func() {
 		for {
 			ev, err := stream.Recv()

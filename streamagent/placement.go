@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/pingcap/kvproto/pkg/cdcpb"
 	"github.com/pingcap/kvproto/pkg/metapb"
@@ -72,7 +73,15 @@ func withBreaker(ctx context.Context) context.Context {
 // subscribes those whose leader is this store. Ranges led elsewhere are
 // left to that store's agent.
 func (t *taskRunner) placePending(ctx context.Context) {
-	if len(t.pending) == 0 {
+	defer func() {
+		// Nothing left to place without a stream: the regions the store
+		// could not be reached for are led elsewhere now, and its open
+		// failure stops holding the retry budget (takeResult).
+		if len(t.pending) == 0 && t.stream == nil {
+			t.open.err = nil
+		}
+	}()
+	if len(t.pending) == 0 || (t.stream == nil && time.Now().Before(t.open.retryAt)) {
 		return
 	}
 	// Ranges that other stores flushed since we last looked start from
@@ -123,7 +132,7 @@ func (t *taskRunner) placePending(ctx context.Context) {
 			pl.pieces = append(pl.pieces, old.pieces...)
 		}
 		if err := t.subscribe(ctx, pl.region, spans.Coalesce(pl.pieces)); err != nil {
-			t.log.Debug("place range later", "err", err)
+			t.openFailed(ctx, err)
 			for _, id := range order[i:] {
 				t.pending = append(t.pending, byRegion[id].pieces...)
 			}

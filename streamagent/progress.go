@@ -66,6 +66,7 @@ func (t *taskRunner) report(now time.Time) {
 	if state == meta.StateRetrying {
 		r.LastError, r.Attempts = p.lastErr, t.budget.failures
 	}
+	t.stats.report.Store(&taskReport{state: state, lastErr: r.LastError, attempts: int(r.Attempts)})
 	select {
 	case <-p.out: // drop the unsent one: only the newest matters
 	default:

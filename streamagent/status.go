@@ -21,6 +21,14 @@ type taskStats struct {
 	storeCheckpoint atomic.Uint64
 	pendingRanges   atomic.Int64
 	scanning        atomic.Int64
+	// report is the latest state the loop reported (progress.go).
+	report atomic.Pointer[taskReport]
+}
+
+// taskReport is the part of a task's progress report /status shows.
+type taskReport struct {
+	state, lastErr string
+	attempts       int
 }
 
 // TaskStatus is one task in the agent's /status.
@@ -33,13 +41,35 @@ type TaskStatus struct {
 	MemoryBytes     int64     `json:"memory_bytes"`   // in memory, bounded by the quota
 	LastFlush       time.Time `json:"last_flush,omitempty"`
 	StoreCheckpoint uint64    `json:"store_checkpoint"`
+	// State is the store's state for the task, as `br stream status`
+	// shows it (HEALTHY, INITIALIZING, IDLE, RETRYING); LastError and
+	// Attempts say why while RETRYING.
+	State     string `json:"state,omitempty"`
+	LastError string `json:"last_error,omitempty"`
+	Attempts  int    `json:"attempts,omitempty"`
 }
+
+// The agent's own states in /status.
+const (
+	// AgentWaiting: started, but PD or its etcd does not answer yet, or
+	// PD is not bootstrapped; Reason says which. Set by the command line,
+	// which serves /status before the agent exists.
+	AgentWaiting = "WAITING"
+	AgentRunning = "RUNNING"
+	// AgentStoreRemoved: PD says the store left the cluster; every task
+	// stopped and the agent exits.
+	AgentStoreRemoved = "STORE_REMOVED"
+)
 
 // Status is the agent's /status document.
 type Status struct {
-	StoreID uint64       `json:"store_id"`
-	Version string       `json:"version"`
-	Tasks   []TaskStatus `json:"tasks"`
+	StoreID uint64 `json:"store_id"`
+	Version string `json:"version"`
+	// State is AgentWaiting, AgentRunning or AgentStoreRemoved; Reason
+	// says why when not running.
+	State  string       `json:"state"`
+	Reason string       `json:"reason,omitempty"`
+	Tasks  []TaskStatus `json:"tasks"`
 	// Spills counts how often any task went over the memory quota.
 	Spills int64 `json:"spills"`
 	// Retries counts failed flushes that were retried.
@@ -50,11 +80,17 @@ type Status struct {
 func (a *Agent) Status() Status {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	st := Status{StoreID: a.cfg.StoreID, Version: a.cfg.Version, Tasks: []TaskStatus{}, Spills: a.spills.Load(), Retries: a.retries.Load()}
+	st := Status{StoreID: a.cfg.StoreID, Version: a.cfg.Version, State: AgentRunning, Tasks: []TaskStatus{}, Spills: a.spills.Load(), Retries: a.retries.Load()}
+	if g := a.gone.Load(); g != nil {
+		st.State, st.Reason = AgentStoreRemoved, g.Error()
+	}
 	for name, h := range a.runners {
 		s := &h.r.stats
 		ts := TaskStatus{Name: name, ObservedRegions: s.observedRegions.Load(), PendingRanges: s.pendingRanges.Load(), Scanning: s.scanning.Load(),
 			BufferedBytes: s.bufferedBytes.Load(), MemoryBytes: s.memoryBytes.Load(), StoreCheckpoint: s.storeCheckpoint.Load()}
+		if r := s.report.Load(); r != nil {
+			ts.State, ts.LastError, ts.Attempts = r.state, r.lastErr, r.attempts
+		}
 		if ms := s.lastFlushUnixMs.Load(); ms > 0 {
 			ts.LastFlush = time.UnixMilli(ms)
 		}

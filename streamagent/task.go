@@ -49,6 +49,7 @@ type taskRunner struct {
 	// then the reason of the latest drop or "leader-gained".
 	scanReason string
 	stream     *feedStream
+	open       openState // failures to open stream (store.go)
 	nextReq    uint64
 	events     chan streamEvent
 	intake     *semaphore.Weighted // bytes of received messages not yet handled
@@ -193,6 +194,9 @@ func (t *taskRunner) run(ctx context.Context, flushOnExit *atomic.Bool) {
 	t.retry.Stop()
 	defer t.retry.Stop()
 	t.placePending(ctx)
+	if t.fatal != nil {
+		return
+	}
 	for {
 		// Backpressure: with a flush in flight and the builder full, stop
 		// reading the streams (gRPC flow control slows TiKV) rather than
@@ -234,6 +238,9 @@ func (t *taskRunner) run(ctx context.Context, flushOnExit *atomic.Bool) {
 		case <-place.C:
 			t.placePending(ctx)
 			t.publishStats()
+			if t.fatal != nil {
+				return // the store's TiKV stayed unreachable past the retry budget
+			}
 		case now := <-reports.C:
 			t.report(now)
 		}
@@ -276,6 +283,10 @@ func (t *taskRunner) requestFlush(waiter chan error) {
 // observed piece (the store checkpoint is their minimum).
 func (t *taskRunner) startFlush(final bool) {
 	job := &flushJob{builder: t.builder, waiters: t.waiters, resolved: t.info.StartTs, final: final}
+	// Nothing observed and nothing buffered: no meta file to write (an
+	// empty one every flush said nothing, and hid a store that observed
+	// nothing because its TiKV could not be reached).
+	job.empty = len(t.subs) == 0 && t.builder.Size() == 0
 	minResolved := uint64(0)
 	for _, sub := range t.subs {
 		job.observed = append(job.observed, sub.pieces...)
@@ -323,7 +334,11 @@ func (t *taskRunner) takeResult(res flushResult) bool {
 		}
 	}
 	if res.err == nil {
-		t.budget.succeed()
+		// An empty flush is no sign of health while the store cannot
+		// be reached: that failure's budget runs on.
+		if !res.job.empty || t.open.err == nil {
+			t.budget.succeed()
+		}
 		t.backoff.Reset()
 		t.retry.Stop()
 		if t.wantFlush {

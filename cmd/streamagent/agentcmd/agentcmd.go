@@ -42,6 +42,9 @@ type options struct {
 	memoryLimit         int64
 	tempDir             string
 	dialTimeout         time.Duration
+	// retryBudget has no flag: tests shorten it; zero is the agent's
+	// default.
+	retryBudget streamagent.RetryBudget
 }
 
 // Main parses args (without the program name), runs the agent until
@@ -65,7 +68,7 @@ func Main(args []string, stderr io.Writer) int {
 	fs.IntVar(&o.memoryQuota, "memory-quota", 256<<20, "bytes a task buffers in memory before spilling to --temp-dir")
 	fs.Int64Var(&o.memoryLimit, "memory-limit", -1, "the Go runtime's soft memory limit for this process, in bytes: the garbage collector works harder to stay under it (-1: --memory-quota + 64 MiB; 0: none; GOMEMLIMIT, if set, wins)")
 	fs.StringVar(&o.tempDir, "temp-dir", "", "directory for spilled buffers (default <os temp>/logbackup-agent; each process claims its own subdirectory)")
-	fs.DurationVar(&o.dialTimeout, "dial-timeout", 10*time.Second, "how long to wait for PD and etcd at start")
+	fs.DurationVar(&o.dialTimeout, "dial-timeout", 10*time.Second, "how long one attempt to reach PD or etcd waits; at start the agent retries until they answer (see /status)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -137,55 +140,39 @@ func run(ctx context.Context, o options, logOut io.Writer) error {
 	}
 	log := slog.New(slog.NewJSONHandler(logOut, nil))
 
-	// The PD client lives as long as the agent (a PD client dies with the
-	// context it was made with); meta.DialPD bounds only the dial.
-	pdc, err := meta.DialPD(ctx, meta.DialConfig{Endpoints: pdAddrs, CAFile: o.ca, CertFile: o.cert, KeyFile: o.key, DialTimeout: o.dialTimeout})
-	if err != nil {
-		return fmt.Errorf("connect to PD: %w", err)
-	}
-	defer pdc.Close()
-	dctx, cancel := context.WithTimeout(ctx, o.dialTimeout)
-	defer cancel()
-	cli, err := meta.Dial(dctx, meta.DialConfig{Endpoints: etcdAddrs, CAFile: o.ca, CertFile: o.cert, KeyFile: o.key, DialTimeout: o.dialTimeout})
-	if err != nil {
-		return err
-	}
-	defer cli.Close()
-	storeID := o.storeID
-	if storeID == 0 {
-		stores, err := pdc.GetAllStores(dctx)
-		if err != nil {
-			return fmt.Errorf("list stores: %w", err)
-		}
-		for _, s := range stores {
-			if s.Address == o.storeAddr {
-				storeID = s.Id
-			}
-		}
-		if storeID == 0 {
-			return fmt.Errorf("no store at %s in PD", o.storeAddr)
-		}
-	}
+	// /status and /metrics answer from the start: an agent waiting for PD
+	// says so there.
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	lis, err := net.Listen("tcp", o.statusAddr)
 	if err != nil {
 		return fmt.Errorf("listen on --status-addr %s: %w", o.statusAddr, err)
 	}
-	agent, err := streamagent.New(streamagent.Config{
-		StoreID: storeID, PD: pdc, Meta: meta.NewClient(cli), ClusterID: pdc.GetClusterID(ctx),
-		FlushInterval: o.flushInterval, FileSizeLimit: o.fileSizeLimit, MemoryQuota: o.memoryQuota, TempDir: o.tempDir,
-		ReconcileInterval: o.reconcileInterval, CoordinatorInterval: o.coordinatorInterval,
-		StatusAddress: lis.Addr().String(), Logger: log, TLS: cdcTLS,
-	}, reg)
-	if err != nil {
-		lis.Close()
-		return err
-	}
-	srv := &http.Server{Handler: agent.Handler(reg), ReadHeaderTimeout: 5 * time.Second}
+	w := &waiting{log: log, storeID: o.storeID, reason: fmt.Sprintf("connecting to PD at %v", pdAddrs)}
+	var handler swapHandler
+	handler.set(w.handler(reg))
+	srv := &http.Server{Handler: &handler, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(lis)
 	defer srv.Close()
-	log.Info("stream agent started", "store", storeID, "status", lis.Addr().String())
+	log.Info("status server listening", "status", lis.Addr().String())
+
+	conn, err := connect(ctx, o, pdAddrs, etcdAddrs, w)
+	if err != nil {
+		return err
+	}
+	defer conn.close()
+	storeID := conn.store.GetId()
+	agent, err := streamagent.New(streamagent.Config{
+		StoreID: storeID, PD: conn.pdc, Meta: meta.NewClient(conn.etcd), ClusterID: conn.pdc.GetClusterID(ctx),
+		FlushInterval: o.flushInterval, FileSizeLimit: o.fileSizeLimit, MemoryQuota: o.memoryQuota, TempDir: o.tempDir,
+		ReconcileInterval: o.reconcileInterval, CoordinatorInterval: o.coordinatorInterval,
+		StatusAddress: lis.Addr().String(), Logger: log, TLS: cdcTLS, RetryBudget: o.retryBudget,
+	}, reg)
+	if err != nil {
+		return err
+	}
+	handler.set(agent.Handler(reg))
+	log.Info("stream agent started", "store", storeID, "address", conn.store.GetAddress(), "status", lis.Addr().String())
 	return agent.Run(ctx)
 }
 

@@ -8,8 +8,9 @@ import (
 	"time"
 )
 
-// Bad flags are refused with a clear error before anything connects, and
-// an unreachable PD is reported within the dial timeout.
+// Bad flags are refused with a clear error before anything connects; an
+// unreachable PD is waited for (it may come up after its agents) and named
+// when the agent is stopped meanwhile.
 func TestRunRejectsBadInput(t *testing.T) {
 	base := options{pd: "127.0.0.1:1", statusAddr: "127.0.0.1:0", flushInterval: time.Minute, reconcileInterval: time.Second, coordinatorInterval: time.Second, fileSizeLimit: 1 << 20, memoryQuota: 64 << 20, dialTimeout: time.Second}
 	cases := []struct {
@@ -33,7 +34,9 @@ func TestRunRejectsBadInput(t *testing.T) {
 			o := base
 			c.mod(&o)
 			began := time.Now()
-			err := run(context.Background(), o, io.Discard)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			err := run(ctx, o, io.Discard)
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("run: %v, want an error mentioning %q", err, c.want)
 			}
