@@ -42,6 +42,7 @@ type options struct {
 	memoryLimit         int64
 	tempDir             string
 	dialTimeout         time.Duration
+	takeOver            bool
 }
 
 // Main parses args (without the program name), runs the agent until
@@ -65,6 +66,7 @@ func Main(args []string, stderr io.Writer) int {
 	fs.IntVar(&o.memoryQuota, "memory-quota", 256<<20, "bytes a task buffers in memory before spilling to --temp-dir")
 	fs.Int64Var(&o.memoryLimit, "memory-limit", -1, "the Go runtime's soft memory limit for this process, in bytes: the garbage collector works harder to stay under it (-1: --memory-quota + 64 MiB; 0: none; GOMEMLIMIT, if set, wins)")
 	fs.StringVar(&o.tempDir, "temp-dir", "", "directory for spilled buffers (default <os temp>/logbackup-agent; each process claims its own subdirectory)")
+	fs.BoolVar(&o.takeOver, "take-over", false, "replace another live agent of the same store, which stops (without it, a second agent of a store refuses to start: two would flush the same regions twice)")
 	fs.DurationVar(&o.dialTimeout, "dial-timeout", 10*time.Second, "how long to wait for PD and etcd at start")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -176,7 +178,7 @@ func run(ctx context.Context, o options, logOut io.Writer) error {
 		StoreID: storeID, PD: pdc, Meta: meta.NewClient(cli), ClusterID: pdc.GetClusterID(ctx),
 		FlushInterval: o.flushInterval, FileSizeLimit: o.fileSizeLimit, MemoryQuota: o.memoryQuota, TempDir: o.tempDir,
 		ReconcileInterval: o.reconcileInterval, CoordinatorInterval: o.coordinatorInterval,
-		StatusAddress: lis.Addr().String(), Logger: log, TLS: cdcTLS,
+		StatusAddress: lis.Addr().String(), Logger: log, TLS: cdcTLS, TakeOver: o.takeOver,
 	}, reg)
 	if err != nil {
 		lis.Close()
