@@ -59,7 +59,8 @@ func New(cfg Config, reg prometheus.Registerer) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, metrics: newMetrics(reg), runners: map[string]*runnerHandle{}, chunks: logfile.NewChunkPool(),
-		coord: coordState{storages: map[string]storage.Storage{}, conflicts: map[string]string{}, kick: make(chan struct{}, 1)}}
+		coord: coordState{storages: map[string]storage.Storage{}, conflicts: map[string]string{}, kick: make(chan struct{}, 1),
+			budgets: map[string]*budget{}, lastGlobal: map[string]uint64{}}}
 	a.coord.recovery = &recovery{a: a, tasks: map[string]*taskRecovery{}}
 	a.openProbe = a.cfg.OpenStorage
 	if a.cfg.OpenStorage == nil {
@@ -531,8 +532,14 @@ func (a *Agent) AdvanceOnce(ctx context.Context) error {
 		g, err := a.advanceTask(ctx, t)
 		if err != nil {
 			errs = append(errs, err)
+			if last, ok := a.coord.lastGlobal[taskKey(t)]; ok {
+				published[t.Info.Name] = last // its lag grows while advances fail
+			}
+			a.advanceFailed(ctx, t, err)
 			continue
 		}
+		a.advanceSucceeded(t)
+		a.coord.lastGlobal[taskKey(t)] = g
 		published[t.Info.Name] = g
 		a.coord.recovery.observe(ctx, t, g)
 	}

@@ -2,9 +2,12 @@ package streamagent
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -12,6 +15,7 @@ import (
 
 	"logbackup/meta"
 	"logbackup/storage"
+	"logbackup/streamagent/errs"
 	"logbackup/streamagent/logfile"
 )
 
@@ -28,6 +32,83 @@ type coordState struct {
 	recovery *recovery
 	// kick makes the coordinator tick now (a task was paused).
 	kick chan struct{}
+	// budgets count each running task's failed advances in a row, by
+	// taskKey; lastGlobal is the last global checkpoint that stood, kept
+	// exported while advances fail so its lag keeps growing.
+	budgets    map[string]*budget
+	lastGlobal map[string]uint64
+	// failing is what this agent's runners report for a task whose global
+	// checkpoint cannot advance, by task name; read by the runners' loops.
+	failMu  sync.Mutex
+	failing map[string]coordFailure
+}
+
+// coordFailure is a task whose global checkpoint the coordinator cannot
+// advance: the store report shows it as RETRYING with this reason.
+type coordFailure struct {
+	failures int
+	since    time.Time
+	msg      string
+}
+
+// setFailing records (or, with f nil, clears) a task's advance failure.
+func (c *coordState) setFailing(task string, f *coordFailure) {
+	c.failMu.Lock()
+	defer c.failMu.Unlock()
+	if f == nil {
+		delete(c.failing, task)
+		return
+	}
+	if c.failing == nil {
+		c.failing = map[string]coordFailure{}
+	}
+	c.failing[task] = *f
+}
+
+// failure is the task's advance failure, if any.
+func (c *coordState) failure(task string) (coordFailure, bool) {
+	c.failMu.Lock()
+	defer c.failMu.Unlock()
+	f, ok := c.failing[task]
+	return f, ok
+}
+
+// advanceFailed counts a failed advance of a running task against the
+// retry budget. Before, a global checkpoint that could not advance left
+// the task NORMAL with a lag growing unseen (garbage in central_global
+// froze it for good); now the store report says RETRYING and why, and a
+// failure that outlasts the budget's duration becomes a LastError and an
+// ERROR pause. Every cause counts as retryable here, fatal ones included:
+// a corrupt record another store rewrites at its next flush heals by
+// itself, and only one that outlasts the budget needs a person.
+func (a *Agent) advanceFailed(ctx context.Context, t *meta.TaskStatus, err error) {
+	if ctx.Err() != nil || errors.Is(err, meta.ErrStaleIncarnation) || errors.Is(err, meta.ErrTaskNotFound) {
+		return
+	}
+	k := taskKey(t)
+	b := a.coord.budgets[k]
+	if b == nil {
+		b = &budget{limit: RetryBudget{Attempts: math.MaxInt, Duration: a.cfg.RetryBudget.Duration}}
+		a.coord.budgets[k] = b
+	}
+	info := errs.Classify(err)
+	info.Class = errs.Retryable
+	a.metrics.countError(string(info.Code))
+	err = fmt.Errorf("the global checkpoint cannot advance: %w", err)
+	f := b.fail(time.Now(), info, err)
+	if f == nil {
+		a.coord.setFailing(t.Info.Name, &coordFailure{failures: b.failures, since: b.since, msg: storage.Redact(err.Error())})
+		return
+	}
+	delete(a.coord.budgets, k)
+	a.coord.setFailing(t.Info.Name, nil)
+	go a.reportFatal(ctx, t, f)
+}
+
+// advanceSucceeded resets a task's advance budget.
+func (a *Agent) advanceSucceeded(t *meta.TaskStatus) {
+	delete(a.coord.budgets, taskKey(t))
+	a.coord.setFailing(t.Info.Name, nil)
 }
 
 // kickNow asks the coordinator, if this agent is it, for a tick now; it
@@ -55,6 +136,22 @@ func (c *coordState) forgetExcept(live map[string]bool) {
 		if !live[k] {
 			delete(c.conflicts, k)
 		}
+	}
+	for k := range c.budgets {
+		if !live[k] {
+			delete(c.budgets, k)
+		}
+	}
+	for k := range c.lastGlobal {
+		if !live[k] {
+			delete(c.lastGlobal, k)
+		}
+	}
+	if live == nil {
+		// No longer the coordinator: its failures are no one's to report.
+		c.failMu.Lock()
+		c.failing = nil
+		c.failMu.Unlock()
 	}
 }
 
@@ -97,7 +194,23 @@ func (a *Agent) advanceTask(ctx context.Context, t *meta.TaskStatus) (uint64, er
 	}
 	g := globalCheckpoint(known, covered)
 	if g > 0 {
-		stored, err := a.cfg.Meta.Incarnation(name, t.Incarnation).AdvanceGlobalCheckpoint(ctx, name, g)
+		m := a.cfg.Meta.Incarnation(name, t.Incarnation)
+		stored, err := m.AdvanceGlobalCheckpoint(ctx, name, g)
+		if errors.Is(err, meta.ErrMalformed) {
+			// Garbage in central_global froze the task silently (every
+			// advance refused, the agents' copies stopped with it). The
+			// coordinator is its writer and g is a true value: the
+			// minimum of what the stores have flushed.
+			bad, rerr := m.RepairCheckpoint(ctx, name, meta.GlobalCheckpointKey(name), g)
+			if rerr != nil {
+				return 0, fmt.Errorf("repair the global checkpoint: %w", rerr)
+			}
+			if bad != nil {
+				a.cfg.Logger.Warn("the global checkpoint could not be read; rewrote it from the store checkpoints",
+					"task", name, "key", bad.Key, "err", bad.Err, "checkpoint", g)
+			}
+			stored, err = m.AdvanceGlobalCheckpoint(ctx, name, g)
+		}
 		if err != nil {
 			return 0, err
 		}
