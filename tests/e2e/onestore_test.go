@@ -2,10 +2,12 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -110,4 +112,84 @@ func TestOneAgentPerStore(t *testing.T) {
 	if regs, _ := h.m.Agents(ctx); regs[1] != nil {
 		t.Fatalf("the stopped agent left its registration: %v", regs[1])
 	}
+}
+
+// agentProcess runs cmd/streamagent (built to bin) for store with extra
+// flags; its output goes to the returned buffer.
+func agentProcess(t *testing.T, bin string, h *harness, store uint64, extra ...string) (*exec.Cmd, *lockedBuffer) {
+	t.Helper()
+	args := append([]string{"--pd", h.c.PDAddr(), "--store-id", fmt.Sprint(store), "--status-addr", "127.0.0.1:0",
+		"--flush-interval", "1s", "--coordinator-interval", "200ms", "--temp-dir", t.TempDir()}, extra...)
+	cmd := exec.Command(bin, args...)
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+	return cmd, out
+}
+
+// waitExit waits for a process to exit, at most d.
+func waitExit(t *testing.T, cmd *exec.Cmd, d time.Duration) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(d):
+		t.Fatalf("%s did not exit within %s", cmd.Args, d)
+		return nil
+	}
+}
+
+// TestOneAgentPerStoreProcesses is TestOneAgentPerStore with real agent
+// processes, as an operator meets it: `streamagent --store-id 1` beside a
+// running one exits 1 at once, naming the other's host and pid; with
+// --take-over it replaces it and the old process exits 1 saying so.
+func TestOneAgentPerStoreProcesses(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	bin := filepath.Join(t.TempDir(), "streamagent")
+	if out, err := exec.Command("go", "build", "-o", bin, "logbackup/cmd/streamagent").CombinedOutput(); err != nil {
+		t.Fatalf("build cmd/streamagent: %v\n%s", err, out)
+	}
+	h := newHarness(t, ctx, simcluster.Config{Stores: 1}, "local://"+filepath.Join(t.TempDir(), "b"), 0)
+	first, firstOut := agentProcess(t, bin, h, 1)
+	started := waitRegistration(h, 1, 0)
+	if regs, _ := h.m.Agents(ctx); regs[1].Pid != int64(first.Process.Pid) {
+		t.Fatalf("store 1 registered by pid %d, want %d", regs[1].Pid, first.Process.Pid)
+	}
+
+	second, secondOut := agentProcess(t, bin, h, 1)
+	err := waitExit(t, second, 60*time.Second)
+	host, _ := os.Hostname()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(secondOut.String(), fmt.Sprintf("pid %d", first.Process.Pid)) ||
+		!strings.Contains(secondOut.String(), host) {
+		t.Fatalf("second agent: %v, want exit 1 naming pid %d on %s:\n%s", err, first.Process.Pid, host, secondOut.String())
+	}
+	if regs, _ := h.m.Agents(ctx); regs[1] == nil || regs[1].StartedAtUnixMs != started {
+		t.Fatalf("the refused agent's exit changed store 1's registration: %v", regs[1])
+	}
+
+	third, _ := agentProcess(t, bin, h, 1, "--take-over")
+	err = waitExit(t, first, 60*time.Second)
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(firstOut.String(), fmt.Sprintf("taken over by the agent on host %q (pid %d)", host, third.Process.Pid)) {
+		t.Fatalf("replaced agent: %v, want exit 1 naming pid %d:\n%s", err, third.Process.Pid, firstOut.String())
+	}
+	if regs, _ := h.m.Agents(ctx); regs[1] == nil || regs[1].Pid != int64(third.Process.Pid) {
+		t.Fatalf("store 1's registration after the take-over: %v", regs[1])
+	}
+	if _, err := h.c.Put(ctx, []byte("t1"), []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	end, _ := h.c.TSO(ctx)
+	h.waitGlobal(end)
 }
