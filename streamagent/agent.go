@@ -60,7 +60,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, metrics: newMetrics(reg), runners: map[string]*runnerHandle{}, chunks: logfile.NewChunkPool(),
 		coord: coordState{storages: map[string]storage.Storage{}, conflicts: map[string]string{}, kick: make(chan struct{}, 1),
-			budgets: map[string]*budget{}, lastGlobal: map[string]uint64{}}}
+			budgets: map[string]*budget{}, lastGlobal: map[string]uint64{}, moved: map[string]moved{}}}
 	a.coord.recovery = &recovery{a: a, tasks: map[string]*taskRecovery{}}
 	a.openProbe = a.cfg.OpenStorage
 	if a.cfg.OpenStorage == nil {
@@ -527,6 +527,7 @@ func (a *Agent) AdvanceOnce(ctx context.Context) error {
 				}
 			}
 			a.coord.recovery.observe(ctx, t, 0)
+			a.forgetAdvance(t)
 			continue
 		}
 		g, err := a.advanceTask(ctx, t)
@@ -538,7 +539,7 @@ func (a *Agent) AdvanceOnce(ctx context.Context) error {
 			a.advanceFailed(ctx, t, err)
 			continue
 		}
-		a.advanceSucceeded(t)
+		a.advanceSucceeded(ctx, t, g)
 		a.coord.lastGlobal[taskKey(t)] = g
 		published[t.Info.Name] = g
 		a.coord.recovery.observe(ctx, t, g)

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pingcap/kvproto/pkg/metapb"
+	"github.com/tikv/client-go/v2/oracle"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
@@ -37,6 +39,7 @@ type coordState struct {
 	// exported while advances fail so its lag keeps growing.
 	budgets    map[string]*budget
 	lastGlobal map[string]uint64
+	moved      map[string]moved
 	// failing is what this agent's runners report for a task whose global
 	// checkpoint cannot advance, by task name; read by the runners' loops.
 	failMu  sync.Mutex
@@ -78,11 +81,18 @@ func (c *coordState) failure(task string) (coordFailure, bool) {
 // the task NORMAL with a lag growing unseen (garbage in central_global
 // froze it for good); now the store report says RETRYING and why, and a
 // failure that outlasts the budget's duration becomes a LastError and an
-// ERROR pause. Every cause counts as retryable here, fatal ones included:
-// a corrupt record another store rewrites at its next flush heals by
-// itself, and only one that outlasts the budget needs a person.
+// ERROR pause. What counts is a record that cannot be read, and it counts
+// as retryable: one that another store rewrites at its next flush heals by
+// itself, and only one that outlasts the budget needs a person. An etcd
+// that cannot be reached is left to the runners, whose flushes meet it.
 func (a *Agent) advanceFailed(ctx context.Context, t *meta.TaskStatus, err error) {
 	if ctx.Err() != nil || errors.Is(err, meta.ErrStaleIncarnation) || errors.Is(err, meta.ErrTaskNotFound) {
+		return
+	}
+	if !errors.Is(err, meta.ErrMalformed) {
+		// etcd unreachable or failing (every read and write here is
+		// etcd's): the runners' flushes meet it too and spend their own
+		// budget, and no report could be written meanwhile anyway.
 		return
 	}
 	k := taskKey(t)
@@ -105,10 +115,92 @@ func (a *Agent) advanceFailed(ctx context.Context, t *meta.TaskStatus, err error
 	go a.reportFatal(ctx, t, f)
 }
 
-// advanceSucceeded resets a task's advance budget.
-func (a *Agent) advanceSucceeded(t *meta.TaskStatus) {
-	delete(a.coord.budgets, taskKey(t))
+// forgetAdvance drops a task's advance state (it was paused: a resume
+// starts afresh).
+func (a *Agent) forgetAdvance(t *meta.TaskStatus) {
+	k := taskKey(t)
+	delete(a.coord.budgets, k)
+	delete(a.coord.moved, k)
 	a.coord.setFailing(t.Info.Name, nil)
+}
+
+// advanceSucceeded resets a task's advance budget, and reports a global
+// checkpoint that stands although no advance fails.
+func (a *Agent) advanceSucceeded(ctx context.Context, t *meta.TaskStatus, g uint64) {
+	k := taskKey(t)
+	delete(a.coord.budgets, k)
+	now := time.Now()
+	m, ok := a.coord.moved[k]
+	if !ok || g > m.ts {
+		a.coord.moved[k] = moved{ts: g, at: now}
+		a.coord.setFailing(t.Info.Name, nil)
+		return
+	}
+	limit := a.cfg.FlushInterval + stallMargin
+	lag := now.Sub(oracle.GetTimeFromTS(g))
+	if now.Sub(m.at) <= limit || lag <= limit {
+		a.coord.setFailing(t.Info.Name, nil)
+		return
+	}
+	// Every flush and every advance succeeds, yet the checkpoint stands
+	// (a store whose ranges nobody flushes: no agent there, or one stuck
+	// without an error). Said in the store report, so status is not NORMAL
+	// and HEALTHY; the lag gauge grows; the lag limit pauses it in the end.
+	msg := fmt.Sprintf("the global checkpoint has not moved for %s (lag %s) although no flush or advance fails; %s",
+		now.Sub(m.at).Round(time.Second), lag.Round(time.Second), a.holdingBack(ctx, t))
+	a.coord.setFailing(t.Info.Name, &coordFailure{since: m.at, msg: msg})
+}
+
+// stallMargin: a global checkpoint that stands this much past a flush
+// interval (and lags as much) is reported as stuck.
+const stallMargin = 30 * time.Second
+
+// moved is when a task's global checkpoint last moved.
+type moved struct {
+	ts uint64
+	at time.Time
+}
+
+// holdingBack names the stores that hold a standing global checkpoint
+// back: those PD knows with no store checkpoint for the task, else the
+// lowest store checkpoint. Best effort.
+func (a *Agent) holdingBack(ctx context.Context, t *meta.TaskStatus) string {
+	var bad []meta.CorruptRecord
+	cps, err := a.cfg.Meta.Tolerant(&bad).CheckpointsExceptRegions(ctx, t.Info.Name)
+	if err != nil {
+		return "cannot read the store checkpoints: " + err.Error()
+	}
+	have := map[uint64]uint64{}
+	var low uint64
+	var lowStore uint64
+	for _, cp := range cps {
+		if cp.Kind != meta.CheckpointStore {
+			continue
+		}
+		have[cp.StoreID] = cp.TS
+		if lowStore == 0 || cp.TS < low {
+			low, lowStore = cp.TS, cp.StoreID
+		}
+	}
+	pctx, cancel := context.WithTimeout(withBreaker(ctx), 10*time.Second)
+	stores, err := a.cfg.PD.GetAllStores(pctx)
+	cancel()
+	var missing []string
+	if err == nil {
+		for _, s := range stores {
+			if _, ok := have[s.Id]; !ok && s.GetState() == metapb.StoreState_Up {
+				missing = append(missing, fmt.Sprint(s.Id))
+			}
+		}
+	}
+	switch {
+	case len(missing) > 0:
+		return fmt.Sprintf("stores with no checkpoint for this task (is their agent running?): %s", strings.Join(missing, ", "))
+	case lowStore != 0:
+		return fmt.Sprintf("the lowest store checkpoint is store %d's, at %s", lowStore, oracle.GetTimeFromTS(low).UTC().Format(time.RFC3339))
+	default:
+		return "no store has a checkpoint for this task"
+	}
 }
 
 // kickNow asks the coordinator, if this agent is it, for a tick now; it
@@ -145,6 +237,7 @@ func (c *coordState) forgetExcept(live map[string]bool) {
 	for k := range c.lastGlobal {
 		if !live[k] {
 			delete(c.lastGlobal, k)
+			delete(c.moved, k)
 		}
 	}
 	if live == nil {

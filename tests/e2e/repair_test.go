@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -180,5 +181,53 @@ func TestStuckGlobalCheckpointReported(t *testing.T) {
 	le := waitLastError(t, ctx, h.m)
 	if le.ErrorCode != "KV:LogBackup:MalformedMetadata" || !strings.Contains(le.ErrorMessage, key) || !strings.Contains(le.ErrorMessage, "retry budget") {
 		t.Fatalf("LastError %s: %s", le.ErrorCode, le.ErrorMessage)
+	}
+}
+
+// TestSilentStallReported: a global checkpoint that stands while every
+// flush and advance succeeds (here: store 2 has no agent, and never had
+// one, so status had no "NO AGENT" to show either) used to leave the task
+// NORMAL with every store HEALTHY. Past flush interval + 30 s the
+// coordinator's store reports RETRYING, naming the store that holds it
+// back; once that store's agent runs, the checkpoint moves and the report
+// clears.
+func TestSilentStallReported(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	h := newHarness(t, ctx, simcluster.Config{Stores: 2}, "local://"+filepath.Join(t.TempDir(), "b"), 0)
+	ids := h.c.StoreIDs()
+	_, stop := h.agent(ids[0], nil, nil)
+	defer stop()
+	st, err := h.m.GetTask(ctx, "pitr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(90 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if _, err := h.c.Put(ctx, []byte("t1"), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+		rs, err := h.m.Progresses(ctx, "pitr", st.Incarnation)
+		if r := rs[ids[0]]; err == nil && r != nil && r.State == meta.StateRetrying {
+			if !strings.Contains(r.LastError, "has not moved") || !strings.Contains(r.LastError, fmt.Sprintf("stores with no checkpoint for this task (is their agent running?): %d", ids[1])) {
+				t.Fatalf("RETRYING without the reason: %q", r.LastError)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a standing global checkpoint was never reported: %v %v", rs, err)
+		}
+	}
+	_, stop2 := h.agent(ids[1], nil, nil)
+	defer stop2()
+	end, _ := h.c.TSO(ctx)
+	h.waitGlobal(end)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		rs, err := h.m.Progresses(ctx, "pitr", st.Incarnation)
+		if r := rs[ids[0]]; err == nil && r != nil && r.State != meta.StateRetrying {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the stall report stayed after the checkpoint moved")
+		}
 	}
 }
