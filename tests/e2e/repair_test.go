@@ -196,6 +196,14 @@ func TestSilentStallReported(t *testing.T) {
 	defer cancel()
 	h := newHarness(t, ctx, simcluster.Config{Stores: 2}, "local://"+filepath.Join(t.TempDir(), "b"), 0)
 	ids := h.c.StoreIDs()
+	// A region led by store 2, whose agent is not running.
+	region, err := h.c.Split([]byte("t5"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.c.TransferLeader(region, ids[1]); err != nil {
+		t.Fatal(err)
+	}
 	_, stop := h.agent(ids[0], nil, nil)
 	defer stop()
 	st, err := h.m.GetTask(ctx, "pitr")
