@@ -114,37 +114,41 @@ func TestOneAgentPerStore(t *testing.T) {
 	}
 }
 
+// agentProcRun is one agent process; exited closes once it was waited for.
+type agentProcRun struct {
+	cmd    *exec.Cmd
+	out    *lockedBuffer
+	exited chan struct{}
+	err    error
+}
+
 // agentProcess runs cmd/streamagent (built to bin) for store with extra
-// flags; its output goes to the returned buffer.
-func agentProcess(t *testing.T, bin string, h *harness, store uint64, extra ...string) (*exec.Cmd, *lockedBuffer) {
+// flags; its output goes to the returned buffer. It is killed at cleanup.
+func agentProcess(t *testing.T, bin string, h *harness, store uint64, extra ...string) *agentProcRun {
 	t.Helper()
 	args := append([]string{"--pd", h.c.PDAddr(), "--store-id", fmt.Sprint(store), "--status-addr", "127.0.0.1:0",
 		"--flush-interval", "1s", "--coordinator-interval", "200ms", "--temp-dir", t.TempDir()}, extra...)
-	cmd := exec.Command(bin, args...)
-	out := &lockedBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
+	p := &agentProcRun{cmd: exec.Command(bin, args...), out: &lockedBuffer{}, exited: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	go func() { p.err = p.cmd.Wait(); close(p.exited) }()
 	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
+		p.cmd.Process.Kill()
+		<-p.exited
 	})
-	return cmd, out
+	return p
 }
 
-// waitExit waits for a process to exit, at most d.
-func waitExit(t *testing.T, cmd *exec.Cmd, d time.Duration) error {
+// waitExit waits for the process to exit, at most d, and returns how.
+func (p *agentProcRun) waitExit(t *testing.T, d time.Duration) error {
 	t.Helper()
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
 	select {
-	case err := <-done:
-		return err
+	case <-p.exited:
+		return p.err
 	case <-time.After(d):
-		t.Fatalf("%s did not exit within %s", cmd.Args, d)
+		t.Fatalf("%s did not exit within %s", p.cmd.Args, d)
 		return nil
 	}
 }
@@ -161,30 +165,30 @@ func TestOneAgentPerStoreProcesses(t *testing.T) {
 		t.Fatalf("build cmd/streamagent: %v\n%s", err, out)
 	}
 	h := newHarness(t, ctx, simcluster.Config{Stores: 1}, "local://"+filepath.Join(t.TempDir(), "b"), 0)
-	first, firstOut := agentProcess(t, bin, h, 1)
+	first := agentProcess(t, bin, h, 1)
 	started := waitRegistration(h, 1, 0)
-	if regs, _ := h.m.Agents(ctx); regs[1].Pid != int64(first.Process.Pid) {
-		t.Fatalf("store 1 registered by pid %d, want %d", regs[1].Pid, first.Process.Pid)
+	if regs, _ := h.m.Agents(ctx); regs[1].Pid != int64(first.cmd.Process.Pid) {
+		t.Fatalf("store 1 registered by pid %d, want %d", regs[1].Pid, first.cmd.Process.Pid)
 	}
 
-	second, secondOut := agentProcess(t, bin, h, 1)
-	err := waitExit(t, second, 60*time.Second)
+	second := agentProcess(t, bin, h, 1)
+	err := second.waitExit(t, 60*time.Second)
 	host, _ := os.Hostname()
 	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(secondOut.String(), fmt.Sprintf("pid %d", first.Process.Pid)) ||
-		!strings.Contains(secondOut.String(), host) {
-		t.Fatalf("second agent: %v, want exit 1 naming pid %d on %s:\n%s", err, first.Process.Pid, host, secondOut.String())
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(second.out.String(), fmt.Sprintf("pid %d", first.cmd.Process.Pid)) ||
+		!strings.Contains(second.out.String(), host) {
+		t.Fatalf("second agent: %v, want exit 1 naming pid %d on %s:\n%s", err, first.cmd.Process.Pid, host, second.out.String())
 	}
 	if regs, _ := h.m.Agents(ctx); regs[1] == nil || regs[1].StartedAtUnixMs != started {
 		t.Fatalf("the refused agent's exit changed store 1's registration: %v", regs[1])
 	}
 
-	third, _ := agentProcess(t, bin, h, 1, "--take-over")
-	err = waitExit(t, first, 60*time.Second)
-	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(firstOut.String(), fmt.Sprintf("taken over by the agent on host %q (pid %d)", host, third.Process.Pid)) {
-		t.Fatalf("replaced agent: %v, want exit 1 naming pid %d:\n%s", err, third.Process.Pid, firstOut.String())
+	third := agentProcess(t, bin, h, 1, "--take-over")
+	err = first.waitExit(t, 60*time.Second)
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(first.out.String(), fmt.Sprintf("taken over by the agent on host %q (pid %d)", host, third.cmd.Process.Pid)) {
+		t.Fatalf("replaced agent: %v, want exit 1 naming pid %d:\n%s", err, third.cmd.Process.Pid, first.out.String())
 	}
-	if regs, _ := h.m.Agents(ctx); regs[1] == nil || regs[1].Pid != int64(third.Process.Pid) {
+	if regs, _ := h.m.Agents(ctx); regs[1] == nil || regs[1].Pid != int64(third.cmd.Process.Pid) {
 		t.Fatalf("store 1's registration after the take-over: %v", regs[1])
 	}
 	if _, err := h.c.Put(ctx, []byte("t1"), []byte("v")); err != nil {
