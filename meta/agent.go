@@ -2,8 +2,10 @@ package meta
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -127,4 +129,136 @@ func (c *Client) SpanCheckpoints(ctx context.Context, task string, inc int64) (m
 		return nil
 	})
 	return out, err
+}
+
+// AgentConflictError is a claim refused because another agent holds the
+// store's registration.
+type AgentConflictError struct {
+	Other *lbpb.AgentRegistration
+}
+
+func (e *AgentConflictError) Error() string {
+	started := time.UnixMilli(e.Other.StartedAtUnixMs).UTC().Format(time.RFC3339)
+	return fmt.Sprintf("store %d already has a live agent on host %q (pid %d, started %s): two agents of one store flush the same regions twice; stop that one first, or pass --take-over to replace it",
+		e.Other.StoreId, e.Other.Hostname, e.Other.Pid, started)
+}
+
+// AgentClaim is a store's registration held by this agent.
+type AgentClaim struct {
+	// Lost closes when the registration is gone: the lease lost, the key
+	// deleted, or another agent took the store over (TakenBy says who).
+	Lost    <-chan struct{}
+	takenBy atomic.Pointer[lbpb.AgentRegistration]
+}
+
+// TakenBy is the agent that took the store over, nil if none did.
+func (a *AgentClaim) TakenBy() *lbpb.AgentRegistration { return a.takenBy.Load() }
+
+// ClaimAgent registers reg as the one agent of its store under a lease of
+// ttl and keeps it alive until ctx ends. A registration already there is
+// replaced only when replace says so; otherwise the claim fails with an
+// *AgentConflictError naming the other agent. The registration is watched:
+// an agent that loses it to another stops being the store's agent, and
+// its lease revoke on exit deletes nothing but its own registration (a
+// key now under another lease is not touched).
+func (c *Client) ClaimAgent(ctx context.Context, reg *lbpb.AgentRegistration, ttl time.Duration, replace func(other *lbpb.AgentRegistration) bool) (*AgentClaim, error) {
+	raw, err := proto.Marshal(reg)
+	if err != nil {
+		return nil, fmt.Errorf("encode agent registration: %w", err)
+	}
+	key := AgentKey(reg.StoreId)
+	rctx, cancel := c.ctx(ctx)
+	lease, err := c.cli.Grant(rctx, int64(max(ttl/time.Second, 1)))
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("grant agent lease: %w", err)
+	}
+	revoke := func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
+		_, _ = c.cli.Revoke(rctx, lease.ID)
+		cancel()
+	}
+	put := clientv3.OpPut(key, string(raw), clientv3.WithLease(lease.ID))
+	rctx, cancel = c.ctx(ctx)
+	resp, err := c.cli.Txn(rctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).Then(put).Else(clientv3.OpGet(key)).Commit()
+	cancel()
+	if err != nil {
+		revoke()
+		return nil, fmt.Errorf("register agent of store %d: %w", reg.StoreId, err)
+	}
+	putRev := resp.Header.Revision
+	if !resp.Succeeded {
+		kvs := resp.Responses[0].GetResponseRange().Kvs
+		if len(kvs) > 0 {
+			other, derr := DecodeAgentRegistration(key, kvs[0].Value)
+			if derr == nil && !replace(other) {
+				revoke()
+				return nil, &AgentConflictError{Other: other}
+			}
+			// An undecodable registration is nobody's: replaced.
+			cmp := clientv3.Compare(clientv3.ModRevision(key), "=", kvs[0].ModRevision)
+			rctx, cancel = c.ctx(ctx)
+			tr, err := c.cli.Txn(rctx).If(cmp).Then(put).Commit()
+			cancel()
+			if err == nil && !tr.Succeeded {
+				err = errors.New("it changed meanwhile")
+			}
+			if err != nil {
+				revoke()
+				return nil, fmt.Errorf("replace the registration of store %d: %w", reg.StoreId, err)
+			}
+			putRev = tr.Header.Revision
+		} else {
+			revoke()
+			return nil, fmt.Errorf("register agent of store %d: the key vanished meanwhile", reg.StoreId)
+		}
+	}
+	kctx, stop := context.WithCancel(ctx)
+	ka, err := c.cli.KeepAlive(kctx, lease.ID)
+	if err != nil {
+		stop()
+		revoke()
+		return nil, fmt.Errorf("keep agent lease alive: %w", err)
+	}
+	lost := make(chan struct{})
+	claim := &AgentClaim{Lost: lost}
+	watch := c.cli.Watch(clientv3.WithRequireLeader(kctx), key, clientv3.WithRev(putRev+1))
+	go func() {
+		defer close(lost)
+		defer stop()
+		for {
+			select {
+			case _, ok := <-ka:
+				if !ok {
+					if ctx.Err() != nil {
+						// A clean exit: the registration goes now, not a
+						// lease TTL later, so status and `--wait` see the
+						// agent gone at once.
+						revoke()
+					}
+					return
+				}
+			case wr, ok := <-watch:
+				if !ok || wr.Err() != nil {
+					// The watch cannot be trusted any more: give the
+					// registration up and let the caller claim again.
+					revoke()
+					return
+				}
+				for _, ev := range wr.Events {
+					if ev.Type == clientv3.EventTypePut && clientv3.LeaseID(ev.Kv.Lease) == lease.ID {
+						continue
+					}
+					if ev.Type == clientv3.EventTypePut {
+						if other, err := DecodeAgentRegistration(key, ev.Kv.Value); err == nil {
+							claim.takenBy.Store(other)
+						}
+					}
+					revoke() // only this lease's keys: never the new owner's
+					return
+				}
+			}
+		}
+	}()
+	return claim, nil
 }

@@ -233,3 +233,40 @@ func (c *Client) AdvanceRegionCheckpoints(ctx context.Context, task string, cps 
 	}
 	return nil
 }
+
+// RepairCheckpoint replaces the value at key, one of task's checkpoint
+// keys, with ts when it cannot be read (undecodable or implausible) and
+// returns what was wrong with it; a readable or absent value is left alone
+// (nil). It is how a writer that owns a key takes it back from garbage:
+// advance refuses to guess what an unreadable value meant, since only its
+// owner knows a true value to put there.
+func (c *Client) RepairCheckpoint(ctx context.Context, task, key string, ts uint64) (*MalformedError, error) {
+	if err := c.checkPlausible(key, ts); err != nil {
+		return nil, fmt.Errorf("refuse to write checkpoint %q: %w", key, err)
+	}
+	for {
+		rctx, cancel := c.ctx(ctx)
+		resp, err := c.cli.Get(rctx, key)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("read checkpoint %q: %w", key, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return nil, nil
+		}
+		_, err = c.decodeCheckpoint(key, resp.Kvs[0].Value)
+		var bad *MalformedError
+		if !errors.As(err, &bad) {
+			return nil, nil
+		}
+		cmp := clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision)
+		ok, err := c.commit(ctx, task, []clientv3.Cmp{cmp}, clientv3.OpPut(key, string(EncodeTS(ts))))
+		if err != nil {
+			return nil, fmt.Errorf("rewrite checkpoint %q: %w", key, err)
+		}
+		if ok {
+			return bad, nil
+		}
+		// Written meanwhile: look again.
+	}
+}

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"time"
 
+	tso "github.com/tikv/client-go/v2/oracle"
+
 	"logbackup/br/cli"
 	"logbackup/meta"
 	"logbackup/streamagent/errs"
@@ -65,6 +67,11 @@ type nemesis struct {
 	disruptions []disruption
 	storeDown   map[uint64]bool
 	stopping    map[uint64]bool // agents in a graceful stop
+	// calm is the longest stretch the global checkpoint lagged more than
+	// the flush interval + 30 s while no fault was active, and when it
+	// began: a stall nothing explains.
+	calm, calmCur time.Duration
+	calmAt        time.Time
 }
 
 // disruption is a span of time something besides the fault under watch
@@ -132,8 +139,65 @@ func (n *nemesis) run(ctx context.Context) {
 		wg.Add(1)
 		go func() { defer wg.Done(); n.sabotage(ctx) }()
 	}
+	wg.Add(1)
+	go func() { defer wg.Done(); n.watchCalmLag(ctx) }()
 	wg.Wait()
 	n.healAll()
+}
+
+// watchCalmLag samples the global checkpoint's lag every second and keeps
+// the longest stretch it stayed above the flush interval + 30 s with no
+// fault active. Time to recover mixes in the faults still active at a
+// heal; this figure is the stall an operator would page on that no fault
+// explains.
+func (n *nemesis) watchCalmLag(ctx context.Context) {
+	limit := n.o.FlushInterval + 30*time.Second
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var from time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			g := n.orc.globalCheckpoint()
+			lag := now.Sub(tso.GetTimeFromTS(g))
+			n.mu.Lock()
+			calm := true
+			for _, c := range n.active {
+				calm = calm && c == 0
+			}
+			switch {
+			case g == 0 || !calm || lag <= limit:
+				from = time.Time{}
+				n.calmCur = 0
+			case from.IsZero():
+				from = now
+			}
+			if !from.IsZero() {
+				n.calmCur = now.Sub(from)
+				if n.calmCur > n.calm {
+					n.calm, n.calmAt = n.calmCur, from
+				}
+			}
+			n.mu.Unlock()
+		}
+	}
+}
+
+// undisturbedLocked: no fault but f was active from f's heal until its
+// recovery (a fault of no duration, such as a split, counts when it falls
+// in between). n.mu is held.
+func (n *nemesis) undisturbedLocked(f *faultRecord) bool {
+	for _, g := range n.faults {
+		if g == f || !g.start.Before(f.recovered) {
+			continue
+		}
+		if g.healed.IsZero() || !g.healed.Before(f.healed) {
+			return false
+		}
+	}
+	return true
 }
 
 // sleepUntil sleeps d unless ctx ends first; it reports whether it slept.

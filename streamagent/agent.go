@@ -14,7 +14,6 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"logbackup/meta"
-	"logbackup/proto/lbpb"
 	"logbackup/storage"
 	"logbackup/streamagent/errs"
 	"logbackup/streamagent/logfile"
@@ -64,7 +63,8 @@ func New(cfg Config, reg prometheus.Registerer) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, metrics: newMetrics(reg), runners: map[string]*runnerHandle{}, chunks: logfile.NewChunkPool(),
-		coord: coordState{storages: map[string]storage.Storage{}, conflicts: map[string]string{}, kick: make(chan struct{}, 1)}}
+		coord: coordState{storages: map[string]storage.Storage{}, conflicts: map[string]string{}, kick: make(chan struct{}, 1),
+			budgets: map[string]*budget{}, lastGlobal: map[string]uint64{}, moved: map[string]moved{}}}
 	a.coord.recovery = &recovery{a: a, tasks: map[string]*taskRecovery{}}
 	a.openProbe = a.cfg.OpenStorage
 	if a.cfg.OpenStorage == nil {
@@ -93,8 +93,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.workDir = wd.path
 	defer wd.release()
+	// One agent per store, claimed before any task starts: a second one
+	// would flush the same regions twice.
+	reg, claim, err := a.claimStore(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while claiming
+		}
+		return err
+	}
 	// A store removed from the cluster ends the run with a
-	// *StoreGoneError (store.go).
+	// *StoreGoneError (store.go); losing the store's claim to another
+	// agent ends it with the claim's error (claim.go).
 	ctx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
 	a.stopRun.Store(&stop)
@@ -105,7 +115,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Add(3)
-	go func() { defer wg.Done(); a.keepRegistered(ctx) }()
+	go func() { defer wg.Done(); a.keepRegistered(ctx, stop, reg, claim) }()
 	go func() { defer wg.Done(); a.coordinate(ctx) }()
 	go func() { defer wg.Done(); a.watchStore(ctx) }()
 
@@ -121,7 +131,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if g := a.gone.Load(); g != nil {
 		return g
 	}
-	return nil
+	return lostStore(ctx)
 }
 
 func (a *Agent) followTasks(ctx context.Context) error {
@@ -331,31 +341,6 @@ func (a *Agent) Tasks() []string {
 	return out
 }
 
-func (a *Agent) keepRegistered(ctx context.Context) {
-	host, _ := os.Hostname()
-	reg := &lbpb.AgentRegistration{StoreId: a.cfg.StoreID, Version: a.cfg.Version, StartedAtUnixMs: time.Now().UnixMilli(),
-		Hostname: host, Pid: int64(os.Getpid()), StatusAddress: a.cfg.StatusAddress}
-	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	if s, err := a.ownStore(sctx); err == nil {
-		reg.StoreAddress = s.Address
-	}
-	cancel()
-	bo := newBackoff(500*time.Millisecond, 5*time.Second)
-	for ctx.Err() == nil {
-		lost, err := a.cfg.Meta.RegisterAgent(ctx, reg, 10*time.Second)
-		if err != nil {
-			a.cfg.Logger.Warn("agent registration failed; retrying", "err", err)
-			sleep(ctx, bo.NextBackOff())
-			continue
-		}
-		bo.Reset()
-		select {
-		case <-lost:
-		case <-ctx.Done():
-		}
-	}
-}
-
 // coordinate campaigns to be the coordinator and, while elected, publishes
 // each task's global checkpoint on an interval.
 func (a *Agent) coordinate(ctx context.Context) {
@@ -431,13 +416,20 @@ func (a *Agent) AdvanceOnce(ctx context.Context) error {
 				}
 			}
 			a.coord.recovery.observe(ctx, t, 0)
+			a.forgetAdvance(t)
 			continue
 		}
 		g, err := a.advanceTask(ctx, t)
 		if err != nil {
 			errs = append(errs, err)
+			if last, ok := a.coord.lastGlobal[taskKey(t)]; ok {
+				published[t.Info.Name] = last // its lag grows while advances fail
+			}
+			a.advanceFailed(ctx, t, err)
 			continue
 		}
+		a.advanceSucceeded(ctx, t, g)
+		a.coord.lastGlobal[taskKey(t)] = g
 		published[t.Info.Name] = g
 		a.coord.recovery.observe(ctx, t, g)
 	}

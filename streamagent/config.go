@@ -76,6 +76,10 @@ type Config struct {
 	// StatusAddress is this agent's /metrics and /status address, shown
 	// in its registration.
 	StatusAddress string
+	// TakeOver replaces the registration of another live agent of the
+	// same store, which then stops; without it such an agent refuses to
+	// start, since two agents of one store flush the same regions twice.
+	TakeOver bool
 
 	// OpenStorage opens a task's storage; default storage.OpenBackend.
 	OpenStorage func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error)

@@ -2,16 +2,22 @@ package streamagent
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/pingcap/kvproto/pkg/metapb"
+	"github.com/tikv/client-go/v2/oracle"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"logbackup/meta"
 	"logbackup/storage"
+	"logbackup/streamagent/errs"
 	"logbackup/streamagent/logfile"
 )
 
@@ -28,6 +34,173 @@ type coordState struct {
 	recovery *recovery
 	// kick makes the coordinator tick now (a task was paused).
 	kick chan struct{}
+	// budgets count each running task's failed advances in a row, by
+	// taskKey; lastGlobal is the last global checkpoint that stood, kept
+	// exported while advances fail so its lag keeps growing.
+	budgets    map[string]*budget
+	lastGlobal map[string]uint64
+	moved      map[string]moved
+	// failing is what this agent's runners report for a task whose global
+	// checkpoint cannot advance, by task name; read by the runners' loops.
+	failMu  sync.Mutex
+	failing map[string]coordFailure
+}
+
+// coordFailure is a task whose global checkpoint the coordinator cannot
+// advance: the store report shows it as RETRYING with this reason.
+type coordFailure struct {
+	failures int
+	since    time.Time
+	msg      string
+}
+
+// setFailing records (or, with f nil, clears) a task's advance failure.
+func (c *coordState) setFailing(task string, f *coordFailure) {
+	c.failMu.Lock()
+	defer c.failMu.Unlock()
+	if f == nil {
+		delete(c.failing, task)
+		return
+	}
+	if c.failing == nil {
+		c.failing = map[string]coordFailure{}
+	}
+	c.failing[task] = *f
+}
+
+// failure is the task's advance failure, if any.
+func (c *coordState) failure(task string) (coordFailure, bool) {
+	c.failMu.Lock()
+	defer c.failMu.Unlock()
+	f, ok := c.failing[task]
+	return f, ok
+}
+
+// advanceFailed counts a failed advance of a running task against the
+// retry budget. Before, a global checkpoint that could not advance left
+// the task NORMAL with a lag growing unseen (garbage in central_global
+// froze it for good); now the store report says RETRYING and why, and a
+// failure that outlasts the budget's duration becomes a LastError and an
+// ERROR pause. What counts is a record that cannot be read, and it counts
+// as retryable: one that another store rewrites at its next flush heals by
+// itself, and only one that outlasts the budget needs a person. An etcd
+// that cannot be reached is left to the runners, whose flushes meet it.
+func (a *Agent) advanceFailed(ctx context.Context, t *meta.TaskStatus, err error) {
+	if ctx.Err() != nil || errors.Is(err, meta.ErrStaleIncarnation) || errors.Is(err, meta.ErrTaskNotFound) {
+		return
+	}
+	if !errors.Is(err, meta.ErrMalformed) {
+		// etcd unreachable or failing (every read and write here is
+		// etcd's): the runners' flushes meet it too and spend their own
+		// budget, and no report could be written meanwhile anyway.
+		return
+	}
+	k := taskKey(t)
+	b := a.coord.budgets[k]
+	if b == nil {
+		b = &budget{limit: RetryBudget{Attempts: math.MaxInt, Duration: a.cfg.RetryBudget.Duration}}
+		a.coord.budgets[k] = b
+	}
+	info := errs.Classify(err)
+	info.Class = errs.Retryable
+	a.metrics.countError(string(info.Code))
+	err = fmt.Errorf("the global checkpoint cannot advance: %w", err)
+	f := b.fail(time.Now(), info, err)
+	if f == nil {
+		a.coord.setFailing(t.Info.Name, &coordFailure{failures: b.failures, since: b.since, msg: storage.Redact(err.Error())})
+		return
+	}
+	delete(a.coord.budgets, k)
+	a.coord.setFailing(t.Info.Name, nil)
+	go a.reportFatal(ctx, t, f)
+}
+
+// forgetAdvance drops a task's advance state (it was paused: a resume
+// starts afresh).
+func (a *Agent) forgetAdvance(t *meta.TaskStatus) {
+	k := taskKey(t)
+	delete(a.coord.budgets, k)
+	delete(a.coord.moved, k)
+	a.coord.setFailing(t.Info.Name, nil)
+}
+
+// advanceSucceeded resets a task's advance budget, and reports a global
+// checkpoint that stands although no advance fails.
+func (a *Agent) advanceSucceeded(ctx context.Context, t *meta.TaskStatus, g uint64) {
+	k := taskKey(t)
+	delete(a.coord.budgets, k)
+	now := time.Now()
+	m, ok := a.coord.moved[k]
+	if !ok || g > m.ts {
+		a.coord.moved[k] = moved{ts: g, at: now}
+		a.coord.setFailing(t.Info.Name, nil)
+		return
+	}
+	limit := a.cfg.FlushInterval + stallMargin
+	lag := now.Sub(oracle.GetTimeFromTS(g))
+	if now.Sub(m.at) <= limit || lag <= limit {
+		a.coord.setFailing(t.Info.Name, nil)
+		return
+	}
+	// Every flush and every advance succeeds, yet the checkpoint stands
+	// (a store whose ranges nobody flushes: no agent there, or one stuck
+	// without an error). Said in the store report, so status is not NORMAL
+	// and HEALTHY; the lag gauge grows; the lag limit pauses it in the end.
+	msg := fmt.Sprintf("the global checkpoint has not moved for %s (lag %s) although no flush or advance fails; %s",
+		now.Sub(m.at).Round(time.Second), lag.Round(time.Second), a.holdingBack(ctx, t))
+	a.coord.setFailing(t.Info.Name, &coordFailure{since: m.at, msg: msg})
+}
+
+// stallMargin: a global checkpoint that stands this much past a flush
+// interval (and lags as much) is reported as stuck.
+const stallMargin = 30 * time.Second
+
+// moved is when a task's global checkpoint last moved.
+type moved struct {
+	ts uint64
+	at time.Time
+}
+
+// holdingBack names the stores that hold a standing global checkpoint
+// back: those PD knows with no store checkpoint for the task, else the
+// lowest store checkpoint. Best effort.
+func (a *Agent) holdingBack(ctx context.Context, t *meta.TaskStatus) string {
+	var bad []meta.CorruptRecord
+	cps, err := a.cfg.Meta.Tolerant(&bad).CheckpointsExceptRegions(ctx, t.Info.Name)
+	if err != nil {
+		return "cannot read the store checkpoints: " + err.Error()
+	}
+	have := map[uint64]uint64{}
+	var low uint64
+	var lowStore uint64
+	for _, cp := range cps {
+		if cp.Kind != meta.CheckpointStore {
+			continue
+		}
+		have[cp.StoreID] = cp.TS
+		if lowStore == 0 || cp.TS < low {
+			low, lowStore = cp.TS, cp.StoreID
+		}
+	}
+	pctx, cancel := context.WithTimeout(withBreaker(ctx), 10*time.Second)
+	stores, err := a.cfg.PD.GetAllStores(pctx)
+	cancel()
+	var missing []string
+	if err == nil {
+		for _, s := range stores {
+			if _, ok := have[s.Id]; !ok && s.GetState() == metapb.StoreState_Up {
+				missing = append(missing, fmt.Sprint(s.Id))
+			}
+		}
+	}
+	switch {
+	case len(missing) > 0:
+		return fmt.Sprintf("stores with no checkpoint for this task (is their agent running?): %s", strings.Join(missing, ", "))
+	case lowStore != 0:
+		return fmt.Sprintf("the lowest store checkpoint is store %d's, at %s", lowStore, oracle.GetTimeFromTS(low).UTC().Format(time.RFC3339))
+	default:
+		return "no store has a checkpoint for this task"
+	}
 }
 
 // kickNow asks the coordinator, if this agent is it, for a tick now; it
@@ -55,6 +228,23 @@ func (c *coordState) forgetExcept(live map[string]bool) {
 		if !live[k] {
 			delete(c.conflicts, k)
 		}
+	}
+	for k := range c.budgets {
+		if !live[k] {
+			delete(c.budgets, k)
+		}
+	}
+	for k := range c.lastGlobal {
+		if !live[k] {
+			delete(c.lastGlobal, k)
+			delete(c.moved, k)
+		}
+	}
+	if live == nil {
+		// No longer the coordinator: its failures are no one's to report.
+		c.failMu.Lock()
+		c.failing = nil
+		c.failMu.Unlock()
 	}
 }
 
@@ -97,7 +287,23 @@ func (a *Agent) advanceTask(ctx context.Context, t *meta.TaskStatus) (uint64, er
 	}
 	g := globalCheckpoint(known, covered)
 	if g > 0 {
-		stored, err := a.cfg.Meta.Incarnation(name, t.Incarnation).AdvanceGlobalCheckpoint(ctx, name, g)
+		m := a.cfg.Meta.Incarnation(name, t.Incarnation)
+		stored, err := m.AdvanceGlobalCheckpoint(ctx, name, g)
+		if errors.Is(err, meta.ErrMalformed) {
+			// Garbage in central_global froze the task silently (every
+			// advance refused, the agents' copies stopped with it). The
+			// coordinator is its writer and g is a true value: the
+			// minimum of what the stores have flushed.
+			bad, rerr := m.RepairCheckpoint(ctx, name, meta.GlobalCheckpointKey(name), g)
+			if rerr != nil {
+				return 0, fmt.Errorf("repair the global checkpoint: %w", rerr)
+			}
+			if bad != nil {
+				a.cfg.Logger.Warn("the global checkpoint could not be read; rewrote it from the store checkpoints",
+					"task", name, "key", bad.Key, "err", bad.Err, "checkpoint", g)
+			}
+			stored, err = m.AdvanceGlobalCheckpoint(ctx, name, g)
+		}
 		if err != nil {
 			return 0, err
 		}

@@ -264,7 +264,7 @@ func (f *flusher) upload(ctx context.Context, job *flushJob) error {
 	if cp, ok := f.storeCheckpoint(job.observed); ok {
 		stored, err := t.meta.AdvanceStoreCheckpoint(ctx, t.info.Name, t.a.cfg.StoreID, cp)
 		if err != nil {
-			return etcdErr(fmt.Errorf("advance store checkpoint: %w", err))
+			return etcdErr(fmt.Errorf("advance store checkpoint%s: %w", ownKeyHint(err), err))
 		}
 		t.stats.storeCheckpoint.Store(stored)
 		t.a.metrics.checkpoints.setStore(t.info.Name, stored)
@@ -357,7 +357,19 @@ func (f *flusher) syncGlobalCheckpoint(ctx context.Context) error {
 		return fmt.Errorf("upload %s: %w", name, err)
 	}
 	_, err = t.meta.AdvanceStorageCheckpoint(ctx, t.info.Name, t.a.cfg.StoreID, g)
+	if err != nil {
+		err = fmt.Errorf("advance storage checkpoint%s: %w", ownKeyHint(err), err)
+	}
 	return etcdErr(err)
+}
+
+// ownKeyHint tells, for garbage in one of this store's own checkpoint keys,
+// how it is repaired.
+func ownKeyHint(err error) string {
+	if errors.Is(err, meta.ErrMalformed) {
+		return " (this store's own key: `br stream resume --clear-error` rewrites it from the global checkpoint)"
+	}
+	return ""
 }
 
 // etcdErr codes a failed etcd request as EtcdUnavailable, unless it says

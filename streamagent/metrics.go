@@ -208,7 +208,7 @@ func (m *metrics) initialScan(reason string) {
 // from them at scrape time: a lag computed when a flush succeeds would
 // freeze at its last good value exactly when flushes keep failing.
 type checkpointCollector struct {
-	storeTS, globalTS, storeLag, gcSafePoint *prometheus.Desc
+	storeTS, globalTS, storeLag, globalLag, gcSafePoint *prometheus.Desc
 
 	mu     sync.Mutex
 	store  map[string]uint64 // task → this store's checkpoint
@@ -225,6 +225,8 @@ func newCheckpointCollector() *checkpointCollector {
 			"TiDB's advancer name: the task's global checkpoint TSO (exported by the elected coordinator only).", []string{"task"}, nil),
 		storeLag: prometheus.NewDesc("logbackup_agent_checkpoint_lag_seconds",
 			"Now minus the store checkpoint, by task, computed at scrape time.", []string{"task"}, nil),
+		globalLag: prometheus.NewDesc("logbackup_agent_global_checkpoint_lag_seconds",
+			"Now minus the task's global checkpoint, computed at scrape time (exported by the elected coordinator only); it keeps growing while the checkpoint cannot advance.", []string{"task"}, nil),
 		// TiKV's GC worker exports PD's safepoint under this name; the
 		// coordinator exports what PD told it, so PingCAP's "GC safepoint
 		// exceeds checkpoint" alert evaluates on one instance's series.
@@ -279,6 +281,7 @@ func (c *checkpointCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.storeTS
 	ch <- c.globalTS
 	ch <- c.storeLag
+	ch <- c.globalLag
 	ch <- c.gcSafePoint
 }
 
@@ -292,6 +295,7 @@ func (c *checkpointCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for task, ts := range c.global {
 		ch <- prometheus.MustNewConstMetric(c.globalTS, prometheus.GaugeValue, float64(ts), task)
+		ch <- prometheus.MustNewConstMetric(c.globalLag, prometheus.GaugeValue, now.Sub(oracle.GetTimeFromTS(ts)).Seconds(), task)
 	}
 	if c.gc > 0 {
 		ch <- prometheus.MustNewConstMetric(c.gcSafePoint, prometheus.GaugeValue, float64(c.gc))

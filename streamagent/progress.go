@@ -66,7 +66,15 @@ func (t *taskRunner) report(now time.Time) {
 	if state == meta.StateRetrying {
 		r.LastError, r.Attempts = p.lastErr, t.budget.failures
 	}
-	t.stats.report.Store(&taskReport{state: state, lastErr: r.LastError, attempts: int(r.Attempts)})
+	// A global checkpoint the coordinator (this agent) cannot advance is
+	// reported here too: the store flushes fine, yet the task is stuck.
+	if f, ok := t.a.coord.failure(t.info.Name); ok && state != meta.StateRetrying {
+		if p.state != meta.StateRetrying {
+			p.state, p.since = meta.StateRetrying, f.since
+		}
+		r.State, r.SinceUnixMs, r.LastError, r.Attempts = meta.StateRetrying, p.since.UnixMilli(), f.msg, f.failures
+	}
+	t.stats.report.Store(&taskReport{state: r.State, lastErr: r.LastError, attempts: int(r.Attempts)})
 	select {
 	case <-p.out: // drop the unsent one: only the newest matters
 	default:

@@ -107,6 +107,10 @@ func newTaskRunner(ctx context.Context, a *Agent, ts *meta.TaskStatus) (*taskRun
 		st.Close()
 		return nil, err
 	}
+	if err := repairOwnCheckpoints(ctx, a, ts, max(globalCheckpoint(known, covered), info.StartTs)); err != nil {
+		st.Close()
+		return nil, err
+	}
 	// Leftovers of a crashed run are stale: the range checkpoints decide
 	// what is rescanned, so start with an empty temp dir.
 	tempDir := filepath.Join(a.workDir, fmt.Sprintf("%s-%d", info.Name, ts.Incarnation))
@@ -521,4 +525,26 @@ func (t *taskRunner) carryBudget(ctx context.Context, now time.Time) {
 	t.budget.failures, t.budget.since = r.Attempts, since
 	t.progress.state, t.progress.since, t.progress.lastErr = meta.StateRetrying, since, r.LastError
 	t.log.Info("continuing the retry budget of the previous run", "failures", r.Attempts, "since", since)
+}
+
+// repairOwnCheckpoints rewrites this store's own checkpoint keys (store/<id>
+// and storage-checkpoint/<id>, which no one else writes) when they cannot
+// be read, from g, the global checkpoint this runner starts from: every
+// change at or below it is in storage, so it is a true value for both. A
+// flush that meets such garbage stops the task with MalformedMetadata;
+// without this, `br stream resume --clear-error` met it again at once.
+func repairOwnCheckpoints(ctx context.Context, a *Agent, ts *meta.TaskStatus, g uint64) error {
+	name := ts.Info.Name
+	m := a.cfg.Meta.Incarnation(name, ts.Incarnation)
+	for _, key := range []string{meta.StoreCheckpointKey(name, a.cfg.StoreID), meta.StorageCheckpointKey(name, a.cfg.StoreID)} {
+		bad, err := m.RepairCheckpoint(ctx, name, key, g)
+		if err != nil {
+			return etcdErr(fmt.Errorf("repair this store's checkpoint: %w", err))
+		}
+		if bad != nil {
+			a.cfg.Logger.Warn("this store's checkpoint could not be read; rewrote it from the global checkpoint",
+				"task", name, "key", bad.Key, "err", bad.Err, "checkpoint", g)
+		}
+	}
+	return nil
 }

@@ -42,6 +42,7 @@ type options struct {
 	memoryLimit         int64
 	tempDir             string
 	dialTimeout         time.Duration
+	takeOver            bool
 	// retryBudget has no flag: tests shorten it; zero is the agent's
 	// default.
 	retryBudget streamagent.RetryBudget
@@ -68,6 +69,7 @@ func Main(args []string, stderr io.Writer) int {
 	fs.IntVar(&o.memoryQuota, "memory-quota", 256<<20, "bytes a task buffers in memory before spilling to --temp-dir")
 	fs.Int64Var(&o.memoryLimit, "memory-limit", -1, "the Go runtime's soft memory limit for this process, in bytes: the garbage collector works harder to stay under it (-1: --memory-quota + 64 MiB; 0: none; GOMEMLIMIT, if set, wins)")
 	fs.StringVar(&o.tempDir, "temp-dir", "", "directory for spilled buffers (default <os temp>/logbackup-agent; each process claims its own subdirectory)")
+	fs.BoolVar(&o.takeOver, "take-over", false, "replace another live agent of the same store, which stops (without it, a second agent of a store refuses to start: two would flush the same regions twice)")
 	fs.DurationVar(&o.dialTimeout, "dial-timeout", 10*time.Second, "how long one attempt to reach PD or etcd waits; at start the agent retries until they answer (see /status)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -166,7 +168,7 @@ func run(ctx context.Context, o options, logOut io.Writer) error {
 		StoreID: storeID, PD: conn.pdc, Meta: meta.NewClient(conn.etcd), ClusterID: conn.pdc.GetClusterID(ctx),
 		FlushInterval: o.flushInterval, FileSizeLimit: o.fileSizeLimit, MemoryQuota: o.memoryQuota, TempDir: o.tempDir,
 		ReconcileInterval: o.reconcileInterval, CoordinatorInterval: o.coordinatorInterval,
-		StatusAddress: lis.Addr().String(), Logger: log, TLS: cdcTLS, RetryBudget: o.retryBudget,
+		StatusAddress: lis.Addr().String(), Logger: log, TLS: cdcTLS, RetryBudget: o.retryBudget, TakeOver: o.takeOver,
 	}, reg)
 	if err != nil {
 		return err
