@@ -3,7 +3,6 @@ package streamagent
 import (
 	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/pingcap/kvproto/pkg/cdcpb"
 	"google.golang.org/grpc/encoding"
@@ -20,61 +19,27 @@ import (
 // pool, ~1.3 bytes allocated per byte received (issue 19). The buffer here
 // is the garbage collector's: it lives while a row refers to it, and the
 // matcher copies the prewrites it keeps past a message (Matcher.Own), so a
-// long transaction pins its own bytes, not a whole message. Once the loop
-// has handled a message nothing refers to its buffer any more (the builder
-// copied the rows, the matchers what they keep), and release returns the
-// buffer to the pool for the next one. Other messages (the request, the
-// health service's) go to gRPC's codec as before.
-//
-// A codec belongs to one connection; the buffers of messages it decoded
-// and no one released (a stream closed under them) go with it.
-type feedCodec struct {
-	fallback encoding.CodecV2
-	pool     mem.BufferPool
+// long transaction pins its own bytes, not a whole message. Other messages
+// (the request, the health service's) go to gRPC's codec as before.
+type feedCodec struct{ fallback encoding.CodecV2 }
 
-	mu   sync.Mutex
-	bufs map[*cdcpb.ChangeDataEvent]*[]byte // decoded, not yet released
-}
+func newFeedCodec() feedCodec { return feedCodec{fallback: encoding.GetCodecV2(proto.Name)} }
 
-func newFeedCodec() *feedCodec {
-	return &feedCodec{fallback: encoding.GetCodecV2(proto.Name), pool: mem.DefaultBufferPool(),
-		bufs: map[*cdcpb.ChangeDataEvent]*[]byte{}}
-}
+func (c feedCodec) Name() string { return proto.Name }
 
-func (c *feedCodec) Name() string { return proto.Name }
+func (c feedCodec) Marshal(v any) (mem.BufferSlice, error) { return c.fallback.Marshal(v) }
 
-func (c *feedCodec) Marshal(v any) (mem.BufferSlice, error) { return c.fallback.Marshal(v) }
-
-func (c *feedCodec) Unmarshal(data mem.BufferSlice, v any) error {
+func (c feedCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	ev, ok := v.(*cdcpb.ChangeDataEvent)
 	if !ok {
 		return c.fallback.Unmarshal(data, v)
 	}
-	// A contiguous copy of the message, in a buffer of our own: gRPC
-	// frees data's buffers (one per HTTP/2 frame) once this returns.
-	buf := c.pool.Get(data.Len())
-	data.CopyTo(*buf)
-	if err := decodeChangeDataEvent(*buf, ev); err != nil {
-		c.pool.Put(buf)
+	// Materialize copies into a buffer of its own: gRPC frees data's
+	// buffers to its pool once this returns.
+	if err := decodeChangeDataEvent(data.Materialize(), ev); err != nil {
 		return fmt.Errorf("unmarshal %T: %w", v, err)
 	}
-	c.mu.Lock()
-	c.bufs[ev] = buf
-	c.mu.Unlock()
 	return nil
-}
-
-// release gives back the buffer ev was decoded over. The caller must hold
-// no row of ev any more, nor any slice of one: the buffer's next message
-// overwrites them.
-func (c *feedCodec) release(ev *cdcpb.ChangeDataEvent) {
-	c.mu.Lock()
-	buf, ok := c.bufs[ev]
-	delete(c.bufs, ev)
-	c.mu.Unlock()
-	if ok {
-		c.pool.Put(buf)
-	}
 }
 
 var (

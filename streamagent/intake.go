@@ -29,7 +29,6 @@ type feedStream struct {
 	conn   *grpc.ClientConn
 	stream cdcpb.ChangeData_EventFeedClient
 	cancel context.CancelFunc
-	codec  *feedCodec // gives a handled message's buffer back
 }
 
 // streamEvent is what the receive goroutine hands the loop.
@@ -61,9 +60,8 @@ func (t *taskRunner) ensureStream(ctx context.Context) (*feedStream, error) {
 	if t.a.cfg.TLS != nil {
 		creds = credentials.NewTLS(t.a.cfg.TLS)
 	}
-	codec := newFeedCodec()
 	conn, err := grpc.NewClient(store.Address, grpc.WithTransportCredentials(creds),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20), grpc.ForceCodecV2(codec)))
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20), grpc.ForceCodecV2(newFeedCodec())))
 	if err != nil {
 		return nil, fmt.Errorf("dial store %d at %s: %w", t.a.cfg.StoreID, store.Address, err)
 	}
@@ -74,7 +72,7 @@ func (t *taskRunner) ensureStream(ctx context.Context) (*feedStream, error) {
 		conn.Close()
 		return nil, fmt.Errorf("open event feed on store %d: %w", t.a.cfg.StoreID, err)
 	}
-	fs := &feedStream{conn: conn, stream: stream, cancel: scancel, codec: codec}
+	fs := &feedStream{conn: conn, stream: stream, cancel: scancel}
 	t.stream = fs
 	go func() {
 		for {
@@ -137,14 +135,12 @@ func (t *taskRunner) handle(e streamEvent) {
 		return
 	}
 	// The rows refer to the message's buffer (feedCodec): once the message
-	// is handled, the matchers copy out the prewrites they keep, and then
-	// nothing refers to the buffer and it goes back to the pool.
+	// is handled, the matchers copy out the prewrites they keep.
 	var matched []*matcher.Matcher
 	defer func() {
 		for _, m := range matched {
 			m.Own()
 		}
-		e.stream.codec.release(e.ev)
 	}()
 	for _, ev := range e.ev.Events {
 		sub := t.subs[ev.RequestId]
