@@ -12,6 +12,7 @@ import (
 
 	"logbackup/streamagent/errs"
 	"logbackup/streamagent/logfile"
+	"logbackup/streamagent/matcher"
 )
 
 // Intake: the EventFeed stream to this agent's own store, and what the
@@ -74,7 +75,7 @@ func (t *taskRunner) ensureStream(ctx context.Context) (*feedStream, error) {
 		creds = credentials.NewTLS(t.a.cfg.TLS)
 	}
 	conn, err := grpc.NewClient(store.Address, grpc.WithTransportCredentials(creds),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)))
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20), grpc.ForceCodecV2(newFeedCodec())))
 	if err != nil {
 		return nil, &openError{addr: store.Address, err: fmt.Errorf("dial store %d at %s: %w", t.a.cfg.StoreID, store.Address, err)}
 	}
@@ -157,6 +158,14 @@ func (t *taskRunner) handle(e streamEvent) {
 		t.streamLost(e.stream)
 		return
 	}
+	// The rows refer to the message's buffer (feedCodec): once the message
+	// is handled, the matchers copy out the prewrites they keep.
+	var matched []*matcher.Matcher
+	defer func() {
+		for _, m := range matched {
+			m.Own()
+		}
+	}()
 	for _, ev := range e.ev.Events {
 		sub := t.subs[ev.RequestId]
 		if sub == nil || sub.region.Id != ev.RegionId {
@@ -165,6 +174,7 @@ func (t *taskRunner) handle(e streamEvent) {
 		switch x := ev.Event.(type) {
 		case *cdcpb.Event_Entries_:
 			t.a.metrics.tikv.handleKVBatch.Observe(float64(len(x.Entries.Entries)))
+			matched = append(matched, sub.m)
 			err := sub.m.Rows(x.Entries.Entries, func(row *cdcpb.Event_Row) {
 				if !sub.contains(row.Key) {
 					return // between two task ranges in one region

@@ -570,3 +570,63 @@ func TestSpillOpenFilesBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestSpillFailureKeepsBytes: a spill whose write fails leaves every file
+// of it with its bytes in memory (none half-spilled), and the builder
+// still finishes to the same objects once spilling works again. Spills
+// gather many files' chunks into one write, so a failure must not count
+// the files before it as spilled.
+func TestSpillFailureKeepsBytes(t *testing.T) {
+	base := tso(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), 0)
+	changes := randomChanges(rand.New(rand.NewSource(8)), 300, base)
+	dir := t.TempDir()
+	plain := NewBuilder(BuilderConfig{StoreID: 1, NewID: seqIDs()})
+	spilly := NewBuilder(BuilderConfig{StoreID: 1, NewID: seqIDs(), SpillDir: dir, Chunks: NewChunkPool()})
+	for i, c := range changes {
+		r := RegionInfo{ID: uint64(1 + i%50)}
+		plain.Add(r, c)
+		spilly.Add(r, c)
+		if i == 100 {
+			if err := spilly.Spill(); err != nil { // a good spill first
+				t.Fatal(err)
+			}
+		}
+	}
+	good := spilly.spill
+	// A read-only handle on the spill file: every write to it fails.
+	ro, err := os.Open(good.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	spilly.spill = ro
+	memory, size, spilledBefore := spilly.Memory(), spilly.Size(), spilly.spillSize
+	if err := spilly.Spill(); err == nil {
+		t.Fatal("a spill to a read-only file succeeded")
+	}
+	if spilly.Memory() != memory || spilly.Size() != size || spilly.spillSize != spilledBefore {
+		t.Fatalf("after a failed spill: memory %d (was %d), size %d (was %d), spill file %d (was %d)",
+			spilly.Memory(), memory, spilly.Size(), size, spilly.spillSize, spilledBefore)
+	}
+	spilly.spill = good
+	if err := spilly.Spill(); err != nil {
+		t.Fatal(err)
+	}
+	a, err := plain.Finish(base+9999, base+9998)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := spilly.Finish(base+9999, base+9998)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spilly.Close()
+	if a.Meta.Name != b.Meta.Name || !bytes.Equal(a.Meta.Data, b.Meta.Data) || len(a.Data) != len(b.Data) {
+		t.Fatal("the failed spill changed the meta file")
+	}
+	for i := range a.Data {
+		if a.Data[i].Name != b.Data[i].Name || !bytes.Equal(mustBytes(a.Data[i]), mustBytes(b.Data[i])) {
+			t.Fatalf("object %d differs after a failed spill", i)
+		}
+	}
+}

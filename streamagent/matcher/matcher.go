@@ -6,6 +6,13 @@
 // until the scan ends.
 //
 // A Matcher belongs to one region subscription and is used by one goroutine.
+//
+// The rows given to Rows may refer to the memory of the message they were
+// decoded from (the agent decodes in place). The matcher keeps some past
+// the call — prewrites until their commit, commits and rollbacks until the
+// scan ends — so the caller calls Own once it is done with a message, and
+// the matcher copies out what it still holds, rather than pinning a whole
+// message for one long transaction's prewrite.
 package matcher
 
 import (
@@ -37,6 +44,9 @@ type Matcher struct {
 	prewrites   map[txnKey]*cdcpb.Event_Row
 	heldCommits []*cdcpb.Event_Row
 	heldRollbck []*cdcpb.Event_Row
+	// borrowed are the prewrites stored since the last Own, which may still
+	// refer to a message's memory.
+	borrowed []txnKey
 }
 
 // New returns a matcher for a subscription registered at checkpoint.
@@ -92,13 +102,14 @@ func (m *Matcher) row(r *cdcpb.Event_Row, emit func(*cdcpb.Event_Row)) error {
 			return nil
 		}
 		m.prewrites[k] = r
+		m.borrowed = append(m.borrowed, k)
 		return nil
 	case cdcpb.Event_COMMIT:
 		k := txnKey{r.StartTs, string(r.Key)}
 		pw, ok := m.prewrites[k]
 		if !ok {
 			if !m.initialized {
-				m.heldCommits = append(m.heldCommits, r)
+				m.heldCommits = append(m.heldCommits, ownRow(r)) // rare: only during the scan
 				return nil
 			}
 			if r.CommitTs <= m.checkpoint {
@@ -114,7 +125,7 @@ func (m *Matcher) row(r *cdcpb.Event_Row, emit func(*cdcpb.Event_Row)) error {
 	case cdcpb.Event_ROLLBACK:
 		k := txnKey{r.StartTs, string(r.Key)}
 		if _, ok := m.prewrites[k]; !ok && !m.initialized {
-			m.heldRollbck = append(m.heldRollbck, r)
+			m.heldRollbck = append(m.heldRollbck, ownRow(r))
 			return nil
 		}
 		delete(m.prewrites, k)
@@ -167,4 +178,35 @@ func (m *Matcher) Resolve(ts uint64) bool {
 	}
 	m.resolvedTS = ts
 	return true
+}
+
+// Own copies the prewrites stored since the last call and still waiting
+// for their commit into memory of their own, so that the message they were
+// decoded from can be collected. A prewrite matched within its message is
+// never copied.
+func (m *Matcher) Own() {
+	for _, k := range m.borrowed {
+		if r, ok := m.prewrites[k]; ok {
+			m.prewrites[k] = ownRow(r)
+		}
+	}
+	clear(m.borrowed)
+	m.borrowed = m.borrowed[:0]
+}
+
+// ownRow returns a copy of r whose key, value and old value are its own
+// (one allocation for the three).
+func ownRow(r *cdcpb.Event_Row) *cdcpb.Event_Row {
+	out := *r
+	buf := make([]byte, 0, len(r.Key)+len(r.Value)+len(r.OldValue))
+	take := func(p []byte) []byte {
+		if p == nil {
+			return nil
+		}
+		at := len(buf)
+		buf = append(buf, p...)
+		return buf[at:len(buf):len(buf)]
+	}
+	out.Key, out.Value, out.OldValue = take(r.Key), take(r.Value), take(r.OldValue)
+	return &out
 }

@@ -84,3 +84,39 @@ func TestResolvedTs(t *testing.T) {
 		t.Fatalf("a commit at the resolved ts must be rejected, got %v", err)
 	}
 }
+
+// TestOwnCopiesWhatOutlivesTheMessage: rows may refer to a received
+// message's buffer, which is reused or collected once the message is
+// handled. After Own, the prewrites still waiting (and, during the scan,
+// the commits and rollbacks held) no longer refer to it: overwriting the
+// buffer changes nothing the matcher later emits. A prewrite matched
+// within the message is not copied.
+func TestOwnCopiesWhatOutlivesTheMessage(t *testing.T) {
+	buf := []byte("k1v1k2v2k3")
+	slice := func(i, j int) []byte { return buf[i:j:j] }
+	m := New(10)
+	first := []*cdcpb.Event_Row{
+		{Type: cdcpb.Event_PREWRITE, Key: slice(0, 2), Value: slice(2, 4), StartTs: 20},
+		{Type: cdcpb.Event_PREWRITE, Key: slice(4, 6), Value: slice(6, 8), StartTs: 20},
+		{Type: cdcpb.Event_COMMIT, Key: slice(8, 10), StartTs: 15, CommitTs: 16}, // held: the scan is on
+		{Type: cdcpb.Event_COMMIT, Key: slice(4, 6), StartTs: 20, CommitTs: 21},
+	}
+	var sameMessage []*cdcpb.Event_Row
+	if err := m.Rows(first, func(r *cdcpb.Event_Row) { sameMessage = append(sameMessage, r) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(sameMessage) != 1 || &sameMessage[0].Value[0] != &buf[6] {
+		t.Fatalf("the prewrite matched within the message was copied or lost: %v", sameMessage)
+	}
+	m.Own()
+	for i := range buf {
+		buf[i] = 'X'
+	}
+	got, err := run(t, m, pw("k3", 15, "v3"), initialized, commit("k1", 20, 22))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "k3@15/16=v3 k1@20/22=v1"; got != want {
+		t.Fatalf("after the buffer changed: %q, want %q", got, want)
+	}
+}

@@ -412,3 +412,83 @@ func processCPU(b *testing.B) time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkCatchUp compares the agent's two ways of receiving the same
+// rows, in one run: path=live is BenchmarkAgentThroughput's 1 KiB × 16
+// regions run (rows committed while the agent watches), path=scan
+// preloads b.N rows before the task's start ts, starts the agent only
+// then, and measures from the first row it takes in (they come through
+// EventFeed's initial scan) until the global checkpoint covers the last
+// commit — the catch-up after a pause, an outage or a start from an
+// earlier ts. cpu-ns/row is the process's CPU over the measured section.
+//
+//	go test -run '^$' -bench 'CatchUp' -benchtime 200000x ./tests/e2e/
+func BenchmarkCatchUp(b *testing.B) {
+	b.Run("path=live", func(b *testing.B) { benchThroughput(b, 1024, 16, "local", 0) })
+	b.Run("path=scan", func(b *testing.B) { benchCatchUp(b, 1024, 16) })
+}
+
+func benchCatchUp(b *testing.B, value, regions int) {
+	log.SetLevel(zapcore.ErrorLevel)
+	ctx := context.Background()
+	c := startPDCluster(b, ctx, simcluster.Config{Stores: 1})
+	m := meta.NewClient(pdEtcd{c}.Client(b))
+	w, err := c.NewBulkWriter(simcluster.BulkConfig{Keys: simcluster.KeysTiDBRow, Regions: regions, Split: true, ValueSize: value})
+	if err != nil {
+		b.Fatal(err)
+	}
+	start, _ := c.TSO(ctx)
+	st, err := w.Write(ctx, int64(b.N))
+	if err != nil {
+		b.Fatal(err)
+	}
+	last, _ := c.TSO(ctx)
+	if err := br.Start(ctx, br.NewEnv(m).WithPD(c.PD()), br.StartOptions{TaskName: "bench", StartTS: fmt.Sprint(start), Storage: "local://" + b.TempDir()}, io.Discard); err != nil {
+		b.Fatal(err)
+	}
+	runtime.GC() // the preload's garbage is not the agent's
+	a, err := streamagent.New(streamagent.Config{StoreID: c.StoreIDs()[0], PD: c.PD(), Meta: m, ClusterID: c.ClusterID(),
+		FlushInterval: time.Second, ReconcileInterval: time.Hour, CoordinatorInterval: 200 * time.Millisecond, TempDir: b.TempDir(),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	actx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	agentStart := time.Now()
+	go func() { defer close(done); a.Run(actx) }()
+	defer func() { cancel(); <-done }()
+	// The clock starts at the first row taken in: before it the agent
+	// finds its task and registers its regions, which BenchmarkObserveRegions
+	// measures.
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(200 * time.Microsecond) {
+		if s := a.Status(); len(s.Tasks) == 1 && s.Tasks[0].BufferedBytes > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatal("the agent took in no row")
+		}
+	}
+	stopProfile := profileMeasured(b)
+	began := time.Now()
+	cpu := processCPU(b)
+	for deadline := time.Now().Add(10 * time.Minute); ; time.Sleep(10 * time.Millisecond) {
+		if g, ok, _ := m.GlobalCheckpoint(ctx, "bench"); ok && g >= last {
+			break
+		}
+		if errs, _ := m.LastErrors(ctx, "bench"); len(errs) > 0 {
+			b.Fatalf("the task stopped with an error: %v", errs)
+		}
+		if time.Now().After(deadline) {
+			b.Fatal("the checkpoint never covered the last commit")
+		}
+	}
+	elapsed := time.Since(began)
+	b.StopTimer()
+	stopProfile()
+	b.ReportMetric(float64(st.Rows)/elapsed.Seconds(), "rows/s")
+	b.ReportMetric(float64(st.Bytes)/elapsed.Seconds()/1e6, "MB/s")
+	b.ReportMetric(began.Sub(agentStart).Seconds(), "s-to-first-row")
+	b.ReportMetric(float64(processCPU(b)-cpu)/float64(st.Rows), "cpu-ns/row")
+}
