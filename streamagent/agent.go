@@ -93,23 +93,24 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.workDir = wd.path
 	defer wd.release()
+	// A store removed from the cluster ends the run with a
+	// *StoreGoneError (store.go); losing the store's claim to another
+	// agent ends it with the claim's error (claim.go). The claim lives in
+	// this context, so either end revokes it.
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	a.stopRun.Store(&stop)
 	// One agent per store, claimed before any task starts: a second one
 	// would flush the same regions twice.
 	reg, claim, err := a.claimStore(ctx)
 	if err != nil {
+		if g := a.gone.Load(); g != nil {
+			return g
+		}
 		if ctx.Err() != nil {
 			return nil // stopped while claiming
 		}
 		return err
-	}
-	// A store removed from the cluster ends the run with a
-	// *StoreGoneError (store.go); losing the store's claim to another
-	// agent ends it with the claim's error (claim.go).
-	ctx, stop := context.WithCancelCause(ctx)
-	defer stop(nil)
-	a.stopRun.Store(&stop)
-	if g := a.gone.Load(); g != nil {
-		return g
 	}
 	defer a.stopAll()
 	var wg sync.WaitGroup
