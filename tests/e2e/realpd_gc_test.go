@@ -2,10 +2,7 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -88,28 +85,10 @@ func (rc *realCluster) tso(t *testing.T, ctx context.Context) uint64 {
 // shows them (pd-ctl service-gc-safepoint), id=ts, gc_worker left out.
 func (rc *realCluster) serviceSafePoints(t *testing.T, ctx context.Context) []string {
 	t.Helper()
-	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(rctx, http.MethodGet, rc.s.URL()+"/pd/api/v1/gc/safepoint", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	var v struct {
-		Service []struct {
-			ID        string `json:"service_id"`
-			SafePoint uint64 `json:"safe_point"`
-		} `json:"service_gc_safe_points"`
-	}
-	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &v) != nil {
-		t.Fatalf("PD's GC safepoint API answered %s: %s", resp.Status, body)
-	}
 	var out []string
-	for _, s := range v.Service {
-		if s.ID != "gc_worker" {
-			out = append(out, fmt.Sprintf("%s=%d", s.ID, s.SafePoint))
+	for id, sp := range safePointsInPD(t, ctx, rc.s) {
+		if id != "gc_worker" {
+			out = append(out, fmt.Sprintf("%s=%d", id, sp.SafePoint))
 		}
 	}
 	sort.Strings(out)
@@ -164,7 +143,7 @@ func TestRealPDStartGCChecks(t *testing.T) {
 			t.Fatalf("%s: the refused start changed PD's service safepoints: %v → %v", tc.what, spsBefore, sps)
 		}
 	}
-	rc.r.ok("stream", "start", "--task-name", "pitr", "--storage", "local://"+dir, "--gc-ttl", "1s")
+	rc.r.ok("stream", "start", "--task-name", "pitr", "--storage", "local://"+dir)
 	st := statusOf(t, rc.r, "pitr")
 	if st.StartTS <= txnTS {
 		t.Fatalf("plain start at %d, not after the txn safe point %d", st.StartTS, txnTS)
@@ -185,10 +164,20 @@ func TestRealPDStartGCChecks(t *testing.T) {
 }
 
 // passTxnSafePoint moves PD's txn safe point to now as TiDB's GC worker
-// does every round, until the barriers holding it (short TTLs) expire, and
-// returns it.
+// does every round, once the barriers holding it have expired, and returns
+// it.
 func passTxnSafePoint(t *testing.T, ctx context.Context, rc *realCluster) uint64 {
 	t.Helper()
+	// The barriers' TTLs running out, without waiting for them: br's
+	// --gc-ttl is at least 240 s.
+	for id := range safePointsInPD(t, ctx, rc.s) {
+		if id == "gc_worker" {
+			continue
+		}
+		if _, err := rc.pdc.UpdateServiceGCSafePoint(ctx, id, 0, 0); err != nil {
+			t.Fatalf("expire the GC barrier %s: %v", id, err)
+		}
+	}
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 		target := rc.tso(t, ctx)
 		got, err := rc.c.SetTxnSafePoint(ctx, target)
@@ -213,8 +202,8 @@ func TestRealPDResumeRefusedPastTxnSafePoint(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	rc := startRealCluster(t, ctx)
-	rc.r.ok("stream", "start", "--task-name", "pitr", "--storage", "local://"+filepath.Join(t.TempDir(), "b"), "--gc-ttl", "1s")
-	rc.r.ok("stream", "pause", "--task-name", "pitr", "--gc-ttl", "1s")
+	rc.r.ok("stream", "start", "--task-name", "pitr", "--storage", "local://"+filepath.Join(t.TempDir(), "b"))
+	rc.r.ok("stream", "pause", "--task-name", "pitr")
 	cp := statusOf(t, rc.r, "pitr").Checkpoint
 	txn := passTxnSafePoint(t, ctx, rc)
 	if gc, err := meta.GCSafePoint(ctx, rc.pdc); err != nil || gc >= cp {
