@@ -175,6 +175,23 @@ func count(b []byte, num int32) (int, error) {
 	return n, nil
 }
 
+// varintField reads a varint field's value, refusing another wire type.
+func (r *pbReader) varintField(wire int) (uint64, error) {
+	if err := expect(wire, wireVarint); err != nil {
+		return 0, err
+	}
+	return r.varint()
+}
+
+// bytesField reads a length-delimited field's bytes, refusing another wire
+// type.
+func (r *pbReader) bytesField(wire int) ([]byte, error) {
+	if err := expect(wire, wireBytes); err != nil {
+		return nil, err
+	}
+	return r.bytes()
+}
+
 func expect(wire, want int) error {
 	if wire != want {
 		return fmt.Errorf("%w: %d, want %d", errWireType, wire, want)
@@ -203,10 +220,7 @@ func decodeChangeDataEvent(b []byte, m *cdcpb.ChangeDataEvent) error {
 		}
 		switch f {
 		case 1:
-			if err := expect(wire, wireBytes); err != nil {
-				return err
-			}
-			p, err := r.bytes()
+			p, err := r.bytesField(wire)
 			if err != nil {
 				return err
 			}
@@ -217,10 +231,7 @@ func decodeChangeDataEvent(b []byte, m *cdcpb.ChangeDataEvent) error {
 			}
 			m.Events = append(m.Events, e)
 		case 2:
-			if err := expect(wire, wireBytes); err != nil {
-				return err
-			}
-			p, err := r.bytes()
+			p, err := r.bytesField(wire)
 			if err != nil {
 				return err
 			}
@@ -248,10 +259,7 @@ func decodeEvent(b []byte, e *cdcpb.Event) error {
 		}
 		switch f {
 		case 1, 2, 6, 7:
-			if err := expect(wire, wireVarint); err != nil {
-				return err
-			}
-			v, err := r.varint()
+			v, err := r.varintField(wire)
 			if err != nil {
 				return err
 			}
@@ -266,10 +274,7 @@ func decodeEvent(b []byte, e *cdcpb.Event) error {
 				e.RequestId = v
 			}
 		case 3, 4, 5, 8:
-			if err := expect(wire, wireBytes); err != nil {
-				return err
-			}
-			p, err := r.bytes()
+			p, err := r.bytesField(wire)
 			if err != nil {
 				return err
 			}
@@ -331,10 +336,7 @@ func decodeEntries(b []byte, m *cdcpb.Event_Entries) error {
 			}
 			continue
 		}
-		if err := expect(wire, wireBytes); err != nil {
-			return err
-		}
-		p, err := r.bytes()
+		p, err := r.bytesField(wire)
 		if err != nil {
 			return err
 		}
@@ -356,10 +358,7 @@ func decodeRow(b []byte, row *cdcpb.Event_Row) error {
 		}
 		switch f {
 		case 1, 2, 3, 4, 8, 9, 10:
-			if err := expect(wire, wireVarint); err != nil {
-				return err
-			}
-			v, err := r.varint()
+			v, err := r.varintField(wire)
 			if err != nil {
 				return err
 			}
@@ -380,10 +379,7 @@ func decodeRow(b []byte, row *cdcpb.Event_Row) error {
 				row.Generation = v
 			}
 		case 5, 6, 7:
-			if err := expect(wire, wireBytes); err != nil {
-				return err
-			}
-			p, err := r.bytes()
+			p, err := r.bytesField(wire)
 			if err != nil {
 				return err
 			}
