@@ -4,11 +4,13 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -135,6 +137,11 @@ func (m *MinIO) NoPutCredentials(t testing.TB, bucket string) (accessKey, secret
 // its body, so MinIO holds one of its request slots for it until release
 // is called. With MINIO_API_REQUESTS_MAX=1 every other S3 request is then
 // answered 429 TooManyRequests: throttling on cue, by the server itself.
+//
+// MinIO answers a request that finds no free slot at once, so the held
+// upload can itself be refused when a probe of ours reaches the slot
+// first. The upload is then sent again on a new connection until a probe
+// is the one refused.
 func (m *MinIO) HoldRequest(t testing.TB, bucket string) (release func()) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -149,10 +156,6 @@ func (m *MinIO) HoldRequest(t testing.TB, bucket string) (release func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := net.DialTimeout("tcp", m.Addr, 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var head strings.Builder
 	fmt.Fprintf(&head, "PUT %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n", u.RequestURI(), u.Host, size)
 	for k, vs := range req.SignedHeader {
@@ -164,19 +167,30 @@ func (m *MinIO) HoldRequest(t testing.TB, bucket string) (release func()) {
 		}
 	}
 	head.WriteString("\r\nfirst bytes of a body that never ends")
-	if _, err := io.WriteString(conn, head.String()); err != nil {
-		conn.Close()
-		t.Fatal(err)
-	}
-	var once sync.Once
-	release = func() { once.Do(func() { conn.Close() }) }
-	t.Cleanup(release)
-	// Held once MinIO refuses another request for want of a slot.
 	for ctx.Err() == nil {
-		if httpStatus(ctx, m.Endpoint()+"/"+bucket) == http.StatusTooManyRequests {
-			return release
+		conn, err := net.DialTimeout("tcp", m.Addr, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(20 * time.Millisecond)
+		if _, err := io.WriteString(conn, head.String()); err != nil {
+			conn.Close()
+			t.Fatal(err)
+		}
+		var once sync.Once
+		release = func() { once.Do(func() { conn.Close() }) }
+		for ctx.Err() == nil {
+			if httpStatus(ctx, m.Endpoint()+"/"+bucket) == http.StatusTooManyRequests {
+				t.Cleanup(release)
+				return release
+			}
+			// A held upload gets no answer; one that lost the slot does.
+			_ = conn.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+			if n, err := conn.Read(make([]byte, 1)); n > 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Logf("minio answered the held upload (%d bytes, %v): it lost the slot; sending it again", n, err)
+				break
+			}
+		}
+		release()
 	}
 	t.Fatal("minio: the held upload never took the request slot")
 	return nil
