@@ -145,11 +145,52 @@ func (a *Agent) advanceSucceeded(ctx context.Context, t *meta.TaskStatus, g uint
 	// Every flush and every advance succeeds, yet the checkpoint stands
 	// (a store whose ranges nobody flushes: no agent there, or one stuck
 	// without an error). Said in the store report, so status is not NORMAL
-	// and HEALTHY; the lag gauge grows; the lag limit pauses it in the end.
+	// and HEALTHY; the lag gauge grows.
+	stood := now.Sub(m.at)
 	msg := fmt.Sprintf("the global checkpoint has not moved for %s (lag %s) although no flush or advance fails; %s",
-		now.Sub(m.at).Round(time.Second), lag.Round(time.Second), a.holdingBack(ctx, t))
+		stood.Round(time.Second), lag.Round(time.Second), a.holdingBack(ctx, t))
+	// Past the retry budget's duration it needs a person, as any other
+	// failure that outlasts the budget does: a LastError and an ERROR
+	// pause (before, only the 48 h lag limit ever paused it). Not while a
+	// store still scans or retries: those stand the checkpoint for a
+	// reason of their own, and their own budget reports it.
+	if stood >= a.cfg.RetryBudget.Duration {
+		if busy, err := a.storesBusy(ctx, t, now); err == nil && busy == "" {
+			a.forgetAdvance(t)
+			f := &fatalError{info: errs.Lookup(errs.CodeCheckpointStalled),
+				err: fmt.Errorf("%s; past the retry budget of %s", msg, a.cfg.RetryBudget.Duration)}
+			go a.reportFatal(ctx, t, f)
+			return
+		}
+	}
 	a.coord.setFailing(t.Info.Name, &coordFailure{since: m.at, msg: msg})
 }
+
+// storesBusy names a store whose report says it is still scanning, or
+// retrying failures of its own (a report that shows only this
+// coordinator's stall counts no attempts). Reports older than
+// staleReport are from agents that are gone and count for nothing.
+func (a *Agent) storesBusy(ctx context.Context, t *meta.TaskStatus, now time.Time) (string, error) {
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	reports, err := a.cfg.Meta.Progresses(rctx, t.Info.Name, t.Incarnation)
+	if err != nil {
+		return "", err
+	}
+	for id, r := range reports {
+		if r == nil || now.Sub(time.UnixMilli(r.UpdatedUnixMs)) > staleReport {
+			continue
+		}
+		if r.State == meta.StateInitializing || (r.State == meta.StateRetrying && r.Attempts > 0) {
+			return fmt.Sprintf("store %d is %s", id, r.State), nil
+		}
+	}
+	return "", nil
+}
+
+// staleReport: a store report not rewritten for this long (they are
+// written every progressInterval) is from an agent that is gone.
+const staleReport = 30 * time.Second
 
 // stallMargin: a global checkpoint that stands this much past a flush
 // interval (and lags as much) is reported as stuck.

@@ -84,6 +84,7 @@ const (
 	CodeEncryption          Code = "KV:LogBackup:Encryption"
 	CodeCheckpointLag       Code = "KV:LogBackup:CheckpointLagTooLarge"
 	CodeStorageOwned        Code = "KV:LogBackup:StorageOwnedElsewhere"
+	CodeCheckpointStalled   Code = "KV:LogBackup:CheckpointStalled"
 	CodeUnknown             Code = "KV:LogBackup:Unknown"
 )
 
@@ -116,6 +117,8 @@ var table = map[Code]Info{
 		"find why the checkpoint stopped (status, agent logs), fix it, then resume with --clear-error"},
 	CodeStorageOwned: {CodeStorageOwned, Fatal, "the storage's owner record (logbackup.owner) names another cluster or a later task: the storage was taken over (br stream start --take-over), or the record cannot be read",
 		"this task must not write there any more: stop it (br stream stop) and start it on another storage path; if the takeover was a mistake, stop the other cluster's task, then stop this one and start it again with --take-over"},
+	CodeCheckpointStalled: {CodeCheckpointStalled, Fatal, "the global checkpoint stood longer than the retry budget although every flush and advance succeeded: part of the key space has no agent flushing it (a store with no agent, or an agent stuck without an error)",
+		"the message names the store that holds it back: start (or restart) that store's agent, then resume with --clear-error"},
 	CodeUnknown: {CodeUnknown, Fatal, "an error the agent does not recognise", "read the message and the agent log; report it if the cause is unclear"},
 }
 
@@ -149,6 +152,7 @@ var tikvCodes = map[Code]string{
 	CodeEncryption:          "KV:LogBackup:Encryption",
 	CodeCheckpointLag:       "none (TiDB's advancer pauses with this message)",
 	CodeStorageOwned:        "none (TiKV does not check who owns a storage)",
+	CodeCheckpointStalled:   "none (TiKV's log backup has no such check)",
 	CodeUnknown:             "KV:LogBackup:Unknown",
 }
 
