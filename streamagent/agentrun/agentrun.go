@@ -1,7 +1,9 @@
-// Package agentcmd is the stream agent's command line: cmd/streamagent runs
-// it, and so does the playground, which starts every agent as a separate
-// process running exactly this code.
-package agentcmd
+// Package agentrun runs the stream agent as a process: its command line
+// (flags and their checks), the wait for PD and etcd, the /status and
+// /metrics server, and the agent until SIGINT or SIGTERM. cmd/streamagent is
+// a thin main over Main, and the playground starts every agent as a
+// separate process running exactly this code.
+package agentrun
 
 import (
 	"context"
