@@ -14,7 +14,7 @@ import (
 	"syscall"
 	"time"
 
-	"logbackup/cmd/streamagent/agentcmd"
+	"logbackup/streamagent/agentrun"
 )
 
 // AgentSubcommand is the hidden first argument that makes a binary holding
@@ -27,7 +27,7 @@ const AgentSubcommand = "__streamagent"
 // playground calls it first thing in main (tests: in TestMain).
 func RunAgentIfAsked() {
 	if len(os.Args) > 1 && os.Args[1] == AgentSubcommand {
-		os.Exit(agentcmd.Main(os.Args[2:], os.Stderr))
+		os.Exit(agentrun.Main(os.Args[2:], os.Stderr))
 	}
 }
 

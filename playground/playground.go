@@ -27,6 +27,7 @@ import (
 	"logbackup/br/cli"
 	"logbackup/meta"
 	"logbackup/storage"
+	"logbackup/streamagent/agentrun"
 	"logbackup/tests/s3test"
 	"logbackup/tests/simcluster"
 )
@@ -73,6 +74,17 @@ type Options struct {
 	Sabotage string
 }
 
+// The playground's defaults, which its command's flags show too. Its
+// agents flush every few seconds, not at TiKV's 3 minutes, so that a run of
+// 20 s shows checkpoints advancing.
+const (
+	DefaultStores        = 3
+	DefaultRegions       = 8
+	DefaultRate          = 100 // transactions per second
+	DefaultFlushInterval = 3 * time.Second
+	DefaultFaultGap      = 20 * time.Second
+)
+
 // defaults fills in the zero values. Negative values are refused here;
 // the command refuses zeros too (CheckFlags), where a zero was typed.
 func (o *Options) defaults() error {
@@ -99,25 +111,25 @@ func (o *Options) defaults() error {
 		o.Storage = "local://" + filepath.Join(o.Dir, "backup")
 	}
 	if o.Stores <= 0 {
-		o.Stores = 3
+		o.Stores = DefaultStores
 	}
 	if o.Regions <= 0 {
-		o.Regions = 8
+		o.Regions = DefaultRegions
 	}
 	if o.Rate <= 0 {
-		o.Rate = 100
+		o.Rate = DefaultRate
 	}
 	if o.FlushInterval <= 0 {
-		o.FlushInterval = 3 * time.Second
+		o.FlushInterval = DefaultFlushInterval
 	}
-	if o.FlushInterval < time.Second {
-		return fmt.Errorf("--flush-interval %s is below the agents' 1s minimum", o.FlushInterval)
+	if o.FlushInterval < agentrun.MinFlushInterval {
+		return fmt.Errorf("--flush-interval %s is below the agents' %s minimum", o.FlushInterval, agentrun.MinFlushInterval)
 	}
 	if o.Seed == 0 {
 		o.Seed = time.Now().UnixNano() % 1e9
 	}
 	if o.FaultGap <= 0 {
-		o.FaultGap = 20 * time.Second
+		o.FaultGap = DefaultFaultGap
 	}
 	known := map[string]bool{}
 	for _, k := range AllFaults() {
@@ -202,8 +214,8 @@ func CheckFlags(o Options) error {
 		return bad("regions", o.Regions, fmt.Sprintf("want 1 to %d regions", MaxRegions))
 	case o.Rate < 1:
 		return bad("rate", o.Rate, "want at least 1 transaction per second")
-	case o.FlushInterval < time.Second:
-		return bad("flush-interval", o.FlushInterval, "the agents flush at most once a second; want 1s or more")
+	case o.FlushInterval < agentrun.MinFlushInterval:
+		return bad("flush-interval", o.FlushInterval, fmt.Sprintf("the agents flush at most once every %s; want %s or more", agentrun.MinFlushInterval, agentrun.MinFlushInterval))
 	case o.FaultGap <= 0:
 		return bad("fault-gap", o.FaultGap, "want a positive duration")
 	case o.FatalSLO < 0:

@@ -10,7 +10,7 @@ import (
 
 // pickByAddress passes over removed and physically destroyed stores and
 // refuses two live ones. Real PD refuses to register a second live store
-// at a live store's address (tests/realpd cases in agentcmd cover the
+// at a live store's address (tests/realpd cases in streamagent/agentrun cover the
 // states it does produce), so the refusal is checked on PD's answer as
 // data here.
 func TestPickByAddress(t *testing.T) {

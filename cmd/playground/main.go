@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"logbackup/playground"
+	"logbackup/streamagent/agentrun"
 )
 
 func main() {
@@ -92,14 +93,14 @@ func command() *cobra.Command {
 	f.StringVar(&o.Storage, "storage", "", "backup storage URL (default local://<dir>/backup)")
 	f.StringVar(&o.PD, "pd", "", "a PD you run (host:port of a fresh pd-server v8.5.x): the simulated stores bootstrap and join it as TiKV stores do (default: the simulator's own PD)")
 	f.DurationVar(&o.Duration, "duration", 20*time.Second, "how long the workload runs (0 = until Ctrl-C)")
-	f.IntVar(&o.Stores, "stores", 3, "simulated TiKV stores")
-	f.IntVar(&o.Regions, "regions", 8, "initial regions")
-	f.IntVar(&o.Rate, "rate", 100, "transactions per second")
-	f.DurationVar(&o.FlushInterval, "flush-interval", 3*time.Second, "agents' flush interval (at least 1s)")
+	f.IntVar(&o.Stores, "stores", playground.DefaultStores, "simulated TiKV stores")
+	f.IntVar(&o.Regions, "regions", playground.DefaultRegions, "initial regions")
+	f.IntVar(&o.Rate, "rate", playground.DefaultRate, "transactions per second")
+	f.DurationVar(&o.FlushInterval, "flush-interval", playground.DefaultFlushInterval, fmt.Sprintf("agents' flush interval (at least %s)", agentrun.MinFlushInterval))
 	f.BoolVar(&o.Nemesis, "nemesis", false, "inject faults while the workload runs and check the backup against the cluster's ledger all along")
 	f.Int64Var(&o.Seed, "seed", 0, "the nemesis's random seed (default: from the clock; printed)")
 	f.StringVar(&faults, "faults", "all", "fault kinds to inject, comma-separated, or all, or none: "+strings.Join(playground.AllFaults(), ","))
-	f.DurationVar(&o.FaultGap, "fault-gap", 20*time.Second, "mean pause between two faults of one nemesis lane")
+	f.DurationVar(&o.FaultGap, "fault-gap", playground.DefaultFaultGap, "mean pause between two faults of one nemesis lane")
 	f.DurationVar(&o.FatalSLO, "fatal-slo", time.Second, "with --nemesis: a fatal error must reach its LastError this fast after the agent meets it (0: only report)")
 	f.StringVar(&o.Sabotage, "sabotage", "", "break the backup on purpose to see the oracle fail: drop-write or checkpoint-back")
 	_ = f.MarkHidden("sabotage")

@@ -1,11 +1,14 @@
-package agentcmd
+package agentrun
 
 import (
 	"context"
 	"io"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"logbackup/streamagent"
 )
 
 // Bad flags are refused with a clear error before anything connects; an
@@ -67,6 +70,37 @@ func TestMemoryLimit(t *testing.T) {
 		o.memoryLimit = c.limit
 		if got := memoryLimit(o, c.envSet); got != c.want {
 			t.Errorf("memoryLimit(limit %d, GOMEMLIMIT set %v) = %d, want %d", c.limit, c.envSet, got, c.want)
+		}
+	}
+}
+
+// The flags' defaults are the agent's: the command run with no flags gives
+// the agent exactly the settings New would fill in for a Config that sets
+// none, so a default changed in one place cannot drift from the other.
+func TestFlagDefaultsAreTheAgents(t *testing.T) {
+	o, err := parseFlags(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := o.settings()
+	want := streamagent.Config{}.WithDefaults()
+	gv, wv := reflect.ValueOf(got), reflect.ValueOf(want)
+	compared := map[string]bool{}
+	for i := range gv.NumField() {
+		name := gv.Type().Field(i).Name
+		if gv.Field(i).IsZero() {
+			continue // not given by a flag (or a flag whose default is off)
+		}
+		compared[name] = true
+		if !reflect.DeepEqual(gv.Field(i).Interface(), wv.Field(i).Interface()) {
+			t.Errorf("the flag for %s defaults to %v; the agent's default is %v", name, gv.Field(i).Interface(), wv.Field(i).Interface())
+		}
+	}
+	// Every setting with a flag was compared: a flag defaulting to zero
+	// would leave its default to the agent but show none in --help.
+	for _, name := range []string{"FlushInterval", "FileSizeLimit", "MemoryQuota", "TempDir", "ReconcileInterval", "CoordinatorInterval"} {
+		if !compared[name] {
+			t.Errorf("the flag for %s has no default", name)
 		}
 	}
 }

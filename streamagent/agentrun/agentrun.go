@@ -1,7 +1,9 @@
-// Package agentcmd is the stream agent's command line: cmd/streamagent runs
-// it, and so does the playground, which starts every agent as a separate
-// process running exactly this code.
-package agentcmd
+// Package agentrun runs the stream agent as a process: its command line
+// (flags and their checks), the wait for PD and etcd, the /status and
+// /metrics server, and the agent until SIGINT or SIGTERM. cmd/streamagent is
+// a thin main over Main, and the playground starts every agent as a
+// separate process running exactly this code.
+package agentrun
 
 import (
 	"context"
@@ -48,37 +50,17 @@ type options struct {
 	retryBudget streamagent.RetryBudget
 }
 
+// MinFlushInterval is the shortest --flush-interval the agent accepts.
+const MinFlushInterval = time.Second
+
 // Main parses args (without the program name), runs the agent until
 // SIGINT or SIGTERM, and returns the process exit code.
 func Main(args []string, stderr io.Writer) int {
-	o := options{}
-	fs := flag.NewFlagSet("streamagent", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.StringVar(&o.pd, "pd", "127.0.0.1:2379", "PD endpoints, comma-separated")
-	fs.StringVar(&o.etcd, "etcd", "", "etcd endpoints for task metadata (default: the PD endpoints, as BR uses PD's etcd)")
-	fs.Uint64Var(&o.storeID, "store-id", 0, "the TiKV store this agent serves")
-	fs.StringVar(&o.storeAddr, "store-addr", "", "or: the TiKV store's address, to look its id up in PD")
-	fs.StringVar(&o.statusAddr, "status-addr", "127.0.0.1:9780", "HTTP address for /metrics and /status")
-	fs.StringVar(&o.ca, "ca", "", "CA certificate for TLS to PD/etcd/TiKV")
-	fs.StringVar(&o.cert, "cert", "", "certificate for TLS")
-	fs.StringVar(&o.key, "key", "", "private key for TLS")
-	fs.DurationVar(&o.flushInterval, "flush-interval", 3*time.Minute, "how often buffered changes are flushed")
-	fs.DurationVar(&o.reconcileInterval, "reconcile-interval", 10*time.Second, "how often PD is asked for leaders that moved onto this store")
-	fs.DurationVar(&o.coordinatorInterval, "coordinator-interval", 12*time.Second, "how often the elected coordinator publishes the global checkpoint")
-	fs.IntVar(&o.fileSizeLimit, "file-size-limit", 256<<20, "flush early at this many buffered bytes")
-	fs.IntVar(&o.memoryQuota, "memory-quota", 256<<20, "bytes a task buffers in memory before spilling to --temp-dir")
-	fs.Int64Var(&o.memoryLimit, "memory-limit", -1, "the Go runtime's soft memory limit for this process, in bytes: the garbage collector works harder to stay under it (-1: --memory-quota + 64 MiB; 0: none; GOMEMLIMIT, if set, wins)")
-	fs.StringVar(&o.tempDir, "temp-dir", "", "directory for spilled buffers (default <os temp>/logbackup-agent; each process claims its own subdirectory)")
-	fs.BoolVar(&o.takeOver, "take-over", false, "replace another live agent of the same store, which stops (without it, a second agent of a store refuses to start: two would flush the same regions twice)")
-	fs.DurationVar(&o.dialTimeout, "dial-timeout", 10*time.Second, "how long one attempt to reach PD or etcd waits; at start the agent retries until they answer (see /status)")
-	if err := fs.Parse(args); err != nil {
+	o, err := parseFlags(args, stderr)
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "Error: unexpected argument %q (flags only)\n", fs.Arg(0))
 		return 2
 	}
 	if o.memoryLimit < -1 {
@@ -99,12 +81,55 @@ func Main(args []string, stderr io.Writer) int {
 	return 0
 }
 
+// parseFlags reads the command line. The flags that set the agent's
+// settings default to streamagent's own defaults, so the help shows what
+// the agent runs with.
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	o := options{}
+	fs := flag.NewFlagSet("streamagent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.pd, "pd", "127.0.0.1:2379", "PD endpoints, comma-separated")
+	fs.StringVar(&o.etcd, "etcd", "", "etcd endpoints for task metadata (default: the PD endpoints, as BR uses PD's etcd)")
+	fs.Uint64Var(&o.storeID, "store-id", 0, "the TiKV store this agent serves")
+	fs.StringVar(&o.storeAddr, "store-addr", "", "or: the TiKV store's address, to look its id up in PD")
+	fs.StringVar(&o.statusAddr, "status-addr", "127.0.0.1:9780", "HTTP address for /metrics and /status")
+	fs.StringVar(&o.ca, "ca", "", "CA certificate for TLS to PD/etcd/TiKV")
+	fs.StringVar(&o.cert, "cert", "", "certificate for TLS")
+	fs.StringVar(&o.key, "key", "", "private key for TLS")
+	fs.DurationVar(&o.flushInterval, "flush-interval", streamagent.DefaultFlushInterval, "how often buffered changes are flushed")
+	fs.DurationVar(&o.reconcileInterval, "reconcile-interval", streamagent.DefaultReconcileInterval, "how often PD is asked for leaders that moved onto this store")
+	fs.DurationVar(&o.coordinatorInterval, "coordinator-interval", streamagent.DefaultCoordinatorInterval, "how often the elected coordinator publishes the global checkpoint")
+	fs.IntVar(&o.fileSizeLimit, "file-size-limit", streamagent.DefaultFileSizeLimit, "flush early at this many buffered bytes")
+	fs.IntVar(&o.memoryQuota, "memory-quota", streamagent.DefaultMemoryQuota, "bytes a task buffers in memory before spilling to --temp-dir")
+	fs.Int64Var(&o.memoryLimit, "memory-limit", -1, "the Go runtime's soft memory limit for this process, in bytes: the garbage collector works harder to stay under it (-1: --memory-quota + 64 MiB; 0: none; GOMEMLIMIT, if set, wins)")
+	fs.StringVar(&o.tempDir, "temp-dir", streamagent.DefaultTempDir(), "directory for spilled buffers (each process claims its own subdirectory)")
+	fs.BoolVar(&o.takeOver, "take-over", false, "replace another live agent of the same store, which stops (without it, a second agent of a store refuses to start: two would flush the same regions twice)")
+	fs.DurationVar(&o.dialTimeout, "dial-timeout", 10*time.Second, "how long one attempt to reach PD or etcd waits; at start the agent retries until they answer (see /status)")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "Error: unexpected argument %q (flags only)\n", fs.Arg(0))
+		return o, errors.New("unexpected argument")
+	}
+	return o, nil
+}
+
+// settings is the part of the agent's Config the flags give.
+func (o options) settings() streamagent.Config {
+	return streamagent.Config{
+		FlushInterval: o.flushInterval, FileSizeLimit: o.fileSizeLimit, MemoryQuota: o.memoryQuota, TempDir: o.tempDir,
+		ReconcileInterval: o.reconcileInterval, CoordinatorInterval: o.coordinatorInterval,
+		RetryBudget: o.retryBudget, TakeOver: o.takeOver,
+	}
+}
+
 func run(ctx context.Context, o options, logOut io.Writer) error {
 	if o.storeID == 0 && o.storeAddr == "" {
 		return errors.New("pass --store-id or --store-addr")
 	}
-	if o.flushInterval < time.Second {
-		return fmt.Errorf("--flush-interval %s is below the 1s minimum", o.flushInterval)
+	if o.flushInterval < MinFlushInterval {
+		return fmt.Errorf("--flush-interval %s is below the %s minimum", o.flushInterval, MinFlushInterval)
 	}
 	if o.reconcileInterval < 100*time.Millisecond || o.coordinatorInterval < 100*time.Millisecond {
 		return fmt.Errorf("--reconcile-interval %s and --coordinator-interval %s must be at least 100ms", o.reconcileInterval, o.coordinatorInterval)
@@ -164,12 +189,10 @@ func run(ctx context.Context, o options, logOut io.Writer) error {
 	}
 	defer conn.close()
 	storeID := conn.store.GetId()
-	agent, err := streamagent.New(streamagent.Config{
-		StoreID: storeID, PD: conn.pdc, Meta: meta.NewClient(conn.etcd), ClusterID: conn.pdc.GetClusterID(ctx),
-		FlushInterval: o.flushInterval, FileSizeLimit: o.fileSizeLimit, MemoryQuota: o.memoryQuota, TempDir: o.tempDir,
-		ReconcileInterval: o.reconcileInterval, CoordinatorInterval: o.coordinatorInterval,
-		StatusAddress: lis.Addr().String(), Logger: log, TLS: cdcTLS, RetryBudget: o.retryBudget, TakeOver: o.takeOver,
-	}, reg)
+	cfg := o.settings()
+	cfg.StoreID, cfg.PD, cfg.Meta, cfg.ClusterID = storeID, conn.pdc, meta.NewClient(conn.etcd), conn.pdc.GetClusterID(ctx)
+	cfg.StatusAddress, cfg.Logger, cfg.TLS = lis.Addr().String(), log, cdcTLS
+	agent, err := streamagent.New(cfg, reg)
 	if err != nil {
 		return err
 	}

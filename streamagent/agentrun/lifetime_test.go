@@ -1,4 +1,4 @@
-package agentcmd
+package agentrun
 
 import (
 	"context"
@@ -36,49 +36,29 @@ func TestPDClientOutlivesDialTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	store := c.StoreIDs()[0]
-	actx, stopAgent := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	dial := time.Second
-	began := time.Now()
-	go func() {
-		done <- run(actx, options{pd: c.PDAddr(), storeID: store, statusAddr: "127.0.0.1:0", flushInterval: time.Second,
-			reconcileInterval: 200 * time.Millisecond, coordinatorInterval: 200 * time.Millisecond,
-			fileSizeLimit: 1 << 20, memoryQuota: 64 << 20, tempDir: t.TempDir(), dialTimeout: dial}, io.Discard)
-	}()
-	ended := false
-	defer func() {
-		stopAgent()
-		if !ended {
-			<-done
-		}
-	}()
+	o := agentOptions(t, c.PDAddr())
+	o.storeID, o.dialTimeout = store, time.Second
+	_, r, stop := startAgent(t, o)
+	defer stop()
 
-	// The scenario needs the dial timeout to have passed: wait it out.
-	time.Sleep(time.Until(began.Add(2 * dial)))
+	// The scenario needs the dial timeout to have passed (see keepsRunning).
+	keepsRunning(t, r, 2*o.dialTimeout, "before its dial timeout had passed twice")
 	var last uint64
 	for i := 0; i < 10; i++ {
 		if last, err = c.Put(ctx, []byte(fmt.Sprintf("t%03d", i)), []byte("v")); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+	eventually(t, fmt.Sprintf("the store checkpoint to reach %d after the dial timeout passed", last), 60*time.Second, r, func() bool {
 		cps, err := m.Checkpoints(ctx, "pitr")
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, cp := range cps {
 			if cp.Kind == meta.CheckpointStore && cp.StoreID == store && cp.TS >= last {
-				return
+				return true
 			}
 		}
-		select {
-		case err := <-done:
-			ended = true
-			t.Fatalf("the agent ended: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the store checkpoint never reached %d after the dial timeout passed", last)
-		}
-	}
+		return false
+	})
 }

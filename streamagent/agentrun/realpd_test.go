@@ -1,4 +1,4 @@
-package agentcmd
+package agentrun
 
 import (
 	"bytes"
@@ -69,21 +69,43 @@ type agentRun struct {
 	err   error         // what it returned, once ended
 }
 
-// waitFor polls cond until it holds, failing the test at the deadline or
-// when the agent ends early.
-func waitFor(t *testing.T, what string, d time.Duration, r *agentRun, cond func() bool) {
+// pollEvery is how often eventually asks its condition again.
+const pollEvery = 50 * time.Millisecond
+
+// eventually waits for cond to hold, asking it every pollEvery, and fails
+// the test once d has passed or, when r is not nil, as soon as the agent
+// ends (it will not start doing what is waited for after that).
+func eventually(t *testing.T, what string, d time.Duration, r *agentRun, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
+	var ended <-chan struct{} // nil without an agent: never ready
+	if r != nil {
+		ended = r.ended
+	}
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	tick := time.NewTicker(pollEvery)
+	defer tick.Stop()
 	for !cond() {
 		select {
-		case <-r.ended:
+		case <-ended:
 			t.Fatalf("the agent ended while waiting for %s: %v", what, r.err)
-		default:
+		case <-deadline.C:
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		case <-tick.C:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// keepsRunning fails the test if the agent ends within d. Time itself is
+// the subject here: the agents these tests guard against gave up once a
+// --dial-timeout had passed, so the proof is an agent still running after
+// it has, and no event marks "a dial timeout has passed" but the clock.
+func keepsRunning(t *testing.T, r *agentRun, d time.Duration, why string) {
+	t.Helper()
+	select {
+	case <-r.ended:
+		t.Fatalf("the agent ended %s: %v", why, r.err)
+	case <-time.After(d):
 	}
 }
 
@@ -281,7 +303,7 @@ func TestRealPDStoreLookup(t *testing.T) {
 		o := agentOptions(t, cl.pd.Addr())
 		o.storeAddr = addr
 		logs, done, stop := startAgent(t, o)
-		waitFor(t, "the agent to start", time.Minute, done, func() bool { return len(logs.lines("stream agent started")) > 0 })
+		eventually(t, "the agent to start", time.Minute, done, func() bool { return len(logs.lines("stream agent started")) > 0 })
 		if got := logs.lines("stream agent started")[0]["store"]; got != float64(fresh.Id) {
 			t.Fatalf("--store-addr %s picked store %v; want the live store %d, not a tombstone", addr, got, fresh.Id)
 		}
@@ -307,24 +329,26 @@ func TestRealPDStoreLookup(t *testing.T) {
 		}
 		deleteStore(ctx, t, cl.pd.Addr(), draining.Id)
 		var replacement *metapb.Store
-		for deadline := time.Now().Add(30 * time.Second); replacement == nil; time.Sleep(200 * time.Millisecond) {
+		var refused string // PD's last refusal, logged when it changes
+		eventually(t, "PD to accept a new store at a destroyed store's address", 30*time.Second, nil, func() bool {
 			st := &metapb.Store{Id: newIDs(ctx, t, cl.c, 1)[0], Address: addr2, Version: "8.5.6"}
-			err := cl.c.PutStore(ctx, st)
-			if err == nil {
-				replacement = st
-				break
+			if err := cl.c.PutStore(ctx, st); err != nil {
+				if err.Error() != refused {
+					refused = err.Error()
+					t.Logf("PD refuses a new store at %s: %v", addr2, err)
+				}
+				return false
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("PD refused a new store at a destroyed store's address: %v", err)
-			}
-		}
+			replacement = st
+			return true
+		})
 		if s, err := cl.c.GetStore(ctx, draining.Id); err != nil || s.GetState() != metapb.StoreState_Offline || !s.GetPhysicallyDestroyed() {
 			t.Fatalf("the drained store is %v (err %v); the case needs it Offline and physically destroyed", s, err)
 		}
 		o := agentOptions(t, cl.pd.Addr())
 		o.storeAddr = addr2
 		logs, done, stop := startAgent(t, o)
-		waitFor(t, "the agent to start", time.Minute, done, func() bool { return len(logs.lines("stream agent started")) > 0 })
+		eventually(t, "the agent to start", time.Minute, done, func() bool { return len(logs.lines("stream agent started")) > 0 })
 		if got := logs.lines("stream agent started")[0]["store"]; got != float64(replacement.Id) {
 			t.Fatalf("--store-addr %s picked store %v; want the new store %d, not the destroyed %d", addr2, got, replacement.Id, draining.Id)
 		}
@@ -369,7 +393,7 @@ func TestRealPDWaitsForBootstrap(t *testing.T) {
 	o := agentOptions(t, s.Addr())
 	o.storeID = id
 	logs, done, stop := startAgent(t, o)
-	waitFor(t, "a WARN that PD is not bootstrapped", time.Minute, done, func() bool { return len(logs.lines("not bootstrapped")) > 0 })
+	eventually(t, "a WARN that PD is not bootstrapped", time.Minute, done, func() bool { return len(logs.lines("not bootstrapped")) > 0 })
 	if rec := logs.lines("not bootstrapped")[0]; rec["level"] != "WARN" {
 		t.Fatalf("logged %v, want a WARN", rec)
 	}
@@ -382,8 +406,8 @@ func TestRealPDWaitsForBootstrap(t *testing.T) {
 	}
 
 	bootstrap(ctx, t, c, id, freeAddr(t))
-	waitFor(t, "the agent to start after the bootstrap", time.Minute, done, func() bool { return len(logs.lines("stream agent started")) > 0 })
-	waitFor(t, "/status RUNNING", 10*time.Second, done, func() bool {
+	eventually(t, "the agent to start after the bootstrap", time.Minute, done, func() bool { return len(logs.lines("stream agent started")) > 0 })
+	eventually(t, "/status RUNNING", 10*time.Second, done, func() bool {
 		st, err := agentStatus(o.statusAddr)
 		return err == nil && st.State == streamagent.AgentRunning && st.StoreID == id
 	})
@@ -403,23 +427,16 @@ func TestRealPDWaitsForPD(t *testing.T) {
 	o := agentOptions(t, cl.pd.Addr())
 	o.storeID = cl.first.Id
 	logs, done, stop := startAgent(t, o)
-	waitFor(t, "a WARN that PD does not answer", time.Minute, done, func() bool { return len(logs.lines("does not answer")) > 0 })
+	eventually(t, "a WARN that PD does not answer", time.Minute, done, func() bool { return len(logs.lines("does not answer")) > 0 })
 	st, err := agentStatus(o.statusAddr)
 	if err != nil || st.State != streamagent.AgentWaiting || !strings.Contains(st.Reason, cl.pd.Addr()) {
 		t.Fatalf("/status while PD is down = %+v, %v; want WAITING naming PD's address", st, err)
 	}
-	// The old agent gave up after one --dial-timeout; nothing to wait on
-	// but the time itself.
-	time.Sleep(2 * o.dialTimeout)
-	select {
-	case <-done.ended:
-		t.Fatalf("the agent exited while PD was down: %v", done.err)
-	default:
-	}
+	keepsRunning(t, done, 2*o.dialTimeout, "while PD was down")
 	if err := cl.pd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the agent to start once PD answers", time.Minute, done, func() bool { return len(logs.lines("stream agent started")) > 0 })
+	eventually(t, "the agent to start once PD answers", time.Minute, done, func() bool { return len(logs.lines("stream agent started")) > 0 })
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -468,7 +485,7 @@ func TestRealPDUnreachableTiKV(t *testing.T) {
 	logs, done, stop := startAgent(t, o)
 
 	var report *meta.Progress
-	waitFor(t, "a RETRYING report naming the address", time.Minute, done, func() bool {
+	eventually(t, "a RETRYING report naming the address", time.Minute, done, func() bool {
 		ps, err := m.Progresses(ctx, "pitr", task.Incarnation)
 		report = ps[cl.first.Id]
 		return err == nil && report != nil && report.State == meta.StateRetrying && strings.Contains(report.LastError, cl.first.Address)
@@ -495,7 +512,7 @@ func TestRealPDUnreachableTiKV(t *testing.T) {
 	}
 
 	var lastErr string
-	waitFor(t, "a LastError once the retry budget is spent", 2*time.Minute, done, func() bool {
+	eventually(t, "a LastError once the retry budget is spent", 2*time.Minute, done, func() bool {
 		errs, err := m.LastErrors(ctx, "pitr")
 		if e := errs[cl.first.Id]; err == nil && e != nil {
 			lastErr = e.ErrorMessage
@@ -550,8 +567,8 @@ func TestRealPDStoreRemovedWhileRunning(t *testing.T) {
 	o := agentOptions(t, cl.pd.Addr())
 	o.storeID = second.Id
 	logs, done, _ := startAgent(t, o)
-	waitFor(t, "the agent to start", time.Minute, done, func() bool { return len(logs.lines("stream agent started")) > 0 })
-	waitFor(t, "the task to run", time.Minute, done, func() bool {
+	eventually(t, "the agent to start", time.Minute, done, func() bool { return len(logs.lines("stream agent started")) > 0 })
+	eventually(t, "the task to run", time.Minute, done, func() bool {
 		st, err := agentStatus(o.statusAddr)
 		return err == nil && len(st.Tasks) == 1
 	})
@@ -610,14 +627,14 @@ func TestRealPDWaitsForEtcd(t *testing.T) {
 	o.storeID = cl.first.Id
 	o.etcd = freeAddr(t)
 	logs, done, stop := startAgent(t, o)
-	waitFor(t, "a WARN that etcd does not answer", time.Minute, done, func() bool { return len(logs.lines("etcd at")) > 0 })
+	eventually(t, "a WARN that etcd does not answer", time.Minute, done, func() bool { return len(logs.lines("etcd at")) > 0 })
 	st, err := agentStatus(o.statusAddr)
 	if err != nil || st.State != streamagent.AgentWaiting || !strings.Contains(st.Reason, "etcd at ["+o.etcd+"] does not answer") {
 		t.Fatalf("/status while etcd is away = %+v, %v; want WAITING naming etcd's address", st, err)
 	}
-	time.Sleep(2 * o.dialTimeout) // the old agent gave up after one dial timeout
+	keepsRunning(t, done, 2*o.dialTimeout, "while etcd was away")
 	forward(t, o.etcd, cl.pd.Addr())
-	waitFor(t, "the agent to start once etcd answers", time.Minute, done, func() bool { return len(logs.lines("stream agent started")) > 0 })
+	eventually(t, "the agent to start once etcd answers", time.Minute, done, func() bool { return len(logs.lines("stream agent started")) > 0 })
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
