@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,9 +25,9 @@ type Agent struct {
 
 	mu      sync.Mutex
 	runners map[string]*runnerHandle
-	spills  atomic.Int64
-	retries atomic.Int64
-	coord   coordState
+	// counters are the store-wide totals every task adds to.
+	counters storeCounters
+	coord    coordState
 	// openProbe opens a task's storage for a recovery probe: one attempt
 	// per request, since the probe's own schedule is the retry.
 	openProbe func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error)
@@ -74,7 +73,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Agent, error) {
 		// Every retry inside the storage layer is counted by operation.
 		observe := storage.WithRetryObserver(func(op string, _ int, _ error) {
 			a.metrics.storageRetries.WithLabelValues(op).Inc()
-			a.retries.Add(1)
+			a.counters.retries.Add(1)
 		})
 		a.cfg.OpenStorage = func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error) {
 			return storage.OpenBackend(ctx, b, observe)
@@ -257,8 +256,7 @@ func (a *Agent) retryStart(ctx context.Context, first *meta.TaskStatus, err0 err
 		}
 		r, nerr := newTaskRunner(ctx, a, st)
 		if nerr == nil {
-			r.st.Close()
-			os.RemoveAll(r.tempDir)
+			r.close()
 			a.startTask(ctx, st)
 			return
 		}
