@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,9 +25,14 @@ type Agent struct {
 
 	mu      sync.Mutex
 	runners map[string]*runnerHandle
-	spills  atomic.Int64
-	retries atomic.Int64
-	coord   coordState
+	// stops counts each task's stops: a runner built across a stop is not
+	// installed (startTask builds outside mu).
+	stops map[string]uint64
+	// stopping: Run is stopping every task; no runner is installed any more.
+	stopping bool
+	// counters are the store-wide totals every task adds to.
+	counters storeCounters
+	coord    coordState
 	// openProbe opens a task's storage for a recovery probe: one attempt
 	// per request, since the probe's own schedule is the retry.
 	openProbe func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error)
@@ -62,7 +66,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Agent, error) {
 	if err := cfg.withDefaults(); err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, metrics: newMetrics(reg), runners: map[string]*runnerHandle{}, chunks: logfile.NewChunkPool(),
+	a := &Agent{cfg: cfg, metrics: newMetrics(reg), runners: map[string]*runnerHandle{}, stops: map[string]uint64{}, chunks: logfile.NewChunkPool(),
 		coord: coordState{storages: map[string]storage.Storage{}, conflicts: map[string]string{}, kick: make(chan struct{}, 1),
 			budgets: map[string]*budget{}, lastGlobal: map[string]uint64{}, moved: map[string]moved{}}}
 	a.coord.recovery = &recovery{a: a, tasks: map[string]*taskRecovery{}}
@@ -74,7 +78,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Agent, error) {
 		// Every retry inside the storage layer is counted by operation.
 		observe := storage.WithRetryObserver(func(op string, _ int, _ error) {
 			a.metrics.storageRetries.WithLabelValues(op).Inc()
-			a.retries.Add(1)
+			a.counters.retries.Add(1)
 		})
 		a.cfg.OpenStorage = func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error) {
 			return storage.OpenBackend(ctx, b, observe)
@@ -112,6 +116,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		return err
 	}
+	a.mu.Lock()
+	a.stopping = false // a Run after an earlier one returned
+	a.mu.Unlock()
 	defer a.stopAll()
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -182,39 +189,59 @@ func (a *Agent) followTasks(ctx context.Context) error {
 	return errors.New("watch closed")
 }
 
+// startTask starts a runner of st's incarnation unless one runs. The
+// runner is built (etcd, storage, PD and disk I/O) outside the agent's
+// lock, so Status and the other tasks never wait for it; a stop of the
+// task meanwhile wins (install).
 func (a *Agent) startTask(ctx context.Context, st *meta.TaskStatus) {
-	info := st.Info
+	name := st.Info.Name
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	if h, ok := a.runners[info.Name]; ok {
-		if h.r.inc == st.Incarnation {
-			return
-		}
+	h, ok := a.runners[name]
+	if ok && h.r.inc == st.Incarnation {
+		a.mu.Unlock()
+		return
+	}
+	if ok {
 		// A runner of an earlier incarnation (its stop went unseen, e.g.
 		// across a compaction): its writes are fenced off already; drop it.
-		delete(a.runners, info.Name)
+		delete(a.runners, name)
+		a.stops[name]++
 		h.flushOnExit.Store(false)
 		h.cancel()
-		a.mu.Unlock()
+	}
+	gen := a.stops[name]
+	a.mu.Unlock()
+	if ok {
 		<-h.done
-		a.mu.Lock()
-		if _, ok := a.runners[info.Name]; ok {
-			return
-		}
 	}
 	r, err := newTaskRunner(ctx, a, st)
 	if err != nil {
 		// Never a silent stall (TiKV #16056): a task that cannot start is
 		// retried with backoff, and reported and paused when the error is
 		// fatal or persists past the retry budget.
-		go a.retryStart(ctx, st, err)
+		go a.retryStart(ctx, st, gen, err)
 		return
+	}
+	a.install(ctx, st, r, gen)
+}
+
+// install runs r as its task's runner, unless the task was stopped (or
+// another runner installed) since gen was read, or the agent is stopping:
+// then r is closed unused. It reports whether r runs.
+func (a *Agent) install(ctx context.Context, st *meta.TaskStatus, r *taskRunner, gen uint64) bool {
+	name := st.Info.Name
+	a.mu.Lock()
+	if _, running := a.runners[name]; running || a.stops[name] != gen || a.stopping {
+		a.mu.Unlock()
+		r.close()
+		return false
 	}
 	rctx, cancel := context.WithCancel(ctx)
 	h := &runnerHandle{r: r, cancel: cancel, done: make(chan struct{})}
 	h.flushOnExit.Store(true)
-	a.runners[info.Name] = h
-	a.metrics.setTaskStatus(info.Name, statusRunning)
+	a.runners[name] = h
+	a.mu.Unlock()
+	a.metrics.setTaskStatus(name, statusRunning)
 	go func() {
 		defer close(h.done)
 		r.run(rctx, &h.flushOnExit)
@@ -222,16 +249,18 @@ func (a *Agent) startTask(ctx context.Context, st *meta.TaskStatus) {
 			return
 		}
 		a.mu.Lock()
-		if a.runners[info.Name] == h {
-			delete(a.runners, info.Name)
+		if a.runners[name] == h {
+			delete(a.runners, name)
 		}
 		a.mu.Unlock()
 		a.reportFatal(ctx, st, r.fatal)
 	}()
+	return true
 }
 
-// retryStart keeps trying to start a task whose start failed.
-func (a *Agent) retryStart(ctx context.Context, first *meta.TaskStatus, err0 error) {
+// retryStart keeps trying to start a task whose start failed; the first
+// runner it builds is the one that runs.
+func (a *Agent) retryStart(ctx context.Context, first *meta.TaskStatus, gen uint64, err0 error) {
 	info := first.Info
 	b := &budget{limit: a.cfg.RetryBudget}
 	err := err0
@@ -251,15 +280,14 @@ func (a *Agent) retryStart(ctx context.Context, first *meta.TaskStatus, err0 err
 		}
 		a.mu.Lock()
 		_, running := a.runners[info.Name]
+		stopped := a.stops[info.Name] != gen
 		a.mu.Unlock()
-		if running {
+		if running || stopped {
 			return
 		}
 		r, nerr := newTaskRunner(ctx, a, st)
 		if nerr == nil {
-			r.st.Close()
-			os.RemoveAll(r.tempDir)
-			a.startTask(ctx, st)
+			a.install(ctx, st, r, gen)
 			return
 		}
 		err = nerr
@@ -272,6 +300,7 @@ func (a *Agent) stopTask(name string, flush bool) {
 	a.mu.Lock()
 	h := a.runners[name]
 	delete(a.runners, name)
+	a.stops[name]++ // a start building its runner meanwhile does not install it
 	a.mu.Unlock()
 	if h == nil {
 		return
@@ -283,6 +312,7 @@ func (a *Agent) stopTask(name string, flush bool) {
 
 func (a *Agent) stopAll() {
 	a.mu.Lock()
+	a.stopping = true
 	names := make([]string, 0, len(a.runners))
 	for n := range a.runners {
 		names = append(names, n)

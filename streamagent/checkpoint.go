@@ -33,12 +33,24 @@ func taskSpans(ranges []meta.Range) []spans.Span {
 // central_global written by TiDB's advancer) without rescanning from the
 // start: every change at or below central_global is in storage already.
 func knownCheckpoints(ctx context.Context, m *meta.Client, task string, inc int64, covered []spans.Span, startTS uint64) (*spans.Map, error) {
+	var bad []meta.CorruptRecord
+	return readKnown(ctx, m, m.Tolerant(&bad), task, inc, covered, startTS)
+}
+
+// checkpointReader reads what knownCheckpoints merges.
+type checkpointReader interface {
+	GlobalCheckpoint(ctx context.Context, task string) (uint64, bool, error)
+	SpanCheckpoints(ctx context.Context, task string, inc int64) (map[uint64]*lbpb.SpanCheckpoints, error)
+}
+
+// readKnown is knownCheckpoints over m, reading the global checkpoint
+// through lenient (a view of m that skips a corrupt value).
+func readKnown(ctx context.Context, m, lenient checkpointReader, task string, inc int64, covered []spans.Span, startTS uint64) (*spans.Map, error) {
 	floor := startTS
 	// An unreadable or implausible central_global is no floor at all (a
 	// lower floor only rescans more); status reports it and the
 	// coordinator's next advance replaces it.
-	var bad []meta.CorruptRecord
-	g, ok, err := m.Tolerant(&bad).GlobalCheckpoint(ctx, task)
+	g, ok, err := lenient.GlobalCheckpoint(ctx, task)
 	if err != nil {
 		return nil, fmt.Errorf("read global checkpoint: %w", err)
 	}
@@ -62,7 +74,7 @@ func knownCheckpoints(ctx context.Context, m *meta.Client, task string, inc int6
 
 // lastRecordedFlush is the flush ts of the store's last flush whose span
 // checkpoints reached etcd, 0 before its first.
-func lastRecordedFlush(ctx context.Context, m *meta.Client, task string, inc int64, store uint64) (uint64, error) {
+func lastRecordedFlush(ctx context.Context, m checkpointReader, task string, inc int64, store uint64) (uint64, error) {
 	records, err := m.SpanCheckpoints(ctx, task, inc)
 	if err != nil {
 		return 0, fmt.Errorf("read span checkpoints: %w", err)

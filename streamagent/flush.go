@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	brpb "github.com/pingcap/kvproto/pkg/brpb"
 	"github.com/pingcap/kvproto/pkg/metapb"
 	"github.com/tikv/client-go/v2/oracle"
 
@@ -104,10 +106,12 @@ func (d *durableMap) record(store, flushTS uint64) *lbpb.SpanCheckpoints {
 }
 
 // flusher builds, uploads and publishes flushes on its own goroutine, one
-// at a time.
+// at a time. It owns its fields; what it shares with the task's loop is in
+// flushShared, passed at construction.
 type flusher struct {
-	t           *taskRunner // its immutable parts: agent, task, storage, fenced meta
-	durable     *durableMap
+	env  *taskEnv
+	task taskIdent
+	flushShared
 	lastFlushTS uint64
 	// prevFlushTS is the flush ts of this store's last meta file made
 	// durable in this task: the lineage (tag b) of the next one.
@@ -117,13 +121,29 @@ type flusher struct {
 	// without one are written.
 	regionCPs   map[regionCPKey]struct{}
 	regionCPsAt time.Time
-	jobs        chan *flushJob   // capacity 1; the loop sends only when none is in flight
-	retry       chan struct{}    // capacity 1; the loop's go-ahead to try a failed flush again
-	results     chan flushResult // capacity 1
 }
 
-func newFlusher(t *taskRunner, durable *durableMap) *flusher {
-	return &flusher{t: t, durable: durable, jobs: make(chan *flushJob, 1), retry: make(chan struct{}, 1), results: make(chan flushResult, 1)}
+// taskIdent names the task a part works for.
+type taskIdent struct {
+	info *brpb.StreamBackupTaskInfo
+	name string
+	inc  int64 // the incarnation; env.meta is fenced to it
+}
+
+// flushShared is what the flusher and the task's loop share.
+type flushShared struct {
+	durable *durableMap
+	// inflightMem is the in-flight builder's memory, for the quota: the
+	// flusher zeroes it once the builder is compressed into temp files.
+	inflightMem *atomic.Int64
+	stats       *taskStats         // the flusher writes the checkpoint and last flush time
+	jobs        <-chan *flushJob   // capacity 1; the loop sends only when none is in flight
+	retry       <-chan struct{}    // capacity 1; the loop's go-ahead to try a failed flush again
+	results     chan<- flushResult // capacity 1
+}
+
+func newFlusher(env *taskEnv, task taskIdent, shared flushShared, prevFlushTS uint64) *flusher {
+	return &flusher{env: env, task: task, flushShared: shared, prevFlushTS: prevFlushTS, lastFlushTS: prevFlushTS}
 }
 
 // run processes jobs until ctx ends; a job still unbuilt then has its
@@ -168,7 +188,7 @@ func (f *flusher) process(ctx context.Context, job *flushJob) {
 }
 
 func (f *flusher) attempt(ctx context.Context, job *flushJob) flushResult {
-	t := f.t
+	env := f.env
 	if job.empty {
 		// Nothing to write: not even the global checkpoint's copy, which
 		// verify expects only beside this store's meta files.
@@ -179,10 +199,10 @@ func (f *flusher) attempt(ctx context.Context, job *flushJob) flushResult {
 		if err != nil {
 			return flushResult{job: job, err: err}
 		}
-		began := time.Now()
+		began := env.clock.Now()
 		fl, err := job.builder.FinishLinked(flushTS, job.resolved,
-			logfile.Lineage{PrevFlushTS: f.prevFlushTS, ClusterID: t.a.cfg.ClusterID, TaskStartTS: t.info.StartTs})
-		t.a.metrics.flushStage("generate_metadata", time.Since(began))
+			logfile.Lineage{PrevFlushTS: f.prevFlushTS, ClusterID: env.settings.clusterID, TaskStartTS: f.task.info.StartTs})
+		env.metrics.m.flushStage("generate_metadata", env.clock.Now().Sub(began))
 		if errors.Is(err, logfile.ErrTempWrite) {
 			// The flush's temp file could not be written; the builder
 			// is whole, so nothing is lost.
@@ -192,7 +212,7 @@ func (f *flusher) attempt(ctx context.Context, job *flushJob) flushResult {
 		job.builder = nil
 		// The flush in flight holds no buffer any more (its objects stream
 		// from disk): the next builder may use the whole quota.
-		t.inflightM.Store(0)
+		f.inflightMem.Store(0)
 		if err != nil {
 			if errors.Is(err, logfile.ErrSpillCorrupt) {
 				err = errs.Wrap(errs.CodeChecksumMismatch, err)
@@ -213,7 +233,7 @@ func (f *flusher) attempt(ctx context.Context, job *flushJob) flushResult {
 func (f *flusher) nextFlushTS(ctx context.Context) (uint64, error) {
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	phys, logical, err := f.t.a.cfg.PD.GetTS(rctx)
+	phys, logical, err := f.env.pd.GetTS(rctx)
 	if err != nil {
 		return 0, errs.Wrap(errs.CodePD, fmt.Errorf("get flush ts: %w", err))
 	}
@@ -229,46 +249,46 @@ func (f *flusher) nextFlushTS(ctx context.Context) (uint64, error) {
 // object), then writes the meta file that lists them, and only then
 // advances the checkpoints the flush covers.
 func (f *flusher) upload(ctx context.Context, job *flushJob) error {
-	t := f.t
+	env, task := f.env, f.task
 	if !job.durable {
-		began := time.Now()
+		began := env.clock.Now()
 		for _, o := range job.fl.Data {
-			if err := t.st.WriteFrom(ctx, o.Name, o.Size, o.Open); err != nil {
+			if err := env.storage.WriteFrom(ctx, o.Name, o.Size, o.Open); err != nil {
 				return fmt.Errorf("upload %s: %w", o.Name, err)
 			}
-			t.a.metrics.uploaded("log", int(o.Size))
+			env.metrics.m.uploaded("log", int(o.Size))
 		}
 		// The meta file is what makes the flush part of the backup: a
 		// storage taken over meanwhile gets none (its data objects stay
 		// unlisted, which restore ignores).
-		if err := checkOwner(ctx, t.st, t.a.cfg.ClusterID, t.info); err != nil {
+		if err := checkOwner(ctx, env.storage, env.settings.clusterID, task.info); err != nil {
 			return err
 		}
-		if err := t.st.WriteFile(ctx, job.fl.Meta.Name, job.fl.Meta.Data); err != nil {
+		if err := env.storage.WriteFile(ctx, job.fl.Meta.Name, job.fl.Meta.Data); err != nil {
 			return fmt.Errorf("upload %s: %w", job.fl.Meta.Name, err)
 		}
-		t.a.metrics.uploaded("metadata", len(job.fl.Meta.Data))
+		env.metrics.m.uploaded("metadata", len(job.fl.Meta.Data))
 		job.durable = true
 		f.prevFlushTS = job.fl.Name.FlushTS
 		job.fl.Close() // uploaded: free the temp files
-		t.a.metrics.flushStage("save_files", time.Since(began))
+		env.metrics.m.flushStage("save_files", env.clock.Now().Sub(began))
 	}
 	f.durable.advance(job.frozen)
 	if err := f.putRegionCheckpoints(ctx, job); err != nil {
 		return err
 	}
-	t.stats.lastFlushUnixMs.Store(time.Now().UnixMilli())
-	if err := t.meta.PutSpanCheckpoints(ctx, t.info.Name, t.inc, f.durable.record(t.a.cfg.StoreID, job.fl.Name.FlushTS)); err != nil {
+	f.stats.lastFlushUnixMs.Store(env.clock.Now().UnixMilli())
+	if err := env.meta.PutSpanCheckpoints(ctx, task.name, task.inc, f.durable.record(env.settings.storeID, job.fl.Name.FlushTS)); err != nil {
 		return etcdErr(fmt.Errorf("publish span checkpoints: %w", err))
 	}
 	if cp, ok := f.storeCheckpoint(job.observed); ok {
-		stored, err := t.meta.AdvanceStoreCheckpoint(ctx, t.info.Name, t.a.cfg.StoreID, cp)
+		stored, err := env.meta.AdvanceStoreCheckpoint(ctx, task.name, env.settings.storeID, cp)
 		if err != nil {
 			return etcdErr(fmt.Errorf("advance store checkpoint%s: %w", ownKeyHint(err), err))
 		}
-		t.stats.storeCheckpoint.Store(stored)
-		t.a.metrics.checkpoints.setStore(t.info.Name, stored)
-		t.keepFlushSafePoint(ctx, stored)
+		f.stats.storeCheckpoint.Store(stored)
+		env.metrics.storeCheckpoint(stored)
+		keepFlushSafePoint(ctx, env, task.name, stored)
 	}
 	return f.syncGlobalCheckpoint(ctx)
 }
@@ -303,7 +323,7 @@ type regionCPKey struct{ id, version uint64 }
 // none yet (new, split or moved here).
 func (f *flusher) putRegionCheckpoints(ctx context.Context, job *flushJob) error {
 	full := job.final || len(job.waiters) > 0 || f.regionCPs == nil ||
-		time.Since(f.regionCPsAt) >= f.t.a.cfg.RegionCheckpointInterval
+		f.env.clock.Now().Sub(f.regionCPsAt) >= f.env.settings.regionCheckpointInterval
 	min := map[regionCPKey]uint64{}
 	for _, x := range job.frozen {
 		k := regionCPKey{x.region.Id, x.region.RegionEpoch.GetVersion()}
@@ -321,11 +341,11 @@ func (f *flusher) putRegionCheckpoints(ctx context.Context, job *flushJob) error
 	for k, ts := range min {
 		cps = append(cps, meta.RegionTS{RegionID: k.id, EpochVersion: k.version, TS: ts})
 	}
-	if err := f.t.meta.AdvanceRegionCheckpoints(ctx, f.t.info.Name, cps); err != nil {
+	if err := f.env.meta.AdvanceRegionCheckpoints(ctx, f.task.name, cps); err != nil {
 		return etcdErr(fmt.Errorf("advance region checkpoints: %w", err))
 	}
 	if full {
-		f.regionCPs, f.regionCPsAt = map[regionCPKey]struct{}{}, time.Now()
+		f.regionCPs, f.regionCPsAt = map[regionCPKey]struct{}{}, f.env.clock.Now()
 	}
 	for k := range min {
 		f.regionCPs[k] = struct{}{}
@@ -337,26 +357,26 @@ func (f *flusher) putRegionCheckpoints(ctx context.Context, job *flushJob) error
 // storage (v1/global_checkpoint/<store>.ts) and then to etcd's storage
 // checkpoint, as TiKV does, so BR's status and restore agree.
 func (f *flusher) syncGlobalCheckpoint(ctx context.Context) error {
-	t := f.t
+	env, task, store := f.env, f.task, f.env.settings.storeID
 	// An implausible global checkpoint is not copied anywhere; the
 	// coordinator replaces it on its next advance.
-	var bad []meta.CorruptRecord
-	g, ok, err := t.meta.Tolerant(&bad).GlobalCheckpoint(ctx, t.info.Name)
+	lenient := env.lenient()
+	g, ok, err := lenient.GlobalCheckpoint(ctx, task.name)
 	if err != nil || !ok {
 		return etcdErr(err)
 	}
-	scs, err := t.meta.Tolerant(&bad).StorageCheckpoints(ctx, t.info.Name)
+	scs, err := lenient.StorageCheckpoints(ctx, task.name)
 	if err != nil {
 		return etcdErr(err)
 	}
-	if scs[t.a.cfg.StoreID] >= g {
+	if scs[store] >= g {
 		return nil
 	}
-	name := logfile.GlobalCheckpointName(t.a.cfg.StoreID)
-	if err := t.st.WriteFile(ctx, name, logfile.EncodeGlobalCheckpoint(g)); err != nil {
+	name := logfile.GlobalCheckpointName(store)
+	if err := env.storage.WriteFile(ctx, name, logfile.EncodeGlobalCheckpoint(g)); err != nil {
 		return fmt.Errorf("upload %s: %w", name, err)
 	}
-	_, err = t.meta.AdvanceStorageCheckpoint(ctx, t.info.Name, t.a.cfg.StoreID, g)
+	_, err = env.meta.AdvanceStorageCheckpoint(ctx, task.name, store, g)
 	if err != nil {
 		err = fmt.Errorf("advance storage checkpoint%s: %w", ownKeyHint(err), err)
 	}

@@ -66,18 +66,18 @@ func (t *taskRunner) ensureStream(ctx context.Context) (*feedStream, error) {
 	}
 	// A removed store is the agent's to handle (store.go): ownStore stops
 	// it, never a nil store dereferenced here.
-	store, err := t.a.ownStore(ctx)
+	store, err := t.env.pd.OwnStore(ctx)
 	if err != nil {
 		return nil, err
 	}
 	creds := insecure.NewCredentials()
-	if t.a.cfg.TLS != nil {
-		creds = credentials.NewTLS(t.a.cfg.TLS)
+	if tc := t.env.settings.tls; tc != nil {
+		creds = credentials.NewTLS(tc)
 	}
 	conn, err := grpc.NewClient(store.Address, grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20), grpc.ForceCodecV2(newFeedCodec())))
 	if err != nil {
-		return nil, &openError{addr: store.Address, err: fmt.Errorf("dial store %d at %s: %w", t.a.cfg.StoreID, store.Address, err)}
+		return nil, &openError{addr: store.Address, err: fmt.Errorf("dial store %d at %s: %w", t.env.settings.storeID, store.Address, err)}
 	}
 	// grpc.NewClient connects lazily: an unreachable TiKV shows first
 	// here, when the stream needs a transport (fails fast once the
@@ -93,33 +93,35 @@ func (t *taskRunner) ensureStream(ctx context.Context) (*feedStream, error) {
 		if fired && ctx.Err() == nil {
 			err = fmt.Errorf("no connection within %s: %w", streamOpenTimeout, context.DeadlineExceeded)
 		}
-		return nil, &openError{addr: store.Address, err: fmt.Errorf("open the event feed of store %d at %s: %w", t.a.cfg.StoreID, store.Address, err)}
+		return nil, &openError{addr: store.Address, err: fmt.Errorf("open the event feed of store %d at %s: %w", t.env.settings.storeID, store.Address, err)}
 	}
 	fs := &feedStream{conn: conn, stream: stream, cancel: scancel}
 	t.stream = fs
 	t.opened()
-	go func() {
+	// The receiver ends with the stream (closeStream, or ctx); run joins it.
+	events, intake := t.events, t.intake
+	t.receivers.Go(func() error {
 		for {
 			ev, err := stream.Recv()
 			var held int64
 			if ev != nil {
 				// A message larger than the window takes all of it.
 				held = min(int64(ev.Size()), intakeWindow)
-				if aerr := t.intake.Acquire(sctx, held); aerr != nil {
-					return
+				if aerr := intake.Acquire(sctx, held); aerr != nil {
+					return nil
 				}
 			}
 			select {
-			case t.events <- streamEvent{stream: fs, ev: ev, err: err, held: held}:
+			case events <- streamEvent{stream: fs, ev: ev, err: err, held: held}:
 			case <-sctx.Done():
-				t.intake.Release(held)
-				return
+				intake.Release(held)
+				return nil
 			}
 			if err != nil {
-				return
+				return nil
 			}
 		}
-	}()
+	})
 	return fs, nil
 }
 
@@ -147,11 +149,11 @@ func (t *taskRunner) handle(e streamEvent) {
 	if e.err != nil {
 		if t.stream == e.stream { // not the end of a stream we closed ourselves
 			info := errs.Classify(e.err)
-			t.a.metrics.countError(string(info.Code))
+			t.env.metrics.countError(string(info.Code))
 			if info.Class == errs.Fatal {
 				// E.g. Unimplemented: this TiKV has no CDC service we can
 				// use. Retrying forever would hide it.
-				t.fatal = &fatalError{info: info, err: fmt.Errorf("event feed of store %d: %w", t.a.cfg.StoreID, e.err)}
+				t.fatal = &fatalError{info: info, err: fmt.Errorf("event feed of store %d: %w", t.env.settings.storeID, e.err)}
 				return
 			}
 		}
@@ -173,7 +175,7 @@ func (t *taskRunner) handle(e streamEvent) {
 		}
 		switch x := ev.Event.(type) {
 		case *cdcpb.Event_Entries_:
-			t.a.metrics.tikv.handleKVBatch.Observe(float64(len(x.Entries.Entries)))
+			t.env.metrics.m.tikv.handleKVBatch.Observe(float64(len(x.Entries.Entries)))
 			matched = append(matched, sub.m)
 			err := sub.m.Rows(x.Entries.Entries, func(row *cdcpb.Event_Row) {
 				if !sub.contains(row.Key) {
@@ -181,8 +183,8 @@ func (t *taskRunner) handle(e streamEvent) {
 				}
 				t.builder.Add(logfile.RegionInfo{ID: sub.region.Id, StartKey: sub.region.StartKey, EndKey: sub.region.EndKey, Epoch: sub.region.RegionEpoch},
 					logfile.Change{Key: row.Key, Value: row.Value, StartTS: row.StartTs, CommitTS: row.CommitTs, Op: opOf(row)})
-				t.a.metrics.eventsIn.Inc()
-				t.a.metrics.bytesIn.Add(float64(len(row.Key) + len(row.Value)))
+				t.env.metrics.m.eventsIn.Inc()
+				t.env.metrics.m.bytesIn.Add(float64(len(row.Key) + len(row.Value)))
 				t.progress.received(len(row.Key) + len(row.Value))
 			})
 			if err != nil {
@@ -195,9 +197,9 @@ func (t *taskRunner) handle(e streamEvent) {
 			// another cluster's TiKV or an incompatible one never heals.
 			rerr := &errs.RegionError{RegionID: sub.region.Id, Err: x.Error}
 			info := errs.Classify(rerr)
-			t.a.metrics.countError(string(info.Code))
+			t.env.metrics.countError(string(info.Code))
 			if info.Class == errs.Fatal {
-				t.fatal = &fatalError{info: info, err: fmt.Errorf("store %d: %w", t.a.cfg.StoreID, rerr)}
+				t.fatal = &fatalError{info: info, err: fmt.Errorf("store %d: %w", t.env.settings.storeID, rerr)}
 				return
 			}
 			t.drop(sub, errs.RegionErrorKind(x.Error))

@@ -4,16 +4,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/pingcap/kvproto/pkg/cdcpb"
 	"github.com/pingcap/kvproto/pkg/metapb"
 	"github.com/tikv/client-go/v2/util/codec"
-	pd "github.com/tikv/pd/client"
 	"github.com/tikv/pd/client/circuitbreaker"
 	"github.com/tikv/pd/client/clients/router"
 
-	"logbackup/meta"
 	"logbackup/streamagent/errs"
 	"logbackup/streamagent/matcher"
 	"logbackup/streamagent/spans"
@@ -55,8 +52,8 @@ func (s *subscription) contains(rawKey []byte) bool {
 }
 
 // scanRegions lists the regions overlapping sp from PD (paged).
-func scanRegions(ctx context.Context, pdc pd.Client, sp spans.Span) ([]*router.Region, error) {
-	regions, err := meta.ScanRegions(ctx, pdc, sp.Start, sp.End)
+func scanRegions(ctx context.Context, pdc taskPD, sp spans.Span) ([]*router.Region, error) {
+	regions, err := pdc.ScanRegions(ctx, sp.Start, sp.End)
 	if err != nil {
 		return nil, errs.Wrap(errs.CodePD, err)
 	}
@@ -81,12 +78,12 @@ func (t *taskRunner) placePending(ctx context.Context) {
 			t.open.err = nil
 		}
 	}()
-	if len(t.pending) == 0 || (t.stream == nil && time.Now().Before(t.open.retryAt)) {
+	if len(t.pending) == 0 || (t.stream == nil && t.env.clock.Now().Before(t.open.retryAt)) {
 		return
 	}
 	// Ranges that other stores flushed since we last looked start from
 	// their checkpoints, not ours: fewer rows scanned twice.
-	if known, err := knownCheckpoints(ctx, t.meta, t.info.Name, t.inc, t.covered, t.info.StartTs); err == nil {
+	if known, err := readKnown(ctx, t.env.meta, t.env.lenient(), t.name, t.inc, t.covered, t.info.StartTs); err == nil {
 		t.flushed.merge(known)
 	}
 	pending := spans.Coalesce(t.pending)
@@ -100,14 +97,14 @@ func (t *taskRunner) placePending(ctx context.Context) {
 	var order []uint64
 	byRegion := map[uint64]*placement{}
 	for i, sp := range pending {
-		regions, err := scanRegions(ctx, t.a.cfg.PD, sp)
+		regions, err := scanRegions(ctx, t.env.pd, sp)
 		if err != nil {
 			t.log.Debug("place range later", "err", err)
 			t.pending = append(t.pending, pending[i:]...)
 			break
 		}
 		for _, r := range regions {
-			if r.Leader == nil || r.Leader.StoreId != t.a.cfg.StoreID {
+			if r.Leader == nil || r.Leader.StoreId != t.env.settings.storeID {
 				continue // led elsewhere: that store's agent takes it
 			}
 			piece := spans.Clip(spans.Span{Start: r.Meta.StartKey, End: r.Meta.EndKey}, sp)
@@ -160,10 +157,10 @@ func (t *taskRunner) subscribe(ctx context.Context, region *metapb.Region, piece
 	sub := &subscription{reqID: t.nextReq, region: region, pieces: pieces, m: matcher.New(cp), stream: st}
 	t.subs[sub.reqID] = sub
 	t.byRegion[region.Id] = sub
-	t.a.metrics.initialScan(t.scanReason)
+	t.env.metrics.m.initialScan(t.scanReason)
 	hull := spans.Span{Start: pieces[0].Start, End: pieces[len(pieces)-1].End}
 	err = st.stream.Send(&cdcpb.ChangeDataRequest{
-		Header:   &cdcpb.Header{ClusterId: t.a.cfg.ClusterID, TicdcVersion: ticdcVersion},
+		Header:   &cdcpb.Header{ClusterId: t.env.settings.clusterID, TicdcVersion: ticdcVersion},
 		RegionId: region.Id, RegionEpoch: region.RegionEpoch,
 		CheckpointTs: cp, StartKey: hull.Start, EndKey: hull.End, RequestId: sub.reqID,
 		Request: &cdcpb.ChangeDataRequest_Register_{Register: &cdcpb.ChangeDataRequest_Register{}},
@@ -182,7 +179,7 @@ func (t *taskRunner) drop(sub *subscription, reason string) {
 	t.unsubscribe(sub)
 	t.pending = append(t.pending, sub.pieces...)
 	t.scanReason = reason
-	t.a.metrics.regionErrors.WithLabelValues(reason).Inc()
+	t.env.metrics.regionEvent(reason)
 }
 
 // unsubscribe forgets a subscription.
@@ -211,20 +208,20 @@ func (t *taskRunner) reconcile(ctx context.Context) {
 		owned.Cover(sp, 1)
 	}
 	for _, sp := range t.covered {
-		regions, err := scanRegions(ctx, t.a.cfg.PD, sp)
+		regions, err := scanRegions(ctx, t.env.pd, sp)
 		if err != nil {
 			t.log.Debug("reconcile: scan regions", "err", err)
 			return
 		}
 		for _, r := range regions {
-			if r.Leader == nil || r.Leader.StoreId != t.a.cfg.StoreID {
+			if r.Leader == nil || r.Leader.StoreId != t.env.settings.storeID {
 				continue
 			}
 			piece := spans.Clip(spans.Span{Start: r.Meta.StartKey, End: r.Meta.EndKey}, sp)
 			if _, ok := owned.Min(piece); !ok && piece.Valid() {
 				t.pending = append(t.pending, piece)
 				t.scanReason = "leader-gained"
-				t.a.metrics.regionErrors.WithLabelValues("leader-gained").Inc()
+				t.env.metrics.regionEvent("leader-gained")
 			}
 		}
 	}

@@ -59,7 +59,7 @@ func (t *taskRunner) report(now time.Time) {
 		p.bytesPerS = 0.5*p.bytesPerS + 0.5*float64(p.byts)/secs
 	}
 	p.rows, p.byts, p.last = 0, 0, now
-	r := &meta.Progress{StoreID: t.a.cfg.StoreID, State: state, SinceUnixMs: p.since.UnixMilli(), UpdatedUnixMs: now.UnixMilli(),
+	r := &meta.Progress{StoreID: t.env.settings.storeID, State: state, SinceUnixMs: p.since.UnixMilli(), UpdatedUnixMs: now.UnixMilli(),
 		ObservedRegions: int64(len(t.subs)), Scanning: scanning, PendingRanges: int64(len(t.pending)),
 		StoreCheckpoint: t.stats.storeCheckpoint.Load(), LastFlushUnixMs: t.stats.lastFlushUnixMs.Load(),
 		RowsPerSec: p.rowsPerSec, BytesPerSec: p.bytesPerS}
@@ -68,7 +68,7 @@ func (t *taskRunner) report(now time.Time) {
 	}
 	// A global checkpoint the coordinator (this agent) cannot advance is
 	// reported here too: the store flushes fine, yet the task is stuck.
-	if f, ok := t.a.coord.failure(t.info.Name); ok && state != meta.StateRetrying {
+	if f, ok := t.env.coordFailure(); ok && state != meta.StateRetrying {
 		if p.state != meta.StateRetrying {
 			p.state, p.since = meta.StateRetrying, f.since
 		}
@@ -91,7 +91,7 @@ func (t *taskRunner) publishProgress(ctx context.Context) {
 			return
 		case r := <-t.progress.out:
 			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			if err := t.meta.PutProgress(pctx, t.info.Name, t.inc, r); err != nil && ctx.Err() == nil {
+			if err := t.env.meta.PutProgress(pctx, t.name, t.inc, r); err != nil && ctx.Err() == nil {
 				t.log.Debug("cannot report progress", "err", storage.Redact(err.Error()))
 			}
 			cancel()

@@ -20,16 +20,16 @@ const (
 // keepFlushSafePoint moves this store's flush safepoint to checkpoint − 1.
 // Best effort, as in TiKV: a failure is counted and logged; the next flush
 // tries again, and the TTL covers the gap.
-func (t *taskRunner) keepFlushSafePoint(ctx context.Context, checkpoint uint64) {
+func keepFlushSafePoint(ctx context.Context, env *taskEnv, task string, checkpoint uint64) {
 	if checkpoint == 0 {
 		return
 	}
 	rctx, cancel := context.WithTimeout(withBreaker(ctx), 10*time.Second)
 	defer cancel()
-	id := meta.FlushSafePointID(t.info.Name, t.a.cfg.StoreID)
-	if _, err := t.a.cfg.PD.UpdateServiceGCSafePoint(rctx, id, int64(flushSafePointTTL/time.Second), checkpoint-1); err != nil {
-		t.a.metrics.countError("KV:LogBackup:Pd")
-		t.log.Warn("cannot refresh the flush GC safepoint", "id", id, "err", err)
+	id := meta.FlushSafePointID(task, env.settings.storeID)
+	if _, err := env.pd.UpdateServiceGCSafePoint(rctx, id, int64(flushSafePointTTL/time.Second), checkpoint-1); err != nil {
+		env.metrics.countError("KV:LogBackup:Pd")
+		env.log.Warn("cannot refresh the flush GC safepoint", "id", id, "err", err)
 	}
 }
 

@@ -80,7 +80,7 @@ type Status struct {
 func (a *Agent) Status() Status {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	st := Status{StoreID: a.cfg.StoreID, Version: a.cfg.Version, State: AgentRunning, Tasks: []TaskStatus{}, Spills: a.spills.Load(), Retries: a.retries.Load()}
+	st := Status{StoreID: a.cfg.StoreID, Version: a.cfg.Version, State: AgentRunning, Tasks: []TaskStatus{}, Spills: a.counters.spills.Load(), Retries: a.counters.retries.Load()}
 	if g := a.gone.Load(); g != nil {
 		st.State, st.Reason = AgentStoreRemoved, g.Error()
 	}

@@ -268,16 +268,14 @@ func (t *taskRunner) openFailed(ctx context.Context, err error) {
 		t.open.backoff = newBackoff(time.Second, 30*time.Second)
 	}
 	t.open.err = err
-	if f := t.a.noteError(&t.budget, err); f != nil {
+	if f := t.env.noteError(&t.budget, err); f != nil {
 		t.fatal = f
 		return
 	}
-	code := string(errs.Classify(err).Code)
-	t.a.metrics.retries.WithLabelValues(code).Inc()
-	t.a.retries.Add(1)
+	t.env.retried(err)
 	t.progress.lastErr = storage.Redact(err.Error())
 	wait := t.open.backoff.NextBackOff()
-	now := time.Now()
+	now := t.env.clock.Now()
 	t.open.retryAt = now.Add(wait)
 	if now.Sub(t.open.warned) >= openWarnEvery {
 		t.open.warned = now

@@ -13,8 +13,8 @@ import (
 	"github.com/cenkalti/backoff/v5"
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
 	"github.com/pingcap/kvproto/pkg/encryptionpb"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tikv/client-go/v2/oracle"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/semaphore"
 
 	"logbackup/meta"
@@ -27,16 +27,13 @@ import (
 // taskRunner backs up one task on this store. Its loop goroutine owns the
 // placement (subscriptions, pending ranges), the intake (stream events into
 // the builder) and the retry budget; the flusher goroutine owns the flush
-// in flight (flush.go). Stream receivers only send the loop events.
+// in flight (flush.go) and shares with the loop only what flushShared
+// names. Stream receivers only send the loop events. Everything outside
+// the task the runner reaches through env.
 type taskRunner struct {
-	a    *Agent
-	info *brpb.StreamBackupTaskInfo
-	// inc is the incarnation this runner serves; meta is the etcd client
-	// fenced to it, so nothing it writes can land in another incarnation.
-	inc     int64
-	meta    *meta.Client
+	env *taskEnv
+	taskIdent
 	covered []spans.Span
-	st      storage.Storage
 	log     *slog.Logger
 	tempDir string
 
@@ -54,29 +51,38 @@ type taskRunner struct {
 	events     chan streamEvent
 	intake     *semaphore.Weighted // bytes of received messages not yet handled
 	builder    *logfile.Builder
+	// receivers are the stream receive goroutines, joined by run.
+	receivers *errgroup.Group
 
 	// The flush pipeline (flush.go): at most one flush in flight; a
 	// trigger meanwhile is remembered, and FlushNow callers wait for the
-	// next flush's outcome.
-	flusher   *flusher
-	inflight  *flushJob
-	inflightM atomic.Int64 // the in-flight builder's memory, for the quota
-	wantFlush bool
-	waiters   []chan error
-	flushCh   chan chan error
+	// next flush's outcome. flusher is only started by run: the loop talks
+	// to it through jobs, retryFlush and results.
+	flusher     *flusher
+	jobs        chan<- *flushJob
+	retryFlush  chan<- struct{}
+	results     <-chan flushResult
+	inflight    *flushJob
+	inflightMem atomic.Int64 // the in-flight builder's memory, for the quota
+	wantFlush   bool
+	waiters     []chan error
+	flushCh     chan chan error
 
 	// The retry budget and, once spent or on a fatal error, why the loop
 	// stopped.
 	budget  budget
 	backoff *backoff.ExponentialBackOff
 	fatal   *fatalError
-	retry   *time.Timer
+	retry   timer
 
 	stats     taskStats
 	published published
 	progress  progress
 }
 
+// newTaskRunner reads what a task starts from (its ranges, storage and
+// checkpoints), checks it may start, and builds its runner. It does I/O:
+// call it without the agent's lock.
 func newTaskRunner(ctx context.Context, a *Agent, ts *meta.TaskStatus) (*taskRunner, error) {
 	info := ts.Info
 	// A security setting we cannot honour is refused, never downgraded:
@@ -92,109 +98,145 @@ func newTaskRunner(ctx context.Context, a *Agent, ts *meta.TaskStatus) (*taskRun
 	if err != nil {
 		return nil, fmt.Errorf("open storage of %q: %w", info.Name, err)
 	}
-	// Before the first flush: a storage taken over is not written at all.
-	if err := checkOwner(ctx, st, a.cfg.ClusterID, info); err != nil {
-		st.Close()
-		return nil, err
-	}
-	covered := taskSpans(ranges)
-	known, err := knownCheckpoints(ctx, a.cfg.Meta, info.Name, ts.Incarnation, covered, info.StartTs)
+	t, err := prepareRunner(ctx, a.newTaskEnv(info.Name, ts.Incarnation, st), ts, ranges, a.workDir)
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
-	if err := checkNotCollected(ctx, a, globalCheckpoint(known, covered)); err != nil {
-		st.Close()
+	return t, nil
+}
+
+// newTaskEnv builds what a task of this agent runs with.
+func (a *Agent) newTaskEnv(task string, inc int64, st storage.Storage) *taskEnv {
+	m := a.cfg.Meta.Incarnation(task, inc)
+	return &taskEnv{
+		settings: settingsOf(&a.cfg), pd: agentPD{pdc: a.cfg.PD, ownStore: a.ownStore},
+		meta: m, lenient: lenientOf(m), storage: st,
+		metrics: newTaskMetrics(a.metrics, task), log: a.cfg.Logger.With("task", task, "store", a.cfg.StoreID),
+		clock: realClock{}, counters: &a.counters, chunks: a.chunks,
+		coordFailure: func() (coordFailure, bool) { return a.coord.failure(task) },
+	}
+}
+
+// prepareRunner checks that the task may start on env's storage and
+// checkpoints, and builds its runner (its temp dir under workDir).
+func prepareRunner(ctx context.Context, env *taskEnv, ts *meta.TaskStatus, ranges []meta.Range, workDir string) (*taskRunner, error) {
+	info := ts.Info
+	// Before the first flush: a storage taken over is not written at all.
+	if err := checkOwner(ctx, env.storage, env.settings.clusterID, info); err != nil {
 		return nil, err
 	}
-	if err := repairOwnCheckpoints(ctx, a, ts, max(globalCheckpoint(known, covered), info.StartTs)); err != nil {
-		st.Close()
+	covered := taskSpans(ranges)
+	known, err := readKnown(ctx, env.meta, env.lenient(), info.Name, ts.Incarnation, covered, info.StartTs)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkNotCollected(ctx, env.pd, globalCheckpoint(known, covered)); err != nil {
+		return nil, err
+	}
+	if err := repairOwnCheckpoints(ctx, env, info.Name, max(globalCheckpoint(known, covered), info.StartTs)); err != nil {
 		return nil, err
 	}
 	// Leftovers of a crashed run are stale: the range checkpoints decide
 	// what is rescanned, so start with an empty temp dir.
-	tempDir := filepath.Join(a.workDir, fmt.Sprintf("%s-%d", info.Name, ts.Incarnation))
+	tempDir := filepath.Join(workDir, fmt.Sprintf("%s-%d", info.Name, ts.Incarnation))
 	if err := os.RemoveAll(tempDir); err != nil {
-		st.Close()
 		return nil, fmt.Errorf("clean temp dir %s: %w", tempDir, err)
 	}
 	if err := os.MkdirAll(tempDir, 0o700); err != nil {
-		st.Close()
 		return nil, fmt.Errorf("create temp dir %s: %w", tempDir, err)
 	}
+	// The previous run's last recorded flush; a later one it wrote but did
+	// not record is a harmless fork for verify (its checkpoints were never
+	// published).
+	prev, err := lastRecordedFlush(ctx, env.meta, info.Name, ts.Incarnation, env.settings.storeID)
+	if err != nil {
+		os.RemoveAll(tempDir)
+		return nil, err
+	}
+	t := newRunner(env, taskIdent{info: info, name: info.Name, inc: ts.Incarnation}, covered, known, tempDir, prev)
+	t.carryBudget(ctx, env.clock.Now())
+	return t, nil
+}
+
+// newRunner builds a runner from what its task starts with: the ranges it
+// covers, what is durable of them, its temp dir and the last flush ts this
+// store recorded. No I/O.
+func newRunner(env *taskEnv, task taskIdent, covered []spans.Span, known *spans.Map, tempDir string, prevFlushTS uint64) *taskRunner {
+	jobs, retry, results := make(chan *flushJob, 1), make(chan struct{}, 1), make(chan flushResult, 1)
 	t := &taskRunner{
-		a: a, info: info, inc: ts.Incarnation, meta: a.cfg.Meta.Incarnation(info.Name, ts.Incarnation), covered: covered, st: st,
-		log:  a.cfg.Logger.With("task", info.Name, "store", a.cfg.StoreID),
+		env: env, taskIdent: task, covered: covered, log: env.log,
 		subs: map[uint64]*subscription{}, byRegion: map[uint64]*subscription{},
 		pending: append([]spans.Span(nil), covered...),
 		tempDir: tempDir, scanReason: "task-start",
 		events:  make(chan streamEvent, 256),
 		intake:  semaphore.NewWeighted(intakeWindow),
 		flushCh: make(chan chan error),
+		flushed: &durableMap{m: known},
+		jobs:    jobs, retryFlush: retry, results: results,
 	}
-	t.flushed = &durableMap{m: known}
-	t.flusher = newFlusher(t, t.flushed)
-	t.budget.limit = a.cfg.RetryBudget
-	t.backoff = newBackoff(100*time.Millisecond, a.cfg.FlushInterval)
+	t.flusher = newFlusher(env, task, flushShared{durable: t.flushed, inflightMem: &t.inflightMem, stats: &t.stats,
+		jobs: jobs, retry: retry, results: results}, prevFlushTS)
+	t.budget.limit = env.settings.retryBudget
+	t.backoff = newBackoff(100*time.Millisecond, env.settings.flushInterval)
 	t.progress.out = make(chan *meta.Progress, 1)
-	// The previous run's last recorded flush; a later one it wrote but did
-	// not record is a harmless fork for verify (its checkpoints were never
-	// published).
-	prev, err := lastRecordedFlush(ctx, a.cfg.Meta, info.Name, ts.Incarnation, a.cfg.StoreID)
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
-	t.flusher.prevFlushTS, t.flusher.lastFlushTS = prev, prev
-	t.carryBudget(ctx, time.Now())
 	t.builder = t.newBuilder()
-	return t, nil
+	return t
 }
 
 func (t *taskRunner) newBuilder() *logfile.Builder {
-	return logfile.NewBuilder(logfile.BuilderConfig{StoreID: t.a.cfg.StoreID, FileSizeLimit: t.a.cfg.FileSizeLimit, SpillDir: t.tempDir, Chunks: t.a.chunks})
+	return logfile.NewBuilder(logfile.BuilderConfig{StoreID: t.env.settings.storeID, FileSizeLimit: t.env.settings.fileSizeLimit, SpillDir: t.tempDir, Chunks: t.env.chunks})
+}
+
+// close releases what a runner that never ran holds.
+func (t *taskRunner) close() {
+	t.builder.Close()
+	os.RemoveAll(t.tempDir)
+	t.env.storage.Close()
 }
 
 // run is the task's loop: events, flush and reconcile ticks, flush
 // outcomes, explicit flush requests. It returns when ctx ends, after a
-// final flush if flushOnExit is set, or when the task meets a fatal error.
+// final flush if flushOnExit is set, or when the task meets a fatal error;
+// in every case only once the goroutines it started (the flusher, the
+// progress publisher, the stream receivers) have ended.
 func (t *taskRunner) run(ctx context.Context, flushOnExit *atomic.Bool) {
+	// The flusher outlives ctx: the final flush needs it.
 	fctx, stopFlusher := context.WithCancel(context.Background())
-	flusherDone := make(chan struct{})
-	go func() { defer close(flusherDone); t.flusher.run(fctx) }()
 	pctx, stopProgress := context.WithCancel(ctx)
-	defer stopProgress()
-	go t.publishProgress(pctx)
-	defer t.st.Close()
-	defer t.closeStream()
+	var g errgroup.Group
+	t.receivers = &g
+	g.Go(func() error { t.flusher.run(fctx); return nil })
+	g.Go(func() error { t.publishProgress(pctx); return nil })
 	defer func() {
 		stopFlusher()
-		<-flusherDone
+		t.closeStream()
+		stopProgress()
+		g.Wait()
 		t.builder.Close()
 		os.RemoveAll(t.tempDir)
+		t.env.storage.Close()
 	}()
 	defer func() {
-		for _, g := range []*prometheus.GaugeVec{t.a.metrics.observedRegions, t.a.metrics.bufferedBytes} {
-			g.DeleteLabelValues(t.info.Name)
-		}
-		t.a.metrics.checkpoints.forgetStore(t.info.Name)
+		t.env.metrics.forget()
 		t.subs, t.byRegion = nil, nil
 		t.publishStats() // takes this task's share out of the store-wide TiKV gauges
 		for _, w := range t.waiters {
 			w <- errors.New("the task stopped")
 		}
 	}()
-	flushTick := time.NewTicker(t.a.cfg.FlushInterval)
+	clk, limit := t.env.clock, t.env.settings.fileSizeLimit
+	flushTick := clk.NewTicker(t.env.settings.flushInterval)
 	defer flushTick.Stop()
-	reconcile := time.NewTicker(t.a.cfg.ReconcileInterval)
+	reconcile := clk.NewTicker(t.env.settings.reconcileInterval)
 	defer reconcile.Stop()
-	place := time.NewTicker(50 * time.Millisecond)
+	place := clk.NewTicker(50 * time.Millisecond)
 	defer place.Stop()
-	reports := time.NewTicker(progressInterval)
+	reports := clk.NewTicker(progressInterval)
 	defer reports.Stop()
 	// retry gives a failed flush its go-ahead sooner than the next tick,
 	// backing off exponentially with jitter (stopped while idle).
-	t.retry = time.NewTimer(time.Hour)
+	t.retry = clk.NewTimer(time.Hour)
 	t.retry.Stop()
 	defer t.retry.Stop()
 	t.placePending(ctx)
@@ -206,7 +248,7 @@ func (t *taskRunner) run(ctx context.Context, flushOnExit *atomic.Bool) {
 		// reading the streams (gRPC flow control slows TiKV) rather than
 		// grow memory.
 		events := t.events
-		if t.inflight != nil && t.builder.Size() >= t.a.cfg.FileSizeLimit {
+		if t.inflight != nil && t.builder.Size() >= limit {
 			events = nil
 		}
 		select {
@@ -221,31 +263,31 @@ func (t *taskRunner) run(ctx context.Context, flushOnExit *atomic.Bool) {
 			if t.fatal != nil || !t.keepQuota() {
 				return
 			}
-			if t.builder.Size() >= t.a.cfg.FileSizeLimit {
+			if t.builder.Size() >= limit {
 				t.requestFlush(nil)
 			}
-		case <-flushTick.C:
+		case <-flushTick.Chan():
 			t.requestFlush(nil)
-		case <-t.retry.C:
+		case <-t.retry.Chan():
 			select {
-			case t.flusher.retry <- struct{}{}:
+			case t.retryFlush <- struct{}{}:
 			default:
 			}
 		case done := <-t.flushCh:
 			t.requestFlush(done)
-		case res := <-t.flusher.results:
+		case res := <-t.results:
 			if !t.takeResult(res) {
 				return
 			}
-		case <-reconcile.C:
+		case <-reconcile.Chan():
 			t.reconcile(ctx)
-		case <-place.C:
+		case <-place.Chan():
 			t.placePending(ctx)
 			t.publishStats()
 			if t.fatal != nil {
 				return // the store's TiKV stayed unreachable past the retry budget
 			}
-		case now := <-reports.C:
+		case now := <-reports.Chan():
 			t.report(now)
 		}
 	}
@@ -257,15 +299,15 @@ func (t *taskRunner) run(ctx context.Context, flushOnExit *atomic.Bool) {
 func (t *taskRunner) keepQuota() bool {
 	t.stats.bufferedBytes.Store(int64(t.builder.Size()))
 	t.stats.memoryBytes.Store(int64(t.builder.Memory()))
-	if t.builder.Memory()+int(t.inflightM.Load()) <= t.a.cfg.MemoryQuota || t.builder.Memory() == 0 {
+	if t.builder.Memory()+int(t.inflightMem.Load()) <= t.env.settings.memoryQuota || t.builder.Memory() == 0 {
 		return true
 	}
 	if err := t.builder.Spill(); err != nil {
 		t.fatal = &fatalError{info: errs.Lookup(errs.CodeIo), err: fmt.Errorf("spill to %s: %w", t.tempDir, err)}
 		return false
 	}
-	t.a.metrics.spilled.Inc()
-	t.a.spills.Add(1)
+	t.env.metrics.m.spilled.Inc()
+	t.env.counters.spills.Add(1)
 	return true
 }
 
@@ -310,8 +352,8 @@ func (t *taskRunner) startFlush(final bool) {
 	}
 	t.builder = t.newBuilder()
 	t.inflight, t.waiters, t.wantFlush = job, nil, false
-	t.inflightM.Store(int64(job.builder.Memory()))
-	t.flusher.jobs <- job // never blocks: nothing is in flight
+	t.inflightMem.Store(int64(job.builder.Memory()))
+	t.jobs <- job // never blocks: nothing is in flight
 }
 
 // takeResult takes one flush outcome: success resets the retry budget and
@@ -326,7 +368,7 @@ func (t *taskRunner) takeResult(res flushResult) bool {
 	res.job.waiters = nil
 	if res.err == nil || res.lost {
 		t.inflight = nil
-		t.inflightM.Store(0)
+		t.inflightMem.Store(0)
 	}
 	if res.lost {
 		// The buffered changes are gone. Later flushes must not publish
@@ -361,17 +403,16 @@ func (t *taskRunner) takeResult(res flushResult) bool {
 		t.log.Info("task incarnation ended; stopping its runner", "incarnation", t.inc)
 		return false
 	}
-	if f := t.a.noteError(&t.budget, err); f != nil {
+	if f := t.env.noteError(&t.budget, err); f != nil {
 		t.fatal = f
 		return false
 	}
-	t.a.metrics.retries.WithLabelValues(string(errs.Classify(err).Code)).Inc()
-	t.a.retries.Add(1)
+	t.env.retried(err)
 	if res.lost {
 		return true // nothing to retry: the next trigger flushes what is new
 	}
 	// 100 ms doubling, capped by the flush interval (the next flush).
-	wait := min(t.backoff.NextBackOff(), t.a.cfg.FlushInterval)
+	wait := min(t.backoff.NextBackOff(), t.env.settings.flushInterval)
 	t.retry.Reset(wait)
 	t.progress.lastErr = storage.Redact(err.Error())
 	t.log.Warn("flush failed; retrying", "err", storage.Redact(err.Error()), "failures", t.budget.failures, "in", wait)
@@ -382,7 +423,7 @@ func (t *taskRunner) takeResult(res flushResult) bool {
 // flushes what is left, within Config.FinalFlushTimeout. A failure is left to the next
 // owner of the ranges, which rescans from what is durable.
 func (t *taskRunner) finalFlush() {
-	deadline := time.NewTimer(t.a.cfg.FinalFlushTimeout)
+	deadline := t.env.clock.NewTimer(t.env.settings.finalFlushTimeout)
 	defer deadline.Stop()
 	final := false
 	for {
@@ -394,7 +435,7 @@ func (t *taskRunner) finalFlush() {
 			final = true
 		}
 		select {
-		case res := <-t.flusher.results:
+		case res := <-t.results:
 			for _, w := range res.job.waiters {
 				w <- res.err
 			}
@@ -404,8 +445,8 @@ func (t *taskRunner) finalFlush() {
 				return
 			}
 			t.inflight = nil
-		case <-deadline.C:
-			t.log.Warn("final flush did not finish in time; the next owner rescans from the checkpoint", "timeout", t.a.cfg.FinalFlushTimeout)
+		case <-deadline.Chan():
+			t.log.Warn("final flush did not finish in time; the next owner rescans from the checkpoint", "timeout", t.env.settings.finalFlushTimeout)
 			return
 		}
 	}
@@ -440,16 +481,16 @@ func (t *taskRunner) publishStats() {
 	t.stats.scanning.Store(int64(scanning))
 	t.stats.bufferedBytes.Store(int64(t.builder.Size()))
 	t.stats.memoryBytes.Store(int64(t.builder.Memory()))
-	m := t.a.metrics
+	tm := t.env.metrics
 	if t.subs != nil {
-		m.observedRegions.WithLabelValues(t.info.Name).Set(float64(len(t.subs)))
-		m.bufferedBytes.WithLabelValues(t.info.Name).Set(float64(t.builder.Size()))
+		tm.observedRegions.Set(float64(len(t.subs)))
+		tm.bufferedBytes.Set(float64(t.builder.Size()))
 	}
 	// TiKV's gauges are per store, summed over tasks: add this task's change.
 	now := published{observed: float64(len(t.subs)), memory: float64(t.builder.Memory()), scanning: float64(scanning)}
-	m.tikv.observedRegion.Add(now.observed - t.published.observed)
-	m.tikv.heapMemory.Add(now.memory - t.published.memory)
-	m.tikv.pendingScans.WithLabelValues("executing").Add(now.scanning - t.published.scanning)
+	tm.m.tikv.observedRegion.Add(now.observed - t.published.observed)
+	tm.m.tikv.heapMemory.Add(now.memory - t.published.memory)
+	tm.pendingScans.Add(now.scanning - t.published.scanning)
 	t.published = now
 }
 
@@ -483,11 +524,11 @@ func encryptionOf(info *brpb.StreamBackupTaskInfo) (string, bool) {
 // them. It compares with PD's txn safe point, what PD enforces, which runs
 // ahead of the GC safe point during a GC round; a rescan reads the changes
 // after the checkpoint, which a txn safe point at the checkpoint keeps.
-func checkNotCollected(ctx context.Context, a *Agent, checkpoint uint64) error {
+func checkNotCollected(ctx context.Context, pdc taskPD, checkpoint uint64) error {
 	if checkpoint == 0 {
 		return nil
 	}
-	sp, err := meta.TxnSafePoint(ctx, a.cfg.PD)
+	sp, err := pdc.TxnSafePoint(ctx)
 	if err != nil {
 		return errs.Wrap(errs.CodePD, err)
 	}
@@ -512,12 +553,12 @@ const budgetCarryWindow = time.Minute
 func (t *taskRunner) carryBudget(ctx context.Context, now time.Time) {
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	reports, err := t.a.cfg.Meta.Progresses(rctx, t.info.Name, t.inc)
+	reports, err := t.env.meta.Progresses(rctx, t.name, t.inc)
 	if err != nil {
 		t.log.Warn("cannot read the previous report; the retry budget starts afresh", "err", err)
 		return
 	}
-	r := reports[t.a.cfg.StoreID]
+	r := reports[t.env.settings.storeID]
 	if r == nil || r.State != meta.StateRetrying || r.Attempts <= 0 || now.Sub(time.UnixMilli(r.UpdatedUnixMs)) > budgetCarryWindow {
 		return
 	}
@@ -533,17 +574,15 @@ func (t *taskRunner) carryBudget(ctx context.Context, now time.Time) {
 // change at or below it is in storage, so it is a true value for both. A
 // flush that meets such garbage stops the task with MalformedMetadata;
 // without this, `br stream resume --clear-error` met it again at once.
-func repairOwnCheckpoints(ctx context.Context, a *Agent, ts *meta.TaskStatus, g uint64) error {
-	name := ts.Info.Name
-	m := a.cfg.Meta.Incarnation(name, ts.Incarnation)
-	for _, key := range []string{meta.StoreCheckpointKey(name, a.cfg.StoreID), meta.StorageCheckpointKey(name, a.cfg.StoreID)} {
-		bad, err := m.RepairCheckpoint(ctx, name, key, g)
+func repairOwnCheckpoints(ctx context.Context, env *taskEnv, name string, g uint64) error {
+	for _, key := range []string{meta.StoreCheckpointKey(name, env.settings.storeID), meta.StorageCheckpointKey(name, env.settings.storeID)} {
+		bad, err := env.meta.RepairCheckpoint(ctx, name, key, g)
 		if err != nil {
 			return etcdErr(fmt.Errorf("repair this store's checkpoint: %w", err))
 		}
 		if bad != nil {
-			a.cfg.Logger.Warn("this store's checkpoint could not be read; rewrote it from the global checkpoint",
-				"task", name, "key", bad.Key, "err", bad.Err, "checkpoint", g)
+			env.log.Warn("this store's checkpoint could not be read; rewrote it from the global checkpoint",
+				"key", bad.Key, "err", bad.Err, "checkpoint", g)
 		}
 	}
 	return nil
