@@ -22,7 +22,7 @@ import (
 // taskEnv is everything a task's parts (intake, placement, the flusher,
 // progress publishing) may use, built once when the task starts. None of
 // them holds the runner or the Agent: what they reach is what is here, so
-// each can be built in a test from fakes (task_test.go).
+// each can be built in a test from fakes (fakes_test.go, flush_test.go).
 type taskEnv struct {
 	settings taskSettings
 	pd       taskPD
