@@ -110,6 +110,26 @@ func scrape(t *testing.T, reg *prometheus.Registry, name, labels string) (float6
 	return 0, false
 }
 
+// metricSum is the sum of a counter or gauge over all its label values (0
+// when it has none yet): "errors of any code", say.
+func metricSum(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	return sum
+}
+
 // TestLagAlertsFireWhileFlushesFail: storage answers 503 to every upload
 // (retried within the budget, no pause). The lag the agents export keeps
 // growing — it is derived at scrape time from the checkpoint, not set by

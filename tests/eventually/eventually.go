@@ -33,12 +33,17 @@ const (
 // a condition that does I/O should take the context NoError passes.
 func True(t testing.TB, timeout time.Duration, cond func() bool, what string, args ...any) {
 	t.Helper()
-	if err := wait(t.Context(), timeout, func(context.Context) error {
-		if cond() {
-			return nil
-		}
-		return errNotYet
-	}); err != nil {
+	if err := wait(t.Context(), timeout, boolCond(cond)); err != nil {
+		t.Fatalf("%s", failure(timeout, what, args, err))
+	}
+}
+
+// TrueEvery is True polling at a fixed interval, for a benchmark that
+// times the event: it returns within every of cond holding, where True's
+// backed-off interval would add up to 100 ms to the measurement.
+func TrueEvery(t testing.TB, timeout, every time.Duration, cond func() bool, what string, args ...any) {
+	t.Helper()
+	if err := waitEvery(t.Context(), timeout, every, every, boolCond(cond)); err != nil {
 		t.Fatalf("%s", failure(timeout, what, args, err))
 	}
 }
@@ -68,10 +73,22 @@ func Wait(ctx context.Context, timeout time.Duration, f func(ctx context.Context
 // not reported, as it says nothing more than the description.
 var errNotYet = errors.New("not yet")
 
+func boolCond(cond func() bool) func(context.Context) error {
+	return func(context.Context) error {
+		if cond() {
+			return nil
+		}
+		return errNotYet
+	}
+}
+
 func wait(ctx context.Context, timeout time.Duration, f func(ctx context.Context) error) error {
+	return waitEvery(ctx, timeout, firstInterval, maxInterval, f)
+}
+
+func waitEvery(ctx context.Context, timeout, interval, maxInterval time.Duration, f func(ctx context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	interval := firstInterval
 	timer := time.NewTimer(interval)
 	defer timer.Stop()
 	for {

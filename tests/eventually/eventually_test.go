@@ -81,3 +81,13 @@ func TestWaitEndsWithItsContext(t *testing.T) {
 		t.Fatalf("error %v", err)
 	}
 }
+
+func TestTrueEveryKeepsItsInterval(t *testing.T) {
+	var polls atomic.Int32
+	began := time.Now()
+	TrueEvery(t, 10*time.Second, time.Millisecond, func() bool { return polls.Add(1) >= 50 }, "the fiftieth poll")
+	// 49 intervals of 1 ms; backed off, they would take over 4 s.
+	if d := time.Since(began); d > 2*time.Second {
+		t.Fatalf("took %s for 49 intervals of 1 ms", d)
+	}
+}
