@@ -112,7 +112,7 @@ func scrape(t *testing.T, reg *prometheus.Registry, name, labels string) (float6
 
 // metricSum is the sum of a counter or gauge over all its label values (0
 // when it has none yet): "errors of any code", say.
-func metricSum(t *testing.T, reg *prometheus.Registry, name string) float64 {
+func metricSum(t testing.TB, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
