@@ -12,7 +12,8 @@
 // True and NoError fail the test with t.Fatalf, so, like t.Fatal, they
 // belong on the test's own goroutine. Elsewhere (a goroutine the test
 // starts, a caller that handles the timeout itself) use Wait, which
-// returns the failure as an error.
+// returns the failure as an error. TrueEvery polls at a fixed interval,
+// for benchmarks that time the event they wait for.
 package eventually
 
 import (
@@ -86,8 +87,12 @@ func wait(ctx context.Context, timeout time.Duration, f func(ctx context.Context
 	return waitEvery(ctx, timeout, firstInterval, maxInterval, f)
 }
 
+// errTimedOut tells a wait that ran out of time from one whose caller's
+// context ended first.
+var errTimedOut = errors.New("timed out")
+
 func waitEvery(ctx context.Context, timeout, interval, maxInterval time.Duration, f func(ctx context.Context) error) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeoutCause(ctx, timeout, errTimedOut)
 	defer cancel()
 	timer := time.NewTimer(interval)
 	defer timer.Stop()
@@ -100,6 +105,9 @@ func waitEvery(ctx context.Context, timeout, interval, maxInterval time.Duration
 		}
 		select {
 		case <-ctx.Done():
+			if cause := context.Cause(ctx); !errors.Is(cause, errTimedOut) {
+				return fmt.Errorf("%w; then the wait's context ended: %w", last, cause)
+			}
 			return last
 		case <-timer.C:
 		}
@@ -113,7 +121,7 @@ func failure(timeout time.Duration, what string, args []any, last error) string 
 		what = fmt.Sprintf(what, args...)
 	}
 	msg := fmt.Sprintf("waited %s for %s", timeout, what)
-	if last != nil && !errors.Is(last, errNotYet) {
+	if last != nil && last != errNotYet {
 		msg += fmt.Sprintf(" (last: %v)", last)
 	}
 	return msg

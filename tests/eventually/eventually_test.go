@@ -77,7 +77,7 @@ func TestWaitEndsWithItsContext(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	err := Wait(ctx, time.Hour, func(context.Context) error { return errors.New("no leader") }, "a leader")
-	if err == nil || !strings.Contains(err.Error(), "no leader") {
+	if err == nil || !strings.Contains(err.Error(), "no leader; then the wait's context ended: context canceled") {
 		t.Fatalf("error %v", err)
 	}
 }
