@@ -94,6 +94,8 @@ func TestFrontKillsBetweenStoredAndAnswered(t *testing.T) {
 	})
 	done := make(chan error, 1)
 	go func() { err := st.WriteFile(ctx, meta3, []byte("m")); answered.Store(true); done <- err }()
+	// Time is the subject: the fired kill holds the write for 200 ms, as a
+	// process being killed holds its connection, before the front lets go.
 	go func() { time.Sleep(200 * time.Millisecond); close(release) }()
 	if !wait(ctx) {
 		t.Fatal("the kill did not fire")
