@@ -9,6 +9,7 @@ import (
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
 
 	"logbackup/meta"
+	"logbackup/tests/eventually"
 )
 
 // TestRecoveryStatePublished: the coordinator's recovery state is written
@@ -182,15 +183,9 @@ func TestProbeEtcdDown(t *testing.T) {
 		t.Fatalf("probe ignored its deadline: %s", d)
 	}
 	srv.Restart(t)
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+	eventually.NoError(t, 30*time.Second, func(ctx context.Context) error {
 		pctx, cancel := context.WithTimeout(ctx, time.Second)
-		err := c.ProbeEtcd(pctx, "pitr")
-		cancel()
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("probe after restart: %v", err)
-		}
-	}
+		defer cancel()
+		return c.ProbeEtcd(pctx, "pitr")
+	}, "the probe to succeed after etcd's restart")
 }

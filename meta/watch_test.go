@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"logbackup/meta"
+	"logbackup/tests/eventually"
 )
 
 // next waits for one event (bounded, so a missing event fails, not hangs).
@@ -294,17 +295,8 @@ func TestWatchSurvivesEtcdRestart(t *testing.T) {
 	expect(t, ch, "add pitr")
 	srv.Stop(t)
 	srv.Restart(t)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		err := c.PauseTask(ctx, "pitr", nil)
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("etcd did not come back: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	eventually.NoError(t, 20*time.Second, func(ctx context.Context) error { return c.PauseTask(ctx, "pitr", nil) },
+		"etcd to come back and take the pause")
 	expect(t, ch, "pause pitr")
 }
 

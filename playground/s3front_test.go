@@ -87,14 +87,25 @@ func TestFrontKillsBetweenStoredAndAnswered(t *testing.T) {
 		t.Fatal("fired by another store's or another kind's write")
 	}
 	cancelShort()
+	fired := make(chan struct{})
 	wait = f.armKill(3, killAfterMeta, func() {
 		_, err := direct.ReadFile(ctx, meta3)
 		storedWhenFired, answeredWhenFired = err == nil, answered.Load()
+		close(fired)
 		<-release
 	})
 	done := make(chan error, 1)
 	go func() { err := st.WriteFile(ctx, meta3, []byte("m")); answered.Store(true); done <- err }()
-	go func() { time.Sleep(200 * time.Millisecond); close(release) }()
+	select {
+	case <-fired:
+	case <-ctx.Done():
+		t.Fatal("the kill did not fire")
+	}
+	// While the kill runs, the writer stays unanswered.
+	if answered.Load() {
+		t.Fatal("the writer was answered while the kill held its write")
+	}
+	close(release)
 	if !wait(ctx) {
 		t.Fatal("the kill did not fire")
 	}

@@ -24,6 +24,7 @@ import (
 	"logbackup/streamagent"
 	"logbackup/streamagent/logfile"
 	"logbackup/tests/etcdtest"
+	"logbackup/tests/eventually"
 	"logbackup/tests/s3test"
 	"logbackup/tests/simcluster"
 )
@@ -146,13 +147,19 @@ func backUpEverything(t *testing.T, newStorage func(t *testing.T) string, quota 
 	watchWG.Add(1)
 	go func() {
 		defer watchWG.Done()
+		// A sampler: every 20 ms, what the checkpoint reads.
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
 		for watchCtx.Err() == nil {
 			if g, ok, err := m.GlobalCheckpoint(watchCtx, "pitr"); err == nil && ok {
 				cpMu.Lock()
 				cps = append(cps, g)
 				cpMu.Unlock()
 			}
-			time.Sleep(20 * time.Millisecond)
+			select {
+			case <-watchCtx.Done():
+			case <-tick.C:
+			}
 		}
 	}()
 
@@ -217,17 +224,15 @@ func backUpEverything(t *testing.T, newStorage func(t *testing.T) string, quota 
 		t.Fatal(err)
 	}
 	var global uint64
-	for {
+	testEnd, _ := ctx.Deadline()
+	eventually.NoError(t, time.Until(testEnd), func(ctx context.Context) error {
 		g, ok, err := m.GlobalCheckpoint(ctx, "pitr")
-		if err == nil && ok && g >= end {
-			global = g
-			break
+		if err == nil && (!ok || g < end) {
+			err = fmt.Errorf("global checkpoint %d", g)
 		}
-		if ctx.Err() != nil {
-			t.Fatalf("seed %d: global checkpoint %d never reached %d", seed, g, end)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		global = g
+		return err
+	}, "seed %d: the global checkpoint to reach %d", seed, end)
 	stopWatch()
 	watchWG.Wait()
 	retriesSeen = retiredRetries.Swap(0)

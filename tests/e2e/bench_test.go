@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/pingcap/log"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tikv/client-go/v2/txnkv/transaction"
 	pd "github.com/tikv/pd/client"
 	"go.uber.org/zap/zapcore"
@@ -24,6 +25,7 @@ import (
 	"logbackup/meta"
 	"logbackup/streamagent"
 	"logbackup/tests/etcdtest"
+	"logbackup/tests/eventually"
 	"logbackup/tests/s3test"
 	"logbackup/tests/simcluster"
 )
@@ -91,18 +93,16 @@ func BenchmarkObserveRegions(b *testing.B) {
 				began := time.Now()
 				a, stop := e.agent(b, time.Hour)
 				var observed time.Duration
-				for {
+				eventually.TrueEvery(b, 10*time.Minute, 5*time.Millisecond, func() bool {
 					st := a.Status()
-					if len(st.Tasks) == 1 && st.Tasks[0].ObservedRegions >= int64(n) {
-						if observed == 0 {
-							observed = time.Since(began)
-						}
-						if st.Tasks[0].PendingRanges == 0 && st.Tasks[0].Scanning == 0 {
-							break
-						}
+					if len(st.Tasks) != 1 || st.Tasks[0].ObservedRegions < int64(n) {
+						return false
 					}
-					time.Sleep(5 * time.Millisecond)
-				}
+					if observed == 0 {
+						observed = time.Since(began)
+					}
+					return st.Tasks[0].PendingRanges == 0 && st.Tasks[0].Scanning == 0
+				}, "every one of %d regions observed and scanned", n)
 				ready := time.Since(began)
 				runtime.GC()
 				var after runtime.MemStats
@@ -142,13 +142,10 @@ func BenchmarkEndToEnd(b *testing.B) {
 	}
 	last, _ := e.c.TSO(ctx)
 	committedAt := time.Now()
-	for {
+	eventually.TrueEvery(b, 10*time.Minute, 5*time.Millisecond, func() bool {
 		g, ok, _ := e.m.GlobalCheckpoint(ctx, "bench")
-		if ok && g >= last {
-			break
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return ok && g >= last
+	}, "the global checkpoint to cover the last commit")
 	b.ReportMetric(float64(b.N*rowsPerTxn)/time.Since(began).Seconds(), "rows/s")
 	b.ReportMetric(time.Since(committedAt).Seconds(), "s-checkpoint-lag")
 }
@@ -158,9 +155,10 @@ func BenchmarkEndToEnd(b *testing.B) {
 // held in memory stay bounded by the quota while the rest spills to disk.
 func BenchmarkBurstMemory(b *testing.B) {
 	e := setupBench(b, 4)
+	reg := prometheus.NewRegistry()
 	a, err := streamagent.New(streamagent.Config{StoreID: e.c.StoreIDs()[0], PD: e.pd, Meta: e.m, ClusterID: e.c.ClusterID(),
 		FlushInterval: time.Hour, MemoryQuota: 1 << 20, TempDir: b.TempDir(), ReconcileInterval: time.Hour,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, nil)
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, reg)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -189,7 +187,10 @@ func BenchmarkBurstMemory(b *testing.B) {
 		}
 		sample()
 	}
-	time.Sleep(200 * time.Millisecond) // let the last events land, then sample once more
+	// Every row taken in, then sample once more.
+	eventually.True(b, time.Minute, func() bool {
+		return metricSum(b, reg, "logbackup_agent_events_total") >= float64(b.N*256)
+	}, "all %d rows to reach the agent", b.N*256)
 	sample()
 	b.ReportMetric(float64(peakMem)/(1<<20), "MiB-peak-in-memory")
 	b.ReportMetric(float64(peakBuf)/(1<<20), "MiB-buffered")
@@ -225,21 +226,16 @@ func BenchmarkFatalToPause(b *testing.B) {
 	defer func() { stop(); <-done }()
 	var total time.Duration
 	for i := 0; i < b.N; i++ {
-		for len(a.Tasks()) == 0 { // running again after the previous round's resume
-			time.Sleep(time.Millisecond)
-		}
+		eventually.True(b, time.Minute, func() bool { return len(a.Tasks()) > 0 }, "the task running again after the previous round's resume")
 		c.Put(ctx, []byte(fmt.Sprintf("t%d", i)), []byte("v"))
 		s3.SetFault(s3test.Fault{Status: 403, Remaining: -1, Match: func(r *http.Request) bool { return r.Method == http.MethodPut }})
 		began := time.Now()
 		a.FlushNow(ctx)
-		for {
+		eventually.TrueEvery(b, time.Minute, 100*time.Microsecond, func() bool {
 			st, _ := m.GetTask(ctx, "bench")
 			le, _ := m.LastErrors(ctx, "bench")
-			if st != nil && st.Pause.V2.IsError() && len(le) > 0 {
-				break
-			}
-			time.Sleep(100 * time.Microsecond)
-		}
+			return st != nil && st.Pause.V2.IsError() && len(le) > 0
+		}, "the LastError and the ERROR pause")
 		total += time.Since(began)
 		s3.ClearFault()
 		m.ClearLastErrors(ctx, "bench")
@@ -261,24 +257,18 @@ func BenchmarkResumeObserve10K(b *testing.B) {
 		}
 		return 0
 	}
-	for observed() < 10000 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	eventually.True(b, 10*time.Minute, func() bool { return observed() >= 10000 }, "all 10,000 regions observed")
 	var total time.Duration
 	for i := 0; i < b.N; i++ {
 		if err := e.m.PauseTask(ctx, "bench", nil); err != nil {
 			b.Fatal(err)
 		}
-		for len(a.Tasks()) != 0 {
-			time.Sleep(time.Millisecond)
-		}
+		eventually.True(b, time.Minute, func() bool { return len(a.Tasks()) == 0 }, "the pause to stop the task")
 		began := time.Now()
 		if err := e.m.ResumeTask(ctx, "bench"); err != nil {
 			b.Fatal(err)
 		}
-		for observed() < 10000 {
-			time.Sleep(time.Millisecond)
-		}
+		eventually.TrueEvery(b, 10*time.Minute, time.Millisecond, func() bool { return observed() >= 10000 }, "all 10,000 regions observed again")
 		total += time.Since(began)
 	}
 	b.ReportMetric(total.Seconds()/float64(b.N), "s-to-observe")
@@ -333,14 +323,10 @@ func benchThroughput(b *testing.B, value, regions int, where string, rate int) (
 	go func() { defer close(done); a.Run(actx) }()
 	defer func() { cancel(); <-done }()
 	// Every region observed before the clock starts.
-	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(10 * time.Millisecond) {
-		if st := a.Status(); len(st.Tasks) == 1 && st.Tasks[0].ObservedRegions >= int64(regions) {
-			break
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("the agent never observed %d regions", regions)
-		}
-	}
+	eventually.True(b, 2*time.Minute, func() bool {
+		st := a.Status()
+		return len(st.Tasks) == 1 && st.Tasks[0].ObservedRegions >= int64(regions)
+	}, "the agent to observe %d regions", regions)
 	b.ResetTimer()
 	stopProfile := profileMeasured(b)
 	began := time.Now()
@@ -351,17 +337,7 @@ func benchThroughput(b *testing.B, value, regions int, where string, rate int) (
 	}
 	last, _ := c.TSO(ctx)
 	wrote := time.Now()
-	for deadline := time.Now().Add(10 * time.Minute); ; time.Sleep(10 * time.Millisecond) {
-		if g, ok, _ := m.GlobalCheckpoint(ctx, "bench"); ok && g >= last {
-			break
-		}
-		if errs, _ := m.LastErrors(ctx, "bench"); len(errs) > 0 {
-			b.Fatalf("the task stopped with an error: %v", errs)
-		}
-		if time.Now().After(deadline) {
-			b.Fatal("the checkpoint never covered the last commit")
-		}
-	}
+	waitCovered(b, m, last)
 	elapsed := time.Since(began)
 	b.StopTimer()
 	stopProfile()
@@ -462,28 +438,14 @@ func benchCatchUp(b *testing.B, value, regions int) {
 	// The clock starts at the first row taken in: before it the agent
 	// finds its task and registers its regions, which BenchmarkObserveRegions
 	// measures.
-	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(200 * time.Microsecond) {
-		if s := a.Status(); len(s.Tasks) == 1 && s.Tasks[0].BufferedBytes > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			b.Fatal("the agent took in no row")
-		}
-	}
+	eventually.TrueEvery(b, 2*time.Minute, 200*time.Microsecond, func() bool {
+		s := a.Status()
+		return len(s.Tasks) == 1 && s.Tasks[0].BufferedBytes > 0
+	}, "the agent to take in its first row")
 	stopProfile := profileMeasured(b)
 	began := time.Now()
 	cpu := processCPU(b)
-	for deadline := time.Now().Add(10 * time.Minute); ; time.Sleep(10 * time.Millisecond) {
-		if g, ok, _ := m.GlobalCheckpoint(ctx, "bench"); ok && g >= last {
-			break
-		}
-		if errs, _ := m.LastErrors(ctx, "bench"); len(errs) > 0 {
-			b.Fatalf("the task stopped with an error: %v", errs)
-		}
-		if time.Now().After(deadline) {
-			b.Fatal("the checkpoint never covered the last commit")
-		}
-	}
+	waitCovered(b, m, last)
 	elapsed := time.Since(began)
 	b.StopTimer()
 	stopProfile()
@@ -491,4 +453,20 @@ func benchCatchUp(b *testing.B, value, regions int) {
 	b.ReportMetric(float64(st.Bytes)/elapsed.Seconds()/1e6, "MB/s")
 	b.ReportMetric(began.Sub(agentStart).Seconds(), "s-to-first-row")
 	b.ReportMetric(float64(processCPU(b)-cpu)/float64(st.Rows), "cpu-ns/row")
+}
+
+// waitCovered waits for the global checkpoint of task bench to cover last,
+// polling every 10 ms as the throughput benchmarks always have; a
+// LastError ends the benchmark at once.
+func waitCovered(b *testing.B, m *meta.Client, last uint64) {
+	b.Helper()
+	eventually.TrueEvery(b, 10*time.Minute, 10*time.Millisecond, func() bool {
+		if g, ok, _ := m.GlobalCheckpoint(b.Context(), "bench"); ok && g >= last {
+			return true
+		}
+		if errs, _ := m.LastErrors(b.Context(), "bench"); len(errs) > 0 {
+			b.Fatalf("the task stopped with an error: %v", errs)
+		}
+		return false
+	}, "the checkpoint to cover the last commit")
 }

@@ -39,6 +39,8 @@ func TestBulkFullSpeedUnderChurn(t *testing.T) {
 	moves, splits := 0, 0
 	wg.Go(func() {
 		for churnCtx.Err() == nil {
+			// Time is the subject: the churn's pace, a change every
+			// 5–25 ms at random.
 			time.Sleep(time.Duration(5+rng.Intn(20)) * time.Millisecond)
 			regions := h.c.Regions()
 			reg := regions[rng.Intn(len(regions))]

@@ -22,24 +22,35 @@ import (
 	"logbackup/meta"
 	"logbackup/streamagent"
 	"logbackup/streamagent/logfile"
+	"logbackup/tests/eventually"
 	"logbackup/tests/simcluster"
 )
 
 // waitLastError waits for a store's LastError of task pitr and returns it.
 func waitLastError(t *testing.T, ctx context.Context, m *meta.Client) *brpb.StreamBackupError {
 	t.Helper()
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if le, err := m.LastErrors(ctx, "pitr"); err == nil {
-			for _, e := range le {
-				st, err := m.GetTask(ctx, "pitr")
-				if err == nil && st.Pause.V2.IsError() {
-					return e
-				}
-			}
+	var last *brpb.StreamBackupError
+	eventually.NoError(t, 30*time.Second, func(ctx context.Context) error {
+		le, err := m.LastErrors(ctx, "pitr")
+		if err != nil {
+			return err
 		}
-	}
-	t.Fatal("no LastError and ERROR pause within 30 s")
-	return nil
+		for _, e := range le {
+			last = e
+		}
+		if last == nil {
+			return errors.New("no LastError yet")
+		}
+		st, err := m.GetTask(ctx, "pitr")
+		if err != nil {
+			return err
+		}
+		if !st.Pause.V2.IsError() {
+			return errors.New("a LastError but no ERROR pause yet")
+		}
+		return nil
+	}, "a LastError and an ERROR pause")
+	return last
 }
 
 // TestRegionErrorsThatNeverHeal: a TiKV of another cluster answers every

@@ -15,6 +15,7 @@ import (
 	"logbackup/meta"
 	"logbackup/storage"
 	"logbackup/streamagent/logfile"
+	"logbackup/tests/eventually"
 	"logbackup/tests/simcluster"
 )
 
@@ -58,17 +59,15 @@ func TestTiDBAdvancerBeside(t *testing.T) {
 	if _, err := cli.Put(ctx, meta.AdvancerOwnerPrefix()+"3eaa9b1c6a2bd8f1", "tidb-server-1", clientv3.WithLease(lease.ID)); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if v, ok := scrape(t, reg, "logbackup_coordinator_foreign_advancer", "task=pitr"); ok && v == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the coordinator never noticed TiDB's advancer")
-		}
-	}
+	eventually.True(t, 20*time.Second, func() bool {
+		v, ok := scrape(t, reg, "logbackup_coordinator_foreign_advancer", "task=pitr")
+		return ok && v == 1
+	}, "the coordinator to notice TiDB's advancer")
 	before, _, _ := h.m.GlobalCheckpoint(ctx, "pitr")
 	end := put("b")
-	time.Sleep(time.Second) // many coordinator ticks and flushes
+	// Time is the subject: nothing may happen during many coordinator
+	// ticks and flushes.
+	time.Sleep(time.Second)
 	if g, _, _ := h.m.GlobalCheckpoint(ctx, "pitr"); g != before || g >= end {
 		t.Fatalf("our coordinator wrote central_global (%d → %d) while TiDB's advancer owned it", before, g)
 	}
@@ -117,14 +116,10 @@ func TestTiKVLogBackupBeside(t *testing.T) {
 	}
 	waitGauge := func(want float64) {
 		t.Helper()
-		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			if v, ok := scrape(t, reg, "logbackup_coordinator_foreign_checkpoint_writers", "task=pitr"); ok && v == want {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("foreign writers never counted %v", want)
-			}
-		}
+		eventually.True(t, 20*time.Second, func() bool {
+			v, ok := scrape(t, reg, "logbackup_coordinator_foreign_checkpoint_writers", "task=pitr")
+			return ok && v == want
+		}, "%v foreign writers counted", want)
 	}
 	waitGauge(1)
 	// And store 8 writes its store checkpoint in etcd.

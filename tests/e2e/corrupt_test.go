@@ -2,12 +2,14 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"logbackup/meta"
+	"logbackup/tests/eventually"
 	"logbackup/tests/simcluster"
 )
 
@@ -23,29 +25,25 @@ func TestAgentsReportCorruptTaskInfo(t *testing.T) {
 	if _, err := h.etcd.Client(t).Put(ctx, meta.InfoKey("pitr"), "\xff\x00garbage"); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	eventually.True(t, 30*time.Second, func() bool {
 		le, err := h.m.Tolerant(new([]meta.CorruptRecord)).LastErrors(ctx, "pitr")
-		if err == nil && len(le) == 1 && le[1] != nil {
-			if le[1].ErrorCode != "KV:LogBackup:MalformedMetadata" || !strings.Contains(le[1].ErrorMessage, meta.InfoKey("pitr")) {
-				t.Fatalf("LastError %s: %s", le[1].ErrorCode, le[1].ErrorMessage)
-			}
-			break
+		if err != nil || len(le) != 1 || le[1] == nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("no LastError for a corrupt task info")
+		if le[1].ErrorCode != "KV:LogBackup:MalformedMetadata" || !strings.Contains(le[1].ErrorMessage, meta.InfoKey("pitr")) {
+			t.Fatalf("LastError %s: %s", le[1].ErrorCode, le[1].ErrorMessage)
 		}
-	}
+		return true
+	}, "a LastError for the corrupt task info")
 	// The fatal path writes the LastError, then the pause.
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	eventually.NoError(t, 30*time.Second, func(ctx context.Context) error {
 		var bad []meta.CorruptRecord
 		st, err := h.m.Tolerant(&bad).GetTask(ctx, "pitr")
-		if err == nil && st.Pause.Paused && st.Pause.V2.IsError() {
-			break
+		if err == nil && !(st.Pause.Paused && st.Pause.V2.IsError()) {
+			err = fmt.Errorf("task %+v", st)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("task not paused by an error: %+v %v", st, err)
-		}
-	}
+		return err
+	}, "an ERROR pause of the task")
 }
 
 // TestImplausibleGlobalCheckpointReplaced: a central_global of 0xFF…FF

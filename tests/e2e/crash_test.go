@@ -10,10 +10,12 @@ import (
 	"time"
 
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"logbackup/meta"
 	"logbackup/storage"
 	"logbackup/streamagent"
+	"logbackup/tests/eventually"
 	"logbackup/tests/s3test"
 	"logbackup/tests/simcluster"
 )
@@ -72,7 +74,8 @@ func TestEtcdDownDuringFlush(t *testing.T) {
 	s3 := s3test.Start(t, "bk")
 	h := newHarnessOwnEtcd(t, ctx, simcluster.Config{Stores: 1}, s3.URL("bk", "log"), 0, meta.WithRequestTimeout(time.Second))
 	c, m, etcd, startTS, url := h.c, h.m, h.own, h.startTS, h.url
-	_, stop := h.agent(c.StoreIDs()[0], nil, func(cfg *streamagent.Config) {
+	reg := prometheus.NewRegistry()
+	_, stop := h.agent(c.StoreIDs()[0], reg, func(cfg *streamagent.Config) {
 		cfg.RetryBudget = streamagent.RetryBudget{Attempts: 1000, Duration: time.Hour}
 	})
 	defer stop()
@@ -82,10 +85,12 @@ func TestEtcdDownDuringFlush(t *testing.T) {
 	h.waitGlobal(startTS + 1)
 
 	etcd.Stop(t)
+	errs := metricSum(t, reg, "logbackup_agent_errors_total")
 	for i := 0; i < 30; i++ {
 		c.Put(ctx, []byte(fmt.Sprintf("t%03d", i)), []byte("b"))
 	}
-	time.Sleep(500 * time.Millisecond) // several flush attempts against a dead etcd
+	eventually.True(t, 30*time.Second, func() bool { return metricSum(t, reg, "logbackup_agent_errors_total") >= errs+3 },
+		"several failed attempts against a dead etcd")
 	etcd.Restart(t)
 	end, _ := c.TSO(ctx)
 	global := h.waitGlobal(end)
@@ -93,20 +98,20 @@ func TestEtcdDownDuringFlush(t *testing.T) {
 		t.Fatalf("%d versions, want 60", n)
 	}
 
-	// A fatal error while etcd is down: the report waits for etcd.
+	// A fatal error while etcd is down: the report waits for etcd. (The
+	// flush attempts fail on etcd first, as EtcdUnavailable, retried; the
+	// denied upload turns fatal once etcd is back.)
 	etcd.Stop(t)
+	errs = metricSum(t, reg, "logbackup_agent_errors_total")
 	s3.SetFault(s3test.Fault{Status: 403, Remaining: -1, Match: func(r *http.Request) bool { return r.Method == http.MethodPut }})
 	c.Put(ctx, []byte("t999"), []byte("c"))
-	time.Sleep(500 * time.Millisecond)
+	eventually.True(t, 30*time.Second, func() bool { return metricSum(t, reg, "logbackup_agent_errors_total") >= errs+3 },
+		"several failed attempts against a dead etcd")
 	etcd.Restart(t)
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if le, err := m.LastErrors(ctx, "pitr"); err == nil && len(le) == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the fatal error's report was lost while etcd was down")
-		}
-	}
+	eventually.True(t, 30*time.Second, func() bool {
+		le, err := m.LastErrors(ctx, "pitr")
+		return err == nil && len(le) == 1
+	}, "the fatal error's report, held while etcd was down, to land")
 }
 
 // dyingStorage writes the first meta file, then never returns: the agent

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"logbackup/streamagent"
+	"logbackup/tests/eventually"
 	"logbackup/tests/s3test"
 	"logbackup/tests/simcluster"
 )
@@ -62,21 +64,20 @@ func TestFatalErrorPausesAndResumeRecovers(t *testing.T) {
 	// Storage denies every upload from now on.
 	s3.SetFault(s3test.Fault{Status: 403, Remaining: -1, Match: func(r *http.Request) bool { return r.Method == http.MethodPut }})
 	var errs map[uint64]*brpbError
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	eventually.NoError(t, 30*time.Second, func(ctx context.Context) error {
 		le, err := m.LastErrors(ctx, "pitr")
-		if err == nil && len(le) > 0 {
-			errs = map[uint64]*brpbError{}
-			for s, e := range le {
-				errs[s] = &brpbError{e.ErrorCode, e.ErrorMessage, e.StoreId}
-			}
-			break
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("no LastError after storage started denying access")
+		if len(le) == 0 {
+			return errors.New("no store reported one")
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		errs = map[uint64]*brpbError{}
+		for s, e := range le {
+			errs[s] = &brpbError{e.ErrorCode, e.ErrorMessage, e.StoreId}
+		}
+		return nil
+	}, "a LastError after storage started denying access")
 	for store, e := range errs {
 		if e.store != store || e.code != "KV:LogBackup:StorageAccessDenied" || !strings.Contains(e.msg, "[store = ") ||
 			!strings.Contains(e.msg, "resume --clear-error") || strings.Contains(e.msg, s3test.SecretKey) {
@@ -94,18 +95,14 @@ func TestFatalErrorPausesAndResumeRecovers(t *testing.T) {
 		t.Fatal("status leaks the storage secret")
 	}
 	// Every agent stops observing the paused task.
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		observing := 0
+	eventually.True(t, 20*time.Second, func() bool {
 		for _, p := range agents {
-			observing += len(p.a.Status().Tasks)
+			if len(p.a.Status().Tasks) > 0 {
+				return false
+			}
 		}
-		if observing == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d agents still observe the paused task", observing)
-		}
-	}
+		return true
+	}, "every agent to stop observing the paused task")
 	if l := logs.String(); strings.Contains(l, s3test.SecretKey) || !strings.Contains(l, "StorageAccessDenied") {
 		t.Fatalf("agent logs leak the secret or miss the error:\n%s", l)
 	}
@@ -125,15 +122,11 @@ func TestFatalErrorPausesAndResumeRecovers(t *testing.T) {
 	write(30, "after")
 	end, _ := c.TSO(ctx)
 	var global uint64
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if g, ok, _ := m.GlobalCheckpoint(ctx, "pitr"); ok && g >= end {
-			global = g
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the checkpoint did not pass the pause window after resume")
-		}
-	}
+	eventually.True(t, 60*time.Second, func() bool {
+		g, ok, _ := m.GlobalCheckpoint(ctx, "pitr")
+		global = g
+		return ok && g >= end
+	}, "the checkpoint to pass the pause window after resume")
 	if n := assertBackedUp(t, ctx, url, c, startTS, global); n != 150 {
 		t.Fatalf("%d versions committed, want 150", n)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/tikv/client-go/v2/oracle"
 
 	"logbackup/meta"
+	"logbackup/tests/eventually"
 	"logbackup/tests/simcluster"
 )
 
@@ -58,7 +59,11 @@ func TestGCSafePointsAsTiKVAndBR(t *testing.T) {
 
 	// GC has run to some point: a start before it is refused.
 	past, _ := c.TSO(ctx)
-	time.Sleep(5 * time.Millisecond)
+	// GC's safe point lies in PD's past: the clock has moved on from it.
+	eventually.True(t, 10*time.Second, func() bool {
+		now, _ := c.TSO(ctx)
+		return oracle.ExtractPhysical(now) > oracle.ExtractPhysical(past)
+	}, "PD's clock to pass %d", past)
 	if _, err := c.SetGCSafePoint(ctx, past); err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +95,7 @@ func TestGCSafePointsAsTiKVAndBR(t *testing.T) {
 	end, _ := c.TSO(ctx)
 	h.waitGlobal(end)
 	// Each store's flush safepoint follows its store checkpoint.
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+	eventually.NoError(t, 20*time.Second, func(ctx context.Context) error {
 		cps, err := h.m.Checkpoints(ctx, "pitr")
 		if err != nil {
 			t.Fatal(err)
@@ -107,13 +112,11 @@ func TestGCSafePointsAsTiKVAndBR(t *testing.T) {
 				ok = false
 			}
 		}
-		if ok && stores > 0 {
-			break
+		if !ok || stores == 0 {
+			return fmt.Errorf("safepoints %v, checkpoints %v", safePoints(c), cps)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("flush safepoints do not follow the store checkpoints: %v, %v", safePoints(c), cps)
-		}
-	}
+		return nil
+	}, "the flush safepoints to follow the store checkpoints")
 
 	// The pause holds GC at the checkpoint it read; the agents' final
 	// flushes may still move the checkpoint after it, so it lies between
@@ -140,10 +143,13 @@ func TestGCSafePointsAsTiKVAndBR(t *testing.T) {
 	}
 
 	r.ok("stream", "stop", "--task-name", "pitr")
-	time.Sleep(200 * time.Millisecond) // the agents act on the stop too
-	for id := range c.ServiceSafePoints() {
-		if strings.Contains(id, "pitr") {
-			t.Fatalf("stop left safepoint %s: %v", id, safePoints(c))
+	// The agents act on the stop too: they drop their flush safepoints.
+	eventually.NoError(t, 20*time.Second, func(context.Context) error {
+		for id := range c.ServiceSafePoints() {
+			if strings.Contains(id, "pitr") {
+				return fmt.Errorf("safepoint %s left: %v", id, safePoints(c))
+			}
 		}
-	}
+		return nil
+	}, "the stop to clear the task's safepoints")
 }

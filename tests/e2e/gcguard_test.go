@@ -20,6 +20,7 @@ import (
 	"logbackup/br"
 	"logbackup/meta"
 	"logbackup/streamagent"
+	"logbackup/tests/eventually"
 	"logbackup/tests/simcluster"
 )
 
@@ -245,14 +246,10 @@ func TestStatusNamesStoresPDListsWithoutAgent(t *testing.T) {
 	h := &harness{t: t, ctx: ctx, c: c, etcd: e, m: meta.NewClient(e.Client(t))}
 	_, stop := h.agent(s1, nil, nil)
 	defer stop()
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if agents, err := h.m.Agents(ctx); err == nil && agents[s1] != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the agent of store 1 never registered")
-		}
-	}
+	eventually.True(t, 30*time.Second, func() bool {
+		agents, err := h.m.Agents(ctx)
+		return err == nil && agents[s1] != nil
+	}, "the agent of store 1 to register")
 	r.ok("stream", "start", "--task-name", "pitr", "--storage", "local://"+filepath.Join(t.TempDir(), "b"))
 
 	v := gcStatus(t, r, "pitr")
@@ -336,19 +333,15 @@ func TestAgentRefusesCheckpointPastTxnSafePoint(t *testing.T) {
 	}
 	_, stop := h.agent(h.c.StoreIDs()[0], nil, nil)
 	defer stop()
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+	eventually.True(t, 20*time.Second, func() bool {
 		errsByStore, err := h.m.LastErrors(ctx, "pitr")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if e := errsByStore[h.c.StoreIDs()[0]]; e != nil {
-			if e.ErrorCode != "KV:LogBackup:GCSafepointExceeded" || !strings.Contains(e.ErrorMessage, "txn safe point") {
-				t.Fatalf("last error %s: %s", e.ErrorCode, e.ErrorMessage)
-			}
-			break
+		e := errsByStore[h.c.StoreIDs()[0]]
+		if e != nil && (e.ErrorCode != "KV:LogBackup:GCSafepointExceeded" || !strings.Contains(e.ErrorMessage, "txn safe point")) {
+			t.Fatalf("last error %s: %s", e.ErrorCode, e.ErrorMessage)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the agent observes from a checkpoint PD's txn safe point has passed")
-		}
-	}
+		return e != nil
+	}, "a LastError: the agent must not observe from a checkpoint PD's txn safe point has passed")
 }

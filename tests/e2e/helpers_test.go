@@ -18,6 +18,7 @@ import (
 	"logbackup/streamagent"
 	"logbackup/streamagent/logfile"
 	"logbackup/tests/etcdtest"
+	"logbackup/tests/eventually"
 	"logbackup/tests/simcluster"
 )
 
@@ -191,12 +192,11 @@ func (h *harness) agent(store uint64, reg prometheus.Registerer, mod func(*strea
 // waitGlobal waits for the task's global checkpoint to reach atLeast.
 func (h *harness) waitGlobal(atLeast uint64) uint64 {
 	h.t.Helper()
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if g, ok, _ := h.m.GlobalCheckpoint(h.ctx, "pitr"); ok && g >= atLeast {
-			return g
-		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("global checkpoint never reached %d", atLeast)
-		}
-	}
+	var g uint64
+	eventually.True(h.t, time.Minute, func() bool {
+		var ok bool
+		g, ok, _ = h.m.GlobalCheckpoint(h.ctx, "pitr")
+		return ok && g >= atLeast
+	}, "the global checkpoint to reach %d", atLeast)
+	return g
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -20,6 +21,7 @@ import (
 	"logbackup/meta"
 	"logbackup/storage"
 	"logbackup/streamagent"
+	"logbackup/tests/eventually"
 	"logbackup/tests/simcluster"
 )
 
@@ -175,7 +177,8 @@ func TestStopRacesFlush(t *testing.T) {
 	defer cli.Close()
 	var hook atomic.Pointer[func()]
 	var opened atomic.Int32
-	a, stopAgent := h.agent(1, nil, func(cfg *streamagent.Config) {
+	reg := prometheus.NewRegistry()
+	a, stopAgent := h.agent(1, reg, func(cfg *streamagent.Config) {
 		cfg.Meta = meta.NewClient(cli)
 		cfg.FlushInterval = time.Hour // flushes only when the test asks
 		cfg.OpenStorage = func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error) {
@@ -194,10 +197,13 @@ func TestStopRacesFlush(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for opened.Load() == 0 || len(a.Tasks()) == 0 {
-		time.Sleep(10 * time.Millisecond)
-	}
-	time.Sleep(200 * time.Millisecond) // subscriptions initialised: the flush has checkpoints to write
+	// Subscriptions initialised and the rows taken in: the flush has data
+	// and checkpoints to write.
+	eventually.True(t, 30*time.Second, func() bool {
+		st := a.Status()
+		return opened.Load() > 0 && len(st.Tasks) == 1 && st.Tasks[0].ObservedRegions > 0 && st.Tasks[0].Scanning == 0 &&
+			metricSum(t, reg, "logbackup_agent_events_total") >= 20
+	}, "the agent to observe the task's region and take its 20 rows in")
 	var stopErr error
 	stop := func() {
 		watches.hold()
@@ -212,10 +218,7 @@ func TestStopRacesFlush(t *testing.T) {
 		t.Fatal("the flush wrote no meta file; the race was not exercised")
 	}
 	watches.release()
-	deadline := time.Now().Add(10 * time.Second)
-	for len(a.Tasks()) > 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	eventually.True(t, 10*time.Second, func() bool { return len(a.Tasks()) == 0 }, "the agent to drop the stopped task")
 	resp, err := h.etcd.Client(t).Get(ctx, meta.Prefix+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 
 	"logbackup/br"
 	"logbackup/streamagent"
+	"logbackup/tests/eventually"
 	"logbackup/tests/simcluster"
 )
 
@@ -26,15 +27,10 @@ func TestLagLimitPauses(t *testing.T) {
 		cfg.AutoResume = streamagent.AutoResume{Backoff: 10 * time.Millisecond}
 	})
 	defer stop()
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	eventually.True(t, 20*time.Second, func() bool {
 		st, err := m.GetTask(ctx, "pitr")
-		if err == nil && st.Pause.V2.IsError() {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("a task lagging an hour past a 30-minute limit was not paused")
-		}
-	}
+		return err == nil && st.Pause.V2.IsError()
+	}, "an ERROR pause of a task lagging an hour past a 30-minute limit")
 	r := brRun{t: t, ep: etcd.Endpoint()}
 	table := r.ok("stream", "status", "--task-name", "pitr")
 	for _, want := range []string{"status: ○ ERROR", "KV:LogBackup:CheckpointLagTooLarge", "the lag is too huge"} {
@@ -42,7 +38,9 @@ func TestLagLimitPauses(t *testing.T) {
 			t.Fatalf("status lacks %q:\n%s", want, table)
 		}
 	}
-	time.Sleep(500 * time.Millisecond) // ten coordinator ticks with a 10 ms auto-resume backoff
+	// Time is the subject: nothing may happen during ten coordinator ticks
+	// with a 10 ms auto-resume backoff.
+	time.Sleep(500 * time.Millisecond)
 	if st, _ := m.GetTask(ctx, "pitr"); !st.Pause.Paused {
 		t.Fatal("a lag pause was resumed automatically")
 	}

@@ -9,6 +9,7 @@ import (
 
 	"logbackup/meta"
 	"logbackup/proto/lbpb"
+	"logbackup/tests/eventually"
 )
 
 // TestStatusShowsAgentLiveness: a store that flushed for the task but has
@@ -52,13 +53,8 @@ func TestStatusShowsAgentLiveness(t *testing.T) {
 	}
 	// Agent 2 dies: its lease expires and the task is STALLED again.
 	stopAgent2()
-	deadline := time.Now().Add(15 * time.Second)
-	for statusOf(t, r, "pitr").State != "STALLED" {
-		if time.Now().After(deadline) {
-			t.Fatal("a dead agent's store was not flagged within its lease")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	eventually.True(t, 15*time.Second, func() bool { return statusOf(t, r, "pitr").State == "STALLED" },
+		"a dead agent's store to be flagged once its lease expires")
 }
 
 // TestResumeRefusedBelowGCSafePoint: while a task is paused, BR's pause

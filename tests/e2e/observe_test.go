@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"logbackup/streamagent"
+	"logbackup/tests/eventually"
 	"logbackup/tests/s3test"
 	"logbackup/tests/simcluster"
 )
@@ -37,21 +38,21 @@ func TestAgentMetricsAndStatus(t *testing.T) {
 		}
 	}
 	var st streamagent.Status
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if err := a.FlushNow(ctx); err == nil {
-			resp, err := http.Get(srv.URL + "/status")
-			if err == nil {
-				json.NewDecoder(resp.Body).Decode(&st)
-				resp.Body.Close()
-				if len(st.Tasks) == 1 && st.Tasks[0].ObservedRegions == 2 && st.Tasks[0].StoreCheckpoint > startTS {
-					break
-				}
-			}
+	eventually.NoError(t, 20*time.Second, func(ctx context.Context) error {
+		if err := a.FlushNow(ctx); err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("status never showed 2 observed regions and a checkpoint: %+v", st)
+		resp, err := http.Get(srv.URL + "/status")
+		if err != nil {
+			return err
 		}
-	}
+		json.NewDecoder(resp.Body).Decode(&st)
+		resp.Body.Close()
+		if len(st.Tasks) != 1 || st.Tasks[0].ObservedRegions != 2 || st.Tasks[0].StoreCheckpoint <= startTS {
+			return fmt.Errorf("status %+v", st)
+		}
+		return nil
+	}, "status to show 2 observed regions and a checkpoint")
 	resp, err := http.Get(srv.URL + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -110,6 +111,26 @@ func scrape(t *testing.T, reg *prometheus.Registry, name, labels string) (float6
 	return 0, false
 }
 
+// metricSum is the sum of a counter or gauge over all its label values (0
+// when it has none yet): "errors of any code", say.
+func metricSum(t testing.TB, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	return sum
+}
+
 // TestLagAlertsFireWhileFlushesFail: storage answers 503 to every upload
 // (retried within the budget, no pause). The lag the agents export keeps
 // growing — it is derived at scrape time from the checkpoint, not set by
@@ -132,22 +153,20 @@ func TestLagAlertsFireWhileFlushesFail(t *testing.T) {
 	end, _ := h.c.TSO(ctx)
 	h.waitGlobal(end)
 	var ckpt float64
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if v, ok := scrape(t, reg, "tidb_log_backup_last_checkpoint", "task=pitr"); ok && v >= float64(end) {
-			ckpt = v
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the coordinator never exported the global checkpoint")
-		}
-	}
+	eventually.True(t, 20*time.Second, func() bool {
+		v, ok := scrape(t, reg, "tidb_log_backup_last_checkpoint", "task=pitr")
+		ckpt = v
+		return ok && v >= float64(end)
+	}, "the coordinator to export the global checkpoint")
 	s3.SetFault(s3test.Fault{Status: 503, Remaining: -1, Match: func(r *http.Request) bool { return r.Method == http.MethodPut }})
-	time.Sleep(500 * time.Millisecond) // flushes in flight finish or fail
+	// A flush meets the fault: from here on flushes fail.
+	eventually.True(t, 20*time.Second, func() bool { return s3.Faults() > 0 }, "a flush to meet the storage fault")
 	lag0, ok := scrape(t, reg, "logbackup_agent_checkpoint_lag_seconds", "task=pitr")
 	ckpt0, _ := scrape(t, reg, "tidb_log_backup_last_checkpoint", "task=pitr")
 	if !ok {
 		t.Fatal("no lag exported")
 	}
+	// Time is the subject: the lag must grow with it while flushes fail.
 	time.Sleep(3 * time.Second)
 	lag1, _ := scrape(t, reg, "logbackup_agent_checkpoint_lag_seconds", "task=pitr")
 	ckpt1, _ := scrape(t, reg, "tidb_log_backup_last_checkpoint", "task=pitr")

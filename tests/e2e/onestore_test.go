@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"logbackup/streamagent"
+	"logbackup/tests/eventually"
 	"logbackup/tests/simcluster"
 )
 
@@ -37,15 +38,17 @@ func runAgentErr(h *harness, store uint64, takeOver bool) (<-chan error, func())
 // or after since (0: any), and returns its start time.
 func waitRegistration(h *harness, store uint64, since int64) int64 {
 	h.t.Helper()
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	var started int64
+	eventually.True(h.t, 30*time.Second, func() bool {
 		regs, err := h.m.Agents(h.ctx)
-		if r := regs[store]; err == nil && r != nil && r.StartedAtUnixMs >= since {
-			return r.StartedAtUnixMs
+		r := regs[store]
+		if err != nil || r == nil || r.StartedAtUnixMs < since {
+			return false
 		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("no registration of store %d since %d", store, since)
-		}
-	}
+		started = r.StartedAtUnixMs
+		return true
+	}, "a registration of store %d since %d", store, since)
+	return started
 }
 
 // TestOneAgentPerStore: a second agent of a store that already has a live

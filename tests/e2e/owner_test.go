@@ -10,11 +10,14 @@ import (
 	"testing"
 	"time"
 
+	brpb "github.com/pingcap/kvproto/pkg/brpb"
+
 	"logbackup/br"
 	"logbackup/meta"
 	"logbackup/storage"
 	"logbackup/streamagent/errs"
 	"logbackup/streamagent/logfile"
+	"logbackup/tests/eventually"
 	"logbackup/tests/simcluster"
 )
 
@@ -72,22 +75,21 @@ func TestTakeOverFencesTheOldWriter(t *testing.T) {
 	}
 	waitFenced := func(what string) {
 		t.Helper()
-		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			le, _ := a.m.LastErrors(ctx, "pitr")
+		var le map[uint64]*brpb.StreamBackupError
+		eventually.NoError(t, 60*time.Second, func(ctx context.Context) error {
+			le, _ = a.m.LastErrors(ctx, "pitr")
 			task, _ := a.m.GetTask(ctx, "pitr")
 			var found bool
 			for _, e := range le {
 				found = found || e.ErrorCode == string(errs.CodeStorageOwned) && strings.Contains(e.ErrorMessage, fmt.Sprint(bc.ClusterID()))
 			}
-			if found && task != nil && task.Pause.Paused {
-				for _, e := range le {
-					t.Logf("%s: store %d: %s: %s", what, e.StoreId, e.ErrorCode, e.ErrorMessage)
-				}
-				return
+			if !found || task == nil || !task.Pause.Paused {
+				return fmt.Errorf("last errors %v", le)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: cluster A's task was not fenced off: last errors %v", what, le)
-			}
+			return nil
+		}, "%s: cluster A's task to be fenced off", what)
+		for _, e := range le {
+			t.Logf("%s: store %d: %s: %s", what, e.StoreId, e.ErrorCode, e.ErrorMessage)
 		}
 	}
 	waitFenced("after the takeover")

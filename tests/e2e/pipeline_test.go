@@ -17,6 +17,7 @@ import (
 
 	"logbackup/storage"
 	"logbackup/streamagent"
+	"logbackup/tests/eventually"
 	"logbackup/tests/simcluster"
 )
 
@@ -87,31 +88,24 @@ func TestIntakeFlowsDuringUpload(t *testing.T) {
 		}
 	}
 	put(0, 20)
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if v, _ := scrape(t, reg, "logbackup_agent_events_total", ""); v >= 20 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the first rows never arrived")
-		}
-	}
+	eventually.True(t, 20*time.Second, func() bool {
+		v, _ := scrape(t, reg, "logbackup_agent_events_total", "")
+		return v >= 20
+	}, "the first 20 rows to arrive")
 	gate := make(chan struct{})
 	g.mu.Lock()
 	g.gate = gate
 	g.mu.Unlock()
 	flushed := make(chan error, 1)
 	go func() { flushed <- a.FlushNow(ctx) }()
-	time.Sleep(200 * time.Millisecond) // the flush is now held in its upload
+	eventually.True(t, 20*time.Second, func() bool { return g.held.Load() > 0 }, "the flush to reach its upload")
 	put(20, 30)
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if v, _ := scrape(t, reg, "logbackup_agent_events_total", ""); v >= 50 {
-			break
+	eventually.NoError(t, 20*time.Second, func(context.Context) error {
+		if v, _ := scrape(t, reg, "logbackup_agent_events_total", ""); v < 50 {
+			return fmt.Errorf("%v of 50 rows received", v)
 		}
-		if time.Now().After(deadline) {
-			v, _ := scrape(t, reg, "logbackup_agent_events_total", "")
-			t.Fatalf("intake stalled behind the upload: %v of 50 rows received", v)
-		}
-	}
+		return nil
+	}, "intake to go on behind the held upload")
 	select {
 	case err := <-flushed:
 		t.Fatalf("the held flush finished: %v", err)
@@ -123,18 +117,14 @@ func TestIntakeFlowsDuringUpload(t *testing.T) {
 	}
 	end, _ := h.c.TSO(ctx)
 	var global uint64
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+	eventually.True(t, 30*time.Second, func() bool {
 		if err := a.FlushNow(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if g, ok, _ := h.m.GlobalCheckpoint(ctx, "pitr"); ok && g >= end {
-			global = g
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("global checkpoint never reached %d", end)
-		}
-	}
+		g, ok, _ := h.m.GlobalCheckpoint(ctx, "pitr")
+		global = g
+		return ok && g >= end
+	}, "the global checkpoint to reach %d", end)
 	if n := assertBackedUp(t, ctx, "local://"+dir, h.c, h.startTS, global); n != 50 {
 		t.Fatalf("%d versions, want 50", n)
 	}
@@ -170,14 +160,10 @@ func TestQuotaFreedWhileUploading(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			if v, _ := scrape(t, reg, "logbackup_agent_events_total", ""); v >= float64(from+n) {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("rows %d..%d never arrived", from, from+n)
-			}
-		}
+		eventually.True(t, 20*time.Second, func() bool {
+			v, _ := scrape(t, reg, "logbackup_agent_events_total", "")
+			return v >= float64(from+n)
+		}, "rows %d..%d to arrive", from, from+n)
 	}
 	memory := func() int64 {
 		var m int64
@@ -199,11 +185,7 @@ func TestQuotaFreedWhileUploading(t *testing.T) {
 	g.mu.Unlock()
 	flushed := make(chan error, 1)
 	go func() { flushed <- a.FlushNow(ctx) }()
-	for deadline := time.Now().Add(20 * time.Second); g.held.Load() == 0; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the flush never reached its upload")
-		}
-	}
+	eventually.True(t, 20*time.Second, func() bool { return g.held.Load() > 0 }, "the flush to reach its upload")
 	put(50, 50)
 	if v, _ := scrape(t, reg, "logbackup_agent_spills_total", ""); v != 0 {
 		t.Fatalf("%v spills while the built flush uploaded: its builder's memory still counted", v)

@@ -21,6 +21,7 @@ import (
 
 	"logbackup/br"
 	"logbackup/meta"
+	"logbackup/tests/eventually"
 	"logbackup/tests/simcluster"
 )
 
@@ -76,15 +77,11 @@ func BenchmarkBurstRSS(b *testing.B) {
 		b.Cleanup(stop)
 		// The agent observes the task's region before the burst.
 		inc := mustIncarnation(b, m, "burst")
-		for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+		eventually.True(b, time.Minute, func() bool {
 			ps, _ := m.Progresses(ctx, "burst", inc)
-			if p := ps[c.StoreIDs()[0]]; p != nil && p.ObservedRegions > 0 && p.Scanning == 0 {
-				break
-			}
-			if time.Now().After(deadline) {
-				b.Fatalf("the agent never observed its region; its log: %s", logf.Name())
-			}
-		}
+			p := ps[c.StoreIDs()[0]]
+			return p != nil && p.ObservedRegions > 0 && p.Scanning == 0
+		}, "the agent to observe its region; its log: %s", logf.Name())
 		base := procStatusKB(b, cmd.Process.Pid, "VmRSS")
 		baseAnon, baseFile := procStatusKB(b, cmd.Process.Pid, "RssAnon"), procStatusKB(b, cmd.Process.Pid, "RssFile")
 		w, err := c.NewBulkWriter(simcluster.BulkConfig{Keys: simcluster.KeysTiDBRow, Regions: 16, Split: true, ValueSize: value})
@@ -101,14 +98,9 @@ func BenchmarkBurstRSS(b *testing.B) {
 		}
 		// The agent has taken the burst in once it has received every
 		// committed row (its own counter); then its peak is final.
-		for deadline := time.Now().Add(5 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
-			if metricValue(b, status, "logbackup_agent_events_total") >= float64(st.Rows) {
-				break
-			}
-			if time.Now().After(deadline) {
-				b.Fatal("the agent never took the burst in")
-			}
-		}
+		eventually.TrueEvery(b, 5*time.Minute, 100*time.Millisecond, func() bool {
+			return metricValue(b, status, "logbackup_agent_events_total") >= float64(st.Rows)
+		}, "the agent to take the burst in")
 		took := time.Since(began)
 		cpu := procCPU(b, cmd.Process.Pid) - cpu0
 		stopSampler()
@@ -277,9 +269,19 @@ func BenchmarkCheckpointLag(b *testing.B) {
 	wctx, stopWriter := context.WithTimeout(ctx, 25*time.Second)
 	defer stopWriter()
 	go w.Write(wctx, int64(rate)*30)
-	time.Sleep(5 * time.Second) // past the start-up
+	// Time is the subject: the lag under a steady load, sampled every
+	// 100 ms for 20 s once 5 s of start-up are past.
 	var lags []time.Duration
-	for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for warm, end := time.Now().Add(5*time.Second), time.Now().Add(25*time.Second); ; {
+		at := <-tick.C
+		if at.After(end) {
+			break
+		}
+		if at.Before(warm) {
+			continue
+		}
 		now, err := c.TSO(ctx)
 		if err != nil {
 			b.Fatal(err)

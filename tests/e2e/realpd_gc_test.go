@@ -17,6 +17,7 @@ import (
 	"logbackup/br"
 	"logbackup/meta"
 	"logbackup/proto/lbpb"
+	"logbackup/tests/eventually"
 	"logbackup/tests/realpd"
 )
 
@@ -178,19 +179,19 @@ func passTxnSafePoint(t *testing.T, ctx context.Context, rc *realCluster) uint64
 			t.Fatalf("expire the GC barrier %s: %v", id, err)
 		}
 	}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+	var got uint64
+	eventually.NoError(t, 30*time.Second, func(ctx context.Context) error {
 		target := rc.tso(t, ctx)
-		got, err := rc.c.SetTxnSafePoint(ctx, target)
-		if err != nil {
+		var err error
+		if got, err = rc.c.SetTxnSafePoint(ctx, target); err != nil {
 			t.Fatal(err)
 		}
-		if got == target {
-			return got
+		if got != target {
+			return fmt.Errorf("the txn safe point stays at %d: %v", got, rc.serviceSafePoints(t, ctx))
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the txn safe point stays at %d: %v", got, rc.serviceSafePoints(t, ctx))
-		}
-	}
+		return nil
+	}, "the txn safe point to move to PD's now")
+	return got
 }
 
 // TestRealPDResumeRefusedPastTxnSafePoint: once the pause safepoint has
@@ -267,7 +268,7 @@ func TestRealPDStatusNamesStores(t *testing.T) {
 	// while store 1 keeps heartbeating as a TiKV does every 10 s.
 	var v gcView
 	lastBeat := time.Now()
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+	eventually.NoError(t, 60*time.Second, func(ctx context.Context) error {
 		if time.Since(lastBeat) > 5*time.Second {
 			if err := rc.c.StoreHeartbeat(ctx, rc.store.Id, 1); err != nil {
 				t.Fatal(err)
@@ -276,17 +277,15 @@ func TestRealPDStatusNamesStores(t *testing.T) {
 		}
 		v = gcStatus(t, rc.r, "pitr")
 		if len(v.PDStores) == 3 {
-			break
+			return nil
 		}
 		for _, p := range v.PDStores {
 			if p.StoreID == silent.Id && time.Since(silentSince) < 19*time.Second {
 				t.Fatalf("store %d shown disconnected %s after its heartbeat: %+v", silent.Id, time.Since(silentSince), v.PDStores)
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pd_stores %+v, want stores %d (no agent), %d and %d (disconnected)", v.PDStores, rc.store.Id, silent.Id, never.Id)
-		}
-	}
+		return fmt.Errorf("pd_stores %+v", v.PDStores)
+	}, "pd_stores to list stores %d (no agent), %d and %d (disconnected)", rc.store.Id, silent.Id, never.Id)
 	if p := v.PDStores[0]; p.StoreID != rc.store.Id || !p.NoAgent || p.LeaderRegions != 1 || p.Disconnected || p.Address != rc.store.Address {
 		t.Fatalf("first pd_stores row %+v, want store %d with no agent", p, rc.store.Id)
 	}

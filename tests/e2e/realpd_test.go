@@ -22,6 +22,7 @@ import (
 	"logbackup/meta"
 	"logbackup/playground"
 	"logbackup/streamagent"
+	"logbackup/tests/eventually"
 	"logbackup/tests/realpd"
 	"logbackup/tests/simcluster"
 )
@@ -142,6 +143,8 @@ func TestRealPDAgentsBackUpThroughTopologyChanges(t *testing.T) {
 			s := c.StoreIDs()[rng.Intn(len(c.StoreIDs()))]
 			// A store down for a moment: its leaders move to live
 			// peers, and PD hears of it from the new leaders.
+			// Time is the subject: how long the store stays down is
+			// the fault's size, and there is no event to wait for.
 			c.StoreDown(s)
 			time.Sleep(300 * time.Millisecond)
 			c.StoreUp(s)
@@ -191,12 +194,8 @@ func TestRealPDAgentsBackUpThroughTopologyChanges(t *testing.T) {
 		if err != nil && st != 0 {
 			// A transaction that failed half-way (PD restarting: no commit
 			// ts) leaves locks; resolve them as TiDB would.
-			for ctx.Err() == nil {
-				if err := c.ResolveTxn(ctx, st); err == nil {
-					break
-				}
-				time.Sleep(100 * time.Millisecond)
-			}
+			eventually.NoError(t, time.Minute, func(ctx context.Context) error { return c.ResolveTxn(ctx, st) },
+				"the locks of a half-done transaction to resolve")
 		}
 	}
 	if !restarted {
@@ -271,7 +270,7 @@ func TestRealPDBrStreamCommands(t *testing.T) {
 	h.waitGlobal(end)
 	// Each store leading regions keeps backup-stream-pitr-<store> at its
 	// checkpoint − 1 (a store checkpoint, once flushed past end).
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+	eventually.NoError(t, 30*time.Second, func(ctx context.Context) error {
 		cps, err := h.m.Checkpoints(ctx, "pitr")
 		if err != nil {
 			t.Fatal(err)
@@ -288,13 +287,11 @@ func TestRealPDBrStreamCommands(t *testing.T) {
 				ok = false
 			}
 		}
-		if ok && stores > 0 {
-			break
+		if !ok || stores == 0 {
+			return fmt.Errorf("safepoints %v, checkpoints %v", sps, cps)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("flush safepoints in PD do not follow the store checkpoints: %v, %v", sps, cps)
-		}
-	}
+		return nil
+	}, "the flush safepoints in PD to follow the store checkpoints")
 	// status shows the storage checkpoint, which trails the global one.
 	if st := statusOf(t, r, "pitr"); st.Status != "NORMAL" || st.Checkpoint < start || st.StartTS != start || len(st.LastErrors) > 0 {
 		t.Fatalf("status: %+v (start %d)", st, start)
@@ -337,20 +334,18 @@ func TestRealPDBrStreamCommands(t *testing.T) {
 	}
 	// The agents drop their flush safepoints when they see the stop; BR's
 	// start barrier stays until its TTL, as in BR.
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+	eventually.NoError(t, 30*time.Second, func(context.Context) error {
 		var left []string
 		for id := range safePointsInPD(t, ctx, h.pd) {
 			if strings.Contains(id, "pitr") {
 				left = append(left, id)
 			}
 		}
-		if len(left) == 0 {
-			break
+		if len(left) > 0 {
+			return fmt.Errorf("left: %v", left)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("stop left safepoints in PD: %v", left)
-		}
-	}
+		return nil
+	}, "the stop to clear the task's safepoints in PD")
 	assertBackedUp(t, ctx, url, c, start, more)
 }
 

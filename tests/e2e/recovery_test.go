@@ -17,6 +17,7 @@ import (
 	"logbackup/proto/lbpb"
 	"logbackup/streamagent"
 	"logbackup/streamagent/errs"
+	"logbackup/tests/eventually"
 	"logbackup/tests/s3test"
 	"logbackup/tests/simcluster"
 )
@@ -142,14 +143,8 @@ func (r *recoveryRig) reconnectObserver() {
 
 func (r *recoveryRig) waitFor(what string, d time.Duration, cond func() bool) time.Time {
 	r.t.Helper()
-	for deadline := time.Now().Add(d); ; time.Sleep(50 * time.Millisecond) {
-		if cond() {
-			return time.Now()
-		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("%s: waited %s for %s", r.f.name, d, what)
-		}
-	}
+	eventually.True(r.t, d, cond, "%s: %s", r.f.name, what)
+	return time.Now()
 }
 
 // events returns the history of the task's incarnation of a kind, at or
@@ -275,6 +270,8 @@ func (r *recoveryRig) run(o outage) time.Duration {
 			return r.counter("logbackup_agent_recovery_probes_total", map[string]string{"dependency": f.dep, "result": "failed"}) >= probed+float64(o.probes)
 		})
 	} else {
+		// Time is the subject: the outage lasts o.after, however many
+		// probes auto-resume makes meanwhile.
 		time.Sleep(time.Until(pausedAt.Add(o.after)))
 	}
 	if f.dep != "etcd" {
@@ -433,6 +430,7 @@ func TestAutoRecoveryFlappingGivesUp(t *testing.T) {
 		}
 	}
 	// It stays so: no prober, no resume, through many probe intervals.
+	// Time is the subject: nothing may happen during them.
 	probes := r.counter("logbackup_agent_recovery_probes_total", nil)
 	time.Sleep(2 * time.Second)
 	if st, _ := r.observer().GetTask(ctx, "pitr"); !st.Pause.Paused {

@@ -2,11 +2,13 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
 	"logbackup/meta"
 	"logbackup/streamagent"
+	"logbackup/tests/eventually"
 	"logbackup/tests/simcluster"
 )
 
@@ -43,14 +45,12 @@ func TestRegionCheckpointsThrottled(t *testing.T) {
 	// A region with no checkpoint yet gets one at the next flush, whatever
 	// the interval.
 	var first map[uint64]uint64
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if first = regionCPs(); len(first) == 2 {
-			break
+	eventually.NoError(t, 30*time.Second, func(context.Context) error {
+		if first = regionCPs(); len(first) != 2 {
+			return fmt.Errorf("region checkpoints %v", first)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("region checkpoints %v, want one per region", first)
-		}
-	}
+		return nil
+	}, "a checkpoint for each of the 2 regions")
 	ts2, err := h.c.Put(ctx, []byte("t7"), []byte("b"))
 	if err != nil {
 		t.Fatal(err)

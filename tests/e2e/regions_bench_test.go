@@ -20,6 +20,7 @@ import (
 	"logbackup/br"
 	"logbackup/meta"
 	"logbackup/streamagent"
+	"logbackup/tests/eventually"
 	"logbackup/tests/simcluster"
 )
 
@@ -71,14 +72,10 @@ func benchManyRegions(b *testing.B, regions int, flush time.Duration) {
 	done := make(chan struct{})
 	go func() { defer close(done); a.Run(actx) }()
 	defer func() { cancel(); <-done }()
-	for deadline := time.Now().Add(10 * time.Minute); ; time.Sleep(50 * time.Millisecond) {
-		if st := a.Status(); len(st.Tasks) == 1 && st.Tasks[0].ObservedRegions >= int64(regions) && st.Tasks[0].Scanning == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("the agent never observed %d regions", regions)
-		}
-	}
+	eventually.True(b, 10*time.Minute, func() bool {
+		st := a.Status()
+		return len(st.Tasks) == 1 && st.Tasks[0].ObservedRegions >= int64(regions) && st.Tasks[0].Scanning == 0
+	}, "the agent to observe %d regions", regions)
 	revision := func() int64 {
 		resp, err := etcd.Get(ctx, "logbackup-bench-revision-probe")
 		if err != nil {
@@ -99,20 +96,18 @@ func benchManyRegions(b *testing.B, regions int, flush time.Duration) {
 	}
 	last, _ := c.TSO(ctx)
 	var tookIn time.Duration
-	for deadline := time.Now().Add(flush + 10*time.Minute); ; time.Sleep(20 * time.Millisecond) {
+	eventually.TrueEvery(b, flush+10*time.Minute, 20*time.Millisecond, func() bool {
 		if tookIn == 0 && gathered(reg, "logbackup_agent_events_total") >= float64(st.Rows) {
 			tookIn = time.Since(began)
 		}
 		if g, ok, _ := m.GlobalCheckpoint(ctx, "bench"); ok && g >= last {
-			break
+			return true
 		}
 		if errs, _ := m.LastErrors(ctx, "bench"); len(errs) > 0 {
 			b.Fatalf("the task stopped with an error: %v", errs)
 		}
-		if time.Now().After(deadline) {
-			b.Fatal("the checkpoint never covered the last commit")
-		}
-	}
+		return false
+	}, "the checkpoint to cover the last commit")
 	elapsed := time.Since(began)
 	b.StopTimer()
 	stopProfile()

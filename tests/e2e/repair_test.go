@@ -15,6 +15,7 @@ import (
 	"logbackup/br"
 	"logbackup/meta"
 	"logbackup/streamagent"
+	"logbackup/tests/eventually"
 	"logbackup/tests/simcluster"
 )
 
@@ -48,15 +49,13 @@ func TestRepairUnreadableGlobalCheckpoint(t *testing.T) {
 	end, _ = h.c.TSO(ctx)
 	global := h.waitGlobal(end)
 	// The agents' copies move again too.
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	eventually.NoError(t, 30*time.Second, func(ctx context.Context) error {
 		scs, err := h.m.StorageCheckpoints(ctx, "pitr")
-		if err == nil && scs[1] >= end {
-			break
+		if err == nil && scs[1] < end {
+			err = fmt.Errorf("storage checkpoints %v", scs)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("storage checkpoint stayed at %v (%v), want ≥ %d", scs, err, end)
-		}
-	}
+		return err
+	}, "store 1's storage checkpoint to reach %d", end)
 	if !strings.Contains(logs.String(), "level=WARN msg=\"the global checkpoint could not be read; rewrote it") {
 		t.Fatalf("no WARN for the rewrite:\n%s", logs.String())
 	}
@@ -106,22 +105,26 @@ func TestRepairUnreadableOwnCheckpoint(t *testing.T) {
 			end, _ = h.c.TSO(ctx)
 			global := h.waitGlobal(end)
 			// Both keys readable and moving, and no new ERROR.
-			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			eventually.NoError(t, 30*time.Second, func(ctx context.Context) error {
 				scs, err := h.m.StorageCheckpoints(ctx, "pitr")
-				cps, cerr := h.m.CheckpointsExceptRegions(ctx, "pitr")
+				if err != nil {
+					return err
+				}
+				cps, err := h.m.CheckpointsExceptRegions(ctx, "pitr")
+				if err != nil {
+					return err
+				}
 				var store uint64
 				for _, cp := range cps {
 					if cp.Kind == meta.CheckpointStore && cp.StoreID == 1 {
 						store = cp.TS
 					}
 				}
-				if err == nil && cerr == nil && scs[1] >= end && store >= end {
-					break
+				if scs[1] < end || store < end {
+					return fmt.Errorf("storage checkpoints %v, store checkpoint %d", scs, store)
 				}
-				if time.Now().After(deadline) {
-					t.Fatalf("storage checkpoints %v (%v), store checkpoint %d (%v), want ≥ %d", scs, err, store, cerr, end)
-				}
-			}
+				return nil
+			}, "store 1's storage and store checkpoints to reach %d", end)
 			st, err := h.m.GetTask(ctx, "pitr")
 			if err != nil || st.Pause.Paused {
 				t.Fatalf("task after the repair: %+v %v", st.Pause, err)
@@ -161,7 +164,7 @@ func TestStuckGlobalCheckpointReported(t *testing.T) {
 		t.Fatal(err)
 	}
 	sawRetrying, lagGrew := false, false
-	for deadline := time.Now().Add(30 * time.Second); !(sawRetrying && lagGrew); time.Sleep(20 * time.Millisecond) {
+	eventually.NoError(t, 30*time.Second, func(ctx context.Context) error {
 		if _, err := h.c.Put(ctx, []byte("t2"), []byte("v")); err != nil {
 			t.Fatal(err)
 		}
@@ -174,10 +177,11 @@ func TestStuckGlobalCheckpointReported(t *testing.T) {
 		if lag, ok := scrape(t, reg, "logbackup_agent_global_checkpoint_lag_seconds", "task=pitr"); ok && lag > 2 {
 			lagGrew = true
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("stuck global checkpoint: RETRYING reported %v, global lag grew %v", sawRetrying, lagGrew)
+		if !sawRetrying || !lagGrew {
+			return fmt.Errorf("RETRYING reported %v, global lag grew %v", sawRetrying, lagGrew)
 		}
-	}
+		return nil
+	}, "the stuck global checkpoint to be reported")
 	le := waitLastError(t, ctx, h.m)
 	if le.ErrorCode != "KV:LogBackup:MalformedMetadata" || !strings.Contains(le.ErrorMessage, key) || !strings.Contains(le.ErrorMessage, "retry budget") {
 		t.Fatalf("LastError %s: %s", le.ErrorCode, le.ErrorMessage)
@@ -210,32 +214,30 @@ func TestSilentStallReported(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(90 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+	eventually.NoError(t, 90*time.Second, func(ctx context.Context) error {
 		if _, err := h.c.Put(ctx, []byte("t1"), []byte("v")); err != nil {
 			t.Fatal(err)
 		}
 		rs, err := h.m.Progresses(ctx, "pitr", st.Incarnation)
-		if r := rs[ids[0]]; err == nil && r != nil && r.State == meta.StateRetrying {
-			if !strings.Contains(r.LastError, "has not moved") || !strings.Contains(r.LastError, fmt.Sprintf("stores with no checkpoint for this task (is their agent running?): %d", ids[1])) {
-				t.Fatalf("RETRYING without the reason: %q", r.LastError)
-			}
-			break
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("a standing global checkpoint was never reported: %v %v", rs, err)
+		r := rs[ids[0]]
+		if r == nil || r.State != meta.StateRetrying {
+			return fmt.Errorf("progresses %v", rs)
 		}
-	}
+		if !strings.Contains(r.LastError, "has not moved") || !strings.Contains(r.LastError, fmt.Sprintf("stores with no checkpoint for this task (is their agent running?): %d", ids[1])) {
+			t.Fatalf("RETRYING without the reason: %q", r.LastError)
+		}
+		return nil
+	}, "the standing global checkpoint to be reported")
 	_, stop2 := h.agent(ids[1], nil, nil)
 	defer stop2()
 	end, _ := h.c.TSO(ctx)
 	h.waitGlobal(end)
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+	eventually.True(t, 30*time.Second, func() bool {
 		rs, err := h.m.Progresses(ctx, "pitr", st.Incarnation)
-		if r := rs[ids[0]]; err == nil && r != nil && r.State != meta.StateRetrying {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the stall report stayed after the checkpoint moved")
-		}
-	}
+		r := rs[ids[0]]
+		return err == nil && r != nil && r.State != meta.StateRetrying
+	}, "the stall report to clear once the checkpoint moved")
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/pingcap/kvproto/pkg/metapb"
 
 	"logbackup/meta"
+	"logbackup/tests/eventually"
 	"logbackup/tests/simcluster"
 )
 
@@ -43,14 +44,10 @@ func TestCheckRequirements(t *testing.T) {
 	h := &harness{t: t, ctx: ctx, c: c, etcd: pdEtcd{c}, m: m}
 	_, stop := h.agent(s1, nil, nil)
 	defer stop()
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if agents, err := m.Agents(ctx); err == nil && agents[s1] != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the agent of store 1 never registered")
-		}
-	}
+	eventually.True(t, 30*time.Second, func() bool {
+		agents, err := m.Agents(ctx)
+		return err == nil && agents[s1] != nil
+	}, "the agent of store 1 to register")
 	out := start()
 	if want := fmt.Sprintf("warning: no log backup agent is registered for store %d (%s):", s2, c.StoreAddr(s2)); !strings.Contains(out, want) {
 		t.Fatalf("one agent: start says\n%s\nwant %q", out, want)

@@ -7,7 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"logbackup/streamagent"
+	"logbackup/tests/eventually"
 	"logbackup/tests/s3test"
 	"logbackup/tests/simcluster"
 )
@@ -24,7 +27,8 @@ func TestShutdownBoundedByFinalFlushTimeout(t *testing.T) {
 	srv := s3test.Start(t, "bk")
 	h := newHarness(t, ctx, simcluster.Config{Stores: 1}, srv.URL("bk", "log"), 0)
 	const final = 2 * time.Second
-	_, stop := h.agent(1, nil, func(c *streamagent.Config) {
+	reg := prometheus.NewRegistry()
+	_, stop := h.agent(1, reg, func(c *streamagent.Config) {
 		c.FlushInterval = time.Hour // only the final flush writes what follows
 		c.FinalFlushTimeout = final
 	})
@@ -40,7 +44,9 @@ func TestShutdownBoundedByFinalFlushTimeout(t *testing.T) {
 			firstBuffered = ts
 		}
 	}
-	time.Sleep(200 * time.Millisecond) // let the agent take the changes in
+	// The final flush has the changes to write.
+	eventually.True(t, 30*time.Second, func() bool { return metricSum(t, reg, "logbackup_agent_events_total") >= 5 },
+		"the agent to take the 5 changes in")
 	began := time.Now()
 	stop()
 	// Generous against a loaded machine, far below the old fixed minute.

@@ -28,6 +28,7 @@ import (
 	"logbackup/storage"
 	"logbackup/streamagent"
 	"logbackup/streamagent/logfile"
+	"logbackup/tests/eventually"
 	"logbackup/tests/s3test"
 	"logbackup/tests/simcluster"
 )
@@ -98,9 +99,21 @@ func startWorkload(t *testing.T, ctx context.Context, c *simcluster.Cluster, m *
 	go func() {
 		defer close(done)
 		rng := rand.New(rand.NewSource(seed))
+		// Time is the subject: the workload's rate, a pause of pace after
+		// each transaction (cut short when ctx ends).
+		pause := time.NewTimer(pace)
+		defer pause.Stop()
 		for i := 0; ctx.Err() == nil; i++ {
-			for i%20 == 0 && ctx.Err() == nil && lagging() {
-				time.Sleep(50 * time.Millisecond) // back-pressure, not synchronisation
+			if i%20 == 0 {
+				// Back-pressure, not synchronisation: a checkpoint lagging
+				// past maxLag holds the writer (until ctx ends; a lag that
+				// never recovers fails the test's own waits).
+				_ = eventually.Wait(ctx, time.Hour, func(context.Context) error {
+					if lagging() {
+						return errors.New("lagging")
+					}
+					return nil
+				}, "the checkpoint to catch up")
 			}
 			n := 1 + rng.Intn(3)
 			st, err := c.Txn(ctx, func(txn *transaction.KVTxn) error {
@@ -131,7 +144,11 @@ func startWorkload(t *testing.T, ctx context.Context, c *simcluster.Cluster, m *
 					return
 				}
 			}
-			time.Sleep(pace) // pacing only
+			pause.Reset(pace)
+			select {
+			case <-ctx.Done():
+			case <-pause.C:
+			}
 		}
 	}()
 	w.stop = func() { cancel(); <-done }
@@ -141,11 +158,12 @@ func startWorkload(t *testing.T, ctx context.Context, c *simcluster.Cluster, m *
 // waitCommits waits until the workload has committed n transactions.
 func (w *workload) waitCommits(t *testing.T, n int64) {
 	t.Helper()
-	for deadline := time.Now().Add(60 * time.Second); w.commits.Load() < n; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the workload committed %d transactions, not %d", w.commits.Load(), n)
+	eventually.NoError(t, time.Minute, func(context.Context) error {
+		if c := w.commits.Load(); c < n {
+			return fmt.Errorf("%d committed", c)
 		}
-	}
+		return nil
+	}, "the workload to commit %d transactions", n)
 }
 
 // faultyStorage lets a number of writes and deletes through, then fails
@@ -252,25 +270,26 @@ func metasAfter(t *testing.T, ctx context.Context, st storage.Storage, ts uint64
 // waitFor polls cond for up to a minute.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(60 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Errorf("timed out waiting for %s", what)
-			return
+	// Not fatal, as before: the caller goes on to report what it sees.
+	if err := eventually.Wait(t.Context(), time.Minute, func(context.Context) error {
+		if !cond() {
+			return errors.New("the condition does not hold yet")
 		}
+		return nil
+	}, "%s", what); err != nil {
+		t.Error(err)
 	}
 }
 
 func waitStorageCheckpoint(t *testing.T, ctx context.Context, st storage.Storage, atLeast uint64) {
 	t.Helper()
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	eventually.NoError(t, time.Minute, func(ctx context.Context) error {
 		info, err := br.ReadLogInfo(ctx, st)
-		if err == nil && info.MaxTS >= atLeast {
-			return
+		if err == nil && info.MaxTS < atLeast {
+			err = fmt.Errorf("at %d", info.MaxTS)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the storage's global checkpoint never reached %d (%v)", atLeast, err)
-		}
-	}
+		return err
+	}, "the storage's global checkpoint to reach %d", atLeast)
 }
 
 func openStorage(t *testing.T, ctx context.Context, url string) storage.Storage {

@@ -3,11 +3,13 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"logbackup/tests/eventually"
 	"logbackup/tests/simcluster"
 )
 
@@ -54,7 +56,7 @@ func TestResumeWait(t *testing.T) {
 		} `json:"stores"`
 		EstimateQPS *float64 `json:"estimate_qps"`
 	}
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+	eventually.NoError(t, 20*time.Second, func(context.Context) error {
 		if err := json.Unmarshal([]byte(r.ok("stream", "status", "--task-name", "pitr", "--json")), &views); err != nil {
 			t.Fatal(err)
 		}
@@ -64,13 +66,11 @@ func TestResumeWait(t *testing.T) {
 				healthy++
 			}
 		}
-		if healthy == 3 && views[0].EstimateQPS != nil {
-			break
+		if healthy != 3 || views[0].EstimateQPS == nil {
+			return fmt.Errorf("status %+v", views[0])
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("stores never all HEALTHY: %+v", views[0])
-		}
-	}
+		return nil
+	}, "every store HEALTHY and a speed estimate")
 	if table := r.ok("stream", "status", "--task-name", "pitr"); !strings.Contains(table, "speed(est.):") || !strings.Contains(table, "store[1]: ● HEALTHY") {
 		t.Fatalf("status table:\n%s", table)
 	}

@@ -8,6 +8,7 @@ import (
 	"go.uber.org/goleak"
 
 	"logbackup/tests/etcdtest"
+	"logbackup/tests/eventually"
 )
 
 func TestMain(m *testing.M) {
@@ -40,22 +41,18 @@ func TestStopRestart(t *testing.T) {
 	if srv.Endpoint() != ep {
 		t.Fatalf("endpoint moved from %s to %s", ep, srv.Endpoint())
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	eventually.NoError(t, 20*time.Second, func(ctx context.Context) error {
 		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
 		resp, err := cli.Get(rctx, "k")
-		cancel()
-		if err == nil {
-			if len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "v" {
-				t.Fatalf("data lost across restart: %v", resp.Kvs)
-			}
-			break
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("old client never reconnected: %v", err)
+		if len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "v" {
+			t.Fatalf("data lost across restart: %v", resp.Kvs)
 		}
-		time.Sleep(20 * time.Millisecond) // poll interval
-	}
+		return nil
+	}, "the old client to reconnect")
 	if _, err := srv.Client(t).Get(ctx, "k"); err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tikv/client-go/v2/txnkv/transaction"
 
+	"logbackup/tests/eventually"
 	"logbackup/tests/simcluster"
 	"logbackup/tests/simcluster/refreader"
 )
@@ -137,6 +138,8 @@ func TestBulkReconstructedUnderNemesis(t *testing.T) {
 			default:
 			}
 			c.ResolveOnce(ctx)
+			// Time is the subject: the nemesis's pace, a round every
+			// 200 µs (what it meets is up to the scheduler).
 			time.Sleep(200 * time.Microsecond)
 		}
 	}()
@@ -196,7 +199,9 @@ func TestBulkReconstructedUnderNemesis(t *testing.T) {
 						bulkRows[wi] += 16
 					}
 				}
-				time.Sleep(5 * time.Millisecond) // let the nemesis act between slices, too
+				// Time is the subject: a pause between slices in which the
+				// nemesis acts, too.
+				time.Sleep(5 * time.Millisecond)
 			}
 			errc <- nil
 		}(wi, w)
@@ -239,13 +244,12 @@ func TestBulkReconstructedUnderNemesis(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for r.Resolved() < end {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("seed %d: reader resolved ts %d never reached %d", seed, r.Resolved(), end)
-		case <-time.After(10 * time.Millisecond):
+	eventually.NoError(t, untilDone(ctx), func(context.Context) error {
+		if got := r.Resolved(); got < end {
+			return fmt.Errorf("at %d", got)
 		}
-	}
+		return nil
+	}, "seed %d: the reader's resolved ts to reach %d", seed, end)
 	stopReader()
 	readerDone.Wait()
 

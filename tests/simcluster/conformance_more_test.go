@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"logbackup/tests/eventually"
 	"logbackup/tests/simcluster"
 )
 
@@ -35,7 +36,7 @@ func TestScanInterleavesLiveRows(t *testing.T) {
 	f.register(r, 1, 0)
 	// The registration is applied (and its snapshot taken) once the store
 	// counts it; poll for that rather than sleeping.
-	waitFor(t, func() bool { return c.Subscriptions(r.LeaderStore) == 1 })
+	eventually.True(t, 10*time.Second, func() bool { return c.Subscriptions(r.LeaderStore) == 1 }, "one subscription on the leader's store")
 	if _, err := open.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +96,7 @@ func TestScanAndLiveAtomicUnderConcurrentWrites(t *testing.T) {
 	}
 	var subs []sub
 	for i := 0; i < 4; i++ {
-		waitFor(t, func() bool { return len(c.Committed(0, ^uint64(0))) > 10*(i+1) })
+		eventually.True(t, 10*time.Second, func() bool { return len(c.Committed(0, ^uint64(0))) > 10*(i+1) }, "over %d commits", 10*(i+1))
 		cp, err := c.TSO(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -104,7 +105,7 @@ func TestScanAndLiveAtomicUnderConcurrentWrites(t *testing.T) {
 		f.register(r, uint64(i+1), cp)
 		subs = append(subs, sub{f, cp})
 	}
-	waitFor(t, func() bool { return len(c.Committed(0, ^uint64(0))) > 60 })
+	eventually.True(t, 10*time.Second, func() bool { return len(c.Committed(0, ^uint64(0))) > 60 }, "over 60 commits")
 	close(stop)
 	wg.Wait()
 	for _, tid := range c.OpenTxns() { // a failed commit can leave locks
@@ -284,9 +285,9 @@ func TestSubscriptionsEnd(t *testing.T) {
 		Request: &cdcpb.ChangeDataRequest_Deregister_{Deregister: &cdcpb.ChangeDataRequest_Deregister{}}}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { return c.Subscriptions(store) == 1 })
+	eventually.True(t, 10*time.Second, func() bool { return c.Subscriptions(store) == 1 }, "store %d's subscription", store)
 	f.cancel()
-	waitFor(t, func() bool { return c.Subscriptions(store) == 0 })
+	eventually.True(t, 10*time.Second, func() bool { return c.Subscriptions(store) == 0 }, "store %d's subscription to end", store)
 }
 
 // TestLargeMessages: TiKV batches events into messages of up to 6 MiB, past
@@ -322,17 +323,3 @@ func TestLargeMessages(t *testing.T) {
 		t.Fatal("a 4 MiB-limited client received a >4 MiB scan")
 	}
 }
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
-		}
-		runtimeYield()
-	}
-}
-
-// runtimeYield waits a little between polls of a condition.
-func runtimeYield() { <-time.After(2 * time.Millisecond) }

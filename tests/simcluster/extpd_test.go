@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	pd "github.com/tikv/pd/client"
 
 	"logbackup/meta"
+	"logbackup/tests/eventually"
 	"logbackup/tests/realpd"
 	"logbackup/tests/simcluster"
 )
@@ -70,17 +72,12 @@ func pdDiff(t *testing.T, ctx context.Context, c *simcluster.Cluster, pdc pd.Cli
 // the stores' own heartbeats tell it (not WaitPDSynced's re-reports).
 func requirePDRegions(t *testing.T, ctx context.Context, c *simcluster.Cluster, pdc pd.Client) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		diff := pdDiff(t, ctx, c, pdc)
-		if diff == "" {
-			return
+	eventually.NoError(t, 30*time.Second, func(context.Context) error {
+		if diff := pdDiff(t, ctx, c, pdc); diff != "" {
+			return errors.New(diff)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the stores' heartbeats did not bring PD up to date: %s", diff)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	}, "the stores' heartbeats to bring PD up to date")
 }
 
 // TestExternalPD runs the simulated stores against a real PD: it is
@@ -256,30 +253,36 @@ func TestExternalPDStoreDown(t *testing.T) {
 // state_name: Up, Disconnected, Down, Offline, Tombstone).
 func waitStoreState(t *testing.T, ctx context.Context, s *realpd.Server, id uint64, state string) {
 	t.Helper()
-	var last string
-	for {
+	eventually.NoError(t, untilDone(ctx), func(ctx context.Context) error {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/pd/api/v1/store/%d", s.URL(), id), nil)
-		if resp, err := http.DefaultClient.Do(req); err == nil {
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			var info struct {
-				Store struct {
-					StateName string `json:"state_name"`
-				} `json:"store"`
-			}
-			if json.Unmarshal(body, &info) == nil {
-				last = info.Store.StateName
-				if last == state {
-					return
-				}
-			}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
 		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("store %d is %q in PD, want %q", id, last, state)
-		case <-time.After(500 * time.Millisecond):
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var info struct {
+			Store struct {
+				StateName string `json:"state_name"`
+			} `json:"store"`
 		}
+		if err := json.Unmarshal(body, &info); err != nil {
+			return err
+		}
+		if info.Store.StateName != state {
+			return fmt.Errorf("%q in PD", info.Store.StateName)
+		}
+		return nil
+	}, "store %d to be %q in PD", id, state)
+}
+
+// untilDone is the time left before ctx's deadline: a wait as long as the
+// test's own budget.
+func untilDone(ctx context.Context) time.Duration {
+	if d, ok := ctx.Deadline(); ok {
+		return time.Until(d)
 	}
+	return time.Minute
 }
 
 // TestExternalPDJoinLater: with JoinPDLater PD stays unbootstrapped, with

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"logbackup/tests/eventually"
 	"logbackup/tests/simcluster"
 )
 
@@ -568,19 +569,12 @@ func TestPDServerDown(t *testing.T) {
 	}
 
 	c.SetPDDown(false)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	eventually.NoError(t, 30*time.Second, func(ctx context.Context) error {
 		one, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
 		_, _, err := cli.GetTS(one)
-		cancel()
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pd client did not recover: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond) // polling a client that backs off itself
-	}
+		return err
+	}, "the pd client to recover")
 	if _, err := cli.GetAllStores(ctx); err != nil {
 		t.Fatalf("GetAllStores after PD is up: %v", err)
 	}

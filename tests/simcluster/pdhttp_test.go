@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -20,6 +21,7 @@ import (
 	pdhttp "github.com/tikv/pd/client/http"
 
 	"logbackup/tests/certtest"
+	"logbackup/tests/eventually"
 	"logbackup/tests/realpd"
 	"logbackup/tests/simcluster"
 )
@@ -429,17 +431,13 @@ func TestPDHTTPShapeRealPD(t *testing.T) {
 	realCli, realRec := newPDHTTP(t, real.URL(), nil)
 	simCli, simRec := newPDHTTP(t, c.PDURL(), nil)
 	// Real PD starts its schedulers a few seconds after bootstrap.
-	for {
+	eventually.NoError(t, untilDone(ctx), func(ctx context.Context) error {
 		names, err := realCli.GetSchedulers(ctx)
-		if err == nil && len(names) > 0 {
-			break
+		if err == nil && len(names) == 0 {
+			err = errors.New("none listed")
 		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("real PD lists no schedulers: %v, %v", names, err)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+		return err
+	}, "real PD to list its schedulers")
 
 	type call struct {
 		key    string // method and path as recorded

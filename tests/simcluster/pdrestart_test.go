@@ -2,12 +2,14 @@ package simcluster_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
 	pd "github.com/tikv/pd/client"
 
 	"logbackup/meta"
+	"logbackup/tests/eventually"
 	"logbackup/tests/simcluster"
 )
 
@@ -59,21 +61,19 @@ func TestStopAndStartPD(t *testing.T) {
 	if c.PDAddr() != addr {
 		t.Fatalf("PD came back at %s, was %s", c.PDAddr(), addr)
 	}
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+	eventually.NoError(t, 60*time.Second, func(ctx context.Context) error {
 		rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
+		defer rcancel()
 		_, _, tsErr := pdc.GetTS(rctx)
 		resp, getErr := cli.Get(rctx, "/k")
-		rcancel()
-		if tsErr == nil && getErr == nil {
-			if len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "v" {
-				t.Fatalf("etcd lost its data across the restart: %v", resp.Kvs)
-			}
-			break
+		if tsErr != nil || getErr != nil {
+			return fmt.Errorf("tso %v, etcd %v", tsErr, getErr)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("clients did not reconnect: tso %v, etcd %v", tsErr, getErr)
+		if len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "v" {
+			t.Fatalf("etcd lost its data across the restart: %v", resp.Kvs)
 		}
-	}
+		return nil
+	}, "the clients to reconnect")
 	if got := pdc.GetClusterID(ctx); got != c.ClusterID() {
 		t.Fatalf("cluster id %d, want %d", got, c.ClusterID())
 	}

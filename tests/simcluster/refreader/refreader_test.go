@@ -15,6 +15,7 @@ import (
 	"github.com/tikv/client-go/v2/txnkv/transaction"
 	"go.uber.org/zap/zapcore"
 
+	"logbackup/tests/eventually"
 	"logbackup/tests/simcluster"
 	"logbackup/tests/simcluster/refreader"
 )
@@ -225,13 +226,13 @@ func TestReconstructsCommittedWrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for r.Resolved() < end {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("seed %d: reader resolved ts %d never reached %d", s, r.Resolved(), end)
-		case <-time.After(10 * time.Millisecond):
+	testEnd, _ := ctx.Deadline()
+	eventually.NoError(t, time.Until(testEnd), func(context.Context) error {
+		if got := r.Resolved(); got < end {
+			return fmt.Errorf("at %d", got)
 		}
-	}
+		return nil
+	}, "seed %d: the reader's resolved ts to reach %d", s, end)
 	t.Logf("workload %s, reader caught up %s later", workloadTook.Round(time.Millisecond), (time.Since(began) - workloadTook).Round(time.Millisecond))
 	stopReader()
 	readerDone.Wait()
