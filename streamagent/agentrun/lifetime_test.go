@@ -49,7 +49,7 @@ func TestPDClientOutlivesDialTimeout(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, fmt.Sprintf("the store checkpoint to reach %d after the dial timeout passed", last), 60*time.Second, r, func() bool {
+	waitRunning(t, fmt.Sprintf("the store checkpoint to reach %d after the dial timeout passed", last), 60*time.Second, r, func() bool {
 		cps, err := m.Checkpoints(ctx, "pitr")
 		if err != nil {
 			t.Fatal(err)

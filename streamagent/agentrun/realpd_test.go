@@ -21,6 +21,7 @@ import (
 	"logbackup/br"
 	"logbackup/meta"
 	"logbackup/streamagent"
+	"logbackup/tests/eventually"
 	"logbackup/tests/realpd"
 )
 
@@ -69,31 +70,38 @@ type agentRun struct {
 	err   error         // what it returned, once ended
 }
 
-// pollEvery is how often eventually asks its condition again.
-const pollEvery = 50 * time.Millisecond
-
-// eventually waits for cond to hold, asking it every pollEvery, and fails
-// the test once d has passed or, when r is not nil, as soon as the agent
-// ends (it will not start doing what is waited for after that).
-func eventually(t *testing.T, what string, d time.Duration, r *agentRun, cond func() bool) {
+// waitRunning waits (tests/eventually) for cond to hold, and fails at
+// once, not at the timeout, if the agent ends meanwhile (r nil: no agent).
+func waitRunning(t *testing.T, what string, d time.Duration, r *agentRun, cond func() bool) {
 	t.Helper()
-	var ended <-chan struct{} // nil without an agent: never ready
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
 	if r != nil {
-		ended = r.ended
+		go func() {
+			select {
+			case <-r.ended:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
 	}
-	deadline := time.NewTimer(d)
-	defer deadline.Stop()
-	tick := time.NewTicker(pollEvery)
-	defer tick.Stop()
-	for !cond() {
+	err := eventually.Wait(ctx, d, func(context.Context) error {
+		if cond() {
+			return nil
+		}
+		return errors.New("not yet")
+	}, "%s", what)
+	if err == nil {
+		return
+	}
+	if r != nil {
 		select {
-		case <-ended:
+		case <-r.ended:
 			t.Fatalf("the agent ended while waiting for %s: %v", what, r.err)
-		case <-deadline.C:
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		case <-tick.C:
+		default:
 		}
 	}
+	t.Fatal(err)
 }
 
 // keepsRunning fails the test if the agent ends within d. Time itself is
@@ -303,7 +311,7 @@ func TestRealPDStoreLookup(t *testing.T) {
 		o := agentOptions(t, cl.pd.Addr())
 		o.storeAddr = addr
 		logs, done, stop := startAgent(t, o)
-		eventually(t, "the agent to start", time.Minute, done, func() bool { return len(logs.lines("stream agent started")) > 0 })
+		waitRunning(t, "the agent to start", time.Minute, done, func() bool { return len(logs.lines("stream agent started")) > 0 })
 		if got := logs.lines("stream agent started")[0]["store"]; got != float64(fresh.Id) {
 			t.Fatalf("--store-addr %s picked store %v; want the live store %d, not a tombstone", addr, got, fresh.Id)
 		}
@@ -330,7 +338,7 @@ func TestRealPDStoreLookup(t *testing.T) {
 		deleteStore(ctx, t, cl.pd.Addr(), draining.Id)
 		var replacement *metapb.Store
 		var refused string // PD's last refusal, logged when it changes
-		eventually(t, "PD to accept a new store at a destroyed store's address", 30*time.Second, nil, func() bool {
+		waitRunning(t, "PD to accept a new store at a destroyed store's address", 30*time.Second, nil, func() bool {
 			st := &metapb.Store{Id: newIDs(ctx, t, cl.c, 1)[0], Address: addr2, Version: "8.5.6"}
 			if err := cl.c.PutStore(ctx, st); err != nil {
 				if err.Error() != refused {
@@ -348,7 +356,7 @@ func TestRealPDStoreLookup(t *testing.T) {
 		o := agentOptions(t, cl.pd.Addr())
 		o.storeAddr = addr2
 		logs, done, stop := startAgent(t, o)
-		eventually(t, "the agent to start", time.Minute, done, func() bool { return len(logs.lines("stream agent started")) > 0 })
+		waitRunning(t, "the agent to start", time.Minute, done, func() bool { return len(logs.lines("stream agent started")) > 0 })
 		if got := logs.lines("stream agent started")[0]["store"]; got != float64(replacement.Id) {
 			t.Fatalf("--store-addr %s picked store %v; want the new store %d, not the destroyed %d", addr2, got, replacement.Id, draining.Id)
 		}
@@ -393,7 +401,7 @@ func TestRealPDWaitsForBootstrap(t *testing.T) {
 	o := agentOptions(t, s.Addr())
 	o.storeID = id
 	logs, done, stop := startAgent(t, o)
-	eventually(t, "a WARN that PD is not bootstrapped", time.Minute, done, func() bool { return len(logs.lines("not bootstrapped")) > 0 })
+	waitRunning(t, "a WARN that PD is not bootstrapped", time.Minute, done, func() bool { return len(logs.lines("not bootstrapped")) > 0 })
 	if rec := logs.lines("not bootstrapped")[0]; rec["level"] != "WARN" {
 		t.Fatalf("logged %v, want a WARN", rec)
 	}
@@ -406,8 +414,8 @@ func TestRealPDWaitsForBootstrap(t *testing.T) {
 	}
 
 	bootstrap(ctx, t, c, id, freeAddr(t))
-	eventually(t, "the agent to start after the bootstrap", time.Minute, done, func() bool { return len(logs.lines("stream agent started")) > 0 })
-	eventually(t, "/status RUNNING", 10*time.Second, done, func() bool {
+	waitRunning(t, "the agent to start after the bootstrap", time.Minute, done, func() bool { return len(logs.lines("stream agent started")) > 0 })
+	waitRunning(t, "/status RUNNING", 10*time.Second, done, func() bool {
 		st, err := agentStatus(o.statusAddr)
 		return err == nil && st.State == streamagent.AgentRunning && st.StoreID == id
 	})
@@ -427,7 +435,7 @@ func TestRealPDWaitsForPD(t *testing.T) {
 	o := agentOptions(t, cl.pd.Addr())
 	o.storeID = cl.first.Id
 	logs, done, stop := startAgent(t, o)
-	eventually(t, "a WARN that PD does not answer", time.Minute, done, func() bool { return len(logs.lines("does not answer")) > 0 })
+	waitRunning(t, "a WARN that PD does not answer", time.Minute, done, func() bool { return len(logs.lines("does not answer")) > 0 })
 	st, err := agentStatus(o.statusAddr)
 	if err != nil || st.State != streamagent.AgentWaiting || !strings.Contains(st.Reason, cl.pd.Addr()) {
 		t.Fatalf("/status while PD is down = %+v, %v; want WAITING naming PD's address", st, err)
@@ -436,7 +444,7 @@ func TestRealPDWaitsForPD(t *testing.T) {
 	if err := cl.pd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the agent to start once PD answers", time.Minute, done, func() bool { return len(logs.lines("stream agent started")) > 0 })
+	waitRunning(t, "the agent to start once PD answers", time.Minute, done, func() bool { return len(logs.lines("stream agent started")) > 0 })
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -485,7 +493,7 @@ func TestRealPDUnreachableTiKV(t *testing.T) {
 	logs, done, stop := startAgent(t, o)
 
 	var report *meta.Progress
-	eventually(t, "a RETRYING report naming the address", time.Minute, done, func() bool {
+	waitRunning(t, "a RETRYING report naming the address", time.Minute, done, func() bool {
 		ps, err := m.Progresses(ctx, "pitr", task.Incarnation)
 		report = ps[cl.first.Id]
 		return err == nil && report != nil && report.State == meta.StateRetrying && strings.Contains(report.LastError, cl.first.Address)
@@ -512,7 +520,7 @@ func TestRealPDUnreachableTiKV(t *testing.T) {
 	}
 
 	var lastErr string
-	eventually(t, "a LastError once the retry budget is spent", 2*time.Minute, done, func() bool {
+	waitRunning(t, "a LastError once the retry budget is spent", 2*time.Minute, done, func() bool {
 		errs, err := m.LastErrors(ctx, "pitr")
 		if e := errs[cl.first.Id]; err == nil && e != nil {
 			lastErr = e.ErrorMessage
@@ -567,8 +575,8 @@ func TestRealPDStoreRemovedWhileRunning(t *testing.T) {
 	o := agentOptions(t, cl.pd.Addr())
 	o.storeID = second.Id
 	logs, done, _ := startAgent(t, o)
-	eventually(t, "the agent to start", time.Minute, done, func() bool { return len(logs.lines("stream agent started")) > 0 })
-	eventually(t, "the task to run", time.Minute, done, func() bool {
+	waitRunning(t, "the agent to start", time.Minute, done, func() bool { return len(logs.lines("stream agent started")) > 0 })
+	waitRunning(t, "the task to run", time.Minute, done, func() bool {
 		st, err := agentStatus(o.statusAddr)
 		return err == nil && len(st.Tasks) == 1
 	})
@@ -627,14 +635,14 @@ func TestRealPDWaitsForEtcd(t *testing.T) {
 	o.storeID = cl.first.Id
 	o.etcd = freeAddr(t)
 	logs, done, stop := startAgent(t, o)
-	eventually(t, "a WARN that etcd does not answer", time.Minute, done, func() bool { return len(logs.lines("etcd at")) > 0 })
+	waitRunning(t, "a WARN that etcd does not answer", time.Minute, done, func() bool { return len(logs.lines("etcd at")) > 0 })
 	st, err := agentStatus(o.statusAddr)
 	if err != nil || st.State != streamagent.AgentWaiting || !strings.Contains(st.Reason, "etcd at ["+o.etcd+"] does not answer") {
 		t.Fatalf("/status while etcd is away = %+v, %v; want WAITING naming etcd's address", st, err)
 	}
 	keepsRunning(t, done, 2*o.dialTimeout, "while etcd was away")
 	forward(t, o.etcd, cl.pd.Addr())
-	eventually(t, "the agent to start once etcd answers", time.Minute, done, func() bool { return len(logs.lines("stream agent started")) > 0 })
+	waitRunning(t, "the agent to start once etcd answers", time.Minute, done, func() bool { return len(logs.lines("stream agent started")) > 0 })
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}

@@ -29,8 +29,15 @@ import (
 // waitLastError waits for a store's LastError of task pitr and returns it.
 func waitLastError(t *testing.T, ctx context.Context, m *meta.Client) *brpb.StreamBackupError {
 	t.Helper()
+	return waitLastErrorWithin(t, m, 30*time.Second)
+}
+
+// waitLastErrorWithin waits up to d for a LastError of task pitr with the
+// task paused as ERROR, and returns it.
+func waitLastErrorWithin(t *testing.T, m *meta.Client, d time.Duration) *brpb.StreamBackupError {
+	t.Helper()
 	var last *brpb.StreamBackupError
-	eventually.NoError(t, 30*time.Second, func(ctx context.Context) error {
+	eventually.NoError(t, d, func(ctx context.Context) error {
 		le, err := m.LastErrors(ctx, "pitr")
 		if err != nil {
 			return err

@@ -8,9 +8,6 @@ import (
 	"testing"
 	"time"
 
-	brpb "github.com/pingcap/kvproto/pkg/brpb"
-
-	"logbackup/meta"
 	"logbackup/streamagent"
 	"logbackup/tests/simcluster"
 )
@@ -52,7 +49,7 @@ func TestStallPastBudgetPauses(t *testing.T) {
 			}
 		}
 	}()
-	le := waitLastErrorWithin(t, ctx, h.m, 2*time.Minute)
+	le := waitLastErrorWithin(t, h.m, 2*time.Minute)
 	stopWrites()
 	<-wrote
 	if le.ErrorCode != "KV:LogBackup:CheckpointStalled" || le.StoreId != ids[0] ||
@@ -69,28 +66,4 @@ func TestStallPastBudgetPauses(t *testing.T) {
 	}
 	h.waitGlobal(end)
 	assertBackedUp(t, ctx, url, h.c, h.startTS, end)
-}
-
-// waitLastErrorWithin waits up to d for a LastError of task pitr with the
-// task paused as ERROR, and returns it.
-func waitLastErrorWithin(t *testing.T, ctx context.Context, m *meta.Client, d time.Duration) *brpb.StreamBackupError {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if le, err := m.LastErrors(ctx, "pitr"); err == nil {
-			for _, e := range le {
-				if st, err := m.GetTask(ctx, "pitr"); err == nil && st.Pause.V2.IsError() {
-					return e
-				}
-			}
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("no LastError and ERROR pause within %s", d)
-		case <-tick.C:
-		}
-	}
 }
