@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync/atomic"
 	"time"
 
@@ -137,14 +136,9 @@ func prepareRunner(ctx context.Context, env *taskEnv, ts *meta.TaskStatus, range
 	if err := repairOwnCheckpoints(ctx, env, info.Name, max(globalCheckpoint(known, covered), info.StartTs)); err != nil {
 		return nil, err
 	}
-	// Leftovers of a crashed run are stale: the range checkpoints decide
-	// what is rescanned, so start with an empty temp dir.
-	tempDir := filepath.Join(workDir, fmt.Sprintf("%s-%d", info.Name, ts.Incarnation))
-	if err := os.RemoveAll(tempDir); err != nil {
-		return nil, fmt.Errorf("clean temp dir %s: %w", tempDir, err)
-	}
-	if err := os.MkdirAll(tempDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create temp dir %s: %w", tempDir, err)
+	tempDir, err := runnerTempDir(workDir, info.Name, ts.Incarnation)
+	if err != nil {
+		return nil, err
 	}
 	// The previous run's last recorded flush; a later one it wrote but did
 	// not record is a harmless fork for verify (its checkpoints were never
@@ -162,6 +156,21 @@ func prepareRunner(ctx context.Context, env *taskEnv, ts *meta.TaskStatus, range
 // newRunner builds a runner from what its task starts with: the ranges it
 // covers, what is durable of them, its temp dir and the last flush ts this
 // store recorded. No I/O.
+// runnerTempDir makes a runner's own temp dir in the agent's work dir.
+// Its own, not one per task and incarnation: a paused runner still
+// finishing its final flush removes its dir when it ends, and with a
+// shared name that removed the dir of the runner a quick resume had
+// started meanwhile, whose next flush then failed as a fatal Io error
+// (found by the two-minute nemesis). Leftovers of a crashed process are
+// swept with its work dir (workdir.go).
+func runnerTempDir(workDir, task string, inc int64) (string, error) {
+	dir, err := os.MkdirTemp(workDir, fmt.Sprintf("%s-%d-", task, inc))
+	if err != nil {
+		return "", fmt.Errorf("create a temp dir for task %q: %w", task, err)
+	}
+	return dir, nil
+}
+
 func newRunner(env *taskEnv, task taskIdent, covered []spans.Span, known *spans.Map, tempDir string, prevFlushTS uint64) *taskRunner {
 	jobs, retry, results := make(chan *flushJob, 1), make(chan struct{}, 1), make(chan flushResult, 1)
 	t := &taskRunner{
