@@ -38,8 +38,10 @@ type agentSet struct {
 	pdAddr string
 	dir    string
 	flush  time.Duration
-	event  func(format string, args ...any)
-	procs  map[uint64]*agentProc
+	// extra are more agent flags (the retry budget, when set).
+	extra []string
+	event func(format string, args ...any)
+	procs map[uint64]*agentProc
 }
 
 // agentProc is one store's agent process across its restarts.
@@ -207,6 +209,7 @@ func (p *agentProc) startLocked() error {
 		"--reconcile-interval", "1s",
 		"--coordinator-interval", "1s",
 		"--temp-dir", p.tmpDir)
+	cmd.Args = append(cmd.Args, p.set.extra...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// An agent never outlives the playground, even one killed by -9.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -27,6 +27,7 @@ import (
 	"logbackup/br/cli"
 	"logbackup/meta"
 	"logbackup/storage"
+	"logbackup/streamagent"
 	"logbackup/streamagent/agentrun"
 	"logbackup/tests/s3test"
 	"logbackup/tests/simcluster"
@@ -65,6 +66,11 @@ type Options struct {
 	// FaultGap is the mean pause between two faults of one lane (default
 	// 20 s).
 	FaultGap time.Duration
+	// RetryBudget is the agents' retry budget (--retry-attempts,
+	// --retry-duration); zero: the agent's default. A short one lets a
+	// short run see a storage outage spend it, pause the task and be
+	// resumed automatically.
+	RetryBudget streamagent.RetryBudget
 	// FatalSLO, when set, makes a fatal error reported slower than this
 	// (from the agent meeting it to its LastError, undisturbed by other
 	// faults) a violation; 0 only reports the distribution.
@@ -359,6 +365,10 @@ func run(ctx context.Context, o Options, pr *printer) error {
 	agents, err := newAgentSet(pdAddr, o.Dir, o.FlushInterval, cluster.StoreIDs(), pr.eventf)
 	if err != nil {
 		return err
+	}
+	if b := o.RetryBudget; b.Attempts > 0 || b.Duration > 0 {
+		b = streamagent.Config{RetryBudget: b}.WithDefaults().RetryBudget
+		agents.extra = []string{"--retry-attempts", fmt.Sprint(b.Attempts), "--retry-duration", b.Duration.String()}
 	}
 	defer agents.stopAll(30 * time.Second)
 	if err := agents.startAll(); err != nil {

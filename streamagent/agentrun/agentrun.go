@@ -45,8 +45,8 @@ type options struct {
 	tempDir             string
 	dialTimeout         time.Duration
 	takeOver            bool
-	// retryBudget has no flag: tests shorten it; zero is the agent's
-	// default.
+	// retryBudget: how long a retryable error may persist before the
+	// task is paused with a LastError (--retry-attempts, --retry-duration).
 	retryBudget streamagent.RetryBudget
 }
 
@@ -61,6 +61,10 @@ func Main(args []string, stderr io.Writer) int {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
+		return 2
+	}
+	if o.retryBudget.Attempts < 1 || o.retryBudget.Duration <= 0 {
+		fmt.Fprintf(stderr, "Error: --retry-attempts %d and --retry-duration %s must be positive\n", o.retryBudget.Attempts, o.retryBudget.Duration)
 		return 2
 	}
 	if o.memoryLimit < -1 {
@@ -103,6 +107,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.memoryQuota, "memory-quota", streamagent.DefaultMemoryQuota, "bytes a task buffers in memory before spilling to --temp-dir")
 	fs.Int64Var(&o.memoryLimit, "memory-limit", -1, "the Go runtime's soft memory limit for this process, in bytes: the garbage collector works harder to stay under it (-1: --memory-quota + 64 MiB; 0: none; GOMEMLIMIT, if set, wins)")
 	fs.StringVar(&o.tempDir, "temp-dir", streamagent.DefaultTempDir(), "directory for spilled buffers (each process claims its own subdirectory)")
+	fs.IntVar(&o.retryBudget.Attempts, "retry-attempts", streamagent.DefaultRetryAttempts, "failures in a row of a retryable error (storage, PD, etcd, TiKV unreachable) before the task is paused with a LastError, as TiKV does after 30 failed flushes; the pause is lifted by itself once the cause is gone (see --retry-duration)")
+	fs.DurationVar(&o.retryBudget.Duration, "retry-duration", streamagent.DefaultRetryDuration, "how long a retryable error may persist before the task is paused with a LastError, whatever --retry-attempts says")
 	fs.BoolVar(&o.takeOver, "take-over", false, "replace another live agent of the same store, which stops (without it, a second agent of a store refuses to start: two would flush the same regions twice)")
 	fs.DurationVar(&o.dialTimeout, "dial-timeout", 10*time.Second, "how long one attempt to reach PD or etcd waits; at start the agent retries until they answer (see /status)")
 	if err := fs.Parse(args); err != nil {
