@@ -225,13 +225,13 @@ func BenchmarkFatalToPause(b *testing.B) {
 	defer func() { stop(); <-done }()
 	var total time.Duration
 	for i := 0; i < b.N; i++ {
-		for len(a.Tasks()) == 0 { // running again after the previous round's resume
+		for len(a.Testing().Tasks()) == 0 { // running again after the previous round's resume
 			time.Sleep(time.Millisecond)
 		}
 		c.Put(ctx, []byte(fmt.Sprintf("t%d", i)), []byte("v"))
 		s3.SetFault(s3test.Fault{Status: 403, Remaining: -1, Match: func(r *http.Request) bool { return r.Method == http.MethodPut }})
 		began := time.Now()
-		a.FlushNow(ctx)
+		a.Testing().FlushWithAllRegionCheckpoints(ctx)
 		for {
 			st, _ := m.GetTask(ctx, "bench")
 			le, _ := m.LastErrors(ctx, "bench")
@@ -269,7 +269,7 @@ func BenchmarkResumeObserve10K(b *testing.B) {
 		if err := e.m.PauseTask(ctx, "bench", nil); err != nil {
 			b.Fatal(err)
 		}
-		for len(a.Tasks()) != 0 {
+		for len(a.Testing().Tasks()) != 0 {
 			time.Sleep(time.Millisecond)
 		}
 		began := time.Now()

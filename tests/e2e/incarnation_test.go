@@ -194,7 +194,7 @@ func TestStopRacesFlush(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for opened.Load() == 0 || len(a.Tasks()) == 0 {
+	for opened.Load() == 0 || len(a.Testing().Tasks()) == 0 {
 		time.Sleep(10 * time.Millisecond)
 	}
 	time.Sleep(200 * time.Millisecond) // subscriptions initialised: the flush has checkpoints to write
@@ -204,7 +204,7 @@ func TestStopRacesFlush(t *testing.T) {
 		stopErr = br.Stop(ctx, h.env(), "pitr", io.Discard)
 	}
 	hook.Store(&stop)
-	_ = a.FlushNow(ctx) // fails once the fence notices the stop
+	_ = a.Testing().FlushWithAllRegionCheckpoints(ctx) // fails once the fence notices the stop
 	if stopErr != nil {
 		t.Fatal(stopErr)
 	}
@@ -213,7 +213,7 @@ func TestStopRacesFlush(t *testing.T) {
 	}
 	watches.release()
 	deadline := time.Now().Add(10 * time.Second)
-	for len(a.Tasks()) > 0 && time.Now().Before(deadline) {
+	for len(a.Testing().Tasks()) > 0 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	resp, err := h.etcd.Client(t).Get(ctx, meta.Prefix+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly())

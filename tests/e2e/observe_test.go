@@ -38,7 +38,7 @@ func TestAgentMetricsAndStatus(t *testing.T) {
 	}
 	var st streamagent.Status
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if err := a.FlushNow(ctx); err == nil {
+		if err := a.Testing().FlushWithAllRegionCheckpoints(ctx); err == nil {
 			resp, err := http.Get(srv.URL + "/status")
 			if err == nil {
 				json.NewDecoder(resp.Body).Decode(&st)

@@ -100,7 +100,7 @@ func TestIntakeFlowsDuringUpload(t *testing.T) {
 	g.gate = gate
 	g.mu.Unlock()
 	flushed := make(chan error, 1)
-	go func() { flushed <- a.FlushNow(ctx) }()
+	go func() { flushed <- a.Testing().FlushWithAllRegionCheckpoints(ctx) }()
 	time.Sleep(200 * time.Millisecond) // the flush is now held in its upload
 	put(20, 30)
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
@@ -124,7 +124,7 @@ func TestIntakeFlowsDuringUpload(t *testing.T) {
 	end, _ := h.c.TSO(ctx)
 	var global uint64
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if err := a.FlushNow(ctx); err != nil {
+		if err := a.Testing().FlushWithAllRegionCheckpoints(ctx); err != nil {
 			t.Fatal(err)
 		}
 		if g, ok, _ := h.m.GlobalCheckpoint(ctx, "pitr"); ok && g >= end {
@@ -198,7 +198,7 @@ func TestQuotaFreedWhileUploading(t *testing.T) {
 	g.gate = gate
 	g.mu.Unlock()
 	flushed := make(chan error, 1)
-	go func() { flushed <- a.FlushNow(ctx) }()
+	go func() { flushed <- a.Testing().FlushWithAllRegionCheckpoints(ctx) }()
 	for deadline := time.Now().Add(20 * time.Second); g.held.Load() == 0; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the flush never reached its upload")
