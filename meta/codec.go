@@ -143,6 +143,12 @@ type PauseV2 struct {
 	OperationTime     time.Time `json:"operation_time"`
 	PayloadType       string    `json:"payload_type"`
 	Payload           []byte    `json:"payload"`
+	// RecoveryGaveUp marks the error pause the agents' coordinator wrote
+	// when automatic recovery gave up on the incident: the task is a
+	// person's to resume. A field of its own, so the agent tells this
+	// pause apart by type rather than by its message's text; TiDB's and
+	// TiKV's readers ignore a field they do not know.
+	RecoveryGaveUp bool `json:"recovery_gave_up,omitempty"`
 }
 
 // NewManualPause records an operator's pause with an optional message.

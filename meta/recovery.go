@@ -31,8 +31,8 @@ const (
 )
 
 // RecoveryGaveUpMarker is in the pause payload, the LastError and the
-// history event the coordinator writes when it gives up on an incident; a
-// pause carrying it is a person's to resume.
+// history event the coordinator writes when it gives up on an incident,
+// for people to read; the pause itself says so by PauseV2.RecoveryGaveUp.
 const RecoveryGaveUpMarker = "automatic recovery gave up"
 
 // RecoveryState is the published state of one task incarnation's

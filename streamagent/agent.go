@@ -50,6 +50,9 @@ type Agent struct {
 	// stopRun ends Run then.
 	gone    atomic.Pointer[StoreGoneError]
 	stopRun atomic.Pointer[context.CancelCauseFunc]
+	// life is the current Run's goroutines (lifetime.go); New sets one so
+	// that an agent never run still has somewhere to start them.
+	life atomic.Pointer[lifetime]
 }
 
 type runnerHandle struct {
@@ -70,6 +73,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Agent, error) {
 		coord: coordState{storages: map[string]storage.Storage{}, conflicts: map[string]string{}, kick: make(chan struct{}, 1),
 			budgets: map[string]*budget{}, lastGlobal: map[string]uint64{}, moved: map[string]moved{}}}
 	a.coord.recovery = &recovery{a: a, tasks: map[string]*taskRecovery{}}
+	a.life.Store(newLifetime())
 	a.openProbe = a.cfg.OpenStorage
 	if a.cfg.OpenStorage == nil {
 		a.openProbe = func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error) {
@@ -89,8 +93,11 @@ func New(cfg Config, reg prometheus.Registerer) (*Agent, error) {
 
 // Run registers the agent, loads the tasks, follows their changes and
 // coordinates global checkpoints when elected, until ctx ends. On return
-// every task has made a final flush.
+// every task has made a final flush, and every goroutine Run started,
+// directly or through what it started, has ended (lifetime.go).
 func (a *Agent) Run(ctx context.Context) error {
+	life := newLifetime()
+	a.life.Store(life)
 	wd, err := claimWorkDir(a.cfg.TempDir, a.cfg.StoreID)
 	if err != nil {
 		return err
@@ -119,13 +126,22 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Lock()
 	a.stopping = false // a Run after an earlier one returned
 	a.mu.Unlock()
-	defer a.stopAll()
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	wg.Add(3)
-	go func() { defer wg.Done(); a.keepRegistered(ctx, stop, reg, claim) }()
-	go func() { defer wg.Done(); a.coordinate(ctx) }()
-	go func() { defer wg.Done(); a.watchStore(ctx) }()
+	loops := []<-chan struct{}{
+		life.spawn(func() { a.keepRegistered(ctx, stop, reg, claim) }),
+		life.spawn(func() { a.coordinate(ctx) }),
+		life.spawn(func() { a.watchStore(ctx) }),
+	}
+	defer func() {
+		// In this order: the loops end with ctx (the claim's revoke
+		// among them), then every task makes its final flush, then
+		// whatever is still running (a fatal report, a start being
+		// retried, a prober) ends, each bounded by ctx.
+		for _, done := range loops {
+			<-done
+		}
+		a.stopAll()
+		life.wait()
+	}()
 
 	bo := newBackoff(time.Second, 30*time.Second)
 	for ctx.Err() == nil {
@@ -219,7 +235,7 @@ func (a *Agent) startTask(ctx context.Context, st *meta.TaskStatus) {
 		// Never a silent stall (TiKV #16056): a task that cannot start is
 		// retried with backoff, and reported and paused when the error is
 		// fatal or persists past the retry budget.
-		go a.retryStart(ctx, st, gen, err)
+		a.spawn(func() { a.retryStart(ctx, st, gen, err) })
 		return
 	}
 	a.install(ctx, st, r, gen)
@@ -242,7 +258,7 @@ func (a *Agent) install(ctx context.Context, st *meta.TaskStatus, r *taskRunner,
 	a.runners[name] = h
 	a.mu.Unlock()
 	a.metrics.setTaskStatus(name, statusRunning)
-	go func() {
+	a.spawn(func() {
 		defer close(h.done)
 		r.run(rctx, &h.flushOnExit)
 		if r.fatal == nil {
@@ -254,7 +270,7 @@ func (a *Agent) install(ctx context.Context, st *meta.TaskStatus, r *taskRunner,
 		}
 		a.mu.Unlock()
 		a.reportFatal(ctx, st, r.fatal)
-	}()
+	})
 	return true
 }
 
@@ -324,52 +340,6 @@ func (a *Agent) stopAll() {
 		wg.Go(func() { a.stopTask(n, true) })
 	}
 	wg.Wait()
-}
-
-// Crash stops every task without its final flush, as a killed process
-// would, and returns once they have stopped; Run then returns when its
-// context ends. For crash tests: whatever was buffered is lost and must be
-// rescanned by whoever observes those ranges next.
-func (a *Agent) Crash() {
-	a.mu.Lock()
-	hs := make([]*runnerHandle, 0, len(a.runners))
-	for _, h := range a.runners {
-		h.flushOnExit.Store(false)
-		hs = append(hs, h)
-	}
-	a.mu.Unlock()
-	for _, h := range hs {
-		h.cancel()
-		<-h.done
-	}
-}
-
-// FlushNow flushes every running task and waits (tests, shutdown hooks).
-func (a *Agent) FlushNow(ctx context.Context) error {
-	a.mu.Lock()
-	hs := make([]*runnerHandle, 0, len(a.runners))
-	for _, h := range a.runners {
-		hs = append(hs, h)
-	}
-	a.mu.Unlock()
-	var errs []error
-	for _, h := range hs {
-		if err := h.r.Flush(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("task %s: %w", h.r.info.Name, err))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// Tasks lists the tasks this agent runs.
-func (a *Agent) Tasks() []string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	out := make([]string, 0, len(a.runners))
-	for n := range a.runners {
-		out = append(out, n)
-	}
-	return out
 }
 
 // coordinate campaigns to be the coordinator and, while elected, publishes
@@ -534,5 +504,9 @@ func (a *Agent) reportCorrupt(ctx context.Context, st *meta.TaskStatus) {
 	a.reported[st.Info.Name] = st.Incarnation
 	a.mu.Unlock()
 	f := &fatalError{info: errs.Lookup(errs.CodeMalformedMetadata), err: fmt.Errorf("task info: %w", st.InfoErr)}
-	go a.reportFatal(ctx, st, f)
+	a.spawn(func() { a.reportFatal(ctx, st, f) })
 }
+
+// spawn starts f on a goroutine of the current Run's lifetime, which Run
+// waits for before it returns (lifetime.go).
+func (a *Agent) spawn(f func()) <-chan struct{} { return a.life.Load().spawn(f) }

@@ -104,6 +104,9 @@ const (
 	gaveUpPause                 // recovery gave up on it
 )
 
+// classifyPause tells a task's pause apart by type, never by text: the
+// pause's severity, the error code of its payload (whoever wrote it:
+// TiKV, TiDB or an agent) and the flag a gave-up pause carries.
 func classifyPause(t *meta.TaskStatus) (pauseClass, *brpb.StreamBackupError) {
 	if !t.Pause.Paused {
 		return notPaused, nil
@@ -116,7 +119,7 @@ func classifyPause(t *meta.TaskStatus) (pauseClass, *brpb.StreamBackupError) {
 	if err != nil || e == nil || recoverable[errs.Code(e.ErrorCode)] == nil {
 		return fatalPause, e
 	}
-	if strings.Contains(e.ErrorMessage, gaveUpMarker) {
+	if p.RecoveryGaveUp {
 		return gaveUpPause, e
 	}
 	return recoverablePause, e
@@ -336,9 +339,11 @@ func (r *recovery) markGaveUp(ctx context.Context, tr *taskRecovery, t *meta.Tas
 		r.a.cfg.StoreID, gaveUpMarker, s.FailedResumes, deps, s.MaxFailedResumes, deps, tr.task, e.ErrorMessage)
 	le := &brpb.StreamBackupError{HappenAt: uint64(time.Now().UnixMilli()), ErrorCode: e.ErrorCode, ErrorMessage: msg, StoreId: r.a.cfg.StoreID}
 	host, _ := os.Hostname()
+	p := meta.NewErrorPause(host, os.Getpid(), time.Now(), le)
+	p.RecoveryGaveUp = true // what classifyPause reads; the message's marker is for people
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	err := r.a.cfg.Meta.Incarnation(tr.task, tr.inc).ReplaceErrorPause(wctx, tr.task, t.PauseRevision(), meta.NewErrorPause(host, os.Getpid(), time.Now(), le), le)
+	err := r.a.cfg.Meta.Incarnation(tr.task, tr.inc).ReplaceErrorPause(wctx, tr.task, t.PauseRevision(), p, le)
 	if err != nil && !errors.Is(err, meta.ErrStaleIncarnation) {
 		r.a.cfg.Logger.Warn("cannot mark the pause as given up; trying next tick", "task", tr.task, "err", err)
 	}

@@ -68,30 +68,65 @@ func TestProbeGap(t *testing.T) {
 
 // TestClassifyPause: a person's pause and a legacy empty one are never
 // touched; an error pause is probed only for a recoverable code, and not
-// once recovery gave up on it.
+// once recovery gave up on it. A pause is told apart by its severity, its
+// payload's error code and the gave-up flag; the message's text decides
+// nothing (one that carries the gave-up marker, or names a recoverable
+// code, does not change the class).
 func TestClassifyPause(t *testing.T) {
-	at := time.Unix(1700000000, 0)
-	errPause := func(code, msg string) meta.PauseStatus {
-		return meta.PauseStatus{Paused: true, V2: meta.NewErrorPause("h", 1, at, &brpb.StreamBackupError{ErrorCode: code, ErrorMessage: msg})}
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	errPause := func(code errs.Code, msg string, gaveUp bool) *meta.PauseV2 {
+		p := meta.NewErrorPause("h", 1, at, &brpb.StreamBackupError{ErrorCode: string(code), ErrorMessage: msg, StoreId: 1})
+		p.RecoveryGaveUp = gaveUp
+		return p
 	}
+	marker := meta.RecoveryGaveUpMarker + ": 5 automatic resumes failed again"
 	cases := []struct {
-		name  string
-		pause meta.PauseStatus
-		want  pauseClass
+		name   string
+		paused bool
+		p      *meta.PauseV2
+		want   pauseClass
 	}{
-		{"running", meta.PauseStatus{}, notPaused},
-		{"manual", meta.PauseStatus{Paused: true, V2: meta.NewManualPause("op", 1, at, "maintenance")}, manualPause},
-		{"legacy empty", meta.PauseStatus{Paused: true}, manualPause},
-		{"access denied", errPause(string(errs.CodeStorageAccessDenied), "403"), fatalPause},
-		{"lag", errPause(string(errs.CodeCheckpointLag), "lag"), fatalPause},
-		{"storage unavailable", errPause(string(errs.CodeStorageUnavailable), "retry budget exhausted"), recoverablePause},
-		{"pd", errPause(string(errs.CodePD), "retry budget exhausted"), recoverablePause},
-		{"gave up", errPause(string(errs.CodeStorageUnavailable), "[store = 1] "+gaveUpMarker+": 5 automatic resumes failed"), gaveUpPause},
+		{"running", false, nil, notPaused},
+		{"legacy empty pause", true, nil, manualPause},
+		{"a person's pause", true, meta.NewManualPause("h", 1, at, "maintenance"), manualPause},
+		{"a person's pause naming a recoverable code", true, meta.NewManualPause("h", 1, at, string(errs.CodeStorageUnavailable)), manualPause},
+		{"error pause with a text payload", true, &meta.PauseV2{Severity: meta.SeverityError, PayloadType: meta.PayloadText, Payload: []byte("KV:LogBackup:StorageUnavailable")}, fatalPause},
+		{"error pause with a corrupt payload", true, &meta.PauseV2{Severity: meta.SeverityError, PayloadType: meta.PayloadError, Payload: []byte{0xff}}, fatalPause},
+		{"fatal code", true, errPause(errs.CodeEncryption, "storage unavailable", false), fatalPause},
+		{"fatal code, gave-up marker in the text", true, errPause(errs.CodeStorageAccessDenied, marker, false), fatalPause},
+		{"TiKV's Io", true, errPause(errs.CodeIo, "io error: network unreachable", false), fatalPause},
+		{"TiDB's lag pause", true, errPause(errs.CodeCheckpointLag, "the lag is too huge", false), fatalPause},
+		{"an unknown code", true, errPause("KV:LogBackup:SomethingNew", "storage unavailable", false), fatalPause},
+		{"recoverable code, gave-up marker in the text only", true, errPause(errs.CodeStorageUnavailable, marker, false), recoverablePause},
+		{"recoverable code, gave up", true, errPause(errs.CodeStorageUnavailable, "", true), gaveUpPause},
+	}
+	for code := range recoverable {
+		cases = append(cases, struct {
+			name   string
+			paused bool
+			p      *meta.PauseV2
+			want   pauseClass
+		}{"recoverable " + string(code), true, errPause(code, "", false), recoverablePause})
 	}
 	for _, c := range cases {
-		got, _ := classifyPause(&meta.TaskStatus{Pause: c.pause})
+		// Through the codec, as the coordinator reads it from etcd.
+		var p *meta.PauseV2
+		if c.p != nil {
+			raw, err := meta.EncodePause(c.p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p, err = meta.DecodePause("pause/x", raw); err != nil {
+				t.Fatalf("%s: %v", c.name, err)
+			}
+		}
+		st := &meta.TaskStatus{Info: &brpb.StreamBackupTaskInfo{Name: "x"}, Pause: meta.PauseStatus{Paused: c.paused, V2: p}}
+		got, e := classifyPause(st)
 		if got != c.want {
 			t.Errorf("%s: class %d, want %d", c.name, got, c.want)
+		}
+		if (got == recoverablePause || got == gaveUpPause) && e == nil {
+			t.Errorf("%s: no error payload returned", c.name)
 		}
 	}
 }

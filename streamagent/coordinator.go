@@ -112,7 +112,7 @@ func (a *Agent) advanceFailed(ctx context.Context, t *meta.TaskStatus, err error
 	}
 	delete(a.coord.budgets, k)
 	a.coord.setFailing(t.Info.Name, nil)
-	go a.reportFatal(ctx, t, f)
+	a.spawn(func() { a.reportFatal(ctx, t, f) })
 }
 
 // forgetAdvance drops a task's advance state (it was paused: a resume
@@ -159,7 +159,7 @@ func (a *Agent) advanceSucceeded(ctx context.Context, t *meta.TaskStatus, g uint
 			a.forgetAdvance(t)
 			f := &fatalError{info: errs.Lookup(errs.CodeCheckpointStalled),
 				err: fmt.Errorf("%s; past the retry budget of %s", msg, a.cfg.RetryBudget.Duration)}
-			go a.reportFatal(ctx, t, f)
+			a.spawn(func() { a.reportFatal(ctx, t, f) })
 			return
 		}
 	}

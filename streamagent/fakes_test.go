@@ -1,6 +1,7 @@
 package streamagent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -245,18 +246,48 @@ func (m *fakeMeta) regionWrites() [][]meta.RegionTS {
 }
 
 // fakePD hands out timestamps from the clock (an hour on, so they are
-// above every commit ts a test makes) and leads no region.
+// above every commit ts a test makes) and knows the regions a test sets
+// (none unless set).
 type fakePD struct {
 	clk        *fakeClock
 	logical    atomic.Int64
 	safePoints sync.Map // id → ts
+	mu         sync.Mutex
+	regions    []*router.Region
+}
+
+// setRegions is what PD says about the regions from now on.
+func (p *fakePD) setRegions(rs ...*router.Region) {
+	p.mu.Lock()
+	p.regions = rs
+	p.mu.Unlock()
 }
 
 func (p *fakePD) GetTS(context.Context) (int64, int64, error) {
 	return oracle.GetPhysical(p.clk.Now().Add(time.Hour)), p.logical.Add(1), nil
 }
-func (p *fakePD) ScanRegions(context.Context, []byte, []byte) ([]*router.Region, error) {
-	return nil, nil
+func (p *fakePD) ScanRegions(_ context.Context, start, end []byte) ([]*router.Region, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []*router.Region
+	for _, r := range p.regions {
+		if (len(end) == 0 || bytes.Compare(r.Meta.StartKey, end) < 0) && (len(r.Meta.EndKey) == 0 || bytes.Compare(r.Meta.EndKey, start) > 0) {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// fakeFeed is an EventFeed stream that records what the agent sends;
+// nothing is received (tests hand the loop events themselves).
+type fakeFeed struct {
+	cdcpb.ChangeData_EventFeedClient
+	sent []*cdcpb.ChangeDataRequest
+}
+
+func (f *fakeFeed) Send(r *cdcpb.ChangeDataRequest) error {
+	f.sent = append(f.sent, r)
+	return nil
 }
 func (p *fakePD) UpdateServiceGCSafePoint(_ context.Context, id string, _ int64, ts uint64) (uint64, error) {
 	p.safePoints.Store(id, ts)

@@ -49,7 +49,10 @@ type flushJob struct {
 	// durable is set once the meta file is written: a retry then only
 	// publishes checkpoints, never rewriting a file a meta file lists.
 	durable bool
-	waiters []chan error // FlushNow callers
+	// waiters are callers of TestHooks.FlushWithAllRegionCheckpoints:
+	// a flush with any writes every region checkpoint, as a final one
+	// does (putRegionCheckpoints).
+	waiters []chan error
 	// final: the flush a pause or a stop makes, which writes every region
 	// checkpoint whatever Config.RegionCheckpointInterval says.
 	final bool
@@ -319,8 +322,9 @@ type regionCPKey struct{ id, version uint64 }
 // several task ranges gets the minimum of its ranges. Each write reads
 // the task's region keys and rewrites one per region, so all of them are
 // written at most once per Config.RegionCheckpointInterval and by the
-// final flush of a pause or a stop; in between only regions that have
-// none yet (new, split or moved here).
+// final flush of a pause or a stop (and by a flush a test asked for:
+// TestHooks.FlushWithAllRegionCheckpoints); in between only regions that
+// have none yet (new, split or moved here).
 func (f *flusher) putRegionCheckpoints(ctx context.Context, job *flushJob) error {
 	full := job.final || len(job.waiters) > 0 || f.regionCPs == nil ||
 		f.env.clock.Now().Sub(f.regionCPsAt) >= f.env.settings.regionCheckpointInterval

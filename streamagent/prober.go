@@ -31,10 +31,10 @@ func (r *recovery) startProber(ctx context.Context, tr *taskRecovery) {
 	pctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	tr.cancel, tr.done = cancel, done
-	go func() {
+	r.a.spawn(func() {
 		defer close(done)
 		r.probeLoop(pctx, tr)
-	}()
+	})
 }
 
 // stopProber stops the task's prober and waits for it. Never with tr.mu

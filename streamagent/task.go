@@ -54,8 +54,9 @@ type taskRunner struct {
 	receivers *errgroup.Group
 
 	// The flush pipeline (flush.go): at most one flush in flight; a
-	// trigger meanwhile is remembered, and FlushNow callers wait for the
-	// next flush's outcome. flusher is only started by run: the loop talks
+	// trigger meanwhile is remembered, and the callers of
+	// TestHooks.FlushWithAllRegionCheckpoints wait for the next flush's
+	// outcome. flusher is only started by run: the loop talks
 	// to it through jobs, retryFlush and results.
 	flusher     *flusher
 	jobs        chan<- *flushJob
@@ -461,8 +462,10 @@ func (t *taskRunner) finalFlush() {
 	}
 }
 
-// Flush asks the loop to flush now and waits for the result.
-func (t *taskRunner) Flush(ctx context.Context) error {
+// flushWithAllRegionCheckpoints asks the loop to flush now and waits for
+// the result; that flush writes every region checkpoint
+// (TestHooks.FlushWithAllRegionCheckpoints).
+func (t *taskRunner) flushWithAllRegionCheckpoints(ctx context.Context) error {
 	done := make(chan error, 1)
 	select {
 	case t.flushCh <- done:

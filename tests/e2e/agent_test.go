@@ -60,7 +60,7 @@ var retiredRetries atomic.Int64
 // upload and the next checkpoint write.
 func (p *agentProc) crash() {
 	retiredRetries.Add(p.a.Status().Retries)
-	p.a.Crash()
+	p.a.Testing().Crash()
 	p.cancel()
 	<-p.done
 }

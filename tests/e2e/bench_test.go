@@ -226,11 +226,11 @@ func BenchmarkFatalToPause(b *testing.B) {
 	defer func() { stop(); <-done }()
 	var total time.Duration
 	for i := 0; i < b.N; i++ {
-		eventually.True(b, time.Minute, func() bool { return len(a.Tasks()) > 0 }, "the task running again after the previous round's resume")
+		eventually.True(b, time.Minute, func() bool { return len(a.Testing().Tasks()) > 0 }, "the task running again after the previous round's resume")
 		c.Put(ctx, []byte(fmt.Sprintf("t%d", i)), []byte("v"))
 		s3.SetFault(s3test.Fault{Status: 403, Remaining: -1, Match: func(r *http.Request) bool { return r.Method == http.MethodPut }})
 		began := time.Now()
-		a.FlushNow(ctx)
+		a.Testing().FlushWithAllRegionCheckpoints(ctx)
 		eventually.TrueEvery(b, time.Minute, 100*time.Microsecond, func() bool {
 			st, _ := m.GetTask(ctx, "bench")
 			le, _ := m.LastErrors(ctx, "bench")
@@ -263,7 +263,7 @@ func BenchmarkResumeObserve10K(b *testing.B) {
 		if err := e.m.PauseTask(ctx, "bench", nil); err != nil {
 			b.Fatal(err)
 		}
-		eventually.True(b, time.Minute, func() bool { return len(a.Tasks()) == 0 }, "the pause to stop the task")
+		eventually.True(b, time.Minute, func() bool { return len(a.Testing().Tasks()) == 0 }, "the pause to stop the task")
 		began := time.Now()
 		if err := e.m.ResumeTask(ctx, "bench"); err != nil {
 			b.Fatal(err)

@@ -43,9 +43,9 @@ func TestCrashBetweenUploadAndCheckpoint(t *testing.T) {
 		c.Put(ctx, []byte(fmt.Sprintf("t%d%02d", i%9, i)), []byte("v1"))
 	}
 	before, _, _ := m.GlobalCheckpoint(ctx, "pitr")
-	go a.FlushNow(ctx)
+	go a.Testing().FlushWithAllRegionCheckpoints(ctx)
 	<-crashed
-	a.Crash()
+	a.Testing().Crash()
 	stop()
 	// The coordinator may publish the task start (nothing to cover yet),
 	// never more: the flush that died covered data past it.

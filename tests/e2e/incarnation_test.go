@@ -210,7 +210,7 @@ func TestStopRacesFlush(t *testing.T) {
 		stopErr = br.Stop(ctx, h.env(), "pitr", io.Discard)
 	}
 	hook.Store(&stop)
-	_ = a.FlushNow(ctx) // fails once the fence notices the stop
+	_ = a.Testing().FlushWithAllRegionCheckpoints(ctx) // fails once the fence notices the stop
 	if stopErr != nil {
 		t.Fatal(stopErr)
 	}
@@ -218,7 +218,7 @@ func TestStopRacesFlush(t *testing.T) {
 		t.Fatal("the flush wrote no meta file; the race was not exercised")
 	}
 	watches.release()
-	eventually.True(t, 10*time.Second, func() bool { return len(a.Tasks()) == 0 }, "the agent to drop the stopped task")
+	eventually.True(t, 10*time.Second, func() bool { return len(a.Testing().Tasks()) == 0 }, "the agent to drop the stopped task")
 	resp, err := h.etcd.Client(t).Get(ctx, meta.Prefix+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
 		t.Fatal(err)

@@ -39,7 +39,7 @@ func TestAgentMetricsAndStatus(t *testing.T) {
 	}
 	var st streamagent.Status
 	eventually.NoError(t, 20*time.Second, func(ctx context.Context) error {
-		if err := a.FlushNow(ctx); err != nil {
+		if err := a.Testing().FlushWithAllRegionCheckpoints(ctx); err != nil {
 			return err
 		}
 		resp, err := http.Get(srv.URL + "/status")

@@ -97,7 +97,7 @@ func TestIntakeFlowsDuringUpload(t *testing.T) {
 	g.gate = gate
 	g.mu.Unlock()
 	flushed := make(chan error, 1)
-	go func() { flushed <- a.FlushNow(ctx) }()
+	go func() { flushed <- a.Testing().FlushWithAllRegionCheckpoints(ctx) }()
 	eventually.True(t, 20*time.Second, func() bool { return g.held.Load() > 0 }, "the flush to reach its upload")
 	put(20, 30)
 	eventually.NoError(t, 20*time.Second, func(context.Context) error {
@@ -118,7 +118,7 @@ func TestIntakeFlowsDuringUpload(t *testing.T) {
 	end, _ := h.c.TSO(ctx)
 	var global uint64
 	eventually.True(t, 30*time.Second, func() bool {
-		if err := a.FlushNow(ctx); err != nil {
+		if err := a.Testing().FlushWithAllRegionCheckpoints(ctx); err != nil {
 			t.Fatal(err)
 		}
 		g, ok, _ := h.m.GlobalCheckpoint(ctx, "pitr")
@@ -184,7 +184,7 @@ func TestQuotaFreedWhileUploading(t *testing.T) {
 	g.gate = gate
 	g.mu.Unlock()
 	flushed := make(chan error, 1)
-	go func() { flushed <- a.FlushNow(ctx) }()
+	go func() { flushed <- a.Testing().FlushWithAllRegionCheckpoints(ctx) }()
 	eventually.True(t, 20*time.Second, func() bool { return g.held.Load() > 0 }, "the flush to reach its upload")
 	put(50, 50)
 	if v, _ := scrape(t, reg, "logbackup_agent_spills_total", ""); v != 0 {

@@ -67,7 +67,7 @@ func BenchmarkTimeToRecover(b *testing.B) {
 	}
 	running := func() bool {
 		st, err := m.GetTask(ctx, "bench")
-		return err == nil && !st.Pause.Paused && slices.Contains(a.Tasks(), "bench")
+		return err == nil && !st.Pause.Paused && slices.Contains(a.Testing().Tasks(), "bench")
 	}
 	var took []time.Duration
 	for i := 0; i < max(b.N, 20); i++ {

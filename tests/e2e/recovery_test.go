@@ -222,7 +222,7 @@ func (r *recoveryRig) running(since time.Time) bool {
 		return false
 	}
 	for _, a := range r.ags {
-		if slices.Contains(a.Tasks(), "pitr") {
+		if slices.Contains(a.Testing().Tasks(), "pitr") {
 			return true
 		}
 	}
