@@ -32,7 +32,8 @@ func TestCrashBetweenUploadAndCheckpoint(t *testing.T) {
 	// storage write returns only once the agent is gone.
 	var hit atomic.Int32
 	crashed := make(chan struct{})
-	a, stop := h.agent(c.StoreIDs()[0], nil, func(cfg *streamagent.Config) {
+	reg := prometheus.NewRegistry()
+	a, stop := h.agent(c.StoreIDs()[0], reg, func(cfg *streamagent.Config) {
 		cfg.FlushInterval = time.Hour
 		cfg.OpenStorage = func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error) {
 			s, err := storage.OpenBackend(ctx, b)
@@ -42,9 +43,18 @@ func TestCrashBetweenUploadAndCheckpoint(t *testing.T) {
 	for i := 0; i < 50; i++ {
 		c.Put(ctx, []byte(fmt.Sprintf("t%d%02d", i%9, i)), []byte("v1"))
 	}
+	// The flush must carry the rows: a flush that observed and buffered
+	// nothing writes no meta file, so it would never reach the crash
+	// point (the test hung when it asked before the task had started).
+	eventually.True(t, time.Minute, func() bool { return metricSum(t, reg, "logbackup_agent_events_total") >= 50 },
+		"the agent to take in the 50 rows")
 	before, _, _ := m.GlobalCheckpoint(ctx, "pitr")
 	go a.Testing().FlushWithAllRegionCheckpoints(ctx)
-	<-crashed
+	select {
+	case <-crashed:
+	case <-ctx.Done():
+		t.Fatal("the flush never stored its meta file")
+	}
 	a.Testing().Crash()
 	stop()
 	// The coordinator may publish the task start (nothing to cover yet),
