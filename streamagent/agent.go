@@ -71,7 +71,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, metrics: newMetrics(reg), runners: map[string]*runnerHandle{}, stops: map[string]uint64{}, chunks: logfile.NewChunkPool(),
 		coord: coordState{storages: map[string]storage.Storage{}, conflicts: map[string]string{}, kick: make(chan struct{}, 1),
-			budgets: map[string]*budget{}, lastGlobal: map[string]uint64{}, moved: map[string]moved{}}}
+			budgets: map[string]*budget{}, lastGlobal: map[string]uint64{}, moved: map[string]moved{}, orphans: map[string]time.Time{}}}
 	a.coord.recovery = &recovery{a: a, tasks: map[string]*taskRecovery{}}
 	a.life.Store(newLifetime())
 	a.openProbe = a.cfg.OpenStorage

@@ -40,6 +40,9 @@ type coordState struct {
 	budgets    map[string]*budget
 	lastGlobal map[string]uint64
 	moved      map[string]moved
+	// orphans: since when the stores holding a standing global
+	// checkpoint back have had no live agent, by taskKey.
+	orphans map[string]time.Time
 	// failing is what this agent's runners report for a task whose global
 	// checkpoint cannot advance, by task name; read by the runners' loops.
 	failMu  sync.Mutex
@@ -121,6 +124,7 @@ func (a *Agent) forgetAdvance(t *meta.TaskStatus) {
 	k := taskKey(t)
 	delete(a.coord.budgets, k)
 	delete(a.coord.moved, k)
+	delete(a.coord.orphans, k)
 	a.coord.setFailing(t.Info.Name, nil)
 }
 
@@ -133,12 +137,14 @@ func (a *Agent) advanceSucceeded(ctx context.Context, t *meta.TaskStatus, g uint
 	m, ok := a.coord.moved[k]
 	if !ok || g > m.ts {
 		a.coord.moved[k] = moved{ts: g, at: now}
+		delete(a.coord.orphans, k)
 		a.coord.setFailing(t.Info.Name, nil)
 		return
 	}
 	limit := a.cfg.FlushInterval + stallMargin
 	lag := now.Sub(oracle.GetTimeFromTS(g))
 	if now.Sub(m.at) <= limit || lag <= limit {
+		delete(a.coord.orphans, k)
 		a.coord.setFailing(t.Info.Name, nil)
 		return
 	}
@@ -147,50 +153,57 @@ func (a *Agent) advanceSucceeded(ctx context.Context, t *meta.TaskStatus, g uint
 	// without an error). Said in the store report, so status is not NORMAL
 	// and HEALTHY; the lag gauge grows.
 	stood := now.Sub(m.at)
+	held, why := a.holdingBack(ctx, t)
 	msg := fmt.Sprintf("the global checkpoint has not moved for %s (lag %s) although no flush or advance fails; %s",
-		stood.Round(time.Second), lag.Round(time.Second), a.holdingBack(ctx, t))
-	// Past the retry budget's duration it needs a person, as any other
-	// failure that outlasts the budget does: a LastError and an ERROR
-	// pause (before, only the 48 h lag limit ever paused it). Not while a
-	// store still scans or retries: those stand the checkpoint for a
-	// reason of their own, and their own budget reports it.
-	if stood >= a.cfg.RetryBudget.Duration {
-		if busy, err := a.storesBusy(ctx, t, now); err == nil && busy == "" {
-			a.forgetAdvance(t)
-			f := &fatalError{info: errs.Lookup(errs.CodeCheckpointStalled),
-				err: fmt.Errorf("%s; past the retry budget of %s", msg, a.cfg.RetryBudget.Duration)}
-			a.spawn(func() { a.reportFatal(ctx, t, f) })
-			return
-		}
+		stood.Round(time.Second), lag.Round(time.Second), why)
+	// Past the retry budget's duration, when what holds it back is stores
+	// with no agent at all (and they have had none that long), it needs a
+	// person, as any failure that outlasts the budget does: a LastError
+	// and an ERROR pause (before, only the 48 h lag limit ever paused
+	// it). A store whose agent lives stands the checkpoint for a reason of
+	// its own (a start being retried, a scan, failing flushes), which its
+	// own budget reports: a pause here would beat it to a code that needs
+	// a person (the two-minute nemesis found that).
+	if orphan := a.orphaned(ctx, t, held, now); orphan > 0 && stood >= a.cfg.RetryBudget.Duration && orphan >= a.cfg.RetryBudget.Duration {
+		a.forgetAdvance(t)
+		delete(a.coord.orphans, k)
+		f := &fatalError{info: errs.Lookup(errs.CodeCheckpointStalled),
+			err: fmt.Errorf("%s; past the retry budget of %s", msg, a.cfg.RetryBudget.Duration)}
+		a.spawn(func() { a.reportFatal(ctx, t, f) })
+		return
 	}
 	a.coord.setFailing(t.Info.Name, &coordFailure{since: m.at, msg: msg})
 }
 
-// storesBusy names a store whose report says it is still scanning, or
-// retrying failures of its own (a report that shows only this
-// coordinator's stall counts no attempts). Reports older than
-// staleReport are from agents that are gone and count for nothing.
-func (a *Agent) storesBusy(ctx context.Context, t *meta.TaskStatus, now time.Time) (string, error) {
+// orphaned is how long the stores in held (those holding the task's global
+// checkpoint back) have all been without a live agent, as seen by this
+// coordinator's ticks; 0 while any has one, or when that is unknown.
+func (a *Agent) orphaned(ctx context.Context, t *meta.TaskStatus, held []uint64, now time.Time) time.Duration {
+	k := taskKey(t)
+	if len(held) == 0 {
+		delete(a.coord.orphans, k)
+		return 0
+	}
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	reports, err := a.cfg.Meta.Progresses(rctx, t.Info.Name, t.Incarnation)
+	live, err := a.cfg.Meta.Agents(rctx)
 	if err != nil {
-		return "", err
+		delete(a.coord.orphans, k)
+		return 0
 	}
-	for id, r := range reports {
-		if r == nil || now.Sub(time.UnixMilli(r.UpdatedUnixMs)) > staleReport {
-			continue
-		}
-		if r.State == meta.StateInitializing || (r.State == meta.StateRetrying && r.Attempts > 0) {
-			return fmt.Sprintf("store %d is %s", id, r.State), nil
+	for _, id := range held {
+		if live[id] != nil {
+			delete(a.coord.orphans, k)
+			return 0
 		}
 	}
-	return "", nil
+	since, ok := a.coord.orphans[k]
+	if !ok {
+		a.coord.orphans[k] = now
+		return 0
+	}
+	return now.Sub(since)
 }
-
-// staleReport: a store report not rewritten for this long (they are
-// written every progressInterval) is from an agent that is gone.
-const staleReport = 30 * time.Second
 
 // stallMargin: a global checkpoint that stands this much past a flush
 // interval (and lags as much) is reported as stuck.
@@ -204,12 +217,13 @@ type moved struct {
 
 // holdingBack names the stores that hold a standing global checkpoint
 // back: those PD knows with no store checkpoint for the task, else the
-// lowest store checkpoint. Best effort.
-func (a *Agent) holdingBack(ctx context.Context, t *meta.TaskStatus) string {
+// store with the lowest store checkpoint. Best effort: no stores when it
+// cannot tell.
+func (a *Agent) holdingBack(ctx context.Context, t *meta.TaskStatus) ([]uint64, string) {
 	var bad []meta.CorruptRecord
 	cps, err := a.cfg.Meta.Tolerant(&bad).CheckpointsExceptRegions(ctx, t.Info.Name)
 	if err != nil {
-		return "cannot read the store checkpoints: " + err.Error()
+		return nil, "cannot read the store checkpoints: " + err.Error()
 	}
 	have := map[uint64]uint64{}
 	var low uint64
@@ -227,20 +241,22 @@ func (a *Agent) holdingBack(ctx context.Context, t *meta.TaskStatus) string {
 	stores, err := a.cfg.PD.GetAllStores(pctx)
 	cancel()
 	var missing []string
+	var ids []uint64
 	if err == nil {
 		for _, s := range stores {
 			if _, ok := have[s.Id]; !ok && s.GetState() == metapb.StoreState_Up {
 				missing = append(missing, fmt.Sprint(s.Id))
+				ids = append(ids, s.Id)
 			}
 		}
 	}
 	switch {
 	case len(missing) > 0:
-		return fmt.Sprintf("stores with no checkpoint for this task (is their agent running?): %s", strings.Join(missing, ", "))
+		return ids, fmt.Sprintf("stores with no checkpoint for this task (is their agent running?): %s", strings.Join(missing, ", "))
 	case lowStore != 0:
-		return fmt.Sprintf("the lowest store checkpoint is store %d's, at %s", lowStore, oracle.GetTimeFromTS(low).UTC().Format(time.RFC3339))
+		return []uint64{lowStore}, fmt.Sprintf("the lowest store checkpoint is store %d's, at %s", lowStore, oracle.GetTimeFromTS(low).UTC().Format(time.RFC3339))
 	default:
-		return "no store has a checkpoint for this task"
+		return nil, "no store has a checkpoint for this task"
 	}
 }
 
@@ -279,6 +295,7 @@ func (c *coordState) forgetExcept(live map[string]bool) {
 		if !live[k] {
 			delete(c.lastGlobal, k)
 			delete(c.moved, k)
+			delete(c.orphans, k)
 		}
 	}
 	if live == nil {

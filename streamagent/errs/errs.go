@@ -117,7 +117,7 @@ var table = map[Code]Info{
 		"find why the checkpoint stopped (status, agent logs), fix it, then resume with --clear-error"},
 	CodeStorageOwned: {CodeStorageOwned, Fatal, "the storage's owner record (logbackup.owner) names another cluster or a later task: the storage was taken over (br stream start --take-over), or the record cannot be read",
 		"this task must not write there any more: stop it (br stream stop) and start it on another storage path; if the takeover was a mistake, stop the other cluster's task, then stop this one and start it again with --take-over"},
-	CodeCheckpointStalled: {CodeCheckpointStalled, Fatal, "the global checkpoint stood longer than the retry budget although every flush and advance succeeded: part of the key space has no agent flushing it (a store with no agent, or an agent stuck without an error)",
+	CodeCheckpointStalled: {CodeCheckpointStalled, Fatal, "the global checkpoint stood longer than the retry budget although every flush and advance succeeded, held back by stores that had no live agent as long: part of the key space has no agent flushing it",
 		"the message names the store that holds it back: start (or restart) that store's agent, then resume with --clear-error"},
 	CodeUnknown: {CodeUnknown, Fatal, "an error the agent does not recognise", "read the message and the agent log; report it if the cause is unclear"},
 }

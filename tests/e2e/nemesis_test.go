@@ -22,6 +22,7 @@ import (
 // fault reported with its code, every fault healed without a person.
 // (The speed of the fatal report is printed, not judged here.)
 func TestNemesis(t *testing.T) {
+	t.Parallel() // mostly waiting: run beside the other long tests (README's test command stays under 10 minutes)
 	if testing.Short() {
 		t.Skip("a two-minute run")
 	}
@@ -58,6 +59,7 @@ func TestNemesis(t *testing.T) {
 // TestNemesisOracleCanFail: runs that lose one acknowledged write, or move
 // the global checkpoint backwards, fail the nemesis's oracle.
 func TestNemesisOracleCanFail(t *testing.T) {
+	t.Parallel() // mostly waiting: run beside the other long tests (README's test command stays under 10 minutes)
 	for sabotage, want := range map[string]string{
 		playground.SabotageDropWrite:      "not in storage",
 		playground.SabotageCheckpointBack: "global checkpoint moved backwards",

@@ -335,6 +335,7 @@ func (r *recoveryRig) run(o outage) time.Duration {
 // The dependencies run at once, whatever -parallel says (they mostly
 // wait), each one's outages one after the other.
 func TestAutoRecovery(t *testing.T) {
+	t.Parallel() // mostly waiting: run beside the other long tests (README's test command stays under 10 minutes)
 	outages := []struct {
 		outage
 		ar streamagent.AutoResume
@@ -371,6 +372,7 @@ func TestAutoRecovery(t *testing.T) {
 // healthy the probes look, and a person's resume --clear-error after the
 // fix loses nothing.
 func TestAutoRecoveryFlappingGivesUp(t *testing.T) {
+	t.Parallel() // mostly waiting: run beside the other long tests (README's test command stays under 10 minutes)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	const bound, backoff = 3, 300 * time.Millisecond

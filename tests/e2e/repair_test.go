@@ -196,6 +196,7 @@ func TestStuckGlobalCheckpointReported(t *testing.T) {
 // back; once that store's agent runs, the checkpoint moves and the report
 // clears.
 func TestSilentStallReported(t *testing.T) {
+	t.Parallel() // mostly waiting: run beside the other long tests (README's test command stays under 10 minutes)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	h := newHarness(t, ctx, simcluster.Config{Stores: 2}, "local://"+filepath.Join(t.TempDir(), "b"), 0)

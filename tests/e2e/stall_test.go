@@ -19,6 +19,7 @@ import (
 // (CheckpointStalled, naming store 2) and an ERROR pause; once store 2's
 // agent runs, `resume --clear-error` backs up everything, nothing lost.
 func TestStallPastBudgetPauses(t *testing.T) {
+	t.Parallel() // mostly waiting: run beside the other long tests (README's test command stays under 10 minutes)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	url := "local://" + filepath.Join(t.TempDir(), "b")
