@@ -41,6 +41,9 @@ func BenchmarkBurstRSS(b *testing.B) {
 	const value = 1024
 	rows := int64(10 * quota / value)
 	bin := buildAgent(b)
+	if v := os.Getenv("LOGBACKUP_BENCH_AGENT_BIN"); v != "" {
+		bin = v // a binary built otherwise (other flags, tags or commit), compared in the same run
+	}
 	for i := 0; i < b.N; i++ {
 		log.SetLevel(zapcore.ErrorLevel)
 		ctx := context.Background()
@@ -84,6 +87,7 @@ func BenchmarkBurstRSS(b *testing.B) {
 		}, "the agent to observe its region; its log: %s", logf.Name())
 		base := procStatusKB(b, cmd.Process.Pid, "VmRSS")
 		baseAnon, baseFile := procStatusKB(b, cmd.Process.Pid, "RssAnon"), procStatusKB(b, cmd.Process.Pid, "RssFile")
+		baseText, baseRO := binaryRSSKB(b, cmd.Process.Pid, bin)
 		w, err := c.NewBulkWriter(simcluster.BulkConfig{Keys: simcluster.KeysTiDBRow, Regions: 16, Split: true, ValueSize: value})
 		if err != nil {
 			b.Fatal(err)
@@ -106,6 +110,7 @@ func BenchmarkBurstRSS(b *testing.B) {
 		stopSampler()
 		spills := metricValue(b, status, "logbackup_agent_spills_total")
 		peak := procStatusKB(b, cmd.Process.Pid, "VmHWM")
+		burstFile := procStatusKB(b, cmd.Process.Pid, "RssFile")
 		b.StopTimer()
 		stop()
 		b.ReportMetric(float64(peak)/1024, "peak-RSS-MiB")
@@ -115,6 +120,14 @@ func BenchmarkBurstRSS(b *testing.B) {
 		// binary's code and data the process touched).
 		b.ReportMetric(float64(baseAnon)/1024, "idle-anon-MiB")
 		b.ReportMetric(float64(baseFile)/1024, "idle-file-MiB")
+		// Of the file pages, the binary's code (.text) and its read-only
+		// data (.rodata, .gopclntab, the type and itab tables); what is left
+		// is the C library and the binary's .data. Most of them are touched
+		// by package initialisation, a 64 KiB fault-around block at a time
+		// (docs/PERFORMANCE.md, "Idle RSS: what the file pages are").
+		b.ReportMetric(float64(baseText)/1024, "idle-text-MiB")
+		b.ReportMetric(float64(baseRO)/1024, "idle-rodata-MiB")
+		b.ReportMetric(float64(burstFile)/1024, "after-burst-file-MiB")
 		b.ReportMetric(float64(st.Bytes)/(1<<20), "burst-MiB")
 		b.ReportMetric(float64(st.Rows)/took.Seconds(), "agent-rows/s")
 		b.ReportMetric(spills, "spills")
@@ -199,6 +212,49 @@ func buildAgent(b *testing.B) string {
 		b.Fatalf("build cmd/streamagent: %v\n%s", err, out)
 	}
 	return bin
+}
+
+// binaryRSSKB is how much of the executable's code (its read-execute
+// mapping) and read-only data (its read-only mapping: .rodata, .gopclntab,
+// the type and itab links) is resident in process pid, in kB, from
+// /proc/<pid>/smaps.
+func binaryRSSKB(b *testing.B, pid int, bin string) (text, rodata int64) {
+	b.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	abs, err := filepath.Abs(bin)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var into *int64
+	for _, line := range strings.Split(string(raw), "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 6 && strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":"):
+			// A mapping's header: range, perms, offset, dev, inode, path.
+			into = nil
+			if f[5] == abs {
+				switch f[1] {
+				case "r-xp":
+					into = &text
+				case "r--p":
+					into = &rodata
+				}
+			}
+		case len(f) == 3 && f[0] == "Rss:" && into != nil:
+			n, err := strconv.ParseInt(f[1], 10, 64)
+			if err != nil {
+				b.Fatalf("/proc/%d/smaps: %q: %v", pid, line, err)
+			}
+			*into += n
+		}
+	}
+	if text == 0 || rodata == 0 {
+		b.Fatalf("no mapping of %s in /proc/%d/smaps", abs, pid)
+	}
+	return text, rodata
 }
 
 // procStatusKB reads one kB field of /proc/<pid>/status (VmRSS, VmHWM).
