@@ -72,6 +72,7 @@ func (p *agentProc) crash() {
 // at or below the published global checkpoint is there, and that the
 // checkpoint never moved backwards.
 func TestAgentsBackUpEverything(t *testing.T) {
+	t.Parallel() // its own cluster, mostly waiting: runs beside the other long tests (see TestMain)
 	local := func(t *testing.T) string { return "local://" + t.TempDir() }
 	t.Run("local", func(t *testing.T) { backUpEverything(t, local, 0, nil) })
 	t.Run("s3", func(t *testing.T) {

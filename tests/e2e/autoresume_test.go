@@ -22,6 +22,7 @@ import (
 // manual pause is never auto-resumed. Every resume and its outcome is in
 // the task's history.
 func TestAutoResume(t *testing.T) {
+	t.Parallel() // its own cluster, mostly waiting: runs beside the other long tests (see TestMain)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	s3 := s3test.Start(t, "bk")

@@ -79,6 +79,7 @@ func TestCrashBetweenUploadAndCheckpoint(t *testing.T) {
 // when etcd is back, the checkpoint catches up with nothing lost and the
 // report lands.
 func TestEtcdDownDuringFlush(t *testing.T) {
+	t.Parallel() // its own cluster, mostly waiting: runs beside the other long tests (see TestMain)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	s3 := s3test.Start(t, "bk")

@@ -59,6 +59,7 @@ func waitRegistration(h *harness, store uint64, since int64) int64 {
 // with an error saying who took over, and its exit does not delete the
 // newcomer's registration.
 func TestOneAgentPerStore(t *testing.T) {
+	t.Parallel() // its own cluster, mostly waiting: runs beside the other long tests (see TestMain)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	h := newHarness(t, ctx, simcluster.Config{Stores: 1}, "local://"+filepath.Join(t.TempDir(), "b"), 0)

@@ -227,6 +227,7 @@ func TestRealPDResumeRefusedPastTxnSafePoint(t *testing.T) {
 // from for 20 s (PD keeps both Up), are disconnected; a TiFlash store and a
 // tombstone are left out.
 func TestRealPDStatusNamesStores(t *testing.T) {
+	t.Parallel() // its own cluster, mostly waiting: runs beside the other long tests (see TestMain)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	rc := startRealCluster(t, ctx)

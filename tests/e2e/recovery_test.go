@@ -468,6 +468,7 @@ func TestAutoRecoveryFlappingGivesUp(t *testing.T) {
 // judged the resume before the next pause — so a bound of one failed
 // resume is never reached.
 func TestAutoRecoveryBackToBack(t *testing.T) {
+	t.Parallel() // its own cluster, mostly waiting: runs beside the other long tests (see TestMain)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	// Ticks only when a pause wakes the coordinator: the resume is judged

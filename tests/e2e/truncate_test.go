@@ -471,6 +471,7 @@ func truncateUnderLoad(t *testing.T, fileSizeLimit int, perRound int64, pace tim
 // with nobody deleting anything by hand (it takes over the lock the dead
 // run left), ends in exactly the reference's objects, byte for byte.
 func TestTruncateCrashAndRerun(t *testing.T) {
+	t.Parallel() // its own cluster, mostly waiting: runs beside the other long tests (see TestMain)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	src := t.TempDir()
