@@ -1,0 +1,425 @@
+package streamagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	brpb "github.com/pingcap/kvproto/pkg/brpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"logbackup/meta"
+	"logbackup/proto/lbpb"
+	"logbackup/storage"
+	"logbackup/streamagent/errs"
+)
+
+// The fatal path (fatal.go, budget.go, agent.go's install/report) on a
+// real embedded etcd (etcdagent_test.go): what a fatal error leaves in
+// etcd, in PD and in the metrics, and what it does when etcd itself fails.
+
+// fatalTestSecrets are credentials an error message may carry (a storage
+// URL with user info and query credentials); none may reach etcd or logs.
+var fatalTestSecrets = []string{"AKIDFATALTEST", "wJalrFATALSECRET", "SiGnAtUrE0123"}
+
+const fatalTestURL = "s3://AKIDFATALTEST:wJalrFATALSECRET@bucket/log?access-key=AKIDFATALTEST&secret-access-key=wJalrFATALSECRET&X-Amz-Signature=SiGnAtUrE0123"
+
+func fatalTestNoSecrets(t *testing.T, where, text string) {
+	t.Helper()
+	for _, s := range fatalTestSecrets {
+		if strings.Contains(text, s) {
+			t.Errorf("%s carries the credential %q: %s", where, s, text)
+		}
+	}
+}
+
+// TestFatalReportWritesLastErrorPausesGuardsAndCounts: one fatal error
+// leaves, for its store, a LastError at
+// /tidb/br-stream/last-error/<task>/<store> with the error's code and a
+// message naming the store, the cause and the action, with every
+// credential redacted; an ERROR pause carrying the same error; a PD
+// service safepoint just below the task's checkpoint; an ERROR_REPORTED
+// history event; and the error counted once as fatal under both metric
+// names, the task's status gauges at ERROR. The log has no credential
+// either.
+func TestFatalReportWritesLastErrorPausesGuardsAndCounts(t *testing.T) {
+	f := newEtcdAgentFixture(t, nil)
+	ctx := context.Background()
+	st := f.putTask("fatal")
+	cause := errs.Wrap(errs.CodeStorageAccessDenied, fmt.Errorf("PUT %s: 403 Forbidden", fatalTestURL))
+	f.a.reportFatal(ctx, st, &fatalError{info: errs.Lookup(errs.CodeStorageAccessDenied), err: cause})
+
+	raw, err := f.check.Raw().Get(ctx, fmt.Sprintf("/tidb/br-stream/last-error/fatal/%d", etcdAgentStore))
+	if err != nil || len(raw.Kvs) != 1 {
+		t.Fatalf("no LastError at /tidb/br-stream/last-error/fatal/%d: %v %v", etcdAgentStore, raw, err)
+	}
+	last, err := f.check.LastErrors(ctx, "fatal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	le := last[etcdAgentStore]
+	info := errs.Lookup(errs.CodeStorageAccessDenied)
+	if len(last) != 1 || le == nil || le.ErrorCode != string(errs.CodeStorageAccessDenied) || le.StoreId != etcdAgentStore || le.HappenAt == 0 {
+		t.Fatalf("last errors %v, want one of store %d with code %s", last, etcdAgentStore, errs.CodeStorageAccessDenied)
+	}
+	for _, want := range []string{fmt.Sprintf("[store = %d]", etcdAgentStore), "403 Forbidden", "redacted", "cause: " + info.Cause, "action: " + info.Action} {
+		if !strings.Contains(le.ErrorMessage, want) {
+			t.Errorf("LastError message %q lacks %q", le.ErrorMessage, want)
+		}
+	}
+	fatalTestNoSecrets(t, "the LastError", le.ErrorMessage)
+
+	paused := f.task("fatal")
+	if !paused.Pause.Paused || !paused.Pause.V2.IsError() {
+		t.Fatalf("pause %+v, want an ERROR pause", paused.Pause)
+	}
+	pe, err := paused.Pause.V2.ErrorPayload()
+	if err != nil || pe.ErrorCode != le.ErrorCode || pe.ErrorMessage != le.ErrorMessage || pe.StoreId != etcdAgentStore {
+		t.Fatalf("pause payload %v (%v), want the LastError %v", pe, err, le)
+	}
+	if class, _ := classifyPause(paused); class != fatalPause {
+		t.Errorf("the pause classifies as %d, want fatalPause: an access denial is a person's", class)
+	}
+
+	if sp, ok := f.pd.safePoint(meta.PauseGuardID("fatal", etcdAgentStore)); !ok || sp != st.Info.StartTs-1 {
+		t.Errorf("GC guard %d (set %v), want the checkpoint − 1 = %d", sp, ok, st.Info.StartTs-1)
+	}
+
+	h := f.history(st)
+	if len(h) != 1 || h[0].Kind != lbpb.RecoveryEvent_ERROR_REPORTED || h[0].Actor != lbpb.RecoveryEvent_AGENT ||
+		h[0].ErrorCode != le.ErrorCode || h[0].StoreId != etcdAgentStore || h[0].Message != le.ErrorMessage {
+		t.Fatalf("history %v, want one ERROR_REPORTED by the agent with the LastError", h)
+	}
+
+	code := string(errs.CodeStorageAccessDenied)
+	for _, m := range []struct {
+		name, label string
+	}{{"logbackup_agent_fatal_errors_total", "code"}, {"tikv_log_backup_fatal_errors", "type"}} {
+		if got := f.metric(m.name, m.label, code); got != 1 {
+			t.Errorf("%s{%s=%q} = %v, want 1", m.name, m.label, code, got)
+		}
+	}
+	for _, name := range []string{"logbackup_agent_task_status", "tikv_log_backup_task_status"} {
+		if got := f.metric(name, "task", "fatal"); got != statusError {
+			t.Errorf("%s{task=fatal} = %v, want %d (error)", name, got, statusError)
+		}
+	}
+	logs := f.logs.String()
+	if !strings.Contains(logs, "task meets a fatal error") {
+		t.Errorf("the fatal error was not logged: %s", logs)
+	}
+	fatalTestNoSecrets(t, "the log", logs)
+}
+
+// TestFatalFromRunner: a task's runner meeting an error it may not retry
+// further — the flush retry budget spent by attempts, by duration (on the
+// task's clock), or a fatal class at its first failure — stops: it leaves
+// the agent's runners, its EventFeed stream (the store's observers of the
+// task) is closed, its subscriptions and per-task series are gone; and
+// the agent reports it: the LastError keeps the code of what failed, the
+// task is paused as ERROR, every failure is counted under its code, the
+// retried ones as retries, the last one as fatal.
+func TestFatalFromRunner(t *testing.T) {
+	retryable := fmt.Errorf("PUT %s: %w", fatalTestURL, syscall.ECONNRESET)
+	denied := &storage.OpError{Op: "write", Err: &fs.PathError{Op: "open", Path: "/b/x", Err: syscall.EACCES}}
+	cases := []struct {
+		name     string
+		budget   RetryBudget
+		err      error
+		code     errs.Code
+		failures int           // upload attempts, all failing
+		gap      time.Duration // the task's clock moves this much more before each retry
+		text     string        // in the LastError
+	}{
+		{"attempts spent", RetryBudget{Attempts: 2, Duration: time.Hour}, retryable, errs.CodeNetwork, 3, 0, "retry budget exhausted (3 failures"},
+		{"duration spent", RetryBudget{Attempts: 1000, Duration: time.Minute}, retryable, errs.CodeNetwork, 2, 2 * time.Minute, "retry budget exhausted (2 failures over 2m"},
+		{"fatal class", RetryBudget{Attempts: 1000, Duration: time.Hour}, denied, errs.CodeStorageAccessDenied, 1, 0, "permission denied"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := newEtcdAgentFixture(t, nil)
+			st := f.putTask("t") // the harness's task name: the runner and the report agree
+			h := newHarness(t, func(s *taskSettings) {
+				s.flushInterval = time.Hour
+				s.retryBudget = c.budget
+			})
+			h.r.env.metrics = newTaskMetrics(f.a.metrics, "t")
+			// The store's EventFeed stream, as intake opened it: closing it
+			// ends every observer TiKV holds for the task's regions.
+			conn, err := grpc.NewClient("passthrough:///fatal-test", grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var streamCancelled atomic.Bool
+			h.fs.conn, h.fs.cancel, h.fs.stream = conn, func() { streamCancelled.Store(true) }, &fakeFeed{}
+			h.r.stream = h.fs
+			h.st.set(nil, c.err)
+
+			if !f.a.install(f.ctx, st, h.r, 0) {
+				t.Fatal("the runner was not installed")
+			}
+			h.waitFor("the loop's tickers", func() bool { return h.clk.tickerCount() >= 4 })
+			h.initialized(0)
+			h.put(1, "a", "1")
+			h.settle()
+			if got := f.metric("logbackup_agent_observed_regions", "task", "t"); got != 1 {
+				t.Fatalf("observed regions %v before the failure, want 1", got)
+			}
+			h.clk.advance(time.Hour)
+			for i := 1; i < c.failures; i++ { // within the budget: retried
+				h.upload()
+				h.clk.advance(h.retryArmed() + c.gap)
+			}
+			h.upload() // the failure that ends it
+			ended := make(chan struct{})
+			go func() { defer close(ended); f.a.life.Load().wait() }()
+			select {
+			case <-ended: // the runner stopped and its report ended
+			case <-time.After(10 * time.Second):
+				f.a.stopTask("t", false)
+				<-ended
+				t.Fatalf("the runner did not stop after %d failures", c.failures)
+			}
+
+			if got := f.a.Testing().Tasks(); len(got) != 0 {
+				t.Errorf("runners %v after the fatal error, want none", got)
+			}
+			if !streamCancelled.Load() || conn.GetState() != connectivity.Shutdown {
+				t.Errorf("the EventFeed stream was not closed (cancelled %v, conn %v)", streamCancelled.Load(), conn.GetState())
+			}
+			if h.r.subs != nil || h.r.byRegion != nil {
+				t.Errorf("subscriptions left: %v", h.r.subs)
+			}
+			if got := f.metric("logbackup_agent_observed_regions", "task", "t"); got != 0 {
+				t.Errorf("observed regions %v after the stop, want the series gone", got)
+			}
+			if h.r.fatal == nil || h.r.fatal.info.Code != c.code || h.r.fatal.info.Class != errs.Fatal {
+				t.Fatalf("the runner stopped with %v, want a fatal %s", h.r.fatal, c.code)
+			}
+
+			le := f.lastError(t, "t")
+			if le.ErrorCode != string(c.code) || !strings.Contains(le.ErrorMessage, c.text) {
+				t.Errorf("LastError %s %q, want code %s saying %q", le.ErrorCode, le.ErrorMessage, c.code, c.text)
+			}
+			fatalTestNoSecrets(t, "the LastError", le.ErrorMessage)
+			if p := f.task("t").Pause; !p.Paused || !p.V2.IsError() {
+				t.Errorf("pause %+v, want ERROR", p)
+			}
+			code := string(c.code)
+			if got := f.metric("logbackup_agent_errors_total", "code", code); got != float64(c.failures) {
+				t.Errorf("errors_total{%s} = %v, want %d (every failure)", code, got, c.failures)
+			}
+			if got := f.metric("tikv_log_backup_errors", "type", code); got != float64(c.failures) {
+				t.Errorf("tikv_log_backup_errors{%s} = %v, want %d", code, got, c.failures)
+			}
+			if got := f.metric("logbackup_agent_retries_total", "code", code); got != float64(c.failures-1) {
+				t.Errorf("retries_total{%s} = %v, want %d (the failures within the budget)", code, got, c.failures-1)
+			}
+			if got := f.metric("logbackup_agent_fatal_errors_total", "code", code); got != 1 {
+				t.Errorf("fatal_errors_total{%s} = %v, want 1", code, got)
+			}
+			if got := f.metric("logbackup_agent_task_status", "task", "t"); got != statusError {
+				t.Errorf("task status %v, want error", got)
+			}
+		})
+	}
+}
+
+// lastError is the fixture's store's LastError of task (fails without).
+func (f *etcdAgentFixture) lastError(t *testing.T, task string) *brpb.StreamBackupError {
+	t.Helper()
+	last, err := f.check.LastErrors(context.Background(), task)
+	if err != nil {
+		t.Fatal(err)
+	}
+	le := last[etcdAgentStore]
+	if le == nil {
+		t.Fatalf("no LastError of store %d for %s: %v", etcdAgentStore, task, last)
+	}
+	return le
+}
+
+// TestFatalReportWaitsOutEtcd: when etcd refuses the fatal path's writes
+// (the error may be etcd's own), the report keeps trying, every step each
+// round, and lands all of it — LastError, pause, history — once etcd
+// takes writes again.
+func TestFatalReportWaitsOutEtcd(t *testing.T) {
+	f := newEtcdAgentFixture(t, nil)
+	st := f.putTask("etcd")
+	f.kv.setRule(etcdWritesUnder("/tidb/br-stream/"))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.a.reportFatal(context.Background(), st, &fatalError{info: errs.Lookup(errs.CodeEtcdUnavailable), err: errors.New("etcdserver: no leader")})
+	}()
+	// Each round tries both writes: three rounds refused.
+	refused := map[string]int{}
+	for range 6 {
+		refused[f.refusal()]++
+	}
+	if refused[meta.LastErrorKey("etcd", etcdAgentStore)] < 2 || refused[meta.PauseKey("etcd")] < 2 {
+		t.Fatalf("refused %v: every round must try the LastError and the pause", refused)
+	}
+	select {
+	case <-done:
+		t.Fatal("the report gave up while etcd refused its writes")
+	default:
+	}
+	if f.task("etcd").Pause.Paused {
+		t.Fatal("paused although etcd refused the write")
+	}
+	f.kv.setRule(nil)
+	<-done
+	if le := f.lastError(t, "etcd"); le.ErrorCode != string(errs.CodeEtcdUnavailable) {
+		t.Errorf("LastError %v", le)
+	}
+	if p := f.task("etcd").Pause; !p.Paused || !p.V2.IsError() {
+		t.Errorf("pause %+v, want ERROR", p)
+	}
+	if k := f.historyKinds(st); k[lbpb.RecoveryEvent_ERROR_REPORTED] != 1 {
+		t.Errorf("history %v, want the ERROR_REPORTED event", k)
+	}
+	if !strings.Contains(f.logs.String(), "fatal path step failed; retrying") {
+		t.Error("the refused writes were not logged")
+	}
+	if got := f.metric("logbackup_agent_fatal_errors_total", "code", string(errs.CodeEtcdUnavailable)); got != 1 {
+		t.Errorf("fatal errors %v, want 1 (counted once, not per try)", got)
+	}
+}
+
+// TestFatalReportEndsWithItsContext: a report that cannot reach etcd ends
+// when its context does (the agent stopping) without writing anything:
+// the task stays unpaused in etcd, so the next agent to run it meets the
+// error again and reports it; nothing of the report outlives its context.
+func TestFatalReportEndsWithItsContext(t *testing.T) {
+	f := newEtcdAgentFixture(t, nil)
+	st := f.putTask("ctx")
+	f.kv.setRule(etcdWritesUnder("/tidb/br-stream/"))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.a.reportFatal(ctx, st, &fatalError{info: errs.Lookup(errs.CodeIo), err: errors.New("disk full")})
+	}()
+	f.refusal()
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the report did not end with its context")
+	}
+	f.kv.setRule(nil)
+	if f.task("ctx").Pause.Paused {
+		t.Error("paused by a report whose writes were all refused")
+	}
+	if last, err := f.check.LastErrors(context.Background(), "ctx"); err != nil || len(last) != 0 {
+		t.Errorf("last errors %v %v, want none", last, err)
+	}
+}
+
+// TestFatalReportNotHeldBackByPD: PD refusing the GC guard does not hold
+// the LastError or the pause back; the guard is tried five rounds, then
+// given up (logged) and the report ends.
+func TestFatalReportNotHeldBackByPD(t *testing.T) {
+	f := newEtcdAgentFixture(t, nil)
+	st := f.putTask("pd")
+	f.pd.gcErr = errors.New("injected: PD refuses service safepoints")
+	f.a.reportFatal(context.Background(), st, &fatalError{info: errs.Lookup(errs.CodeIo), err: errors.New("disk full")})
+	if f.pd.gcCalls != 5 {
+		t.Errorf("the GC guard was tried %d times, want 5", f.pd.gcCalls)
+	}
+	if p := f.task("pd").Pause; !p.Paused || !p.V2.IsError() {
+		t.Errorf("pause %+v, want ERROR", p)
+	}
+	if le := f.lastError(t, "pd"); le.ErrorCode != string(errs.CodeIo) {
+		t.Errorf("LastError %v", le)
+	}
+	if !strings.Contains(f.logs.String(), "cannot set the GC guard of a paused task") {
+		t.Error("giving up the GC guard was not logged")
+	}
+}
+
+// TestFatalReportOfStoppedIncarnation: a fatal error of an incarnation
+// stopped and started anew meanwhile is not reported: the new incarnation
+// is neither paused nor blamed, and the report ends at once.
+func TestFatalReportOfStoppedIncarnation(t *testing.T) {
+	f := newEtcdAgentFixture(t, nil)
+	ctx := context.Background()
+	old := f.putTask("again")
+	if err := f.check.DeleteTask(ctx, "again"); err != nil {
+		t.Fatal(err)
+	}
+	cur := f.putTask("again")
+	f.a.reportFatal(ctx, old, &fatalError{info: errs.Lookup(errs.CodeIo), err: errors.New("disk full")})
+	if f.task("again").Pause.Paused {
+		t.Error("the new incarnation was paused by the old one's error")
+	}
+	if last, err := f.check.LastErrors(ctx, "again"); err != nil || len(last) != 0 {
+		t.Errorf("last errors %v %v, want none", last, err)
+	}
+	if h := f.history(cur); len(h) != 0 {
+		t.Errorf("history of the new incarnation %v, want none", h)
+	}
+	if !strings.Contains(f.logs.String(), "task stopped before its fatal error was reported") {
+		t.Error("the dropped report was not logged")
+	}
+}
+
+// TestFatalSecondWhileFirstReporting: a second fatal error of the same
+// task and store while the first is still being reported (both wait on
+// etcd): both reports complete once etcd takes writes, neither blocks the
+// other; the store's LastError and the pause are each one of the two
+// (the last write wins: there is one key per store, one pause per task);
+// both are counted and both are in the history.
+func TestFatalSecondWhileFirstReporting(t *testing.T) {
+	f := newEtcdAgentFixture(t, nil)
+	st := f.putTask("twice")
+	f.kv.setRule(etcdWritesUnder("/tidb/br-stream/"))
+	first, second := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(first)
+		f.a.reportFatal(context.Background(), st, &fatalError{info: errs.Lookup(errs.CodeStorageUnavailable), err: errors.New("503 after the budget")})
+	}()
+	f.refusal() // the first report is under way
+	// History keys are per millisecond, store and kind: the second error
+	// comes in a later millisecond, as two real ones would.
+	for ms := time.Now().UnixMilli(); time.Now().UnixMilli() == ms; {
+		runtime.Gosched()
+	}
+	go func() {
+		defer close(second)
+		f.a.reportFatal(context.Background(), st, &fatalError{info: errs.Lookup(errs.CodeStorageAccessDenied), err: errors.New("403")})
+	}()
+	for range 4 {
+		f.refusal()
+	}
+	f.kv.setRule(nil)
+	<-first
+	<-second
+	codes := map[string]bool{string(errs.CodeStorageUnavailable): true, string(errs.CodeStorageAccessDenied): true}
+	if le := f.lastError(t, "twice"); !codes[le.ErrorCode] {
+		t.Errorf("LastError %v, want one of the two", le)
+	}
+	p := f.task("twice").Pause
+	pe, err := p.V2.ErrorPayload()
+	if !p.Paused || err != nil || !codes[pe.ErrorCode] {
+		t.Errorf("pause %+v (%v), want ERROR with one of the two", p, err)
+	}
+	for code := range codes {
+		if got := f.metric("logbackup_agent_fatal_errors_total", "code", code); got != 1 {
+			t.Errorf("fatal errors{%s} = %v, want 1", code, got)
+		}
+	}
+	if k := f.historyKinds(st); k[lbpb.RecoveryEvent_ERROR_REPORTED] != 2 {
+		t.Errorf("history %v, want both ERROR_REPORTED events", k)
+	}
+}
