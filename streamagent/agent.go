@@ -16,12 +16,14 @@ import (
 	"logbackup/storage"
 	"logbackup/streamagent/errs"
 	"logbackup/streamagent/logfile"
+	"logbackup/streamagent/metrics"
+	"logbackup/streamagent/retry"
 )
 
 // Agent runs every task on one store.
 type Agent struct {
 	cfg     Config
-	metrics *metrics
+	metrics *metrics.Metrics
 
 	mu      sync.Mutex
 	runners map[string]*runnerHandle
@@ -69,9 +71,9 @@ func New(cfg Config, reg prometheus.Registerer) (*Agent, error) {
 	if err := cfg.withDefaults(); err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, metrics: newMetrics(reg), runners: map[string]*runnerHandle{}, stops: map[string]uint64{}, chunks: logfile.NewChunkPool(),
+	a := &Agent{cfg: cfg, metrics: metrics.New(reg), runners: map[string]*runnerHandle{}, stops: map[string]uint64{}, chunks: logfile.NewChunkPool(),
 		coord: coordState{storages: map[string]storage.Storage{}, conflicts: map[string]string{}, kick: make(chan struct{}, 1),
-			budgets: map[string]*budget{}, lastGlobal: map[string]uint64{}, moved: map[string]moved{}, orphans: map[string]time.Time{}}}
+			budgets: map[string]*retry.Counter{}, lastGlobal: map[string]uint64{}, moved: map[string]moved{}, orphans: map[string]time.Time{}}}
 	a.coord.recovery = &recovery{a: a, tasks: map[string]*taskRecovery{}}
 	a.life.Store(newLifetime())
 	a.openProbe = a.cfg.OpenStorage
@@ -81,8 +83,8 @@ func New(cfg Config, reg prometheus.Registerer) (*Agent, error) {
 		}
 		// Every retry inside the storage layer is counted by operation.
 		observe := storage.WithRetryObserver(func(op string, _ int, _ error) {
-			a.metrics.storageRetries.WithLabelValues(op).Inc()
-			a.counters.retries.Add(1)
+			a.metrics.StorageRetries.WithLabelValues(op).Inc()
+			a.counters.Retries.Add(1)
 		})
 		a.cfg.OpenStorage = func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error) {
 			return storage.OpenBackend(ctx, b, observe)
@@ -143,14 +145,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		life.wait()
 	}()
 
-	bo := newBackoff(time.Second, 30*time.Second)
+	bo := retry.NewBackoff(time.Second, 30*time.Second)
 	for ctx.Err() == nil {
 		err := a.followTasks(ctx)
 		if ctx.Err() != nil {
 			break
 		}
 		a.cfg.Logger.Warn("task watch ended; reloading", "err", err)
-		sleep(ctx, bo.NextBackOff())
+		retry.Sleep(ctx, bo.NextBackOff())
 	}
 	if g := a.gone.Load(); g != nil {
 		return g
@@ -183,14 +185,14 @@ func (a *Agent) followTasks(ctx context.Context) error {
 		case meta.EventDelete:
 			a.stopTask(ev.Name, false)
 			a.dropSafePoints(ctx, ev.Name, true)
-			a.metrics.deleteTask(ev.Name)
+			a.metrics.DeleteTask(ev.Name)
 		case meta.EventPause:
 			a.coord.kickNow() // an error pause is the coordinator's to probe, now rather than next tick
 			a.stopTask(ev.Name, true)
 			if ev.Pause == nil || !ev.Pause.IsError() {
-				a.metrics.setTaskStatus(ev.Name, statusPaused)
+				a.metrics.SetTaskStatus(ev.Name, metrics.StatusPaused)
 			} else {
-				a.metrics.setTaskStatus(ev.Name, statusError)
+				a.metrics.SetTaskStatus(ev.Name, metrics.StatusError)
 			}
 		case meta.EventResume:
 			a.dropSafePoints(ctx, ev.Name, false)
@@ -257,7 +259,7 @@ func (a *Agent) install(ctx context.Context, st *meta.TaskStatus, r *taskRunner,
 	h.flushOnExit.Store(true)
 	a.runners[name] = h
 	a.mu.Unlock()
-	a.metrics.setTaskStatus(name, statusRunning)
+	a.metrics.SetTaskStatus(name, metrics.StatusRunning)
 	a.spawn(func() {
 		defer close(h.done)
 		r.run(rctx, &h.flushOnExit)
@@ -278,16 +280,16 @@ func (a *Agent) install(ctx context.Context, st *meta.TaskStatus, r *taskRunner,
 // runner it builds is the one that runs.
 func (a *Agent) retryStart(ctx context.Context, first *meta.TaskStatus, gen uint64, err0 error) {
 	info := first.Info
-	b := &budget{limit: a.cfg.RetryBudget}
+	b := &retry.Counter{Limit: a.cfg.RetryBudget}
 	err := err0
-	bo := newBackoff(time.Second, 30*time.Second)
+	bo := retry.NewBackoff(time.Second, 30*time.Second)
 	for {
 		if f := a.noteError(b, err); f != nil {
 			a.reportFatal(ctx, first, f)
 			return
 		}
 		a.cfg.Logger.Warn("cannot start task; retrying", "task", info.Name, "err", storage.Redact(err.Error()))
-		if !sleep(ctx, bo.NextBackOff()) {
+		if !retry.Sleep(ctx, bo.NextBackOff()) {
 			return
 		}
 		st, gerr := a.cfg.Meta.GetTask(ctx, info.Name)
@@ -345,11 +347,11 @@ func (a *Agent) stopAll() {
 // coordinate campaigns to be the coordinator and, while elected, publishes
 // each task's global checkpoint on an interval.
 func (a *Agent) coordinate(ctx context.Context) {
-	bo := newBackoff(500*time.Millisecond, 5*time.Second)
+	bo := retry.NewBackoff(500*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
 		sess, err := concurrency.NewSession(a.cfg.Meta.Raw(), concurrency.WithTTL(10), concurrency.WithContext(ctx))
 		if err != nil {
-			sleep(ctx, bo.NextBackOff())
+			retry.Sleep(ctx, bo.NextBackOff())
 			continue
 		}
 		a.dropStaleCampaign(ctx, sess)
@@ -371,7 +373,7 @@ func (a *Agent) coordinate(ctx context.Context) {
 				}
 			}
 			t.Stop()
-			a.metrics.checkpoints.forgetGlobal() // only the coordinator exports them
+			a.metrics.Checkpoints.ForgetGlobal() // only the coordinator exports them
 			a.coord.forgetExcept(nil)
 			rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			el.Resign(rctx)
@@ -397,10 +399,10 @@ func (a *Agent) AdvanceOnce(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	if sp, ok := a.gcRead.get(ctx, a.gcSafePoint); ok {
-		a.metrics.checkpoints.setGCSafePoint(sp)
+		a.metrics.Checkpoints.SetGCSafePoint(sp)
 	}
 	published := map[string]uint64{}
-	defer func() { a.metrics.checkpoints.replaceGlobal(published) }()
+	defer func() { a.metrics.Checkpoints.ReplaceGlobal(published) }()
 	live := map[string]bool{}
 	for _, t := range tasks {
 		live[taskKey(t)] = true
@@ -441,7 +443,7 @@ func (a *Agent) AdvanceOnce(ctx context.Context) error {
 // gcSafePoint reads PD's GC safepoint as BR does: UpdateGCSafePoint(0)
 // never moves it and returns it.
 func (a *Agent) gcSafePoint(ctx context.Context) (uint64, error) {
-	rctx, cancel := context.WithTimeout(withBreaker(ctx), 10*time.Second)
+	rctx, cancel := meta.PDCallContext(ctx, 10*time.Second)
 	defer cancel()
 	return a.cfg.PD.UpdateGCSafePoint(rctx, 0)
 }
@@ -503,7 +505,7 @@ func (a *Agent) reportCorrupt(ctx context.Context, st *meta.TaskStatus) {
 	}
 	a.reported[st.Info.Name] = st.Incarnation
 	a.mu.Unlock()
-	f := &fatalError{info: errs.Lookup(errs.CodeMalformedMetadata), err: fmt.Errorf("task info: %w", st.InfoErr)}
+	f := &retry.Fatal{Info: errs.Lookup(errs.CodeMalformedMetadata), Err: fmt.Errorf("task info: %w", st.InfoErr)}
 	a.spawn(func() { a.reportFatal(ctx, st, f) })
 }
 

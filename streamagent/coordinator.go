@@ -17,8 +17,10 @@ import (
 
 	"logbackup/meta"
 	"logbackup/storage"
+	"logbackup/streamagent/checkpoint"
 	"logbackup/streamagent/errs"
 	"logbackup/streamagent/logfile"
+	"logbackup/streamagent/retry"
 )
 
 // coordState is what the elected coordinator keeps between ticks, touched
@@ -37,7 +39,7 @@ type coordState struct {
 	// budgets count each running task's failed advances in a row, by
 	// taskKey; lastGlobal is the last global checkpoint that stood, kept
 	// exported while advances fail so its lag keeps growing.
-	budgets    map[string]*budget
+	budgets    map[string]*retry.Counter
 	lastGlobal map[string]uint64
 	moved      map[string]moved
 	// orphans: since when the stores holding a standing global
@@ -101,16 +103,16 @@ func (a *Agent) advanceFailed(ctx context.Context, t *meta.TaskStatus, err error
 	k := taskKey(t)
 	b := a.coord.budgets[k]
 	if b == nil {
-		b = &budget{limit: RetryBudget{Attempts: math.MaxInt, Duration: a.cfg.RetryBudget.Duration}}
+		b = &retry.Counter{Limit: RetryBudget{Attempts: math.MaxInt, Duration: a.cfg.RetryBudget.Duration}}
 		a.coord.budgets[k] = b
 	}
 	info := errs.Classify(err)
 	info.Class = errs.Retryable
-	a.metrics.countError(string(info.Code))
+	a.metrics.CountError(string(info.Code))
 	err = fmt.Errorf("the global checkpoint cannot advance: %w", err)
-	f := b.fail(time.Now(), info, err)
+	f := b.Fail(time.Now(), info, err)
 	if f == nil {
-		a.coord.setFailing(t.Info.Name, &coordFailure{failures: b.failures, since: b.since, msg: storage.Redact(err.Error())})
+		a.coord.setFailing(t.Info.Name, &coordFailure{failures: b.Failures, since: b.Since, msg: storage.Redact(err.Error())})
 		return
 	}
 	delete(a.coord.budgets, k)
@@ -167,8 +169,8 @@ func (a *Agent) advanceSucceeded(ctx context.Context, t *meta.TaskStatus, g uint
 	if orphan := a.orphaned(ctx, t, held, now); orphan > 0 && stood >= a.cfg.RetryBudget.Duration && orphan >= a.cfg.RetryBudget.Duration {
 		a.forgetAdvance(t)
 		delete(a.coord.orphans, k)
-		f := &fatalError{info: errs.Lookup(errs.CodeCheckpointStalled),
-			err: fmt.Errorf("%s; past the retry budget of %s", msg, a.cfg.RetryBudget.Duration)}
+		f := &retry.Fatal{Info: errs.Lookup(errs.CodeCheckpointStalled),
+			Err: fmt.Errorf("%s; past the retry budget of %s", msg, a.cfg.RetryBudget.Duration)}
 		a.spawn(func() { a.reportFatal(ctx, t, f) })
 		return
 	}
@@ -237,7 +239,7 @@ func (a *Agent) holdingBack(ctx context.Context, t *meta.TaskStatus) ([]uint64, 
 			low, lowStore = cp.TS, cp.StoreID
 		}
 	}
-	pctx, cancel := context.WithTimeout(withBreaker(ctx), 10*time.Second)
+	pctx, cancel := meta.PDCallContext(ctx, 10*time.Second)
 	stores, err := a.cfg.PD.GetAllStores(pctx)
 	cancel()
 	var missing []string
@@ -317,8 +319,8 @@ func (a *Agent) advanceTask(ctx context.Context, t *meta.TaskStatus) (uint64, er
 	if err != nil {
 		return 0, err
 	}
-	a.metrics.advancerOwner.WithLabelValues(name).Set(b2f(len(nb.AdvancerKeys) > 0))
-	a.metrics.foreignWriters.WithLabelValues(name).Set(float64(len(nb.ForeignStores)))
+	a.metrics.AdvancerOwner.WithLabelValues(name).Set(b2f(len(nb.AdvancerKeys) > 0))
+	a.metrics.ForeignWriters.WithLabelValues(name).Set(float64(len(nb.ForeignStores)))
 	if said := strings.Join(nb.Describe(), "; "); said != a.coord.conflicts[taskKey(t)] {
 		a.coord.conflicts[taskKey(t)] = said
 		if said != "" {
@@ -338,12 +340,12 @@ func (a *Agent) advanceTask(ctx context.Context, t *meta.TaskStatus) (uint64, er
 	if err != nil {
 		return 0, err
 	}
-	covered := taskSpans(ranges)
-	known, err := knownCheckpoints(ctx, a.cfg.Meta, name, t.Incarnation, covered, t.Info.StartTs)
+	covered := checkpoint.Spans(ranges)
+	known, err := checkpoint.Known(ctx, a.cfg.Meta, name, t.Incarnation, covered, t.Info.StartTs)
 	if err != nil {
 		return 0, err
 	}
-	g := globalCheckpoint(known, covered)
+	g := checkpoint.Global(known, covered)
 	if g > 0 {
 		m := a.cfg.Meta.Incarnation(name, t.Incarnation)
 		stored, err := m.AdvanceGlobalCheckpoint(ctx, name, g)

@@ -22,8 +22,10 @@ import (
 	"logbackup/meta"
 	"logbackup/proto/lbpb"
 	"logbackup/storage"
+	"logbackup/streamagent/checkpoint"
 	"logbackup/streamagent/logfile"
 	"logbackup/streamagent/matcher"
+	"logbackup/streamagent/metrics"
 	"logbackup/streamagent/spans"
 )
 
@@ -371,11 +373,11 @@ func newHarness(t *testing.T, settings func(*taskSettings)) *harness {
 	if settings != nil {
 		settings(&s)
 	}
-	m := newMetrics(nil)
+	m := metrics.New(nil)
 	env := &taskEnv{settings: s, pd: h.pd, meta: h.meta, lenient: func() taskMeta { return h.meta }, storage: h.st,
 		metrics: newTaskMetrics(m, "t"), log: slog.New(slog.DiscardHandler), clock: h.clk, counters: &storeCounters{},
 		chunks: logfile.NewChunkPool(), coordFailure: func() (coordFailure, bool) { return coordFailure{}, false }}
-	covered := taskSpans([]meta.Range{{StartKey: []byte("a"), EndKey: []byte("z")}})
+	covered := checkpoint.Spans([]meta.Range{{StartKey: []byte("a"), EndKey: []byte("z")}})
 	info := &brpb.StreamBackupTaskInfo{Name: "t", StartTs: h.startTS}
 	h.r = newRunner(env, taskIdent{info: info, name: "t", inc: 1}, covered, spans.New(covered, h.startTS), t.TempDir(), 0)
 	// Placement's work, done by hand: one region led here, subscribed.

@@ -14,6 +14,7 @@ import (
 
 	"logbackup/meta"
 	"logbackup/proto/lbpb"
+	"logbackup/streamagent/checkpoint"
 	"logbackup/streamagent/errs"
 	"logbackup/streamagent/logfile"
 	"logbackup/streamagent/spans"
@@ -105,7 +106,7 @@ func (d *durableMap) merge(from *spans.Map) {
 func (d *durableMap) record(store, flushTS uint64) *lbpb.SpanCheckpoints {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return toRecord(store, flushTS, d.m)
+	return checkpoint.Record(store, flushTS, d.m)
 }
 
 // flusher builds, uploads and publishes flushes on its own goroutine, one
@@ -205,7 +206,7 @@ func (f *flusher) attempt(ctx context.Context, job *flushJob) flushResult {
 		began := env.clock.Now()
 		fl, err := job.builder.FinishLinked(flushTS, job.resolved,
 			logfile.Lineage{PrevFlushTS: f.prevFlushTS, ClusterID: env.settings.clusterID, TaskStartTS: f.task.info.StartTs})
-		env.metrics.m.flushStage("generate_metadata", env.clock.Now().Sub(began))
+		env.metrics.m.FlushStage("generate_metadata", env.clock.Now().Sub(began))
 		if errors.Is(err, logfile.ErrTempWrite) {
 			// The flush's temp file could not be written; the builder
 			// is whole, so nothing is lost.
@@ -259,7 +260,7 @@ func (f *flusher) upload(ctx context.Context, job *flushJob) error {
 			if err := env.storage.WriteFrom(ctx, o.Name, o.Size, o.Open); err != nil {
 				return fmt.Errorf("upload %s: %w", o.Name, err)
 			}
-			env.metrics.m.uploaded("log", int(o.Size))
+			env.metrics.m.Uploaded("log", int(o.Size))
 		}
 		// The meta file is what makes the flush part of the backup: a
 		// storage taken over meanwhile gets none (its data objects stay
@@ -270,11 +271,11 @@ func (f *flusher) upload(ctx context.Context, job *flushJob) error {
 		if err := env.storage.WriteFile(ctx, job.fl.Meta.Name, job.fl.Meta.Data); err != nil {
 			return fmt.Errorf("upload %s: %w", job.fl.Meta.Name, err)
 		}
-		env.metrics.m.uploaded("metadata", len(job.fl.Meta.Data))
+		env.metrics.m.Uploaded("metadata", len(job.fl.Meta.Data))
 		job.durable = true
 		f.prevFlushTS = job.fl.Name.FlushTS
 		job.fl.Close() // uploaded: free the temp files
-		env.metrics.m.flushStage("save_files", env.clock.Now().Sub(began))
+		env.metrics.m.FlushStage("save_files", env.clock.Now().Sub(began))
 	}
 	f.durable.advance(job.frozen)
 	if err := f.putRegionCheckpoints(ctx, job); err != nil {

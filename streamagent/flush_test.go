@@ -129,7 +129,7 @@ func TestFlushRetriesUpload(t *testing.T) {
 	if metas != 1 {
 		t.Fatalf("%d meta files, want 1", metas)
 	}
-	if n := h.r.env.counters.retries.Load(); n != 3 {
+	if n := h.r.env.counters.Retries.Load(); n != 3 {
 		t.Fatalf("%d retries counted, want 3", n)
 	}
 }
@@ -161,8 +161,8 @@ func TestFlushRetryBudgetIsFatal(t *testing.T) {
 	if f == nil {
 		t.Fatal("no fatal error")
 	}
-	if f.info.Class != errs.Fatal || f.info.Code != errs.CodeNetwork || !strings.Contains(f.err.Error(), "retry budget exhausted (3 failures") {
-		t.Fatalf("fatal error %v (class %v), want a spent budget of Network failures", f, f.info.Class)
+	if f.Info.Class != errs.Fatal || f.Info.Code != errs.CodeNetwork || !strings.Contains(f.Err.Error(), "retry budget exhausted (3 failures") {
+		t.Fatalf("fatal error %v (class %v), want a spent budget of Network failures", f, f.Info.Class)
 	}
 	if _, metas := h.stored(); metas != 0 {
 		t.Fatalf("%d meta files written by failing uploads", metas)

@@ -11,8 +11,10 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"logbackup/streamagent/errs"
+	"logbackup/streamagent/feedcodec"
 	"logbackup/streamagent/logfile"
 	"logbackup/streamagent/matcher"
+	"logbackup/streamagent/retry"
 )
 
 // Intake: the EventFeed stream to this agent's own store, and what the
@@ -75,7 +77,7 @@ func (t *taskRunner) ensureStream(ctx context.Context) (*feedStream, error) {
 		creds = credentials.NewTLS(tc)
 	}
 	conn, err := grpc.NewClient(store.Address, grpc.WithTransportCredentials(creds),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20), grpc.ForceCodecV2(newFeedCodec())))
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20), grpc.ForceCodecV2(feedcodec.New())))
 	if err != nil {
 		return nil, &openError{addr: store.Address, err: fmt.Errorf("dial store %d at %s: %w", t.env.settings.storeID, store.Address, err)}
 	}
@@ -149,18 +151,18 @@ func (t *taskRunner) handle(e streamEvent) {
 	if e.err != nil {
 		if t.stream == e.stream { // not the end of a stream we closed ourselves
 			info := errs.Classify(e.err)
-			t.env.metrics.countError(string(info.Code))
+			t.env.metrics.CountError(string(info.Code))
 			if info.Class == errs.Fatal {
 				// E.g. Unimplemented: this TiKV has no CDC service we can
 				// use. Retrying forever would hide it.
-				t.fatal = &fatalError{info: info, err: fmt.Errorf("event feed of store %d: %w", t.env.settings.storeID, e.err)}
+				t.fatal = &retry.Fatal{Info: info, Err: fmt.Errorf("event feed of store %d: %w", t.env.settings.storeID, e.err)}
 				return
 			}
 		}
 		t.streamLost(e.stream)
 		return
 	}
-	// The rows refer to the message's buffer (feedCodec): once the message
+	// The rows refer to the message's buffer (feedcodec): once the message
 	// is handled, the matchers copy out the prewrites they keep.
 	var matched []*matcher.Matcher
 	defer func() {
@@ -175,7 +177,7 @@ func (t *taskRunner) handle(e streamEvent) {
 		}
 		switch x := ev.Event.(type) {
 		case *cdcpb.Event_Entries_:
-			t.env.metrics.m.tikv.handleKVBatch.Observe(float64(len(x.Entries.Entries)))
+			t.env.metrics.m.TiKV.HandleKVBatch.Observe(float64(len(x.Entries.Entries)))
 			matched = append(matched, sub.m)
 			err := sub.m.Rows(x.Entries.Entries, func(row *cdcpb.Event_Row) {
 				if !sub.contains(row.Key) {
@@ -183,8 +185,8 @@ func (t *taskRunner) handle(e streamEvent) {
 				}
 				t.builder.Add(logfile.RegionInfo{ID: sub.region.Id, StartKey: sub.region.StartKey, EndKey: sub.region.EndKey, Epoch: sub.region.RegionEpoch},
 					logfile.Change{Key: row.Key, Value: row.Value, StartTS: row.StartTs, CommitTS: row.CommitTs, Op: opOf(row)})
-				t.env.metrics.m.eventsIn.Inc()
-				t.env.metrics.m.bytesIn.Add(float64(len(row.Key) + len(row.Value)))
+				t.env.metrics.m.EventsIn.Inc()
+				t.env.metrics.m.BytesIn.Add(float64(len(row.Key) + len(row.Value)))
 				t.progress.received(len(row.Key) + len(row.Value))
 			})
 			if err != nil {
@@ -197,9 +199,9 @@ func (t *taskRunner) handle(e streamEvent) {
 			// another cluster's TiKV or an incompatible one never heals.
 			rerr := &errs.RegionError{RegionID: sub.region.Id, Err: x.Error}
 			info := errs.Classify(rerr)
-			t.env.metrics.countError(string(info.Code))
+			t.env.metrics.CountError(string(info.Code))
 			if info.Class == errs.Fatal {
-				t.fatal = &fatalError{info: info, err: fmt.Errorf("store %d: %w", t.env.settings.storeID, rerr)}
+				t.fatal = &retry.Fatal{Info: info, Err: fmt.Errorf("store %d: %w", t.env.settings.storeID, rerr)}
 				return
 			}
 			t.drop(sub, errs.RegionErrorKind(x.Error))

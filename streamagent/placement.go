@@ -8,9 +8,9 @@ import (
 	"github.com/pingcap/kvproto/pkg/cdcpb"
 	"github.com/pingcap/kvproto/pkg/metapb"
 	"github.com/tikv/client-go/v2/util/codec"
-	"github.com/tikv/pd/client/circuitbreaker"
 	"github.com/tikv/pd/client/clients/router"
 
+	"logbackup/streamagent/checkpoint"
 	"logbackup/streamagent/errs"
 	"logbackup/streamagent/matcher"
 	"logbackup/streamagent/spans"
@@ -60,12 +60,6 @@ func scanRegions(ctx context.Context, pdc taskPD, sp spans.Span) ([]*router.Regi
 	return regions, nil
 }
 
-// withBreaker gives a PD call the circuit breaker the pinned pd client
-// expects on some calls (it panics without one).
-func withBreaker(ctx context.Context) context.Context {
-	return circuitbreaker.WithCircuitBreaker(ctx, circuitbreaker.NewCircuitBreaker("streamagent", circuitbreaker.AlwaysClosedSettings))
-}
-
 // placePending resolves pending spans into regions through PD and
 // subscribes those whose leader is this store. Ranges led elsewhere are
 // left to that store's agent.
@@ -83,7 +77,7 @@ func (t *taskRunner) placePending(ctx context.Context) {
 	}
 	// Ranges that other stores flushed since we last looked start from
 	// their checkpoints, not ours: fewer rows scanned twice.
-	if known, err := readKnown(ctx, t.env.meta, t.env.lenient(), t.name, t.inc, t.covered, t.info.StartTs); err == nil {
+	if known, err := checkpoint.ReadKnown(ctx, t.env.meta, t.env.lenient(), t.name, t.inc, t.covered, t.info.StartTs); err == nil {
 		t.flushed.merge(known)
 	}
 	pending := spans.Coalesce(t.pending)
@@ -157,7 +151,7 @@ func (t *taskRunner) subscribe(ctx context.Context, region *metapb.Region, piece
 	sub := &subscription{reqID: t.nextReq, region: region, pieces: pieces, m: matcher.New(cp), stream: st}
 	t.subs[sub.reqID] = sub
 	t.byRegion[region.Id] = sub
-	t.env.metrics.m.initialScan(t.scanReason)
+	t.env.metrics.m.InitialScan(t.scanReason)
 	hull := spans.Span{Start: pieces[0].Start, End: pieces[len(pieces)-1].End}
 	err = st.stream.Send(&cdcpb.ChangeDataRequest{
 		Header:   &cdcpb.Header{ClusterId: t.env.settings.clusterID, TicdcVersion: ticdcVersion},

@@ -42,7 +42,7 @@ func (t *taskRunner) report(now time.Time) {
 	}
 	state := meta.StateHealthy
 	switch {
-	case t.budget.failures > 0:
+	case t.budget.Failures > 0:
 		state = meta.StateRetrying
 	case len(t.subs) == 0 && len(t.pending) == 0:
 		state = meta.StateIdle
@@ -64,7 +64,7 @@ func (t *taskRunner) report(now time.Time) {
 		StoreCheckpoint: t.stats.storeCheckpoint.Load(), LastFlushUnixMs: t.stats.lastFlushUnixMs.Load(),
 		RowsPerSec: p.rowsPerSec, BytesPerSec: p.bytesPerS}
 	if state == meta.StateRetrying {
-		r.LastError, r.Attempts = p.lastErr, t.budget.failures
+		r.LastError, r.Attempts = p.lastErr, t.budget.Failures
 	}
 	// A global checkpoint the coordinator (this agent) cannot advance is
 	// reported here too: the store flushes fine, yet the task is stuck.

@@ -24,11 +24,11 @@ func keepFlushSafePoint(ctx context.Context, env *taskEnv, task string, checkpoi
 	if checkpoint == 0 {
 		return
 	}
-	rctx, cancel := context.WithTimeout(withBreaker(ctx), 10*time.Second)
+	rctx, cancel := meta.PDCallContext(ctx, 10*time.Second)
 	defer cancel()
 	id := meta.FlushSafePointID(task, env.settings.storeID)
 	if _, err := env.pd.UpdateServiceGCSafePoint(rctx, id, int64(flushSafePointTTL/time.Second), checkpoint-1); err != nil {
-		env.metrics.countError("KV:LogBackup:Pd")
+		env.metrics.CountError("KV:LogBackup:Pd")
 		env.log.Warn("cannot refresh the flush GC safepoint", "id", id, "err", err)
 	}
 }
@@ -41,7 +41,7 @@ func (a *Agent) dropSafePoints(ctx context.Context, task string, flush bool) {
 		ids = append(ids, meta.FlushSafePointID(task, a.cfg.StoreID))
 	}
 	for _, id := range ids {
-		rctx, cancel := context.WithTimeout(withBreaker(ctx), 10*time.Second)
+		rctx, cancel := meta.PDCallContext(ctx, 10*time.Second)
 		// TTL 0 removes a service safepoint.
 		if _, err := a.cfg.PD.UpdateServiceGCSafePoint(rctx, id, 0, 0); err != nil {
 			a.cfg.Logger.Warn("cannot remove a GC safepoint; it expires with its TTL", "id", id, "err", err)

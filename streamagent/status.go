@@ -14,8 +14,8 @@ import (
 
 // taskStats are written by a task's loop and read by /status.
 type taskStats struct {
-	observedRegions atomic.Int64
-	bufferedBytes   atomic.Int64
+	ObservedRegions atomic.Int64
+	BufferedBytes   atomic.Int64
 	memoryBytes     atomic.Int64
 	lastFlushUnixMs atomic.Int64
 	storeCheckpoint atomic.Uint64
@@ -80,14 +80,14 @@ type Status struct {
 func (a *Agent) Status() Status {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	st := Status{StoreID: a.cfg.StoreID, Version: a.cfg.Version, State: AgentRunning, Tasks: []TaskStatus{}, Spills: a.counters.spills.Load(), Retries: a.counters.retries.Load()}
+	st := Status{StoreID: a.cfg.StoreID, Version: a.cfg.Version, State: AgentRunning, Tasks: []TaskStatus{}, Spills: a.counters.Spills.Load(), Retries: a.counters.Retries.Load()}
 	if g := a.gone.Load(); g != nil {
 		st.State, st.Reason = AgentStoreRemoved, g.Error()
 	}
 	for name, h := range a.runners {
 		s := &h.r.stats
-		ts := TaskStatus{Name: name, ObservedRegions: s.observedRegions.Load(), PendingRanges: s.pendingRanges.Load(), Scanning: s.scanning.Load(),
-			BufferedBytes: s.bufferedBytes.Load(), MemoryBytes: s.memoryBytes.Load(), StoreCheckpoint: s.storeCheckpoint.Load()}
+		ts := TaskStatus{Name: name, ObservedRegions: s.ObservedRegions.Load(), PendingRanges: s.pendingRanges.Load(), Scanning: s.scanning.Load(),
+			BufferedBytes: s.BufferedBytes.Load(), MemoryBytes: s.memoryBytes.Load(), StoreCheckpoint: s.storeCheckpoint.Load()}
 		if r := s.report.Load(); r != nil {
 			ts.State, ts.LastError, ts.Attempts = r.state, r.lastErr, r.attempts
 		}

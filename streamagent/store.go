@@ -16,6 +16,7 @@ import (
 
 	"logbackup/storage"
 	"logbackup/streamagent/errs"
+	"logbackup/streamagent/retry"
 )
 
 // The agent's own store as PD knows it. Real PD keeps removed stores as
@@ -265,7 +266,7 @@ func (t *taskRunner) openFailed(ctx context.Context, err error) {
 		return
 	}
 	if t.open.backoff == nil {
-		t.open.backoff = newBackoff(time.Second, 30*time.Second)
+		t.open.backoff = retry.NewBackoff(time.Second, 30*time.Second)
 	}
 	t.open.err = err
 	if f := t.env.noteError(&t.budget, err); f != nil {
@@ -280,14 +281,14 @@ func (t *taskRunner) openFailed(ctx context.Context, err error) {
 	if now.Sub(t.open.warned) >= openWarnEvery {
 		t.open.warned = now
 		t.log.Warn("cannot reach this agent's TiKV; retrying", "address", oe.addr, "err", storage.Redact(err.Error()),
-			"failures", t.budget.failures, "in", wait.Round(time.Millisecond))
+			"failures", t.budget.Failures, "in", wait.Round(time.Millisecond))
 	}
 }
 
 // opened notes a stream opened after failures.
 func (t *taskRunner) opened() {
 	if t.open.err != nil {
-		t.log.Info("this agent's TiKV answers again", "failures", t.budget.failures)
+		t.log.Info("this agent's TiKV answers again", "failures", t.budget.Failures)
 	}
 	t.open.err, t.open.warned = nil, time.Time{}
 	if t.open.backoff != nil {

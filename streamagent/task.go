@@ -18,8 +18,10 @@ import (
 
 	"logbackup/meta"
 	"logbackup/storage"
+	"logbackup/streamagent/checkpoint"
 	"logbackup/streamagent/errs"
 	"logbackup/streamagent/logfile"
+	"logbackup/streamagent/retry"
 	"logbackup/streamagent/spans"
 )
 
@@ -70,9 +72,9 @@ type taskRunner struct {
 
 	// The retry budget and, once spent or on a fatal error, why the loop
 	// stopped.
-	budget  budget
+	budget  retry.Counter
 	backoff *backoff.ExponentialBackOff
-	fatal   *fatalError
+	fatal   *retry.Fatal
 	retry   timer
 
 	stats     taskStats
@@ -126,15 +128,15 @@ func prepareRunner(ctx context.Context, env *taskEnv, ts *meta.TaskStatus, range
 	if err := checkOwner(ctx, env.storage, env.settings.clusterID, info); err != nil {
 		return nil, err
 	}
-	covered := taskSpans(ranges)
-	known, err := readKnown(ctx, env.meta, env.lenient(), info.Name, ts.Incarnation, covered, info.StartTs)
+	covered := checkpoint.Spans(ranges)
+	known, err := checkpoint.ReadKnown(ctx, env.meta, env.lenient(), info.Name, ts.Incarnation, covered, info.StartTs)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkNotCollected(ctx, env.pd, globalCheckpoint(known, covered)); err != nil {
+	if err := checkNotCollected(ctx, env.pd, checkpoint.Global(known, covered)); err != nil {
 		return nil, err
 	}
-	if err := repairOwnCheckpoints(ctx, env, info.Name, max(globalCheckpoint(known, covered), info.StartTs)); err != nil {
+	if err := repairOwnCheckpoints(ctx, env, info.Name, max(checkpoint.Global(known, covered), info.StartTs)); err != nil {
 		return nil, err
 	}
 	tempDir, err := runnerTempDir(workDir, info.Name, ts.Incarnation)
@@ -144,7 +146,7 @@ func prepareRunner(ctx context.Context, env *taskEnv, ts *meta.TaskStatus, range
 	// The previous run's last recorded flush; a later one it wrote but did
 	// not record is a harmless fork for verify (its checkpoints were never
 	// published).
-	prev, err := lastRecordedFlush(ctx, env.meta, info.Name, ts.Incarnation, env.settings.storeID)
+	prev, err := checkpoint.LastRecordedFlush(ctx, env.meta, info.Name, ts.Incarnation, env.settings.storeID)
 	if err != nil {
 		os.RemoveAll(tempDir)
 		return nil, err
@@ -173,7 +175,7 @@ func runnerTempDir(workDir, task string, inc int64) (string, error) {
 }
 
 func newRunner(env *taskEnv, task taskIdent, covered []spans.Span, known *spans.Map, tempDir string, prevFlushTS uint64) *taskRunner {
-	jobs, retry, results := make(chan *flushJob, 1), make(chan struct{}, 1), make(chan flushResult, 1)
+	jobs, again, results := make(chan *flushJob, 1), make(chan struct{}, 1), make(chan flushResult, 1)
 	t := &taskRunner{
 		env: env, taskIdent: task, covered: covered, log: env.log,
 		subs: map[uint64]*subscription{}, byRegion: map[uint64]*subscription{},
@@ -183,12 +185,12 @@ func newRunner(env *taskEnv, task taskIdent, covered []spans.Span, known *spans.
 		intake:  semaphore.NewWeighted(intakeWindow),
 		flushCh: make(chan chan error),
 		flushed: &durableMap{m: known},
-		jobs:    jobs, retryFlush: retry, results: results,
+		jobs:    jobs, retryFlush: again, results: results,
 	}
 	t.flusher = newFlusher(env, task, flushShared{durable: t.flushed, inflightMem: &t.inflightMem, stats: &t.stats,
-		jobs: jobs, retry: retry, results: results}, prevFlushTS)
-	t.budget.limit = env.settings.retryBudget
-	t.backoff = newBackoff(100*time.Millisecond, env.settings.flushInterval)
+		jobs: jobs, retry: again, results: results}, prevFlushTS)
+	t.budget.Limit = env.settings.retryBudget
+	t.backoff = retry.NewBackoff(100*time.Millisecond, env.settings.flushInterval)
 	t.progress.out = make(chan *meta.Progress, 1)
 	t.builder = t.newBuilder()
 	return t
@@ -307,17 +309,17 @@ func (t *taskRunner) run(ctx context.Context, flushOnExit *atomic.Bool) {
 // than the memory quota. A temp file that cannot be written is fatal, as in
 // TiKV: the buffer has nowhere to go.
 func (t *taskRunner) keepQuota() bool {
-	t.stats.bufferedBytes.Store(int64(t.builder.Size()))
+	t.stats.BufferedBytes.Store(int64(t.builder.Size()))
 	t.stats.memoryBytes.Store(int64(t.builder.Memory()))
 	if t.builder.Memory()+int(t.inflightMem.Load()) <= t.env.settings.memoryQuota || t.builder.Memory() == 0 {
 		return true
 	}
 	if err := t.builder.Spill(); err != nil {
-		t.fatal = &fatalError{info: errs.Lookup(errs.CodeIo), err: fmt.Errorf("spill to %s: %w", t.tempDir, err)}
+		t.fatal = &retry.Fatal{Info: errs.Lookup(errs.CodeIo), Err: fmt.Errorf("spill to %s: %w", t.tempDir, err)}
 		return false
 	}
-	t.env.metrics.m.spilled.Inc()
-	t.env.counters.spills.Add(1)
+	t.env.metrics.m.Spilled.Inc()
+	t.env.counters.Spills.Add(1)
 	return true
 }
 
@@ -393,7 +395,7 @@ func (t *taskRunner) takeResult(res flushResult) bool {
 		// An empty flush is no sign of health while the store cannot
 		// be reached: that failure's budget runs on.
 		if !res.job.empty || t.open.err == nil {
-			t.budget.succeed()
+			t.budget.Succeed()
 		}
 		t.backoff.Reset()
 		t.retry.Stop()
@@ -425,7 +427,7 @@ func (t *taskRunner) takeResult(res flushResult) bool {
 	wait := min(t.backoff.NextBackOff(), t.env.settings.flushInterval)
 	t.retry.Reset(wait)
 	t.progress.lastErr = storage.Redact(err.Error())
-	t.log.Warn("flush failed; retrying", "err", storage.Redact(err.Error()), "failures", t.budget.failures, "in", wait)
+	t.log.Warn("flush failed; retrying", "err", storage.Redact(err.Error()), "failures", t.budget.Failures, "in", wait)
 	return true
 }
 
@@ -488,21 +490,21 @@ func (t *taskRunner) publishStats() {
 			scanning++
 		}
 	}
-	t.stats.observedRegions.Store(int64(len(t.subs))) // one subscription per region
+	t.stats.ObservedRegions.Store(int64(len(t.subs))) // one subscription per region
 	t.stats.pendingRanges.Store(int64(len(t.pending)))
 	t.stats.scanning.Store(int64(scanning))
-	t.stats.bufferedBytes.Store(int64(t.builder.Size()))
+	t.stats.BufferedBytes.Store(int64(t.builder.Size()))
 	t.stats.memoryBytes.Store(int64(t.builder.Memory()))
 	tm := t.env.metrics
 	if t.subs != nil {
-		tm.observedRegions.Set(float64(len(t.subs)))
-		tm.bufferedBytes.Set(float64(t.builder.Size()))
+		tm.ObservedRegions.Set(float64(len(t.subs)))
+		tm.BufferedBytes.Set(float64(t.builder.Size()))
 	}
 	// TiKV's gauges are per store, summed over tasks: add this task's change.
 	now := published{observed: float64(len(t.subs)), memory: float64(t.builder.Memory()), scanning: float64(scanning)}
-	tm.m.tikv.observedRegion.Add(now.observed - t.published.observed)
-	tm.m.tikv.heapMemory.Add(now.memory - t.published.memory)
-	tm.pendingScans.Add(now.scanning - t.published.scanning)
+	tm.m.TiKV.ObservedRegion.Add(now.observed - t.published.observed)
+	tm.m.TiKV.HeapMemory.Add(now.memory - t.published.memory)
+	tm.PendingScans.Add(now.scanning - t.published.scanning)
 	t.published = now
 }
 
@@ -575,7 +577,7 @@ func (t *taskRunner) carryBudget(ctx context.Context, now time.Time) {
 		return
 	}
 	since := time.UnixMilli(r.SinceUnixMs)
-	t.budget.failures, t.budget.since = r.Attempts, since
+	t.budget.Failures, t.budget.Since = r.Attempts, since
 	t.progress.state, t.progress.since, t.progress.lastErr = meta.StateRetrying, since, r.LastError
 	t.log.Info("continuing the retry budget of the previous run", "failures", r.Attempts, "since", since)
 }

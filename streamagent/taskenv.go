@@ -17,6 +17,8 @@ import (
 	"logbackup/storage"
 	"logbackup/streamagent/errs"
 	"logbackup/streamagent/logfile"
+	"logbackup/streamagent/metrics"
+	"logbackup/streamagent/retry"
 )
 
 // taskEnv is everything a task's parts (intake, placement, the flusher,
@@ -71,8 +73,8 @@ func settingsOf(cfg *Config) taskSettings {
 
 // storeCounters are the agent's store-wide totals a task adds to.
 type storeCounters struct {
-	spills  atomic.Int64 // times a builder spilled over the memory quota
-	retries atomic.Int64 // retried failures (flushes, stream opens, storage requests)
+	Spills  atomic.Int64 // times a builder spilled over the memory quota
+	Retries atomic.Int64 // retried failures (flushes, stream opens, storage requests)
 }
 
 // taskPD is the part of PD a task uses.
@@ -136,47 +138,47 @@ func lenientOf(m *meta.Client) func() taskMeta {
 // taskMetrics are the agent's metrics as one task records them; its
 // per-task children are bound once.
 type taskMetrics struct {
-	m               *metrics
+	m               *metrics.Metrics
 	task            string
-	observedRegions prometheus.Gauge
-	bufferedBytes   prometheus.Gauge
-	pendingScans    prometheus.Gauge
+	ObservedRegions prometheus.Gauge
+	BufferedBytes   prometheus.Gauge
+	PendingScans    prometheus.Gauge
 }
 
-func newTaskMetrics(m *metrics, task string) *taskMetrics {
+func newTaskMetrics(m *metrics.Metrics, task string) *taskMetrics {
 	return &taskMetrics{m: m, task: task,
-		observedRegions: m.observedRegions.WithLabelValues(task),
-		bufferedBytes:   m.bufferedBytes.WithLabelValues(task),
-		pendingScans:    m.tikv.pendingScans.WithLabelValues("executing"),
+		ObservedRegions: m.ObservedRegions.WithLabelValues(task),
+		BufferedBytes:   m.BufferedBytes.WithLabelValues(task),
+		PendingScans:    m.TiKV.PendingScans.WithLabelValues("executing"),
 	}
 }
 
 // forget removes the task's own series (its runner stopped).
 func (tm *taskMetrics) forget() {
-	tm.m.observedRegions.DeleteLabelValues(tm.task)
-	tm.m.bufferedBytes.DeleteLabelValues(tm.task)
-	tm.m.checkpoints.forgetStore(tm.task)
+	tm.m.ObservedRegions.DeleteLabelValues(tm.task)
+	tm.m.BufferedBytes.DeleteLabelValues(tm.task)
+	tm.m.Checkpoints.ForgetStore(tm.task)
 }
 
-func (tm *taskMetrics) countError(code string) { tm.m.countError(code) }
-func (tm *taskMetrics) retried(code string)    { tm.m.retries.WithLabelValues(code).Inc() }
+func (tm *taskMetrics) CountError(code string) { tm.m.CountError(code) }
+func (tm *taskMetrics) retried(code string)    { tm.m.Retries.WithLabelValues(code).Inc() }
 func (tm *taskMetrics) regionEvent(reason string) {
-	tm.m.regionErrors.WithLabelValues(reason).Inc()
+	tm.m.RegionErrors.WithLabelValues(reason).Inc()
 }
-func (tm *taskMetrics) storeCheckpoint(ts uint64) { tm.m.checkpoints.setStore(tm.task, ts) }
+func (tm *taskMetrics) storeCheckpoint(ts uint64) { tm.m.Checkpoints.SetStore(tm.task, ts) }
 
 // noteError counts an error by code and decides, with the budget, whether
 // it is fatal (the budget's clock is the task's).
-func (e *taskEnv) noteError(b *budget, err error) *fatalError {
+func (e *taskEnv) noteError(b *retry.Counter, err error) *retry.Fatal {
 	info := errs.Classify(err)
-	e.metrics.countError(string(info.Code))
-	return b.fail(e.clock.Now(), info, err)
+	e.metrics.CountError(string(info.Code))
+	return b.Fail(e.clock.Now(), info, err)
 }
 
 // retried counts a retryable failure that will be retried.
 func (e *taskEnv) retried(err error) {
 	e.metrics.retried(string(errs.Classify(err).Code))
-	e.counters.retries.Add(1)
+	e.counters.Retries.Add(1)
 }
 
 // clock is the time a task runs on: the real one, or a test's.
