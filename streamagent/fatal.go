@@ -153,3 +153,20 @@ func (a *Agent) checkLag(ctx context.Context, t *meta.TaskStatus, checkpoint uin
 		ErrorCode: string(info.Code), Message: msg})
 	return nil
 }
+
+// dropSafePoints removes this store's safepoints of a task: the flush one
+// when the task stops, the pause guard when it stops or resumes.
+func (a *Agent) dropSafePoints(ctx context.Context, task string, flush bool) {
+	ids := []string{meta.PauseGuardID(task, a.cfg.StoreID)}
+	if flush {
+		ids = append(ids, meta.FlushSafePointID(task, a.cfg.StoreID))
+	}
+	for _, id := range ids {
+		rctx, cancel := meta.PDCallContext(ctx, 10*time.Second)
+		// TTL 0 removes a service safepoint.
+		if _, err := a.cfg.PD.UpdateServiceGCSafePoint(rctx, id, 0, 0); err != nil {
+			a.cfg.Logger.Warn("cannot remove a GC safepoint; it expires with its TTL", "id", id, "err", err)
+		}
+		cancel()
+	}
+}

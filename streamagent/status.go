@@ -5,31 +5,11 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"sort"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
-
-// taskStats are written by a task's loop and read by /status.
-type taskStats struct {
-	ObservedRegions atomic.Int64
-	BufferedBytes   atomic.Int64
-	memoryBytes     atomic.Int64
-	lastFlushUnixMs atomic.Int64
-	storeCheckpoint atomic.Uint64
-	pendingRanges   atomic.Int64
-	scanning        atomic.Int64
-	// report is the latest state the loop reported (progress.go).
-	report atomic.Pointer[taskReport]
-}
-
-// taskReport is the part of a task's progress report /status shows.
-type taskReport struct {
-	state, lastErr string
-	attempts       int
-}
 
 // TaskStatus is one task in the agent's /status.
 type TaskStatus struct {
@@ -85,13 +65,13 @@ func (a *Agent) Status() Status {
 		st.State, st.Reason = AgentStoreRemoved, g.Error()
 	}
 	for name, h := range a.runners {
-		s := &h.r.stats
-		ts := TaskStatus{Name: name, ObservedRegions: s.ObservedRegions.Load(), PendingRanges: s.pendingRanges.Load(), Scanning: s.scanning.Load(),
-			BufferedBytes: s.BufferedBytes.Load(), MemoryBytes: s.memoryBytes.Load(), StoreCheckpoint: s.storeCheckpoint.Load()}
-		if r := s.report.Load(); r != nil {
-			ts.State, ts.LastError, ts.Attempts = r.state, r.lastErr, r.attempts
+		s := h.r.Stats()
+		ts := TaskStatus{Name: name, ObservedRegions: s.ObservedRegions.Load(), PendingRanges: s.PendingRanges.Load(), Scanning: s.Scanning.Load(),
+			BufferedBytes: s.BufferedBytes.Load(), MemoryBytes: s.MemoryBytes.Load(), StoreCheckpoint: s.StoreCheckpoint.Load()}
+		if r := s.Report.Load(); r != nil {
+			ts.State, ts.LastError, ts.Attempts = r.State, r.LastErr, r.Attempts
 		}
-		if ms := s.lastFlushUnixMs.Load(); ms > 0 {
+		if ms := s.LastFlushUnixMs.Load(); ms > 0 {
 			ts.LastFlush = time.UnixMilli(ms)
 		}
 		st.Tasks = append(st.Tasks, ts)
