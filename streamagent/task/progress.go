@@ -109,7 +109,7 @@ type Stats struct {
 	StoreCheckpoint atomic.Uint64
 	PendingRanges   atomic.Int64
 	Scanning        atomic.Int64
-	// report is the latest state the loop reported (progress.go).
+	// Report is the latest state the loop reported.
 	Report atomic.Pointer[Report]
 }
 
