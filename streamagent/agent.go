@@ -10,18 +10,20 @@ import (
 
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"logbackup/meta"
 	"logbackup/storage"
 	"logbackup/streamagent/errs"
 	"logbackup/streamagent/logfile"
+	"logbackup/streamagent/metrics"
+	"logbackup/streamagent/retry"
+	"logbackup/streamagent/task"
 )
 
 // Agent runs every task on one store.
 type Agent struct {
 	cfg     Config
-	metrics *metrics
+	metrics *metrics.Metrics
 
 	mu      sync.Mutex
 	runners map[string]*runnerHandle
@@ -31,7 +33,7 @@ type Agent struct {
 	// stopping: Run is stopping every task; no runner is installed any more.
 	stopping bool
 	// counters are the store-wide totals every task adds to.
-	counters storeCounters
+	counters task.Counters
 	coord    coordState
 	// openProbe opens a task's storage for a recovery probe: one attempt
 	// per request, since the probe's own schedule is the retry.
@@ -55,23 +57,14 @@ type Agent struct {
 	life atomic.Pointer[lifetime]
 }
 
-type runnerHandle struct {
-	r      *taskRunner
-	cancel context.CancelFunc
-	done   chan struct{}
-	// flushOnExit is read by the runner when its context ends, which may be
-	// the agent's own shutdown racing a stopTask: hence atomic.
-	flushOnExit atomic.Bool
-}
-
 // New checks the config and builds an agent; reg may be nil.
 func New(cfg Config, reg prometheus.Registerer) (*Agent, error) {
 	if err := cfg.withDefaults(); err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, metrics: newMetrics(reg), runners: map[string]*runnerHandle{}, stops: map[string]uint64{}, chunks: logfile.NewChunkPool(),
+	a := &Agent{cfg: cfg, metrics: metrics.New(reg), runners: map[string]*runnerHandle{}, stops: map[string]uint64{}, chunks: logfile.NewChunkPool(),
 		coord: coordState{storages: map[string]storage.Storage{}, conflicts: map[string]string{}, kick: make(chan struct{}, 1),
-			budgets: map[string]*budget{}, lastGlobal: map[string]uint64{}, moved: map[string]moved{}, orphans: map[string]time.Time{}}}
+			budgets: map[string]*retry.Counter{}, lastGlobal: map[string]uint64{}, moved: map[string]moved{}, orphans: map[string]time.Time{}}}
 	a.coord.recovery = &recovery{a: a, tasks: map[string]*taskRecovery{}}
 	a.life.Store(newLifetime())
 	a.openProbe = a.cfg.OpenStorage
@@ -81,8 +74,8 @@ func New(cfg Config, reg prometheus.Registerer) (*Agent, error) {
 		}
 		// Every retry inside the storage layer is counted by operation.
 		observe := storage.WithRetryObserver(func(op string, _ int, _ error) {
-			a.metrics.storageRetries.WithLabelValues(op).Inc()
-			a.counters.retries.Add(1)
+			a.metrics.StorageRetries.WithLabelValues(op).Inc()
+			a.counters.Retries.Add(1)
 		})
 		a.cfg.OpenStorage = func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error) {
 			return storage.OpenBackend(ctx, b, observe)
@@ -143,14 +136,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		life.wait()
 	}()
 
-	bo := newBackoff(time.Second, 30*time.Second)
+	bo := retry.NewBackoff(time.Second, 30*time.Second)
 	for ctx.Err() == nil {
 		err := a.followTasks(ctx)
 		if ctx.Err() != nil {
 			break
 		}
 		a.cfg.Logger.Warn("task watch ended; reloading", "err", err)
-		sleep(ctx, bo.NextBackOff())
+		retry.Sleep(ctx, bo.NextBackOff())
 	}
 	if g := a.gone.Load(); g != nil {
 		return g
@@ -183,14 +176,14 @@ func (a *Agent) followTasks(ctx context.Context) error {
 		case meta.EventDelete:
 			a.stopTask(ev.Name, false)
 			a.dropSafePoints(ctx, ev.Name, true)
-			a.metrics.deleteTask(ev.Name)
+			a.metrics.DeleteTask(ev.Name)
 		case meta.EventPause:
 			a.coord.kickNow() // an error pause is the coordinator's to probe, now rather than next tick
 			a.stopTask(ev.Name, true)
 			if ev.Pause == nil || !ev.Pause.IsError() {
-				a.metrics.setTaskStatus(ev.Name, statusPaused)
+				a.metrics.SetTaskStatus(ev.Name, metrics.StatusPaused)
 			} else {
-				a.metrics.setTaskStatus(ev.Name, statusError)
+				a.metrics.SetTaskStatus(ev.Name, metrics.StatusError)
 			}
 		case meta.EventResume:
 			a.dropSafePoints(ctx, ev.Name, false)
@@ -203,273 +196,6 @@ func (a *Agent) followTasks(ctx context.Context) error {
 		}
 	}
 	return errors.New("watch closed")
-}
-
-// startTask starts a runner of st's incarnation unless one runs. The
-// runner is built (etcd, storage, PD and disk I/O) outside the agent's
-// lock, so Status and the other tasks never wait for it; a stop of the
-// task meanwhile wins (install).
-func (a *Agent) startTask(ctx context.Context, st *meta.TaskStatus) {
-	name := st.Info.Name
-	a.mu.Lock()
-	h, ok := a.runners[name]
-	if ok && h.r.inc == st.Incarnation {
-		a.mu.Unlock()
-		return
-	}
-	if ok {
-		// A runner of an earlier incarnation (its stop went unseen, e.g.
-		// across a compaction): its writes are fenced off already; drop it.
-		delete(a.runners, name)
-		a.stops[name]++
-		h.flushOnExit.Store(false)
-		h.cancel()
-	}
-	gen := a.stops[name]
-	a.mu.Unlock()
-	if ok {
-		<-h.done
-	}
-	r, err := newTaskRunner(ctx, a, st)
-	if err != nil {
-		// Never a silent stall (TiKV #16056): a task that cannot start is
-		// retried with backoff, and reported and paused when the error is
-		// fatal or persists past the retry budget.
-		a.spawn(func() { a.retryStart(ctx, st, gen, err) })
-		return
-	}
-	a.install(ctx, st, r, gen)
-}
-
-// install runs r as its task's runner, unless the task was stopped (or
-// another runner installed) since gen was read, or the agent is stopping:
-// then r is closed unused. It reports whether r runs.
-func (a *Agent) install(ctx context.Context, st *meta.TaskStatus, r *taskRunner, gen uint64) bool {
-	name := st.Info.Name
-	a.mu.Lock()
-	if _, running := a.runners[name]; running || a.stops[name] != gen || a.stopping {
-		a.mu.Unlock()
-		r.close()
-		return false
-	}
-	rctx, cancel := context.WithCancel(ctx)
-	h := &runnerHandle{r: r, cancel: cancel, done: make(chan struct{})}
-	h.flushOnExit.Store(true)
-	a.runners[name] = h
-	a.mu.Unlock()
-	a.metrics.setTaskStatus(name, statusRunning)
-	a.spawn(func() {
-		defer close(h.done)
-		r.run(rctx, &h.flushOnExit)
-		if r.fatal == nil {
-			return
-		}
-		a.mu.Lock()
-		if a.runners[name] == h {
-			delete(a.runners, name)
-		}
-		a.mu.Unlock()
-		a.reportFatal(ctx, st, r.fatal)
-	})
-	return true
-}
-
-// retryStart keeps trying to start a task whose start failed; the first
-// runner it builds is the one that runs.
-func (a *Agent) retryStart(ctx context.Context, first *meta.TaskStatus, gen uint64, err0 error) {
-	info := first.Info
-	b := &budget{limit: a.cfg.RetryBudget}
-	err := err0
-	bo := newBackoff(time.Second, 30*time.Second)
-	for {
-		if f := a.noteError(b, err); f != nil {
-			a.reportFatal(ctx, first, f)
-			return
-		}
-		a.cfg.Logger.Warn("cannot start task; retrying", "task", info.Name, "err", storage.Redact(err.Error()))
-		if !sleep(ctx, bo.NextBackOff()) {
-			return
-		}
-		st, gerr := a.cfg.Meta.GetTask(ctx, info.Name)
-		if gerr != nil || st.Pause.Paused || st.Incarnation != first.Incarnation {
-			return // stopped, restarted or paused meanwhile: the watch decides what next
-		}
-		a.mu.Lock()
-		_, running := a.runners[info.Name]
-		stopped := a.stops[info.Name] != gen
-		a.mu.Unlock()
-		if running || stopped {
-			return
-		}
-		r, nerr := newTaskRunner(ctx, a, st)
-		if nerr == nil {
-			a.install(ctx, st, r, gen)
-			return
-		}
-		err = nerr
-	}
-}
-
-// stopTask stops a task's runner; flush says whether buffered data is
-// flushed first (pause, shutdown) or dropped (delete).
-func (a *Agent) stopTask(name string, flush bool) {
-	a.mu.Lock()
-	h := a.runners[name]
-	delete(a.runners, name)
-	a.stops[name]++ // a start building its runner meanwhile does not install it
-	a.mu.Unlock()
-	if h == nil {
-		return
-	}
-	h.flushOnExit.Store(flush)
-	h.cancel()
-	<-h.done
-}
-
-func (a *Agent) stopAll() {
-	a.mu.Lock()
-	a.stopping = true
-	names := make([]string, 0, len(a.runners))
-	for n := range a.runners {
-		names = append(names, n)
-	}
-	a.mu.Unlock()
-	// At once, so a shutdown takes one final flush's time, not one per task.
-	var wg sync.WaitGroup
-	for _, n := range names {
-		wg.Go(func() { a.stopTask(n, true) })
-	}
-	wg.Wait()
-}
-
-// coordinate campaigns to be the coordinator and, while elected, publishes
-// each task's global checkpoint on an interval.
-func (a *Agent) coordinate(ctx context.Context) {
-	bo := newBackoff(500*time.Millisecond, 5*time.Second)
-	for ctx.Err() == nil {
-		sess, err := concurrency.NewSession(a.cfg.Meta.Raw(), concurrency.WithTTL(10), concurrency.WithContext(ctx))
-		if err != nil {
-			sleep(ctx, bo.NextBackOff())
-			continue
-		}
-		a.dropStaleCampaign(ctx, sess)
-		el := concurrency.NewElection(sess, meta.CoordinatorPrefix())
-		if err := el.Campaign(ctx, fmt.Sprint(a.cfg.StoreID)); err == nil {
-			t := time.NewTicker(a.cfg.CoordinatorInterval)
-		lead:
-			for {
-				if err := a.AdvanceOnce(ctx); err != nil {
-					a.cfg.Logger.Warn("advance global checkpoint", "err", err)
-				}
-				select {
-				case <-t.C:
-				case <-a.coord.kick:
-				case <-sess.Done():
-					break lead
-				case <-ctx.Done():
-					break lead
-				}
-			}
-			t.Stop()
-			a.metrics.checkpoints.forgetGlobal() // only the coordinator exports them
-			a.coord.forgetExcept(nil)
-			rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			el.Resign(rctx)
-			cancel()
-		}
-		sess.Close()
-	}
-}
-
-// AdvanceOnce publishes every running task's global checkpoint: the
-// minimum over the task's key space of what any store has flushed. Never
-// backwards (meta.AdvanceGlobalCheckpoint keeps the maximum).
-func (a *Agent) AdvanceOnce(ctx context.Context) error {
-	var ignored []meta.CorruptRecord
-	tasks, _, err := a.cfg.Meta.Tolerant(&ignored).ListTasks(ctx)
-	if err != nil {
-		return err
-	}
-	var errs []error
-	// State that TiDB's `br log stop`, or a stop racing a flush, left
-	// behind belongs to no live incarnation.
-	if _, err := a.cfg.Meta.CleanStaleAgentState(ctx); err != nil {
-		errs = append(errs, err)
-	}
-	if sp, ok := a.gcRead.get(ctx, a.gcSafePoint); ok {
-		a.metrics.checkpoints.setGCSafePoint(sp)
-	}
-	published := map[string]uint64{}
-	defer func() { a.metrics.checkpoints.replaceGlobal(published) }()
-	live := map[string]bool{}
-	for _, t := range tasks {
-		live[taskKey(t)] = true
-		if t.InfoErr != nil {
-			continue // reported by the agents; nothing to advance
-		}
-		if t.Pause.Paused {
-			// The pause alerts measure how long the checkpoint has stood.
-			g, ok, err := a.cfg.Meta.GlobalCheckpoint(ctx, t.Info.Name)
-			if err == nil {
-				published[t.Info.Name] = t.Info.StartTs
-				if ok {
-					published[t.Info.Name] = max(g, t.Info.StartTs)
-				}
-			}
-			a.coord.recovery.observe(ctx, t, 0)
-			a.forgetAdvance(t)
-			continue
-		}
-		g, err := a.advanceTask(ctx, t)
-		if err != nil {
-			errs = append(errs, err)
-			if last, ok := a.coord.lastGlobal[taskKey(t)]; ok {
-				published[t.Info.Name] = last // its lag grows while advances fail
-			}
-			a.advanceFailed(ctx, t, err)
-			continue
-		}
-		a.advanceSucceeded(ctx, t, g)
-		a.coord.lastGlobal[taskKey(t)] = g
-		published[t.Info.Name] = g
-		a.coord.recovery.observe(ctx, t, g)
-	}
-	a.coord.forgetExcept(live)
-	return errors.Join(errs...)
-}
-
-// gcSafePoint reads PD's GC safepoint as BR does: UpdateGCSafePoint(0)
-// never moves it and returns it.
-func (a *Agent) gcSafePoint(ctx context.Context) (uint64, error) {
-	rctx, cancel := context.WithTimeout(withBreaker(ctx), 10*time.Second)
-	defer cancel()
-	return a.cfg.PD.UpdateGCSafePoint(rctx, 0)
-}
-
-// gcSafePointReadEvery: the coordinator reads PD's GC safe point at most
-// this often. It only feeds a metric, and PD logs deprecation WARN lines on
-// every read (the pinned client has no other way to ask).
-const gcSafePointReadEvery = time.Minute
-
-// gcSafePointRead is the last read of PD's GC safe point and when it was
-// tried (a failed read waits its minute too).
-type gcSafePointRead struct {
-	mu sync.Mutex
-	sp uint64
-	ok bool
-	at time.Time
-}
-
-func (g *gcSafePointRead) get(ctx context.Context, read func(context.Context) (uint64, error)) (uint64, bool) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.at.IsZero() || time.Since(g.at) >= gcSafePointReadEvery {
-		g.at = time.Now()
-		if sp, err := read(ctx); err == nil {
-			g.sp, g.ok = sp, true
-		}
-	}
-	return g.sp, g.ok
 }
 
 // startIfRunnable reads a task and starts it unless it is paused; a task
@@ -503,7 +229,7 @@ func (a *Agent) reportCorrupt(ctx context.Context, st *meta.TaskStatus) {
 	}
 	a.reported[st.Info.Name] = st.Incarnation
 	a.mu.Unlock()
-	f := &fatalError{info: errs.Lookup(errs.CodeMalformedMetadata), err: fmt.Errorf("task info: %w", st.InfoErr)}
+	f := &retry.Fatal{Info: errs.Lookup(errs.CodeMalformedMetadata), Err: fmt.Errorf("task info: %w", st.InfoErr)}
 	a.spawn(func() { a.reportFatal(ctx, st, f) })
 }
 

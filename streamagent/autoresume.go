@@ -16,6 +16,7 @@ import (
 	"logbackup/meta"
 	"logbackup/proto/lbpb"
 	"logbackup/storage"
+	"logbackup/streamagent/checkpoint"
 	"logbackup/streamagent/errs"
 )
 
@@ -235,7 +236,7 @@ func (r *recovery) step(ctx context.Context, tr *taskRecovery, t *meta.TaskStatu
 				r.endIncident(ctx, tr)
 				return false
 			}
-			a.metrics.autoResumes.WithLabelValues("failed").Inc()
+			a.metrics.AutoResumes.WithLabelValues("failed").Inc()
 			a.history(ctx, tr.task, tr.inc, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_FAILED, Actor: lbpb.RecoveryEvent_COORDINATOR,
 				ErrorCode: errCode(e), Attempt: uint32(s.ResumesAttempted),
 				Message: "the resumed task paused again with an error that is not recovered automatically; a person decides"})
@@ -289,7 +290,7 @@ func (r *recovery) step(ctx context.Context, tr *taskRecovery, t *meta.TaskStatu
 		// resume, although the probe was healthy: a flapping or partial
 		// fault. Bounded, with backoff.
 		s.FailedResumes++
-		a.metrics.autoResumes.WithLabelValues("failed").Inc()
+		a.metrics.AutoResumes.WithLabelValues("failed").Inc()
 		if s.FailedResumes >= s.MaxFailedResumes {
 			r.giveUp(ctx, tr, t, e)
 			return false
@@ -321,7 +322,7 @@ func (r *recovery) giveUp(ctx context.Context, tr *taskRecovery, t *meta.TaskSta
 	s := tr.state
 	s.Phase = meta.RecoveryGaveUp
 	r.publish(ctx, tr)
-	r.a.metrics.autoResumes.WithLabelValues("gave_up").Inc()
+	r.a.metrics.AutoResumes.WithLabelValues("gave_up").Inc()
 	r.a.history(ctx, tr.task, tr.inc, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_FAILED, Actor: lbpb.RecoveryEvent_COORDINATOR,
 		ErrorCode: e.ErrorCode, Attempt: uint32(s.ResumesAttempted),
 		Message: fmt.Sprintf("%s: %d resumes after a healthy probe did not hold (the bound); a person decides", gaveUpMarker, s.FailedResumes)})
@@ -393,12 +394,12 @@ func (a *Agent) flushedCheckpoint(ctx context.Context, t *meta.TaskStatus) (uint
 	if err != nil {
 		return 0, err
 	}
-	covered := taskSpans(ranges)
-	known, err := knownCheckpoints(ctx, a.cfg.Meta, t.Info.Name, t.Incarnation, covered, t.Info.StartTs)
+	covered := checkpoint.Spans(ranges)
+	known, err := checkpoint.Known(ctx, a.cfg.Meta, t.Info.Name, t.Incarnation, covered, t.Info.StartTs)
 	if err != nil {
 		return 0, err
 	}
-	return globalCheckpoint(known, covered), nil
+	return checkpoint.Global(known, covered), nil
 }
 
 // held reports whether checkpoint ts passed the last resume.
@@ -409,7 +410,7 @@ func held(s *meta.RecoveryState, ts uint64) bool {
 // resumeHeld records that the last resume held. tr.mu is held.
 func (r *recovery) resumeHeld(ctx context.Context, tr *taskRecovery) {
 	s := tr.state
-	r.a.metrics.autoResumes.WithLabelValues("held").Inc()
+	r.a.metrics.AutoResumes.WithLabelValues("held").Inc()
 	r.a.history(ctx, tr.task, tr.inc, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_SUCCEEDED, Actor: lbpb.RecoveryEvent_COORDINATOR,
 		ErrorCode: s.ErrorCode, Attempt: uint32(s.ResumesAttempted),
 		Message: fmt.Sprintf("the resume held: the checkpoint passed it (seen %s after it)", time.Since(s.LastResumeAt).Round(time.Second))})

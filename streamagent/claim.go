@@ -10,6 +10,7 @@ import (
 
 	"logbackup/meta"
 	"logbackup/proto/lbpb"
+	"logbackup/streamagent/retry"
 )
 
 // claimStore registers this agent as its store's one agent, retrying
@@ -38,7 +39,7 @@ func (a *Agent) claim(ctx context.Context, reg *lbpb.AgentRegistration, takeOver
 	replace := func(o *lbpb.AgentRegistration) bool {
 		return takeOver || sameAgent(o, reg) || deadLocalAgent(o, reg)
 	}
-	bo := newBackoff(500*time.Millisecond, 5*time.Second)
+	bo := retry.NewBackoff(500*time.Millisecond, 5*time.Second)
 	var conflictSince time.Time
 	for {
 		claim, err := a.cfg.Meta.ClaimAgent(ctx, reg, agentTTL, replace)
@@ -62,7 +63,7 @@ func (a *Agent) claim(ctx context.Context, reg *lbpb.AgentRegistration, takeOver
 			if local || time.Since(conflictSince) > agentTTL+2*time.Second {
 				return nil, err
 			}
-			if !sleep(ctx, 500*time.Millisecond) {
+			if !retry.Sleep(ctx, 500*time.Millisecond) {
 				return nil, ctx.Err()
 			}
 			continue
@@ -71,7 +72,7 @@ func (a *Agent) claim(ctx context.Context, reg *lbpb.AgentRegistration, takeOver
 			return nil, ctx.Err()
 		}
 		a.cfg.Logger.Warn("agent registration failed; retrying", "err", err)
-		if !sleep(ctx, bo.NextBackOff()) {
+		if !retry.Sleep(ctx, bo.NextBackOff()) {
 			return nil, ctx.Err()
 		}
 	}

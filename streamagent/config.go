@@ -20,6 +20,7 @@ import (
 	"logbackup/meta"
 	"logbackup/storage"
 	"logbackup/streamagent/logfile"
+	"logbackup/streamagent/retry"
 )
 
 // The agent's defaults, one source for each: withDefaults fills an unset
@@ -62,6 +63,9 @@ const (
 // DefaultTempDir is where an agent makes its directory for spilled
 // buffers unless told otherwise.
 func DefaultTempDir() string { return filepath.Join(os.TempDir(), "logbackup-agent") }
+
+// RetryBudget bounds how long a retryable error may persist (retry.Budget).
+type RetryBudget = retry.Budget
 
 // Config configures an Agent.
 type Config struct {

@@ -17,8 +17,11 @@ import (
 
 	"logbackup/meta"
 	"logbackup/storage"
+	"logbackup/streamagent/checkpoint"
 	"logbackup/streamagent/errs"
 	"logbackup/streamagent/logfile"
+	"logbackup/streamagent/retry"
+	"logbackup/streamagent/task"
 )
 
 // coordState is what the elected coordinator keeps between ticks, touched
@@ -37,7 +40,7 @@ type coordState struct {
 	// budgets count each running task's failed advances in a row, by
 	// taskKey; lastGlobal is the last global checkpoint that stood, kept
 	// exported while advances fail so its lag keeps growing.
-	budgets    map[string]*budget
+	budgets    map[string]*retry.Counter
 	lastGlobal map[string]uint64
 	moved      map[string]moved
 	// orphans: since when the stores holding a standing global
@@ -46,36 +49,28 @@ type coordState struct {
 	// failing is what this agent's runners report for a task whose global
 	// checkpoint cannot advance, by task name; read by the runners' loops.
 	failMu  sync.Mutex
-	failing map[string]coordFailure
-}
-
-// coordFailure is a task whose global checkpoint the coordinator cannot
-// advance: the store report shows it as RETRYING with this reason.
-type coordFailure struct {
-	failures int
-	since    time.Time
-	msg      string
+	failing map[string]task.CoordFailure
 }
 
 // setFailing records (or, with f nil, clears) a task's advance failure.
-func (c *coordState) setFailing(task string, f *coordFailure) {
+func (c *coordState) setFailing(name string, f *task.CoordFailure) {
 	c.failMu.Lock()
 	defer c.failMu.Unlock()
 	if f == nil {
-		delete(c.failing, task)
+		delete(c.failing, name)
 		return
 	}
 	if c.failing == nil {
-		c.failing = map[string]coordFailure{}
+		c.failing = map[string]task.CoordFailure{}
 	}
-	c.failing[task] = *f
+	c.failing[name] = *f
 }
 
 // failure is the task's advance failure, if any.
-func (c *coordState) failure(task string) (coordFailure, bool) {
+func (c *coordState) failure(name string) (task.CoordFailure, bool) {
 	c.failMu.Lock()
 	defer c.failMu.Unlock()
-	f, ok := c.failing[task]
+	f, ok := c.failing[name]
 	return f, ok
 }
 
@@ -101,16 +96,16 @@ func (a *Agent) advanceFailed(ctx context.Context, t *meta.TaskStatus, err error
 	k := taskKey(t)
 	b := a.coord.budgets[k]
 	if b == nil {
-		b = &budget{limit: RetryBudget{Attempts: math.MaxInt, Duration: a.cfg.RetryBudget.Duration}}
+		b = &retry.Counter{Limit: RetryBudget{Attempts: math.MaxInt, Duration: a.cfg.RetryBudget.Duration}}
 		a.coord.budgets[k] = b
 	}
 	info := errs.Classify(err)
 	info.Class = errs.Retryable
-	a.metrics.countError(string(info.Code))
+	a.metrics.CountError(string(info.Code))
 	err = fmt.Errorf("the global checkpoint cannot advance: %w", err)
-	f := b.fail(time.Now(), info, err)
+	f := b.Fail(time.Now(), info, err)
 	if f == nil {
-		a.coord.setFailing(t.Info.Name, &coordFailure{failures: b.failures, since: b.since, msg: storage.Redact(err.Error())})
+		a.coord.setFailing(t.Info.Name, &task.CoordFailure{Failures: b.Failures, Since: b.Since, Msg: storage.Redact(err.Error())})
 		return
 	}
 	delete(a.coord.budgets, k)
@@ -167,12 +162,12 @@ func (a *Agent) advanceSucceeded(ctx context.Context, t *meta.TaskStatus, g uint
 	if orphan := a.orphaned(ctx, t, held, now); orphan > 0 && stood >= a.cfg.RetryBudget.Duration && orphan >= a.cfg.RetryBudget.Duration {
 		a.forgetAdvance(t)
 		delete(a.coord.orphans, k)
-		f := &fatalError{info: errs.Lookup(errs.CodeCheckpointStalled),
-			err: fmt.Errorf("%s; past the retry budget of %s", msg, a.cfg.RetryBudget.Duration)}
+		f := &retry.Fatal{Info: errs.Lookup(errs.CodeCheckpointStalled),
+			Err: fmt.Errorf("%s; past the retry budget of %s", msg, a.cfg.RetryBudget.Duration)}
 		a.spawn(func() { a.reportFatal(ctx, t, f) })
 		return
 	}
-	a.coord.setFailing(t.Info.Name, &coordFailure{since: m.at, msg: msg})
+	a.coord.setFailing(t.Info.Name, &task.CoordFailure{Since: m.at, Msg: msg})
 }
 
 // orphaned is how long the stores in held (those holding the task's global
@@ -237,7 +232,7 @@ func (a *Agent) holdingBack(ctx context.Context, t *meta.TaskStatus) ([]uint64, 
 			low, lowStore = cp.TS, cp.StoreID
 		}
 	}
-	pctx, cancel := context.WithTimeout(withBreaker(ctx), 10*time.Second)
+	pctx, cancel := meta.PDCallContext(ctx, 10*time.Second)
 	stores, err := a.cfg.PD.GetAllStores(pctx)
 	cancel()
 	var missing []string
@@ -317,8 +312,8 @@ func (a *Agent) advanceTask(ctx context.Context, t *meta.TaskStatus) (uint64, er
 	if err != nil {
 		return 0, err
 	}
-	a.metrics.advancerOwner.WithLabelValues(name).Set(b2f(len(nb.AdvancerKeys) > 0))
-	a.metrics.foreignWriters.WithLabelValues(name).Set(float64(len(nb.ForeignStores)))
+	a.metrics.AdvancerOwner.WithLabelValues(name).Set(b2f(len(nb.AdvancerKeys) > 0))
+	a.metrics.ForeignWriters.WithLabelValues(name).Set(float64(len(nb.ForeignStores)))
 	if said := strings.Join(nb.Describe(), "; "); said != a.coord.conflicts[taskKey(t)] {
 		a.coord.conflicts[taskKey(t)] = said
 		if said != "" {
@@ -338,12 +333,12 @@ func (a *Agent) advanceTask(ctx context.Context, t *meta.TaskStatus) (uint64, er
 	if err != nil {
 		return 0, err
 	}
-	covered := taskSpans(ranges)
-	known, err := knownCheckpoints(ctx, a.cfg.Meta, name, t.Incarnation, covered, t.Info.StartTs)
+	covered := checkpoint.Spans(ranges)
+	known, err := checkpoint.Known(ctx, a.cfg.Meta, name, t.Incarnation, covered, t.Info.StartTs)
 	if err != nil {
 		return 0, err
 	}
-	g := globalCheckpoint(known, covered)
+	g := checkpoint.Global(known, covered)
 	if g > 0 {
 		m := a.cfg.Meta.Incarnation(name, t.Incarnation)
 		stored, err := m.AdvanceGlobalCheckpoint(ctx, name, g)
@@ -431,4 +426,134 @@ func (a *Agent) dropStaleCampaign(ctx context.Context, sess *concurrency.Session
 			a.cfg.Logger.Warn("cannot remove this agent's stale coordinator campaign", "err", err)
 		}
 	}
+}
+
+// coordinate campaigns to be the coordinator and, while elected, publishes
+// each task's global checkpoint on an interval.
+func (a *Agent) coordinate(ctx context.Context) {
+	bo := retry.NewBackoff(500*time.Millisecond, 5*time.Second)
+	for ctx.Err() == nil {
+		sess, err := concurrency.NewSession(a.cfg.Meta.Raw(), concurrency.WithTTL(10), concurrency.WithContext(ctx))
+		if err != nil {
+			retry.Sleep(ctx, bo.NextBackOff())
+			continue
+		}
+		a.dropStaleCampaign(ctx, sess)
+		el := concurrency.NewElection(sess, meta.CoordinatorPrefix())
+		if err := el.Campaign(ctx, fmt.Sprint(a.cfg.StoreID)); err == nil {
+			t := time.NewTicker(a.cfg.CoordinatorInterval)
+		lead:
+			for {
+				if err := a.AdvanceOnce(ctx); err != nil {
+					a.cfg.Logger.Warn("advance global checkpoint", "err", err)
+				}
+				select {
+				case <-t.C:
+				case <-a.coord.kick:
+				case <-sess.Done():
+					break lead
+				case <-ctx.Done():
+					break lead
+				}
+			}
+			t.Stop()
+			a.metrics.Checkpoints.ForgetGlobal() // only the coordinator exports them
+			a.coord.forgetExcept(nil)
+			rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			el.Resign(rctx)
+			cancel()
+		}
+		sess.Close()
+	}
+}
+
+// AdvanceOnce publishes every running task's global checkpoint: the
+// minimum over the task's key space of what any store has flushed. Never
+// backwards (meta.AdvanceGlobalCheckpoint keeps the maximum).
+func (a *Agent) AdvanceOnce(ctx context.Context) error {
+	var ignored []meta.CorruptRecord
+	tasks, _, err := a.cfg.Meta.Tolerant(&ignored).ListTasks(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	// State that TiDB's `br log stop`, or a stop racing a flush, left
+	// behind belongs to no live incarnation.
+	if _, err := a.cfg.Meta.CleanStaleAgentState(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	if sp, ok := a.gcRead.get(ctx, a.gcSafePoint); ok {
+		a.metrics.Checkpoints.SetGCSafePoint(sp)
+	}
+	published := map[string]uint64{}
+	defer func() { a.metrics.Checkpoints.ReplaceGlobal(published) }()
+	live := map[string]bool{}
+	for _, t := range tasks {
+		live[taskKey(t)] = true
+		if t.InfoErr != nil {
+			continue // reported by the agents; nothing to advance
+		}
+		if t.Pause.Paused {
+			// The pause alerts measure how long the checkpoint has stood.
+			g, ok, err := a.cfg.Meta.GlobalCheckpoint(ctx, t.Info.Name)
+			if err == nil {
+				published[t.Info.Name] = t.Info.StartTs
+				if ok {
+					published[t.Info.Name] = max(g, t.Info.StartTs)
+				}
+			}
+			a.coord.recovery.observe(ctx, t, 0)
+			a.forgetAdvance(t)
+			continue
+		}
+		g, err := a.advanceTask(ctx, t)
+		if err != nil {
+			errs = append(errs, err)
+			if last, ok := a.coord.lastGlobal[taskKey(t)]; ok {
+				published[t.Info.Name] = last // its lag grows while advances fail
+			}
+			a.advanceFailed(ctx, t, err)
+			continue
+		}
+		a.advanceSucceeded(ctx, t, g)
+		a.coord.lastGlobal[taskKey(t)] = g
+		published[t.Info.Name] = g
+		a.coord.recovery.observe(ctx, t, g)
+	}
+	a.coord.forgetExcept(live)
+	return errors.Join(errs...)
+}
+
+// gcSafePoint reads PD's GC safepoint as BR does: UpdateGCSafePoint(0)
+// never moves it and returns it.
+func (a *Agent) gcSafePoint(ctx context.Context) (uint64, error) {
+	rctx, cancel := meta.PDCallContext(ctx, 10*time.Second)
+	defer cancel()
+	return a.cfg.PD.UpdateGCSafePoint(rctx, 0)
+}
+
+// gcSafePointReadEvery: the coordinator reads PD's GC safe point at most
+// this often. It only feeds a metric, and PD logs deprecation WARN lines on
+// every read (the pinned client has no other way to ask).
+const gcSafePointReadEvery = time.Minute
+
+// gcSafePointRead is the last read of PD's GC safe point and when it was
+// tried (a failed read waits its minute too).
+type gcSafePointRead struct {
+	mu sync.Mutex
+	sp uint64
+	ok bool
+	at time.Time
+}
+
+func (g *gcSafePointRead) get(ctx context.Context, read func(context.Context) (uint64, error)) (uint64, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.at.IsZero() || time.Since(g.at) >= gcSafePointReadEvery {
+		g.at = time.Now()
+		if sp, err := read(ctx); err == nil {
+			g.sp, g.ok = sp, true
+		}
+	}
+	return g.sp, g.ok
 }

@@ -14,33 +14,20 @@ import (
 	"logbackup/proto/lbpb"
 	"logbackup/storage"
 	"logbackup/streamagent/errs"
-)
-
-// Task status gauge values, as TiKV's tikv_log_backup_task_status.
-const (
-	statusRunning = 0
-	statusPaused  = 1
-	statusError   = 2
+	"logbackup/streamagent/metrics"
+	"logbackup/streamagent/retry"
 )
 
 // gcGuardTTL keeps the data a resume needs from being garbage collected
 // while a task is paused by an error (TiKV: 24 h).
 const gcGuardTTL = 24 * time.Hour
 
-// fatalError is what stops a task: a classified error.
-type fatalError struct {
-	info errs.Info
-	err  error
-}
-
-func (f *fatalError) Error() string { return fmt.Sprintf("[%s] %v", f.info.Code, f.err) }
-
 // noteError counts an error by code and decides, with the budget,
 // whether it is fatal.
-func (a *Agent) noteError(b *budget, err error) *fatalError {
+func (a *Agent) noteError(b *retry.Counter, err error) *retry.Fatal {
 	info := errs.Classify(err)
-	a.metrics.countError(string(info.Code))
-	return b.fail(time.Now(), info, err)
+	a.metrics.CountError(string(info.Code))
+	return b.Fail(time.Now(), info, err)
 }
 
 // reportFatal runs the fatal path for a stopped task, in TiKV's order but
@@ -49,16 +36,16 @@ func (a *Agent) noteError(b *budget, err error) *fatalError {
 // log once. Failed etcd writes are retried until they succeed or ctx ends;
 // the task's observers are already gone and its buffers dropped, so no
 // checkpoint can move meanwhile.
-func (a *Agent) reportFatal(ctx context.Context, ts *meta.TaskStatus, f *fatalError) {
+func (a *Agent) reportFatal(ctx context.Context, ts *meta.TaskStatus, f *retry.Fatal) {
 	task, inc := ts.Info.Name, ts.Incarnation
 	// Fenced: a fatal error of an incarnation that was stopped meanwhile
 	// must not pause or blame the task started after it.
 	m := a.cfg.Meta.Incarnation(task, inc)
-	a.metrics.countFatal(string(f.info.Code))
-	a.metrics.setTaskStatus(task, statusError)
-	msg := fmt.Sprintf("[store = %d] %s; cause: %s; action: %s", a.cfg.StoreID, storage.Redact(f.err.Error()), f.info.Cause, f.info.Action)
-	lastErr := &brpb.StreamBackupError{HappenAt: uint64(time.Now().UnixMilli()), ErrorCode: string(f.info.Code), ErrorMessage: msg, StoreId: a.cfg.StoreID}
-	a.cfg.Logger.Error("task meets a fatal error; pausing it", "task", task, "code", f.info.Code, "err", storage.Redact(f.err.Error()))
+	a.metrics.CountFatal(string(f.Info.Code))
+	a.metrics.SetTaskStatus(task, metrics.StatusError)
+	msg := fmt.Sprintf("[store = %d] %s; cause: %s; action: %s", a.cfg.StoreID, storage.Redact(f.Err.Error()), f.Info.Cause, f.Info.Action)
+	lastErr := &brpb.StreamBackupError{HappenAt: uint64(time.Now().UnixMilli()), ErrorCode: string(f.Info.Code), ErrorMessage: msg, StoreId: a.cfg.StoreID}
+	a.cfg.Logger.Error("task meets a fatal error; pausing it", "task", task, "code", f.Info.Code, "err", storage.Redact(f.Err.Error()))
 	host, _ := os.Hostname()
 	steps := []struct {
 		name string
@@ -72,14 +59,14 @@ func (a *Agent) reportFatal(ctx context.Context, ts *meta.TaskStatus, f *fatalEr
 	}
 	defer func() {
 		a.history(ctx, task, inc, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_ERROR_REPORTED, Actor: lbpb.RecoveryEvent_AGENT,
-			ErrorCode: string(f.info.Code), Message: msg, HappenAtUnixMs: int64(lastErr.HappenAt)})
+			ErrorCode: string(f.Info.Code), Message: msg, HappenAtUnixMs: int64(lastErr.HappenAt)})
 	}()
 	// Every round tries every step still pending, so one failing step
 	// (PD refusing the safepoint) never holds back another (the pause).
 	// etcd steps are retried until they land; the GC guard is best effort
 	// after a few tries, as in TiKV.
 	done := make([]bool, len(steps))
-	bo := newBackoff(100*time.Millisecond, 5*time.Second)
+	bo := retry.NewBackoff(100*time.Millisecond, 5*time.Second)
 	for round := 1; ; round++ {
 		pending := false
 		for i, s := range steps {
@@ -107,7 +94,7 @@ func (a *Agent) reportFatal(ctx context.Context, ts *meta.TaskStatus, f *fatalEr
 		if !pending || ctx.Err() != nil {
 			return
 		}
-		if !sleep(ctx, bo.NextBackOff()) {
+		if !retry.Sleep(ctx, bo.NextBackOff()) {
 			return
 		}
 	}
@@ -160,9 +147,26 @@ func (a *Agent) checkLag(ctx context.Context, t *meta.TaskStatus, checkpoint uin
 	if err := a.cfg.Meta.Incarnation(t.Info.Name, t.Incarnation).PauseTask(ctx, t.Info.Name, meta.NewErrorPause(host, os.Getpid(), time.Now(), e)); err != nil {
 		return fmt.Errorf("pause lagging task %q: %w", t.Info.Name, err)
 	}
-	a.metrics.countFatal(string(info.Code))
+	a.metrics.CountFatal(string(info.Code))
 	a.cfg.Logger.Error("pausing a task whose checkpoint lags too much", "task", t.Info.Name, "lag", lag.Round(time.Second))
 	a.history(ctx, t.Info.Name, t.Incarnation, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_PAUSED, Actor: lbpb.RecoveryEvent_COORDINATOR,
 		ErrorCode: string(info.Code), Message: msg})
 	return nil
+}
+
+// dropSafePoints removes this store's safepoints of a task: the flush one
+// when the task stops, the pause guard when it stops or resumes.
+func (a *Agent) dropSafePoints(ctx context.Context, task string, flush bool) {
+	ids := []string{meta.PauseGuardID(task, a.cfg.StoreID)}
+	if flush {
+		ids = append(ids, meta.FlushSafePointID(task, a.cfg.StoreID))
+	}
+	for _, id := range ids {
+		rctx, cancel := meta.PDCallContext(ctx, 10*time.Second)
+		// TTL 0 removes a service safepoint.
+		if _, err := a.cfg.PD.UpdateServiceGCSafePoint(rctx, id, 0, 0); err != nil {
+			a.cfg.Logger.Warn("cannot remove a GC safepoint; it expires with its TTL", "id", id, "err", err)
+		}
+		cancel()
+	}
 }

@@ -125,7 +125,7 @@ func (r *recovery) probe(ctx context.Context, tr *taskRecovery, deps []string, s
 		if err != nil {
 			result = "failed"
 		}
-		a.metrics.recoveryProbes.WithLabelValues(d, result).Inc()
+		a.metrics.RecoveryProbes.WithLabelValues(d, result).Inc()
 		if err != nil {
 			return d, err
 		}
@@ -210,8 +210,8 @@ func (r *recovery) resume(ctx context.Context, tr *taskRecovery) bool {
 		now := time.Now()
 		paused := now.Sub(st.Pause.V2.OperationTime)
 		s.Phase, s.ResumesAttempted, s.LastResumeAt, s.ResumeRevision = meta.RecoveryResumed, s.ResumesAttempted+1, now, rev
-		a.metrics.autoResumes.WithLabelValues("resumed").Inc()
-		a.metrics.timeToRecover.Observe(paused.Seconds())
+		a.metrics.AutoResumes.WithLabelValues("resumed").Inc()
+		a.metrics.TimeToRecover.Observe(paused.Seconds())
 		a.history(ctx, tr.task, tr.inc, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_ATTEMPT, Actor: lbpb.RecoveryEvent_COORDINATOR,
 			ErrorCode: e.ErrorCode, Attempt: uint32(s.ResumesAttempted),
 			Message: fmt.Sprintf("resumed after a healthy %s probe; paused for %s, %d probes", strings.Join(s.Dependencies, "+"), paused.Round(time.Second), s.Probes)})

@@ -5,31 +5,11 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"sort"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
-
-// taskStats are written by a task's loop and read by /status.
-type taskStats struct {
-	observedRegions atomic.Int64
-	bufferedBytes   atomic.Int64
-	memoryBytes     atomic.Int64
-	lastFlushUnixMs atomic.Int64
-	storeCheckpoint atomic.Uint64
-	pendingRanges   atomic.Int64
-	scanning        atomic.Int64
-	// report is the latest state the loop reported (progress.go).
-	report atomic.Pointer[taskReport]
-}
-
-// taskReport is the part of a task's progress report /status shows.
-type taskReport struct {
-	state, lastErr string
-	attempts       int
-}
 
 // TaskStatus is one task in the agent's /status.
 type TaskStatus struct {
@@ -80,18 +60,18 @@ type Status struct {
 func (a *Agent) Status() Status {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	st := Status{StoreID: a.cfg.StoreID, Version: a.cfg.Version, State: AgentRunning, Tasks: []TaskStatus{}, Spills: a.counters.spills.Load(), Retries: a.counters.retries.Load()}
+	st := Status{StoreID: a.cfg.StoreID, Version: a.cfg.Version, State: AgentRunning, Tasks: []TaskStatus{}, Spills: a.counters.Spills.Load(), Retries: a.counters.Retries.Load()}
 	if g := a.gone.Load(); g != nil {
 		st.State, st.Reason = AgentStoreRemoved, g.Error()
 	}
 	for name, h := range a.runners {
-		s := &h.r.stats
-		ts := TaskStatus{Name: name, ObservedRegions: s.observedRegions.Load(), PendingRanges: s.pendingRanges.Load(), Scanning: s.scanning.Load(),
-			BufferedBytes: s.bufferedBytes.Load(), MemoryBytes: s.memoryBytes.Load(), StoreCheckpoint: s.storeCheckpoint.Load()}
-		if r := s.report.Load(); r != nil {
-			ts.State, ts.LastError, ts.Attempts = r.state, r.lastErr, r.attempts
+		s := h.r.Stats()
+		ts := TaskStatus{Name: name, ObservedRegions: s.ObservedRegions.Load(), PendingRanges: s.PendingRanges.Load(), Scanning: s.Scanning.Load(),
+			BufferedBytes: s.BufferedBytes.Load(), MemoryBytes: s.MemoryBytes.Load(), StoreCheckpoint: s.StoreCheckpoint.Load()}
+		if r := s.Report.Load(); r != nil {
+			ts.State, ts.LastError, ts.Attempts = r.State, r.LastErr, r.Attempts
 		}
-		if ms := s.lastFlushUnixMs.Load(); ms > 0 {
+		if ms := s.LastFlushUnixMs.Load(); ms > 0 {
 			ts.LastFlush = time.UnixMilli(ms)
 		}
 		st.Tasks = append(st.Tasks, ts)

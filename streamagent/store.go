@@ -9,12 +9,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cenkalti/backoff/v5"
 	"github.com/pingcap/kvproto/pkg/metapb"
 	"github.com/pingcap/kvproto/pkg/pdpb"
 	pd "github.com/tikv/pd/client"
 
-	"logbackup/storage"
 	"logbackup/streamagent/errs"
 )
 
@@ -237,60 +235,5 @@ func (a *Agent) watchStore(ctx context.Context) {
 				a.cfg.Logger.Debug("cannot check this agent's store in PD", "err", err)
 			}
 		}
-	}
-}
-
-// openWarnEvery rate-limits the WARN about a store that cannot be reached.
-const openWarnEvery = 30 * time.Second
-
-// openState is a task loop's record of failures to open its store's
-// EventFeed stream.
-type openState struct {
-	err     error     // the latest failure; nil once a stream opened
-	retryAt time.Time // no new attempt before then
-	warned  time.Time // the last WARN
-	backoff *backoff.ExponentialBackOff
-}
-
-// openFailed takes a failed placement. A stream that could not be opened
-// (the TiKV beside the agent is unreachable) is a retryable failure like a
-// failed flush: counted, reported as RETRYING with the address and the
-// error, logged at most every openWarnEvery, retried with backoff, and
-// fatal once the retry budget is spent. Anything else is retried on the
-// next placement tick.
-func (t *taskRunner) openFailed(ctx context.Context, err error) {
-	var oe *openError
-	if !errors.As(err, &oe) || ctx.Err() != nil {
-		t.log.Debug("place range later", "err", err)
-		return
-	}
-	if t.open.backoff == nil {
-		t.open.backoff = newBackoff(time.Second, 30*time.Second)
-	}
-	t.open.err = err
-	if f := t.env.noteError(&t.budget, err); f != nil {
-		t.fatal = f
-		return
-	}
-	t.env.retried(err)
-	t.progress.lastErr = storage.Redact(err.Error())
-	wait := t.open.backoff.NextBackOff()
-	now := t.env.clock.Now()
-	t.open.retryAt = now.Add(wait)
-	if now.Sub(t.open.warned) >= openWarnEvery {
-		t.open.warned = now
-		t.log.Warn("cannot reach this agent's TiKV; retrying", "address", oe.addr, "err", storage.Redact(err.Error()),
-			"failures", t.budget.failures, "in", wait.Round(time.Millisecond))
-	}
-}
-
-// opened notes a stream opened after failures.
-func (t *taskRunner) opened() {
-	if t.open.err != nil {
-		t.log.Info("this agent's TiKV answers again", "failures", t.budget.failures)
-	}
-	t.open.err, t.open.warned = nil, time.Time{}
-	if t.open.backoff != nil {
-		t.open.backoff.Reset()
 	}
 }

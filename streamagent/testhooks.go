@@ -58,8 +58,8 @@ func (h TestHooks) FlushWithAllRegionCheckpoints(ctx context.Context) error {
 	a.mu.Unlock()
 	var errs []error
 	for _, h := range hs {
-		if err := h.r.flushWithAllRegionCheckpoints(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("task %s: %w", h.r.info.Name, err))
+		if err := h.r.FlushWithAllRegionCheckpoints(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("task %s: %w", h.r.Name(), err))
 		}
 	}
 	return errors.Join(errs...)

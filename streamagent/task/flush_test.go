@@ -1,4 +1,4 @@
-package streamagent
+package task
 
 import (
 	"fmt"
@@ -10,6 +10,7 @@ import (
 	"logbackup/meta"
 	"logbackup/streamagent/errs"
 	"logbackup/streamagent/logfile"
+	"logbackup/streamagent/retry"
 )
 
 // The flush pipeline of one task (task.go, flush.go) on fakes: the loop
@@ -18,7 +19,7 @@ import (
 // A flush happens on the flush tick, not before, and writes exactly what
 // was received; the next tick flushes what came since.
 func TestFlushOnTick(t *testing.T) {
-	h := newHarness(t, func(s *taskSettings) { s.flushInterval = time.Minute })
+	h := newHarness(t, func(s *Settings) { s.FlushInterval = time.Minute })
 	h.start()
 	h.initialized(0)
 	want := h.put(1, "a1", "v1", "b1", "v2")
@@ -52,7 +53,7 @@ func TestFlushOnTick(t *testing.T) {
 
 // A builder at the file size limit flushes at once, without a tick.
 func TestFlushOnSize(t *testing.T) {
-	h := newHarness(t, func(s *taskSettings) { s.fileSizeLimit = 1 << 10 })
+	h := newHarness(t, func(s *Settings) { s.FileSizeLimit = 1 << 10 })
 	h.start()
 	h.initialized(0)
 	want := h.put(1, "small", "v")
@@ -71,7 +72,7 @@ func TestFlushOnSize(t *testing.T) {
 // events (TiKV is then slowed by gRPC flow control); once the flush is
 // done it takes them again.
 func TestBackpressure(t *testing.T) {
-	h := newHarness(t, func(s *taskSettings) { s.fileSizeLimit = 1 << 10 })
+	h := newHarness(t, func(s *Settings) { s.FileSizeLimit = 1 << 10 })
 	gate := make(chan struct{})
 	h.st.set(gate, nil)
 	h.start()
@@ -103,7 +104,7 @@ func TestBackpressure(t *testing.T) {
 // A failed upload is retried after a backoff, and the flush then writes
 // everything once.
 func TestFlushRetriesUpload(t *testing.T) {
-	h := newHarness(t, func(s *taskSettings) { s.flushInterval = time.Minute })
+	h := newHarness(t, func(s *Settings) { s.FlushInterval = time.Minute })
 	h.st.set(nil, fmt.Errorf("injected: %w", syscall.ECONNRESET))
 	h.start()
 	h.initialized(0)
@@ -129,7 +130,7 @@ func TestFlushRetriesUpload(t *testing.T) {
 	if metas != 1 {
 		t.Fatalf("%d meta files, want 1", metas)
 	}
-	if n := h.r.env.counters.retries.Load(); n != 3 {
+	if n := h.r.env.Counters.Retries.Load(); n != 3 {
 		t.Fatalf("%d retries counted, want 3", n)
 	}
 }
@@ -137,9 +138,9 @@ func TestFlushRetriesUpload(t *testing.T) {
 // Failures past the retry budget stop the task with a fatal error that
 // keeps the failure's code and says the budget is spent.
 func TestFlushRetryBudgetIsFatal(t *testing.T) {
-	h := newHarness(t, func(s *taskSettings) {
-		s.flushInterval = time.Minute
-		s.retryBudget = RetryBudget{Attempts: 2, Duration: time.Hour}
+	h := newHarness(t, func(s *Settings) {
+		s.FlushInterval = time.Minute
+		s.RetryBudget = retry.Budget{Attempts: 2, Duration: time.Hour}
 	})
 	h.st.set(nil, fmt.Errorf("injected: %w", syscall.ECONNRESET))
 	h.start()
@@ -161,8 +162,8 @@ func TestFlushRetryBudgetIsFatal(t *testing.T) {
 	if f == nil {
 		t.Fatal("no fatal error")
 	}
-	if f.info.Class != errs.Fatal || f.info.Code != errs.CodeNetwork || !strings.Contains(f.err.Error(), "retry budget exhausted (3 failures") {
-		t.Fatalf("fatal error %v (class %v), want a spent budget of Network failures", f, f.info.Class)
+	if f.Info.Class != errs.Fatal || f.Info.Code != errs.CodeNetwork || !strings.Contains(f.Err.Error(), "retry budget exhausted (3 failures") {
+		t.Fatalf("fatal error %v (class %v), want a spent budget of Network failures", f, f.Info.Class)
 	}
 	if _, metas := h.stored(); metas != 0 {
 		t.Fatalf("%d meta files written by failing uploads", metas)
@@ -206,9 +207,9 @@ func TestFinalFlush(t *testing.T) {
 // region checkpoint — all of them at most once per
 // RegionCheckpointInterval, only new regions in between.
 func TestCheckpointPublishing(t *testing.T) {
-	h := newHarness(t, func(s *taskSettings) {
-		s.flushInterval = time.Minute
-		s.regionCheckpointInterval = 5 * time.Minute
+	h := newHarness(t, func(s *Settings) {
+		s.FlushInterval = time.Minute
+		s.RegionCheckpointInterval = 5 * time.Minute
 	})
 	h.start()
 	h.initialized(0)
@@ -220,7 +221,7 @@ func TestCheckpointPublishing(t *testing.T) {
 	if len(sc.Spans) == 0 || sc.Spans[0].Ts != h.ts(5) {
 		t.Fatalf("span checkpoints %v, want the region's resolved ts %d", sc.Spans, h.ts(5))
 	}
-	h.waitFor("the store checkpoint", func() bool { return h.r.stats.storeCheckpoint.Load() == h.ts(5) })
+	h.waitFor("the store checkpoint", func() bool { return h.r.stats.StoreCheckpoint.Load() == h.ts(5) })
 	h.waitFor("the flush safepoint at the checkpoint", func() bool {
 		sp, ok := h.pd.safePoints.Load(meta.FlushSafePointID("t", testStore))
 		return ok && sp.(uint64) == h.ts(5)-1
@@ -236,7 +237,7 @@ func TestCheckpointPublishing(t *testing.T) {
 	if sc := h.flushed(); sc.Spans[0].Ts != h.ts(9) {
 		t.Fatalf("second flush published %d, want %d", sc.Spans[0].Ts, h.ts(9))
 	}
-	h.waitFor("the store checkpoint", func() bool { return h.r.stats.storeCheckpoint.Load() == h.ts(9) })
+	h.waitFor("the store checkpoint", func() bool { return h.r.stats.StoreCheckpoint.Load() == h.ts(9) })
 	if w := h.meta.regionWrites(); len(w) != 1 {
 		t.Fatalf("%d region checkpoint writes within the interval, want 1", len(w))
 	}
@@ -246,7 +247,7 @@ func TestCheckpointPublishing(t *testing.T) {
 	h.settle()
 	h.clk.advance(5 * time.Minute)
 	h.flushed()
-	h.waitFor("the store checkpoint", func() bool { return h.r.stats.storeCheckpoint.Load() == h.ts(12) })
+	h.waitFor("the store checkpoint", func() bool { return h.r.stats.StoreCheckpoint.Load() == h.ts(12) })
 	if w := h.meta.regionWrites(); len(w) != 2 || w[1][0].TS != h.ts(12) {
 		t.Fatalf("region checkpoint writes %v, want a second full one at %d", w, h.ts(12))
 	}

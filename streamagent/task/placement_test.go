@@ -1,4 +1,4 @@
-package streamagent
+package task
 
 import (
 	"bytes"
@@ -81,7 +81,7 @@ func TestRegionErrorPaths(t *testing.T) {
 			h.regionError(c.err)
 			r := h.r
 			if c.fatal != "" {
-				if r.fatal == nil || r.fatal.info.Code != c.fatal {
+				if r.fatal == nil || r.fatal.Info.Code != c.fatal {
 					t.Fatalf("fatal %v, want the task stopped with %s", r.fatal, c.fatal)
 				}
 				return

@@ -1,18 +1,23 @@
-package streamagent
+package task
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/pingcap/kvproto/pkg/cdcpb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"logbackup/storage"
 	"logbackup/streamagent/errs"
+	"logbackup/streamagent/feedcodec"
 	"logbackup/streamagent/logfile"
 	"logbackup/streamagent/matcher"
+	"logbackup/streamagent/retry"
 )
 
 // Intake: the EventFeed stream to this agent's own store, and what the
@@ -51,7 +56,7 @@ const streamOpenTimeout = 10 * time.Second
 
 // openError is a failure to open the store's EventFeed stream: the TiKV
 // beside the agent cannot be reached. It counts against the retry budget
-// (placement.go), with the address in the report.
+// (openFailed), with the address in the report.
 type openError struct {
 	addr string
 	err  error
@@ -60,28 +65,28 @@ type openError struct {
 func (e *openError) Error() string { return e.err.Error() }
 func (e *openError) Unwrap() error { return e.err }
 
-func (t *taskRunner) ensureStream(ctx context.Context) (*feedStream, error) {
+func (t *Runner) ensureStream(ctx context.Context) (*feedStream, error) {
 	if t.stream != nil {
 		return t.stream, nil
 	}
-	// A removed store is the agent's to handle (store.go): ownStore stops
+	// A removed store is the agent's to handle (its store.go): OwnStore stops
 	// it, never a nil store dereferenced here.
-	store, err := t.env.pd.OwnStore(ctx)
+	store, err := t.env.PD.OwnStore(ctx)
 	if err != nil {
 		return nil, err
 	}
 	creds := insecure.NewCredentials()
-	if tc := t.env.settings.tls; tc != nil {
+	if tc := t.env.Settings.TLS; tc != nil {
 		creds = credentials.NewTLS(tc)
 	}
 	conn, err := grpc.NewClient(store.Address, grpc.WithTransportCredentials(creds),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20), grpc.ForceCodecV2(newFeedCodec())))
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20), grpc.ForceCodecV2(feedcodec.New())))
 	if err != nil {
-		return nil, &openError{addr: store.Address, err: fmt.Errorf("dial store %d at %s: %w", t.env.settings.storeID, store.Address, err)}
+		return nil, &openError{addr: store.Address, err: fmt.Errorf("dial store %d at %s: %w", t.env.Settings.StoreID, store.Address, err)}
 	}
 	// grpc.NewClient connects lazily: an unreachable TiKV shows first
 	// here, when the stream needs a transport (fails fast once the
-	// connection attempt failed). The timer bounds a black-holed address;
+	// connection attempt failed). The Timer bounds a black-holed address;
 	// the stream itself lives on with sctx.
 	sctx, scancel := context.WithCancel(ctx)
 	openTimer := time.AfterFunc(streamOpenTimeout, scancel)
@@ -93,7 +98,7 @@ func (t *taskRunner) ensureStream(ctx context.Context) (*feedStream, error) {
 		if fired && ctx.Err() == nil {
 			err = fmt.Errorf("no connection within %s: %w", streamOpenTimeout, context.DeadlineExceeded)
 		}
-		return nil, &openError{addr: store.Address, err: fmt.Errorf("open the event feed of store %d at %s: %w", t.env.settings.storeID, store.Address, err)}
+		return nil, &openError{addr: store.Address, err: fmt.Errorf("open the event feed of store %d at %s: %w", t.env.Settings.StoreID, store.Address, err)}
 	}
 	fs := &feedStream{conn: conn, stream: stream, cancel: scancel}
 	t.stream = fs
@@ -125,7 +130,7 @@ func (t *taskRunner) ensureStream(ctx context.Context) (*feedStream, error) {
 	return fs, nil
 }
 
-func (t *taskRunner) closeStream() {
+func (t *Runner) closeStream() {
 	if t.stream != nil {
 		t.stream.cancel()
 		t.stream.conn.Close()
@@ -134,7 +139,7 @@ func (t *taskRunner) closeStream() {
 }
 
 // streamLost fails every subscription of a broken stream.
-func (t *taskRunner) streamLost(st *feedStream) {
+func (t *Runner) streamLost(st *feedStream) {
 	if t.stream == st {
 		t.closeStream()
 	}
@@ -145,22 +150,22 @@ func (t *taskRunner) streamLost(st *feedStream) {
 	}
 }
 
-func (t *taskRunner) handle(e streamEvent) {
+func (t *Runner) handle(e streamEvent) {
 	if e.err != nil {
 		if t.stream == e.stream { // not the end of a stream we closed ourselves
 			info := errs.Classify(e.err)
-			t.env.metrics.countError(string(info.Code))
+			t.env.Metrics.CountError(string(info.Code))
 			if info.Class == errs.Fatal {
 				// E.g. Unimplemented: this TiKV has no CDC service we can
 				// use. Retrying forever would hide it.
-				t.fatal = &fatalError{info: info, err: fmt.Errorf("event feed of store %d: %w", t.env.settings.storeID, e.err)}
+				t.fatal = &retry.Fatal{Info: info, Err: fmt.Errorf("event feed of store %d: %w", t.env.Settings.StoreID, e.err)}
 				return
 			}
 		}
 		t.streamLost(e.stream)
 		return
 	}
-	// The rows refer to the message's buffer (feedCodec): once the message
+	// The rows refer to the message's buffer (feedcodec): once the message
 	// is handled, the matchers copy out the prewrites they keep.
 	var matched []*matcher.Matcher
 	defer func() {
@@ -175,7 +180,7 @@ func (t *taskRunner) handle(e streamEvent) {
 		}
 		switch x := ev.Event.(type) {
 		case *cdcpb.Event_Entries_:
-			t.env.metrics.m.tikv.handleKVBatch.Observe(float64(len(x.Entries.Entries)))
+			t.env.Metrics.m.TiKV.HandleKVBatch.Observe(float64(len(x.Entries.Entries)))
 			matched = append(matched, sub.m)
 			err := sub.m.Rows(x.Entries.Entries, func(row *cdcpb.Event_Row) {
 				if !sub.contains(row.Key) {
@@ -183,8 +188,8 @@ func (t *taskRunner) handle(e streamEvent) {
 				}
 				t.builder.Add(logfile.RegionInfo{ID: sub.region.Id, StartKey: sub.region.StartKey, EndKey: sub.region.EndKey, Epoch: sub.region.RegionEpoch},
 					logfile.Change{Key: row.Key, Value: row.Value, StartTS: row.StartTs, CommitTS: row.CommitTs, Op: opOf(row)})
-				t.env.metrics.m.eventsIn.Inc()
-				t.env.metrics.m.bytesIn.Add(float64(len(row.Key) + len(row.Value)))
+				t.env.Metrics.m.EventsIn.Inc()
+				t.env.Metrics.m.BytesIn.Add(float64(len(row.Key) + len(row.Value)))
 				t.progress.received(len(row.Key) + len(row.Value))
 			})
 			if err != nil {
@@ -197,9 +202,9 @@ func (t *taskRunner) handle(e streamEvent) {
 			// another cluster's TiKV or an incompatible one never heals.
 			rerr := &errs.RegionError{RegionID: sub.region.Id, Err: x.Error}
 			info := errs.Classify(rerr)
-			t.env.metrics.countError(string(info.Code))
+			t.env.Metrics.CountError(string(info.Code))
 			if info.Class == errs.Fatal {
-				t.fatal = &fatalError{info: info, err: fmt.Errorf("store %d: %w", t.env.settings.storeID, rerr)}
+				t.fatal = &retry.Fatal{Info: info, Err: fmt.Errorf("store %d: %w", t.env.Settings.StoreID, rerr)}
 				return
 			}
 			t.drop(sub, errs.RegionErrorKind(x.Error))
@@ -225,4 +230,59 @@ func opOf(row *cdcpb.Event_Row) logfile.Op {
 		return logfile.OpDelete
 	}
 	return logfile.OpPut
+}
+
+// openWarnEvery rate-limits the WARN about a store that cannot be reached.
+const openWarnEvery = 30 * time.Second
+
+// openState is a task loop's record of failures to open its store's
+// EventFeed stream.
+type openState struct {
+	err     error     // the latest failure; nil once a stream opened
+	retryAt time.Time // no new attempt before then
+	warned  time.Time // the last WARN
+	backoff *backoff.ExponentialBackOff
+}
+
+// openFailed takes a failed placement. A stream that could not be opened
+// (the TiKV beside the agent is unreachable) is a retryable failure like a
+// failed flush: counted, reported as RETRYING with the address and the
+// error, logged at most every openWarnEvery, retried with backoff, and
+// fatal once the retry budget is spent. Anything else is retried on the
+// next placement tick.
+func (t *Runner) openFailed(ctx context.Context, err error) {
+	var oe *openError
+	if !errors.As(err, &oe) || ctx.Err() != nil {
+		t.log.Debug("place range later", "err", err)
+		return
+	}
+	if t.open.backoff == nil {
+		t.open.backoff = retry.NewBackoff(time.Second, 30*time.Second)
+	}
+	t.open.err = err
+	if f := t.env.noteError(&t.budget, err); f != nil {
+		t.fatal = f
+		return
+	}
+	t.env.retried(err)
+	t.progress.lastErr = storage.Redact(err.Error())
+	wait := t.open.backoff.NextBackOff()
+	now := t.env.Clock.Now()
+	t.open.retryAt = now.Add(wait)
+	if now.Sub(t.open.warned) >= openWarnEvery {
+		t.open.warned = now
+		t.log.Warn("cannot reach this agent's TiKV; retrying", "address", oe.addr, "err", storage.Redact(err.Error()),
+			"failures", t.budget.Failures, "in", wait.Round(time.Millisecond))
+	}
+}
+
+// opened notes a stream opened after failures.
+func (t *Runner) opened() {
+	if t.open.err != nil {
+		t.log.Info("this agent's TiKV answers again", "failures", t.budget.Failures)
+	}
+	t.open.err, t.open.warned = nil, time.Time{}
+	if t.open.backoff != nil {
+		t.open.backoff.Reset()
+	}
 }

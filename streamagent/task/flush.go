@@ -1,4 +1,4 @@
-package streamagent
+package task
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 
 	"logbackup/meta"
 	"logbackup/proto/lbpb"
+	"logbackup/streamagent/checkpoint"
 	"logbackup/streamagent/errs"
 	"logbackup/streamagent/logfile"
 	"logbackup/streamagent/spans"
@@ -105,14 +106,14 @@ func (d *durableMap) merge(from *spans.Map) {
 func (d *durableMap) record(store, flushTS uint64) *lbpb.SpanCheckpoints {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return toRecord(store, flushTS, d.m)
+	return checkpoint.Record(store, flushTS, d.m)
 }
 
 // flusher builds, uploads and publishes flushes on its own goroutine, one
 // at a time. It owns its fields; what it shares with the task's loop is in
 // flushShared, passed at construction.
 type flusher struct {
-	env  *taskEnv
+	env  *Env
 	task taskIdent
 	flushShared
 	lastFlushTS uint64
@@ -130,7 +131,7 @@ type flusher struct {
 type taskIdent struct {
 	info *brpb.StreamBackupTaskInfo
 	name string
-	inc  int64 // the incarnation; env.meta is fenced to it
+	inc  int64 // the incarnation; env.Meta is fenced to it
 }
 
 // flushShared is what the flusher and the task's loop share.
@@ -139,13 +140,13 @@ type flushShared struct {
 	// inflightMem is the in-flight builder's memory, for the quota: the
 	// flusher zeroes it once the builder is compressed into temp files.
 	inflightMem *atomic.Int64
-	stats       *taskStats         // the flusher writes the checkpoint and last flush time
+	stats       *Stats             // the flusher writes the checkpoint and last flush time
 	jobs        <-chan *flushJob   // capacity 1; the loop sends only when none is in flight
 	retry       <-chan struct{}    // capacity 1; the loop's go-ahead to try a failed flush again
 	results     chan<- flushResult // capacity 1
 }
 
-func newFlusher(env *taskEnv, task taskIdent, shared flushShared, prevFlushTS uint64) *flusher {
+func newFlusher(env *Env, task taskIdent, shared flushShared, prevFlushTS uint64) *flusher {
 	return &flusher{env: env, task: task, flushShared: shared, prevFlushTS: prevFlushTS, lastFlushTS: prevFlushTS}
 }
 
@@ -202,10 +203,10 @@ func (f *flusher) attempt(ctx context.Context, job *flushJob) flushResult {
 		if err != nil {
 			return flushResult{job: job, err: err}
 		}
-		began := env.clock.Now()
+		began := env.Clock.Now()
 		fl, err := job.builder.FinishLinked(flushTS, job.resolved,
-			logfile.Lineage{PrevFlushTS: f.prevFlushTS, ClusterID: env.settings.clusterID, TaskStartTS: f.task.info.StartTs})
-		env.metrics.m.flushStage("generate_metadata", env.clock.Now().Sub(began))
+			logfile.Lineage{PrevFlushTS: f.prevFlushTS, ClusterID: env.Settings.ClusterID, TaskStartTS: f.task.info.StartTs})
+		env.Metrics.m.FlushStage("generate_metadata", env.Clock.Now().Sub(began))
 		if errors.Is(err, logfile.ErrTempWrite) {
 			// The flush's temp file could not be written; the builder
 			// is whole, so nothing is lost.
@@ -236,11 +237,11 @@ func (f *flusher) attempt(ctx context.Context, job *flushJob) flushResult {
 func (f *flusher) nextFlushTS(ctx context.Context) (uint64, error) {
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	phys, logical, err := f.env.pd.GetTS(rctx)
+	phys, logical, err := f.env.PD.GetTS(rctx)
 	if err != nil {
 		return 0, errs.Wrap(errs.CodePD, fmt.Errorf("get flush ts: %w", err))
 	}
-	// Strictly growing per store, even if PD's clock went back: meta file
+	// Strictly growing per store, even if PD's Clock went back: meta file
 	// names must never repeat.
 	ts := max(oracle.ComposeTS(phys, logical), f.lastFlushTS+1)
 	f.lastFlushTS = ts
@@ -254,43 +255,43 @@ func (f *flusher) nextFlushTS(ctx context.Context) (uint64, error) {
 func (f *flusher) upload(ctx context.Context, job *flushJob) error {
 	env, task := f.env, f.task
 	if !job.durable {
-		began := env.clock.Now()
+		began := env.Clock.Now()
 		for _, o := range job.fl.Data {
-			if err := env.storage.WriteFrom(ctx, o.Name, o.Size, o.Open); err != nil {
+			if err := env.Storage.WriteFrom(ctx, o.Name, o.Size, o.Open); err != nil {
 				return fmt.Errorf("upload %s: %w", o.Name, err)
 			}
-			env.metrics.m.uploaded("log", int(o.Size))
+			env.Metrics.m.Uploaded("log", int(o.Size))
 		}
 		// The meta file is what makes the flush part of the backup: a
 		// storage taken over meanwhile gets none (its data objects stay
 		// unlisted, which restore ignores).
-		if err := checkOwner(ctx, env.storage, env.settings.clusterID, task.info); err != nil {
+		if err := checkOwner(ctx, env.Storage, env.Settings.ClusterID, task.info); err != nil {
 			return err
 		}
-		if err := env.storage.WriteFile(ctx, job.fl.Meta.Name, job.fl.Meta.Data); err != nil {
+		if err := env.Storage.WriteFile(ctx, job.fl.Meta.Name, job.fl.Meta.Data); err != nil {
 			return fmt.Errorf("upload %s: %w", job.fl.Meta.Name, err)
 		}
-		env.metrics.m.uploaded("metadata", len(job.fl.Meta.Data))
+		env.Metrics.m.Uploaded("metadata", len(job.fl.Meta.Data))
 		job.durable = true
 		f.prevFlushTS = job.fl.Name.FlushTS
 		job.fl.Close() // uploaded: free the temp files
-		env.metrics.m.flushStage("save_files", env.clock.Now().Sub(began))
+		env.Metrics.m.FlushStage("save_files", env.Clock.Now().Sub(began))
 	}
 	f.durable.advance(job.frozen)
 	if err := f.putRegionCheckpoints(ctx, job); err != nil {
 		return err
 	}
-	f.stats.lastFlushUnixMs.Store(env.clock.Now().UnixMilli())
-	if err := env.meta.PutSpanCheckpoints(ctx, task.name, task.inc, f.durable.record(env.settings.storeID, job.fl.Name.FlushTS)); err != nil {
+	f.stats.LastFlushUnixMs.Store(env.Clock.Now().UnixMilli())
+	if err := env.Meta.PutSpanCheckpoints(ctx, task.name, task.inc, f.durable.record(env.Settings.StoreID, job.fl.Name.FlushTS)); err != nil {
 		return etcdErr(fmt.Errorf("publish span checkpoints: %w", err))
 	}
 	if cp, ok := f.storeCheckpoint(job.observed); ok {
-		stored, err := env.meta.AdvanceStoreCheckpoint(ctx, task.name, env.settings.storeID, cp)
+		stored, err := env.Meta.AdvanceStoreCheckpoint(ctx, task.name, env.Settings.StoreID, cp)
 		if err != nil {
 			return etcdErr(fmt.Errorf("advance store checkpoint%s: %w", ownKeyHint(err), err))
 		}
-		f.stats.storeCheckpoint.Store(stored)
-		env.metrics.storeCheckpoint(stored)
+		f.stats.StoreCheckpoint.Store(stored)
+		env.Metrics.storeCheckpoint(stored)
 		keepFlushSafePoint(ctx, env, task.name, stored)
 	}
 	return f.syncGlobalCheckpoint(ctx)
@@ -327,7 +328,7 @@ type regionCPKey struct{ id, version uint64 }
 // have none yet (new, split or moved here).
 func (f *flusher) putRegionCheckpoints(ctx context.Context, job *flushJob) error {
 	full := job.final || len(job.waiters) > 0 || f.regionCPs == nil ||
-		f.env.clock.Now().Sub(f.regionCPsAt) >= f.env.settings.regionCheckpointInterval
+		f.env.Clock.Now().Sub(f.regionCPsAt) >= f.env.Settings.RegionCheckpointInterval
 	min := map[regionCPKey]uint64{}
 	for _, x := range job.frozen {
 		k := regionCPKey{x.region.Id, x.region.RegionEpoch.GetVersion()}
@@ -345,11 +346,11 @@ func (f *flusher) putRegionCheckpoints(ctx context.Context, job *flushJob) error
 	for k, ts := range min {
 		cps = append(cps, meta.RegionTS{RegionID: k.id, EpochVersion: k.version, TS: ts})
 	}
-	if err := f.env.meta.AdvanceRegionCheckpoints(ctx, f.task.name, cps); err != nil {
+	if err := f.env.Meta.AdvanceRegionCheckpoints(ctx, f.task.name, cps); err != nil {
 		return etcdErr(fmt.Errorf("advance region checkpoints: %w", err))
 	}
 	if full {
-		f.regionCPs, f.regionCPsAt = map[regionCPKey]struct{}{}, f.env.clock.Now()
+		f.regionCPs, f.regionCPsAt = map[regionCPKey]struct{}{}, f.env.Clock.Now()
 	}
 	for k := range min {
 		f.regionCPs[k] = struct{}{}
@@ -361,10 +362,10 @@ func (f *flusher) putRegionCheckpoints(ctx context.Context, job *flushJob) error
 // storage (v1/global_checkpoint/<store>.ts) and then to etcd's storage
 // checkpoint, as TiKV does, so BR's status and restore agree.
 func (f *flusher) syncGlobalCheckpoint(ctx context.Context) error {
-	env, task, store := f.env, f.task, f.env.settings.storeID
+	env, task, store := f.env, f.task, f.env.Settings.StoreID
 	// An implausible global checkpoint is not copied anywhere; the
 	// coordinator replaces it on its next advance.
-	lenient := env.lenient()
+	lenient := env.Lenient()
 	g, ok, err := lenient.GlobalCheckpoint(ctx, task.name)
 	if err != nil || !ok {
 		return etcdErr(err)
@@ -377,10 +378,10 @@ func (f *flusher) syncGlobalCheckpoint(ctx context.Context) error {
 		return nil
 	}
 	name := logfile.GlobalCheckpointName(store)
-	if err := env.storage.WriteFile(ctx, name, logfile.EncodeGlobalCheckpoint(g)); err != nil {
+	if err := env.Storage.WriteFile(ctx, name, logfile.EncodeGlobalCheckpoint(g)); err != nil {
 		return fmt.Errorf("upload %s: %w", name, err)
 	}
-	_, err = env.meta.AdvanceStorageCheckpoint(ctx, task.name, store, g)
+	_, err = env.Meta.AdvanceStorageCheckpoint(ctx, task.name, store, g)
 	if err != nil {
 		err = fmt.Errorf("advance storage checkpoint%s: %w", ownKeyHint(err), err)
 	}

@@ -1,4 +1,9 @@
-package streamagent
+// Package checkpoint reads what the stores have made durable of a task —
+// their span checkpoints in etcd, floored at the task start and the global
+// checkpoint — and computes the global checkpoint from it. A task's runner
+// starts its subscriptions from it; the coordinator publishes its minimum;
+// automatic recovery judges a resume by it.
+package checkpoint
 
 import (
 	"context"
@@ -11,9 +16,9 @@ import (
 	"logbackup/streamagent/spans"
 )
 
-// taskSpans turns a task's raw ranges into encoded spans, the form regions
+// Spans turns a task's raw ranges into encoded spans, the form regions
 // use.
-func taskSpans(ranges []meta.Range) []spans.Span {
+func Spans(ranges []meta.Range) []spans.Span {
 	out := make([]spans.Span, 0, len(ranges))
 	for _, r := range ranges {
 		s := spans.Span{Start: codec.EncodeBytes(nil, r.StartKey)}
@@ -25,27 +30,27 @@ func taskSpans(ranges []meta.Range) []spans.Span {
 	return out
 }
 
-// knownCheckpoints merges every store's flushed ranges: a key's checkpoint
+// Known merges every store's flushed ranges: a key's checkpoint
 // is the highest ts any store has durably flushed it to (data up to it is
 // in storage whichever store wrote it), floored at the task start and at
 // the global checkpoint. The global floor is what lets the agents take
 // over a task that TiKV's own log backup ran (no span checkpoints of ours,
 // central_global written by TiDB's advancer) without rescanning from the
 // start: every change at or below central_global is in storage already.
-func knownCheckpoints(ctx context.Context, m *meta.Client, task string, inc int64, covered []spans.Span, startTS uint64) (*spans.Map, error) {
+func Known(ctx context.Context, m *meta.Client, task string, inc int64, covered []spans.Span, startTS uint64) (*spans.Map, error) {
 	var bad []meta.CorruptRecord
-	return readKnown(ctx, m, m.Tolerant(&bad), task, inc, covered, startTS)
+	return ReadKnown(ctx, m, m.Tolerant(&bad), task, inc, covered, startTS)
 }
 
-// checkpointReader reads what knownCheckpoints merges.
-type checkpointReader interface {
+// Reader reads what Known merges.
+type Reader interface {
 	GlobalCheckpoint(ctx context.Context, task string) (uint64, bool, error)
 	SpanCheckpoints(ctx context.Context, task string, inc int64) (map[uint64]*lbpb.SpanCheckpoints, error)
 }
 
-// readKnown is knownCheckpoints over m, reading the global checkpoint
+// ReadKnown is Known over m, reading the global checkpoint
 // through lenient (a view of m that skips a corrupt value).
-func readKnown(ctx context.Context, m, lenient checkpointReader, task string, inc int64, covered []spans.Span, startTS uint64) (*spans.Map, error) {
+func ReadKnown(ctx context.Context, m, lenient Reader, task string, inc int64, covered []spans.Span, startTS uint64) (*spans.Map, error) {
 	floor := startTS
 	// An unreadable or implausible central_global is no floor at all (a
 	// lower floor only rescans more); status reports it and the
@@ -72,9 +77,9 @@ func readKnown(ctx context.Context, m, lenient checkpointReader, task string, in
 	return known, nil
 }
 
-// lastRecordedFlush is the flush ts of the store's last flush whose span
+// LastRecordedFlush is the flush ts of the store's last flush whose span
 // checkpoints reached etcd, 0 before its first.
-func lastRecordedFlush(ctx context.Context, m checkpointReader, task string, inc int64, store uint64) (uint64, error) {
+func LastRecordedFlush(ctx context.Context, m Reader, task string, inc int64, store uint64) (uint64, error) {
 	records, err := m.SpanCheckpoints(ctx, task, inc)
 	if err != nil {
 		return 0, fmt.Errorf("read span checkpoints: %w", err)
@@ -82,8 +87,8 @@ func lastRecordedFlush(ctx context.Context, m checkpointReader, task string, inc
 	return records[store].GetFlushTs(), nil
 }
 
-// toRecord serializes a span map.
-func toRecord(store, flushTS uint64, m *spans.Map) *lbpb.SpanCheckpoints {
+// Record serializes a span map.
+func Record(store, flushTS uint64, m *spans.Map) *lbpb.SpanCheckpoints {
 	rec := &lbpb.SpanCheckpoints{StoreId: store, FlushTs: flushTS}
 	m.Each(func(s spans.Span, ts uint64) {
 		rec.Spans = append(rec.Spans, &lbpb.SpanCheckpoints_Span{StartKey: s.Start, EndKey: s.End, Ts: ts})
@@ -91,9 +96,9 @@ func toRecord(store, flushTS uint64, m *spans.Map) *lbpb.SpanCheckpoints {
 	return rec
 }
 
-// globalCheckpoint is the minimum over the task's whole key space of the
+// Global is the minimum over the task's whole key space of the
 // known checkpoints; a range nobody has flushed holds it at the start ts.
-func globalCheckpoint(known *spans.Map, covered []spans.Span) uint64 {
+func Global(known *spans.Map, covered []spans.Span) uint64 {
 	var g uint64
 	for i, s := range covered {
 		ts, ok := known.Min(s)

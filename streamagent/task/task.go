@@ -1,4 +1,12 @@
-package streamagent
+// Package task backs up one log-backup task on this agent's store. A
+// runner's loop (task.go) owns placement (placement.go: which regions this
+// store observes, through PD) and intake (intake.go: the EventFeed stream,
+// through each region's matcher into the builder); the flusher (flush.go)
+// builds, uploads and publishes the checkpoints on its own goroutine;
+// progress.go reports the store's state. Every part takes the one narrow
+// value Env (taskenv.go), built by the agent when the task starts: nothing
+// here reaches back into the agent.
+package task
 
 import (
 	"context"
@@ -18,19 +26,21 @@ import (
 
 	"logbackup/meta"
 	"logbackup/storage"
+	"logbackup/streamagent/checkpoint"
 	"logbackup/streamagent/errs"
 	"logbackup/streamagent/logfile"
+	"logbackup/streamagent/retry"
 	"logbackup/streamagent/spans"
 )
 
-// taskRunner backs up one task on this store. Its loop goroutine owns the
+// Runner backs up one task on this store. Its loop goroutine owns the
 // placement (subscriptions, pending ranges), the intake (stream events into
 // the builder) and the retry budget; the flusher goroutine owns the flush
 // in flight (flush.go) and shares with the loop only what flushShared
 // names. Stream receivers only send the loop events. Everything outside
 // the task the runner reaches through env.
-type taskRunner struct {
-	env *taskEnv
+type Runner struct {
+	env *Env
 	taskIdent
 	covered []spans.Span
 	log     *slog.Logger
@@ -45,7 +55,7 @@ type taskRunner struct {
 	// then the reason of the latest drop or "leader-gained".
 	scanReason string
 	stream     *feedStream
-	open       openState // failures to open stream (store.go)
+	open       openState // failures to open the stream (intake.go)
 	nextReq    uint64
 	events     chan streamEvent
 	intake     *semaphore.Weighted // bytes of received messages not yet handled
@@ -70,71 +80,33 @@ type taskRunner struct {
 
 	// The retry budget and, once spent or on a fatal error, why the loop
 	// stopped.
-	budget  budget
+	budget  retry.Counter
 	backoff *backoff.ExponentialBackOff
-	fatal   *fatalError
-	retry   timer
+	fatal   *retry.Fatal
+	retry   Timer
 
-	stats     taskStats
+	stats     Stats
 	published published
 	progress  progress
 }
 
-// newTaskRunner reads what a task starts from (its ranges, storage and
-// checkpoints), checks it may start, and builds its runner. It does I/O:
-// call it without the agent's lock.
-func newTaskRunner(ctx context.Context, a *Agent, ts *meta.TaskStatus) (*taskRunner, error) {
-	info := ts.Info
-	// A security setting we cannot honour is refused, never downgraded:
-	// writing plaintext where encryption was asked for would be a leak.
-	if method, ok := encryptionOf(info); ok {
-		return nil, errs.Wrap(errs.CodeEncryption, fmt.Errorf("task %q asks for log encryption (%s), which this agent does not write", info.Name, method))
-	}
-	ranges, err := a.cfg.Meta.Ranges(ctx, info.Name)
-	if err != nil {
-		return nil, fmt.Errorf("read ranges of %q: %w", info.Name, err)
-	}
-	st, err := a.cfg.OpenStorage(ctx, info.Storage)
-	if err != nil {
-		return nil, fmt.Errorf("open storage of %q: %w", info.Name, err)
-	}
-	t, err := prepareRunner(ctx, a.newTaskEnv(info.Name, ts.Incarnation, st), ts, ranges, a.workDir)
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
-	return t, nil
-}
-
-// newTaskEnv builds what a task of this agent runs with.
-func (a *Agent) newTaskEnv(task string, inc int64, st storage.Storage) *taskEnv {
-	m := a.cfg.Meta.Incarnation(task, inc)
-	return &taskEnv{
-		settings: settingsOf(&a.cfg), pd: agentPD{pdc: a.cfg.PD, ownStore: a.ownStore},
-		meta: m, lenient: lenientOf(m), storage: st,
-		metrics: newTaskMetrics(a.metrics, task), log: a.cfg.Logger.With("task", task, "store", a.cfg.StoreID),
-		clock: realClock{}, counters: &a.counters, chunks: a.chunks,
-		coordFailure: func() (coordFailure, bool) { return a.coord.failure(task) },
-	}
-}
-
-// prepareRunner checks that the task may start on env's storage and
+// Prepare checks that the task may start on env's storage and
 // checkpoints, and builds its runner (its temp dir under workDir).
-func prepareRunner(ctx context.Context, env *taskEnv, ts *meta.TaskStatus, ranges []meta.Range, workDir string) (*taskRunner, error) {
+func Prepare(ctx context.Context, env *Env, ts *meta.TaskStatus, ranges []meta.Range, workDir string) (*Runner, error) {
 	info := ts.Info
 	// Before the first flush: a storage taken over is not written at all.
-	if err := checkOwner(ctx, env.storage, env.settings.clusterID, info); err != nil {
+	if err := checkOwner(ctx, env.Storage, env.Settings.ClusterID, info); err != nil {
 		return nil, err
 	}
-	covered := taskSpans(ranges)
-	known, err := readKnown(ctx, env.meta, env.lenient(), info.Name, ts.Incarnation, covered, info.StartTs)
+	covered := checkpoint.Spans(ranges)
+	known, err := checkpoint.ReadKnown(ctx, env.Meta, env.Lenient(), info.Name, ts.Incarnation, covered, info.StartTs)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkNotCollected(ctx, env.pd, globalCheckpoint(known, covered)); err != nil {
+	if err := checkNotCollected(ctx, env.PD, checkpoint.Global(known, covered)); err != nil {
 		return nil, err
 	}
-	if err := repairOwnCheckpoints(ctx, env, info.Name, max(globalCheckpoint(known, covered), info.StartTs)); err != nil {
+	if err := repairOwnCheckpoints(ctx, env, info.Name, max(checkpoint.Global(known, covered), info.StartTs)); err != nil {
 		return nil, err
 	}
 	tempDir, err := runnerTempDir(workDir, info.Name, ts.Incarnation)
@@ -144,13 +116,13 @@ func prepareRunner(ctx context.Context, env *taskEnv, ts *meta.TaskStatus, range
 	// The previous run's last recorded flush; a later one it wrote but did
 	// not record is a harmless fork for verify (its checkpoints were never
 	// published).
-	prev, err := lastRecordedFlush(ctx, env.meta, info.Name, ts.Incarnation, env.settings.storeID)
+	prev, err := checkpoint.LastRecordedFlush(ctx, env.Meta, info.Name, ts.Incarnation, env.Settings.StoreID)
 	if err != nil {
 		os.RemoveAll(tempDir)
 		return nil, err
 	}
 	t := newRunner(env, taskIdent{info: info, name: info.Name, inc: ts.Incarnation}, covered, known, tempDir, prev)
-	t.carryBudget(ctx, env.clock.Now())
+	t.carryBudget(ctx, env.Clock.Now())
 	return t, nil
 }
 
@@ -172,10 +144,10 @@ func runnerTempDir(workDir, task string, inc int64) (string, error) {
 	return dir, nil
 }
 
-func newRunner(env *taskEnv, task taskIdent, covered []spans.Span, known *spans.Map, tempDir string, prevFlushTS uint64) *taskRunner {
-	jobs, retry, results := make(chan *flushJob, 1), make(chan struct{}, 1), make(chan flushResult, 1)
-	t := &taskRunner{
-		env: env, taskIdent: task, covered: covered, log: env.log,
+func newRunner(env *Env, task taskIdent, covered []spans.Span, known *spans.Map, tempDir string, prevFlushTS uint64) *Runner {
+	jobs, again, results := make(chan *flushJob, 1), make(chan struct{}, 1), make(chan flushResult, 1)
+	t := &Runner{
+		env: env, taskIdent: task, covered: covered, log: env.Log,
 		subs: map[uint64]*subscription{}, byRegion: map[uint64]*subscription{},
 		pending: append([]spans.Span(nil), covered...),
 		tempDir: tempDir, scanReason: "task-start",
@@ -183,34 +155,34 @@ func newRunner(env *taskEnv, task taskIdent, covered []spans.Span, known *spans.
 		intake:  semaphore.NewWeighted(intakeWindow),
 		flushCh: make(chan chan error),
 		flushed: &durableMap{m: known},
-		jobs:    jobs, retryFlush: retry, results: results,
+		jobs:    jobs, retryFlush: again, results: results,
 	}
 	t.flusher = newFlusher(env, task, flushShared{durable: t.flushed, inflightMem: &t.inflightMem, stats: &t.stats,
-		jobs: jobs, retry: retry, results: results}, prevFlushTS)
-	t.budget.limit = env.settings.retryBudget
-	t.backoff = newBackoff(100*time.Millisecond, env.settings.flushInterval)
+		jobs: jobs, retry: again, results: results}, prevFlushTS)
+	t.budget.Limit = env.Settings.RetryBudget
+	t.backoff = retry.NewBackoff(100*time.Millisecond, env.Settings.FlushInterval)
 	t.progress.out = make(chan *meta.Progress, 1)
 	t.builder = t.newBuilder()
 	return t
 }
 
-func (t *taskRunner) newBuilder() *logfile.Builder {
-	return logfile.NewBuilder(logfile.BuilderConfig{StoreID: t.env.settings.storeID, FileSizeLimit: t.env.settings.fileSizeLimit, SpillDir: t.tempDir, Chunks: t.env.chunks})
+func (t *Runner) newBuilder() *logfile.Builder {
+	return logfile.NewBuilder(logfile.BuilderConfig{StoreID: t.env.Settings.StoreID, FileSizeLimit: t.env.Settings.FileSizeLimit, SpillDir: t.tempDir, Chunks: t.env.Chunks})
 }
 
-// close releases what a runner that never ran holds.
-func (t *taskRunner) close() {
+// Close releases what a runner that never ran holds.
+func (t *Runner) Close() {
 	t.builder.Close()
 	os.RemoveAll(t.tempDir)
-	t.env.storage.Close()
+	t.env.Storage.Close()
 }
 
-// run is the task's loop: events, flush and reconcile ticks, flush
+// Run is the task's loop: events, flush and reconcile ticks, flush
 // outcomes, explicit flush requests. It returns when ctx ends, after a
 // final flush if flushOnExit is set, or when the task meets a fatal error;
 // in every case only once the goroutines it started (the flusher, the
 // progress publisher, the stream receivers) have ended.
-func (t *taskRunner) run(ctx context.Context, flushOnExit *atomic.Bool) {
+func (t *Runner) Run(ctx context.Context, flushOnExit *atomic.Bool) {
 	// The flusher outlives ctx: the final flush needs it.
 	fctx, stopFlusher := context.WithCancel(context.Background())
 	pctx, stopProgress := context.WithCancel(ctx)
@@ -225,20 +197,20 @@ func (t *taskRunner) run(ctx context.Context, flushOnExit *atomic.Bool) {
 		g.Wait()
 		t.builder.Close()
 		os.RemoveAll(t.tempDir)
-		t.env.storage.Close()
+		t.env.Storage.Close()
 	}()
 	defer func() {
-		t.env.metrics.forget()
+		t.env.Metrics.forget()
 		t.subs, t.byRegion = nil, nil
 		t.publishStats() // takes this task's share out of the store-wide TiKV gauges
 		for _, w := range t.waiters {
 			w <- errors.New("the task stopped")
 		}
 	}()
-	clk, limit := t.env.clock, t.env.settings.fileSizeLimit
-	flushTick := clk.NewTicker(t.env.settings.flushInterval)
+	clk, limit := t.env.Clock, t.env.Settings.FileSizeLimit
+	flushTick := clk.NewTicker(t.env.Settings.FlushInterval)
 	defer flushTick.Stop()
-	reconcile := clk.NewTicker(t.env.settings.reconcileInterval)
+	reconcile := clk.NewTicker(t.env.Settings.ReconcileInterval)
 	defer reconcile.Stop()
 	place := clk.NewTicker(50 * time.Millisecond)
 	defer place.Stop()
@@ -306,23 +278,23 @@ func (t *taskRunner) run(ctx context.Context, flushOnExit *atomic.Bool) {
 // keepQuota spills the builder once it and the flush in flight hold more
 // than the memory quota. A temp file that cannot be written is fatal, as in
 // TiKV: the buffer has nowhere to go.
-func (t *taskRunner) keepQuota() bool {
-	t.stats.bufferedBytes.Store(int64(t.builder.Size()))
-	t.stats.memoryBytes.Store(int64(t.builder.Memory()))
-	if t.builder.Memory()+int(t.inflightMem.Load()) <= t.env.settings.memoryQuota || t.builder.Memory() == 0 {
+func (t *Runner) keepQuota() bool {
+	t.stats.BufferedBytes.Store(int64(t.builder.Size()))
+	t.stats.MemoryBytes.Store(int64(t.builder.Memory()))
+	if t.builder.Memory()+int(t.inflightMem.Load()) <= t.env.Settings.MemoryQuota || t.builder.Memory() == 0 {
 		return true
 	}
 	if err := t.builder.Spill(); err != nil {
-		t.fatal = &fatalError{info: errs.Lookup(errs.CodeIo), err: fmt.Errorf("spill to %s: %w", t.tempDir, err)}
+		t.fatal = &retry.Fatal{Info: errs.Lookup(errs.CodeIo), Err: fmt.Errorf("spill to %s: %w", t.tempDir, err)}
 		return false
 	}
-	t.env.metrics.m.spilled.Inc()
-	t.env.counters.spills.Add(1)
+	t.env.Metrics.m.Spilled.Inc()
+	t.env.Counters.Spills.Add(1)
 	return true
 }
 
 // requestFlush starts a flush now, or right after the one in flight.
-func (t *taskRunner) requestFlush(waiter chan error) {
+func (t *Runner) requestFlush(waiter chan error) {
 	if waiter != nil {
 		t.waiters = append(t.waiters, waiter)
 	}
@@ -337,7 +309,7 @@ func (t *taskRunner) requestFlush(waiter chan error) {
 // subscription's resolved ts (every row at or below it has been handled by
 // this goroutine, so it is in the builder swapped out now), and every
 // observed piece (the store checkpoint is their minimum).
-func (t *taskRunner) startFlush(final bool) {
+func (t *Runner) startFlush(final bool) {
 	job := &flushJob{builder: t.builder, waiters: t.waiters, resolved: t.info.StartTs, final: final}
 	// Nothing observed and nothing buffered: no meta file to write (an
 	// empty one every flush said nothing, and hid a store that observed
@@ -371,7 +343,7 @@ func (t *taskRunner) startFlush(final bool) {
 // before the flusher tries again; a lost buffer restarts every
 // subscription from what is durable; a fatal error (or a spent budget)
 // stops the task. It reports whether the task goes on.
-func (t *taskRunner) takeResult(res flushResult) bool {
+func (t *Runner) takeResult(res flushResult) bool {
 	for _, w := range res.job.waiters {
 		w <- res.err
 	}
@@ -393,7 +365,7 @@ func (t *taskRunner) takeResult(res flushResult) bool {
 		// An empty flush is no sign of health while the store cannot
 		// be reached: that failure's budget runs on.
 		if !res.job.empty || t.open.err == nil {
-			t.budget.succeed()
+			t.budget.Succeed()
 		}
 		t.backoff.Reset()
 		t.retry.Stop()
@@ -422,18 +394,18 @@ func (t *taskRunner) takeResult(res flushResult) bool {
 		return true // nothing to retry: the next trigger flushes what is new
 	}
 	// 100 ms doubling, capped by the flush interval (the next flush).
-	wait := min(t.backoff.NextBackOff(), t.env.settings.flushInterval)
+	wait := min(t.backoff.NextBackOff(), t.env.Settings.FlushInterval)
 	t.retry.Reset(wait)
 	t.progress.lastErr = storage.Redact(err.Error())
-	t.log.Warn("flush failed; retrying", "err", storage.Redact(err.Error()), "failures", t.budget.failures, "in", wait)
+	t.log.Warn("flush failed; retrying", "err", storage.Redact(err.Error()), "failures", t.budget.Failures, "in", wait)
 	return true
 }
 
 // finalFlush, on a pause or a shutdown, waits for the flush in flight and
 // flushes what is left, within Config.FinalFlushTimeout. A failure is left to the next
 // owner of the ranges, which rescans from what is durable.
-func (t *taskRunner) finalFlush() {
-	deadline := t.env.clock.NewTimer(t.env.settings.finalFlushTimeout)
+func (t *Runner) finalFlush() {
+	deadline := t.env.Clock.NewTimer(t.env.Settings.FinalFlushTimeout)
 	defer deadline.Stop()
 	final := false
 	for {
@@ -456,16 +428,16 @@ func (t *taskRunner) finalFlush() {
 			}
 			t.inflight = nil
 		case <-deadline.Chan():
-			t.log.Warn("final flush did not finish in time; the next owner rescans from the checkpoint", "timeout", t.env.settings.finalFlushTimeout)
+			t.log.Warn("final flush did not finish in time; the next owner rescans from the checkpoint", "timeout", t.env.Settings.FinalFlushTimeout)
 			return
 		}
 	}
 }
 
-// flushWithAllRegionCheckpoints asks the loop to flush now and waits for
+// FlushWithAllRegionCheckpoints asks the loop to flush now and waits for
 // the result; that flush writes every region checkpoint
 // (TestHooks.FlushWithAllRegionCheckpoints).
-func (t *taskRunner) flushWithAllRegionCheckpoints(ctx context.Context) error {
+func (t *Runner) FlushWithAllRegionCheckpoints(ctx context.Context) error {
 	done := make(chan error, 1)
 	select {
 	case t.flushCh <- done:
@@ -481,33 +453,43 @@ func (t *taskRunner) flushWithAllRegionCheckpoints(ctx context.Context) error {
 }
 
 // publishStats refreshes what /status and the gauges show.
-func (t *taskRunner) publishStats() {
+func (t *Runner) publishStats() {
 	scanning := 0
 	for _, sub := range t.subs {
 		if !sub.m.Initialized() {
 			scanning++
 		}
 	}
-	t.stats.observedRegions.Store(int64(len(t.subs))) // one subscription per region
-	t.stats.pendingRanges.Store(int64(len(t.pending)))
-	t.stats.scanning.Store(int64(scanning))
-	t.stats.bufferedBytes.Store(int64(t.builder.Size()))
-	t.stats.memoryBytes.Store(int64(t.builder.Memory()))
-	tm := t.env.metrics
+	t.stats.ObservedRegions.Store(int64(len(t.subs))) // one subscription per region
+	t.stats.PendingRanges.Store(int64(len(t.pending)))
+	t.stats.Scanning.Store(int64(scanning))
+	t.stats.BufferedBytes.Store(int64(t.builder.Size()))
+	t.stats.MemoryBytes.Store(int64(t.builder.Memory()))
+	tm := t.env.Metrics
 	if t.subs != nil {
-		tm.observedRegions.Set(float64(len(t.subs)))
-		tm.bufferedBytes.Set(float64(t.builder.Size()))
+		tm.ObservedRegions.Set(float64(len(t.subs)))
+		tm.BufferedBytes.Set(float64(t.builder.Size()))
 	}
 	// TiKV's gauges are per store, summed over tasks: add this task's change.
 	now := published{observed: float64(len(t.subs)), memory: float64(t.builder.Memory()), scanning: float64(scanning)}
-	tm.m.tikv.observedRegion.Add(now.observed - t.published.observed)
-	tm.m.tikv.heapMemory.Add(now.memory - t.published.memory)
-	tm.pendingScans.Add(now.scanning - t.published.scanning)
+	tm.m.TiKV.ObservedRegion.Add(now.observed - t.published.observed)
+	tm.m.TiKV.HeapMemory.Add(now.memory - t.published.memory)
+	tm.PendingScans.Add(now.scanning - t.published.scanning)
 	t.published = now
 }
 
 // published is a task's share of the store-wide TiKV gauges.
 type published struct{ observed, memory, scanning float64 }
+
+// CheckEncryption refuses a task that asks for log encryption, which this
+// agent does not write: a security setting it cannot honour is refused,
+// never downgraded (plaintext where encryption was asked for would leak).
+func CheckEncryption(info *brpb.StreamBackupTaskInfo) error {
+	if method, ok := encryptionOf(info); ok {
+		return errs.Wrap(errs.CodeEncryption, fmt.Errorf("task %q asks for log encryption (%s), which this agent does not write", info.Name, method))
+	}
+	return nil
+}
 
 // encryptionOf reports whether the task asks for log encryption, and how.
 func encryptionOf(info *brpb.StreamBackupTaskInfo) (string, bool) {
@@ -536,7 +518,7 @@ func encryptionOf(info *brpb.StreamBackupTaskInfo) (string, bool) {
 // them. It compares with PD's txn safe point, what PD enforces, which runs
 // ahead of the GC safe point during a GC round; a rescan reads the changes
 // after the checkpoint, which a txn safe point at the checkpoint keeps.
-func checkNotCollected(ctx context.Context, pdc taskPD, checkpoint uint64) error {
+func checkNotCollected(ctx context.Context, pdc PD, checkpoint uint64) error {
 	if checkpoint == 0 {
 		return nil
 	}
@@ -562,20 +544,20 @@ const budgetCarryWindow = time.Minute
 // outage under churn (agents restarted by a supervisor, pauses) never
 // spent its budget and never became a LastError (found by the playground's
 // nemesis). A success resets it as always.
-func (t *taskRunner) carryBudget(ctx context.Context, now time.Time) {
+func (t *Runner) carryBudget(ctx context.Context, now time.Time) {
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	reports, err := t.env.meta.Progresses(rctx, t.name, t.inc)
+	reports, err := t.env.Meta.Progresses(rctx, t.name, t.inc)
 	if err != nil {
 		t.log.Warn("cannot read the previous report; the retry budget starts afresh", "err", err)
 		return
 	}
-	r := reports[t.env.settings.storeID]
+	r := reports[t.env.Settings.StoreID]
 	if r == nil || r.State != meta.StateRetrying || r.Attempts <= 0 || now.Sub(time.UnixMilli(r.UpdatedUnixMs)) > budgetCarryWindow {
 		return
 	}
 	since := time.UnixMilli(r.SinceUnixMs)
-	t.budget.failures, t.budget.since = r.Attempts, since
+	t.budget.Failures, t.budget.Since = r.Attempts, since
 	t.progress.state, t.progress.since, t.progress.lastErr = meta.StateRetrying, since, r.LastError
 	t.log.Info("continuing the retry budget of the previous run", "failures", r.Attempts, "since", since)
 }
@@ -586,16 +568,29 @@ func (t *taskRunner) carryBudget(ctx context.Context, now time.Time) {
 // change at or below it is in storage, so it is a true value for both. A
 // flush that meets such garbage stops the task with MalformedMetadata;
 // without this, `br stream resume --clear-error` met it again at once.
-func repairOwnCheckpoints(ctx context.Context, env *taskEnv, name string, g uint64) error {
-	for _, key := range []string{meta.StoreCheckpointKey(name, env.settings.storeID), meta.StorageCheckpointKey(name, env.settings.storeID)} {
-		bad, err := env.meta.RepairCheckpoint(ctx, name, key, g)
+func repairOwnCheckpoints(ctx context.Context, env *Env, name string, g uint64) error {
+	for _, key := range []string{meta.StoreCheckpointKey(name, env.Settings.StoreID), meta.StorageCheckpointKey(name, env.Settings.StoreID)} {
+		bad, err := env.Meta.RepairCheckpoint(ctx, name, key, g)
 		if err != nil {
 			return etcdErr(fmt.Errorf("repair this store's checkpoint: %w", err))
 		}
 		if bad != nil {
-			env.log.Warn("this store's checkpoint could not be read; rewrote it from the global checkpoint",
+			env.Log.Warn("this store's checkpoint could not be read; rewrote it from the global checkpoint",
 				"key", bad.Key, "err", bad.Err, "checkpoint", g)
 		}
 	}
 	return nil
 }
+
+// Name is the task's name.
+func (t *Runner) Name() string { return t.name }
+
+// Incarnation is the task incarnation the runner works for.
+func (t *Runner) Incarnation() int64 { return t.inc }
+
+// Fatal is why the runner stopped by itself, once Run returned: nil when
+// it was stopped (or its incarnation ended).
+func (t *Runner) Fatal() *retry.Fatal { return t.fatal }
+
+// Stats is what /status shows of the task, written by the runner.
+func (t *Runner) Stats() *Stats { return &t.stats }

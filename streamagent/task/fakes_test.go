@@ -1,4 +1,4 @@
-package streamagent
+package task
 
 import (
 	"bytes"
@@ -22,12 +22,15 @@ import (
 	"logbackup/meta"
 	"logbackup/proto/lbpb"
 	"logbackup/storage"
+	"logbackup/streamagent/checkpoint"
 	"logbackup/streamagent/logfile"
 	"logbackup/streamagent/matcher"
+	"logbackup/streamagent/metrics"
+	"logbackup/streamagent/retry"
 	"logbackup/streamagent/spans"
 )
 
-// Fakes for a task's parts (taskEnv): a manual clock, an in-memory meta,
+// Fakes for a task's parts (Env): a manual Clock, an in-memory meta,
 // a PD that leads nothing, and mem:// storage with a gate and injected
 // failures. Tests built on them never sleep: they wait on what the code
 // under test signals.
@@ -38,7 +41,7 @@ type fakeClock struct {
 	now     time.Time
 	timers  []*fakeTimer
 	tickers []*fakeTicker
-	// armed receives the duration of every timer Reset, so a test can
+	// armed receives the duration of every Timer Reset, so a test can
 	// advance past a retry the loop just scheduled.
 	armed chan time.Duration
 }
@@ -60,7 +63,7 @@ type fakeTimer struct {
 	active bool
 }
 
-func (c *fakeClock) NewTimer(d time.Duration) timer {
+func (c *fakeClock) NewTimer(d time.Duration) Timer {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	t := &fakeTimer{c: c, ch: make(chan time.Time, 1), at: c.now.Add(d), active: true}
@@ -93,7 +96,7 @@ type fakeTicker struct {
 	active bool
 }
 
-func (c *fakeClock) NewTicker(d time.Duration) ticker {
+func (c *fakeClock) NewTicker(d time.Duration) Ticker {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	t := &fakeTicker{c: c, ch: make(chan time.Time, 1), period: d, next: c.now.Add(d), active: true}
@@ -108,8 +111,8 @@ func (t *fakeTicker) Stop() {
 	t.c.mu.Unlock()
 }
 
-// advance moves the clock by d and fires what fell due; like the time
-// package's, a ticker that could not deliver drops the tick.
+// advance moves the Clock by d and fires what fell due; like the time
+// package's, a Ticker that could not deliver drops the tick.
 func (c *fakeClock) advance(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -156,7 +159,7 @@ func (c *fakeClock) tickerCount() int {
 	return len(c.tickers)
 }
 
-// fakeMeta is an in-memory taskMeta. Every write is recorded; spanPuts and
+// fakeMeta is an in-memory Meta. Every write is recorded; spanPuts and
 // progress signal the flusher's and the publisher's writes.
 type fakeMeta struct {
 	mu         sync.Mutex
@@ -245,7 +248,7 @@ func (m *fakeMeta) regionWrites() [][]meta.RegionTS {
 	return append([][]meta.RegionTS(nil), m.regionPuts...)
 }
 
-// fakePD hands out timestamps from the clock (an hour on, so they are
+// fakePD hands out timestamps from the Clock (an hour on, so they are
 // above every commit ts a test makes) and knows the regions a test sets
 // (none unless set).
 type fakePD struct {
@@ -343,7 +346,7 @@ type harness struct {
 	meta        *fakeMeta
 	pd          *fakePD
 	st          *testStorage
-	r           *taskRunner
+	r           *Runner
 	fs          *feedStream
 	startTS     uint64
 	cancel      context.CancelFunc
@@ -353,7 +356,7 @@ type harness struct {
 
 const testStore = 7
 
-func newHarness(t *testing.T, settings func(*taskSettings)) *harness {
+func newHarness(t *testing.T, settings func(*Settings)) *harness {
 	t.Helper()
 	ctx := context.Background()
 	mem, err := storage.OpenURL(ctx, "mem://")
@@ -365,17 +368,17 @@ func newHarness(t *testing.T, settings func(*taskSettings)) *harness {
 		st: &testStorage{Storage: mem, uploads: make(chan string, 1000)}}
 	h.pd = &fakePD{clk: h.clk}
 	h.startTS = oracle.GoTimeToTS(h.clk.Now())
-	s := taskSettings{storeID: testStore, clusterID: 1, flushInterval: time.Hour, fileSizeLimit: 64 << 20, memoryQuota: 256 << 20,
-		reconcileInterval: time.Hour, regionCheckpointInterval: time.Minute, finalFlushTimeout: 20 * time.Second,
-		retryBudget: RetryBudget{Attempts: 30, Duration: 10 * time.Minute}}
+	s := Settings{StoreID: testStore, ClusterID: 1, FlushInterval: time.Hour, FileSizeLimit: 64 << 20, MemoryQuota: 256 << 20,
+		ReconcileInterval: time.Hour, RegionCheckpointInterval: time.Minute, FinalFlushTimeout: 20 * time.Second,
+		RetryBudget: retry.Budget{Attempts: 30, Duration: 10 * time.Minute}}
 	if settings != nil {
 		settings(&s)
 	}
-	m := newMetrics(nil)
-	env := &taskEnv{settings: s, pd: h.pd, meta: h.meta, lenient: func() taskMeta { return h.meta }, storage: h.st,
-		metrics: newTaskMetrics(m, "t"), log: slog.New(slog.DiscardHandler), clock: h.clk, counters: &storeCounters{},
-		chunks: logfile.NewChunkPool(), coordFailure: func() (coordFailure, bool) { return coordFailure{}, false }}
-	covered := taskSpans([]meta.Range{{StartKey: []byte("a"), EndKey: []byte("z")}})
+	mx := metrics.New(nil)
+	env := &Env{Settings: s, PD: h.pd, Meta: h.meta, Lenient: func() Meta { return h.meta }, Storage: h.st,
+		Metrics: NewMetrics(mx, "t"), Log: slog.New(slog.DiscardHandler), Clock: h.clk, Counters: &Counters{},
+		Chunks: logfile.NewChunkPool(), CoordFailure: func() (CoordFailure, bool) { return CoordFailure{}, false }}
+	covered := checkpoint.Spans([]meta.Range{{StartKey: []byte("a"), EndKey: []byte("z")}})
 	info := &brpb.StreamBackupTaskInfo{Name: "t", StartTs: h.startTS}
 	h.r = newRunner(env, taskIdent{info: info, name: "t", inc: 1}, covered, spans.New(covered, h.startTS), t.TempDir(), 0)
 	// Placement's work, done by hand: one region led here, subscribed.
@@ -392,9 +395,9 @@ func (h *harness) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel, h.done = cancel, make(chan struct{})
 	h.flushOnExit.Store(true)
-	go func() { defer close(h.done); h.r.run(ctx, &h.flushOnExit) }()
+	go func() { defer close(h.done); h.r.Run(ctx, &h.flushOnExit) }()
 	// A test that failed half-way must not wait for a final flush the
-	// fake clock would never time out.
+	// fake Clock would never time out.
 	h.t.Cleanup(func() { h.flushOnExit.Store(false); h.stop() })
 	h.waitFor("the loop's tickers", func() bool { return h.clk.tickerCount() >= 4 })
 }
@@ -451,7 +454,7 @@ func (h *harness) send(ev *cdcpb.ChangeDataEvent) { h.r.events <- streamEvent{st
 
 // settle returns once the loop has handled every event sent so far: the
 // events channel is drained, and a report asked for after that (a second
-// of the fake clock) has reached etcd, so the loop went round once more.
+// of the fake Clock) has reached etcd, so the loop went round once more.
 func (h *harness) settle() {
 	h.t.Helper()
 	h.waitFor("the events to be taken", func() bool { return len(h.r.events) == 0 })

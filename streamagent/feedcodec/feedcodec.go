@@ -1,4 +1,7 @@
-package streamagent
+// Package feedcodec is the gRPC codec of the agent's EventFeed connection:
+// it decodes TiKV's ChangeDataEvent with rows that refer to the received
+// message's buffer instead of copies.
+package feedcodec
 
 import (
 	"errors"
@@ -10,7 +13,7 @@ import (
 	"google.golang.org/grpc/mem"
 )
 
-// feedCodec is the gRPC codec of the agent's EventFeed connection. It
+// Codec is the gRPC codec of the agent's EventFeed connection. It
 // decodes a ChangeDataEvent's rows in place: their keys and values are
 // slices of the received message's buffer rather than copies, and a
 // message's rows share one allocation. kvproto's decoder (reached through
@@ -21,15 +24,16 @@ import (
 // matcher copies the prewrites it keeps past a message (Matcher.Own), so a
 // long transaction pins its own bytes, not a whole message. Other messages
 // (the request, the health service's) go to gRPC's codec as before.
-type feedCodec struct{ fallback encoding.CodecV2 }
+type Codec struct{ fallback encoding.CodecV2 }
 
-func newFeedCodec() feedCodec { return feedCodec{fallback: encoding.GetCodecV2(proto.Name)} }
+// New makes the codec; other messages go to gRPC's proto codec.
+func New() Codec { return Codec{fallback: encoding.GetCodecV2(proto.Name)} }
 
-func (c feedCodec) Name() string { return proto.Name }
+func (c Codec) Name() string { return proto.Name }
 
-func (c feedCodec) Marshal(v any) (mem.BufferSlice, error) { return c.fallback.Marshal(v) }
+func (c Codec) Marshal(v any) (mem.BufferSlice, error) { return c.fallback.Marshal(v) }
 
-func (c feedCodec) Unmarshal(data mem.BufferSlice, v any) error {
+func (c Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	ev, ok := v.(*cdcpb.ChangeDataEvent)
 	if !ok {
 		return c.fallback.Unmarshal(data, v)

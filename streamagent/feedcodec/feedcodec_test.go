@@ -1,4 +1,4 @@
-package streamagent
+package feedcodec
 
 import (
 	"bytes"
@@ -49,7 +49,7 @@ func sampleFeedEvents(rng *rand.Rand, rowCount, maxValue int) []*cdcpb.ChangeDat
 }
 
 // stripUnknown clears what kvproto keeps of fields it does not know; the
-// agent never reads them and feedCodec does not keep them.
+// agent never reads them and Codec does not keep them.
 func stripUnknown(m *cdcpb.ChangeDataEvent) {
 	m.XXX_unrecognized = nil
 	for _, e := range m.Events {
@@ -66,7 +66,7 @@ func stripUnknown(m *cdcpb.ChangeDataEvent) {
 func decodeBoth(t testing.TB, b []byte) (want, got *cdcpb.ChangeDataEvent, wantErr, gotErr error) {
 	want, got = &cdcpb.ChangeDataEvent{}, &cdcpb.ChangeDataEvent{}
 	wantErr = want.Unmarshal(append([]byte(nil), b...))
-	gotErr = newFeedCodec().Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, got)
+	gotErr = New().Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, got)
 	return want, got, wantErr, gotErr
 }
 

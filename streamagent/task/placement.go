@@ -1,4 +1,4 @@
-package streamagent
+package task
 
 import (
 	"bytes"
@@ -8,9 +8,9 @@ import (
 	"github.com/pingcap/kvproto/pkg/cdcpb"
 	"github.com/pingcap/kvproto/pkg/metapb"
 	"github.com/tikv/client-go/v2/util/codec"
-	"github.com/tikv/pd/client/circuitbreaker"
 	"github.com/tikv/pd/client/clients/router"
 
+	"logbackup/streamagent/checkpoint"
 	"logbackup/streamagent/errs"
 	"logbackup/streamagent/matcher"
 	"logbackup/streamagent/spans"
@@ -52,7 +52,7 @@ func (s *subscription) contains(rawKey []byte) bool {
 }
 
 // scanRegions lists the regions overlapping sp from PD (paged).
-func scanRegions(ctx context.Context, pdc taskPD, sp spans.Span) ([]*router.Region, error) {
+func scanRegions(ctx context.Context, pdc PD, sp spans.Span) ([]*router.Region, error) {
 	regions, err := pdc.ScanRegions(ctx, sp.Start, sp.End)
 	if err != nil {
 		return nil, errs.Wrap(errs.CodePD, err)
@@ -60,16 +60,10 @@ func scanRegions(ctx context.Context, pdc taskPD, sp spans.Span) ([]*router.Regi
 	return regions, nil
 }
 
-// withBreaker gives a PD call the circuit breaker the pinned pd client
-// expects on some calls (it panics without one).
-func withBreaker(ctx context.Context) context.Context {
-	return circuitbreaker.WithCircuitBreaker(ctx, circuitbreaker.NewCircuitBreaker("streamagent", circuitbreaker.AlwaysClosedSettings))
-}
-
 // placePending resolves pending spans into regions through PD and
 // subscribes those whose leader is this store. Ranges led elsewhere are
 // left to that store's agent.
-func (t *taskRunner) placePending(ctx context.Context) {
+func (t *Runner) placePending(ctx context.Context) {
 	defer func() {
 		// Nothing left to place without a stream: the regions the store
 		// could not be reached for are led elsewhere now, and its open
@@ -78,12 +72,12 @@ func (t *taskRunner) placePending(ctx context.Context) {
 			t.open.err = nil
 		}
 	}()
-	if len(t.pending) == 0 || (t.stream == nil && t.env.clock.Now().Before(t.open.retryAt)) {
+	if len(t.pending) == 0 || (t.stream == nil && t.env.Clock.Now().Before(t.open.retryAt)) {
 		return
 	}
 	// Ranges that other stores flushed since we last looked start from
 	// their checkpoints, not ours: fewer rows scanned twice.
-	if known, err := readKnown(ctx, t.env.meta, t.env.lenient(), t.name, t.inc, t.covered, t.info.StartTs); err == nil {
+	if known, err := checkpoint.ReadKnown(ctx, t.env.Meta, t.env.Lenient(), t.name, t.inc, t.covered, t.info.StartTs); err == nil {
 		t.flushed.merge(known)
 	}
 	pending := spans.Coalesce(t.pending)
@@ -97,14 +91,14 @@ func (t *taskRunner) placePending(ctx context.Context) {
 	var order []uint64
 	byRegion := map[uint64]*placement{}
 	for i, sp := range pending {
-		regions, err := scanRegions(ctx, t.env.pd, sp)
+		regions, err := scanRegions(ctx, t.env.PD, sp)
 		if err != nil {
 			t.log.Debug("place range later", "err", err)
 			t.pending = append(t.pending, pending[i:]...)
 			break
 		}
 		for _, r := range regions {
-			if r.Leader == nil || r.Leader.StoreId != t.env.settings.storeID {
+			if r.Leader == nil || r.Leader.StoreId != t.env.Settings.StoreID {
 				continue // led elsewhere: that store's agent takes it
 			}
 			piece := spans.Clip(spans.Span{Start: r.Meta.StartKey, End: r.Meta.EndKey}, sp)
@@ -138,7 +132,7 @@ func (t *taskRunner) placePending(ctx context.Context) {
 	}
 }
 
-func (t *taskRunner) subscribe(ctx context.Context, region *metapb.Region, pieces []spans.Span) error {
+func (t *Runner) subscribe(ctx context.Context, region *metapb.Region, pieces []spans.Span) error {
 	st, err := t.ensureStream(ctx)
 	if err != nil {
 		return err
@@ -157,10 +151,10 @@ func (t *taskRunner) subscribe(ctx context.Context, region *metapb.Region, piece
 	sub := &subscription{reqID: t.nextReq, region: region, pieces: pieces, m: matcher.New(cp), stream: st}
 	t.subs[sub.reqID] = sub
 	t.byRegion[region.Id] = sub
-	t.env.metrics.m.initialScan(t.scanReason)
+	t.env.Metrics.m.InitialScan(t.scanReason)
 	hull := spans.Span{Start: pieces[0].Start, End: pieces[len(pieces)-1].End}
 	err = st.stream.Send(&cdcpb.ChangeDataRequest{
-		Header:   &cdcpb.Header{ClusterId: t.env.settings.clusterID, TicdcVersion: ticdcVersion},
+		Header:   &cdcpb.Header{ClusterId: t.env.Settings.ClusterID, TicdcVersion: ticdcVersion},
 		RegionId: region.Id, RegionEpoch: region.RegionEpoch,
 		CheckpointTs: cp, StartKey: hull.Start, EndKey: hull.End, RequestId: sub.reqID,
 		Request: &cdcpb.ChangeDataRequest_Register_{Register: &cdcpb.ChangeDataRequest_Register{}},
@@ -175,29 +169,29 @@ func (t *taskRunner) subscribe(ctx context.Context, region *metapb.Region, piece
 
 // drop ends a subscription; its ranges are placed again from PD, from
 // their flushed checkpoints (the data it buffered stays in the builder).
-func (t *taskRunner) drop(sub *subscription, reason string) {
+func (t *Runner) drop(sub *subscription, reason string) {
 	t.unsubscribe(sub)
 	t.pending = append(t.pending, sub.pieces...)
 	t.scanReason = reason
-	t.env.metrics.regionEvent(reason)
+	t.env.Metrics.regionEvent(reason)
 }
 
 // unsubscribe forgets a subscription.
-func (t *taskRunner) unsubscribe(sub *subscription) {
+func (t *Runner) unsubscribe(sub *subscription) {
 	delete(t.subs, sub.reqID)
 	if t.byRegion[sub.region.Id] == sub {
 		delete(t.byRegion, sub.region.Id)
 	}
 }
 
-func (t *taskRunner) deregister(sub *subscription) {
+func (t *Runner) deregister(sub *subscription) {
 	_ = sub.stream.stream.Send(&cdcpb.ChangeDataRequest{RegionId: sub.region.Id, RequestId: sub.reqID,
 		Request: &cdcpb.ChangeDataRequest_Deregister_{Deregister: &cdcpb.ChangeDataRequest_Deregister{}}})
 }
 
 // reconcile finds regions of the task that this store leads but does not
 // observe (leaders that moved here) and queues them.
-func (t *taskRunner) reconcile(ctx context.Context) {
+func (t *Runner) reconcile(ctx context.Context) {
 	owned := spans.New(nil, 0)
 	for _, sub := range t.subs {
 		for _, p := range sub.pieces {
@@ -208,20 +202,20 @@ func (t *taskRunner) reconcile(ctx context.Context) {
 		owned.Cover(sp, 1)
 	}
 	for _, sp := range t.covered {
-		regions, err := scanRegions(ctx, t.env.pd, sp)
+		regions, err := scanRegions(ctx, t.env.PD, sp)
 		if err != nil {
 			t.log.Debug("reconcile: scan regions", "err", err)
 			return
 		}
 		for _, r := range regions {
-			if r.Leader == nil || r.Leader.StoreId != t.env.settings.storeID {
+			if r.Leader == nil || r.Leader.StoreId != t.env.Settings.StoreID {
 				continue
 			}
 			piece := spans.Clip(spans.Span{Start: r.Meta.StartKey, End: r.Meta.EndKey}, sp)
 			if _, ok := owned.Min(piece); !ok && piece.Valid() {
 				t.pending = append(t.pending, piece)
 				t.scanReason = "leader-gained"
-				t.env.metrics.regionEvent("leader-gained")
+				t.env.Metrics.regionEvent("leader-gained")
 			}
 		}
 	}

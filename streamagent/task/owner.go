@@ -1,4 +1,4 @@
-package streamagent
+package task
 
 import (
 	"context"

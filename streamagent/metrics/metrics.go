@@ -1,4 +1,7 @@
-package streamagent
+// Package metrics is the agent's Prometheus metrics: its own
+// logbackup_agent_* series and the names TiKV's log backup and TiDB's
+// advancer export, registered on the registry the caller injects.
+package metrics
 
 import (
 	"sync"
@@ -8,7 +11,7 @@ import (
 	"github.com/tikv/client-go/v2/oracle"
 )
 
-// metrics are registered on the registry the caller injects; nothing is
+// Metrics are registered on the registry the caller injects; nothing is
 // global, so tests and several agents in one process do not collide.
 //
 // Two families: our own logbackup_agent_* series, and the series TiKV's
@@ -16,184 +19,184 @@ import (
 // (tidb_log_backup_last_checkpoint) export, with the same names, labels and
 // meaning, so PingCAP's documented alerts and TiKV's "Backup Log" dashboard
 // work on the agents unchanged (docs/METRICS.md lists both).
-type metrics struct {
-	eventsIn        prometheus.Counter
-	bytesIn         prometheus.Counter
-	fileSize        prometheus.Histogram
-	spilled         prometheus.Counter
-	bytesOut        prometheus.Counter
-	regionErrors    *prometheus.CounterVec
-	initialScans    *prometheus.CounterVec
-	flushDuration   *prometheus.HistogramVec
-	observedRegions *prometheus.GaugeVec
-	bufferedBytes   *prometheus.GaugeVec
-	errors          *prometheus.CounterVec
-	fatalErrors     *prometheus.CounterVec
-	taskStatus      *prometheus.GaugeVec
-	retries         *prometheus.CounterVec
-	autoResumes     *prometheus.CounterVec
-	recoveryProbes  *prometheus.CounterVec // by dependency and result
-	storageRetries  *prometheus.CounterVec
-	timeToRecover   prometheus.Histogram
-	advancerOwner   *prometheus.GaugeVec // by task: 1 when a foreign advancer owns it
-	foreignWriters  *prometheus.GaugeVec // by task: stores writing checkpoints without our agent
+type Metrics struct {
+	EventsIn        prometheus.Counter
+	BytesIn         prometheus.Counter
+	FileSize        prometheus.Histogram
+	Spilled         prometheus.Counter
+	BytesOut        prometheus.Counter
+	RegionErrors    *prometheus.CounterVec
+	InitialScans    *prometheus.CounterVec
+	FlushDuration   *prometheus.HistogramVec
+	ObservedRegions *prometheus.GaugeVec
+	BufferedBytes   *prometheus.GaugeVec
+	Errors          *prometheus.CounterVec
+	FatalErrors     *prometheus.CounterVec
+	TaskStatus      *prometheus.GaugeVec
+	Retries         *prometheus.CounterVec
+	AutoResumes     *prometheus.CounterVec
+	RecoveryProbes  *prometheus.CounterVec // by dependency and result
+	StorageRetries  *prometheus.CounterVec
+	TimeToRecover   prometheus.Histogram
+	AdvancerOwner   *prometheus.GaugeVec // by task: 1 when a foreign advancer owns it
+	ForeignWriters  *prometheus.GaugeVec // by task: stores writing checkpoints without our agent
 
 	// checkpoints are each task's store checkpoint on this agent and, on
 	// the coordinator, its global checkpoint; lags are derived from them at
 	// scrape time, so they keep growing while flushes fail.
-	checkpoints *checkpointCollector
+	Checkpoints *CheckpointCollector
 
-	tikv tikvMetrics
+	TiKV TiKVMetrics
 }
 
-// tikvMetrics are TiKV's and TiDB's names for what the agent does.
-type tikvMetrics struct {
-	taskStatus        *prometheus.GaugeVec
-	errors            *prometheus.CounterVec
-	fatalErrors       *prometheus.CounterVec
-	observedRegion    prometheus.Gauge
-	flushDuration     *prometheus.HistogramVec
-	flushFileSize     prometheus.Histogram
-	uploadFileSize    *prometheus.HistogramVec
-	heapMemory        prometheus.Gauge
-	initialScanReason *prometheus.CounterVec
-	handleKVBatch     prometheus.Histogram
-	pendingScans      *prometheus.GaugeVec
-	enabled           prometheus.Counter
+// TiKVMetrics are TiKV's and TiDB's names for what the agent does.
+type TiKVMetrics struct {
+	TaskStatus        *prometheus.GaugeVec
+	Errors            *prometheus.CounterVec
+	FatalErrors       *prometheus.CounterVec
+	ObservedRegion    prometheus.Gauge
+	FlushDuration     *prometheus.HistogramVec
+	FlushFileSize     prometheus.Histogram
+	UploadFileSize    *prometheus.HistogramVec
+	HeapMemory        prometheus.Gauge
+	InitialScanReason *prometheus.CounterVec
+	HandleKVBatch     prometheus.Histogram
+	PendingScans      *prometheus.GaugeVec
+	Enabled           prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
-	m := &metrics{
-		eventsIn: prometheus.NewCounter(prometheus.CounterOpts{
+func New(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		EventsIn: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "logbackup_agent_events_total", Help: "Committed changes received from TiKV."}),
-		bytesIn: prometheus.NewCounter(prometheus.CounterOpts{
+		BytesIn: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "logbackup_agent_received_bytes_total", Help: "Key and value bytes of committed changes received."}),
-		fileSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+		FileSize: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "logbackup_agent_flush_file_size_bytes", Help: "Size of each uploaded data object (compressed).",
 			Buckets: prometheus.ExponentialBuckets(1024, 4, 12)}),
-		spilled: prometheus.NewCounter(prometheus.CounterOpts{
+		Spilled: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "logbackup_agent_spills_total", Help: "Times buffered changes went over the memory quota and spilled to temp files."}),
-		bytesOut: prometheus.NewCounter(prometheus.CounterOpts{
+		BytesOut: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "logbackup_agent_flushed_bytes_total", Help: "Compressed bytes uploaded to storage."}),
-		regionErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+		RegionErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "logbackup_agent_region_errors_total", Help: "Subscriptions ended or started, by reason."}, []string{"reason"}),
-		initialScans: prometheus.NewCounterVec(prometheus.CounterOpts{
+		InitialScans: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "logbackup_agent_initial_scans_total", Help: "Region subscriptions (each runs an initial scan), by why they started."}, []string{"reason"}),
-		flushDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		FlushDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "logbackup_agent_flush_duration_seconds", Help: "Flush duration by stage.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"stage"}),
-		observedRegions: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		ObservedRegions: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "logbackup_agent_observed_regions", Help: "Regions observed, by task."}, []string{"task"}),
-		bufferedBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		BufferedBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "logbackup_agent_buffered_bytes", Help: "Uncompressed bytes waiting for the next flush, by task."}, []string{"task"}),
-		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "logbackup_agent_errors_total", Help: "Errors met, by code (KV:LogBackup:*), retried or not."}, []string{"code"}),
-		fatalErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+		FatalErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "logbackup_agent_fatal_errors_total", Help: "Errors that paused a task, by code."}, []string{"code"}),
-		taskStatus: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		TaskStatus: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "logbackup_agent_task_status", Help: "0 running, 1 paused, 2 error."}, []string{"task"}),
-		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "logbackup_agent_retries_total", Help: "Failed flushes that will be retried, by code."}, []string{"code"}),
-		autoResumes: prometheus.NewCounterVec(prometheus.CounterOpts{
+		AutoResumes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "logbackup_agent_auto_resumes_total", Help: "The coordinator's automatic resumes and their outcomes: resumed, held (the checkpoint passed the resume), failed (paused again first), gave_up."}, []string{"outcome"}),
-		recoveryProbes: prometheus.NewCounterVec(prometheus.CounterOpts{
+		RecoveryProbes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "logbackup_agent_recovery_probes_total", Help: "Probes of the dependency a recoverable error names, while its task is paused, by dependency (storage, pd, etcd) and result (ok, failed)."}, []string{"dependency", "result"}),
-		storageRetries: prometheus.NewCounterVec(prometheus.CounterOpts{
+		StorageRetries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "logbackup_agent_storage_retries_total", Help: "Storage requests retried inside the storage layer, by operation."}, []string{"op"}),
-		timeToRecover: prometheus.NewHistogram(prometheus.HistogramOpts{
+		TimeToRecover: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "logbackup_agent_time_to_recover_seconds", Help: "From an error pause to the automatic resume that ended it.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 16)}),
-		advancerOwner: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		AdvancerOwner: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "logbackup_coordinator_foreign_advancer", Help: "1 while another log-backup advancer (TiDB's) owns the cluster's checkpoints; our coordinator then does not write central_global."}, []string{"task"}),
-		foreignWriters: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		ForeignWriters: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "logbackup_coordinator_foreign_checkpoint_writers", Help: "Stores that write the task's checkpoints or files without a live agent of ours (TiKV's built-in log backup)."}, []string{"task"}),
-		checkpoints: newCheckpointCollector(),
+		Checkpoints: newCheckpointCollector(),
 	}
-	m.tikv = tikvMetrics{
-		taskStatus: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+	m.TiKV = TiKVMetrics{
+		TaskStatus: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tikv_log_backup_task_status", Help: "TiKV's name: 0 running, 1 paused, 2 error."}, []string{"task"}),
-		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tikv_log_backup_errors", Help: "TiKV's name: errors met, retried or not, by code."}, []string{"type"}),
-		fatalErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+		FatalErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tikv_log_backup_fatal_errors", Help: "TiKV's name: errors that paused a task, by code."}, []string{"type"}),
-		observedRegion: prometheus.NewGauge(prometheus.GaugeOpts{
+		ObservedRegion: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tikv_log_backup_observed_region", Help: "TiKV's name: regions being observed."}),
-		flushDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		FlushDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "tikv_log_backup_flush_duration_sec", Help: "TiKV's name: flush duration by stage.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 16)}, []string{"stage"}),
-		flushFileSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+		FlushFileSize: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "tikv_log_backup_flush_file_size", Help: "TiKV's name: size of each uploaded data object.",
 			Buckets: prometheus.ExponentialBuckets(1024, 2, 20)}),
-		uploadFileSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		UploadFileSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "tikv_log_backup_upload_file_size_bytes", Help: "TiKV's name: uploaded bytes per object, by type (log, metadata).",
 			Buckets: prometheus.ExponentialBuckets(1024, 2, 20)}, []string{"type"}),
-		heapMemory: prometheus.NewGauge(prometheus.GaugeOpts{
+		HeapMemory: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tikv_log_backup_heap_memory", Help: "TiKV's name: bytes buffered in memory."}),
-		initialScanReason: prometheus.NewCounterVec(prometheus.CounterOpts{
+		InitialScanReason: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tikv_log_backup_initial_scan_reason", Help: "TiKV's name: initial scans by reason (leader-changed, region-changed, retry)."}, []string{"reason"}),
-		handleKVBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
+		HandleKVBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "tikv_log_backup_handle_kv_batch", Help: "TiKV's name: changes per batch received from a region.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 16)}),
-		pendingScans: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		PendingScans: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tikv_log_backup_pending_initial_scan", Help: "TiKV's name: initial scans not yet done, by stage."}, []string{"stage"}),
-		enabled: prometheus.NewCounter(prometheus.CounterOpts{
+		Enabled: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tikv_log_backup_enabled", Help: "TiKV's name: above 0 once the log backup endpoint (the agent) runs."}),
 	}
-	m.tikv.enabled.Inc()
+	m.TiKV.Enabled.Inc()
 	if reg != nil {
-		reg.MustRegister(m.errors, m.fatalErrors, m.taskStatus, m.retries, m.autoResumes, m.recoveryProbes, m.storageRetries, m.timeToRecover)
-		reg.MustRegister(m.eventsIn, m.bytesIn, m.fileSize, m.spilled, m.bytesOut, m.regionErrors, m.initialScans, m.flushDuration,
-			m.observedRegions, m.bufferedBytes, m.advancerOwner, m.foreignWriters, m.checkpoints)
-		t := m.tikv
-		reg.MustRegister(t.taskStatus, t.errors, t.fatalErrors, t.observedRegion, t.flushDuration, t.flushFileSize, t.uploadFileSize,
-			t.heapMemory, t.initialScanReason, t.handleKVBatch, t.pendingScans, t.enabled)
+		reg.MustRegister(m.Errors, m.FatalErrors, m.TaskStatus, m.Retries, m.AutoResumes, m.RecoveryProbes, m.StorageRetries, m.TimeToRecover)
+		reg.MustRegister(m.EventsIn, m.BytesIn, m.FileSize, m.Spilled, m.BytesOut, m.RegionErrors, m.InitialScans, m.FlushDuration,
+			m.ObservedRegions, m.BufferedBytes, m.AdvancerOwner, m.ForeignWriters, m.Checkpoints)
+		t := m.TiKV
+		reg.MustRegister(t.TaskStatus, t.Errors, t.FatalErrors, t.ObservedRegion, t.FlushDuration, t.FlushFileSize, t.UploadFileSize,
+			t.HeapMemory, t.InitialScanReason, t.HandleKVBatch, t.PendingScans, t.Enabled)
 	}
 	return m
 }
 
-func (m *metrics) setTaskStatus(task string, v float64) {
-	m.taskStatus.WithLabelValues(task).Set(v)
-	m.tikv.taskStatus.WithLabelValues(task).Set(v)
+func (m *Metrics) SetTaskStatus(task string, v float64) {
+	m.TaskStatus.WithLabelValues(task).Set(v)
+	m.TiKV.TaskStatus.WithLabelValues(task).Set(v)
 }
 
-func (m *metrics) deleteTask(task string) {
-	for _, g := range []*prometheus.GaugeVec{m.taskStatus, m.tikv.taskStatus, m.advancerOwner, m.foreignWriters} {
+func (m *Metrics) DeleteTask(task string) {
+	for _, g := range []*prometheus.GaugeVec{m.TaskStatus, m.TiKV.TaskStatus, m.AdvancerOwner, m.ForeignWriters} {
 		g.DeleteLabelValues(task)
 	}
-	m.checkpoints.forget(task)
+	m.Checkpoints.Forget(task)
 }
 
-func (m *metrics) countError(code string) {
-	m.errors.WithLabelValues(code).Inc()
-	m.tikv.errors.WithLabelValues(code).Inc()
+func (m *Metrics) CountError(code string) {
+	m.Errors.WithLabelValues(code).Inc()
+	m.TiKV.Errors.WithLabelValues(code).Inc()
 }
 
-func (m *metrics) countFatal(code string) {
-	m.fatalErrors.WithLabelValues(code).Inc()
-	m.tikv.fatalErrors.WithLabelValues(code).Inc()
+func (m *Metrics) CountFatal(code string) {
+	m.FatalErrors.WithLabelValues(code).Inc()
+	m.TiKV.FatalErrors.WithLabelValues(code).Inc()
 }
 
-// flushStage records a flush stage under our name and TiKV's.
-func (m *metrics) flushStage(stage string, d time.Duration) {
-	m.flushDuration.WithLabelValues(stage).Observe(d.Seconds())
-	m.tikv.flushDuration.WithLabelValues(stage).Observe(d.Seconds())
+// FlushStage records a flush stage under our name and TiKV's.
+func (m *Metrics) FlushStage(stage string, d time.Duration) {
+	m.FlushDuration.WithLabelValues(stage).Observe(d.Seconds())
+	m.TiKV.FlushDuration.WithLabelValues(stage).Observe(d.Seconds())
 }
 
-// uploaded records one object written to storage; kind is TiKV's "log" or
+// Uploaded records one object written to storage; kind is TiKV's "log" or
 // "metadata".
-func (m *metrics) uploaded(kind string, n int) {
-	m.tikv.uploadFileSize.WithLabelValues(kind).Observe(float64(n))
+func (m *Metrics) Uploaded(kind string, n int) {
+	m.TiKV.UploadFileSize.WithLabelValues(kind).Observe(float64(n))
 	if kind == "log" {
-		m.bytesOut.Add(float64(n))
-		m.fileSize.Observe(float64(n))
-		m.tikv.flushFileSize.Observe(float64(n))
+		m.BytesOut.Add(float64(n))
+		m.FileSize.Observe(float64(n))
+		m.TiKV.FlushFileSize.Observe(float64(n))
 	}
 }
 
-// initialScan counts a subscription's initial scan by our reason and by
+// InitialScan counts a subscription's initial scan by our reason and by
 // TiKV's coarser one.
-func (m *metrics) initialScan(reason string) {
-	m.initialScans.WithLabelValues(reason).Inc()
+func (m *Metrics) InitialScan(reason string) {
+	m.InitialScans.WithLabelValues(reason).Inc()
 	tikv := "retry"
 	switch reason {
 	case "task-start", "leader-gained", "not-leader":
@@ -201,13 +204,13 @@ func (m *metrics) initialScan(reason string) {
 	case "epoch-not-match", "region-not-found":
 		tikv = "region-changed"
 	}
-	m.tikv.initialScanReason.WithLabelValues(tikv).Inc()
+	m.TiKV.InitialScanReason.WithLabelValues(tikv).Inc()
 }
 
-// checkpointCollector exports checkpoints as TSOs and the lags derived
+// CheckpointCollector exports checkpoints as TSOs and the lags derived
 // from them at scrape time: a lag computed when a flush succeeds would
 // freeze at its last good value exactly when flushes keep failing.
-type checkpointCollector struct {
+type CheckpointCollector struct {
 	storeTS, globalTS, storeLag, globalLag, gcSafePoint *prometheus.Desc
 
 	mu     sync.Mutex
@@ -217,8 +220,8 @@ type checkpointCollector struct {
 	now    func() time.Time
 }
 
-func newCheckpointCollector() *checkpointCollector {
-	return &checkpointCollector{
+func newCheckpointCollector() *CheckpointCollector {
+	return &CheckpointCollector{
 		storeTS: prometheus.NewDesc("tikv_log_backup_store_checkpoint_ts",
 			"TiKV's name: the store's checkpoint TSO, by task.", []string{"task"}, nil),
 		globalTS: prometheus.NewDesc("tidb_log_backup_last_checkpoint",
@@ -236,48 +239,48 @@ func newCheckpointCollector() *checkpointCollector {
 	}
 }
 
-func (c *checkpointCollector) setStore(task string, ts uint64) {
+func (c *CheckpointCollector) SetStore(task string, ts uint64) {
 	c.mu.Lock()
 	c.store[task] = max(c.store[task], ts)
 	c.mu.Unlock()
 }
 
-// replaceGlobal sets every task's global checkpoint at once: tasks gone
+// ReplaceGlobal sets every task's global checkpoint at once: tasks gone
 // since the last call disappear.
-func (c *checkpointCollector) replaceGlobal(global map[string]uint64) {
+func (c *CheckpointCollector) ReplaceGlobal(global map[string]uint64) {
 	c.mu.Lock()
 	c.global = global
 	c.mu.Unlock()
 }
 
-func (c *checkpointCollector) setGCSafePoint(ts uint64) {
+func (c *CheckpointCollector) SetGCSafePoint(ts uint64) {
 	c.mu.Lock()
 	c.gc = ts
 	c.mu.Unlock()
 }
 
-// forgetGlobal drops what only the coordinator exports (it lost its
+// ForgetGlobal drops what only the coordinator exports (it lost its
 // election).
-func (c *checkpointCollector) forgetGlobal() {
+func (c *CheckpointCollector) ForgetGlobal() {
 	c.mu.Lock()
 	c.global, c.gc = map[string]uint64{}, 0
 	c.mu.Unlock()
 }
 
-func (c *checkpointCollector) forgetStore(task string) {
+func (c *CheckpointCollector) ForgetStore(task string) {
 	c.mu.Lock()
 	delete(c.store, task)
 	c.mu.Unlock()
 }
 
-func (c *checkpointCollector) forget(task string) {
+func (c *CheckpointCollector) Forget(task string) {
 	c.mu.Lock()
 	delete(c.store, task)
 	delete(c.global, task)
 	c.mu.Unlock()
 }
 
-func (c *checkpointCollector) Describe(ch chan<- *prometheus.Desc) {
+func (c *CheckpointCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.storeTS
 	ch <- c.globalTS
 	ch <- c.storeLag
@@ -285,7 +288,7 @@ func (c *checkpointCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.gcSafePoint
 }
 
-func (c *checkpointCollector) Collect(ch chan<- prometheus.Metric) {
+func (c *CheckpointCollector) Collect(ch chan<- prometheus.Metric) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.now()
@@ -301,3 +304,10 @@ func (c *checkpointCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.gcSafePoint, prometheus.GaugeValue, float64(c.gc))
 	}
 }
+
+// Task status gauge values, as TiKV's tikv_log_backup_task_status.
+const (
+	StatusRunning = 0
+	StatusPaused  = 1
+	StatusError   = 2
+)

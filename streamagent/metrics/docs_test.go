@@ -1,4 +1,4 @@
-package streamagent
+package metrics
 
 import (
 	"encoding/json"
@@ -15,38 +15,38 @@ import (
 // documented, and every name the alerts and the dashboard use exists.
 func TestMetricDocs(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	m := newMetrics(reg)
+	m := New(reg)
 	// Vectors only show up once a child exists.
-	m.regionErrors.WithLabelValues("x")
-	m.initialScans.WithLabelValues("x")
-	m.flushDuration.WithLabelValues("x")
-	m.observedRegions.WithLabelValues("x")
-	m.bufferedBytes.WithLabelValues("x")
-	m.checkpoints.setStore("x", 1)
-	m.checkpoints.replaceGlobal(map[string]uint64{"x": 1})
-	m.checkpoints.setGCSafePoint(1)
-	m.advancerOwner.WithLabelValues("x")
-	m.foreignWriters.WithLabelValues("x")
-	m.tikv.taskStatus.WithLabelValues("x")
-	m.tikv.errors.WithLabelValues("x")
-	m.tikv.fatalErrors.WithLabelValues("x")
-	m.tikv.flushDuration.WithLabelValues("x")
-	m.tikv.uploadFileSize.WithLabelValues("x")
-	m.tikv.initialScanReason.WithLabelValues("x")
-	m.tikv.pendingScans.WithLabelValues("x")
-	m.errors.WithLabelValues("x")
-	m.fatalErrors.WithLabelValues("x")
-	m.taskStatus.WithLabelValues("x")
-	m.retries.WithLabelValues("x")
-	m.autoResumes.WithLabelValues("x")
-	m.recoveryProbes.WithLabelValues("x", "y")
-	m.storageRetries.WithLabelValues("x")
+	m.RegionErrors.WithLabelValues("x")
+	m.InitialScans.WithLabelValues("x")
+	m.FlushDuration.WithLabelValues("x")
+	m.ObservedRegions.WithLabelValues("x")
+	m.BufferedBytes.WithLabelValues("x")
+	m.Checkpoints.SetStore("x", 1)
+	m.Checkpoints.ReplaceGlobal(map[string]uint64{"x": 1})
+	m.Checkpoints.SetGCSafePoint(1)
+	m.AdvancerOwner.WithLabelValues("x")
+	m.ForeignWriters.WithLabelValues("x")
+	m.TiKV.TaskStatus.WithLabelValues("x")
+	m.TiKV.Errors.WithLabelValues("x")
+	m.TiKV.FatalErrors.WithLabelValues("x")
+	m.TiKV.FlushDuration.WithLabelValues("x")
+	m.TiKV.UploadFileSize.WithLabelValues("x")
+	m.TiKV.InitialScanReason.WithLabelValues("x")
+	m.TiKV.PendingScans.WithLabelValues("x")
+	m.Errors.WithLabelValues("x")
+	m.FatalErrors.WithLabelValues("x")
+	m.TaskStatus.WithLabelValues("x")
+	m.Retries.WithLabelValues("x")
+	m.AutoResumes.WithLabelValues("x")
+	m.RecoveryProbes.WithLabelValues("x", "y")
+	m.StorageRetries.WithLabelValues("x")
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	registered := map[string]bool{"up": true}
-	doc, err := os.ReadFile("../docs/METRICS.md")
+	doc, err := os.ReadFile("../../docs/METRICS.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,12 +65,12 @@ func TestMetricDocs(t *testing.T) {
 			}
 		}
 	}
-	alerts, err := os.ReadFile("../docs/alerts.yml")
+	alerts, err := os.ReadFile("../../docs/alerts.yml")
 	if err != nil {
 		t.Fatal(err)
 	}
 	check("docs/alerts.yml", string(alerts))
-	raw, err := os.ReadFile("../docs/grafana-dashboard.json")
+	raw, err := os.ReadFile("../../docs/grafana-dashboard.json")
 	if err != nil {
 		t.Fatal(err)
 	}
