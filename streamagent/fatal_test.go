@@ -21,6 +21,8 @@ import (
 	"logbackup/proto/lbpb"
 	"logbackup/storage"
 	"logbackup/streamagent/errs"
+	"logbackup/streamagent/metrics"
+	"logbackup/streamagent/retry"
 )
 
 // The fatal path (fatal.go, budget.go, agent.go's install/report) on a
@@ -56,7 +58,7 @@ func TestFatalReportWritesLastErrorPausesGuardsAndCounts(t *testing.T) {
 	ctx := context.Background()
 	st := f.putTask("fatal")
 	cause := errs.Wrap(errs.CodeStorageAccessDenied, fmt.Errorf("PUT %s: 403 Forbidden", fatalTestURL))
-	f.a.reportFatal(ctx, st, &fatalError{info: errs.Lookup(errs.CodeStorageAccessDenied), err: cause})
+	f.a.reportFatal(ctx, st, &retry.Fatal{Info: errs.Lookup(errs.CodeStorageAccessDenied), Err: cause})
 
 	raw, err := f.check.Raw().Get(ctx, fmt.Sprintf("/tidb/br-stream/last-error/fatal/%d", etcdAgentStore))
 	if err != nil || len(raw.Kvs) != 1 {
@@ -109,8 +111,8 @@ func TestFatalReportWritesLastErrorPausesGuardsAndCounts(t *testing.T) {
 		}
 	}
 	for _, name := range []string{"logbackup_agent_task_status", "tikv_log_backup_task_status"} {
-		if got := f.metric(name, "task", "fatal"); got != statusError {
-			t.Errorf("%s{task=fatal} = %v, want %d (error)", name, got, statusError)
+		if got := f.metric(name, "task", "fatal"); got != metrics.StatusError {
+			t.Errorf("%s{task=fatal} = %v, want %d (error)", name, got, metrics.StatusError)
 		}
 	}
 	logs := f.logs.String()
@@ -227,7 +229,7 @@ func TestFatalFromRunner(t *testing.T) {
 			if got := f.metric("logbackup_agent_fatal_errors_total", "code", code); got != 1 {
 				t.Errorf("fatal_errors_total{%s} = %v, want 1", code, got)
 			}
-			if got := f.metric("logbackup_agent_task_status", "task", "t"); got != statusError {
+			if got := f.metric("logbackup_agent_task_status", "task", "t"); got != metrics.StatusError {
 				t.Errorf("task status %v, want error", got)
 			}
 		})
@@ -259,7 +261,7 @@ func TestFatalReportWaitsOutEtcd(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		f.a.reportFatal(context.Background(), st, &fatalError{info: errs.Lookup(errs.CodeEtcdUnavailable), err: errors.New("etcdserver: no leader")})
+		f.a.reportFatal(context.Background(), st, &retry.Fatal{Info: errs.Lookup(errs.CodeEtcdUnavailable), Err: errors.New("etcdserver: no leader")})
 	}()
 	// Each round tries both writes: three rounds refused.
 	refused := map[string]int{}
@@ -308,7 +310,7 @@ func TestFatalReportEndsWithItsContext(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		f.a.reportFatal(ctx, st, &fatalError{info: errs.Lookup(errs.CodeIo), err: errors.New("disk full")})
+		f.a.reportFatal(ctx, st, &retry.Fatal{Info: errs.Lookup(errs.CodeIo), Err: errors.New("disk full")})
 	}()
 	f.refusal()
 	cancel()
@@ -333,7 +335,7 @@ func TestFatalReportNotHeldBackByPD(t *testing.T) {
 	f := newEtcdAgentFixture(t, nil)
 	st := f.putTask("pd")
 	f.pd.gcErr = errors.New("injected: PD refuses service safepoints")
-	f.a.reportFatal(context.Background(), st, &fatalError{info: errs.Lookup(errs.CodeIo), err: errors.New("disk full")})
+	f.a.reportFatal(context.Background(), st, &retry.Fatal{Info: errs.Lookup(errs.CodeIo), Err: errors.New("disk full")})
 	if f.pd.gcCalls != 5 {
 		t.Errorf("the GC guard was tried %d times, want 5", f.pd.gcCalls)
 	}
@@ -359,7 +361,7 @@ func TestFatalReportOfStoppedIncarnation(t *testing.T) {
 		t.Fatal(err)
 	}
 	cur := f.putTask("again")
-	f.a.reportFatal(ctx, old, &fatalError{info: errs.Lookup(errs.CodeIo), err: errors.New("disk full")})
+	f.a.reportFatal(ctx, old, &retry.Fatal{Info: errs.Lookup(errs.CodeIo), Err: errors.New("disk full")})
 	if f.task("again").Pause.Paused {
 		t.Error("the new incarnation was paused by the old one's error")
 	}
@@ -387,7 +389,7 @@ func TestFatalSecondWhileFirstReporting(t *testing.T) {
 	first, second := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(first)
-		f.a.reportFatal(context.Background(), st, &fatalError{info: errs.Lookup(errs.CodeStorageUnavailable), err: errors.New("503 after the budget")})
+		f.a.reportFatal(context.Background(), st, &retry.Fatal{Info: errs.Lookup(errs.CodeStorageUnavailable), Err: errors.New("503 after the budget")})
 	}()
 	f.refusal() // the first report is under way
 	// History keys are per millisecond, store and kind: the second error
@@ -397,7 +399,7 @@ func TestFatalSecondWhileFirstReporting(t *testing.T) {
 	}
 	go func() {
 		defer close(second)
-		f.a.reportFatal(context.Background(), st, &fatalError{info: errs.Lookup(errs.CodeStorageAccessDenied), err: errors.New("403")})
+		f.a.reportFatal(context.Background(), st, &retry.Fatal{Info: errs.Lookup(errs.CodeStorageAccessDenied), Err: errors.New("403")})
 	}()
 	for range 4 {
 		f.refusal()
