@@ -11,9 +11,12 @@ import (
 	"time"
 
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
+	"github.com/pingcap/kvproto/pkg/metapb"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tikv/client-go/v2/oracle"
 	pd "github.com/tikv/pd/client"
+	"github.com/tikv/pd/client/clients/router"
+	"github.com/tikv/pd/client/opt"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -325,7 +328,8 @@ func etcdWritesUnder(prefix string) func(clientv3.Op) error {
 
 // etcdAgentPD is the part of PD the fatal path and the recovery call:
 // timestamps (the PD probe), service safepoints (the GC guard) and the GC
-// safepoint read. Any other call panics (the nil embedded client).
+// safepoint read; and, for a task's runner, the regions and this store.
+// Any other call panics (the nil embedded client).
 type etcdAgentPD struct {
 	pd.Client
 	mu         sync.Mutex
@@ -333,6 +337,10 @@ type etcdAgentPD struct {
 	gcErr      error // non-nil: UpdateServiceGCSafePoint fails with it
 	gcCalls    int
 	safePoints map[string]uint64
+	// What a running task asks (TestFatalFromRunner): its regions, this
+	// store.
+	regions []*router.Region
+	store   *metapb.Store
 }
 
 func (p *etcdAgentPD) failTS(err error) {
@@ -359,6 +367,20 @@ func (p *etcdAgentPD) UpdateServiceGCSafePoint(_ context.Context, id string, _ i
 	}
 	p.safePoints[id] = ts
 	return 0, nil
+}
+
+// ScanRegions and GetStore are what a task's runner asks PD: the regions
+// (those set, whatever the range) and this store.
+func (p *etcdAgentPD) ScanRegions(context.Context, []byte, []byte, int, ...opt.GetRegionOption) ([]*router.Region, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.regions, nil
+}
+
+func (p *etcdAgentPD) GetStore(context.Context, uint64) (*metapb.Store, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.store, nil
 }
 
 func (p *etcdAgentPD) UpdateGCSafePoint(context.Context, uint64) (uint64, error) { return 0, nil }

@@ -4,22 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
+	"net"
 	"runtime"
 	"strings"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/connectivity"
-	"google.golang.org/grpc/credentials/insecure"
+	"github.com/pingcap/kvproto/pkg/metapb"
+	"github.com/tikv/pd/client/clients/router"
 
 	"logbackup/meta"
 	"logbackup/proto/lbpb"
-	"logbackup/storage"
 	"logbackup/streamagent/errs"
 	"logbackup/streamagent/metrics"
 	"logbackup/streamagent/retry"
@@ -122,117 +118,80 @@ func TestFatalReportWritesLastErrorPausesGuardsAndCounts(t *testing.T) {
 	fatalTestNoSecrets(t, "the log", logs)
 }
 
-// TestFatalFromRunner: a task's runner meeting an error it may not retry
-// further — the flush retry budget spent by attempts, by duration (on the
-// task's clock), or a fatal class at its first failure — stops: it leaves
-// the agent's runners, its EventFeed stream (the store's observers of the
-// task) is closed, its subscriptions and per-task series are gone; and
-// the agent reports it: the LastError keeps the code of what failed, the
-// task is paused as ERROR, every failure is counted under its code, the
-// retried ones as retries, the last one as fatal.
+// TestFatalFromRunner: a task's runner that stops on a fatal error (a
+// real task.Runner, built and installed by startTask as for any task:
+// here the store's TiKV refuses the EventFeed stream past a one-retry
+// budget) leaves the agent's runners, and the agent reports it: the
+// LastError keeps the code of what failed and says the budget is spent,
+// the task is paused as ERROR, the error is counted as fatal once, the
+// history has the report and the task's status gauge reads error. How the
+// runner itself stops on each kind of fatal error (budget by attempts, by
+// duration, a fatal class) is task.TestFatalStopsRunner.
 func TestFatalFromRunner(t *testing.T) {
-	retryable := fmt.Errorf("PUT %s: %w", fatalTestURL, syscall.ECONNRESET)
-	denied := &storage.OpError{Op: "write", Err: &fs.PathError{Op: "open", Path: "/b/x", Err: syscall.EACCES}}
-	cases := []struct {
-		name     string
-		budget   RetryBudget
-		err      error
-		code     errs.Code
-		failures int           // upload attempts, all failing
-		gap      time.Duration // the task's clock moves this much more before each retry
-		text     string        // in the LastError
-	}{
-		{"attempts spent", RetryBudget{Attempts: 2, Duration: time.Hour}, retryable, errs.CodeNetwork, 3, 0, "retry budget exhausted (3 failures"},
-		{"duration spent", RetryBudget{Attempts: 1000, Duration: time.Minute}, retryable, errs.CodeNetwork, 2, 2 * time.Minute, "retry budget exhausted (2 failures over 2m"},
-		{"fatal class", RetryBudget{Attempts: 1000, Duration: time.Hour}, denied, errs.CodeStorageAccessDenied, 1, 0, "permission denied"},
+	f := newEtcdAgentFixture(t, func(c *Config) {
+		// The second failure spends it: one retry, about a second later
+		// (the stream's open backoff; the runner runs on the real clock).
+		c.RetryBudget = RetryBudget{Attempts: 1, Duration: time.Hour}
+	})
+	// A loopback address nothing listens on: every open of the store's
+	// EventFeed stream is refused at once.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			f := newEtcdAgentFixture(t, nil)
-			st := f.putTask("t") // the harness's task name: the runner and the report agree
-			h := newHarness(t, func(s *taskSettings) {
-				s.flushInterval = time.Hour
-				s.retryBudget = c.budget
-			})
-			h.r.env.metrics = newTaskMetrics(f.a.metrics, "t")
-			// The store's EventFeed stream, as intake opened it: closing it
-			// ends every observer TiKV holds for the task's regions.
-			conn, err := grpc.NewClient("passthrough:///fatal-test", grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			var streamCancelled atomic.Bool
-			h.fs.conn, h.fs.cancel, h.fs.stream = conn, func() { streamCancelled.Store(true) }, &fakeFeed{}
-			h.r.stream = h.fs
-			h.st.set(nil, c.err)
+	addr := ln.Addr().String()
+	ln.Close()
+	f.pd.store = &metapb.Store{Id: etcdAgentStore, Address: addr, State: metapb.StoreState_Up}
+	f.pd.regions = []*router.Region{{
+		Meta:   &metapb.Region{Id: 10, StartKey: []byte("a"), EndKey: []byte("z"), RegionEpoch: &metapb.RegionEpoch{Version: 1, ConfVer: 1}},
+		Leader: &metapb.Peer{Id: 11, StoreId: etcdAgentStore},
+	}}
+	f.a.workDir = t.TempDir() // set by Run, which the fixture does not call
+	st := f.putTask("t")
 
-			if !f.a.install(f.ctx, st, h.r, 0) {
-				t.Fatal("the runner was not installed")
-			}
-			h.waitFor("the loop's tickers", func() bool { return h.clk.tickerCount() >= 4 })
-			h.initialized(0)
-			h.put(1, "a", "1")
-			h.settle()
-			if got := f.metric("logbackup_agent_observed_regions", "task", "t"); got != 1 {
-				t.Fatalf("observed regions %v before the failure, want 1", got)
-			}
-			h.clk.advance(time.Hour)
-			for i := 1; i < c.failures; i++ { // within the budget: retried
-				h.upload()
-				h.clk.advance(h.retryArmed() + c.gap)
-			}
-			h.upload() // the failure that ends it
-			ended := make(chan struct{})
-			go func() { defer close(ended); f.a.life.Load().wait() }()
-			select {
-			case <-ended: // the runner stopped and its report ended
-			case <-time.After(10 * time.Second):
-				f.a.stopTask("t", false)
-				<-ended
-				t.Fatalf("the runner did not stop after %d failures", c.failures)
-			}
+	f.a.startTask(f.ctx, st)
+	if got := f.a.Testing().Tasks(); len(got) != 1 {
+		t.Fatalf("runners %v after startTask, want the task's", got)
+	}
+	ended := make(chan struct{})
+	go func() { defer close(ended); f.a.life.Load().wait() }()
+	select {
+	case <-ended: // the runner stopped and its report ended
+	case <-time.After(20 * time.Second):
+		f.a.stopTask("t", false)
+		<-ended
+		t.Fatal("the runner did not stop on a spent retry budget")
+	}
 
-			if got := f.a.Testing().Tasks(); len(got) != 0 {
-				t.Errorf("runners %v after the fatal error, want none", got)
-			}
-			if !streamCancelled.Load() || conn.GetState() != connectivity.Shutdown {
-				t.Errorf("the EventFeed stream was not closed (cancelled %v, conn %v)", streamCancelled.Load(), conn.GetState())
-			}
-			if h.r.subs != nil || h.r.byRegion != nil {
-				t.Errorf("subscriptions left: %v", h.r.subs)
-			}
-			if got := f.metric("logbackup_agent_observed_regions", "task", "t"); got != 0 {
-				t.Errorf("observed regions %v after the stop, want the series gone", got)
-			}
-			if h.r.fatal == nil || h.r.fatal.info.Code != c.code || h.r.fatal.info.Class != errs.Fatal {
-				t.Fatalf("the runner stopped with %v, want a fatal %s", h.r.fatal, c.code)
-			}
-
-			le := f.lastError(t, "t")
-			if le.ErrorCode != string(c.code) || !strings.Contains(le.ErrorMessage, c.text) {
-				t.Errorf("LastError %s %q, want code %s saying %q", le.ErrorCode, le.ErrorMessage, c.code, c.text)
-			}
-			fatalTestNoSecrets(t, "the LastError", le.ErrorMessage)
-			if p := f.task("t").Pause; !p.Paused || !p.V2.IsError() {
-				t.Errorf("pause %+v, want ERROR", p)
-			}
-			code := string(c.code)
-			if got := f.metric("logbackup_agent_errors_total", "code", code); got != float64(c.failures) {
-				t.Errorf("errors_total{%s} = %v, want %d (every failure)", code, got, c.failures)
-			}
-			if got := f.metric("tikv_log_backup_errors", "type", code); got != float64(c.failures) {
-				t.Errorf("tikv_log_backup_errors{%s} = %v, want %d", code, got, c.failures)
-			}
-			if got := f.metric("logbackup_agent_retries_total", "code", code); got != float64(c.failures-1) {
-				t.Errorf("retries_total{%s} = %v, want %d (the failures within the budget)", code, got, c.failures-1)
-			}
-			if got := f.metric("logbackup_agent_fatal_errors_total", "code", code); got != 1 {
-				t.Errorf("fatal_errors_total{%s} = %v, want 1", code, got)
-			}
-			if got := f.metric("logbackup_agent_task_status", "task", "t"); got != metrics.StatusError {
-				t.Errorf("task status %v, want error", got)
-			}
-		})
+	if got := f.a.Testing().Tasks(); len(got) != 0 {
+		t.Errorf("runners %v after the fatal error, want none", got)
+	}
+	le := f.lastError(t, "t")
+	code := string(errs.CodeGRPC) // what the refused stream classifies as
+	if le.ErrorCode != code {
+		t.Errorf("LastError code %s, want %s", le.ErrorCode, code)
+	}
+	for _, want := range []string{fmt.Sprintf("[store = %d]", etcdAgentStore), "retry budget exhausted (2 failures", addr} {
+		if !strings.Contains(le.ErrorMessage, want) {
+			t.Errorf("LastError message %q lacks %q", le.ErrorMessage, want)
+		}
+	}
+	p := f.task("t").Pause
+	pe, err := p.V2.ErrorPayload()
+	if !p.Paused || !p.V2.IsError() || err != nil || pe.ErrorCode != code {
+		t.Errorf("pause %+v (%v), want ERROR with the LastError", p, err)
+	}
+	if got := f.metric("logbackup_agent_fatal_errors_total", "code", code); got != 1 {
+		t.Errorf("fatal_errors_total{%s} = %v, want 1", code, got)
+	}
+	if got := f.metric("logbackup_agent_errors_total", "code", code); got != 2 {
+		t.Errorf("errors_total{%s} = %v, want 2 (both failures)", code, got)
+	}
+	if got := f.metric("logbackup_agent_task_status", "task", "t"); got != metrics.StatusError {
+		t.Errorf("task status %v, want error", got)
+	}
+	if k := f.historyKinds(st); k[lbpb.RecoveryEvent_ERROR_REPORTED] != 1 {
+		t.Errorf("history %v, want one ERROR_REPORTED", k)
 	}
 }
 
