@@ -58,16 +58,7 @@ func newEtcdAgentFixture(t *testing.T, cfg func(*Config)) *etcdAgentFixture {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	srv, err := embedetcd.Start(ctx, embedetcd.Config{Dir: t.TempDir(), Fast: true})
-	if err != nil {
-		t.Fatalf("start etcd: %v", err)
-	}
-	t.Cleanup(srv.Close)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Endpoint()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatalf("etcd client: %v", err)
-	}
-	t.Cleanup(func() { cli.Close() })
+	srv, cli := startEtcd(t)
 	kv := &etcdFaultKV{KV: cli.KV, refused: make(chan string, 10000)}
 	cli.KV = kv // as etcd's namespace package wraps it: every request of the agent goes through kv
 	mem, err := storage.OpenURL(ctx, "mem://")
@@ -98,6 +89,25 @@ func newEtcdAgentFixture(t *testing.T, cfg func(*Config)) *etcdAgentFixture {
 		f.a.life.Load().wait()
 	})
 	return f
+}
+
+// startEtcd starts an embedded etcd on loopback and a client of it over
+// the network, as the agent's is; both end with the test.
+func startEtcd(t *testing.T) (*embedetcd.Server, *clientv3.Client) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv, err := embedetcd.Start(ctx, embedetcd.Config{Dir: t.TempDir(), Fast: true})
+	if err != nil {
+		t.Fatalf("start etcd: %v", err)
+	}
+	t.Cleanup(srv.Close)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Endpoint()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatalf("etcd client: %v", err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return srv, cli
 }
 
 // putTask creates a task whose start ts is an hour ago (so a checkpoint at
