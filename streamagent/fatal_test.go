@@ -17,7 +17,9 @@ import (
 	"logbackup/meta"
 	"logbackup/proto/lbpb"
 	"logbackup/streamagent/errs"
+	"logbackup/streamagent/internal/etcdfixture"
 	"logbackup/streamagent/metrics"
+	"logbackup/streamagent/recovery"
 	"logbackup/streamagent/retry"
 )
 
@@ -84,7 +86,7 @@ func TestFatalReportWritesLastErrorPausesGuardsAndCounts(t *testing.T) {
 	if err != nil || pe.ErrorCode != le.ErrorCode || pe.ErrorMessage != le.ErrorMessage || pe.StoreId != etcdAgentStore {
 		t.Fatalf("pause payload %v (%v), want the LastError %v", pe, err, le)
 	}
-	if class, _ := classifyPause(paused); class != fatalPause {
+	if class, _ := recovery.ClassifyPause(paused); class != recovery.FatalPause {
 		t.Errorf("the pause classifies as %d, want fatalPause: an access denial is a person's", class)
 	}
 
@@ -216,7 +218,7 @@ func (f *etcdAgentFixture) lastError(t *testing.T, task string) *brpb.StreamBack
 func TestFatalReportWaitsOutEtcd(t *testing.T) {
 	f := newEtcdAgentFixture(t, nil)
 	st := f.putTask("etcd")
-	f.kv.setRule(etcdWritesUnder("/tidb/br-stream/"))
+	f.kv.SetRule(etcdfixture.WritesUnder("/tidb/br-stream/"))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -238,7 +240,7 @@ func TestFatalReportWaitsOutEtcd(t *testing.T) {
 	if f.task("etcd").Pause.Paused {
 		t.Fatal("paused although etcd refused the write")
 	}
-	f.kv.setRule(nil)
+	f.kv.SetRule(nil)
 	<-done
 	if le := f.lastError(t, "etcd"); le.ErrorCode != string(errs.CodeEtcdUnavailable) {
 		t.Errorf("LastError %v", le)
@@ -264,7 +266,7 @@ func TestFatalReportWaitsOutEtcd(t *testing.T) {
 func TestFatalReportEndsWithItsContext(t *testing.T) {
 	f := newEtcdAgentFixture(t, nil)
 	st := f.putTask("ctx")
-	f.kv.setRule(etcdWritesUnder("/tidb/br-stream/"))
+	f.kv.SetRule(etcdfixture.WritesUnder("/tidb/br-stream/"))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -278,7 +280,7 @@ func TestFatalReportEndsWithItsContext(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the report did not end with its context")
 	}
-	f.kv.setRule(nil)
+	f.kv.SetRule(nil)
 	if f.task("ctx").Pause.Paused {
 		t.Error("paused by a report whose writes were all refused")
 	}
@@ -344,7 +346,7 @@ func TestFatalReportOfStoppedIncarnation(t *testing.T) {
 func TestFatalSecondWhileFirstReporting(t *testing.T) {
 	f := newEtcdAgentFixture(t, nil)
 	st := f.putTask("twice")
-	f.kv.setRule(etcdWritesUnder("/tidb/br-stream/"))
+	f.kv.SetRule(etcdfixture.WritesUnder("/tidb/br-stream/"))
 	first, second := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(first)
@@ -363,7 +365,7 @@ func TestFatalSecondWhileFirstReporting(t *testing.T) {
 	for range 4 {
 		f.refusal()
 	}
-	f.kv.setRule(nil)
+	f.kv.SetRule(nil)
 	<-first
 	<-second
 	codes := map[string]bool{string(errs.CodeStorageUnavailable): true, string(errs.CodeStorageAccessDenied): true}
