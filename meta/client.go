@@ -155,6 +155,10 @@ type TaskStatus struct {
 	infoRev, pauseRev int64 // ModRevisions, for the watcher's resync diff
 }
 
+// IncarnationKey names the task incarnation ("<name>/<incarnation>"):
+// what the agent keeps per incarnation is keyed by it.
+func (t *TaskStatus) IncarnationKey() string { return fmt.Sprintf("%s/%d", t.Info.Name, t.Incarnation) }
+
 // String names the task and its state. It leaves out the storage backend,
 // which can carry credentials (the gogo String of Info would print them).
 func (s *TaskStatus) String() string {

@@ -16,6 +16,7 @@ import (
 	"logbackup/streamagent/errs"
 	"logbackup/streamagent/logfile"
 	"logbackup/streamagent/metrics"
+	"logbackup/streamagent/recovery"
 	"logbackup/streamagent/retry"
 	"logbackup/streamagent/task"
 )
@@ -65,7 +66,6 @@ func New(cfg Config, reg prometheus.Registerer) (*Agent, error) {
 	a := &Agent{cfg: cfg, metrics: metrics.New(reg), runners: map[string]*runnerHandle{}, stops: map[string]uint64{}, chunks: logfile.NewChunkPool(),
 		coord: coordState{storages: map[string]storage.Storage{}, conflicts: map[string]string{}, kick: make(chan struct{}, 1),
 			budgets: map[string]*retry.Counter{}, lastGlobal: map[string]uint64{}, moved: map[string]moved{}, orphans: map[string]time.Time{}}}
-	a.coord.recovery = &recovery{a: a, tasks: map[string]*taskRecovery{}}
 	a.life.Store(newLifetime())
 	a.openProbe = a.cfg.OpenStorage
 	if a.cfg.OpenStorage == nil {
@@ -81,6 +81,11 @@ func New(cfg Config, reg prometheus.Registerer) (*Agent, error) {
 			return storage.OpenBackend(ctx, b, observe)
 		}
 	}
+	a.coord.recovery = recovery.New(recovery.Deps{StoreID: a.cfg.StoreID, Config: a.cfg.AutoResume, Meta: a.cfg.Meta,
+		GetTS: func(ctx context.Context) (int64, int64, error) { return a.cfg.PD.GetTS(ctx) },
+		// Through a.openProbe when called: tests replace it after New.
+		OpenProbe: func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error) { return a.openProbe(ctx, b) },
+		Metrics:   a.metrics, Log: a.cfg.Logger, Spawn: a.spawn})
 	return a, nil
 }
 

@@ -19,7 +19,9 @@ import (
 
 	"logbackup/meta"
 	"logbackup/storage"
+	"logbackup/streamagent/errs"
 	"logbackup/streamagent/logfile"
+	"logbackup/streamagent/recovery"
 	"logbackup/streamagent/retry"
 )
 
@@ -56,8 +58,8 @@ const (
 	DefaultLagLimit = 48 * time.Hour
 	// DefaultAutoResumeAttempts and DefaultAutoResumeBackoff bound the
 	// automatic resumes of a task paused by a recoverable error.
-	DefaultAutoResumeAttempts = 5
-	DefaultAutoResumeBackoff  = 30 * time.Second
+	DefaultAutoResumeAttempts = recovery.DefaultMaxAttempts
+	DefaultAutoResumeBackoff  = recovery.DefaultBackoff
 )
 
 // DefaultTempDir is where an agent makes its directory for spilled
@@ -66,6 +68,14 @@ func DefaultTempDir() string { return filepath.Join(os.TempDir(), "logbackup-age
 
 // RetryBudget bounds how long a retryable error may persist (retry.Budget).
 type RetryBudget = retry.Budget
+
+// AutoResume says whether and how the coordinator recovers tasks paused by
+// a recoverable error (recovery.AutoResume).
+type AutoResume = recovery.AutoResume
+
+// RecoverableCodes lists the codes recovered automatically and the
+// dependencies probed for each (recovery.RecoverableCodes).
+func RecoverableCodes() map[errs.Code][]string { return recovery.RecoverableCodes() }
 
 // Config configures an Agent.
 type Config struct {

@@ -20,6 +20,7 @@ import (
 	"logbackup/streamagent/checkpoint"
 	"logbackup/streamagent/errs"
 	"logbackup/streamagent/logfile"
+	"logbackup/streamagent/recovery"
 	"logbackup/streamagent/retry"
 	"logbackup/streamagent/task"
 )
@@ -34,17 +35,17 @@ type coordState struct {
 	// conflict is logged once, not every tick.
 	conflicts map[string]string
 	// recovery probes and resumes tasks paused by recoverable errors.
-	recovery *recovery
+	recovery *recovery.Recovery
 	// kick makes the coordinator tick now (a task was paused).
 	kick chan struct{}
 	// budgets count each running task's failed advances in a row, by
-	// taskKey; lastGlobal is the last global checkpoint that stood, kept
+	// meta.TaskStatus.IncarnationKey; lastGlobal is the last global checkpoint that stood, kept
 	// exported while advances fail so its lag keeps growing.
 	budgets    map[string]*retry.Counter
 	lastGlobal map[string]uint64
 	moved      map[string]moved
 	// orphans: since when the stores holding a standing global
-	// checkpoint back have had no live agent, by taskKey.
+	// checkpoint back have had no live agent, by IncarnationKey.
 	orphans map[string]time.Time
 	// failing is what this agent's runners report for a task whose global
 	// checkpoint cannot advance, by task name; read by the runners' loops.
@@ -93,7 +94,7 @@ func (a *Agent) advanceFailed(ctx context.Context, t *meta.TaskStatus, err error
 		// budget, and no report could be written meanwhile anyway.
 		return
 	}
-	k := taskKey(t)
+	k := t.IncarnationKey()
 	b := a.coord.budgets[k]
 	if b == nil {
 		b = &retry.Counter{Limit: RetryBudget{Attempts: math.MaxInt, Duration: a.cfg.RetryBudget.Duration}}
@@ -116,7 +117,7 @@ func (a *Agent) advanceFailed(ctx context.Context, t *meta.TaskStatus, err error
 // forgetAdvance drops a task's advance state (it was paused: a resume
 // starts afresh).
 func (a *Agent) forgetAdvance(t *meta.TaskStatus) {
-	k := taskKey(t)
+	k := t.IncarnationKey()
 	delete(a.coord.budgets, k)
 	delete(a.coord.moved, k)
 	delete(a.coord.orphans, k)
@@ -126,7 +127,7 @@ func (a *Agent) forgetAdvance(t *meta.TaskStatus) {
 // advanceSucceeded resets a task's advance budget, and reports a global
 // checkpoint that stands although no advance fails.
 func (a *Agent) advanceSucceeded(ctx context.Context, t *meta.TaskStatus, g uint64) {
-	k := taskKey(t)
+	k := t.IncarnationKey()
 	delete(a.coord.budgets, k)
 	now := time.Now()
 	m, ok := a.coord.moved[k]
@@ -174,7 +175,7 @@ func (a *Agent) advanceSucceeded(ctx context.Context, t *meta.TaskStatus, g uint
 // checkpoint back) have all been without a live agent, as seen by this
 // coordinator's ticks; 0 while any has one, or when that is unknown.
 func (a *Agent) orphaned(ctx context.Context, t *meta.TaskStatus, held []uint64, now time.Time) time.Duration {
-	k := taskKey(t)
+	k := t.IncarnationKey()
 	if len(held) == 0 {
 		delete(a.coord.orphans, k)
 		return 0
@@ -264,12 +265,10 @@ func (c *coordState) kickNow() {
 	}
 }
 
-func taskKey(t *meta.TaskStatus) string { return fmt.Sprintf("%s/%d", t.Info.Name, t.Incarnation) }
-
 // forgetExcept closes what belongs to tasks no longer live (nil: the
 // coordinator lost its election), and stops their probers.
 func (c *coordState) forgetExcept(live map[string]bool) {
-	c.recovery.forgetExcept(live)
+	c.recovery.ForgetExcept(live)
 	for k, st := range c.storages {
 		if !live[k] {
 			st.Close()
@@ -314,8 +313,8 @@ func (a *Agent) advanceTask(ctx context.Context, t *meta.TaskStatus) (uint64, er
 	}
 	a.metrics.AdvancerOwner.WithLabelValues(name).Set(b2f(len(nb.AdvancerKeys) > 0))
 	a.metrics.ForeignWriters.WithLabelValues(name).Set(float64(len(nb.ForeignStores)))
-	if said := strings.Join(nb.Describe(), "; "); said != a.coord.conflicts[taskKey(t)] {
-		a.coord.conflicts[taskKey(t)] = said
+	if said := strings.Join(nb.Describe(), "; "); said != a.coord.conflicts[t.IncarnationKey()] {
+		a.coord.conflicts[t.IncarnationKey()] = said
 		if said != "" {
 			a.cfg.Logger.Error("another log-backup writer runs beside the agents", "task", name, "conflict", said)
 		} else {
@@ -371,7 +370,7 @@ func (a *Agent) advanceTask(ctx context.Context, t *meta.TaskStatus) (uint64, er
 // a store there without an agent of ours is TiKV's own writer. Best
 // effort: an unreachable storage is the flushes' business, not this check's.
 func (a *Agent) storageWriters(ctx context.Context, t *meta.TaskStatus) []uint64 {
-	st := a.coord.storages[taskKey(t)]
+	st := a.coord.storages[t.IncarnationKey()]
 	if st == nil {
 		octx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		s, err := a.cfg.OpenStorage(octx, t.Info.Storage)
@@ -380,7 +379,7 @@ func (a *Agent) storageWriters(ctx context.Context, t *meta.TaskStatus) []uint64
 			return nil
 		}
 		st = s
-		a.coord.storages[taskKey(t)] = st
+		a.coord.storages[t.IncarnationKey()] = st
 	}
 	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -489,7 +488,7 @@ func (a *Agent) AdvanceOnce(ctx context.Context) error {
 	defer func() { a.metrics.Checkpoints.ReplaceGlobal(published) }()
 	live := map[string]bool{}
 	for _, t := range tasks {
-		live[taskKey(t)] = true
+		live[t.IncarnationKey()] = true
 		if t.InfoErr != nil {
 			continue // reported by the agents; nothing to advance
 		}
@@ -502,23 +501,23 @@ func (a *Agent) AdvanceOnce(ctx context.Context) error {
 					published[t.Info.Name] = max(g, t.Info.StartTs)
 				}
 			}
-			a.coord.recovery.observe(ctx, t, 0)
+			a.coord.recovery.Observe(ctx, t, 0)
 			a.forgetAdvance(t)
 			continue
 		}
 		g, err := a.advanceTask(ctx, t)
 		if err != nil {
 			errs = append(errs, err)
-			if last, ok := a.coord.lastGlobal[taskKey(t)]; ok {
+			if last, ok := a.coord.lastGlobal[t.IncarnationKey()]; ok {
 				published[t.Info.Name] = last // its lag grows while advances fail
 			}
 			a.advanceFailed(ctx, t, err)
 			continue
 		}
 		a.advanceSucceeded(ctx, t, g)
-		a.coord.lastGlobal[taskKey(t)] = g
+		a.coord.lastGlobal[t.IncarnationKey()] = g
 		published[t.Info.Name] = g
-		a.coord.recovery.observe(ctx, t, g)
+		a.coord.recovery.Observe(ctx, t, g)
 	}
 	a.coord.forgetExcept(live)
 	return errors.Join(errs...)

@@ -1,50 +1,50 @@
 package streamagent
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"runtime"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
+	"github.com/pingcap/kvproto/pkg/metapb"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tikv/client-go/v2/oracle"
 	pd "github.com/tikv/pd/client"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
+	"github.com/tikv/pd/client/clients/router"
+	"github.com/tikv/pd/client/opt"
 
 	"logbackup/meta"
-	"logbackup/meta/embedetcd"
 	"logbackup/proto/lbpb"
 	"logbackup/storage"
+	"logbackup/streamagent/internal/etcdfixture"
 )
 
-// The fatal path (fatal.go) and the coordinator's recovery (autoresume.go,
-// prober.go, coordinator.go) write through the agent's *meta.Client, so
-// their unit tests run an Agent on a real embedded etcd (meta/embedetcd,
-// nothing from tests/), with faults injected at etcd's own client
-// interface (clientv3.KV), a PD of the few calls these paths make, and a
-// mem:// storage for the recovery probe whose writes can be failed.
+// The fatal path (fatal.go), the coordinator's tick and a runner's start
+// (runners.go) write through the agent's *meta.Client, so their unit
+// tests run an Agent on a real embedded etcd (meta/embedetcd, nothing
+// from tests/), with faults injected at etcd's own client interface
+// (etcdfixture.FaultKV), a PD of the few calls these paths make, and a
+// mem:// storage for the recovery probe whose writes can be failed. The
+// recovery's own steps are streamagent/recovery's tests, on the same
+// parts (streamagent/internal/etcdfixture).
 
 // etcdAgentFixture is an Agent that is not Run: a test calls the path
-// under test itself (reportFatal, recovery.observe, probe, …).
+// under test itself (reportFatal, startTask, AdvanceOnce, …).
 type etcdAgentFixture struct {
 	t *testing.T
 	// ctx is what the test runs the agent's paths in (its Run's context):
 	// it ends with the test, and with it whatever they started.
 	ctx   context.Context
 	a     *Agent
-	check *meta.Client // unfaulted, for the test's own reads and setup
-	kv    *etcdFaultKV // the agent's etcd: faults go here
+	check *meta.Client         // unfaulted, for the test's own reads and setup
+	kv    *etcdfixture.FaultKV // the agent's etcd: faults go here
 	pd    *etcdAgentPD
-	probe *etcdAgentProbeStorage // what recovery probes open
+	probe *etcdfixture.ProbeStorage // what recovery probes open
 	reg   *prometheus.Registry
-	logs  *etcdAgentLogBuffer
+	logs  *etcdfixture.LogBuffer
 }
 
 const etcdAgentStore = 7
@@ -53,34 +53,19 @@ const etcdAgentStore = 7
 // config (AutoResume, RetryBudget, …) before New applies the defaults.
 func newEtcdAgentFixture(t *testing.T, cfg func(*Config)) *etcdAgentFixture {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	srv, err := embedetcd.Start(ctx, embedetcd.Config{Dir: t.TempDir(), Fast: true})
-	if err != nil {
-		t.Fatalf("start etcd: %v", err)
-	}
-	t.Cleanup(srv.Close)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Endpoint()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatalf("etcd client: %v", err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	kv := &etcdFaultKV{KV: cli.KV, refused: make(chan string, 10000)}
+	srv, cli := etcdfixture.StartEtcd(t)
+	kv := etcdfixture.NewFaultKV(cli.KV)
 	cli.KV = kv // as etcd's namespace package wraps it: every request of the agent goes through kv
-	mem, err := storage.OpenURL(ctx, "mem://")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { mem.Close() })
 	f := &etcdAgentFixture{t: t, check: meta.NewClient(srv.Client()), kv: kv,
 		pd:    &etcdAgentPD{safePoints: map[string]uint64{}},
-		probe: &etcdAgentProbeStorage{Storage: mem, writes: make(chan string, 10000)},
-		reg:   prometheus.NewRegistry(), logs: &etcdAgentLogBuffer{}}
+		probe: etcdfixture.NewProbeStorage(t),
+		reg:   prometheus.NewRegistry(), logs: &etcdfixture.LogBuffer{}}
 	c := Config{StoreID: etcdAgentStore, PD: f.pd, Meta: meta.NewClient(cli, meta.WithRequestTimeout(2*time.Second)),
 		TempDir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
 	if cfg != nil {
 		cfg(&c)
 	}
+	var err error
 	f.a, err = New(c, f.reg)
 	if err != nil {
 		t.Fatal(err)
@@ -163,45 +148,11 @@ func (f *etcdAgentFixture) recoveryState(st *meta.TaskStatus) *meta.RecoveryStat
 	return s
 }
 
-// metric reads one series from the agent's registry: the value of the
-// counter, gauge or (sample count of the) histogram name whose labels
-// include labels; 0 when there is no such series.
+// metric reads one series from the agent's registry
+// (etcdfixture.Metric); 0 when there is no such series.
 func (f *etcdAgentFixture) metric(name string, labels ...string) float64 {
 	f.t.Helper()
-	mfs, err := f.reg.Gather()
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	want := map[string]string{}
-	for i := 0; i+1 < len(labels); i += 2 {
-		want[labels[i]] = labels[i+1]
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range mf.GetMetric() {
-			got := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				got[lp.GetName()] = lp.GetValue()
-			}
-			for k, v := range want {
-				if got[k] != v {
-					continue series
-				}
-			}
-			switch {
-			case m.Counter != nil:
-				return m.GetCounter().GetValue()
-			case m.Gauge != nil:
-				return m.GetGauge().GetValue()
-			case m.Histogram != nil:
-				return float64(m.GetHistogram().GetSampleCount())
-			}
-		}
-	}
-	return 0
+	return etcdfixture.Metric(f.t, f.reg, name, labels...)
 }
 
 // waitUntil yields until cond holds; 10 s bounds it. The paths under test
@@ -223,7 +174,7 @@ func (f *etcdAgentFixture) waitUntil(what string, cond func() bool) {
 func (f *etcdAgentFixture) refusal() string {
 	f.t.Helper()
 	select {
-	case k := <-f.kv.refused:
+	case k := <-f.kv.Refused:
 		return k
 	case <-time.After(10 * time.Second):
 		f.t.Fatal("no etcd request was refused")
@@ -231,101 +182,10 @@ func (f *etcdAgentFixture) refusal() string {
 	}
 }
 
-// etcdFaultKV is the agent's clientv3.KV with a fault rule: an operation
-// the rule refuses fails with its error (a whole transaction when any of
-// its Then operations is refused), and its key is announced on refused.
-type etcdFaultKV struct {
-	clientv3.KV
-	mu      sync.Mutex
-	rule    func(op clientv3.Op) error
-	refused chan string
-}
-
-// setRule replaces the fault rule; nil lets everything through.
-func (k *etcdFaultKV) setRule(rule func(op clientv3.Op) error) {
-	k.mu.Lock()
-	k.rule = rule
-	k.mu.Unlock()
-}
-
-func (k *etcdFaultKV) check(ops ...clientv3.Op) error {
-	k.mu.Lock()
-	rule := k.rule
-	k.mu.Unlock()
-	if rule == nil {
-		return nil
-	}
-	for _, op := range ops {
-		if err := rule(op); err != nil {
-			select {
-			case k.refused <- string(op.KeyBytes()):
-			default:
-			}
-			return err
-		}
-	}
-	return nil
-}
-
-func (k *etcdFaultKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
-	if err := k.check(clientv3.OpGet(key, opts...)); err != nil {
-		return nil, err
-	}
-	return k.KV.Get(ctx, key, opts...)
-}
-
-func (k *etcdFaultKV) Put(ctx context.Context, key, val string, opts ...clientv3.OpOption) (*clientv3.PutResponse, error) {
-	if err := k.check(clientv3.OpPut(key, val, opts...)); err != nil {
-		return nil, err
-	}
-	return k.KV.Put(ctx, key, val, opts...)
-}
-
-func (k *etcdFaultKV) Delete(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.DeleteResponse, error) {
-	if err := k.check(clientv3.OpDelete(key, opts...)); err != nil {
-		return nil, err
-	}
-	return k.KV.Delete(ctx, key, opts...)
-}
-
-func (k *etcdFaultKV) Txn(ctx context.Context) clientv3.Txn {
-	return &etcdFaultTxn{Txn: k.KV.Txn(ctx), kv: k}
-}
-
-type etcdFaultTxn struct {
-	clientv3.Txn
-	kv   *etcdFaultKV
-	then []clientv3.Op
-}
-
-func (t *etcdFaultTxn) If(cs ...clientv3.Cmp) clientv3.Txn   { t.Txn = t.Txn.If(cs...); return t }
-func (t *etcdFaultTxn) Else(ops ...clientv3.Op) clientv3.Txn { t.Txn = t.Txn.Else(ops...); return t }
-func (t *etcdFaultTxn) Then(ops ...clientv3.Op) clientv3.Txn {
-	t.then = append(t.then, ops...)
-	t.Txn = t.Txn.Then(ops...)
-	return t
-}
-func (t *etcdFaultTxn) Commit() (*clientv3.TxnResponse, error) {
-	if err := t.kv.check(t.then...); err != nil {
-		return nil, err
-	}
-	return t.Txn.Commit()
-}
-
-// etcdWritesUnder refuses writes (puts, deletes) of keys under prefix, as
-// an etcd that lost its quorum refuses them.
-func etcdWritesUnder(prefix string) func(clientv3.Op) error {
-	return func(op clientv3.Op) error {
-		if (op.IsPut() || op.IsDelete()) && strings.HasPrefix(string(op.KeyBytes()), prefix) {
-			return rpctypes.ErrGRPCNoLeader
-		}
-		return nil
-	}
-}
-
 // etcdAgentPD is the part of PD the fatal path and the recovery call:
 // timestamps (the PD probe), service safepoints (the GC guard) and the GC
-// safepoint read. Any other call panics (the nil embedded client).
+// safepoint read; and, for a task's runner, the regions and this store.
+// Any other call panics (the nil embedded client).
 type etcdAgentPD struct {
 	pd.Client
 	mu         sync.Mutex
@@ -333,6 +193,10 @@ type etcdAgentPD struct {
 	gcErr      error // non-nil: UpdateServiceGCSafePoint fails with it
 	gcCalls    int
 	safePoints map[string]uint64
+	// What a running task asks (TestFatalFromRunner): its regions, this
+	// store.
+	regions []*router.Region
+	store   *metapb.Store
 }
 
 func (p *etcdAgentPD) failTS(err error) {
@@ -361,6 +225,20 @@ func (p *etcdAgentPD) UpdateServiceGCSafePoint(_ context.Context, id string, _ i
 	return 0, nil
 }
 
+// ScanRegions and GetStore are what a task's runner asks PD: the regions
+// (those set, whatever the range) and this store.
+func (p *etcdAgentPD) ScanRegions(context.Context, []byte, []byte, int, ...opt.GetRegionOption) ([]*router.Region, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.regions, nil
+}
+
+func (p *etcdAgentPD) GetStore(context.Context, uint64) (*metapb.Store, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.store, nil
+}
+
 func (p *etcdAgentPD) UpdateGCSafePoint(context.Context, uint64) (uint64, error) { return 0, nil }
 
 func (p *etcdAgentPD) safePoint(id string) (uint64, bool) {
@@ -368,56 +246,6 @@ func (p *etcdAgentPD) safePoint(id string) (uint64, bool) {
 	defer p.mu.Unlock()
 	ts, ok := p.safePoints[id]
 	return ts, ok
-}
-
-// etcdAgentProbeStorage is the storage a recovery probe opens: mem://,
-// whose writes fail while fail is set; each write attempt is announced.
-type etcdAgentProbeStorage struct {
-	storage.Storage
-	mu     sync.Mutex
-	fail   error
-	writes chan string
-}
-
-func (s *etcdAgentProbeStorage) setFail(err error) {
-	s.mu.Lock()
-	s.fail = err
-	s.mu.Unlock()
-}
-
-func (s *etcdAgentProbeStorage) WriteFile(ctx context.Context, name string, data []byte) error {
-	s.mu.Lock()
-	fail := s.fail
-	s.mu.Unlock()
-	select {
-	case s.writes <- name:
-	default:
-	}
-	if fail != nil {
-		return fail
-	}
-	return s.Storage.WriteFile(ctx, name, data)
-}
-
-// Close leaves mem:// open: the fixture closes it.
-func (s *etcdAgentProbeStorage) Close() error { return nil }
-
-// etcdAgentLogBuffer collects the agent's log lines.
-type etcdAgentLogBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *etcdAgentLogBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *etcdAgentLogBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // etcdAgentTS is a ts at t.

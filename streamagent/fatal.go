@@ -15,6 +15,7 @@ import (
 	"logbackup/storage"
 	"logbackup/streamagent/errs"
 	"logbackup/streamagent/metrics"
+	"logbackup/streamagent/recovery"
 	"logbackup/streamagent/retry"
 )
 
@@ -98,6 +99,11 @@ func (a *Agent) reportFatal(ctx context.Context, ts *meta.TaskStatus, f *retry.F
 			return
 		}
 	}
+}
+
+// history records a recovery event of this agent's store.
+func (a *Agent) history(ctx context.Context, task string, inc int64, ev *lbpb.RecoveryEvent) {
+	recovery.RecordEvent(ctx, a.cfg.Meta, a.cfg.StoreID, a.cfg.Logger, task, inc, ev)
 }
 
 // guardGC sets a PD service safepoint at the task's checkpoint − 1 so the

@@ -4,23 +4,23 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
+	"net"
 	"runtime"
 	"strings"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/connectivity"
-	"google.golang.org/grpc/credentials/insecure"
+	"github.com/pingcap/kvproto/pkg/metapb"
+	"github.com/tikv/pd/client/clients/router"
 
 	"logbackup/meta"
 	"logbackup/proto/lbpb"
-	"logbackup/storage"
 	"logbackup/streamagent/errs"
+	"logbackup/streamagent/internal/etcdfixture"
+	"logbackup/streamagent/metrics"
+	"logbackup/streamagent/recovery"
+	"logbackup/streamagent/retry"
 )
 
 // The fatal path (fatal.go, budget.go, agent.go's install/report) on a
@@ -56,7 +56,7 @@ func TestFatalReportWritesLastErrorPausesGuardsAndCounts(t *testing.T) {
 	ctx := context.Background()
 	st := f.putTask("fatal")
 	cause := errs.Wrap(errs.CodeStorageAccessDenied, fmt.Errorf("PUT %s: 403 Forbidden", fatalTestURL))
-	f.a.reportFatal(ctx, st, &fatalError{info: errs.Lookup(errs.CodeStorageAccessDenied), err: cause})
+	f.a.reportFatal(ctx, st, &retry.Fatal{Info: errs.Lookup(errs.CodeStorageAccessDenied), Err: cause})
 
 	raw, err := f.check.Raw().Get(ctx, fmt.Sprintf("/tidb/br-stream/last-error/fatal/%d", etcdAgentStore))
 	if err != nil || len(raw.Kvs) != 1 {
@@ -86,7 +86,7 @@ func TestFatalReportWritesLastErrorPausesGuardsAndCounts(t *testing.T) {
 	if err != nil || pe.ErrorCode != le.ErrorCode || pe.ErrorMessage != le.ErrorMessage || pe.StoreId != etcdAgentStore {
 		t.Fatalf("pause payload %v (%v), want the LastError %v", pe, err, le)
 	}
-	if class, _ := classifyPause(paused); class != fatalPause {
+	if class, _ := recovery.ClassifyPause(paused); class != recovery.FatalPause {
 		t.Errorf("the pause classifies as %d, want fatalPause: an access denial is a person's", class)
 	}
 
@@ -109,8 +109,8 @@ func TestFatalReportWritesLastErrorPausesGuardsAndCounts(t *testing.T) {
 		}
 	}
 	for _, name := range []string{"logbackup_agent_task_status", "tikv_log_backup_task_status"} {
-		if got := f.metric(name, "task", "fatal"); got != statusError {
-			t.Errorf("%s{task=fatal} = %v, want %d (error)", name, got, statusError)
+		if got := f.metric(name, "task", "fatal"); got != metrics.StatusError {
+			t.Errorf("%s{task=fatal} = %v, want %d (error)", name, got, metrics.StatusError)
 		}
 	}
 	logs := f.logs.String()
@@ -120,117 +120,80 @@ func TestFatalReportWritesLastErrorPausesGuardsAndCounts(t *testing.T) {
 	fatalTestNoSecrets(t, "the log", logs)
 }
 
-// TestFatalFromRunner: a task's runner meeting an error it may not retry
-// further — the flush retry budget spent by attempts, by duration (on the
-// task's clock), or a fatal class at its first failure — stops: it leaves
-// the agent's runners, its EventFeed stream (the store's observers of the
-// task) is closed, its subscriptions and per-task series are gone; and
-// the agent reports it: the LastError keeps the code of what failed, the
-// task is paused as ERROR, every failure is counted under its code, the
-// retried ones as retries, the last one as fatal.
+// TestFatalFromRunner: a task's runner that stops on a fatal error (a
+// real task.Runner, built and installed by startTask as for any task:
+// here the store's TiKV refuses the EventFeed stream past a one-retry
+// budget) leaves the agent's runners, and the agent reports it: the
+// LastError keeps the code of what failed and says the budget is spent,
+// the task is paused as ERROR, the error is counted as fatal once, the
+// history has the report and the task's status gauge reads error. How the
+// runner itself stops on each kind of fatal error (budget by attempts, by
+// duration, a fatal class) is task.TestFatalStopsRunner.
 func TestFatalFromRunner(t *testing.T) {
-	retryable := fmt.Errorf("PUT %s: %w", fatalTestURL, syscall.ECONNRESET)
-	denied := &storage.OpError{Op: "write", Err: &fs.PathError{Op: "open", Path: "/b/x", Err: syscall.EACCES}}
-	cases := []struct {
-		name     string
-		budget   RetryBudget
-		err      error
-		code     errs.Code
-		failures int           // upload attempts, all failing
-		gap      time.Duration // the task's clock moves this much more before each retry
-		text     string        // in the LastError
-	}{
-		{"attempts spent", RetryBudget{Attempts: 2, Duration: time.Hour}, retryable, errs.CodeNetwork, 3, 0, "retry budget exhausted (3 failures"},
-		{"duration spent", RetryBudget{Attempts: 1000, Duration: time.Minute}, retryable, errs.CodeNetwork, 2, 2 * time.Minute, "retry budget exhausted (2 failures over 2m"},
-		{"fatal class", RetryBudget{Attempts: 1000, Duration: time.Hour}, denied, errs.CodeStorageAccessDenied, 1, 0, "permission denied"},
+	f := newEtcdAgentFixture(t, func(c *Config) {
+		// The second failure spends it: one retry, about a second later
+		// (the stream's open backoff; the runner runs on the real clock).
+		c.RetryBudget = RetryBudget{Attempts: 1, Duration: time.Hour}
+	})
+	// A loopback address nothing listens on: every open of the store's
+	// EventFeed stream is refused at once.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			f := newEtcdAgentFixture(t, nil)
-			st := f.putTask("t") // the harness's task name: the runner and the report agree
-			h := newHarness(t, func(s *taskSettings) {
-				s.flushInterval = time.Hour
-				s.retryBudget = c.budget
-			})
-			h.r.env.metrics = newTaskMetrics(f.a.metrics, "t")
-			// The store's EventFeed stream, as intake opened it: closing it
-			// ends every observer TiKV holds for the task's regions.
-			conn, err := grpc.NewClient("passthrough:///fatal-test", grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			var streamCancelled atomic.Bool
-			h.fs.conn, h.fs.cancel, h.fs.stream = conn, func() { streamCancelled.Store(true) }, &fakeFeed{}
-			h.r.stream = h.fs
-			h.st.set(nil, c.err)
+	addr := ln.Addr().String()
+	ln.Close()
+	f.pd.store = &metapb.Store{Id: etcdAgentStore, Address: addr, State: metapb.StoreState_Up}
+	f.pd.regions = []*router.Region{{
+		Meta:   &metapb.Region{Id: 10, StartKey: []byte("a"), EndKey: []byte("z"), RegionEpoch: &metapb.RegionEpoch{Version: 1, ConfVer: 1}},
+		Leader: &metapb.Peer{Id: 11, StoreId: etcdAgentStore},
+	}}
+	f.a.workDir = t.TempDir() // set by Run, which the fixture does not call
+	st := f.putTask("t")
 
-			if !f.a.install(f.ctx, st, h.r, 0) {
-				t.Fatal("the runner was not installed")
-			}
-			h.waitFor("the loop's tickers", func() bool { return h.clk.tickerCount() >= 4 })
-			h.initialized(0)
-			h.put(1, "a", "1")
-			h.settle()
-			if got := f.metric("logbackup_agent_observed_regions", "task", "t"); got != 1 {
-				t.Fatalf("observed regions %v before the failure, want 1", got)
-			}
-			h.clk.advance(time.Hour)
-			for i := 1; i < c.failures; i++ { // within the budget: retried
-				h.upload()
-				h.clk.advance(h.retryArmed() + c.gap)
-			}
-			h.upload() // the failure that ends it
-			ended := make(chan struct{})
-			go func() { defer close(ended); f.a.life.Load().wait() }()
-			select {
-			case <-ended: // the runner stopped and its report ended
-			case <-time.After(10 * time.Second):
-				f.a.stopTask("t", false)
-				<-ended
-				t.Fatalf("the runner did not stop after %d failures", c.failures)
-			}
+	f.a.startTask(f.ctx, st)
+	if got := f.a.Testing().Tasks(); len(got) != 1 {
+		t.Fatalf("runners %v after startTask, want the task's", got)
+	}
+	ended := make(chan struct{})
+	go func() { defer close(ended); f.a.life.Load().wait() }()
+	select {
+	case <-ended: // the runner stopped and its report ended
+	case <-time.After(20 * time.Second):
+		f.a.stopTask("t", false)
+		<-ended
+		t.Fatal("the runner did not stop on a spent retry budget")
+	}
 
-			if got := f.a.Testing().Tasks(); len(got) != 0 {
-				t.Errorf("runners %v after the fatal error, want none", got)
-			}
-			if !streamCancelled.Load() || conn.GetState() != connectivity.Shutdown {
-				t.Errorf("the EventFeed stream was not closed (cancelled %v, conn %v)", streamCancelled.Load(), conn.GetState())
-			}
-			if h.r.subs != nil || h.r.byRegion != nil {
-				t.Errorf("subscriptions left: %v", h.r.subs)
-			}
-			if got := f.metric("logbackup_agent_observed_regions", "task", "t"); got != 0 {
-				t.Errorf("observed regions %v after the stop, want the series gone", got)
-			}
-			if h.r.fatal == nil || h.r.fatal.info.Code != c.code || h.r.fatal.info.Class != errs.Fatal {
-				t.Fatalf("the runner stopped with %v, want a fatal %s", h.r.fatal, c.code)
-			}
-
-			le := f.lastError(t, "t")
-			if le.ErrorCode != string(c.code) || !strings.Contains(le.ErrorMessage, c.text) {
-				t.Errorf("LastError %s %q, want code %s saying %q", le.ErrorCode, le.ErrorMessage, c.code, c.text)
-			}
-			fatalTestNoSecrets(t, "the LastError", le.ErrorMessage)
-			if p := f.task("t").Pause; !p.Paused || !p.V2.IsError() {
-				t.Errorf("pause %+v, want ERROR", p)
-			}
-			code := string(c.code)
-			if got := f.metric("logbackup_agent_errors_total", "code", code); got != float64(c.failures) {
-				t.Errorf("errors_total{%s} = %v, want %d (every failure)", code, got, c.failures)
-			}
-			if got := f.metric("tikv_log_backup_errors", "type", code); got != float64(c.failures) {
-				t.Errorf("tikv_log_backup_errors{%s} = %v, want %d", code, got, c.failures)
-			}
-			if got := f.metric("logbackup_agent_retries_total", "code", code); got != float64(c.failures-1) {
-				t.Errorf("retries_total{%s} = %v, want %d (the failures within the budget)", code, got, c.failures-1)
-			}
-			if got := f.metric("logbackup_agent_fatal_errors_total", "code", code); got != 1 {
-				t.Errorf("fatal_errors_total{%s} = %v, want 1", code, got)
-			}
-			if got := f.metric("logbackup_agent_task_status", "task", "t"); got != statusError {
-				t.Errorf("task status %v, want error", got)
-			}
-		})
+	if got := f.a.Testing().Tasks(); len(got) != 0 {
+		t.Errorf("runners %v after the fatal error, want none", got)
+	}
+	le := f.lastError(t, "t")
+	code := string(errs.CodeGRPC) // what the refused stream classifies as
+	if le.ErrorCode != code {
+		t.Errorf("LastError code %s, want %s", le.ErrorCode, code)
+	}
+	for _, want := range []string{fmt.Sprintf("[store = %d]", etcdAgentStore), "retry budget exhausted (2 failures", addr} {
+		if !strings.Contains(le.ErrorMessage, want) {
+			t.Errorf("LastError message %q lacks %q", le.ErrorMessage, want)
+		}
+	}
+	p := f.task("t").Pause
+	pe, err := p.V2.ErrorPayload()
+	if !p.Paused || !p.V2.IsError() || err != nil || pe.ErrorCode != code {
+		t.Errorf("pause %+v (%v), want ERROR with the LastError", p, err)
+	}
+	if got := f.metric("logbackup_agent_fatal_errors_total", "code", code); got != 1 {
+		t.Errorf("fatal_errors_total{%s} = %v, want 1", code, got)
+	}
+	if got := f.metric("logbackup_agent_errors_total", "code", code); got != 2 {
+		t.Errorf("errors_total{%s} = %v, want 2 (both failures)", code, got)
+	}
+	if got := f.metric("logbackup_agent_task_status", "task", "t"); got != metrics.StatusError {
+		t.Errorf("task status %v, want error", got)
+	}
+	if k := f.historyKinds(st); k[lbpb.RecoveryEvent_ERROR_REPORTED] != 1 {
+		t.Errorf("history %v, want one ERROR_REPORTED", k)
 	}
 }
 
@@ -255,11 +218,11 @@ func (f *etcdAgentFixture) lastError(t *testing.T, task string) *brpb.StreamBack
 func TestFatalReportWaitsOutEtcd(t *testing.T) {
 	f := newEtcdAgentFixture(t, nil)
 	st := f.putTask("etcd")
-	f.kv.setRule(etcdWritesUnder("/tidb/br-stream/"))
+	f.kv.SetRule(etcdfixture.WritesUnder("/tidb/br-stream/"))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		f.a.reportFatal(context.Background(), st, &fatalError{info: errs.Lookup(errs.CodeEtcdUnavailable), err: errors.New("etcdserver: no leader")})
+		f.a.reportFatal(context.Background(), st, &retry.Fatal{Info: errs.Lookup(errs.CodeEtcdUnavailable), Err: errors.New("etcdserver: no leader")})
 	}()
 	// Each round tries both writes: three rounds refused.
 	refused := map[string]int{}
@@ -277,7 +240,7 @@ func TestFatalReportWaitsOutEtcd(t *testing.T) {
 	if f.task("etcd").Pause.Paused {
 		t.Fatal("paused although etcd refused the write")
 	}
-	f.kv.setRule(nil)
+	f.kv.SetRule(nil)
 	<-done
 	if le := f.lastError(t, "etcd"); le.ErrorCode != string(errs.CodeEtcdUnavailable) {
 		t.Errorf("LastError %v", le)
@@ -303,12 +266,12 @@ func TestFatalReportWaitsOutEtcd(t *testing.T) {
 func TestFatalReportEndsWithItsContext(t *testing.T) {
 	f := newEtcdAgentFixture(t, nil)
 	st := f.putTask("ctx")
-	f.kv.setRule(etcdWritesUnder("/tidb/br-stream/"))
+	f.kv.SetRule(etcdfixture.WritesUnder("/tidb/br-stream/"))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		f.a.reportFatal(ctx, st, &fatalError{info: errs.Lookup(errs.CodeIo), err: errors.New("disk full")})
+		f.a.reportFatal(ctx, st, &retry.Fatal{Info: errs.Lookup(errs.CodeIo), Err: errors.New("disk full")})
 	}()
 	f.refusal()
 	cancel()
@@ -317,7 +280,7 @@ func TestFatalReportEndsWithItsContext(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the report did not end with its context")
 	}
-	f.kv.setRule(nil)
+	f.kv.SetRule(nil)
 	if f.task("ctx").Pause.Paused {
 		t.Error("paused by a report whose writes were all refused")
 	}
@@ -333,7 +296,7 @@ func TestFatalReportNotHeldBackByPD(t *testing.T) {
 	f := newEtcdAgentFixture(t, nil)
 	st := f.putTask("pd")
 	f.pd.gcErr = errors.New("injected: PD refuses service safepoints")
-	f.a.reportFatal(context.Background(), st, &fatalError{info: errs.Lookup(errs.CodeIo), err: errors.New("disk full")})
+	f.a.reportFatal(context.Background(), st, &retry.Fatal{Info: errs.Lookup(errs.CodeIo), Err: errors.New("disk full")})
 	if f.pd.gcCalls != 5 {
 		t.Errorf("the GC guard was tried %d times, want 5", f.pd.gcCalls)
 	}
@@ -359,7 +322,7 @@ func TestFatalReportOfStoppedIncarnation(t *testing.T) {
 		t.Fatal(err)
 	}
 	cur := f.putTask("again")
-	f.a.reportFatal(ctx, old, &fatalError{info: errs.Lookup(errs.CodeIo), err: errors.New("disk full")})
+	f.a.reportFatal(ctx, old, &retry.Fatal{Info: errs.Lookup(errs.CodeIo), Err: errors.New("disk full")})
 	if f.task("again").Pause.Paused {
 		t.Error("the new incarnation was paused by the old one's error")
 	}
@@ -383,11 +346,11 @@ func TestFatalReportOfStoppedIncarnation(t *testing.T) {
 func TestFatalSecondWhileFirstReporting(t *testing.T) {
 	f := newEtcdAgentFixture(t, nil)
 	st := f.putTask("twice")
-	f.kv.setRule(etcdWritesUnder("/tidb/br-stream/"))
+	f.kv.SetRule(etcdfixture.WritesUnder("/tidb/br-stream/"))
 	first, second := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(first)
-		f.a.reportFatal(context.Background(), st, &fatalError{info: errs.Lookup(errs.CodeStorageUnavailable), err: errors.New("503 after the budget")})
+		f.a.reportFatal(context.Background(), st, &retry.Fatal{Info: errs.Lookup(errs.CodeStorageUnavailable), Err: errors.New("503 after the budget")})
 	}()
 	f.refusal() // the first report is under way
 	// History keys are per millisecond, store and kind: the second error
@@ -397,12 +360,12 @@ func TestFatalSecondWhileFirstReporting(t *testing.T) {
 	}
 	go func() {
 		defer close(second)
-		f.a.reportFatal(context.Background(), st, &fatalError{info: errs.Lookup(errs.CodeStorageAccessDenied), err: errors.New("403")})
+		f.a.reportFatal(context.Background(), st, &retry.Fatal{Info: errs.Lookup(errs.CodeStorageAccessDenied), Err: errors.New("403")})
 	}()
 	for range 4 {
 		f.refusal()
 	}
-	f.kv.setRule(nil)
+	f.kv.SetRule(nil)
 	<-first
 	<-second
 	codes := map[string]bool{string(errs.CodeStorageUnavailable): true, string(errs.CodeStorageAccessDenied): true}

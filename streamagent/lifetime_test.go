@@ -26,7 +26,7 @@ import (
 
 	"logbackup/meta"
 	"logbackup/storage"
-	"logbackup/tests/etcdtest"
+	"logbackup/streamagent/internal/etcdfixture"
 )
 
 // goFiles parses every non-test Go file under root (vendor-free: the
@@ -125,8 +125,8 @@ func (p *runPD) UpdateServiceGCSafePoint(context.Context, string, int64, uint64)
 // goroutine started outside the lifetime is TestEveryGoroutineSpawned's
 // to catch: here it would only race Run's return.
 func TestRunJoinsItsGoroutines(t *testing.T) {
-	srv := etcdtest.Start(t)
-	mc := meta.NewClient(srv.Client(t))
+	_, cli := etcdfixture.StartEtcd(t)
+	mc := meta.NewClient(cli)
 	ctx := context.Background()
 	info := &brpb.StreamBackupTaskInfo{Name: "joined", StartTs: oracle.GoTimeToTS(time.Now()),
 		Storage: &brpb.StorageBackend{Backend: &brpb.StorageBackend_Local{Local: &brpb.Local{Path: t.TempDir()}}}}

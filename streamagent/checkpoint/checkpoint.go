@@ -111,3 +111,20 @@ func Global(known *spans.Map, covered []spans.Span) uint64 {
 	}
 	return g
 }
+
+// Flushed is what the stores have made durable over the whole task t,
+// read from their span checkpoints now: central_global lags by up to a
+// coordinator tick, and the recovery judging a resume soon after it must
+// not wait for one.
+func Flushed(ctx context.Context, m *meta.Client, t *meta.TaskStatus) (uint64, error) {
+	ranges, err := m.Ranges(ctx, t.Info.Name)
+	if err != nil {
+		return 0, err
+	}
+	covered := Spans(ranges)
+	known, err := Known(ctx, m, t.Info.Name, t.Incarnation, covered, t.Info.StartTs)
+	if err != nil {
+		return 0, err
+	}
+	return Global(known, covered), nil
+}

@@ -16,6 +16,7 @@ import (
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
 	"github.com/pingcap/kvproto/pkg/cdcpb"
 	"github.com/pingcap/kvproto/pkg/metapb"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tikv/client-go/v2/oracle"
 	"github.com/tikv/pd/client/clients/router"
 
@@ -346,6 +347,7 @@ type harness struct {
 	meta        *fakeMeta
 	pd          *fakePD
 	st          *testStorage
+	reg         *prometheus.Registry // the task's metrics (Env.Metrics)
 	r           *Runner
 	fs          *feedStream
 	startTS     uint64
@@ -365,7 +367,7 @@ func newHarness(t *testing.T, settings func(*Settings)) *harness {
 	}
 	t.Cleanup(func() { mem.Close() })
 	h := &harness{t: t, clk: newFakeClock(), meta: newFakeMeta(),
-		st: &testStorage{Storage: mem, uploads: make(chan string, 1000)}}
+		st: &testStorage{Storage: mem, uploads: make(chan string, 1000)}, reg: prometheus.NewRegistry()}
 	h.pd = &fakePD{clk: h.clk}
 	h.startTS = oracle.GoTimeToTS(h.clk.Now())
 	s := Settings{StoreID: testStore, ClusterID: 1, FlushInterval: time.Hour, FileSizeLimit: 64 << 20, MemoryQuota: 256 << 20,
@@ -374,7 +376,7 @@ func newHarness(t *testing.T, settings func(*Settings)) *harness {
 	if settings != nil {
 		settings(&s)
 	}
-	mx := metrics.New(nil)
+	mx := metrics.New(h.reg)
 	env := &Env{Settings: s, PD: h.pd, Meta: h.meta, Lenient: func() Meta { return h.meta }, Storage: h.st,
 		Metrics: NewMetrics(mx, "t"), Log: slog.New(slog.DiscardHandler), Clock: h.clk, Counters: &Counters{},
 		Chunks: logfile.NewChunkPool(), CoordFailure: func() (CoordFailure, bool) { return CoordFailure{}, false }}
@@ -545,4 +547,42 @@ func sameChanges(t *testing.T, got, want []logfile.Change) {
 			t.Fatalf("change %d: read back %+v, fed %+v", i, g, w)
 		}
 	}
+}
+
+// metric reads one series of the task's metrics: the value of the counter
+// or gauge name whose labels include labels, and whether there is one.
+func (h *harness) metric(name string, labels ...string) (float64, bool) {
+	h.t.Helper()
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	want := map[string]string{}
+	for i := 0; i+1 < len(labels); i += 2 {
+		want[labels[i]] = labels[i+1]
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			got := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				got[lp.GetName()] = lp.GetValue()
+			}
+			for k, v := range want {
+				if got[k] != v {
+					continue series
+				}
+			}
+			switch {
+			case m.Counter != nil:
+				return m.GetCounter().GetValue(), true
+			case m.Gauge != nil:
+				return m.GetGauge().GetValue(), true
+			}
+		}
+	}
+	return 0, false
 }

@@ -1,4 +1,4 @@
-package streamagent
+package recovery
 
 import (
 	"context"
@@ -20,7 +20,7 @@ import (
 
 // startProber starts the task's prober unless one runs. Coordinator
 // goroutine only.
-func (r *recovery) startProber(ctx context.Context, tr *taskRecovery) {
+func (r *Recovery) startProber(ctx context.Context, tr *taskRecovery) {
 	if tr.done != nil {
 		select {
 		case <-tr.done:
@@ -31,7 +31,7 @@ func (r *recovery) startProber(ctx context.Context, tr *taskRecovery) {
 	pctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	tr.cancel, tr.done = cancel, done
-	r.a.spawn(func() {
+	r.d.Spawn(func() {
 		defer close(done)
 		r.probeLoop(pctx, tr)
 	})
@@ -39,7 +39,7 @@ func (r *recovery) startProber(ctx context.Context, tr *taskRecovery) {
 
 // stopProber stops the task's prober and waits for it. Never with tr.mu
 // held: the prober takes it.
-func (r *recovery) stopProber(tr *taskRecovery) {
+func (r *Recovery) stopProber(tr *taskRecovery) {
 	if tr.cancel == nil {
 		return
 	}
@@ -58,8 +58,8 @@ func probeGap(interval time.Duration) time.Duration {
 // and the resume goes through, or the tick stops it. The first probe comes
 // soon (within a jittered second at most): the fault may have cleared
 // already — an etcd pause, for one, is only written once etcd answers.
-func (r *recovery) probeLoop(ctx context.Context, tr *taskRecovery) {
-	interval := r.a.cfg.AutoResume.probeInterval()
+func (r *Recovery) probeLoop(ctx context.Context, tr *taskRecovery) {
+	interval := r.d.Config.probeInterval()
 	wait := rand.N(min(interval/5, time.Second) + 1)
 	var st storage.Storage // opened once: opening costs more than a probe
 	defer func() {
@@ -100,15 +100,15 @@ func (r *recovery) probeLoop(ctx context.Context, tr *taskRecovery) {
 // stops at the first that fails. A storage probe writes, reads back and
 // deletes one small object under the task's prefix: three requests, one
 // attempt each (the probe's own schedule is the retry).
-func (r *recovery) probe(ctx context.Context, tr *taskRecovery, deps []string, st *storage.Storage) (string, error) {
-	a := r.a
+func (r *Recovery) probe(ctx context.Context, tr *taskRecovery, deps []string, st *storage.Storage) (string, error) {
+	a := &r.d
 	for _, d := range deps {
-		pctx, cancel := context.WithTimeout(ctx, a.cfg.AutoResume.probeTimeout())
+		pctx, cancel := context.WithTimeout(ctx, a.Config.probeTimeout())
 		var err error
 		switch d {
 		case depStorage:
 			if *st == nil {
-				*st, err = a.openProbe(pctx, tr.info.Storage)
+				*st, err = a.OpenProbe(pctx, tr.info.Storage)
 			}
 			if err == nil {
 				err = storage.CheckWritable(pctx, *st)
@@ -116,7 +116,7 @@ func (r *recovery) probe(ctx context.Context, tr *taskRecovery, deps []string, s
 		case depPD:
 			err = a.probePD(pctx)
 		case depEtcd:
-			err = a.cfg.Meta.ProbeEtcd(pctx, tr.task)
+			err = a.Meta.ProbeEtcd(pctx, tr.task)
 		default:
 			err = fmt.Errorf("unknown dependency %q", d)
 		}
@@ -125,7 +125,7 @@ func (r *recovery) probe(ctx context.Context, tr *taskRecovery, deps []string, s
 		if err != nil {
 			result = "failed"
 		}
-		a.metrics.RecoveryProbes.WithLabelValues(d, result).Inc()
+		a.Metrics.RecoveryProbes.WithLabelValues(d, result).Inc()
 		if err != nil {
 			return d, err
 		}
@@ -134,10 +134,10 @@ func (r *recovery) probe(ctx context.Context, tr *taskRecovery, deps []string, s
 }
 
 // probePD asks PD for a timestamp: every flush needs one first.
-func (a *Agent) probePD(ctx context.Context) error {
-	rctx, cancel := meta.PDCallContext(ctx, a.cfg.AutoResume.probeTimeout())
+func (a *Deps) probePD(ctx context.Context) error {
+	rctx, cancel := meta.PDCallContext(ctx, a.Config.probeTimeout())
 	defer cancel()
-	if _, _, err := a.cfg.PD.GetTS(rctx); err != nil {
+	if _, _, err := a.GetTS(rctx); err != nil {
 		return fmt.Errorf("PD probe (GetTS): %w", err)
 	}
 	return nil
@@ -145,7 +145,7 @@ func (a *Agent) probePD(ctx context.Context) error {
 
 // afterProbe records the probe and, when it was healthy and no backoff
 // holds, resumes the task. It says whether the prober is done.
-func (r *recovery) afterProbe(ctx context.Context, tr *taskRecovery, dep string, err error) bool {
+func (r *Recovery) afterProbe(ctx context.Context, tr *taskRecovery, dep string, err error) bool {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	s := tr.state
@@ -179,18 +179,18 @@ func (r *recovery) afterProbe(ctx context.Context, tr *taskRecovery, dep string,
 // fenced to the incarnation and conditional on the pause still being the
 // recoverable one just read. It says whether the prober is done: resumed,
 // or the task is no longer paused by a recoverable error. tr.mu is held.
-func (r *recovery) resume(ctx context.Context, tr *taskRecovery) bool {
-	a, s := r.a, tr.state
+func (r *Recovery) resume(ctx context.Context, tr *taskRecovery) bool {
+	a, s := &r.d, tr.state
 	for range 3 { // a store's report may rewrite the pause meanwhile: read again
-		st, err := a.cfg.Meta.GetTask(ctx, tr.task)
+		st, err := a.Meta.GetTask(ctx, tr.task)
 		if errors.Is(err, meta.ErrTaskNotFound) || (err == nil && st.Incarnation != tr.inc) {
 			return true // stopped: nothing left to probe for
 		}
 		if err != nil {
 			return false
 		}
-		class, e := classifyPause(st)
-		if class != recoverablePause {
+		class, e := ClassifyPause(st)
+		if class != RecoverablePause {
 			return true // resumed or paused otherwise meanwhile: the tick decides
 		}
 		if deps := recoverable[errs.Code(e.ErrorCode)]; strings.Join(deps, "+") != strings.Join(s.Dependencies, "+") {
@@ -199,23 +199,23 @@ func (r *recovery) resume(ctx context.Context, tr *taskRecovery) bool {
 			s.ErrorCode, s.Dependencies = e.ErrorCode, deps
 			return false
 		}
-		rev, err := a.cfg.Meta.Incarnation(tr.task, tr.inc).ResumeFromErrorPause(ctx, tr.task, st.PauseRevision())
+		rev, err := a.Meta.Incarnation(tr.task, tr.inc).ResumeFromErrorPause(ctx, tr.task, st.PauseRevision())
 		if errors.Is(err, meta.ErrPauseChanged) {
 			continue
 		}
 		if err != nil {
-			a.cfg.Logger.Warn("automatic resume failed; next probe tries again", "task", tr.task, "err", err)
+			a.Log.Warn("automatic resume failed; next probe tries again", "task", tr.task, "err", err)
 			return false
 		}
 		now := time.Now()
 		paused := now.Sub(st.Pause.V2.OperationTime)
 		s.Phase, s.ResumesAttempted, s.LastResumeAt, s.ResumeRevision = meta.RecoveryResumed, s.ResumesAttempted+1, now, rev
-		a.metrics.AutoResumes.WithLabelValues("resumed").Inc()
-		a.metrics.TimeToRecover.Observe(paused.Seconds())
+		a.Metrics.AutoResumes.WithLabelValues("resumed").Inc()
+		a.Metrics.TimeToRecover.Observe(paused.Seconds())
 		a.history(ctx, tr.task, tr.inc, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_ATTEMPT, Actor: lbpb.RecoveryEvent_COORDINATOR,
 			ErrorCode: e.ErrorCode, Attempt: uint32(s.ResumesAttempted),
 			Message: fmt.Sprintf("resumed after a healthy %s probe; paused for %s, %d probes", strings.Join(s.Dependencies, "+"), paused.Round(time.Second), s.Probes)})
-		a.cfg.Logger.Info("resumed a task after a healthy probe", "task", tr.task, "code", e.ErrorCode, "attempt", s.ResumesAttempted, "paused", paused.Round(time.Second))
+		a.Log.Info("resumed a task after a healthy probe", "task", tr.task, "code", e.ErrorCode, "attempt", s.ResumesAttempted, "paused", paused.Round(time.Second))
 		return true
 	}
 	return false

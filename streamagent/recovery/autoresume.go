@@ -1,9 +1,16 @@
-package streamagent
+// Package recovery is the coordinator's automatic recovery of tasks paused
+// by a recoverable error: while such a task is paused, a prober checks the
+// dependency its error names, and the first healthy probe resumes it; the
+// coordinator's tick judges each resume (held once the global checkpoint
+// passes it) and gives up after too many that did not hold. It reaches the
+// agent only through Deps.
+package recovery
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"strings"
@@ -18,6 +25,7 @@ import (
 	"logbackup/storage"
 	"logbackup/streamagent/checkpoint"
 	"logbackup/streamagent/errs"
+	"logbackup/streamagent/metrics"
 )
 
 // AutoResume says whether and how the coordinator recovers tasks paused by
@@ -41,6 +49,22 @@ type AutoResume struct {
 	// one, healthy probes or not; it doubles per failed resume, capped at
 	// 30 min (default 30 s).
 	Backoff time.Duration
+}
+
+// The defaults of AutoResume's bounds (the agent's Config documents them).
+const (
+	DefaultMaxAttempts = 5
+	DefaultBackoff     = 30 * time.Second
+)
+
+func (c AutoResume) withDefaults() AutoResume {
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = DefaultMaxAttempts
+	}
+	if c.Backoff <= 0 {
+		c.Backoff = DefaultBackoff
+	}
+	return c
 }
 
 // maxProbeGap caps the time between two probes of one paused task, jitter
@@ -95,44 +119,69 @@ func RecoverableCodes() map[errs.Code][]string {
 
 const gaveUpMarker = meta.RecoveryGaveUpMarker
 
-type pauseClass int
+type PauseClass int
 
 const (
-	notPaused        pauseClass = iota
-	manualPause                 // a person's (or a legacy empty) pause: never touched
-	fatalPause                  // an error no probe can clear
-	recoverablePause            // probe, then resume
-	gaveUpPause                 // recovery gave up on it
+	NotPaused        PauseClass = iota
+	ManualPause                 // a person's (or a legacy empty) pause: never touched
+	FatalPause                  // an error no probe can clear
+	RecoverablePause            // probe, then resume
+	GaveUpPause                 // recovery gave up on it
 )
 
-// classifyPause tells a task's pause apart by type, never by text: the
+// ClassifyPause tells a task's pause apart by type, never by text: the
 // pause's severity, the error code of its payload (whoever wrote it:
 // TiKV, TiDB or an agent) and the flag a gave-up pause carries.
-func classifyPause(t *meta.TaskStatus) (pauseClass, *brpb.StreamBackupError) {
+func ClassifyPause(t *meta.TaskStatus) (PauseClass, *brpb.StreamBackupError) {
 	if !t.Pause.Paused {
-		return notPaused, nil
+		return NotPaused, nil
 	}
 	p := t.Pause.V2
 	if !p.IsError() {
-		return manualPause, nil
+		return ManualPause, nil
 	}
 	e, err := p.ErrorPayload()
 	if err != nil || e == nil || recoverable[errs.Code(e.ErrorCode)] == nil {
-		return fatalPause, e
+		return FatalPause, e
 	}
 	if p.RecoveryGaveUp {
-		return gaveUpPause, e
+		return GaveUpPause, e
 	}
-	return recoverablePause, e
+	return RecoverablePause, e
 }
 
-// recovery is the coordinator's automatic recovery. Its map is the
+// Recovery is the coordinator's automatic recovery. Its map is the
 // coordinator goroutine's; each task's state is shared with that task's
 // prober goroutine under the task's mutex, and a prober is never stopped
 // while that mutex is held.
-type recovery struct {
-	a     *Agent
-	tasks map[string]*taskRecovery // by taskKey
+type Recovery struct {
+	d     Deps
+	tasks map[string]*taskRecovery // by meta.TaskStatus.IncarnationKey
+}
+
+// Deps is what the recovery uses of the agent that runs it.
+type Deps struct {
+	StoreID uint64
+	// Config is the agent's, its defaults applied.
+	Config AutoResume
+	Meta   *meta.Client
+	// GetTS is PD's timestamp call: the PD probe asks for one, as every
+	// flush does first.
+	GetTS func(ctx context.Context) (physical, logical int64, err error)
+	// OpenProbe opens a task's storage for a storage probe: one attempt
+	// per request, since the probe's own schedule is the retry.
+	OpenProbe func(ctx context.Context, b *brpb.StorageBackend) (storage.Storage, error)
+	Metrics   *metrics.Metrics
+	Log       *slog.Logger
+	// Spawn starts a prober on a goroutine its agent's Run waits for, and
+	// returns a channel closed when it ends.
+	Spawn func(func()) <-chan struct{}
+}
+
+// New builds the recovery of an agent's coordinator.
+func New(d Deps) *Recovery {
+	d.Config = d.Config.withDefaults()
+	return &Recovery{d: d, tasks: map[string]*taskRecovery{}}
 }
 
 // taskRecovery is one task incarnation's recovery: the published state
@@ -153,31 +202,31 @@ type taskRecovery struct {
 	done   chan struct{}
 }
 
-// observe is called by the coordinator each tick for every task, with the
+// Observe is called by the coordinator each tick for every task, with the
 // global checkpoint of a running one (0 when unknown). It follows the
 // task's pause, starts and stops its prober, and judges each resume: held
 // once the global checkpoint passes it, failed if the task pauses again
 // first.
-func (r *recovery) observe(ctx context.Context, t *meta.TaskStatus, global uint64) {
-	key := taskKey(t)
+func (r *Recovery) Observe(ctx context.Context, t *meta.TaskStatus, global uint64) {
+	key := t.IncarnationKey()
 	tr := r.tasks[key]
 	if tr == nil {
 		// A coordinator taking over continues the incident where the last
 		// one left it: the failed resumes count against the same bound.
-		s, err := r.a.cfg.Meta.GetRecoveryState(ctx, t.Info.Name, t.Incarnation)
+		s, err := r.d.Meta.GetRecoveryState(ctx, t.Info.Name, t.Incarnation)
 		if err != nil {
-			r.a.cfg.Logger.Warn("cannot read the recovery state; trying next tick", "task", t.Info.Name, "err", err)
+			r.d.Log.Warn("cannot read the recovery state; trying next tick", "task", t.Info.Name, "err", err)
 			return
 		}
 		tr = &taskRecovery{task: t.Info.Name, inc: t.Incarnation, info: t.Info, state: s}
 		r.tasks[key] = tr
 	}
-	if r.a.cfg.AutoResume.Disabled {
+	if r.d.Config.Disabled {
 		r.stopProber(tr)
 		return
 	}
-	class, e := classifyPause(t)
-	if class != recoverablePause {
+	class, e := ClassifyPause(t)
+	if class != RecoverablePause {
 		r.stopProber(tr)
 	}
 	tr.mu.Lock()
@@ -190,17 +239,17 @@ func (r *recovery) observe(ctx context.Context, t *meta.TaskStatus, global uint6
 
 // step moves the task's state on what the tick saw; it says whether the
 // task wants a prober. tr.mu is held.
-func (r *recovery) step(ctx context.Context, tr *taskRecovery, t *meta.TaskStatus, class pauseClass, e *brpb.StreamBackupError, global uint64) bool {
-	a, s := r.a, tr.state
+func (r *Recovery) step(ctx context.Context, tr *taskRecovery, t *meta.TaskStatus, class PauseClass, e *brpb.StreamBackupError, global uint64) bool {
+	a, s := &r.d, tr.state
 	switch class {
-	case notPaused:
+	case NotPaused:
 		if s == nil {
 			return false
 		}
 		if s.Phase != meta.RecoveryResumed {
 			// Resumed by someone else: a person, or a coordinator before
 			// this one whose state this one has not seen yet.
-			fresh, err := a.cfg.Meta.GetRecoveryState(ctx, tr.task, tr.inc)
+			fresh, err := a.Meta.GetRecoveryState(ctx, tr.task, tr.inc)
 			if err != nil {
 				return false
 			}
@@ -218,25 +267,25 @@ func (r *recovery) step(ctx context.Context, tr *taskRecovery, t *meta.TaskStatu
 		r.endIncident(ctx, tr)
 		return false
 
-	case manualPause:
+	case ManualPause:
 		if s != nil {
 			r.endIncident(ctx, tr) // a person took over
 		}
 		return false
 
-	case fatalPause:
+	case FatalPause:
 		if s == nil {
 			return false
 		}
 		if s.Phase == meta.RecoveryResumed && t.PauseRevision() > s.ResumeRevision {
-			if cp, err := a.flushedCheckpoint(ctx, t); err != nil {
+			if cp, err := checkpoint.Flushed(ctx, a.Meta, t); err != nil {
 				return false // judged next tick
 			} else if held(s, cp) {
 				r.resumeHeld(ctx, tr) // and this is another incident
 				r.endIncident(ctx, tr)
 				return false
 			}
-			a.metrics.AutoResumes.WithLabelValues("failed").Inc()
+			a.Metrics.AutoResumes.WithLabelValues("failed").Inc()
 			a.history(ctx, tr.task, tr.inc, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_FAILED, Actor: lbpb.RecoveryEvent_COORDINATOR,
 				ErrorCode: errCode(e), Attempt: uint32(s.ResumesAttempted),
 				Message: "the resumed task paused again with an error that is not recovered automatically; a person decides"})
@@ -244,12 +293,12 @@ func (r *recovery) step(ctx context.Context, tr *taskRecovery, t *meta.TaskStatu
 		r.endIncident(ctx, tr)
 		return false
 
-	case gaveUpPause:
+	case GaveUpPause:
 		if s == nil || s.Phase != meta.RecoveryGaveUp {
 			if s == nil {
 				s = &meta.RecoveryState{ErrorCode: e.ErrorCode, Dependencies: recoverable[errs.Code(e.ErrorCode)],
-					ProbeIntervalMs: a.cfg.AutoResume.probeInterval().Milliseconds(), PausedAt: t.Pause.V2.OperationTime,
-					MaxFailedResumes: a.cfg.AutoResume.MaxAttempts}
+					ProbeIntervalMs: a.Config.probeInterval().Milliseconds(), PausedAt: t.Pause.V2.OperationTime,
+					MaxFailedResumes: a.Config.MaxAttempts}
 				tr.state = s
 			}
 			s.Phase = meta.RecoveryGaveUp
@@ -263,16 +312,16 @@ func (r *recovery) step(ctx context.Context, tr *taskRecovery, t *meta.TaskStatu
 	switch {
 	case s == nil:
 		tr.state = &meta.RecoveryState{Phase: meta.RecoveryProbing, ErrorCode: e.ErrorCode, Dependencies: deps,
-			ProbeIntervalMs: a.cfg.AutoResume.probeInterval().Milliseconds(), PausedAt: t.Pause.V2.OperationTime,
-			MaxFailedResumes: a.cfg.AutoResume.MaxAttempts}
-		a.cfg.Logger.Warn("task paused by a recoverable error; probing until it clears", "task", tr.task, "code", e.ErrorCode,
-			"probe", strings.Join(deps, "+"), "every", a.cfg.AutoResume.probeInterval())
+			ProbeIntervalMs: a.Config.probeInterval().Milliseconds(), PausedAt: t.Pause.V2.OperationTime,
+			MaxFailedResumes: a.Config.MaxAttempts}
+		a.Log.Warn("task paused by a recoverable error; probing until it clears", "task", tr.task, "code", e.ErrorCode,
+			"probe", strings.Join(deps, "+"), "every", a.Config.probeInterval())
 		r.publish(ctx, tr)
 	case s.Phase == meta.RecoveryResumed:
 		if t.PauseRevision() <= s.ResumeRevision {
 			return false // read before the resume
 		}
-		cp, err := a.flushedCheckpoint(ctx, t)
+		cp, err := checkpoint.Flushed(ctx, a.Meta, t)
 		if err != nil {
 			return false // judged next tick
 		}
@@ -290,19 +339,19 @@ func (r *recovery) step(ctx context.Context, tr *taskRecovery, t *meta.TaskStatu
 		// resume, although the probe was healthy: a flapping or partial
 		// fault. Bounded, with backoff.
 		s.FailedResumes++
-		a.metrics.AutoResumes.WithLabelValues("failed").Inc()
+		a.Metrics.AutoResumes.WithLabelValues("failed").Inc()
 		if s.FailedResumes >= s.MaxFailedResumes {
 			r.giveUp(ctx, tr, t, e)
 			return false
 		}
-		wait := backoffFor(a.cfg.AutoResume.Backoff, s.FailedResumes-1)
+		wait := backoffFor(a.Config.Backoff, s.FailedResumes-1)
 		s.Phase, s.ErrorCode, s.Dependencies = meta.RecoveryProbing, e.ErrorCode, deps
 		s.PausedAt, s.Probes, s.NextResumeAt = t.Pause.V2.OperationTime, 0, time.Now().Add(wait)
 		a.history(ctx, tr.task, tr.inc, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_FAILED, Actor: lbpb.RecoveryEvent_COORDINATOR,
 			ErrorCode: e.ErrorCode, Attempt: uint32(s.ResumesAttempted),
 			Message: fmt.Sprintf("the resumed task paused again before its checkpoint passed the resume (%d of %d failed resumes); next resume after a healthy probe, not before %s",
 				s.FailedResumes, s.MaxFailedResumes, wait.Round(time.Millisecond))})
-		a.cfg.Logger.Warn("automatic resume did not hold", "task", tr.task, "code", e.ErrorCode, "failed", s.FailedResumes, "bound", s.MaxFailedResumes)
+		a.Log.Warn("automatic resume did not hold", "task", tr.task, "code", e.ErrorCode, "failed", s.FailedResumes, "bound", s.MaxFailedResumes)
 		r.publish(ctx, tr)
 	case s.Phase == meta.RecoveryGaveUp:
 		// The pause does not say so yet (the replacement raced a write):
@@ -318,44 +367,44 @@ func (r *recovery) step(ctx context.Context, tr *taskRecovery, t *meta.TaskStatu
 
 // giveUp ends automatic recovery of the incident: the task stays in ERROR
 // with a LastError and pause payload that say so. tr.mu is held.
-func (r *recovery) giveUp(ctx context.Context, tr *taskRecovery, t *meta.TaskStatus, e *brpb.StreamBackupError) {
+func (r *Recovery) giveUp(ctx context.Context, tr *taskRecovery, t *meta.TaskStatus, e *brpb.StreamBackupError) {
 	s := tr.state
 	s.Phase = meta.RecoveryGaveUp
 	r.publish(ctx, tr)
-	r.a.metrics.AutoResumes.WithLabelValues("gave_up").Inc()
-	r.a.history(ctx, tr.task, tr.inc, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_FAILED, Actor: lbpb.RecoveryEvent_COORDINATOR,
+	r.d.Metrics.AutoResumes.WithLabelValues("gave_up").Inc()
+	r.d.history(ctx, tr.task, tr.inc, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_FAILED, Actor: lbpb.RecoveryEvent_COORDINATOR,
 		ErrorCode: e.ErrorCode, Attempt: uint32(s.ResumesAttempted),
 		Message: fmt.Sprintf("%s: %d resumes after a healthy probe did not hold (the bound); a person decides", gaveUpMarker, s.FailedResumes)})
-	r.a.cfg.Logger.Error("automatic recovery gave up; the task stays paused", "task", tr.task, "code", e.ErrorCode, "failed_resumes", s.FailedResumes)
+	r.d.Log.Error("automatic recovery gave up; the task stays paused", "task", tr.task, "code", e.ErrorCode, "failed_resumes", s.FailedResumes)
 	r.markGaveUp(ctx, tr, t, e)
 }
 
 // markGaveUp rewrites the pause payload and writes a LastError saying that
 // automatic recovery gave up, conditional on the pause read.
-func (r *recovery) markGaveUp(ctx context.Context, tr *taskRecovery, t *meta.TaskStatus, e *brpb.StreamBackupError) {
+func (r *Recovery) markGaveUp(ctx context.Context, tr *taskRecovery, t *meta.TaskStatus, e *brpb.StreamBackupError) {
 	s := tr.state
 	deps := strings.Join(s.Dependencies, "+")
 	msg := fmt.Sprintf("[store = %d] %s: %d automatic resumes failed again after a healthy %s probe (the bound is %d), so the fault is partial or flapping; "+
 		"action: find why the task fails while %s answers, fix it, then `br stream resume --task-name %s --clear-error`; the last error: %s",
-		r.a.cfg.StoreID, gaveUpMarker, s.FailedResumes, deps, s.MaxFailedResumes, deps, tr.task, e.ErrorMessage)
-	le := &brpb.StreamBackupError{HappenAt: uint64(time.Now().UnixMilli()), ErrorCode: e.ErrorCode, ErrorMessage: msg, StoreId: r.a.cfg.StoreID}
+		r.d.StoreID, gaveUpMarker, s.FailedResumes, deps, s.MaxFailedResumes, deps, tr.task, e.ErrorMessage)
+	le := &brpb.StreamBackupError{HappenAt: uint64(time.Now().UnixMilli()), ErrorCode: e.ErrorCode, ErrorMessage: msg, StoreId: r.d.StoreID}
 	host, _ := os.Hostname()
 	p := meta.NewErrorPause(host, os.Getpid(), time.Now(), le)
-	p.RecoveryGaveUp = true // what classifyPause reads; the message's marker is for people
+	p.RecoveryGaveUp = true // what ClassifyPause reads; the message's marker is for people
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	err := r.a.cfg.Meta.Incarnation(tr.task, tr.inc).ReplaceErrorPause(wctx, tr.task, t.PauseRevision(), p, le)
+	err := r.d.Meta.Incarnation(tr.task, tr.inc).ReplaceErrorPause(wctx, tr.task, t.PauseRevision(), p, le)
 	if err != nil && !errors.Is(err, meta.ErrStaleIncarnation) {
-		r.a.cfg.Logger.Warn("cannot mark the pause as given up; trying next tick", "task", tr.task, "err", err)
+		r.d.Log.Warn("cannot mark the pause as given up; trying next tick", "task", tr.task, "err", err)
 	}
 }
 
 // endIncident forgets the incident and its published state. tr.mu is held.
-func (r *recovery) endIncident(ctx context.Context, tr *taskRecovery) {
+func (r *Recovery) endIncident(ctx context.Context, tr *taskRecovery) {
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := r.a.cfg.Meta.Incarnation(tr.task, tr.inc).DeleteRecoveryState(dctx, tr.task, tr.inc); err != nil && !errors.Is(err, meta.ErrStaleIncarnation) {
-		r.a.cfg.Logger.Warn("cannot delete the recovery state; trying next tick", "task", tr.task, "err", err)
+	if err := r.d.Meta.Incarnation(tr.task, tr.inc).DeleteRecoveryState(dctx, tr.task, tr.inc); err != nil && !errors.Is(err, meta.ErrStaleIncarnation) {
+		r.d.Log.Warn("cannot delete the recovery state; trying next tick", "task", tr.task, "err", err)
 		return // kept, so the next tick ends it again
 	}
 	tr.state = nil
@@ -363,20 +412,20 @@ func (r *recovery) endIncident(ctx context.Context, tr *taskRecovery) {
 
 // publish writes the state where `br stream status` reads it; best effort
 // (a lost update is overwritten by the next probe). tr.mu is held.
-func (r *recovery) publish(ctx context.Context, tr *taskRecovery) {
+func (r *Recovery) publish(ctx context.Context, tr *taskRecovery) {
 	s := tr.state
-	s.CoordinatorStore, s.UpdatedAt = r.a.cfg.StoreID, time.Now()
+	s.CoordinatorStore, s.UpdatedAt = r.d.StoreID, time.Now()
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if err := r.a.cfg.Meta.Incarnation(tr.task, tr.inc).PutRecoveryState(pctx, tr.task, tr.inc, s); err != nil && !errors.Is(err, meta.ErrStaleIncarnation) {
-		r.a.cfg.Logger.Debug("cannot publish the recovery state", "task", tr.task, "err", err)
+	if err := r.d.Meta.Incarnation(tr.task, tr.inc).PutRecoveryState(pctx, tr.task, tr.inc, s); err != nil && !errors.Is(err, meta.ErrStaleIncarnation) {
+		r.d.Log.Debug("cannot publish the recovery state", "task", tr.task, "err", err)
 	}
 }
 
-// forgetExcept stops the probers of tasks no longer live (nil: all, the
+// ForgetExcept stops the probers of tasks no longer live (nil: all, the
 // coordinator lost its election). Their published state stays for the
 // next coordinator, or is cleaned with the incarnation.
-func (r *recovery) forgetExcept(live map[string]bool) {
+func (r *Recovery) ForgetExcept(live map[string]bool) {
 	for k, tr := range r.tasks {
 		if !live[k] {
 			r.stopProber(tr)
@@ -385,36 +434,19 @@ func (r *recovery) forgetExcept(live map[string]bool) {
 	}
 }
 
-// flushedCheckpoint is what the stores have made durable over the whole
-// task, read from their span checkpoints now — central_global lags by up
-// to a tick, and a task paused again soon after a resume that held must
-// not be counted as a failed resume for want of a tick in between.
-func (a *Agent) flushedCheckpoint(ctx context.Context, t *meta.TaskStatus) (uint64, error) {
-	ranges, err := a.cfg.Meta.Ranges(ctx, t.Info.Name)
-	if err != nil {
-		return 0, err
-	}
-	covered := checkpoint.Spans(ranges)
-	known, err := checkpoint.Known(ctx, a.cfg.Meta, t.Info.Name, t.Incarnation, covered, t.Info.StartTs)
-	if err != nil {
-		return 0, err
-	}
-	return checkpoint.Global(known, covered), nil
-}
-
 // held reports whether checkpoint ts passed the last resume.
 func held(s *meta.RecoveryState, ts uint64) bool {
 	return ts > 0 && !oracle.GetTimeFromTS(ts).Before(s.LastResumeAt)
 }
 
 // resumeHeld records that the last resume held. tr.mu is held.
-func (r *recovery) resumeHeld(ctx context.Context, tr *taskRecovery) {
+func (r *Recovery) resumeHeld(ctx context.Context, tr *taskRecovery) {
 	s := tr.state
-	r.a.metrics.AutoResumes.WithLabelValues("held").Inc()
-	r.a.history(ctx, tr.task, tr.inc, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_SUCCEEDED, Actor: lbpb.RecoveryEvent_COORDINATOR,
+	r.d.Metrics.AutoResumes.WithLabelValues("held").Inc()
+	r.d.history(ctx, tr.task, tr.inc, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_AUTO_RESUME_SUCCEEDED, Actor: lbpb.RecoveryEvent_COORDINATOR,
 		ErrorCode: s.ErrorCode, Attempt: uint32(s.ResumesAttempted),
 		Message: fmt.Sprintf("the resume held: the checkpoint passed it (seen %s after it)", time.Since(s.LastResumeAt).Round(time.Second))})
-	r.a.cfg.Logger.Info("automatic resume held", "task", tr.task, "attempt", s.ResumesAttempted)
+	r.d.Log.Info("automatic resume held", "task", tr.task, "attempt", s.ResumesAttempted)
 }
 
 func errCode(e *brpb.StreamBackupError) string {
@@ -432,13 +464,21 @@ func backoffFor(base time.Duration, attempts int) time.Duration {
 	return min(d, 30*time.Minute)
 }
 
-// history records a recovery event; losing one is logged, never fatal.
-func (a *Agent) history(ctx context.Context, task string, inc int64, ev *lbpb.RecoveryEvent) {
+// history records a recovery event of this agent.
+func (d *Deps) history(ctx context.Context, task string, inc int64, ev *lbpb.RecoveryEvent) {
+	RecordEvent(ctx, d.Meta, d.StoreID, d.Log, task, inc, ev)
+}
+
+// RecordEvent appends ev to the task incarnation's recovery history,
+// filling in when, which store (store) and which process; losing one is
+// logged, never fatal. The fatal path and the coordinator record theirs
+// through it too.
+func RecordEvent(ctx context.Context, m *meta.Client, store uint64, log *slog.Logger, task string, inc int64, ev *lbpb.RecoveryEvent) {
 	if ev.HappenAtUnixMs == 0 {
 		ev.HappenAtUnixMs = time.Now().UnixMilli()
 	}
 	if ev.StoreId == 0 {
-		ev.StoreId = a.cfg.StoreID
+		ev.StoreId = store
 	}
 	if ev.OperatorHost == "" {
 		ev.OperatorHost, _ = os.Hostname()
@@ -446,7 +486,7 @@ func (a *Agent) history(ctx context.Context, task string, inc int64, ev *lbpb.Re
 	}
 	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := a.cfg.Meta.Incarnation(task, inc).AppendHistory(hctx, task, inc, ev); err != nil {
-		a.cfg.Logger.Warn("cannot record recovery history", "task", task, "err", storage.Redact(err.Error()))
+	if err := m.Incarnation(task, inc).AppendHistory(hctx, task, inc, ev); err != nil {
+		log.Warn("cannot record recovery history", "task", task, "err", storage.Redact(err.Error()))
 	}
 }

@@ -1,4 +1,4 @@
-package streamagent
+package recovery
 
 import (
 	"os"
@@ -17,7 +17,7 @@ import (
 // streamagent/errs) lists exactly the codes recovered automatically, each
 // with what is probed for it.
 func TestRecoverableCodesDocumented(t *testing.T) {
-	doc, err := os.ReadFile("../docs/ERRORS.md")
+	doc, err := os.ReadFile("../../docs/ERRORS.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,29 +84,29 @@ func TestClassifyPause(t *testing.T) {
 		name   string
 		paused bool
 		p      *meta.PauseV2
-		want   pauseClass
+		want   PauseClass
 	}{
-		{"running", false, nil, notPaused},
-		{"legacy empty pause", true, nil, manualPause},
-		{"a person's pause", true, meta.NewManualPause("h", 1, at, "maintenance"), manualPause},
-		{"a person's pause naming a recoverable code", true, meta.NewManualPause("h", 1, at, string(errs.CodeStorageUnavailable)), manualPause},
-		{"error pause with a text payload", true, &meta.PauseV2{Severity: meta.SeverityError, PayloadType: meta.PayloadText, Payload: []byte("KV:LogBackup:StorageUnavailable")}, fatalPause},
-		{"error pause with a corrupt payload", true, &meta.PauseV2{Severity: meta.SeverityError, PayloadType: meta.PayloadError, Payload: []byte{0xff}}, fatalPause},
-		{"fatal code", true, errPause(errs.CodeEncryption, "storage unavailable", false), fatalPause},
-		{"fatal code, gave-up marker in the text", true, errPause(errs.CodeStorageAccessDenied, marker, false), fatalPause},
-		{"TiKV's Io", true, errPause(errs.CodeIo, "io error: network unreachable", false), fatalPause},
-		{"TiDB's lag pause", true, errPause(errs.CodeCheckpointLag, "the lag is too huge", false), fatalPause},
-		{"an unknown code", true, errPause("KV:LogBackup:SomethingNew", "storage unavailable", false), fatalPause},
-		{"recoverable code, gave-up marker in the text only", true, errPause(errs.CodeStorageUnavailable, marker, false), recoverablePause},
-		{"recoverable code, gave up", true, errPause(errs.CodeStorageUnavailable, "", true), gaveUpPause},
+		{"running", false, nil, NotPaused},
+		{"legacy empty pause", true, nil, ManualPause},
+		{"a person's pause", true, meta.NewManualPause("h", 1, at, "maintenance"), ManualPause},
+		{"a person's pause naming a recoverable code", true, meta.NewManualPause("h", 1, at, string(errs.CodeStorageUnavailable)), ManualPause},
+		{"error pause with a text payload", true, &meta.PauseV2{Severity: meta.SeverityError, PayloadType: meta.PayloadText, Payload: []byte("KV:LogBackup:StorageUnavailable")}, FatalPause},
+		{"error pause with a corrupt payload", true, &meta.PauseV2{Severity: meta.SeverityError, PayloadType: meta.PayloadError, Payload: []byte{0xff}}, FatalPause},
+		{"fatal code", true, errPause(errs.CodeEncryption, "storage unavailable", false), FatalPause},
+		{"fatal code, gave-up marker in the text", true, errPause(errs.CodeStorageAccessDenied, marker, false), FatalPause},
+		{"TiKV's Io", true, errPause(errs.CodeIo, "io error: network unreachable", false), FatalPause},
+		{"TiDB's lag pause", true, errPause(errs.CodeCheckpointLag, "the lag is too huge", false), FatalPause},
+		{"an unknown code", true, errPause("KV:LogBackup:SomethingNew", "storage unavailable", false), FatalPause},
+		{"recoverable code, gave-up marker in the text only", true, errPause(errs.CodeStorageUnavailable, marker, false), RecoverablePause},
+		{"recoverable code, gave up", true, errPause(errs.CodeStorageUnavailable, "", true), GaveUpPause},
 	}
 	for code := range recoverable {
 		cases = append(cases, struct {
 			name   string
 			paused bool
 			p      *meta.PauseV2
-			want   pauseClass
-		}{"recoverable " + string(code), true, errPause(code, "", false), recoverablePause})
+			want   PauseClass
+		}{"recoverable " + string(code), true, errPause(code, "", false), RecoverablePause})
 	}
 	for _, c := range cases {
 		// Through the codec, as the coordinator reads it from etcd.
@@ -121,11 +121,11 @@ func TestClassifyPause(t *testing.T) {
 			}
 		}
 		st := &meta.TaskStatus{Info: &brpb.StreamBackupTaskInfo{Name: "x"}, Pause: meta.PauseStatus{Paused: c.paused, V2: p}}
-		got, e := classifyPause(st)
+		got, e := ClassifyPause(st)
 		if got != c.want {
 			t.Errorf("%s: class %d, want %d", c.name, got, c.want)
 		}
-		if (got == recoverablePause || got == gaveUpPause) && e == nil {
+		if (got == RecoverablePause || got == GaveUpPause) && e == nil {
 			t.Errorf("%s: no error payload returned", c.name)
 		}
 	}
