@@ -33,7 +33,22 @@ func (c Codec) Name() string { return proto.Name }
 
 func (c Codec) Marshal(v any) (mem.BufferSlice, error) { return c.fallback.Marshal(v) }
 
+// Received is a ChangeDataEvent with the bytes it took on the wire, for a
+// receiver that calls RecvMsg(&Received{}) instead of Recv: the intake
+// window is charged the wire length, which the codec knows for free,
+// where ChangeDataEvent.Size() walked every row again (5–7% of the
+// agent's CPU on the live path, issue 19).
+type Received struct {
+	Event   *cdcpb.ChangeDataEvent
+	WireLen int
+}
+
 func (c Codec) Unmarshal(data mem.BufferSlice, v any) error {
+	if r, ok := v.(*Received); ok {
+		r.WireLen = data.Len()
+		r.Event = new(cdcpb.ChangeDataEvent)
+		v = r.Event
+	}
 	ev, ok := v.(*cdcpb.ChangeDataEvent)
 	if !ok {
 		return c.fallback.Unmarshal(data, v)

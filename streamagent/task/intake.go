@@ -107,11 +107,16 @@ func (t *Runner) ensureStream(ctx context.Context) (*feedStream, error) {
 	events, intake := t.events, t.intake
 	t.receivers.Go(func() error {
 		for {
-			ev, err := stream.Recv()
+			var msg feedcodec.Received
+			err := stream.RecvMsg(&msg)
+			ev := msg.Event
+			if err != nil {
+				ev = nil // as Recv: no event with an error
+			}
 			var held int64
 			if ev != nil {
 				// A message larger than the window takes all of it.
-				held = min(int64(ev.Size()), intakeWindow)
+				held = min(int64(msg.WireLen), intakeWindow)
 				if aerr := intake.Acquire(sctx, held); aerr != nil {
 					return nil
 				}
