@@ -27,8 +27,21 @@ var crcTables = sync.OnceValue(func() *[8][256]uint64 {
 })
 
 // crcUpdate continues a CRC-64/XZ: crcUpdate(crcUpdate(0, a), b) is the
-// checksum of a‖b, as with hash/crc64.Update.
+// checksum of a‖b, as with hash/crc64.Update. Inputs of crcCLMULMin bytes
+// or more go through carry-less multiplication where the CPU has it
+// (crc_amd64.s), 16 bytes at a time; the rest of them (under 16 bytes),
+// short inputs such as keys, and other CPUs use the tables.
 func crcUpdate(crc uint64, t *[8][256]uint64, p []byte) uint64 {
+	if haveCLMUL && len(p) >= crcCLMULMin {
+		n := len(p) &^ 15
+		crc = crcCLMUL(crc, p[:n])
+		p = p[n:]
+	}
+	return crcUpdateTable(crc, t, p)
+}
+
+// crcUpdateTable is crcUpdate with slicing-by-8 alone.
+func crcUpdateTable(crc uint64, t *[8][256]uint64, p []byte) uint64 {
 	crc = ^crc
 	for len(p) >= 8 {
 		crc ^= binary.LittleEndian.Uint64(p)
