@@ -23,7 +23,7 @@ import (
 	"logbackup/streamagent/retry"
 )
 
-// The fatal path (fatal.go, budget.go, agent.go's install/report) on a
+// The fatal path (fatal.go, retry/budget.go, runners.go's install/report) on a
 // real embedded etcd (etcdagent_test.go): what a fatal error leaves in
 // etcd, in PD and in the metrics, and what it does when etcd itself fails.
 
