@@ -50,13 +50,14 @@ var roles = []struct{ name, frame string }{
 
 // stages refine "agent" by the first of them found anywhere in the stack.
 var stages = []struct{ name, frame string }{
-	{"agent: receive (EventFeed stream, decode)", "logbackup/streamagent.(*taskRunner).ensureStream.func"},
-	{"agent: flush (build files, compress, upload, checkpoints)", "logbackup/streamagent.(*flusher)"},
+	{"agent: receive (EventFeed stream, decode)", "logbackup/streamagent/task.(*Runner).ensureStream.func"},
+	{"agent: receive (EventFeed stream, decode)", "logbackup/streamagent/feedcodec."},
+	{"agent: flush (build files, compress, upload, checkpoints)", "logbackup/streamagent/task.(*flusher)"},
 	{"agent: flush (build files, compress, upload, checkpoints)", "logbackup/streamagent/logfile.(*Builder).compressAll"},
 	{"agent: flush (build files, compress, upload, checkpoints)", "logbackup/storage."},
 	{"agent: flush (build files, compress, upload, checkpoints)", "gocloud.dev/"},
 	{"agent: flush (build files, compress, upload, checkpoints)", "github.com/aws/aws-sdk-go-v2/feature/s3/manager"},
-	{"agent: task loop (placement, match, buffer, spill, freeze)", "logbackup/streamagent.(*taskRunner)"},
+	{"agent: task loop (placement, match, buffer, spill, freeze)", "logbackup/streamagent/task.(*Runner)"},
 }
 
 // works are what an agent sample is doing, matched from the innermost

@@ -13,16 +13,16 @@ Duration: 1s, Total samples = 100ms (10%)
 -----------+-------------------------------------------------------
       30ms   github.com/klauspost/compress/zstd.(*Encoder).Write
              logbackup/streamagent/logfile.(*Builder).Finish
-             logbackup/streamagent.(*flusher).attempt
-             logbackup/streamagent.(*taskRunner).run.func1
+             logbackup/streamagent/task.(*flusher).attempt
+             logbackup/streamagent/task.(*Runner).Run.func1
 -----------+-------------------------------------------------------
      1.2s   runtime.memmove
              logbackup/tests/simcluster.(*BulkWriter).Write
 -----------+-------------------------------------------------------
       20ms   runtime.mallocgc
              logbackup/streamagent/matcher.(*Matcher).Add
-             logbackup/streamagent.(*taskRunner).handle
-             logbackup/streamagent.(*taskRunner).run
+             logbackup/streamagent/task.(*Runner).handle
+             logbackup/streamagent/task.(*Runner).Run
              logbackup/streamagent.(*Agent).startTask.func1
 -----------+-------------------------------------------------------
       10ms   runtime.scanobject
