@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"logbackup/streamagent"
+	"logbackup/streamagent/checkpoint"
 	"logbackup/tests/eventually"
 	"logbackup/tests/s3test"
 	"logbackup/tests/simcluster"
@@ -145,6 +146,10 @@ func TestLagAlertsFireWhileFlushesFail(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	_, stop := h.agent(1, reg, func(cfg *streamagent.Config) {
 		cfg.RetryBudget = streamagent.RetryBudget{Attempts: 1 << 20, Duration: time.Hour}
+		// A coordinator tick ten flushes long: a flush that finished just
+		// before the fault is published after it every time, not only
+		// when a loaded machine delays a tick (as it did in CI).
+		cfg.CoordinatorInterval = time.Second
 	})
 	defer stop()
 	if _, err := h.c.Put(ctx, []byte("t1"), []byte("v")); err != nil {
@@ -161,8 +166,26 @@ func TestLagAlertsFireWhileFlushesFail(t *testing.T) {
 	s3.SetFault(s3test.Fault{Status: 503, Remaining: -1, Match: func(r *http.Request) bool { return r.Method == http.MethodPut }})
 	// A flush meets the fault: from here on flushes fail.
 	eventually.True(t, 20*time.Second, func() bool { return s3.Faults() > 0 }, "a flush to meet the storage fault")
+	// Flushes run one at a time, so the flush that met the fault is the
+	// first to fail and what the stores made durable is final now; the
+	// coordinator publishes it on its next tick, which can come after the
+	// fault (a flush that finished just before it). Wait for that, not for
+	// time: the checkpoint exported from here on must not move.
+	var ckpt0 float64
+	eventually.True(t, 20*time.Second, func() bool {
+		ts, err := h.m.GetTask(ctx, "pitr")
+		if err != nil {
+			return false
+		}
+		flushed, err := checkpoint.Flushed(ctx, h.m, ts)
+		if err != nil {
+			return false
+		}
+		v, ok := scrape(t, reg, "tidb_log_backup_last_checkpoint", "task=pitr")
+		ckpt0 = v
+		return ok && v == float64(flushed)
+	}, "the coordinator to publish what the stores flushed before the fault")
 	lag0, ok := scrape(t, reg, "logbackup_agent_checkpoint_lag_seconds", "task=pitr")
-	ckpt0, _ := scrape(t, reg, "tidb_log_backup_last_checkpoint", "task=pitr")
 	if !ok {
 		t.Fatal("no lag exported")
 	}
