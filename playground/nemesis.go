@@ -577,14 +577,19 @@ func (n *nemesis) permissionLoss(ctx context.Context, rng *rand.Rand) {
 	n.s3.ClearFault()
 	n.orc.closeEpoch(e)
 	// The operator's part: resume only what this fault paused.
-	rctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	rctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	// The agent writes its LastError before the pause, and the pause can
-	// wait for etcd or PD (other faults): give it a minute to appear
-	// rather than leave a task paused by this fault behind.
+	// The agent writes its LastError before the pause, and both wait for
+	// etcd and PD, which other faults can hold down for more than a
+	// minute (a PD restart under -race took 80 s): give the pause a minute
+	// of undisturbed time to appear rather than leave a task paused by
+	// this fault behind, with no one to resume it.
 	pauseBy := time.Now().Add(time.Minute)
 	for rctx.Err() == nil {
 		got, paused := n.pausedByError(rctx)
+		if now := time.Now(); !paused && n.disturbedAny(now, now) {
+			pauseBy = now.Add(time.Minute)
+		}
 		if !paused && time.Now().Before(pauseBy) {
 			sleepUntil(rctx, 200*time.Millisecond)
 			continue
