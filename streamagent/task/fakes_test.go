@@ -342,7 +342,7 @@ func (s *testStorage) set(gate chan struct{}, fail error) {
 // harness runs one task's loop on fakes, with one subscription (region
 // 10, the whole task range) registered as if placement had made it.
 type harness struct {
-	t           *testing.T
+	t           testing.TB
 	clk         *fakeClock
 	meta        *fakeMeta
 	pd          *fakePD
@@ -358,7 +358,7 @@ type harness struct {
 
 const testStore = 7
 
-func newHarness(t *testing.T, settings func(*Settings)) *harness {
+func newHarness(t testing.TB, settings func(*Settings)) *harness {
 	t.Helper()
 	ctx := context.Background()
 	mem, err := storage.OpenURL(ctx, "mem://")
@@ -388,6 +388,7 @@ func newHarness(t *testing.T, settings func(*Settings)) *harness {
 	region := &metapb.Region{Id: 10, StartKey: covered[0].Start, EndKey: covered[0].End, RegionEpoch: &metapb.RegionEpoch{Version: 3, ConfVer: 1}}
 	sub := &subscription{reqID: 1, region: region, pieces: covered, m: matcher.New(h.startTS), stream: h.fs}
 	h.r.subs[1], h.r.byRegion[10] = sub, sub
+	h.r.scanning = 1 // its initial scan has not begun
 	h.r.pending = nil
 	return h
 }

@@ -187,6 +187,7 @@ func (t *Runner) handle(e streamEvent) {
 		case *cdcpb.Event_Entries_:
 			t.env.Metrics.m.TiKV.HandleKVBatch.Observe(float64(len(x.Entries.Entries)))
 			matched = append(matched, sub.m)
+			scanned := sub.m.Initialized()
 			err := sub.m.Rows(x.Entries.Entries, func(row *cdcpb.Event_Row) {
 				if !sub.contains(row.Key) {
 					return // between two task ranges in one region
@@ -197,6 +198,9 @@ func (t *Runner) handle(e streamEvent) {
 				t.env.Metrics.m.BytesIn.Add(float64(len(row.Key) + len(row.Value)))
 				t.progress.received(len(row.Key) + len(row.Value))
 			})
+			if !scanned && sub.m.Initialized() {
+				t.scanning--
+			}
 			if err != nil {
 				t.log.Warn("region stream broke its promises; rescanning", "region", sub.region.Id, "err", err)
 				t.deregister(sub)

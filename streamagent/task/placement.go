@@ -151,6 +151,7 @@ func (t *Runner) subscribe(ctx context.Context, region *metapb.Region, pieces []
 	sub := &subscription{reqID: t.nextReq, region: region, pieces: pieces, m: matcher.New(cp), stream: st}
 	t.subs[sub.reqID] = sub
 	t.byRegion[region.Id] = sub
+	t.scanning++ // a new matcher's scan has not begun
 	t.env.Metrics.m.InitialScan(t.scanReason)
 	hull := spans.Span{Start: pieces[0].Start, End: pieces[len(pieces)-1].End}
 	err = st.stream.Send(&cdcpb.ChangeDataRequest{
@@ -178,6 +179,12 @@ func (t *Runner) drop(sub *subscription, reason string) {
 
 // unsubscribe forgets a subscription.
 func (t *Runner) unsubscribe(sub *subscription) {
+	if t.subs[sub.reqID] != sub {
+		return // forgotten already
+	}
+	if !sub.m.Initialized() {
+		t.scanning--
+	}
 	delete(t.subs, sub.reqID)
 	if t.byRegion[sub.region.Id] == sub {
 		delete(t.byRegion, sub.region.Id)

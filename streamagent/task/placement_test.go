@@ -172,6 +172,43 @@ func TestSplitReplacesPieces(t *testing.T) {
 	}
 }
 
+// TestScanningCount: the count of subscriptions still in their initial
+// scan, which the stats publish every 50 ms without walking them, follows
+// every change: a scan ending, a region dropped mid-scan or after it, a
+// split placing new regions, the task stopping.
+func TestScanningCount(t *testing.T) {
+	h, _ := newPlacementHarness(t)
+	check := func(when string, want int) {
+		t.Helper()
+		recount := 0
+		for _, sub := range h.r.subs {
+			if !sub.m.Initialized() {
+				recount++
+			}
+		}
+		h.r.publishStats()
+		if h.r.scanning != recount || recount != want || h.r.stats.Scanning.Load() != int64(want) {
+			t.Fatalf("%s: counted %d, %d by walking the subscriptions, %d published; want %d", when, h.r.scanning, recount, h.r.stats.Scanning.Load(), want)
+		}
+	}
+	check("subscribed", 1)
+	h.r.handle(streamEvent{stream: h.fs, ev: &cdcpb.ChangeDataEvent{Events: []*cdcpb.Event{{RegionId: 10, RequestId: 1,
+		Event: &cdcpb.Event_Entries_{Entries: &cdcpb.Event_Entries{Entries: []*cdcpb.Event_Row{{Type: cdcpb.Event_INITIALIZED}}}}}}}})
+	check("scan over", 0)
+	whole := h.r.subs[1].pieces[0]
+	h.regionError(&cdcpb.Error{EpochNotMatch: &errorpb.EpochNotMatch{}})
+	check("dropped after its scan", 0)
+	mid := ek("m")
+	h.pd.setRegions(region(10, whole.Start, mid, 4, testStore), region(11, mid, whole.End, 4, testStore))
+	h.r.placePending(context.Background())
+	check("split placed", 2)
+	sub := h.r.byRegion[11]
+	h.r.drop(sub, "test")
+	check("dropped mid-scan", 1)
+	h.r.unsubscribe(sub) // twice: counted once
+	check("forgotten again", 1)
+}
+
 func sameSpans(a, b []spans.Span) bool {
 	if len(a) != len(b) {
 		return false

@@ -35,12 +35,7 @@ func (p *progress) received(bytes int) {
 // the publisher; the previous one, if still unsent, is replaced.
 func (t *Runner) report(now time.Time) {
 	p := &t.progress
-	scanning := int64(0)
-	for _, sub := range t.subs {
-		if !sub.m.Initialized() {
-			scanning++
-		}
-	}
+	scanning := int64(t.scanning)
 	state := meta.StateHealthy
 	switch {
 	case t.budget.Failures > 0:
