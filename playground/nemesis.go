@@ -517,6 +517,28 @@ func (n *nemesis) pausedByError(ctx context.Context) (string, bool) {
 	return "", true
 }
 
+// pausedWithLastError reports whether the task is paused, by anyone, while
+// an agent's LastError carries code: the nemesis's own operator pause can
+// land between an agent's error report and the agent's pause (seen with
+// seed 20261201), and then only the LastError says this fault needs a
+// resume --clear-error.
+func (n *nemesis) pausedWithLastError(ctx context.Context, code string) bool {
+	st, err := n.m.GetTask(ctx, taskName)
+	if err != nil || !st.Pause.Paused {
+		return false
+	}
+	les, err := n.m.LastErrors(ctx, taskName)
+	if err != nil {
+		return false
+	}
+	for _, le := range les {
+		if le.GetErrorCode() == code {
+			return true
+		}
+	}
+	return false
+}
+
 // storageOutage fails every storage request until the agents' retry budget
 // is spent and the task is paused by a recoverable error; then the storage
 // comes back and the coordinator must resume the task by itself.
@@ -587,6 +609,9 @@ func (n *nemesis) permissionLoss(ctx context.Context, rng *rand.Rand) {
 	pauseBy := time.Now().Add(time.Minute)
 	for rctx.Err() == nil {
 		got, paused := n.pausedByError(rctx)
+		if !paused && n.pausedWithLastError(rctx, code) {
+			got, paused = code, true
+		}
 		if now := time.Now(); !paused && n.disturbedAny(now, now) {
 			pauseBy = now.Add(time.Minute)
 		}
