@@ -387,9 +387,9 @@ func newHarness(t testing.TB, settings func(*Settings)) *harness {
 	h.fs = &feedStream{}
 	region := &metapb.Region{Id: 10, StartKey: covered[0].Start, EndKey: covered[0].End, RegionEpoch: &metapb.RegionEpoch{Version: 3, ConfVer: 1}}
 	sub := &subscription{reqID: 1, region: region, pieces: covered, m: matcher.New(h.startTS), stream: h.fs}
-	h.r.subs[1], h.r.byRegion[10] = sub, sub
-	h.r.scanning = 1 // its initial scan has not begun
-	h.r.pending = nil
+	h.r.regions.subs[1], h.r.regions.byRegion[10] = sub, sub
+	h.r.regions.scanning = 1 // its initial scan has not begun
+	h.r.regions.pending = nil
 	return h
 }
 
@@ -453,14 +453,16 @@ func (h *harness) resolve(i int) {
 	h.send(&cdcpb.ChangeDataEvent{ResolvedTs: &cdcpb.ResolvedTs{Regions: []uint64{10}, Ts: h.ts(i)}})
 }
 
-func (h *harness) send(ev *cdcpb.ChangeDataEvent) { h.r.events <- streamEvent{stream: h.fs, ev: ev} }
+func (h *harness) send(ev *cdcpb.ChangeDataEvent) {
+	h.r.feed.events <- streamEvent{stream: h.fs, ev: ev}
+}
 
 // settle returns once the loop has handled every event sent so far: the
 // events channel is drained, and a report asked for after that (a second
 // of the fake Clock) has reached etcd, so the loop went round once more.
 func (h *harness) settle() {
 	h.t.Helper()
-	h.waitFor("the events to be taken", func() bool { return len(h.r.events) == 0 })
+	h.waitFor("the events to be taken", func() bool { return len(h.r.feed.events) == 0 })
 	// A tick still waiting would swallow the report's.
 	h.waitFor("the ticks to be taken", func() bool { return !h.clk.ticksPending() })
 	h.clk.advance(progressInterval)

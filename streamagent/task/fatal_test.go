@@ -58,7 +58,7 @@ func TestFatalStopsRunner(t *testing.T) {
 			}
 			var streamCancelled atomic.Bool
 			h.fs.conn, h.fs.cancel, h.fs.stream = conn, func() { streamCancelled.Store(true) }, &fakeFeed{}
-			h.r.stream = h.fs
+			h.r.feed.stream = h.fs
 			h.st.set(nil, c.err)
 
 			h.start()
@@ -87,11 +87,11 @@ func TestFatalStopsRunner(t *testing.T) {
 			if !strings.Contains(f.Err.Error(), c.text) {
 				t.Errorf("fatal error %q, want it saying %q", f.Err, c.text)
 			}
-			if !streamCancelled.Load() || conn.GetState() != connectivity.Shutdown || h.r.stream != nil {
+			if !streamCancelled.Load() || conn.GetState() != connectivity.Shutdown || h.r.feed.stream != nil {
 				t.Errorf("the EventFeed stream was not closed (cancelled %v, conn %v)", streamCancelled.Load(), conn.GetState())
 			}
-			if h.r.subs != nil || h.r.byRegion != nil {
-				t.Errorf("subscriptions left: %v", h.r.subs)
+			if h.r.regions.subs != nil || h.r.regions.byRegion != nil {
+				t.Errorf("subscriptions left: %v", h.r.regions.subs)
 			}
 			for _, name := range []string{"logbackup_agent_observed_regions", "logbackup_agent_buffered_bytes"} {
 				if v, ok := h.metric(name, "task", "t"); ok {

@@ -8,7 +8,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	brpb "github.com/pingcap/kvproto/pkg/brpb"
 	"github.com/pingcap/kvproto/pkg/metapb"
 	"github.com/tikv/client-go/v2/oracle"
 
@@ -125,13 +124,6 @@ type flusher struct {
 	// without one are written.
 	regionCPs   map[regionCPKey]struct{}
 	regionCPsAt time.Time
-}
-
-// taskIdent names the task a part works for.
-type taskIdent struct {
-	info *brpb.StreamBackupTaskInfo
-	name string
-	inc  int64 // the incarnation; env.Meta is fenced to it
 }
 
 // flushShared is what the flusher and the task's loop share.

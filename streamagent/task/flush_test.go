@@ -81,21 +81,21 @@ func TestBackpressure(t *testing.T) {
 	want := h.put(1, "k1", big) // fills the builder: a flush starts and is held
 	h.upload()
 	want = append(want, h.put(2, "k2", big)...) // fills the next builder
-	h.waitFor("the second event to be taken", func() bool { return len(h.r.events) == 0 })
+	h.waitFor("the second event to be taken", func() bool { return len(h.r.feed.events) == 0 })
 	want = append(want, h.put(3, "k3", "v3")...) // must wait
 	// Each explicit flush request is a turn of the loop in which the
 	// event, were it readable, would be picked half of the time.
 	for i := range 64 {
 		done := make(chan error, 1)
 		h.r.flushCh <- done
-		if n := len(h.r.events); n != 1 {
+		if n := len(h.r.feed.events); n != 1 {
 			t.Fatalf("turn %d: %d events waiting, want 1: the loop read events with a flush in flight and the builder full", i, n)
 		}
 	}
 	close(gate)
 	h.flushed()
 	h.flushed() // the full builder's flush, asked for meanwhile
-	h.waitFor("the held event to be taken", func() bool { return len(h.r.events) == 0 })
+	h.waitFor("the held event to be taken", func() bool { return len(h.r.feed.events) == 0 })
 	h.stop()
 	got, _ := h.stored()
 	sameChanges(t, got, want)

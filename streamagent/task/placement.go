@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 
 	"github.com/pingcap/kvproto/pkg/cdcpb"
 	"github.com/pingcap/kvproto/pkg/metapb"
@@ -16,12 +17,40 @@ import (
 	"logbackup/streamagent/spans"
 )
 
-// Placement: which ranges of the task this store observes. Pending ranges
-// are resolved into regions through PD; the regions this store leads get
-// one subscription each on the store's EventFeed, starting from what is
-// durable for their ranges. Region errors and lost streams put ranges back
-// in the pending list; a reconcile tick finds leaders that moved here.
-// All of it runs on the task's loop goroutine.
+// placement is which ranges of the task this store observes. Pending
+// ranges are resolved into regions through PD; the regions this store
+// leads get one subscription each on the store's EventFeed (feed),
+// starting from what is durable for their ranges. Region errors and lost
+// streams put ranges back in the pending list; a reconcile tick finds
+// leaders that moved here. It lives on the task's loop goroutine; of its
+// state only durable is shared (with the flusher, which advances it).
+type placement struct {
+	env     *Env
+	task    taskIdent
+	log     *slog.Logger
+	covered []spans.Span
+	durable *durableMap
+	feed    *feed
+
+	subs     map[uint64]*subscription // by request id
+	byRegion map[uint64]*subscription // at most one per region
+	pending  []spans.Span
+	// scanning counts the subscriptions whose initial scan is not over,
+	// kept as they change (subscribe, unsubscribe, scanned): the stats are
+	// published every 50 ms, and counting 100,000 matchers each time was
+	// a fifth of the process's CPU at 100,000 regions.
+	scanning int
+	// scanReason is why the next placements rescan: "task-start" first,
+	// then the reason of the latest drop or "leader-gained".
+	scanReason string
+	nextReq    uint64
+}
+
+func newPlacement(env *Env, task taskIdent, covered []spans.Span, durable *durableMap, f *feed) *placement {
+	return &placement{env: env, task: task, log: env.Log, covered: covered, durable: durable, feed: f,
+		subs: map[uint64]*subscription{}, byRegion: map[uint64]*subscription{},
+		pending: append([]spans.Span(nil), covered...), scanReason: "task-start"}
+}
 
 // subscription is one region registered on this store's EventFeed. A
 // region holds at most one: TiKV's batched resolved ts names regions, not
@@ -51,6 +80,12 @@ func (s *subscription) contains(rawKey []byte) bool {
 	return false
 }
 
+// deregister tells the store to stop sending the subscription's changes.
+func (s *subscription) deregister() {
+	_ = s.stream.stream.Send(&cdcpb.ChangeDataRequest{RegionId: s.region.Id, RequestId: s.reqID,
+		Request: &cdcpb.ChangeDataRequest_Deregister_{Deregister: &cdcpb.ChangeDataRequest_Deregister{}}})
+}
+
 // scanRegions lists the regions overlapping sp from PD (paged).
 func scanRegions(ctx context.Context, pdc PD, sp spans.Span) ([]*router.Region, error) {
 	regions, err := pdc.ScanRegions(ctx, sp.Start, sp.End)
@@ -60,45 +95,39 @@ func scanRegions(ctx context.Context, pdc PD, sp spans.Span) ([]*router.Region, 
 	return regions, nil
 }
 
-// placePending resolves pending spans into regions through PD and
-// subscribes those whose leader is this store. Ranges led elsewhere are
-// left to that store's agent.
-func (t *Runner) placePending(ctx context.Context) {
-	defer func() {
-		// Nothing left to place without a stream: the regions the store
-		// could not be reached for are led elsewhere now, and its open
-		// failure stops holding the retry budget (takeResult).
-		if len(t.pending) == 0 && t.stream == nil {
-			t.open.err = nil
-		}
-	}()
-	if len(t.pending) == 0 || (t.stream == nil && t.env.Clock.Now().Before(t.open.retryAt)) {
-		return
+// place resolves pending spans into regions through PD and subscribes
+// those whose leader is this store. Ranges led elsewhere are left to that
+// store's agent. The error is a failure to subscribe (the ranges not
+// placed are pending again); a failure to reach PD only leaves them
+// pending for the next tick.
+func (p *placement) place(ctx context.Context) error {
+	if len(p.pending) == 0 {
+		return nil
 	}
 	// Ranges that other stores flushed since we last looked start from
 	// their checkpoints, not ours: fewer rows scanned twice.
-	if known, err := checkpoint.ReadKnown(ctx, t.env.Meta, t.env.Lenient(), t.name, t.inc, t.covered, t.info.StartTs); err == nil {
-		t.flushed.merge(known)
+	if known, err := checkpoint.ReadKnown(ctx, p.env.Meta, p.env.Lenient(), p.task.name, p.task.inc, p.covered, p.task.info.StartTs); err == nil {
+		p.durable.merge(known)
 	}
-	pending := spans.Coalesce(t.pending)
-	t.pending = nil
+	pending := spans.Coalesce(p.pending)
+	p.pending = nil
 	// Gather every leader region's pieces first, so a region overlapping
 	// several pending ranges gets one subscription.
-	type placement struct {
+	type placed struct {
 		region *metapb.Region
 		pieces []spans.Span
 	}
 	var order []uint64
-	byRegion := map[uint64]*placement{}
+	byRegion := map[uint64]*placed{}
 	for i, sp := range pending {
-		regions, err := scanRegions(ctx, t.env.PD, sp)
+		regions, err := scanRegions(ctx, p.env.PD, sp)
 		if err != nil {
-			t.log.Debug("place range later", "err", err)
-			t.pending = append(t.pending, pending[i:]...)
+			p.log.Debug("place range later", "err", err)
+			p.pending = append(p.pending, pending[i:]...)
 			break
 		}
 		for _, r := range regions {
-			if r.Leader == nil || r.Leader.StoreId != t.env.Settings.StoreID {
+			if r.Leader == nil || r.Leader.StoreId != p.env.Settings.StoreID {
 				continue // led elsewhere: that store's agent takes it
 			}
 			piece := spans.Clip(spans.Span{Start: r.Meta.StartKey, End: r.Meta.EndKey}, sp)
@@ -107,7 +136,7 @@ func (t *Runner) placePending(ctx context.Context) {
 			}
 			pl := byRegion[r.Meta.Id]
 			if pl == nil {
-				pl = &placement{region: r.Meta}
+				pl = &placed{region: r.Meta}
 				byRegion[r.Meta.Id] = pl
 				order = append(order, r.Meta.Id)
 			}
@@ -116,113 +145,169 @@ func (t *Runner) placePending(ctx context.Context) {
 	}
 	for i, id := range order {
 		pl := byRegion[id]
-		if old := t.byRegion[id]; old != nil {
+		if old := p.byRegion[id]; old != nil {
 			// Already observed for other pieces: one subscription for all.
-			t.deregister(old)
-			t.unsubscribe(old)
+			old.deregister()
+			p.unsubscribe(old)
 			pl.pieces = append(pl.pieces, old.pieces...)
 		}
-		if err := t.subscribe(ctx, pl.region, spans.Coalesce(pl.pieces)); err != nil {
-			t.openFailed(ctx, err)
+		if err := p.subscribe(ctx, pl.region, spans.Coalesce(pl.pieces)); err != nil {
 			for _, id := range order[i:] {
-				t.pending = append(t.pending, byRegion[id].pieces...)
+				p.pending = append(p.pending, byRegion[id].pieces...)
 			}
-			return
+			return err
 		}
 	}
+	return nil
 }
 
-func (t *Runner) subscribe(ctx context.Context, region *metapb.Region, pieces []spans.Span) error {
-	st, err := t.ensureStream(ctx)
+func (p *placement) subscribe(ctx context.Context, region *metapb.Region, pieces []spans.Span) error {
+	st, err := p.feed.ensure(ctx)
 	if err != nil {
 		return err
 	}
 	cp := uint64(0)
-	for i, p := range pieces {
-		ts, ok := t.flushed.min(p)
+	for i, piece := range pieces {
+		ts, ok := p.durable.min(piece)
 		if !ok {
-			ts = t.info.StartTs
+			ts = p.task.info.StartTs
 		}
 		if i == 0 || ts < cp {
 			cp = ts
 		}
 	}
-	t.nextReq++
-	sub := &subscription{reqID: t.nextReq, region: region, pieces: pieces, m: matcher.New(cp), stream: st}
-	t.subs[sub.reqID] = sub
-	t.byRegion[region.Id] = sub
-	t.scanning++ // a new matcher's scan has not begun
-	t.env.Metrics.m.InitialScan(t.scanReason)
+	p.nextReq++
+	sub := &subscription{reqID: p.nextReq, region: region, pieces: pieces, m: matcher.New(cp), stream: st}
+	p.subs[sub.reqID] = sub
+	p.byRegion[region.Id] = sub
+	p.scanning++ // a new matcher's scan has not begun
+	p.env.Metrics.m.InitialScan(p.scanReason)
 	hull := spans.Span{Start: pieces[0].Start, End: pieces[len(pieces)-1].End}
 	err = st.stream.Send(&cdcpb.ChangeDataRequest{
-		Header:   &cdcpb.Header{ClusterId: t.env.Settings.ClusterID, TicdcVersion: ticdcVersion},
+		Header:   &cdcpb.Header{ClusterId: p.env.Settings.ClusterID, TicdcVersion: ticdcVersion},
 		RegionId: region.Id, RegionEpoch: region.RegionEpoch,
 		CheckpointTs: cp, StartKey: hull.Start, EndKey: hull.End, RequestId: sub.reqID,
 		Request: &cdcpb.ChangeDataRequest_Register_{Register: &cdcpb.ChangeDataRequest_Register{}},
 	})
 	if err != nil {
-		t.drop(sub, "send")
-		t.streamLost(st)
+		p.drop(sub, "send")
+		p.streamLost(st)
 		return fmt.Errorf("register region %d: %w", region.Id, err)
 	}
 	return nil
 }
 
+// lookup is the live subscription a region's event names, if any.
+func (p *placement) lookup(reqID, regionID uint64) *subscription {
+	sub := p.subs[reqID]
+	if sub == nil || sub.region.Id != regionID {
+		return nil // a subscription we already dropped
+	}
+	return sub
+}
+
+// scanned notes that a subscription's initial scan ended.
+func (p *placement) scanned() { p.scanning-- }
+
 // drop ends a subscription; its ranges are placed again from PD, from
 // their flushed checkpoints (the data it buffered stays in the builder).
-func (t *Runner) drop(sub *subscription, reason string) {
-	t.unsubscribe(sub)
-	t.pending = append(t.pending, sub.pieces...)
-	t.scanReason = reason
-	t.env.Metrics.regionEvent(reason)
+func (p *placement) drop(sub *subscription, reason string) {
+	p.unsubscribe(sub)
+	p.pending = append(p.pending, sub.pieces...)
+	p.scanReason = reason
+	p.env.Metrics.regionEvent(reason)
 }
 
 // unsubscribe forgets a subscription.
-func (t *Runner) unsubscribe(sub *subscription) {
-	if t.subs[sub.reqID] != sub {
+func (p *placement) unsubscribe(sub *subscription) {
+	if p.subs[sub.reqID] != sub {
 		return // forgotten already
 	}
 	if !sub.m.Initialized() {
-		t.scanning--
+		p.scanning--
 	}
-	delete(t.subs, sub.reqID)
-	if t.byRegion[sub.region.Id] == sub {
-		delete(t.byRegion, sub.region.Id)
+	delete(p.subs, sub.reqID)
+	if p.byRegion[sub.region.Id] == sub {
+		delete(p.byRegion, sub.region.Id)
 	}
 }
 
-func (t *Runner) deregister(sub *subscription) {
-	_ = sub.stream.stream.Send(&cdcpb.ChangeDataRequest{RegionId: sub.region.Id, RequestId: sub.reqID,
-		Request: &cdcpb.ChangeDataRequest_Deregister_{Deregister: &cdcpb.ChangeDataRequest_Deregister{}}})
+// streamLost closes a broken stream and fails every subscription on it.
+func (p *placement) streamLost(st *feedStream) {
+	p.feed.lost(st)
+	for _, sub := range p.subs {
+		if sub.stream == st {
+			p.drop(sub, "stream-lost")
+		}
+	}
+}
+
+// restartAll ends every subscription and places its ranges again, from
+// what is durable.
+func (p *placement) restartAll(reason string) {
+	for _, sub := range p.subs {
+		sub.deregister()
+		p.drop(sub, reason)
+	}
+}
+
+// forget drops every subscription without placing anything again: the
+// task is over.
+func (p *placement) forget() {
+	p.subs, p.byRegion, p.scanning = nil, nil, 0
+}
+
+// freeze fills a flush job from the subscriptions: each initialized one's
+// resolved ts (every row at or below it is in the builder swapped out with
+// the job), and every observed piece (the store checkpoint is their
+// minimum).
+func (p *placement) freeze(job *flushJob) {
+	minResolved := uint64(0)
+	for _, sub := range p.subs {
+		job.observed = append(job.observed, sub.pieces...)
+		if !sub.m.Initialized() {
+			continue
+		}
+		r := sub.m.ResolvedTS()
+		for _, piece := range sub.pieces {
+			job.frozen = append(job.frozen, frozen{span: piece, region: sub.region, ts: r})
+		}
+		if minResolved == 0 || r < minResolved {
+			minResolved = r
+		}
+	}
+	if minResolved > 0 {
+		job.resolved = minResolved
+	}
 }
 
 // reconcile finds regions of the task that this store leads but does not
 // observe (leaders that moved here) and queues them.
-func (t *Runner) reconcile(ctx context.Context) {
+func (p *placement) reconcile(ctx context.Context) {
 	owned := spans.New(nil, 0)
-	for _, sub := range t.subs {
-		for _, p := range sub.pieces {
-			owned.Cover(p, 1)
+	for _, sub := range p.subs {
+		for _, piece := range sub.pieces {
+			owned.Cover(piece, 1)
 		}
 	}
-	for _, sp := range t.pending {
+	for _, sp := range p.pending {
 		owned.Cover(sp, 1)
 	}
-	for _, sp := range t.covered {
-		regions, err := scanRegions(ctx, t.env.PD, sp)
+	for _, sp := range p.covered {
+		regions, err := scanRegions(ctx, p.env.PD, sp)
 		if err != nil {
-			t.log.Debug("reconcile: scan regions", "err", err)
+			p.log.Debug("reconcile: scan regions", "err", err)
 			return
 		}
 		for _, r := range regions {
-			if r.Leader == nil || r.Leader.StoreId != t.env.Settings.StoreID {
+			if r.Leader == nil || r.Leader.StoreId != p.env.Settings.StoreID {
 				continue
 			}
 			piece := spans.Clip(spans.Span{Start: r.Meta.StartKey, End: r.Meta.EndKey}, sp)
 			if _, ok := owned.Min(piece); !ok && piece.Valid() {
-				t.pending = append(t.pending, piece)
-				t.scanReason = "leader-gained"
-				t.env.Metrics.regionEvent("leader-gained")
+				p.pending = append(p.pending, piece)
+				p.scanReason = "leader-gained"
+				p.env.Metrics.regionEvent("leader-gained")
 			}
 		}
 	}

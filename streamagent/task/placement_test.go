@@ -23,13 +23,13 @@ func newPlacementHarness(t *testing.T) (*harness, *fakeFeed) {
 	h := newHarness(t, nil)
 	feed := &fakeFeed{}
 	h.fs.stream, h.fs.cancel = feed, func() {}
-	h.r.stream = h.fs // open already: placement registers on it, never dials
+	h.r.feed.stream = h.fs // open already: placement registers on it, never dials
 	return h, feed
 }
 
 // regionError hands the loop region 10's error, as TiKV sends it.
 func (h *harness) regionError(e *cdcpb.Error) {
-	h.r.handle(streamEvent{stream: h.fs, ev: &cdcpb.ChangeDataEvent{Events: []*cdcpb.Event{{RegionId: 10, RequestId: 1,
+	h.handle(streamEvent{stream: h.fs, ev: &cdcpb.ChangeDataEvent{Events: []*cdcpb.Event{{RegionId: 10, RequestId: 1,
 		Event: &cdcpb.Event_Error{Error: e}}}}})
 }
 
@@ -77,7 +77,7 @@ func TestRegionErrorPaths(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			h, _ := newPlacementHarness(t)
-			piece := h.r.subs[1].pieces
+			piece := h.r.regions.subs[1].pieces
 			h.regionError(c.err)
 			r := h.r
 			if c.fatal != "" {
@@ -89,14 +89,14 @@ func TestRegionErrorPaths(t *testing.T) {
 			if r.fatal != nil {
 				t.Fatalf("the task stopped (%v); want the region dropped and placed again", r.fatal)
 			}
-			if len(r.subs) != 0 || len(r.byRegion) != 0 {
-				t.Fatalf("region 10 is still subscribed: %d subscriptions", len(r.subs))
+			if len(r.regions.subs) != 0 || len(r.regions.byRegion) != 0 {
+				t.Fatalf("region 10 is still subscribed: %d subscriptions", len(r.regions.subs))
 			}
-			if !sameSpans(r.pending, piece) {
-				t.Fatalf("pending %v, want the region's range %v", r.pending, piece)
+			if !sameSpans(r.regions.pending, piece) {
+				t.Fatalf("pending %v, want the region's range %v", r.regions.pending, piece)
 			}
-			if r.scanReason != c.reason {
-				t.Fatalf("rescan reason %q, want %q", r.scanReason, c.reason)
+			if r.regions.scanReason != c.reason {
+				t.Fatalf("rescan reason %q, want %q", r.regions.scanReason, c.reason)
 			}
 		})
 	}
@@ -109,25 +109,25 @@ func TestRegionErrorPaths(t *testing.T) {
 func TestLeaderMovedAway(t *testing.T) {
 	h, feed := newPlacementHarness(t)
 	ctx := context.Background()
-	whole := h.r.subs[1].pieces[0]
+	whole := h.r.regions.subs[1].pieces[0]
 	h.regionError(&cdcpb.Error{NotLeader: &errorpb.NotLeader{RegionId: 10, Leader: &metapb.Peer{StoreId: testStore + 1}}})
 	h.pd.setRegions(region(10, whole.Start, whole.End, 3, testStore+1))
 	h.r.placePending(ctx)
-	if len(h.r.subs) != 0 || len(registers(feed)) != 0 {
+	if len(h.r.regions.subs) != 0 || len(registers(feed)) != 0 {
 		t.Fatalf("a region led by another store was subscribed: %v", feed.sent)
 	}
-	if len(h.r.pending) != 0 {
-		t.Fatalf("pending %v: a range led elsewhere is that store's, not held here", h.r.pending)
+	if len(h.r.regions.pending) != 0 {
+		t.Fatalf("pending %v: a range led elsewhere is that store's, not held here", h.r.regions.pending)
 	}
 
 	h.pd.setRegions(region(10, whole.Start, whole.End, 4, testStore))
-	h.r.reconcile(ctx)
-	if !sameSpans(h.r.pending, []spans.Span{whole}) || h.r.scanReason != "leader-gained" {
-		t.Fatalf("after the leader came back: pending %v (%q), want the whole range as leader-gained", h.r.pending, h.r.scanReason)
+	h.r.regions.reconcile(ctx)
+	if !sameSpans(h.r.regions.pending, []spans.Span{whole}) || h.r.regions.scanReason != "leader-gained" {
+		t.Fatalf("after the leader came back: pending %v (%q), want the whole range as leader-gained", h.r.regions.pending, h.r.regions.scanReason)
 	}
 	h.r.placePending(ctx)
 	reg := registers(feed)[10]
-	if reg == nil || len(h.r.subs) != 1 {
+	if reg == nil || len(h.r.regions.subs) != 1 {
 		t.Fatalf("region 10 not registered again: %v", feed.sent)
 	}
 	if reg.RegionEpoch.GetVersion() != 4 || reg.CheckpointTs != h.startTS || !bytes.Equal(reg.StartKey, whole.Start) || !bytes.Equal(reg.EndKey, whole.End) {
@@ -141,7 +141,7 @@ func TestLeaderMovedAway(t *testing.T) {
 func TestSplitReplacesPieces(t *testing.T) {
 	for _, otherLeader := range []uint64{testStore, testStore + 1} {
 		h, feed := newPlacementHarness(t)
-		whole := h.r.subs[1].pieces[0]
+		whole := h.r.regions.subs[1].pieces[0]
 		h.regionError(&cdcpb.Error{EpochNotMatch: &errorpb.EpochNotMatch{}})
 		mid := ek("m")
 		h.pd.setRegions(region(10, whole.Start, mid, 4, testStore), region(11, mid, whole.End, 4, otherLeader))
@@ -151,11 +151,11 @@ func TestSplitReplacesPieces(t *testing.T) {
 		if otherLeader == testStore {
 			want[11] = spans.Span{Start: mid, End: whole.End}
 		}
-		if len(reg) != len(want) || len(h.r.subs) != len(want) {
-			t.Fatalf("right half led by store %d: registered %d regions (%d subscriptions), want %d", otherLeader, len(reg), len(h.r.subs), len(want))
+		if len(reg) != len(want) || len(h.r.regions.subs) != len(want) {
+			t.Fatalf("right half led by store %d: registered %d regions (%d subscriptions), want %d", otherLeader, len(reg), len(h.r.regions.subs), len(want))
 		}
 		for id, sp := range want {
-			r, sub := reg[id], h.r.byRegion[id]
+			r, sub := reg[id], h.r.regions.byRegion[id]
 			if r == nil || sub == nil {
 				t.Fatalf("region %d not subscribed", id)
 			}
@@ -166,8 +166,8 @@ func TestSplitReplacesPieces(t *testing.T) {
 				t.Fatalf("region %d observes %v, want %v", id, sub.pieces, sp)
 			}
 		}
-		if len(h.r.pending) != 0 {
-			t.Fatalf("pending %v after placing", h.r.pending)
+		if len(h.r.regions.pending) != 0 {
+			t.Fatalf("pending %v after placing", h.r.regions.pending)
 		}
 	}
 }
@@ -181,31 +181,31 @@ func TestScanningCount(t *testing.T) {
 	check := func(when string, want int) {
 		t.Helper()
 		recount := 0
-		for _, sub := range h.r.subs {
+		for _, sub := range h.r.regions.subs {
 			if !sub.m.Initialized() {
 				recount++
 			}
 		}
 		h.r.publishStats()
-		if h.r.scanning != recount || recount != want || h.r.stats.Scanning.Load() != int64(want) {
-			t.Fatalf("%s: counted %d, %d by walking the subscriptions, %d published; want %d", when, h.r.scanning, recount, h.r.stats.Scanning.Load(), want)
+		if h.r.regions.scanning != recount || recount != want || h.r.stats.Scanning.Load() != int64(want) {
+			t.Fatalf("%s: counted %d, %d by walking the subscriptions, %d published; want %d", when, h.r.regions.scanning, recount, h.r.stats.Scanning.Load(), want)
 		}
 	}
 	check("subscribed", 1)
-	h.r.handle(streamEvent{stream: h.fs, ev: &cdcpb.ChangeDataEvent{Events: []*cdcpb.Event{{RegionId: 10, RequestId: 1,
+	h.handle(streamEvent{stream: h.fs, ev: &cdcpb.ChangeDataEvent{Events: []*cdcpb.Event{{RegionId: 10, RequestId: 1,
 		Event: &cdcpb.Event_Entries_{Entries: &cdcpb.Event_Entries{Entries: []*cdcpb.Event_Row{{Type: cdcpb.Event_INITIALIZED}}}}}}}})
 	check("scan over", 0)
-	whole := h.r.subs[1].pieces[0]
+	whole := h.r.regions.subs[1].pieces[0]
 	h.regionError(&cdcpb.Error{EpochNotMatch: &errorpb.EpochNotMatch{}})
 	check("dropped after its scan", 0)
 	mid := ek("m")
 	h.pd.setRegions(region(10, whole.Start, mid, 4, testStore), region(11, mid, whole.End, 4, testStore))
 	h.r.placePending(context.Background())
 	check("split placed", 2)
-	sub := h.r.byRegion[11]
-	h.r.drop(sub, "test")
+	sub := h.r.regions.byRegion[11]
+	h.r.regions.drop(sub, "test")
 	check("dropped mid-scan", 1)
-	h.r.unsubscribe(sub) // twice: counted once
+	h.r.regions.unsubscribe(sub) // twice: counted once
 	check("forgotten again", 1)
 }
 
@@ -219,4 +219,11 @@ func sameSpans(a, b []spans.Span) bool {
 		}
 	}
 	return true
+}
+
+// handle has intake take one event as the loop does, outside the loop.
+func (h *harness) handle(e streamEvent) {
+	if f := h.r.in.handle(e, h.r.builder); f != nil {
+		h.r.fatal = f
+	}
 }

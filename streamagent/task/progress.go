@@ -12,37 +12,45 @@ import (
 // progressInterval is how often a store reports its state for a task.
 const progressInterval = time.Second
 
-// progress is the loop's side of the store's report: what it counts
-// between reports and the state it was last in.
+// progress is the store's report of the task: the loop hands it what it
+// counted each progressInterval (report), and its publisher goroutine
+// writes the newest report to etcd (publish). The two share only out.
 type progress struct {
+	env   *Env
+	task  taskIdent
+	stats *Stats
+
+	// The loop's side.
 	state      string
 	since      time.Time
-	rows, byts int64 // changes received since the last report
 	last       time.Time
 	rowsPerSec float64
 	bytesPerS  float64
-	lastErr    string // the latest retryable flush failure, redacted
+	lastErr    string // the latest retryable failure, redacted
 	out        chan *meta.Progress
 }
 
-// received counts one change taken into the builder.
-func (p *progress) received(bytes int) {
-	p.rows++
-	p.byts += int64(bytes)
+func newProgress(env *Env, task taskIdent, stats *Stats) *progress {
+	return &progress{env: env, task: task, stats: stats, out: make(chan *meta.Progress, 1)}
+}
+
+// loopState is what the loop reports of itself.
+type loopState struct {
+	observed, scanning, pending int
+	failures                    int   // of the retry budget
+	rows, byts                  int64 // changes taken since the last report
 }
 
 // report builds the store's report from the loop's state and hands it to
 // the publisher; the previous one, if still unsent, is replaced.
-func (t *Runner) report(now time.Time) {
-	p := &t.progress
-	scanning := int64(t.scanning)
+func (p *progress) report(now time.Time, s loopState) {
 	state := meta.StateHealthy
 	switch {
-	case t.budget.Failures > 0:
+	case s.failures > 0:
 		state = meta.StateRetrying
-	case len(t.subs) == 0 && len(t.pending) == 0:
+	case s.observed == 0 && s.pending == 0:
 		state = meta.StateIdle
-	case scanning > 0 || len(t.pending) > 0:
+	case s.scanning > 0 || s.pending > 0:
 		state = meta.StateInitializing
 	}
 	if state != p.state {
@@ -51,26 +59,26 @@ func (t *Runner) report(now time.Time) {
 	if !p.last.IsZero() {
 		// An average over a few reports: steadier than one second.
 		secs := now.Sub(p.last).Seconds()
-		p.rowsPerSec = 0.5*p.rowsPerSec + 0.5*float64(p.rows)/secs
-		p.bytesPerS = 0.5*p.bytesPerS + 0.5*float64(p.byts)/secs
+		p.rowsPerSec = 0.5*p.rowsPerSec + 0.5*float64(s.rows)/secs
+		p.bytesPerS = 0.5*p.bytesPerS + 0.5*float64(s.byts)/secs
 	}
-	p.rows, p.byts, p.last = 0, 0, now
-	r := &meta.Progress{StoreID: t.env.Settings.StoreID, State: state, SinceUnixMs: p.since.UnixMilli(), UpdatedUnixMs: now.UnixMilli(),
-		ObservedRegions: int64(len(t.subs)), Scanning: scanning, PendingRanges: int64(len(t.pending)),
-		StoreCheckpoint: t.stats.StoreCheckpoint.Load(), LastFlushUnixMs: t.stats.LastFlushUnixMs.Load(),
+	p.last = now
+	r := &meta.Progress{StoreID: p.env.Settings.StoreID, State: state, SinceUnixMs: p.since.UnixMilli(), UpdatedUnixMs: now.UnixMilli(),
+		ObservedRegions: int64(s.observed), Scanning: int64(s.scanning), PendingRanges: int64(s.pending),
+		StoreCheckpoint: p.stats.StoreCheckpoint.Load(), LastFlushUnixMs: p.stats.LastFlushUnixMs.Load(),
 		RowsPerSec: p.rowsPerSec, BytesPerSec: p.bytesPerS}
 	if state == meta.StateRetrying {
-		r.LastError, r.Attempts = p.lastErr, t.budget.Failures
+		r.LastError, r.Attempts = p.lastErr, s.failures
 	}
 	// A global checkpoint the coordinator (this agent) cannot advance is
 	// reported here too: the store flushes fine, yet the task is stuck.
-	if f, ok := t.env.CoordFailure(); ok && state != meta.StateRetrying {
+	if f, ok := p.env.CoordFailure(); ok && state != meta.StateRetrying {
 		if p.state != meta.StateRetrying {
 			p.state, p.since = meta.StateRetrying, f.Since
 		}
 		r.State, r.SinceUnixMs, r.LastError, r.Attempts = meta.StateRetrying, p.since.UnixMilli(), f.Msg, f.Failures
 	}
-	t.stats.Report.Store(&Report{State: r.State, LastErr: r.LastError, Attempts: int(r.Attempts)})
+	p.stats.Report.Store(&Report{State: r.State, LastErr: r.LastError, Attempts: int(r.Attempts)})
 	select {
 	case <-p.out: // drop the unsent one: only the newest matters
 	default:
@@ -78,17 +86,17 @@ func (t *Runner) report(now time.Time) {
 	p.out <- r
 }
 
-// publishProgress writes the loop's reports until ctx ends. A slow or
-// unreachable etcd delays reports, never the loop.
-func (t *Runner) publishProgress(ctx context.Context) {
+// publish writes the loop's reports until ctx ends. A slow or unreachable
+// etcd delays reports, never the loop.
+func (p *progress) publish(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case r := <-t.progress.out:
+		case r := <-p.out:
 			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			if err := t.env.Meta.PutProgress(pctx, t.name, t.inc, r); err != nil && ctx.Err() == nil {
-				t.log.Debug("cannot report progress", "err", storage.Redact(err.Error()))
+			if err := p.env.Meta.PutProgress(pctx, p.task.name, p.task.inc, r); err != nil && ctx.Err() == nil {
+				p.env.Log.Debug("cannot report progress", "err", storage.Redact(err.Error()))
 			}
 			cancel()
 		}

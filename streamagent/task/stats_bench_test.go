@@ -17,7 +17,7 @@ func BenchmarkPublishStats(b *testing.B) {
 	h := newHarness(b, nil)
 	for i := uint64(2); i <= 100_000; i++ {
 		sub := &subscription{reqID: i, region: &metapb.Region{Id: 10 + i}, m: matcher.New(h.startTS)}
-		h.r.subs[i], h.r.byRegion[10+i] = sub, sub
+		h.r.regions.subs[i], h.r.regions.byRegion[10+i] = sub, sub
 	}
 	b.ResetTimer()
 	for b.Loop() {

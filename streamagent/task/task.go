@@ -1,11 +1,12 @@
-// Package task backs up one log-backup task on this agent's store. A
-// runner's loop (task.go) owns placement (placement.go: which regions this
-// store observes, through PD) and intake (intake.go: the EventFeed stream,
-// through each region's matcher into the builder); the flusher (flush.go)
-// builds, uploads and publishes the checkpoints on its own goroutine;
-// progress.go reports the store's state. Every part takes the one narrow
-// value Env (taskenv.go), built by the agent when the task starts: nothing
-// here reaches back into the agent.
+// Package task backs up one log-backup task on this agent's store. The
+// Runner (task.go) composes its parts, each its own type: placement
+// (placement.go: which regions this store observes, through PD), the feed
+// (feed.go: the EventFeed stream to the store) and intake (intake.go: each
+// event through its region's matcher into the builder), the flusher (flush.go: builds,
+// uploads and publishes the checkpoints on its own goroutine) and progress
+// (progress.go: the store's report). None of them holds the Runner; every
+// part takes the one narrow value Env (taskenv.go), built by the agent
+// when the task starts: nothing here reaches back into the agent.
 package task
 
 import (
@@ -22,7 +23,6 @@ import (
 	"github.com/pingcap/kvproto/pkg/encryptionpb"
 	"github.com/tikv/client-go/v2/oracle"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sync/semaphore"
 
 	"logbackup/meta"
 	"logbackup/storage"
@@ -33,47 +33,31 @@ import (
 	"logbackup/streamagent/spans"
 )
 
-// Runner backs up one task on this store. Its loop goroutine owns the
-// placement (subscriptions, pending ranges), the intake (stream events into
-// the builder) and the retry budget; the flusher goroutine owns the flush
-// in flight (flush.go) and shares with the loop only what flushShared
-// names. Stream receivers only send the loop events. Everything outside
-// the task the runner reaches through env.
+// Runner backs up one task on this store. Its loop goroutine (Run) owns
+// the parts that live on it — placement (which regions are observed),
+// the feed and intake (the store's EventFeed stream, its events into the
+// builder), the builder and the retry budget — and hands the flusher
+// goroutine (flush.go) one frozen builder at a time; the two share only
+// what flushShared names. The progress publisher shares only its out
+// channel. Everything outside the task the parts reach through env.
 type Runner struct {
 	env *Env
 	taskIdent
-	covered []spans.Span
 	log     *slog.Logger
 	tempDir string
 
-	// Placement and intake (placement.go, intake.go).
-	flushed  *durableMap              // shared with the flusher
-	subs     map[uint64]*subscription // by request id
-	byRegion map[uint64]*subscription // at most one per region
-	pending  []spans.Span
-	// scanning counts the subscriptions whose initial scan is not over,
-	// kept as they change (subscribe, unsubscribe, handle): the stats are
-	// published every 50 ms, and counting 100,000 matchers each time was
-	// a fifth of the process's CPU at 100,000 regions.
-	scanning int
-	// scanReason is why the next placements rescan: "task-start" first,
-	// then the reason of the latest drop or "leader-gained".
-	scanReason string
-	stream     *feedStream
-	open       openState // failures to open the stream (intake.go)
-	nextReq    uint64
-	events     chan streamEvent
-	intake     *semaphore.Weighted // bytes of received messages not yet handled
-	builder    *logfile.Builder
-	// receivers are the stream receive goroutines, joined by run.
-	receivers *errgroup.Group
+	regions *placement
+	feed    *feed
+	in      *intake
+	builder *logfile.Builder
 
 	// The flush pipeline (flush.go): at most one flush in flight; a
 	// trigger meanwhile is remembered, and the callers of
 	// TestHooks.FlushWithAllRegionCheckpoints wait for the next flush's
-	// outcome. flusher is only started by run: the loop talks
-	// to it through jobs, retryFlush and results.
+	// outcome. flusher is only started by Run: the loop talks to it
+	// through jobs, retryFlush and results.
 	flusher     *flusher
+	durable     *durableMap // shared with the flusher
 	jobs        chan<- *flushJob
 	retryFlush  chan<- struct{}
 	results     <-chan flushResult
@@ -92,7 +76,7 @@ type Runner struct {
 
 	stats     Stats
 	published published
-	progress  progress
+	progress  *progress
 }
 
 // Prepare checks that the task may start on env's storage and
@@ -152,21 +136,19 @@ func runnerTempDir(workDir, task string, inc int64) (string, error) {
 func newRunner(env *Env, task taskIdent, covered []spans.Span, known *spans.Map, tempDir string, prevFlushTS uint64) *Runner {
 	jobs, again, results := make(chan *flushJob, 1), make(chan struct{}, 1), make(chan flushResult, 1)
 	t := &Runner{
-		env: env, taskIdent: task, covered: covered, log: env.Log,
-		subs: map[uint64]*subscription{}, byRegion: map[uint64]*subscription{},
-		pending: append([]spans.Span(nil), covered...),
-		tempDir: tempDir, scanReason: "task-start",
-		events:  make(chan streamEvent, 256),
-		intake:  semaphore.NewWeighted(intakeWindow),
+		env: env, taskIdent: task, log: env.Log, tempDir: tempDir,
+		feed:    newFeed(env),
 		flushCh: make(chan chan error),
-		flushed: &durableMap{m: known},
+		durable: &durableMap{m: known},
 		jobs:    jobs, retryFlush: again, results: results,
 	}
-	t.flusher = newFlusher(env, task, flushShared{durable: t.flushed, inflightMem: &t.inflightMem, stats: &t.stats,
+	t.regions = newPlacement(env, task, covered, t.durable, t.feed)
+	t.in = &intake{env: env, regions: t.regions}
+	t.progress = newProgress(env, task, &t.stats)
+	t.flusher = newFlusher(env, task, flushShared{durable: t.durable, inflightMem: &t.inflightMem, stats: &t.stats,
 		jobs: jobs, retry: again, results: results}, prevFlushTS)
 	t.budget.Limit = env.Settings.RetryBudget
 	t.backoff = retry.NewBackoff(100*time.Millisecond, env.Settings.FlushInterval)
-	t.progress.out = make(chan *meta.Progress, 1)
 	t.builder = t.newBuilder()
 	return t
 }
@@ -192,12 +174,12 @@ func (t *Runner) Run(ctx context.Context, flushOnExit *atomic.Bool) {
 	fctx, stopFlusher := context.WithCancel(context.Background())
 	pctx, stopProgress := context.WithCancel(ctx)
 	var g errgroup.Group
-	t.receivers = &g
+	t.feed.receivers = &g
 	g.Go(func() error { t.flusher.run(fctx); return nil })
-	g.Go(func() error { t.publishProgress(pctx); return nil })
+	g.Go(func() error { t.progress.publish(pctx); return nil })
 	defer func() {
 		stopFlusher()
-		t.closeStream()
+		t.feed.close()
 		stopProgress()
 		g.Wait()
 		t.builder.Close()
@@ -206,7 +188,7 @@ func (t *Runner) Run(ctx context.Context, flushOnExit *atomic.Bool) {
 	}()
 	defer func() {
 		t.env.Metrics.forget()
-		t.subs, t.byRegion, t.scanning = nil, nil, 0
+		t.regions.forget()
 		t.publishStats() // takes this task's share out of the store-wide TiKV gauges
 		for _, w := range t.waiters {
 			w <- errors.New("the task stopped")
@@ -234,7 +216,7 @@ func (t *Runner) Run(ctx context.Context, flushOnExit *atomic.Bool) {
 		// Backpressure: with a flush in flight and the builder full, stop
 		// reading the streams (gRPC flow control slows TiKV) rather than
 		// grow memory.
-		events := t.events
+		events := t.feed.events
 		if t.inflight != nil && t.builder.Size() >= limit {
 			events = nil
 		}
@@ -245,8 +227,8 @@ func (t *Runner) Run(ctx context.Context, flushOnExit *atomic.Bool) {
 			}
 			return
 		case e := <-events:
-			t.handle(e)
-			t.intake.Release(e.held)
+			t.fatal = t.in.handle(e, t.builder)
+			t.feed.window.Release(e.held)
 			if t.fatal != nil || !t.keepQuota() {
 				return
 			}
@@ -267,7 +249,7 @@ func (t *Runner) Run(ctx context.Context, flushOnExit *atomic.Bool) {
 				return
 			}
 		case <-reconcile.Chan():
-			t.reconcile(ctx)
+			t.regions.reconcile(ctx)
 		case <-place.Chan():
 			t.placePending(ctx)
 			t.publishStats()
@@ -310,33 +292,16 @@ func (t *Runner) requestFlush(waiter chan error) {
 	t.startFlush(false)
 }
 
-// startFlush freezes a flush and hands it to the flusher: each initialized
-// subscription's resolved ts (every row at or below it has been handled by
-// this goroutine, so it is in the builder swapped out now), and every
-// observed piece (the store checkpoint is their minimum).
+// startFlush freezes a flush and hands it to the flusher: the builder
+// swapped out now, with what placement says is resolved and observed
+// (placement.freeze).
 func (t *Runner) startFlush(final bool) {
 	job := &flushJob{builder: t.builder, waiters: t.waiters, resolved: t.info.StartTs, final: final}
 	// Nothing observed and nothing buffered: no meta file to write (an
 	// empty one every flush said nothing, and hid a store that observed
 	// nothing because its TiKV could not be reached).
-	job.empty = len(t.subs) == 0 && t.builder.Size() == 0
-	minResolved := uint64(0)
-	for _, sub := range t.subs {
-		job.observed = append(job.observed, sub.pieces...)
-		if !sub.m.Initialized() {
-			continue
-		}
-		r := sub.m.ResolvedTS()
-		for _, p := range sub.pieces {
-			job.frozen = append(job.frozen, frozen{span: p, region: sub.region, ts: r})
-		}
-		if minResolved == 0 || r < minResolved {
-			minResolved = r
-		}
-	}
-	if minResolved > 0 {
-		job.resolved = minResolved
-	}
+	job.empty = len(t.regions.subs) == 0 && t.builder.Size() == 0
+	t.regions.freeze(job)
 	t.builder = t.newBuilder()
 	t.inflight, t.waiters, t.wantFlush = job, nil, false
 	t.inflightMem.Store(int64(job.builder.Memory()))
@@ -361,15 +326,12 @@ func (t *Runner) takeResult(res flushResult) bool {
 		// The buffered changes are gone. Later flushes must not publish
 		// checkpoints that cover them, so every subscription starts again
 		// from what is durable.
-		for _, sub := range t.subs {
-			t.deregister(sub)
-			t.drop(sub, "flush-failed")
-		}
+		t.regions.restartAll("flush-failed")
 	}
 	if res.err == nil {
 		// An empty flush is no sign of health while the store cannot
 		// be reached: that failure's budget runs on.
-		if !res.job.empty || t.open.err == nil {
+		if !res.job.empty || t.feed.open.err == nil {
 			t.budget.Succeed()
 		}
 		t.backoff.Reset()
@@ -457,21 +419,74 @@ func (t *Runner) FlushWithAllRegionCheckpoints(ctx context.Context) error {
 	}
 }
 
+// placePending places the pending ranges (placement.place), unless a
+// failure to open the stream asks to wait; such a failure is the retry
+// budget's (openFailed).
+func (t *Runner) placePending(ctx context.Context) {
+	defer func() {
+		// Nothing left to place without a stream: the regions the store
+		// could not be reached for are led elsewhere now, and its open
+		// failure stops holding the retry budget (takeResult).
+		if len(t.regions.pending) == 0 && t.feed.stream == nil {
+			t.feed.open.err = nil
+		}
+	}()
+	if t.feed.waiting(t.env.Clock.Now()) {
+		return
+	}
+	if err := t.regions.place(ctx); err != nil {
+		t.openFailed(ctx, err)
+	}
+}
+
+// openFailed takes a failed placement. A stream that could not be opened
+// (the TiKV beside the agent is unreachable) is a retryable failure like a
+// failed flush: counted, reported as RETRYING with the address and the
+// error, logged at most every openWarnEvery, retried with backoff, and
+// fatal once the retry budget is spent. Anything else is retried on the
+// next placement tick.
+func (t *Runner) openFailed(ctx context.Context, err error) {
+	var oe *openError
+	if !errors.As(err, &oe) || ctx.Err() != nil {
+		t.log.Debug("place range later", "err", err)
+		return
+	}
+	t.feed.open.err = err
+	if f := t.env.noteError(&t.budget, err); f != nil {
+		t.fatal = f
+		return
+	}
+	t.env.retried(err)
+	t.progress.lastErr = storage.Redact(err.Error())
+	wait, warn := t.feed.failed(t.env.Clock.Now(), err)
+	if warn {
+		t.log.Warn("cannot reach this agent's TiKV; retrying", "address", oe.addr, "err", storage.Redact(err.Error()),
+			"failures", t.budget.Failures, "in", wait.Round(time.Millisecond))
+	}
+}
+
+// report hands the progress publisher the loop's state.
+func (t *Runner) report(now time.Time) {
+	rows, byts := t.in.counted()
+	t.progress.report(now, loopState{observed: len(t.regions.subs), scanning: t.regions.scanning, pending: len(t.regions.pending),
+		failures: t.budget.Failures, rows: rows, byts: byts})
+}
+
 // publishStats refreshes what /status and the gauges show.
 func (t *Runner) publishStats() {
-	scanning := t.scanning
-	t.stats.ObservedRegions.Store(int64(len(t.subs))) // one subscription per region
-	t.stats.PendingRanges.Store(int64(len(t.pending)))
+	observed, scanning := len(t.regions.subs), t.regions.scanning // one subscription per region
+	t.stats.ObservedRegions.Store(int64(observed))
+	t.stats.PendingRanges.Store(int64(len(t.regions.pending)))
 	t.stats.Scanning.Store(int64(scanning))
 	t.stats.BufferedBytes.Store(int64(t.builder.Size()))
 	t.stats.MemoryBytes.Store(int64(t.builder.Memory()))
 	tm := t.env.Metrics
-	if t.subs != nil {
-		tm.ObservedRegions.Set(float64(len(t.subs)))
+	if t.regions.subs != nil {
+		tm.ObservedRegions.Set(float64(observed))
 		tm.BufferedBytes.Set(float64(t.builder.Size()))
 	}
 	// TiKV's gauges are per store, summed over tasks: add this task's change.
-	now := published{observed: float64(len(t.subs)), memory: float64(t.builder.Memory()), scanning: float64(scanning)}
+	now := published{observed: float64(observed), memory: float64(t.builder.Memory()), scanning: float64(scanning)}
 	tm.m.TiKV.ObservedRegion.Add(now.observed - t.published.observed)
 	tm.m.TiKV.HeapMemory.Add(now.memory - t.published.memory)
 	tm.PendingScans.Add(now.scanning - t.published.scanning)

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	brpb "github.com/pingcap/kvproto/pkg/brpb"
 	"github.com/pingcap/kvproto/pkg/metapb"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tikv/pd/client/clients/router"
@@ -46,6 +47,13 @@ type Env struct {
 	// CoordFailure is the coordinator's advance failure for the task, if
 	// any: reported by the store too (progress.go).
 	CoordFailure func() (CoordFailure, bool)
+}
+
+// taskIdent names the task a part works for.
+type taskIdent struct {
+	info *brpb.StreamBackupTaskInfo
+	name string
+	inc  int64 // the incarnation; env.Meta is fenced to it
 }
 
 // Settings are the parts of the agent's Config a task reads.
