@@ -8,11 +8,12 @@ import (
 	"strings"
 	"syscall"
 
-	gcs "cloud.google.com/go/storage"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/aws/smithy-go"
 	"gocloud.dev/gcerrors"
 	"google.golang.org/api/googleapi"
+
+	"logbackup/storage/internal/gcsjson"
 )
 
 // ErrorKind is what a failed storage operation means to its caller, the
@@ -198,6 +199,6 @@ func IsBucketMissing(err error) bool {
 	if errors.As(err, &op) && op.Op == "write" && KindOf(err) == KindNotFound {
 		return true
 	}
-	// The GCS client's own finding (JSON API lists).
-	return errors.Is(err, gcs.ErrBucketNotExist)
+	// The GCS driver's own finding: a listing answered 404.
+	return errors.Is(err, gcsjson.ErrBucketNotExist)
 }
