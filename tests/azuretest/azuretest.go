@@ -10,6 +10,7 @@
 package azuretest
 
 import (
+	"context"
 	"encoding/base64"
 	"fmt"
 	"io"
@@ -119,6 +120,14 @@ func Start(t testing.TB, containers ...string) *Server {
 		_ = s.srv.Serve(lis)
 	}()
 	t.Cleanup(func() {
+		// Shutdown, not Close: a connection whose upload the client
+		// abandoned mid-body (a failing stream's cancelled Put Block) is
+		// still in net/http's half-close wait, 500 ms, and Close would
+		// leave its goroutine to the package's leak check (seen under
+		// -race). Shutdown waits for it; Close ends whatever is left.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = s.srv.Shutdown(ctx)
 		_ = s.srv.Close()
 		<-done
 	})
