@@ -25,16 +25,16 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blockblob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 	"gocloud.dev/blob"
-	"gocloud.dev/blob/azureblob"
+
+	"logbackup/storage/internal/azdriver"
 )
 
-// azureBackend does what gocloud's azureblob driver cannot be trusted
-// with. Its writer (v0.47.0) sets its pipe reader to nil when an upload
-// fails and then calls Close on it, so any failed upload (a 500, a refused
-// connection) killed the process with SIGSEGV. Writes therefore go
-// through the azblob SDK directly, under our retry loop; reads, lists and
-// deletes stay with gocloud, which handles them correctly, with the
-// customer-provided key added where the driver lets us.
+// azureBackend writes through the azblob SDK directly, under our retry
+// loop. gocloud's azureblob writer (v0.47.0) set its pipe reader to nil
+// when an upload failed and then called Close on it, so any failed upload
+// (a 500, a refused connection) killed the process with SIGSEGV. Reads,
+// lists and deletes go through our own driver (storage/internal/azdriver)
+// over the same client, which sends the customer-provided key itself.
 type azureBackend struct {
 	client *container.Client
 	prefix string // "" or "prefix/"
@@ -112,10 +112,6 @@ func openAzure(ctx context.Context, loc *Location) (*blob.Bucket, *azureBackend,
 		// The SDK's message may quote the URL, SAS token included.
 		return nil, nil, nil, fmt.Errorf("azure client: %s", Redact(err.Error()))
 	}
-	b, err := azureblob.OpenBucket(ctx, client, nil)
-	if err != nil {
-		return nil, nil, nil, err
-	}
 	be := &azureBackend{client: client}
 	if loc.Prefix != "" {
 		be.prefix = loc.Prefix + "/"
@@ -135,28 +131,19 @@ func openAzure(ctx context.Context, loc *Location) (*blob.Bucket, *azureBackend,
 		alg := azblobblob.EncryptionAlgorithmTypeAES256
 		be.cpk = &azblobblob.CPKInfo{EncryptionKey: &key, EncryptionKeySHA256: &hash, EncryptionAlgorithm: &alg}
 	}
+	// Our own driver, not gocloud's azureblob: that one links Google's
+	// API client and auth libraries (gocloud's user-agent helper), whose
+	// package init held binary pages of the agent's idle RSS (issue 19).
+	b, err := azdriver.OpenBucket(client, azdriver.Options{CPK: be.cpk})
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("azure bucket: %w", err)
+	}
 	return b, be, httpClient.CloseIdleConnections, nil
 }
 
-// key is the blob name gocloud's driver would use for name, so that what
-// we write is what it reads: the bucket prefix, then its escaping of the
-// characters Azure mishandles.
-func (a *azureBackend) key(name string) string {
-	full := a.prefix + name
-	if !strings.ContainsAny(full, "\\\"#%?") {
-		return full
-	}
-	var b strings.Builder
-	for _, r := range full {
-		switch r {
-		case '\\', '"', '#', '%', '?':
-			fmt.Fprintf(&b, "__%#x__", r)
-		default:
-			b.WriteRune(r)
-		}
-	}
-	return b.String()
-}
+// key is the blob name the driver reads for name: the bucket prefix,
+// then the driver's escaping of the characters Azure mishandles.
+func (a *azureBackend) key(name string) string { return azdriver.EscapeKey(a.prefix + name) }
 
 // write uploads data as one block blob, whole or not at all: a block
 // upload is only visible once Put Block List commits it.
@@ -298,8 +285,9 @@ func (a *azureBackend) putBlocks(ctx context.Context, name string, next func(i i
 	return err
 }
 
-// exists asks for the blob's properties with the customer-provided key,
-// which gocloud's driver does not send.
+// exists asks for the blob's properties with the customer-provided key.
+// A missing container is an error, not a missing blob: blob.Bucket's
+// Exists would say false for any 404.
 func (a *azureBackend) exists(ctx context.Context, name string) (bool, error) {
 	_, err := a.client.NewBlobClient(a.key(name)).GetProperties(ctx, &azblobblob.GetPropertiesOptions{CPKInfo: a.cpk})
 	if err == nil {
@@ -310,19 +298,6 @@ func (a *azureBackend) exists(ctx context.Context, name string) (bool, error) {
 		return false, nil
 	}
 	return false, err
-}
-
-// beforeRead adds the customer-provided key to gocloud's download.
-func (a *azureBackend) beforeRead(as func(any) bool) error {
-	if a.cpk == nil {
-		return nil
-	}
-	var o *azblobblob.DownloadStreamOptions
-	if !as(&o) {
-		return errors.New("azure reader does not expose its options; cannot send the encryption-key")
-	}
-	o.CPKInfo = a.cpk
-	return nil
 }
 
 // azureCredentialGuard marks a failure to get a token as ErrCredentials,

@@ -185,15 +185,6 @@ func Open(ctx context.Context, loc *Location, opts ...Option) (Storage, error) {
 
 func (s *blobStorage) String() string { return s.url }
 
-// readOpts adds what a backend needs on every read (Azure's
-// customer-provided key).
-func (s *blobStorage) readOpts() *blob.ReaderOptions {
-	if s.azure == nil || s.azure.cpk == nil {
-		return nil
-	}
-	return &blob.ReaderOptions{BeforeRead: s.azure.beforeRead}
-}
-
 func (s *blobStorage) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
@@ -249,7 +240,7 @@ func (s *blobStorage) ReadFile(ctx context.Context, name string) ([]byte, error)
 	}
 	var out []byte
 	err := s.retry(ctx, "read", func(ctx context.Context) error {
-		r, err := s.bucket.NewRangeReader(ctx, name, 0, -1, s.readOpts())
+		r, err := s.bucket.NewRangeReader(ctx, name, 0, -1, nil)
 		if err != nil {
 			return err
 		}
@@ -275,7 +266,7 @@ func (s *blobStorage) ReadRange(ctx context.Context, name string, offset, length
 	}
 	var out []byte
 	err := s.retry(ctx, "read", func(ctx context.Context) error {
-		r, err := s.bucket.NewRangeReader(ctx, name, offset, length, s.readOpts())
+		r, err := s.bucket.NewRangeReader(ctx, name, offset, length, nil)
 		if httpStatus(err) == 416 {
 			// S3 answers a range that starts at or past the end with
 			// InvalidRange; the other backends return no bytes.
