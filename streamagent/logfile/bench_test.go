@@ -111,6 +111,7 @@ func benchFlush(b *testing.B, pool *ChunkPool) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	before := allocated()
+	var stored int64
 	for i := 0; i < b.N; i++ {
 		bl := NewBuilder(BuilderConfig{StoreID: 1, Chunks: pool, SpillDir: dir})
 		for _, c := range changes {
@@ -125,11 +126,17 @@ func benchFlush(b *testing.B, pool *ChunkPool) {
 		if err := bl.Close(); err != nil {
 			b.Fatal(err)
 		}
+		for _, o := range fl.Data {
+			stored += o.Size
+		}
 		releaseFlush(fl)
 	}
 	// Heap bytes allocated per plain byte flushed: the goal is
 	// at most 1.5.
 	b.ReportMetric(float64(allocated()-before)/float64(plain)/float64(b.N), "alloc-B/flushed-B")
+	// What the objects take in storage against the plain bytes: a change
+	// to the compressor's settings must say what it costs here.
+	b.ReportMetric(float64(stored)/float64(plain)/float64(b.N), "stored-B/flushed-B")
 }
 
 // BenchmarkFlushPeakHeap is one flush of the same ~64 MiB as the agent

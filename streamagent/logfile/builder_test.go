@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/klauspost/compress/zstd"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -627,6 +628,43 @@ func TestSpillFailureKeepsBytes(t *testing.T) {
 	for i := range a.Data {
 		if a.Data[i].Name != b.Data[i].Name || !bytes.Equal(mustBytes(a.Data[i]), mustBytes(b.Data[i])) {
 			t.Fatalf("object %d differs after a failed spill", i)
+		}
+	}
+}
+
+// TestFrameWindow: a file compresses with a window of at most 1 MiB, as
+// TiKV's Level::Fastest (libzstd level 1: window log 19, 512 KiB) keeps
+// its own. With the encoder's default 8 MiB window every compressor held
+// 8 MiB of history per flush, 12 MiB of the 18.6 a flush adds to the
+// builder's heap (BenchmarkFlushPeakHeap), for no smaller objects
+// (stored-B/flushed-B in BenchmarkFlushPipeline, same to four digits).
+func TestFrameWindow(t *testing.T) {
+	b := NewBuilder(BuilderConfig{StoreID: 1})
+	defer b.Close()
+	r := rand.New(rand.NewSource(1))
+	val := make([]byte, 1024)
+	for i := range 4096 { // one 4+ MiB write-CF file
+		r.Read(val[:64])
+		if err := b.Add(RegionInfo{ID: 1}, Change{Key: tableKey(3, int64(i)), Value: val, StartTS: 10, CommitTS: 11}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f, err := b.Finish(100, 50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if len(f.Data) != 1 {
+		t.Fatalf("%d data objects, want 1", len(f.Data))
+	}
+	data := mustBytes(f.Data[0])
+	for _, fi := range f.Metadata.FileGroups[0].DataFilesInfo {
+		var h zstd.Header
+		if err := h.Decode(data[fi.RangeOffset : fi.RangeOffset+fi.RangeLength]); err != nil {
+			t.Fatal(err)
+		}
+		if fi.Length > 2<<20 && h.WindowSize > 1<<20 {
+			t.Errorf("a file of %d bytes compressed with a %d-byte window, want at most 1 MiB", fi.Length, h.WindowSize)
 		}
 	}
 }

@@ -49,9 +49,11 @@ func (f *Flush) Close() error {
 
 // zstdOptions is how files are compressed: TiKV's Level::Fastest, one
 // frame per file, no frame checksum (zstd's default, which TiKV keeps;
-// the sha256 of the plain bytes guards the content).
+// the sha256 of the plain bytes guards the content), and a 1 MiB window
+// (libzstd's level 1 uses 512 KiB; the encoder's default of 8 MiB held
+// 8 MiB of history per compressor for objects no smaller: TestFrameWindow).
 func zstdOptions() []zstd.EOption {
-	return []zstd.EOption{zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(false)}
+	return []zstd.EOption{zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(false), zstd.WithWindowSize(1 << 20)}
 }
 
 // Finish compresses and names everything added. flushTS orders this
