@@ -3,24 +3,13 @@ package gcsjson
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
-	"strings"
 
 	"gocloud.dev/blob/driver"
+
+	"logbackup/storage/internal/rangeread"
 )
-
-type reader struct {
-	body  io.ReadCloser
-	r     io.Reader // body, cut to the range asked for
-	attrs driver.ReaderAttributes
-}
-
-func (r *reader) Read(p []byte) (int, error)           { return r.r.Read(p) }
-func (r *reader) Close() error                         { return r.body.Close() }
-func (r *reader) Attributes() *driver.ReaderAttributes { return &r.attrs }
-func (r *reader) As(any) bool                          { return false }
 
 // NewRangeReader downloads the object's media (alt=media), with a Range
 // header unless the whole object is asked for. A range that starts at or
@@ -44,17 +33,11 @@ func (b *bucket) NewRangeReader(ctx context.Context, key string, offset, length 
 	if err != nil {
 		return nil, err
 	}
-	r := &reader{body: resp.Body, r: resp.Body, attrs: readerAttributes(resp)}
-	if offset > 0 && resp.StatusCode == http.StatusOK {
-		// The whole object came back: a server that ignores Range. Skip
-		// to the offset rather than hand back the wrong bytes.
-		if _, err := io.CopyN(io.Discard, resp.Body, offset); err != nil {
-			resp.Body.Close()
-			return nil, fmt.Errorf("gcs: skip to offset %d: %w", offset, err)
-		}
-	}
-	if length > 0 {
-		r.r = io.LimitReader(resp.Body, length)
+	// 200 to a ranged read: a server that ignores Range sent the whole
+	// object.
+	r, err := rangeread.New(resp.Body, readerAttributes(resp), offset, length, resp.StatusCode == http.StatusOK)
+	if err != nil {
+		return nil, fmt.Errorf("gcs: %w", err)
 	}
 	if opts.BeforeRead != nil {
 		if err := opts.BeforeRead(noAs); err != nil {
@@ -77,9 +60,7 @@ func (b *bucket) emptyReader(ctx context.Context, key string, opts *driver.Reade
 			return nil, err
 		}
 	}
-	return &reader{body: http.NoBody, r: http.NoBody, attrs: driver.ReaderAttributes{
-		ContentType: a.ContentType, ModTime: a.ModTime, Size: a.Size,
-	}}, nil
+	return rangeread.Empty(driver.ReaderAttributes{ContentType: a.ContentType, ModTime: a.ModTime, Size: a.Size}), nil
 }
 
 // readerAttributes reads the object's size (the total in Content-Range
@@ -92,12 +73,8 @@ func readerAttributes(resp *http.Response) driver.ReaderAttributes {
 	if t, err := http.ParseTime(resp.Header.Get("Last-Modified")); err == nil {
 		a.ModTime = t
 	}
-	if cr := resp.Header.Get("Content-Range"); cr != "" {
-		if i := strings.LastIndexByte(cr, '/'); i >= 0 {
-			if n, err := strconv.ParseInt(cr[i+1:], 10, 64); err == nil {
-				a.Size = n
-			}
-		}
+	if n, ok := rangeread.TotalSize(resp.Header.Get("Content-Range")); ok {
+		a.Size = n
 	} else if resp.ContentLength > 0 {
 		a.Size = resp.ContentLength
 	}
