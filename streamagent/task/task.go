@@ -451,7 +451,6 @@ func (t *Runner) openFailed(ctx context.Context, err error) {
 		t.log.Debug("place range later", "err", err)
 		return
 	}
-	t.feed.open.err = err
 	if f := t.env.noteError(&t.budget, err); f != nil {
 		t.fatal = f
 		return
