@@ -55,7 +55,7 @@ const (
 // Azure's spelling.
 var azureTiers = map[string]string{"hot": "Hot", "cool": "Cool", "cold": "Cold", "archive": "Archive"}
 
-func openAzure(ctx context.Context, loc *Location) (*blob.Bucket, *azureBackend, func(), error) {
+func openAzure(loc *Location) (*blob.Bucket, *azureBackend, func(), error) {
 	account := loc.AccountName
 	if account == "" {
 		account = os.Getenv("AZURE_STORAGE_ACCOUNT")

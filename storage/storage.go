@@ -169,7 +169,7 @@ func Open(ctx context.Context, loc *Location, opts ...Option) (Storage, error) {
 	case "gcs":
 		b, s.hook, s.release, err = openGCS(ctx, &l)
 	case "azblob":
-		b, s.azure, s.release, err = openAzure(ctx, &l)
+		b, s.azure, s.release, err = openAzure(&l)
 	default:
 		err = fmt.Errorf("unsupported storage scheme %q", l.Scheme)
 	}
