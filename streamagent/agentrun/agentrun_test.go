@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"reflect"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -50,27 +51,66 @@ func TestRunRejectsBadInput(t *testing.T) {
 	}
 }
 
-// The process's soft memory limit follows the quota unless told
-// otherwise, and an operator's GOMEMLIMIT wins.
+// The process's resident memory limit follows the quota (+ 32 MiB, never
+// below 96 MiB) unless told otherwise, and an operator's GOMEMLIMIT wins.
 func TestMemoryLimit(t *testing.T) {
-	q := options{memoryQuota: 64 << 20}
 	cases := []struct {
+		quota  int
 		limit  int64
 		envSet bool
 		want   int64
 	}{
-		{-1, false, 128 << 20},
-		{0, false, 0},
-		{1 << 30, false, 1 << 30},
-		{-1, true, 0},
-		{1 << 30, true, 0},
+		{64 << 20, -1, false, 96 << 20},
+		{256 << 20, -1, false, 288 << 20},
+		{1 << 20, -1, false, 96 << 20},
+		{64 << 20, 0, false, 0},
+		{64 << 20, 1 << 30, false, 1 << 30},
+		{64 << 20, -1, true, 0},
+		{64 << 20, 1 << 30, true, 0},
 	}
 	for _, c := range cases {
-		o := q
-		o.memoryLimit = c.limit
+		o := options{memoryQuota: c.quota, memoryLimit: c.limit}
 		if got := memoryLimit(o, c.envSet); got != c.want {
-			t.Errorf("memoryLimit(limit %d, GOMEMLIMIT set %v) = %d, want %d", c.limit, c.envSet, got, c.want)
+			t.Errorf("memoryLimit(quota %d, limit %d, GOMEMLIMIT set %v) = %d, want %d", c.quota, c.limit, c.envSet, got, c.want)
 		}
+	}
+}
+
+// A --memory-limit the agent could not keep to, or that is not a size, is
+// refused before anything starts.
+func TestMemoryLimitRefused(t *testing.T) {
+	for _, v := range []string{"-2", "1000", "67108863"} {
+		var out strings.Builder
+		if code := Main([]string{"--store-id", "1", "--flush-interval", "1ms", "--memory-limit", v}, &out); code != 2 || !strings.Contains(out.String(), "--memory-limit "+v+" must be -1, 0 or at least 67108864 bytes") {
+			t.Errorf("--memory-limit %s: exit %d, %q; want 2 and the limit named", v, code, out.String())
+		}
+	}
+}
+
+// The runtime's soft limit is the resident limit less the file pages the
+// process maps: they count in its RSS, but not in what the runtime
+// manages.
+func TestKeepResident(t *testing.T) {
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const limit = 512 << 20
+	keepResident(ctx, limit)
+	fp, err := filePages()
+	if err != nil {
+		t.Skipf("no /proc/self/statm here: %v", err)
+	}
+	if fp < 1<<20 {
+		t.Fatalf("%d bytes of file pages: the test binary's own code is more", fp)
+	}
+	got := debug.SetMemoryLimit(-1)
+	// The file pages may grow between the two reads, by little.
+	if got >= limit || got < limit-fp-(4<<20) || got > limit-fp+(4<<20) {
+		t.Fatalf("runtime limit %d, want %d less the %d bytes of file pages", got, int64(limit), fp)
+	}
+	// The floor: file pages larger than the limit leave minGoLimit.
+	if g := goLimit(16<<20, 20<<20); g != minGoLimit {
+		t.Fatalf("goLimit(16 MiB, 20 MiB of file pages) = %d, want %d", g, minGoLimit)
 	}
 }
 

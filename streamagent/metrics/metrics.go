@@ -24,6 +24,7 @@ type Metrics struct {
 	BytesIn         prometheus.Counter
 	FileSize        prometheus.Histogram
 	Spilled         prometheus.Counter
+	MemoryWait      prometheus.Counter
 	BytesOut        prometheus.Counter
 	RegionErrors    *prometheus.CounterVec
 	InitialScans    *prometheus.CounterVec
@@ -75,7 +76,9 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "logbackup_agent_flush_file_size_bytes", Help: "Size of each uploaded data object (compressed).",
 			Buckets: prometheus.ExponentialBuckets(1024, 4, 12)}),
 		Spilled: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "logbackup_agent_spills_total", Help: "Times buffered changes went over the memory quota and spilled to temp files."}),
+			Name: "logbackup_agent_spills_total", Help: "Times buffered changes spilled to temp files: past the memory quota, or past the process's memory limit."}),
+		MemoryWait: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "logbackup_agent_memory_wait_seconds_total", Help: "Time receivers waited for the garbage collector before taking the next message, the process being over its memory limit."}),
 		BytesOut: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "logbackup_agent_flushed_bytes_total", Help: "Compressed bytes uploaded to storage."}),
 		RegionErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -145,7 +148,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	m.TiKV.Enabled.Inc()
 	if reg != nil {
 		reg.MustRegister(m.Errors, m.FatalErrors, m.TaskStatus, m.Retries, m.AutoResumes, m.RecoveryProbes, m.StorageRetries, m.TimeToRecover)
-		reg.MustRegister(m.EventsIn, m.BytesIn, m.FileSize, m.Spilled, m.BytesOut, m.RegionErrors, m.InitialScans, m.FlushDuration,
+		reg.MustRegister(m.EventsIn, m.BytesIn, m.FileSize, m.Spilled, m.MemoryWait, m.BytesOut, m.RegionErrors, m.InitialScans, m.FlushDuration,
 			m.ObservedRegions, m.BufferedBytes, m.AdvancerOwner, m.ForeignWriters, m.Checkpoints)
 		t := m.TiKV
 		reg.MustRegister(t.TaskStatus, t.Errors, t.FatalErrors, t.ObservedRegion, t.FlushDuration, t.FlushFileSize, t.UploadFileSize,

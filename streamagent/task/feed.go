@@ -119,7 +119,11 @@ func (f *feed) ensure(ctx context.Context) (*feedStream, error) {
 	// The receiver ends with the stream (close, or ctx); Run joins it.
 	events, window := f.events, f.window
 	f.receivers.Go(func() error {
+		mem := newMemGauge()
 		for {
+			if waited := mem.waitForCollector(sctx); waited > 0 {
+				f.env.Metrics.m.MemoryWait.Add(waited.Seconds())
+			}
 			var msg feedcodec.Received
 			err := stream.RecvMsg(&msg)
 			ev := msg.Event

@@ -63,6 +63,7 @@ type Runner struct {
 	results     <-chan flushResult
 	inflight    *flushJob
 	inflightMem atomic.Int64 // the in-flight builder's memory, for the quota
+	mem         *memGauge    // the process's memory against its limit (the loop's)
 	wantFlush   bool
 	waiters     []chan error
 	flushCh     chan chan error
@@ -138,6 +139,7 @@ func newRunner(env *Env, task taskIdent, covered []spans.Span, known *spans.Map,
 	t := &Runner{
 		env: env, taskIdent: task, log: env.Log, tempDir: tempDir,
 		feed:    newFeed(env),
+		mem:     newMemGauge(),
 		flushCh: make(chan chan error),
 		durable: &durableMap{m: known},
 		jobs:    jobs, retryFlush: again, results: results,
@@ -263,12 +265,14 @@ func (t *Runner) Run(ctx context.Context, flushOnExit *atomic.Bool) {
 }
 
 // keepQuota spills the builder once it and the flush in flight hold more
-// than the memory quota. A temp file that cannot be written is fatal, as in
-// TiKV: the buffer has nowhere to go.
+// than the memory quota, or once it holds pressureSpill and the process is
+// over its memory limit (memory.go). A temp file that cannot be written is
+// fatal, as in TiKV: the buffer has nowhere to go.
 func (t *Runner) keepQuota() bool {
 	t.stats.BufferedBytes.Store(int64(t.builder.Size()))
 	t.stats.MemoryBytes.Store(int64(t.builder.Memory()))
-	if t.builder.Memory()+int(t.inflightMem.Load()) <= t.env.Settings.MemoryQuota || t.builder.Memory() == 0 {
+	held := t.builder.Memory()
+	if held == 0 || held+int(t.inflightMem.Load()) <= t.env.Settings.MemoryQuota && (held < pressureSpill || !t.mem.read().over()) {
 		return true
 	}
 	if err := t.builder.Spill(); err != nil {
