@@ -57,12 +57,19 @@ import (
 // would, are read and dropped), so the two id spaces never meet in PD's
 // region tree.
 //
-// mocktikv's epochs differ from TiKV's in one way PD cares about: a merge
-// sets the survivor's version to its own plus one, where TiKV takes the
-// larger of both plus one, and PD refuses a region whose version is below
-// an overlapping one's as stale. Merge therefore first raises the
-// survivor's version in mocktikv (split off a sliver and merge it back,
-// +2 per round) until it is at least the absorbed region's.
+// mocktikv's epochs differ from TiKV's in two ways PD cares about, as PD
+// refuses a region whose version is below an overlapping one's as stale:
+// a merge sets the survivor's version to its own plus one, where TiKV
+// takes the larger of both plus one; and a split gives the new region a
+// version of 1, where TiKV gives it the split region's new version. Merge
+// therefore first raises the survivor's version in mocktikv (split off a
+// sliver and merge it back, +2 per round) until it is at least the
+// absorbed region's, and Split raises the new region's the same way to
+// the split region's. Without the second, a region PD knew and the
+// cluster merged away while PD was down (so PD never heard of the merge)
+// kept its range in PD for good: the new region split out of the survivor
+// over that range was older than it (seed 1796665420524999375 of
+// TestRealPDAgentsBackUpThroughTopologyChanges).
 
 const (
 	// storeHeartbeatInterval is below PD's 20 s disconnect threshold with
@@ -445,15 +452,16 @@ func (c *Cluster) pdDiff(ctx context.Context) (string, error) {
 	return "", nil
 }
 
-// raiseVersionForMergeLocked makes the left region's version at least the
-// right one's in mocktikv before they merge, so the survivor's version
-// after the merge is above both as in TiKV (see the comment at the top).
-// It splits a one-key sliver off the left region's start and merges it
-// back, which adds 2. A left region too narrow for a sliver is left as is.
-func (c *Cluster) raiseVersionForMergeLocked(leftID, rightID uint64) {
+// raiseVersionLocked raises region id's version in mocktikv to at least
+// region of's (see the comment at the top): before a merge the survivor's
+// to the absorbed region's, so the survivor's after it is above both;
+// after a split the new region's to the split region's. It splits a
+// one-key sliver off the region's start and merges it back, +2 a round. A
+// region too narrow for a sliver is left as is.
+func (c *Cluster) raiseVersionLocked(id, of uint64) {
 	for {
-		left, leader := c.mock.GetRegion(leftID)
-		right, _ := c.mock.GetRegion(rightID)
+		left, leader := c.mock.GetRegion(id)
+		right, _ := c.mock.GetRegion(of)
 		if left == nil || right == nil || left.RegionEpoch.GetVersion() >= right.RegionEpoch.GetVersion() {
 			return
 		}
@@ -474,8 +482,8 @@ func (c *Cluster) raiseVersionForMergeLocked(leftID, rightID uint64) {
 				newLeader = peers[i]
 			}
 		}
-		c.mock.Split(leftID, tmp, cut, peers, newLeader)
-		c.mock.Merge(leftID, tmp)
+		c.mock.Split(id, tmp, cut, peers, newLeader)
+		c.mock.Merge(id, tmp)
 	}
 }
 

@@ -338,3 +338,42 @@ func TestExternalPDBadConfig(t *testing.T) {
 		t.Fatalf("Start with ExternalPD and ServePD: %v", err)
 	}
 }
+
+// TestExternalPDMergeMissedThenSplit: PD is down while a region it knows
+// is merged away and the survivor is split left of that region's range.
+// The new region overlaps what PD still has of the absorbed one, and PD
+// takes it only if its version is not below that region's: TiKV gives a
+// split's new region the split region's version, which mocktikv (version
+// 1) does not by itself. Found by TestRealPDAgentsBackUpThroughTopologyChanges
+// (seed 1796665420524999375): PD kept the absorbed region for good.
+func TestExternalPDMergeMissedThenSplit(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	s, c, pdc := startExternal(t, ctx, simcluster.Config{Stores: 1, SplitKeys: [][]byte{[]byte("g"), []byte("p")}})
+	for _, k := range []string{"j", "m"} {
+		if _, err := c.Split([]byte(k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	requirePDRegions(t, ctx, c, pdc) // PD knows [j, m)
+	s.Stop()
+	if err := c.Merge([]byte("g")); err != nil { // [g, j) absorbs [j, m)
+		t.Fatal(err)
+	}
+	newID, err := c.Split([]byte("h")) // [g, h) and [h, m), over [j, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	split, n := c.RegionByKey([]byte("g")), c.RegionByKey([]byte("h"))
+	if n.Meta.Id != newID || n.Meta.RegionEpoch.GetVersion() < split.Meta.RegionEpoch.GetVersion() {
+		t.Fatalf("the split's new region %v has a version below the split region's %v", n.Meta, split.Meta)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, time.Minute)
+	defer wcancel()
+	if err := c.WaitPDSynced(wctx); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -78,6 +78,9 @@ func (c *Cluster) splitLocked(regionID uint64, raw []byte) uint64 {
 		}
 	}
 	c.mock.Split(regionID, newID, raw, peerIDs, newLeader)
+	if c.ext != nil {
+		c.raiseVersionLocked(newID, regionID)
+	}
 	c.topologyChangedLocked()
 	c.lastSplit = newID
 	return newID
@@ -97,7 +100,7 @@ func (c *Cluster) Merge(raw []byte) error {
 	}
 	right := c.regionByEncoded(left.Meta.EndKey)
 	if c.ext != nil {
-		c.raiseVersionForMergeLocked(left.Meta.Id, right.Meta.Id)
+		c.raiseVersionLocked(left.Meta.Id, right.Meta.Id)
 	}
 	c.mock.Merge(left.Meta.Id, right.Meta.Id)
 	c.topologyChangedLocked()
