@@ -56,13 +56,19 @@ func filePages() (int64, error) {
 // pages cannot be read (not Linux), the runtime's limit is the resident
 // limit itself, as before.
 func keepResident(ctx context.Context, limit int64) {
+	var last int64
 	set := func() bool {
 		fp, err := filePages()
 		if err != nil {
 			debug.SetMemoryLimit(limit)
 			return false
 		}
-		debug.SetMemoryLimit(goLimit(limit, fp))
+		// Setting the limit makes the runtime re-plan its collections:
+		// only when the file pages moved.
+		if l := goLimit(limit, fp); l != last {
+			debug.SetMemoryLimit(l)
+			last = l
+		}
 		return true
 	}
 	if !set() {
