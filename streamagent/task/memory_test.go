@@ -33,8 +33,9 @@ func (h *harness) putMiB(p string, i, n int) []logfile.Change {
 }
 
 // TestSpillOverMemoryLimit: below its quota a builder keeps its changes in
-// memory, but with the process over its memory limit it spills them, so
-// the limit is kept whatever the quota allows; nothing spilled is lost.
+// memory, but with the process near or over its memory limit it spills
+// them, so the limit is kept whatever the quota allows; nothing spilled is
+// lost.
 func TestSpillOverMemoryLimit(t *testing.T) {
 	h := newHarness(t, func(s *Settings) { s.FlushInterval = time.Hour })
 	h.start()
@@ -80,6 +81,9 @@ func TestWaitForCollector(t *testing.T) {
 	cancel()
 	if w := g.waitForCollector(ctx); w >= maxLiveWait {
 		t.Fatalf("waited %s with the context done", w)
+	}
+	if u := (memUse{used: 90, limit: 96}); u.over() || !u.near(8) || u.near(4) {
+		t.Fatalf("%+v: under the limit, within 8 of it, not within 4", u)
 	}
 	if u := (memUse{used: 100, live: 40, limit: 96}); !u.collectable() {
 		t.Fatalf("%+v: garbage over the limit is collectable", u)

@@ -266,13 +266,13 @@ func (t *Runner) Run(ctx context.Context, flushOnExit *atomic.Bool) {
 
 // keepQuota spills the builder once it and the flush in flight hold more
 // than the memory quota, or once it holds pressureSpill and the process is
-// over its memory limit (memory.go). A temp file that cannot be written is
-// fatal, as in TiKV: the buffer has nowhere to go.
+// within spillMargin of its memory limit (memory.go). A temp file that
+// cannot be written is fatal, as in TiKV: the buffer has nowhere to go.
 func (t *Runner) keepQuota() bool {
 	t.stats.BufferedBytes.Store(int64(t.builder.Size()))
 	t.stats.MemoryBytes.Store(int64(t.builder.Memory()))
 	held := t.builder.Memory()
-	if held == 0 || held+int(t.inflightMem.Load()) <= t.env.Settings.MemoryQuota && (held < pressureSpill || !t.mem.read().over()) {
+	if held == 0 || held+int(t.inflightMem.Load()) <= t.env.Settings.MemoryQuota && (held < pressureSpill || !t.mem.read().near(spillMargin)) {
 		return true
 	}
 	if err := t.builder.Spill(); err != nil {
