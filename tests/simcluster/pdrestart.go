@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"syscall"
+	"time"
 
 	"github.com/pingcap/kvproto/pkg/pdpb"
 	"google.golang.org/grpc"
@@ -46,7 +49,25 @@ func (c *Cluster) StartPD(ctx context.Context) error {
 	if f := c.cfg.TLS; f != nil {
 		ecfg.TLS = &embedetcd.TLS{CertFile: f.Cert, KeyFile: f.Key, CAFile: f.CA}
 	}
-	e, err := embedetcd.Start(ctx, ecfg)
+	// The address was free only while PD ran on it: another process on
+	// the machine may hold it for a while meanwhile, e.g. as the local
+	// port of a connection (a CI run of parallel test binaries did), so a
+	// busy address is tried again, as long as ctx allows, up to
+	// restartBindWait.
+	var e *embedetcd.Server
+	var err error
+	deadline := time.Now().Add(restartBindWait)
+	for {
+		e, err = embedetcd.Start(ctx, ecfg)
+		if err == nil || !addrInUse(err) || time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("start PD again: %w (%w)", err, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("start PD again: %w", err)
 	}
@@ -57,4 +78,11 @@ func (c *Cluster) StartPD(ctx context.Context) error {
 	m := e.Member()
 	srv.setMember(&pdpb.Member{Name: m.Name, MemberId: m.ID, PeerUrls: []string{m.PeerURL}, ClientUrls: []string{m.ClientURL}})
 	return nil
+}
+
+// restartBindWait bounds StartPD's wait for its old address to be free.
+const restartBindWait = 30 * time.Second
+
+func addrInUse(err error) bool {
+	return errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")
 }

@@ -3,6 +3,7 @@ package simcluster_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"testing"
 	"time"
 
@@ -86,5 +87,44 @@ func TestStopAndStartPD(t *testing.T) {
 	}
 	if _, err := meta.GCSafePoint(ctx, pdc); err != nil {
 		t.Fatalf("PD's GC safe point after the restart: %v", err)
+	}
+}
+
+// TestStartPDWaitsForItsAddress: while PD was stopped, something else held
+// its address for a moment (in CI, another test binary's connection had it
+// as its local port); StartPD waits for it rather than fail.
+func TestStartPDWaitsForItsAddress(t *testing.T) {
+	c := startPD(t, simcluster.Config{Stores: 1, DataDir: t.TempDir()})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	addr := c.PDAddr()
+	if err := c.StopPD(); err != nil {
+		t.Fatal(err)
+	}
+	var l net.Listener
+	eventually.NoError(t, 10*time.Second, func(context.Context) error {
+		var err error
+		l, err = net.Listen("tcp", addr)
+		return err
+	}, "to take PD's address")
+	released := make(chan struct{})
+	go func() {
+		time.Sleep(time.Second)
+		l.Close()
+		close(released)
+	}()
+	if err := c.StartPD(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-released:
+	default:
+		t.Fatal("StartPD returned while its address was still held")
+	}
+	if c.PDAddr() != addr {
+		t.Fatalf("PD came back at %s, was %s", c.PDAddr(), addr)
+	}
+	if _, err := c.TSO(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
