@@ -6,7 +6,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/config"
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
 	"golang.org/x/oauth2/google"
 
@@ -51,11 +50,7 @@ func applyCredentialPolicy(ctx context.Context, env *Env, loc *storage.Location,
 		if loc.Profile != "" {
 			return nil
 		}
-		cfg, err := config.LoadDefaultConfig(cctx)
-		if err != nil {
-			return userError(hint, err, "cannot look up AWS credentials to send to the agents")
-		}
-		creds, err := cfg.Credentials.Retrieve(cctx)
+		creds, err := storage.FindAWSCredentials(cctx)
 		if err != nil {
 			return userError(hint, err, "no AWS credentials found in br's environment to send to the agents")
 		}

@@ -16,11 +16,7 @@ import (
 	"logbackup/storage/internal/gcsjson"
 )
 
-// blobWriteHook adjusts a backend's native write request (storage class,
-// ACL, access tier) through gocloud's BeforeWrite escape hatch.
-type blobWriteHook func(as func(any) bool) error
-
-func openGCS(ctx context.Context, loc *Location) (*blob.Bucket, blobWriteHook, func(), error) {
+func openGCS(ctx context.Context, loc *Location) (*blob.Bucket, func(), error) {
 	const scope = "https://www.googleapis.com/auth/devstorage.read_write"
 	// The token source keeps this context for every later token refresh,
 	// so it must outlive Open: values yes, cancellation no. Parsing a key
@@ -45,27 +41,27 @@ func openGCS(ctx context.Context, loc *Location) (*blob.Bucket, blobWriteHook, f
 		creds, err = gcp.DefaultCredentials(cctx)
 	}
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("%w: gcs (set credentials-file or GOOGLE_APPLICATION_CREDENTIALS): %w", ErrCredentials, err)
+		return nil, nil, fmt.Errorf("%w: gcs (set credentials-file or GOOGLE_APPLICATION_CREDENTIALS): %w", ErrCredentials, err)
 	}
 	client, err := gcp.NewHTTPClient(tr, gcsTokenGuard{gcp.CredentialsTokenSource(creds)})
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("gcs client: %w", err)
+		return nil, nil, fmt.Errorf("gcs client: %w", err)
 	}
 	// Our own JSON API driver, not gcsblob: the Go client's package init
 	// alone held about 10 MiB of the agent's idle RSS (issue 19). It makes
 	// one attempt per request, so our retry loop owns retries (the
 	// client's own loop retried a refused connection until the attempt's
 	// deadline, and an outage was reported as a timeout). Storage class
-	// and ACL go with every upload it makes, so no write hook is needed.
+	// and ACL go with every upload it makes.
 	opts := gcsjson.Options{StorageClass: loc.StorageClass, PredefinedACL: loc.ACL}
 	if loc.Endpoint != "" {
 		opts.Endpoint = gcsEndpoint(loc.Endpoint)
 	}
 	b, err := gcsjson.OpenBucket(&client.Client, loc.Bucket, opts)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("gcs bucket: %w", err)
+		return nil, nil, fmt.Errorf("gcs bucket: %w", err)
 	}
-	return b, nil, tr.CloseIdleConnections, nil
+	return b, tr.CloseIdleConnections, nil
 }
 
 // gcsEndpoint is the JSON API base URL the driver puts its paths

@@ -9,11 +9,11 @@ import (
 	"syscall"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
-	"github.com/aws/smithy-go"
 	"gocloud.dev/gcerrors"
 	"google.golang.org/api/googleapi"
 
 	"logbackup/storage/internal/gcsjson"
+	"logbackup/storage/internal/s3driver"
 )
 
 // ErrorKind is what a failed storage operation means to its caller, the
@@ -134,9 +134,9 @@ func kindOf(err error) ErrorKind {
 // serviceCode is the error code a cloud service answered with (S3's
 // <Code>, Azure's x-ms-error-code, GCS's first reason), or "".
 func serviceCode(err error) string {
-	var ae smithy.APIError
-	if errors.As(err, &ae) {
-		return ae.ErrorCode()
+	var se *s3driver.Error
+	if errors.As(err, &se) {
+		return se.Code
 	}
 	var ze *azcore.ResponseError
 	if errors.As(err, &ze) {

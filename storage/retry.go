@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/cenkalti/backoff/v5"
 	"io"
 	"net"
 	"net/http"
@@ -12,11 +11,11 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
-	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
-	"github.com/aws/smithy-go"
-	smithyhttp "github.com/aws/smithy-go/transport/http"
+	"github.com/cenkalti/backoff/v5"
 	"gocloud.dev/gcerrors"
 	"google.golang.org/api/googleapi"
+
+	"logbackup/storage/internal/s3driver"
 )
 
 // RetryPolicy bounds how transient failures are retried inside the
@@ -162,9 +161,9 @@ func transient(err error) bool {
 	if c := httpStatus(err); c != 0 {
 		return c >= 500 || c == http.StatusTooManyRequests || c == http.StatusRequestTimeout
 	}
-	var ae smithy.APIError
-	if errors.As(err, &ae) {
-		switch ae.ErrorCode() {
+	var s3e *s3driver.Error
+	if errors.As(err, &s3e) {
+		switch s3e.Code {
 		case "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
 			"InternalError", "ServiceUnavailable":
 			return true
@@ -182,11 +181,10 @@ func transient(err error) bool {
 		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.EPIPE) {
 		return true
 	}
-	// The SDK wraps every failure to send a request or read its answer
-	// (connection dropped, reset, EOF mid-response) in these.
-	var se *smithyhttp.RequestSendError
-	var de *smithy.DeserializationError
-	if errors.As(err, &se) || errors.As(err, &de) {
+	// The S3 driver wraps every failure to send a request or read its
+	// answer (connection dropped, reset, EOF mid-response) in this.
+	var se *s3driver.SendError
+	if errors.As(err, &se) {
 		return true
 	}
 	// Not any net.Error: syscall.Errno satisfies that interface too, and a
@@ -211,9 +209,9 @@ func transient(err error) bool {
 
 // httpStatus is the HTTP status of a failed cloud request, or 0.
 func httpStatus(err error) int {
-	var re *awshttp.ResponseError
+	var re *s3driver.Error
 	if errors.As(err, &re) {
-		return re.HTTPStatusCode()
+		return re.Status
 	}
 	var ge *googleapi.Error
 	if errors.As(err, &ge) {

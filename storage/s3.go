@@ -5,87 +5,57 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/config"
-	"github.com/aws/aws-sdk-go-v2/credentials"
-	"github.com/aws/aws-sdk-go-v2/credentials/stscreds"
-	"github.com/aws/aws-sdk-go-v2/feature/s3/transfermanager"
-	tmtypes "github.com/aws/aws-sdk-go-v2/feature/s3/transfermanager/types"
-	"github.com/aws/aws-sdk-go-v2/service/s3"
-	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
-	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"gocloud.dev/blob"
-	"gocloud.dev/blob/s3blob"
+
+	"logbackup/storage/internal/awsauth"
+	"logbackup/storage/internal/s3driver"
 )
 
-// openS3 builds the S3 client itself, so that credentials from the URL,
-// path style and the endpoint are honoured, and so that the SDK does not
-// retry on its own: our retry loop does, observably, with per-attempt
-// deadlines. Nothing here touches the network; credentials are resolved
-// on the first request, under that request's deadline.
-// The returned func releases the client's idle connections.
-func openS3(ctx context.Context, loc *Location) (*blob.Bucket, blobWriteHook, func(), error) {
-	var cfgOpts []func(*config.LoadOptions) error
-	if loc.Region != "" {
-		cfgOpts = append(cfgOpts, config.WithRegion(loc.Region))
-	}
-	if loc.Profile != "" {
-		cfgOpts = append(cfgOpts, config.WithSharedConfigProfile(loc.Profile))
-	}
-	if loc.secret.accessKey != "" {
-		cfgOpts = append(cfgOpts, config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider(
-			loc.secret.accessKey, loc.secret.secretAccessKey, loc.secret.sessionToken)))
-	}
-	// Loading reads environment and shared files only; the deadline guards
-	// against a config that points somewhere slow.
-	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	cfg, err := config.LoadDefaultConfig(lctx, cfgOpts...)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("load AWS config: %w", err)
-	}
-	if cfg.Region == "" {
-		cfg.Region = "us-east-1" // BR's default; S3-compatible servers ignore it
-	}
+// openS3 opens the bucket through our own S3 driver (storage/internal/
+// s3driver), signed with credentials found as the AWS SDK's default chain
+// finds them (storage/internal/awsauth): the URL's keys, the environment,
+// the shared files and profile, web identity, the container endpoint, the
+// instance role; then role-arn, if set, assumed with them. The driver
+// makes one attempt per request, so our retry loop retries, observably,
+// with per-attempt deadlines. Nothing here touches the network;
+// credentials are resolved on the first request, under that request's
+// deadline. The returned func releases the client's idle connections.
+func openS3(loc *Location) (*blob.Bucket, func(), error) {
 	httpClient := newHTTPClient()
-	cfg.HTTPClient = httpClient
-	cfg.Retryer = func() aws.Retryer { return aws.NopRetryer{} }
-	if loc.RoleARN != "" {
-		stsClient := sts.NewFromConfig(cfg)
-		cfg.Credentials = aws.NewCredentialsCache(stscreds.NewAssumeRoleProvider(stsClient, loc.RoleARN,
-			func(o *stscreds.AssumeRoleOptions) {
-				if loc.secret.externalID != "" {
-					o.ExternalID = aws.String(loc.secret.externalID)
-				}
-			}))
+	tr := httpClient.Transport.(*http.Transport)
+	tr.Proxy = bypassForMetadata(tr.Proxy)
+	cfg := awsauth.Config{
+		Profile: loc.Profile, Region: loc.Region,
+		RoleARN: loc.RoleARN, ExternalID: loc.secret.externalID,
+		HTTPClient: httpClient,
 	}
-	if cfg.Credentials != nil {
-		cfg.Credentials = credentialsGuard{cfg.Credentials}
+	if loc.secret.accessKey != "" && loc.secret.secretAccessKey != "" {
+		cfg.Static = &awsauth.Credentials{AccessKeyID: loc.secret.accessKey, SecretAccessKey: loc.secret.secretAccessKey,
+			SessionToken: loc.secret.sessionToken, Source: "the storage URL"}
 	}
-	client := s3.NewFromConfig(cfg, func(so *s3.Options) {
-		so.UsePathStyle = loc.ForcePathStyle
-		if loc.Endpoint != "" {
-			so.BaseEndpoint = aws.String(loc.Endpoint)
-			// S3-compatible servers (Ceph, older MinIO, …) reject the
-			// SDK's newer default checksum headers; AWS accepts both.
-			so.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
-			so.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
-		}
-		so.Retryer = aws.NopRetryer{}
-	})
-	opts := &s3blob.Options{RequestChecksumCalculation: client.Options().RequestChecksumCalculation}
-	if loc.SSE != "" {
-		opts.EncryptionType = s3types.ServerSideEncryption(normaliseSSE(loc.SSE))
-		opts.KMSEncryptionID = loc.SSEKMSKeyID
-	}
-	b, err := s3blob.OpenBucket(ctx, client, loc.Bucket, opts)
+	creds, region, err := awsauth.Resolve(cfg)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, fmt.Errorf("%w: s3: %w", ErrCredentials, err)
 	}
-	return b, s3WriteHook(loc), httpClient.CloseIdleConnections, nil
+	opts := s3driver.Options{
+		Endpoint: loc.Endpoint, Region: region, PathStyle: loc.ForcePathStyle,
+		Credentials:  credentialsGuard{creds},
+		StorageClass: loc.StorageClass, ACL: loc.ACL,
+	}
+	if loc.SSE != "" {
+		opts.SSE, opts.KMSKeyID = normaliseSSE(loc.SSE), loc.SSEKMSKeyID
+	}
+	b, err := s3driver.OpenBucket(httpClient, loc.Bucket, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	// Storage class, ACL and encryption go with every object the driver
+	// writes.
+	return b, httpClient.CloseIdleConnections, nil
 }
 
 // normaliseSSE maps BR's spellings to the header values S3 expects.
@@ -95,26 +65,6 @@ func normaliseSSE(v string) string {
 		return "AES256"
 	default:
 		return strings.ToLower(v)
-	}
-}
-
-// s3WriteHook applies the per-object options s3blob has no knob for.
-func s3WriteHook(loc *Location) blobWriteHook {
-	if loc.StorageClass == "" && loc.ACL == "" {
-		return nil
-	}
-	return func(as func(any) bool) error {
-		var in *transfermanager.UploadObjectInput
-		if !as(&in) {
-			return fmt.Errorf("s3 writer does not expose its upload input; cannot set storage-class or acl")
-		}
-		if loc.StorageClass != "" {
-			in.StorageClass = tmtypes.StorageClass(loc.StorageClass)
-		}
-		if loc.ACL != "" {
-			in.ACL = tmtypes.ObjectCannedACL(loc.ACL)
-		}
-		return nil
 	}
 }
 
@@ -129,15 +79,59 @@ func newHTTPClient() *http.Client {
 	return &http.Client{Transport: tr}
 }
 
+// bypassForMetadata leaves the instance-metadata and container-credentials
+// endpoints (link-local, and EC2's IPv6 fd00:ec2::) out of a proxy from
+// the environment: they answer only this machine, and a proxy would hand
+// out its own instance's role, or nothing.
+func bypassForMetadata(proxy func(*http.Request) (*url.URL, error)) func(*http.Request) (*url.URL, error) {
+	return func(req *http.Request) (*url.URL, error) {
+		if ip := net.ParseIP(req.URL.Hostname()); ip != nil &&
+			(ip.IsLinkLocalUnicast() || ip.IsLoopback() || strings.HasPrefix(ip.String(), "fd00:ec2::")) {
+			return nil, nil
+		}
+		if proxy == nil {
+			return nil, nil
+		}
+		return proxy(req)
+	}
+}
+
 // credentialsGuard marks every failure to obtain credentials with
 // ErrCredentials, so it is reported at once instead of being retried like
-// a network error (the SDK reports it as a plain wrapped error).
-type credentialsGuard struct{ aws.CredentialsProvider }
+// a network error.
+type credentialsGuard struct{ awsauth.Provider }
 
-func (g credentialsGuard) Retrieve(ctx context.Context) (aws.Credentials, error) {
-	c, err := g.CredentialsProvider.Retrieve(ctx)
+func (g credentialsGuard) Retrieve(ctx context.Context) (awsauth.Credentials, error) {
+	c, err := g.Provider.Retrieve(ctx)
 	if err != nil {
 		return c, fmt.Errorf("%w (set access-key and secret-access-key in the URL, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or a role): %w", ErrCredentials, err)
 	}
 	return c, nil
+}
+
+// AWSCredentials are keys found in this process's environment.
+type AWSCredentials struct {
+	AccessKeyID, SecretAccessKey, SessionToken string
+	Source                                     string // where they were found; never a secret
+}
+
+// FindAWSCredentials looks AWS credentials up as an agent does for an S3
+// URL without keys (the environment, the shared files, web identity, the
+// container endpoint, the instance role), under ctx. br uses it to send
+// its own with a task (BR's --send-credentials-to-tikv).
+func FindAWSCredentials(ctx context.Context) (AWSCredentials, error) {
+	client := newHTTPClient()
+	defer client.CloseIdleConnections()
+	tr := client.Transport.(*http.Transport)
+	tr.Proxy = bypassForMetadata(tr.Proxy)
+	p, _, err := awsauth.Resolve(awsauth.Config{HTTPClient: client})
+	if err != nil {
+		return AWSCredentials{}, err
+	}
+	c, err := p.Retrieve(ctx)
+	if err != nil {
+		return AWSCredentials{}, err
+	}
+	return AWSCredentials{AccessKeyID: c.AccessKeyID, SecretAccessKey: c.SecretAccessKey, SessionToken: c.SessionToken,
+		Source: c.Source}, nil
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -451,5 +452,45 @@ func TestS3StreamMultipart(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK || bytes.Contains(body, []byte("<Upload>")) {
 		t.Fatalf("multipart uploads after the failed stream (%d): %s", resp.StatusCode, body)
+	}
+}
+
+// TestS3CredentialsFromProfile: profile= in the URL picks that profile of
+// the shared credentials file, over the environment's keys, and its
+// region signs the requests.
+func TestS3CredentialsFromProfile(t *testing.T) {
+	dir := t.TempDir()
+	creds, conf := dir+"/credentials", dir+"/config"
+	if err := os.WriteFile(creds, []byte("[default]\naws_access_key_id = defaultkey\naws_secret_access_key = ds\n\n"+
+		"[prod]\naws_access_key_id = prodkey\naws_secret_access_key = ps\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(conf, []byte("[profile prod]\nregion = eu-west-3\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", creds)
+	t.Setenv("AWS_CONFIG_FILE", conf)
+	t.Setenv("AWS_ACCESS_KEY_ID", "envkey")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "envsecret")
+	t.Setenv("AWS_REGION", "")
+	t.Setenv("AWS_DEFAULT_REGION", "")
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	var mu sync.Mutex
+	var auth string
+	srv := s3test.Start(t, "bk")
+	srv.SetFault(s3test.Fault{Remaining: -1, Match: func(r *http.Request) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		auth = r.Header.Get("Authorization")
+		return false
+	}})
+	s := open(t, fmt.Sprintf("s3://bk/p?endpoint=%s&profile=prod", srv.Endpoint()), fastRetry)
+	if err := s.WriteFile(context.Background(), "obj", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(auth, "Credential=prodkey/") || !strings.Contains(auth, "/eu-west-3/s3/aws4_request") {
+		t.Fatalf("request not signed with the profile's key and region: %q", auth)
 	}
 }

@@ -96,13 +96,10 @@ type blobStorage struct {
 	bucket *blob.Bucket
 	url    string // redacted, computed once
 	opts   options
-	hook   blobWriteHook
 	// local marks file storage: writes go through writeLocal for fsync,
 	// and fileblob's stranded temp files are hidden from List.
 	local    bool
 	localDir string
-	// s3: s3blob reads an upload's source itself (see streamRemote).
-	s3 bool
 	// azure writes (and checks existence) through the SDK directly; see
 	// azureBackend.
 	azure *azureBackend
@@ -164,10 +161,9 @@ func Open(ctx context.Context, loc *Location, opts ...Option) (Storage, error) {
 	case "mem":
 		b = memblob.OpenBucket(nil)
 	case "s3":
-		b, s.hook, s.release, err = openS3(ctx, &l)
-		s.s3 = true
+		b, s.release, err = openS3(&l)
 	case "gcs":
-		b, s.hook, s.release, err = openGCS(ctx, &l)
+		b, s.release, err = openGCS(ctx, &l)
 	case "azblob":
 		b, s.azure, s.release, err = openAzure(&l)
 	default:
@@ -225,7 +221,6 @@ func (s *blobStorage) WriteFile(ctx context.Context, name string, data []byte) e
 		// WriteAll reads it from the start each time.
 		return s.bucket.WriteAll(ctx, name, data, &blob.WriterOptions{
 			ContentType: "application/octet-stream",
-			BeforeWrite: s.hook,
 		})
 	})
 	if err != nil {

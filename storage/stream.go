@@ -10,10 +10,8 @@ import (
 )
 
 // The upload window of a streamed write. S3 uploads parts of
-// streamPartSize with up to streamConcurrency in flight; its transfer
-// manager also reads its 16 MiB multipart threshold into memory before
-// deciding between one PUT and a multipart upload, so an S3 stream holds at
-// most 16 MiB + (streamConcurrency+1) × streamPartSize ≈ 31 MiB. GCS
+// streamPartSize with up to streamConcurrency in flight, so an S3 stream
+// holds at most (streamConcurrency+1) × streamPartSize = 15 MiB. GCS
 // buffers one chunk of streamPartSize; Azure stages blocks of
 // azureBlockSize, azureUploadParallel at a time (see azureBackend.writeFrom);
 // file storage copies through one buffer of streamCopyBuf.
@@ -60,14 +58,7 @@ func (s *blobStorage) streamRemote(ctx context.Context, name string, r io.Reader
 	defer cancel()
 	opts := &blob.WriterOptions{
 		ContentType: "application/octet-stream",
-		BeforeWrite: s.hook,
 		BufferSize:  streamPartSize, MaxConcurrency: streamConcurrency,
-	}
-	if s.s3 {
-		// s3blob hands r to the transfer manager, which reads the parts
-		// straight from it (no pipe, no extra copy) and, when r fails,
-		// aborts the multipart upload while the context still lets it.
-		return s.bucket.Upload(wctx, name, r, opts)
 	}
 	w, err := s.bucket.NewWriter(wctx, name, opts)
 	if err != nil {

@@ -39,7 +39,7 @@ var roles = []struct{ name, frame string }{
 	{"agent", "logbackup/streamagent/"},
 	{"agent", "logbackup/storage."},
 	{"agent", "gocloud.dev/"},
-	{"agent", "github.com/aws/aws-sdk-go-v2/feature/s3/manager"},
+	{"agent", "logbackup/storage/internal/"},
 	{"gRPC transport, client side (agent, etcd and PD clients)", "google.golang.org/grpc/internal/transport.(*http2Client)"},
 	{"gRPC transport, server side (stores, PD, etcd)", "google.golang.org/grpc/internal/transport.(*http2Server)"},
 	{"gRPC transport, writers (both sides)", "google.golang.org/grpc/internal/transport.(*loopyWriter)"},
@@ -56,7 +56,7 @@ var stages = []struct{ name, frame string }{
 	{"agent: flush (build files, compress, upload, checkpoints)", "logbackup/streamagent/logfile.(*Builder).compressAll"},
 	{"agent: flush (build files, compress, upload, checkpoints)", "logbackup/storage."},
 	{"agent: flush (build files, compress, upload, checkpoints)", "gocloud.dev/"},
-	{"agent: flush (build files, compress, upload, checkpoints)", "github.com/aws/aws-sdk-go-v2/feature/s3/manager"},
+	{"agent: flush (build files, compress, upload, checkpoints)", "logbackup/storage/internal/"},
 	{"agent: task loop (placement, match, buffer, spill, freeze)", "logbackup/streamagent/task.(*Runner)"},
 }
 

@@ -12,7 +12,6 @@ package gcsjson
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -21,6 +20,8 @@ import (
 	"gocloud.dev/blob"
 	"gocloud.dev/blob/driver"
 	"gocloud.dev/gcerrors"
+
+	"logbackup/storage/internal/drvhttp"
 )
 
 // DefaultEndpoint is Google's JSON API base.
@@ -131,13 +132,6 @@ func (b *bucket) send(req *http.Request, ok ...int) (*http.Response, error) {
 	return nil, responseError(resp)
 }
 
-// drain reads what is left of a body (a little, so the connection can be
-// reused) and closes it.
-func drain(resp *http.Response) {
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	resp.Body.Close()
-}
-
 func (b *bucket) ErrorCode(err error) gcerrors.ErrorCode { return errorCode(err) }
 
 // As exposes nothing: there is no SDK type underneath.
@@ -180,7 +174,7 @@ func (b *bucket) Delete(ctx context.Context, key string, opts *driver.DeleteOpti
 	if err != nil {
 		return err
 	}
-	drain(resp)
+	drvhttp.Drain(resp)
 	return nil
 }
 

@@ -1,16 +1,16 @@
 package gcsjson
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
-	"net/url"
 	"strings"
 
 	"gocloud.dev/gcerrors"
 	"google.golang.org/api/googleapi"
+
+	"logbackup/storage/internal/drvhttp"
 )
 
 // ErrBucketNotExist marks a listing answered 404: a list names no object,
@@ -42,7 +42,7 @@ func responseError(resp *http.Response) error {
 		} `json:"error"`
 	}
 	if json.Unmarshal(body, &env) == nil && (env.Error.Message != "" || len(env.Error.Errors) > 0) {
-		e.Message = oneLine(env.Error.Message, 300)
+		e.Message = drvhttp.OneLine(env.Error.Message, 300)
 		if len(env.Error.Errors) > 0 {
 			// The item's message equals the error's, so googleapi prints
 			// "Error 404: msg, reason" on one line, not a details block.
@@ -51,20 +51,10 @@ func responseError(resp *http.Response) error {
 		return e
 	}
 	e.Message = http.StatusText(resp.StatusCode)
-	if s := oneLine(string(body), 200); s != "" && !strings.EqualFold(s, e.Message) {
+	if s := drvhttp.OneLine(string(body), 200); s != "" && !strings.EqualFold(s, e.Message) {
 		e.Message += ": " + s
 	}
 	return e
-}
-
-// oneLine collapses whitespace runs (newlines included) to one space and
-// cuts s to at most n bytes.
-func oneLine(s string, n int) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > n {
-		s = s[:n] + "…"
-	}
-	return s
 }
 
 // errorCode maps what the driver returned to gocloud's portable codes.
@@ -74,46 +64,17 @@ func errorCode(err error) gcerrors.ErrorCode {
 		return gcerrors.Unimplemented
 	case errors.Is(err, ErrBucketNotExist):
 		return gcerrors.NotFound
-	case errors.Is(err, context.Canceled):
-		return gcerrors.Canceled
-	case errors.Is(err, context.DeadlineExceeded):
-		return gcerrors.DeadlineExceeded
+	}
+	if c, ok := drvhttp.ContextCode(err); ok {
+		return c
 	}
 	var ge *googleapi.Error
 	if !errors.As(err, &ge) {
 		return gcerrors.Unknown
 	}
-	switch c := ge.Code; {
-	case c == http.StatusBadRequest, c == http.StatusRequestedRangeNotSatisfiable:
-		return gcerrors.InvalidArgument
-	case c == http.StatusUnauthorized, c == http.StatusForbidden:
-		return gcerrors.PermissionDenied
-	case c == http.StatusNotFound:
-		return gcerrors.NotFound
-	case c == http.StatusConflict:
-		return gcerrors.AlreadyExists
-	case c == http.StatusPreconditionFailed:
-		return gcerrors.FailedPrecondition
-	case c == http.StatusTooManyRequests:
-		return gcerrors.ResourceExhausted
-	case c == http.StatusNotImplemented:
-		return gcerrors.Unimplemented
-	case c >= 500:
-		return gcerrors.Internal
-	}
-	return gcerrors.Unknown
+	return drvhttp.StatusCode(ge.Code)
 }
 
-// sendError strips the query from a failed request's URL before it
-// reaches an error message: a resumable session's upload_id lets anyone
-// holding it write the object, so it is no less a secret than a token.
-func sendError(err error) error {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		if u, perr := url.Parse(ue.URL); perr == nil && u.RawQuery != "" {
-			u.RawQuery = ""
-			ue.URL = u.String()
-		}
-	}
-	return err
-}
+// sendError strips the query from a failed request's URL (a resumable
+// session's upload_id).
+func sendError(err error) error { return drvhttp.StripQuery(err) }

@@ -8,6 +8,7 @@ import (
 
 	"gocloud.dev/blob/driver"
 
+	"logbackup/storage/internal/drvhttp"
 	"logbackup/storage/internal/rangeread"
 )
 
@@ -35,7 +36,7 @@ func (b *bucket) NewRangeReader(ctx context.Context, key string, offset, length 
 	}
 	// 200 to a ranged read: a server that ignores Range sent the whole
 	// object.
-	r, err := rangeread.New(resp.Body, readerAttributes(resp), offset, length, resp.StatusCode == http.StatusOK)
+	r, err := rangeread.New(resp.Body, drvhttp.ReaderAttributes(resp), offset, length, resp.StatusCode == http.StatusOK)
 	if err != nil {
 		return nil, fmt.Errorf("gcs: %w", err)
 	}
@@ -61,22 +62,4 @@ func (b *bucket) emptyReader(ctx context.Context, key string, opts *driver.Reade
 		}
 	}
 	return rangeread.Empty(driver.ReaderAttributes{ContentType: a.ContentType, ModTime: a.ModTime, Size: a.Size}), nil
-}
-
-// readerAttributes reads the object's size (the total in Content-Range
-// for a range), type and modification time from a media answer.
-func readerAttributes(resp *http.Response) driver.ReaderAttributes {
-	a := driver.ReaderAttributes{ContentType: resp.Header.Get("Content-Type")}
-	if a.ContentType == "" {
-		a.ContentType = "application/octet-stream"
-	}
-	if t, err := http.ParseTime(resp.Header.Get("Last-Modified")); err == nil {
-		a.ModTime = t
-	}
-	if n, ok := rangeread.TotalSize(resp.Header.Get("Content-Range")); ok {
-		a.Size = n
-	} else if resp.ContentLength > 0 {
-		a.Size = resp.ContentLength
-	}
-	return a
 }

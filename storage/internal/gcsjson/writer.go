@@ -14,6 +14,8 @@ import (
 	"strconv"
 
 	"gocloud.dev/blob/driver"
+
+	"logbackup/storage/internal/drvhttp"
 )
 
 const (
@@ -77,24 +79,12 @@ func (w *writer) Write(p []byte) (int, error) {
 			}
 		}
 		k := min(len(p), w.chunk-len(w.buf))
-		w.grow(k)
+		w.buf = drvhttp.Grow(w.buf, k, w.chunk)
 		w.buf = append(w.buf, p[:k]...)
 		n += k
 		p = p[k:]
 	}
 	return n, nil
-}
-
-// grow makes room for k more bytes, never past one chunk: a small object
-// holds a small buffer.
-func (w *writer) grow(k int) {
-	need := len(w.buf) + k
-	if need <= cap(w.buf) {
-		return
-	}
-	nb := make([]byte, len(w.buf), min(w.chunk, max(need, 2*cap(w.buf), 4096)))
-	copy(nb, w.buf)
-	w.buf = nb
 }
 
 func (w *writer) Close() error {
@@ -178,7 +168,7 @@ func (w *writer) multipart() error {
 		w.err = err
 		return err
 	}
-	drain(resp)
+	drvhttp.Drain(resp)
 	return nil
 }
 
@@ -198,7 +188,7 @@ func (w *writer) open() error {
 	if err != nil {
 		return err
 	}
-	drain(resp)
+	drvhttp.Drain(resp)
 	loc := resp.Header.Get("Location")
 	if loc == "" {
 		return fmt.Errorf("gcs: resumable upload of %q: no session URI in the answer", w.key)
@@ -247,7 +237,7 @@ func (w *writer) put(final bool) (done bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	drain(resp)
+	drvhttp.Drain(resp)
 	if resp.StatusCode != http.StatusPermanentRedirect {
 		if !final {
 			return false, fmt.Errorf("gcs: resumable upload of %q: finalized before its last chunk", w.key)
