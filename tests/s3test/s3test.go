@@ -126,6 +126,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	case f.Drop:
 		drop(w, r)
 	case status != 0:
+		// Read the request first, as S3 does for a body it refuses: an
+		// answer before it leaves net/http's server lingering on the
+		// connection half a second after the test has ended.
+		_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, 64<<20))
 		writeS3Error(w, r, status, f.Code)
 	case f.SlowBody > 0:
 		sw := &stallingWriter{ResponseWriter: w, delay: f.SlowBody, ctx: r.Context()}

@@ -13,8 +13,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -161,8 +163,8 @@ func (b *bucket) bucketURL(q url.Values) *url.URL {
 // %20, not '+'), so the query sent is the one signed.
 func encodeQuery(q url.Values) string {
 	var sb strings.Builder
-	for k, vs := range q {
-		for _, v := range vs {
+	for _, k := range slices.Sorted(maps.Keys(q)) {
+		for _, v := range q[k] {
 			if sb.Len() > 0 {
 				sb.WriteByte('&')
 			}
@@ -178,6 +180,11 @@ func encodeQuery(q url.Values) string {
 
 // valuelessParams are sub-resources S3 names with no value ("?uploads").
 var valuelessParams = map[string]bool{"uploads": true}
+
+// expectContinueMin is the body from which a request waits for S3's
+// "100 Continue" before sending it (the SDK's threshold). The transport's
+// ExpectContinueTimeout bounds the wait for a server that never says it.
+const expectContinueMin = 2 << 20
 
 // request builds a request for u with body (may be nil) of the given
 // payload hash (awsauth.PayloadHash of it).
@@ -206,6 +213,12 @@ func (b *bucket) send(ctx context.Context, r request, ok ...int) (*http.Response
 	}
 	if r.body != nil {
 		req.ContentLength = int64(len(r.body))
+		if len(r.body) >= expectContinueMin {
+			// S3 refuses before the body is sent (a denial, a missing
+			// bucket, a redirect), as the AWS SDK asks it to: megabytes
+			// are not sent for nothing.
+			req.Header.Set("Expect", "100-continue")
+		}
 	}
 	req.Header.Set("User-Agent", "logbackup")
 	hash := r.payloadHash

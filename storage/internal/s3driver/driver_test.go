@@ -84,7 +84,7 @@ func TestCompleteAnswered200WithError(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.Write(make([]byte, DefaultPartSize+1)); err != nil {
+	if _, err := w.Write(make([]byte, singlePutParts*DefaultPartSize+1)); err != nil {
 		t.Fatal(err)
 	}
 	err = w.Close()

@@ -215,55 +215,77 @@ func TestMinIOObjects(t *testing.T) {
 	}
 }
 
-// TestMinIOMultipart: an object larger than a part goes up as a
-// multipart upload with parts in parallel, and reads back whole, from the
-// driver and from the AWS SDK.
+// TestMinIOMultipart: an object larger than what a writer sends as one
+// PUT goes up as a multipart upload with parts in parallel, and reads
+// back whole, from the driver and from the AWS SDK. A whole object
+// written at once (no part size asked for) is one PUT up to two default
+// parts.
 func TestMinIOMultipart(t *testing.T) {
 	m := startMinIO(t)
 	b, rec := m.open(t, s3driver.Options{})
 	ctx := ctxT(t)
-	data := random(t, 2*s3driver.DefaultPartSize+12345)
-	w, err := b.NewWriter(ctx, "big", &blob.WriterOptions{BufferSize: s3driver.DefaultPartSize, MaxConcurrency: 2,
-		ContentType: "application/octet-stream"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for p := data; len(p) > 0; {
-		n := min(len(p), 300<<10)
-		if _, err := w.Write(p[:n]); err != nil {
+	for _, c := range []struct {
+		name       string
+		size, part int
+		wantParts  int
+		wantOnePut bool
+	}{
+		{"streamed, 5 MiB parts", 2*s3driver.MinPartSize + 12345, s3driver.MinPartSize, 3, false},
+		{"whole, up to 16 MiB", 2 * s3driver.DefaultPartSize, 0, 0, true},
+		{"whole, over 16 MiB", 2*s3driver.DefaultPartSize + 4<<20, 0, 3, false},
+	} {
+		data := random(t, c.size)
+		w, err := b.NewWriter(ctx, "big", &blob.WriterOptions{BufferSize: c.part, MaxConcurrency: 2,
+			ContentType: "application/octet-stream"})
+		if err != nil {
 			t.Fatal(err)
 		}
-		p = p[n:]
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	var parts, creates, completes int
-	for _, e := range rec.take() {
-		switch {
-		case e.method == "POST" && strings.Contains(e.url, "uploads"):
-			creates++
-		case e.method == "PUT" && strings.Contains(e.url, "partNumber="):
-			parts++
-		case e.method == "POST" && strings.Contains(e.url, "uploadId="):
-			completes++
+		for p := data; len(p) > 0; {
+			n := min(len(p), 300<<10)
+			if _, err := w.Write(p[:n]); err != nil {
+				t.Fatal(err)
+			}
+			p = p[n:]
 		}
-	}
-	if creates != 1 || parts != 3 || completes != 1 {
-		t.Fatalf("%d creates, %d parts, %d completes; want 1, 3, 1", creates, parts, completes)
-	}
-	got, err := b.ReadAll(ctx, "big")
-	if err != nil || !bytes.Equal(got, data) {
-		t.Fatalf("read back %d of %d bytes: %v", len(got), len(data), err)
-	}
-	out, err := m.sdk().GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(m.bucket), Key: aws.String("big")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sdkGot, err := io.ReadAll(out.Body)
-	out.Body.Close()
-	if err != nil || !bytes.Equal(sdkGot, data) {
-		t.Fatalf("the SDK read back %d of %d bytes: %v", len(sdkGot), len(data), err)
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		var puts, parts, creates, completes int
+		for _, e := range rec.take() {
+			switch {
+			case e.method == "POST" && strings.Contains(e.url, "uploads"):
+				creates++
+			case e.method == "PUT" && strings.Contains(e.url, "partNumber="):
+				parts++
+				// A full part waits for S3's go-ahead before its body.
+				if strings.Contains(e.url, "partNumber=1&") && e.reqHeader.Get("Expect") != "100-continue" {
+					t.Fatalf("%s: part 1 sent without Expect: 100-continue", c.name)
+				}
+			case e.method == "PUT":
+				puts++
+			case e.method == "POST" && strings.Contains(e.url, "uploadId="):
+				completes++
+			}
+		}
+		if c.wantOnePut && (puts != 1 || creates+parts+completes != 0) {
+			t.Fatalf("%s: %d PUTs, %d creates, %d parts, %d completes; want one PUT", c.name, puts, creates, parts, completes)
+		}
+		if !c.wantOnePut && (creates != 1 || parts != c.wantParts || completes != 1 || puts != 0) {
+			t.Fatalf("%s: %d creates, %d parts, %d completes, %d PUTs; want 1, %d, 1, 0", c.name, creates, parts, completes, puts, c.wantParts)
+		}
+		got, err := b.ReadAll(ctx, "big")
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("%s: read back %d of %d bytes: %v", c.name, len(got), len(data), err)
+		}
+		out, err := m.sdk().GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(m.bucket), Key: aws.String("big")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sdkGot, err := io.ReadAll(out.Body)
+		out.Body.Close()
+		if err != nil || !bytes.Equal(sdkGot, data) {
+			t.Fatalf("%s: the SDK read back %d of %d bytes: %v", c.name, len(sdkGot), len(data), err)
+		}
 	}
 }
 
@@ -278,11 +300,11 @@ func TestMinIOAbandonedWriteCommitsNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	wctx, cancel := context.WithCancel(ctx)
-	w, err := b.NewWriter(wctx, "obj", &blob.WriterOptions{ContentType: "application/octet-stream"})
+	w, err := b.NewWriter(wctx, "obj", &blob.WriterOptions{ContentType: "application/octet-stream", BufferSize: s3driver.MinPartSize})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.Write(random(t, s3driver.DefaultPartSize+10)); err != nil {
+	if _, err := w.Write(random(t, s3driver.MinPartSize+10)); err != nil {
 		t.Fatal(err)
 	}
 	cancel()
@@ -314,9 +336,10 @@ func TestMinIOEncryption(t *testing.T) {
 		{"aws:kms", "logbackup-key", "aws:kms"},
 	} {
 		b, rec := m.open(t, s3driver.Options{SSE: c.sse, KMSKeyID: c.kmsKey})
-		for _, size := range []int{100, s3driver.DefaultPartSize + 100} {
+		for _, size := range []int{100, s3driver.MinPartSize + 100} {
 			data := random(t, size)
-			if err := b.WriteAll(ctx, "enc", data, nil); err != nil {
+			// The larger one a multipart upload: the headers go on its start.
+			if err := b.WriteAll(ctx, "enc", data, &blob.WriterOptions{BufferSize: s3driver.MinPartSize}); err != nil {
 				t.Fatalf("%s, %d bytes: %v", c.sse, size, err)
 			}
 			if got, err := b.ReadAll(ctx, "enc"); err != nil || !bytes.Equal(got, data) {

@@ -20,9 +20,14 @@ import (
 )
 
 const (
-	// DefaultPartSize is S3's smallest part: an object that fits is one
-	// PUT; a larger one a multipart upload of parts of it.
-	DefaultPartSize = 5 << 20
+	// MinPartSize is S3's smallest part.
+	MinPartSize = 5 << 20
+	// DefaultPartSize is the part size of a writer whose options ask for
+	// none; such a writer (a whole object written at once) also sends up
+	// to singlePutParts of them as one PUT, as the AWS SDK's transfer
+	// manager did (16 MiB): one request instead of four.
+	DefaultPartSize = 8 << 20
+	singlePutParts  = 2
 	// maxParts is S3's limit on a multipart upload.
 	maxParts = 10000
 	// defaultConcurrency parts are uploaded at once unless the writer's
@@ -34,10 +39,11 @@ const (
 	abortTimeout = 10 * time.Second
 )
 
-// writer buffers up to one part. An object that fits in it is uploaded
-// by Close in one PUT; a larger one starts a multipart upload when the
-// part fills, uploads up to concurrency parts at once, and Close uploads
-// the last and completes it. Nothing is committed before Close, and a
+// writer buffers up to one part (a writer with a default part size: up
+// to singlePutParts). An object that fits is uploaded by Close in one
+// PUT; a larger one starts a multipart upload when the buffer fills,
+// uploads up to concurrency parts at once, and Close uploads the last
+// and completes it. Nothing is committed before Close, and a
 // Close whose context is done, or after any part failed, commits nothing
 // and aborts the upload: the object, or the one it replaces, stays as it
 // was.
@@ -48,6 +54,7 @@ type writer struct {
 	contentType string
 	opts        *driver.WriterOptions
 	partSize    int
+	singlePut   int // what is buffered before a multipart upload starts: partSize × k
 	buf         []byte
 
 	uploadID string
@@ -66,16 +73,19 @@ func (b *bucket) NewTypedWriter(ctx context.Context, key, contentType string, op
 			return nil, err
 		}
 	}
-	part := opts.BufferSize
-	if part < DefaultPartSize {
-		part = DefaultPartSize
+	part, single := opts.BufferSize, opts.BufferSize
+	switch {
+	case part <= 0:
+		part, single = DefaultPartSize, singlePutParts*DefaultPartSize
+	case part < MinPartSize:
+		part, single = MinPartSize, MinPartSize
 	}
 	conc := opts.MaxConcurrency
 	if conc <= 0 {
 		conc = defaultConcurrency
 	}
 	return &writer{ctx: ctx, b: b, key: key, contentType: contentType, opts: opts, partSize: part,
-		nextPart: 1, slots: make(chan struct{}, conc)}, nil
+		singlePut: single, nextPart: 1, slots: make(chan struct{}, conc)}, nil
 }
 
 func (w *writer) Write(p []byte) (int, error) {
@@ -87,15 +97,20 @@ func (w *writer) Write(p []byte) (int, error) {
 		if err := w.ctx.Err(); err != nil {
 			return n, err
 		}
-		if len(w.buf) == w.partSize {
+		limit := w.partSize
+		if w.uploadID == "" {
+			limit = w.singlePut
+		}
+		if len(w.buf) == limit {
 			// Full, and more is coming: not the last part.
-			if err := w.uploadPart(); err != nil {
+			if err := w.uploadParts(); err != nil {
 				w.fail(err)
 				return n, err
 			}
+			limit = w.partSize
 		}
-		k := min(len(p), w.partSize-len(w.buf))
-		w.buf = drvhttp.Grow(w.buf, k, w.partSize)
+		k := min(len(p), limit-len(w.buf))
+		w.buf = drvhttp.Grow(w.buf, k, limit)
 		w.buf = append(w.buf, p[:k]...)
 		n += k
 		p = p[k:]
@@ -117,10 +132,10 @@ func (w *writer) fail(err error) {
 	}
 }
 
-// uploadPart hands the full buffer to a part upload, starting the
-// multipart upload first if this is the first part. It waits for a slot,
-// so at most concurrency parts and the one filling are held.
-func (w *writer) uploadPart() error {
+// uploadParts hands the buffer to part uploads, starting the multipart
+// upload first if these are the first parts: the buffer holds whole
+// parts (the last, at Close, may be short).
+func (w *writer) uploadParts() error {
 	if w.uploadID == "" {
 		id, err := w.create()
 		if err != nil {
@@ -128,6 +143,27 @@ func (w *writer) uploadPart() error {
 		}
 		w.uploadID = id
 	}
+	buf := w.buf
+	w.buf = nil
+	for len(buf) > 0 {
+		n := min(len(buf), w.partSize)
+		// A full slice expression: a part must not be appended to.
+		if err := w.uploadPart(buf[:n:n]); err != nil {
+			return err
+		}
+		buf = buf[n:]
+	}
+	w.mu.Lock()
+	if n := len(w.free); n > 0 {
+		w.buf, w.free = w.free[n-1][:0], w.free[:n-1]
+	}
+	w.mu.Unlock()
+	return nil
+}
+
+// uploadPart starts the upload of one part. It waits for a slot, so at
+// most concurrency parts and the buffer filling are held.
+func (w *writer) uploadPart(data []byte) error {
 	if w.nextPart > maxParts {
 		return fmt.Errorf("s3: %s: more than %d parts of %d bytes", w.key, maxParts, w.partSize)
 	}
@@ -136,15 +172,10 @@ func (w *writer) uploadPart() error {
 	case <-w.ctx.Done():
 		return w.ctx.Err()
 	}
-	num, data := w.nextPart, w.buf
+	num := w.nextPart
 	w.nextPart++
 	w.mu.Lock()
 	w.etags = append(w.etags, "")
-	if n := len(w.free); n > 0 {
-		w.buf, w.free = w.free[n-1][:0], w.free[:n-1]
-	} else {
-		w.buf = nil
-	}
 	w.mu.Unlock()
 	w.wg.Add(1)
 	go func() {
@@ -160,7 +191,9 @@ func (w *writer) uploadPart() error {
 			return
 		}
 		w.etags[num-1] = etag
-		w.free = append(w.free, data)
+		if cap(data) == w.partSize {
+			w.free = append(w.free, data) // for the next parts
+		}
 	}()
 	return nil
 }
@@ -235,7 +268,7 @@ func (w *writer) Close() error {
 	}
 	err := w.failed()
 	if err == nil && len(w.buf) > 0 {
-		err = w.uploadPart()
+		err = w.uploadParts()
 	}
 	w.wg.Wait()
 	if err == nil {
