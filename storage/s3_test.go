@@ -337,6 +337,15 @@ func TestS3CredentialsFromEnvironment(t *testing.T) {
 	t.Setenv("AWS_ACCESS_KEY_ID", "envkey")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "envsecret")
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	if auth := writeSignedBy(t, ""); !strings.Contains(auth, "Credential=envkey/") {
+		t.Fatalf("request not signed with the environment's key: %q", auth)
+	}
+}
+
+// writeSignedBy writes one object through a loopback S3 whose URL adds
+// params to its endpoint, and returns the write's Authorization header.
+func writeSignedBy(t *testing.T, params string) string {
+	t.Helper()
 	var mu sync.Mutex
 	var auth string
 	srv := s3test.Start(t, "bk")
@@ -346,15 +355,13 @@ func TestS3CredentialsFromEnvironment(t *testing.T) {
 		auth = r.Header.Get("Authorization")
 		return false
 	}})
-	s := open(t, fmt.Sprintf("s3://bk/p?endpoint=%s", srv.Endpoint()), fastRetry)
+	s := open(t, fmt.Sprintf("s3://bk/p?endpoint=%s%s", srv.Endpoint(), params), fastRetry)
 	if err := s.WriteFile(context.Background(), "obj", []byte("x")); err != nil {
 		t.Fatal(err)
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if !strings.Contains(auth, "Credential=envkey/") {
-		t.Fatalf("request not signed with the environment's key: %q", auth)
-	}
+	return auth
 }
 
 // Hand-written fault: a persistent 500 with a session token in the URL: no server answers
@@ -475,22 +482,7 @@ func TestS3CredentialsFromProfile(t *testing.T) {
 	t.Setenv("AWS_REGION", "")
 	t.Setenv("AWS_DEFAULT_REGION", "")
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
-	var mu sync.Mutex
-	var auth string
-	srv := s3test.Start(t, "bk")
-	srv.SetFault(s3test.Fault{Remaining: -1, Match: func(r *http.Request) bool {
-		mu.Lock()
-		defer mu.Unlock()
-		auth = r.Header.Get("Authorization")
-		return false
-	}})
-	s := open(t, fmt.Sprintf("s3://bk/p?endpoint=%s&profile=prod", srv.Endpoint()), fastRetry)
-	if err := s.WriteFile(context.Background(), "obj", []byte("x")); err != nil {
-		t.Fatal(err)
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if !strings.Contains(auth, "Credential=prodkey/") || !strings.Contains(auth, "/eu-west-3/s3/aws4_request") {
+	if auth := writeSignedBy(t, "&profile=prod"); !strings.Contains(auth, "Credential=prodkey/") || !strings.Contains(auth, "/eu-west-3/s3/aws4_request") {
 		t.Fatalf("request not signed with the profile's key and region: %q", auth)
 	}
 }
