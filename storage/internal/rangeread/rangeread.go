@@ -64,3 +64,28 @@ func TotalSize(contentRange string) (int64, bool) {
 	n, err := strconv.ParseInt(contentRange[i+1:], 10, 64)
 	return n, err == nil
 }
+
+// Header is the Range header asking for [offset, offset+length) (length
+// < 0: to the end), or "" for the whole object.
+func Header(offset, length int64) string {
+	if offset <= 0 && length < 0 {
+		return ""
+	}
+	end := ""
+	if length > 0 {
+		end = strconv.FormatInt(offset+length-1, 10)
+	}
+	return fmt.Sprintf("bytes=%d-%s", offset, end)
+}
+
+// EmptyOf serves a zero-length range of the object with attributes a
+// (the drivers ask for them: they still say whether it exists), after
+// the read options' BeforeRead hook, which sees no SDK type.
+func EmptyOf(a *driver.Attributes, opts *driver.ReaderOptions) (*Reader, error) {
+	if opts != nil && opts.BeforeRead != nil {
+		if err := opts.BeforeRead(func(any) bool { return false }); err != nil {
+			return nil, err
+		}
+	}
+	return Empty(driver.ReaderAttributes{ContentType: a.ContentType, ModTime: a.ModTime, Size: a.Size}), nil
+}

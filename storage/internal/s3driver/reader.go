@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"strconv"
 
 	"gocloud.dev/blob/driver"
 
@@ -17,15 +16,15 @@ import (
 // 416 InvalidRange, which the storage reads as no bytes.
 func (b *bucket) NewRangeReader(ctx context.Context, key string, offset, length int64, opts *driver.ReaderOptions) (driver.Reader, error) {
 	if length == 0 {
-		return b.emptyReader(ctx, key, opts)
+		a, err := b.Attributes(ctx, key)
+		if err != nil {
+			return nil, err
+		}
+		return rangeread.EmptyOf(a, opts)
 	}
 	r := request{method: http.MethodGet, u: b.objectURL(key, nil), header: http.Header{}}
-	if offset > 0 || length > 0 {
-		end := ""
-		if length > 0 {
-			end = strconv.FormatInt(offset+length-1, 10)
-		}
-		r.header.Set("Range", fmt.Sprintf("bytes=%d-%s", offset, end))
+	if h := rangeread.Header(offset, length); h != "" {
+		r.header.Set("Range", h)
 	}
 	resp, err := b.send(ctx, r, http.StatusOK, http.StatusPartialContent)
 	if err != nil {
@@ -44,19 +43,4 @@ func (b *bucket) NewRangeReader(ctx context.Context, key string, offset, length 
 		}
 	}
 	return rr, nil
-}
-
-// emptyReader serves a zero-length range: there is no empty Range header,
-// and the object's attributes still say whether it exists.
-func (b *bucket) emptyReader(ctx context.Context, key string, opts *driver.ReaderOptions) (driver.Reader, error) {
-	a, err := b.Attributes(ctx, key)
-	if err != nil {
-		return nil, err
-	}
-	if opts != nil && opts.BeforeRead != nil {
-		if err := opts.BeforeRead(noAs); err != nil {
-			return nil, err
-		}
-	}
-	return rangeread.Empty(driver.ReaderAttributes{ContentType: a.ContentType, ModTime: a.ModTime, Size: a.Size}), nil
 }
