@@ -31,12 +31,15 @@ func (a *Agent) noteError(b *retry.Counter, err error) *retry.Fatal {
 	return b.Fail(time.Now(), info, err)
 }
 
-// reportFatal runs the fatal path for a stopped task, in TiKV's order but
-// with every step attempted whatever happened to the others: count it,
-// write the LastError, pause with severity ERROR, guard the GC safepoint,
-// log once. Failed etcd writes are retried until they succeed or ctx ends;
-// the task's observers are already gone and its buffers dropped, so no
-// checkpoint can move meanwhile.
+// reportFatal runs the fatal path for a stopped task, in TiKV's order:
+// count it, write the LastError, record it in the history, pause with
+// severity ERROR, guard the GC safepoint, log once. The pause comes after
+// the LastError and the history event because it is what others act on:
+// automatic recovery may resume the task within a second of seeing it, and
+// a person reads the error next to it. The GC guard does not wait on etcd
+// nor etcd on it. Failed etcd writes are retried until they succeed or ctx
+// ends; the task's observers are already gone and its buffers dropped, so
+// no checkpoint can move meanwhile.
 func (a *Agent) reportFatal(ctx context.Context, ts *meta.TaskStatus, f *retry.Fatal) {
 	task, inc := ts.Info.Name, ts.Incarnation
 	// Fenced: a fatal error of an incarnation that was stopped meanwhile
@@ -52,26 +55,36 @@ func (a *Agent) reportFatal(ctx context.Context, ts *meta.TaskStatus, f *retry.F
 		name string
 		fn   func(context.Context) error
 	}{
-		{"report last error", func(ctx context.Context) error { return m.ReportLastError(ctx, task, lastErr) }},
+		{"report last error", func(sctx context.Context) error {
+			if err := m.ReportLastError(sctx, task, lastErr); err != nil {
+				return err
+			}
+			// Best effort, once, on a deadline of its own: the history
+			// is for people, and the pause must not wait on it.
+			a.history(ctx, task, inc, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_ERROR_REPORTED, Actor: lbpb.RecoveryEvent_AGENT,
+				ErrorCode: string(f.Info.Code), Message: msg, HappenAtUnixMs: int64(lastErr.HappenAt)})
+			return nil
+		}},
 		{"pause task", func(ctx context.Context) error {
 			return m.PauseTask(ctx, task, meta.NewErrorPause(host, os.Getpid(), time.Now(), lastErr))
 		}},
 		{"guard gc safepoint", func(ctx context.Context) error { return a.guardGC(ctx, task, inc) }},
 	}
-	defer func() {
-		a.history(ctx, task, inc, &lbpb.RecoveryEvent{Kind: lbpb.RecoveryEvent_ERROR_REPORTED, Actor: lbpb.RecoveryEvent_AGENT,
-			ErrorCode: string(f.Info.Code), Message: msg, HappenAtUnixMs: int64(lastErr.HappenAt)})
-	}()
-	// Every round tries every step still pending, so one failing step
-	// (PD refusing the safepoint) never holds back another (the pause).
-	// etcd steps are retried until they land; the GC guard is best effort
-	// after a few tries, as in TiKV.
+	const reportStep, pauseStep = 0, 1
+	// Every round tries every step still pending, so PD refusing the
+	// safepoint never holds back the pause, nor etcd the guard; the pause
+	// alone waits for the report. etcd steps are retried until they land;
+	// the GC guard is best effort after a few tries, as in TiKV.
 	done := make([]bool, len(steps))
 	bo := retry.NewBackoff(100*time.Millisecond, 5*time.Second)
 	for round := 1; ; round++ {
 		pending := false
 		for i, s := range steps {
 			if done[i] {
+				continue
+			}
+			if i == pauseStep && !done[reportStep] {
+				pending = true
 				continue
 			}
 			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)

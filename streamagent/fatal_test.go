@@ -7,12 +7,15 @@ import (
 	"net"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
 	"github.com/pingcap/kvproto/pkg/metapb"
 	"github.com/tikv/pd/client/clients/router"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"logbackup/meta"
 	"logbackup/proto/lbpb"
@@ -212,8 +215,8 @@ func (f *etcdAgentFixture) lastError(t *testing.T, task string) *brpb.StreamBack
 }
 
 // TestFatalReportWaitsOutEtcd: when etcd refuses the fatal path's writes
-// (the error may be etcd's own), the report keeps trying, every step each
-// round, and lands all of it — LastError, pause, history — once etcd
+// (the error may be etcd's own), the report keeps trying, round after
+// round, and lands all of it — LastError, history, pause — once etcd
 // takes writes again.
 func TestFatalReportWaitsOutEtcd(t *testing.T) {
 	f := newEtcdAgentFixture(t, nil)
@@ -224,13 +227,12 @@ func TestFatalReportWaitsOutEtcd(t *testing.T) {
 		defer close(done)
 		f.a.reportFatal(context.Background(), st, &retry.Fatal{Info: errs.Lookup(errs.CodeEtcdUnavailable), Err: errors.New("etcdserver: no leader")})
 	}()
-	// Each round tries both writes: three rounds refused.
-	refused := map[string]int{}
-	for range 6 {
-		refused[f.refusal()]++
-	}
-	if refused[meta.LastErrorKey("etcd", etcdAgentStore)] < 2 || refused[meta.PauseKey("etcd")] < 2 {
-		t.Fatalf("refused %v: every round must try the LastError and the pause", refused)
+	// Each round tries the LastError (the pause waits for it): three
+	// rounds refused.
+	for range 3 {
+		if k := f.refusal(); k != meta.LastErrorKey("etcd", etcdAgentStore) {
+			t.Fatalf("refused %q: every round must try the LastError first", k)
+		}
 	}
 	select {
 	case <-done:
@@ -256,6 +258,72 @@ func TestFatalReportWaitsOutEtcd(t *testing.T) {
 	}
 	if got := f.metric("logbackup_agent_fatal_errors_total", "code", string(errs.CodeEtcdUnavailable)); got != 1 {
 		t.Errorf("fatal errors %v, want 1 (counted once, not per try)", got)
+	}
+}
+
+// TestFatalReportPausesLast: the pause is what others act on (automatic
+// recovery resumes it, a person reads it), so it lands only after the
+// LastError and the ERROR_REPORTED history event: while etcd refuses the
+// LastError the task stays unpaused, and once the writes go through, the
+// order in etcd is LastError, history, pause. (CI once saw a task resumed
+// 563 ms after an etcd outage, before the report's history event was
+// written: the pause had landed in a round whose LastError write failed.)
+func TestFatalReportPausesLast(t *testing.T) {
+	f := newEtcdAgentFixture(t, nil)
+	st := f.putTask("order")
+	lastErrKey := meta.LastErrorKey("order", etcdAgentStore)
+	var mu sync.Mutex
+	var writes []string
+	f.kv.SetRule(func(op clientv3.Op) error {
+		if !op.IsPut() {
+			return nil
+		}
+		key := string(op.KeyBytes())
+		if key == lastErrKey {
+			return rpctypes.ErrGRPCNoLeader
+		}
+		mu.Lock()
+		writes = append(writes, key)
+		mu.Unlock()
+		return nil
+	})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.a.reportFatal(context.Background(), st, &retry.Fatal{Info: errs.Lookup(errs.CodeEtcdUnavailable), Err: errors.New("etcdserver: no leader")})
+	}()
+	for range 2 {
+		if k := f.refusal(); k != lastErrKey {
+			t.Fatalf("refused %q, want the LastError", k)
+		}
+	}
+	if f.task("order").Pause.Paused {
+		t.Fatal("paused while the LastError was refused: a resume could come before the error is reported")
+	}
+	f.kv.SetRule(func(op clientv3.Op) error {
+		if op.IsPut() {
+			mu.Lock()
+			writes = append(writes, string(op.KeyBytes()))
+			mu.Unlock()
+		}
+		return nil
+	})
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	order := map[string]int{}
+	for i, k := range writes {
+		switch {
+		case k == lastErrKey:
+			order["last error"] = i + 1
+		case strings.HasPrefix(k, meta.HistoryPrefix("order", st.Incarnation)):
+			order["history"] = i + 1
+		case k == meta.PauseKey("order"):
+			order["pause"] = i + 1
+		}
+	}
+	if !(order["last error"] > 0 && order["last error"] < order["history"] && order["history"] < order["pause"]) {
+		t.Fatalf("writes %q: want the LastError, then the history event, then the pause", writes)
 	}
 }
 
