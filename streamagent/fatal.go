@@ -36,8 +36,8 @@ func (a *Agent) noteError(b *retry.Counter, err error) *retry.Fatal {
 // severity ERROR, guard the GC safepoint, log once. The pause comes after
 // the LastError and the history event because it is what others act on:
 // automatic recovery may resume the task within a second of seeing it, and
-// a person reads the error next to it. The GC guard does not wait on etcd
-// nor etcd on it. Failed etcd writes are retried until they succeed or ctx
+// a person reads the error next to it. The GC guard (PD) neither waits for
+// the etcd writes nor holds them back. Failed etcd writes are retried until they succeed or ctx
 // ends; the task's observers are already gone and its buffers dropped, so
 // no checkpoint can move meanwhile.
 func (a *Agent) reportFatal(ctx context.Context, ts *meta.TaskStatus, f *retry.Fatal) {
@@ -72,8 +72,8 @@ func (a *Agent) reportFatal(ctx context.Context, ts *meta.TaskStatus, f *retry.F
 	}
 	const reportStep, pauseStep = 0, 1
 	// Every round tries every step still pending, so PD refusing the
-	// safepoint never holds back the pause, nor etcd the guard; the pause
-	// alone waits for the report. etcd steps are retried until they land;
+	// safepoint never holds back the pause, nor a refused etcd write the
+	// guard; the pause alone waits for the report. etcd steps are retried until they land;
 	// the GC guard is best effort after a few tries, as in TiKV.
 	done := make([]bool, len(steps))
 	bo := retry.NewBackoff(100*time.Millisecond, 5*time.Second)
