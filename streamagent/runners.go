@@ -99,13 +99,19 @@ func (a *Agent) install(ctx context.Context, st *meta.TaskStatus, r *task.Runner
 	return true
 }
 
+// startRetryMax caps the wait between two tries of a task's start, as
+// storage's own retries are capped: the task starts within seconds of what
+// failed it coming back, however long that took. A try costs a few etcd
+// reads and storage requests; the retry budget still bounds how many.
+const startRetryMax = 5 * time.Second
+
 // retryStart keeps trying to start a task whose start failed; the first
 // runner it builds is the one that runs.
 func (a *Agent) retryStart(ctx context.Context, first *meta.TaskStatus, gen uint64, err0 error) {
 	info := first.Info
 	b := &retry.Counter{Limit: a.cfg.RetryBudget}
 	err := err0
-	bo := retry.NewBackoff(time.Second, 30*time.Second)
+	bo := retry.NewBackoff(time.Second, startRetryMax)
 	for {
 		if f := a.noteError(b, err); f != nil {
 			a.reportFatal(ctx, first, f)
