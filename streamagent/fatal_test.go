@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -274,12 +275,14 @@ func TestFatalReportPausesLast(t *testing.T) {
 	lastErrKey := meta.LastErrorKey("order", etcdAgentStore)
 	var mu sync.Mutex
 	var writes []string
+	var refuse atomic.Bool // the LastError's writes
+	refuse.Store(true)
 	f.kv.SetRule(func(op clientv3.Op) error {
 		if !op.IsPut() {
 			return nil
 		}
 		key := string(op.KeyBytes())
-		if key == lastErrKey {
+		if key == lastErrKey && refuse.Load() {
 			return rpctypes.ErrGRPCNoLeader
 		}
 		mu.Lock()
@@ -300,14 +303,7 @@ func TestFatalReportPausesLast(t *testing.T) {
 	if f.task("order").Pause.Paused {
 		t.Fatal("paused while the LastError was refused: a resume could come before the error is reported")
 	}
-	f.kv.SetRule(func(op clientv3.Op) error {
-		if op.IsPut() {
-			mu.Lock()
-			writes = append(writes, string(op.KeyBytes()))
-			mu.Unlock()
-		}
-		return nil
-	})
+	refuse.Store(false)
 	<-done
 	mu.Lock()
 	defer mu.Unlock()

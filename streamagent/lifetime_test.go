@@ -98,6 +98,24 @@ func TestTestHooksOnlyInTests(t *testing.T) {
 }
 
 // runPD is the part of PD an agent's Run reaches in
+// runConfig is an agent of store 1 on a fresh embedded etcd holding one
+// task (local storage, ranges a–z), with runPD and hour-long coordinator
+// and reconcile intervals: what an agent's Run needs to start the task.
+// The caller sets OpenStorage.
+func runConfig(t *testing.T, task string) Config {
+	t.Helper()
+	_, cli := etcdfixture.StartEtcd(t)
+	mc := meta.NewClient(cli)
+	info := &brpb.StreamBackupTaskInfo{Name: task, StartTs: oracle.GoTimeToTS(time.Now()),
+		Storage: &brpb.StorageBackend{Backend: &brpb.StorageBackend_Local{Local: &brpb.Local{Path: t.TempDir()}}}}
+	if err := mc.PutTask(context.Background(), info, []meta.Range{{StartKey: []byte("a"), EndKey: []byte("z")}}); err != nil {
+		t.Fatal(err)
+	}
+	return Config{StoreID: 1, PD: &runPD{store: &metapb.Store{Id: 1, Address: "127.0.0.1:1", State: metapb.StoreState_Up}},
+		Meta: mc, TempDir: t.TempDir(), CoordinatorInterval: time.Hour, ReconcileInterval: time.Hour,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+}
+
 // TestRunJoinsItsGoroutines: its own store, up, and safepoint calls that
 // succeed. Any other call panics (the embedded nil interface), which
 // would say the scenario reached further than it means to.
@@ -125,14 +143,8 @@ func (p *runPD) UpdateServiceGCSafePoint(context.Context, string, int64, uint64)
 // goroutine started outside the lifetime is TestEveryGoroutineSpawned's
 // to catch: here it would only race Run's return.
 func TestRunJoinsItsGoroutines(t *testing.T) {
-	_, cli := etcdfixture.StartEtcd(t)
-	mc := meta.NewClient(cli)
 	ctx := context.Background()
-	info := &brpb.StreamBackupTaskInfo{Name: "joined", StartTs: oracle.GoTimeToTS(time.Now()),
-		Storage: &brpb.StorageBackend{Backend: &brpb.StorageBackend_Local{Local: &brpb.Local{Path: t.TempDir()}}}}
-	if err := mc.PutTask(ctx, info, []meta.Range{{StartKey: []byte("a"), EndKey: []byte("z")}}); err != nil {
-		t.Fatal(err)
-	}
+	cfg := runConfig(t, "joined")
 
 	var a *Agent
 	runCtx, cancel := context.WithCancel(ctx)
@@ -158,9 +170,7 @@ func TestRunJoinsItsGoroutines(t *testing.T) {
 		}
 		return nil, octx.Err()
 	}
-	cfg := Config{StoreID: 1, PD: &runPD{store: &metapb.Store{Id: 1, Address: "127.0.0.1:1", State: metapb.StoreState_Up}},
-		Meta: mc, TempDir: t.TempDir(), CoordinatorInterval: time.Hour, ReconcileInterval: time.Hour,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), OpenStorage: open}
+	cfg.OpenStorage = open
 	a, err := New(cfg, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -4,19 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"syscall"
 	"testing"
 	"time"
 
 	brpb "github.com/pingcap/kvproto/pkg/brpb"
-	"github.com/pingcap/kvproto/pkg/metapb"
-	"github.com/tikv/client-go/v2/oracle"
 
-	"logbackup/meta"
 	"logbackup/storage"
-	"logbackup/streamagent/internal/etcdfixture"
 )
 
 // TestStartRetriesStayFrequent: a task whose start keeps failing on a
@@ -30,14 +24,8 @@ import (
 // fifth is already 8–24 s.
 func TestStartRetriesStayFrequent(t *testing.T) {
 	t.Parallel() // mostly waiting
-	_, cli := etcdfixture.StartEtcd(t)
-	mc := meta.NewClient(cli)
 	ctx := context.Background()
-	info := &brpb.StreamBackupTaskInfo{Name: "retried", StartTs: oracle.GoTimeToTS(time.Now()),
-		Storage: &brpb.StorageBackend{Backend: &brpb.StorageBackend_Local{Local: &brpb.Local{Path: t.TempDir()}}}}
-	if err := mc.PutTask(ctx, info, []meta.Range{{StartKey: []byte("a"), EndKey: []byte("z")}}); err != nil {
-		t.Fatal(err)
-	}
+	cfg := runConfig(t, "retried")
 	starts := make(chan time.Time, 100)
 	open := func(octx context.Context, _ *brpb.StorageBackend) (storage.Storage, error) {
 		if _, ok := octx.Deadline(); !ok {
@@ -47,10 +35,8 @@ func TestStartRetriesStayFrequent(t *testing.T) {
 		}
 		return nil, fmt.Errorf("injected: %w", syscall.ECONNREFUSED)
 	}
-	cfg := Config{StoreID: 1, PD: &runPD{store: &metapb.Store{Id: 1, Address: "127.0.0.1:1", State: metapb.StoreState_Up}},
-		Meta: mc, TempDir: t.TempDir(), CoordinatorInterval: time.Hour, ReconcileInterval: time.Hour,
-		RetryBudget: RetryBudget{Attempts: 1000, Duration: time.Hour}, // never spent here
-		Logger:      slog.New(slog.NewTextHandler(io.Discard, nil)), OpenStorage: open}
+	cfg.RetryBudget = RetryBudget{Attempts: 1000, Duration: time.Hour} // never spent here
+	cfg.OpenStorage = open
 	a, err := New(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
