@@ -94,6 +94,11 @@ func startWorkload(t *testing.T, ctx context.Context, c *simcluster.Cluster, m *
 		now, terr := c.TSO(ctx)
 		return err == nil && terr == nil && ok && br.PhysicalTime(now).Sub(br.PhysicalTime(g)) > maxLag
 	}
+	// stop ends the loop between transactions, never inside one: a
+	// commit cancelled half way leaves its locks, which hold the regions'
+	// resolved ts, and with them the checkpoint the test then waits for,
+	// until someone resolves them (1 run in 40 of small-objects).
+	txnCtx := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -114,9 +119,12 @@ func startWorkload(t *testing.T, ctx context.Context, c *simcluster.Cluster, m *
 					}
 					return nil
 				}, "the checkpoint to catch up")
+				if ctx.Err() != nil {
+					return
+				}
 			}
 			n := 1 + rng.Intn(3)
-			st, err := c.Txn(ctx, func(txn *transaction.KVTxn) error {
+			st, err := c.Txn(txnCtx, func(txn *transaction.KVTxn) error {
 				for j := 0; j < n; j++ {
 					k := []byte(fmt.Sprintf("t%d%02d", rng.Intn(8), rng.Intn(100)))
 					if rng.Intn(6) == 0 {
@@ -138,8 +146,8 @@ func startWorkload(t *testing.T, ctx context.Context, c *simcluster.Cluster, m *
 			switch {
 			case err == nil:
 				w.commits.Add(1)
-			case st != 0 && ctx.Err() == nil:
-				if err := c.ResolveTxn(ctx, st); err != nil {
+			case st != 0 && txnCtx.Err() == nil:
+				if err := c.ResolveTxn(txnCtx, st); err != nil {
 					t.Errorf("resolve a failed transaction: %v", err)
 					return
 				}
@@ -400,8 +408,14 @@ func truncateUnderLoad(t *testing.T, fileSizeLimit int, perRound int64, pace tim
 		}
 		waitStorageCheckpoint(t, ctx, st, until)
 		w.waitCommits(t, int64(round)*perRound+50) // data after until too
-		if fileSizeLimit > 0 && round == 1 && !multiObjectFlushes(t, ctx, st) {
-			t.Fatal("no flush was split into several objects: the variant proves nothing")
+		if fileSizeLimit > 0 && round == 1 {
+			// A flush is split only when one store's share of it is over
+			// the limit, and the workload's sizes are random: about one
+			// run in twenty had no such flush by now (a loaded machine).
+			// The workload goes on until one lands; round 1's truncate
+			// then meets it, whichever side of until it fell.
+			eventually.True(t, time.Minute, func() bool { return multiObjectFlushes(t, ctx, st) },
+				"a flush split into several objects (without one the variant proves nothing)")
 		}
 
 		// Hold the truncate at its first delete, after it listed the meta
