@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"testing"
 	"time"
 
@@ -175,7 +176,7 @@ func (h *harness) agent(store uint64, reg prometheus.Registerer, mod func(*strea
 	h.t.Helper()
 	cfg := streamagent.Config{StoreID: store, PD: h.c.PD(), Meta: h.m, ClusterID: h.c.ClusterID(),
 		FlushInterval: 100 * time.Millisecond, CoordinatorInterval: 50 * time.Millisecond, ReconcileInterval: 100 * time.Millisecond,
-		TempDir: h.t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+		TempDir: h.t.TempDir(), Logger: agentLogger(h.t, store)}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -187,6 +188,16 @@ func (h *harness) agent(store uint64, reg prometheus.Registerer, mod func(*strea
 	done := make(chan struct{})
 	go func() { defer close(done); a.Run(ctx) }()
 	return a, func() { cancel(); <-done }
+}
+
+// agentLogger is quiet, unless LOGBACKUP_TEST_AGENT_LOGS is set: then the
+// agents' logs go to the test's output (shown for a failing test, or with
+// -v), which is how a failure's cause is found after the fact.
+func agentLogger(t *testing.T, store uint64) *slog.Logger {
+	if os.Getenv("LOGBACKUP_TEST_AGENT_LOGS") == "" {
+		return slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return slog.New(slog.NewTextHandler(t.Output(), nil)).With("store", store)
 }
 
 // waitGlobal waits for the task's global checkpoint to reach atLeast.

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -29,7 +30,7 @@ func TestNemesis(t *testing.T) {
 	var out bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	err := playground.Run(ctx, playground.Options{Dir: t.TempDir(), Nemesis: true, Seed: 20261201, Duration: 2 * time.Minute,
+	err := playground.Run(ctx, playground.Options{Dir: keptOnFailure(t), Nemesis: true, Seed: 20261201, Duration: 2 * time.Minute,
 		Rate: 30, FlushInterval: time.Second, FaultGap: 10 * time.Second,
 		// A storage outage lasts until the retry budget is spent (at most
 		// 4 minutes): with the default 10 minutes it never was in this run
@@ -78,4 +79,22 @@ func TestNemesisOracleCanFail(t *testing.T) {
 			}
 		})
 	}
+}
+
+// keptOnFailure is a directory for the playground's data and agent logs,
+// removed when the test passes and kept when it fails: the summary names
+// the agents' logs, which is where a failure's cause is.
+func keptOnFailure(t *testing.T) string {
+	dir, err := os.MkdirTemp("", "logbackup-"+strings.ReplaceAll(t.Name(), "/", "_")+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("kept for the failure: %s", dir)
+			return
+		}
+		os.RemoveAll(dir)
+	})
+	return dir
 }
