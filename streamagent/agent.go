@@ -204,20 +204,49 @@ func (a *Agent) followTasks(ctx context.Context) error {
 }
 
 // startIfRunnable reads a task and starts it unless it is paused; a task
-// whose info is corrupt is reported instead.
+// whose info is corrupt is reported instead. A read that fails is retried
+// in the background until it lands or a later event of the task (a stop
+// of it) supersedes it: the watch has moved past this event, so a read
+// given up would leave a resumed or new task NORMAL in etcd with no
+// runner here and nothing said (etcd just back from an outage; a nemesis
+// run's checkpoint stood still for ten minutes that way).
 func (a *Agent) startIfRunnable(ctx context.Context, name string) {
+	a.mu.Lock()
+	gen := a.stops[name]
+	a.mu.Unlock()
+	if a.tryStartIfRunnable(ctx, name, gen) {
+		return
+	}
+	a.spawn(func() {
+		bo := retry.NewBackoff(100*time.Millisecond, startRetryMax)
+		for retry.Sleep(ctx, bo.NextBackOff()) {
+			a.mu.Lock()
+			superseded := a.stops[name] != gen
+			a.mu.Unlock()
+			if superseded || a.tryStartIfRunnable(ctx, name, gen) {
+				return
+			}
+		}
+	})
+}
+
+// tryStartIfRunnable is one try of startIfRunnable; false when the task
+// could not be read.
+func (a *Agent) tryStartIfRunnable(ctx context.Context, name string, gen uint64) bool {
 	var ignored []meta.CorruptRecord
 	st, err := a.cfg.Meta.Tolerant(&ignored).GetTask(ctx, name)
 	switch {
 	case errors.Is(err, meta.ErrTaskNotFound):
 	case err != nil:
-		a.cfg.Logger.Warn("cannot read task", "task", name, "err", err)
+		a.cfg.Logger.Warn("cannot read task; retrying", "task", name, "err", err)
+		return false
 	case st.Pause.Paused:
 	case st.InfoErr != nil:
 		a.reportCorrupt(ctx, st)
 	default:
-		a.startTask(ctx, st)
+		a.startTaskOf(ctx, st, gen)
 	}
+	return true
 }
 
 // reportCorrupt runs the fatal path for a task whose info cannot be

@@ -2,6 +2,7 @@ package streamagent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"logbackup/meta"
 	"logbackup/storage"
@@ -35,8 +36,23 @@ type runnerHandle struct {
 // lock, so Status and the other tasks never wait for it; a stop of the
 // task meanwhile wins (install).
 func (a *Agent) startTask(ctx context.Context, st *meta.TaskStatus) {
+	a.startTaskOf(ctx, st, noGen)
+}
+
+// noGen: a start that no earlier stop of the task can supersede (it was
+// decided on the watch's goroutine, which handles the stops too).
+const noGen = ^uint64(0)
+
+// startTaskOf is startTask for a start decided when the task's stop
+// count was gen: a stop of the task since then (a pause the watch saw
+// while a read was retried) wins, and nothing starts.
+func (a *Agent) startTaskOf(ctx context.Context, st *meta.TaskStatus, gen uint64) {
 	name := st.Info.Name
 	a.mu.Lock()
+	if gen != noGen && a.stops[name] != gen {
+		a.mu.Unlock()
+		return
+	}
 	h, ok := a.runners[name]
 	if ok && h.r.Incarnation() == st.Incarnation {
 		a.mu.Unlock()
@@ -50,7 +66,7 @@ func (a *Agent) startTask(ctx context.Context, st *meta.TaskStatus) {
 		h.flushOnExit.Store(false)
 		h.cancel()
 	}
-	gen := a.stops[name]
+	gen = a.stops[name]
 	a.mu.Unlock()
 	if ok {
 		<-h.done
@@ -122,6 +138,19 @@ func (a *Agent) retryStart(ctx context.Context, first *meta.TaskStatus, gen uint
 			return
 		}
 		st, gerr := a.cfg.Meta.GetTask(ctx, info.Name)
+		if gerr != nil && !errors.Is(gerr, meta.ErrTaskNotFound) {
+			// etcd failing, not the task gone: returning would leave the
+			// task unstarted with nothing said. Tried again unless stopped
+			// meanwhile, and counted as a failed start.
+			a.mu.Lock()
+			stopped := a.stops[info.Name] != gen
+			a.mu.Unlock()
+			if stopped {
+				return
+			}
+			err = fmt.Errorf("read the task to start it: %w", gerr)
+			continue
+		}
 		if gerr != nil || st.Pause.Paused || st.Incarnation != first.Incarnation {
 			return // stopped, restarted or paused meanwhile: the watch decides what next
 		}
