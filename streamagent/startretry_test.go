@@ -24,42 +24,55 @@ import (
 // fifth is already 8–24 s.
 func TestStartRetriesStayFrequent(t *testing.T) {
 	t.Parallel() // mostly waiting
-	ctx := context.Background()
-	cfg := runConfig(t, "retried")
-	starts := make(chan time.Time, 100)
-	open := func(octx context.Context, _ *brpb.StorageBackend) (storage.Storage, error) {
-		if _, ok := octx.Deadline(); !ok {
-			// A start of the task, not the coordinator's neighbour check
-			// (bounded by a timeout).
-			starts <- time.Now()
-		}
-		return nil, fmt.Errorf("injected: %w", syscall.ECONNREFUSED)
-	}
-	cfg.RetryBudget = RetryBudget{Attempts: 1000, Duration: time.Hour} // never spent here
-	cfg.OpenStorage = open
-	a, err := New(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, cancel := context.WithCancel(ctx)
-	runErr := make(chan error, 1)
-	go func() { runErr <- a.Run(runCtx) }()
-	defer func() {
-		cancel()
-		if err := <-runErr; err != nil && !errors.Is(err, context.Canceled) {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	starts := runRefusingStarts(t, runConfig(t, "retried"))
 
 	limit := startRetryMax*3/2 + time.Second // the cap, its jitter, and the attempt itself
-	last := <-starts
+	last := (<-starts).at
 	for i := 1; i <= 5; i++ {
 		select {
-		case at := <-starts:
-			t.Logf("retry %d after %s", i, at.Sub(last).Round(time.Millisecond))
-			last = at
+		case try := <-starts:
+			t.Logf("retry %d after %s", i, try.at.Sub(last).Round(time.Millisecond))
+			last = try.at
 		case <-time.After(limit):
 			t.Fatalf("failure %d of the start was not retried within %s", i, limit)
 		}
 	}
+}
+
+// startTry is one start of a task, refused by its storage.
+type startTry struct {
+	at   time.Time
+	path string // the task's local storage
+}
+
+// runRefusingStarts runs an agent of cfg whose task storages refuse every
+// start with a retryable error, with a retry budget never spent here, and
+// reports each start tried; the agent stops with the test.
+func runRefusingStarts(t *testing.T, cfg Config) <-chan startTry {
+	t.Helper()
+	starts := make(chan startTry, 100)
+	cfg.OpenStorage = func(octx context.Context, b *brpb.StorageBackend) (storage.Storage, error) {
+		if _, ok := octx.Deadline(); !ok { // a start of the task, not the coordinator's neighbour check (bounded by a timeout)
+			select {
+			case starts <- startTry{at: time.Now(), path: b.GetLocal().GetPath()}:
+			default: // more than a test reads: never block the agent
+			}
+		}
+		return nil, fmt.Errorf("injected: %w", syscall.ECONNREFUSED)
+	}
+	cfg.RetryBudget = RetryBudget{Attempts: 1000, Duration: time.Hour}
+	a, err := New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- a.Run(runCtx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-runErr; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return starts
 }

@@ -2,11 +2,8 @@ package streamagent
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -16,7 +13,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"logbackup/meta"
-	"logbackup/storage"
 	"logbackup/streamagent/internal/etcdfixture"
 )
 
@@ -59,27 +55,7 @@ func TestTaskEventSurvivesAFailedRead(t *testing.T) {
 				// Running: its start fails and is retried (retryStart),
 				// and the retry's read of the task is what fails.
 			}
-			starts := make(chan string, 100)
-			cfg.OpenStorage = func(octx context.Context, b *brpb.StorageBackend) (storage.Storage, error) {
-				if _, ok := octx.Deadline(); !ok { // a start, not the coordinator's neighbour check
-					starts <- b.GetLocal().GetPath()
-				}
-				return nil, fmt.Errorf("injected: %w", syscall.ECONNREFUSED)
-			}
-			cfg.RetryBudget = RetryBudget{Attempts: 1000, Duration: time.Hour} // never spent here
-			a, err := New(cfg, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			runCtx, cancel := context.WithCancel(ctx)
-			runErr := make(chan error, 1)
-			go func() { runErr <- a.Run(runCtx) }()
-			defer func() {
-				cancel()
-				if err := <-runErr; err != nil && !errors.Is(err, context.Canceled) {
-					t.Errorf("Run: %v", err)
-				}
-			}()
+			starts := runRefusingStarts(t, cfg)
 			// The event must come to the watch, not to Run's first list:
 			// the watch starts after the list, from the revision after it.
 			select {
@@ -126,8 +102,8 @@ func TestTaskEventSurvivesAFailedRead(t *testing.T) {
 			refuse.Store(false)
 			select {
 			case got := <-starts:
-				if path != "" && got != path {
-					t.Fatalf("started the task at %q, want %q", got, path)
+				if path != "" && got.path != path {
+					t.Fatalf("started the task at %q, want %q", got.path, path)
 				}
 			case <-time.After(30 * time.Second):
 				t.Fatalf("the task was not started within 30 s of its read failing once (%s)", event)
