@@ -211,19 +211,14 @@ func (a *Agent) followTasks(ctx context.Context) error {
 // runner here and nothing said (etcd just back from an outage; a nemesis
 // run's checkpoint stood still for ten minutes that way).
 func (a *Agent) startIfRunnable(ctx context.Context, name string) {
-	a.mu.Lock()
-	gen := a.stops[name]
-	a.mu.Unlock()
+	gen := a.stopGen(name)
 	if a.tryStartIfRunnable(ctx, name, gen) {
 		return
 	}
 	a.spawn(func() {
 		bo := retry.NewBackoff(100*time.Millisecond, startRetryMax)
 		for retry.Sleep(ctx, bo.NextBackOff()) {
-			a.mu.Lock()
-			superseded := a.stops[name] != gen
-			a.mu.Unlock()
-			if superseded || a.tryStartIfRunnable(ctx, name, gen) {
+			if a.stopGen(name) != gen || a.tryStartIfRunnable(ctx, name, gen) {
 				return
 			}
 		}

@@ -36,12 +36,16 @@ type runnerHandle struct {
 // lock, so Status and the other tasks never wait for it; a stop of the
 // task meanwhile wins (install).
 func (a *Agent) startTask(ctx context.Context, st *meta.TaskStatus) {
-	a.startTaskOf(ctx, st, noGen)
+	a.startTaskOf(ctx, st, a.stopGen(st.Info.Name))
 }
 
-// noGen: a start that no earlier stop of the task can supersede (it was
-// decided on the watch's goroutine, which handles the stops too).
-const noGen = ^uint64(0)
+// stopGen is the task's stop count: a start decided at one count is
+// superseded by any stop of the task after it.
+func (a *Agent) stopGen(name string) uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.stops[name]
+}
 
 // startTaskOf is startTask for a start decided when the task's stop
 // count was gen: a stop of the task since then (a pause the watch saw
@@ -49,7 +53,7 @@ const noGen = ^uint64(0)
 func (a *Agent) startTaskOf(ctx context.Context, st *meta.TaskStatus, gen uint64) {
 	name := st.Info.Name
 	a.mu.Lock()
-	if gen != noGen && a.stops[name] != gen {
+	if a.stops[name] != gen {
 		a.mu.Unlock()
 		return
 	}
@@ -142,10 +146,7 @@ func (a *Agent) retryStart(ctx context.Context, first *meta.TaskStatus, gen uint
 			// etcd failing, not the task gone: returning would leave the
 			// task unstarted with nothing said. Tried again unless stopped
 			// meanwhile, and counted as a failed start.
-			a.mu.Lock()
-			stopped := a.stops[info.Name] != gen
-			a.mu.Unlock()
-			if stopped {
+			if a.stopGen(info.Name) != gen {
 				return
 			}
 			err = fmt.Errorf("read the task to start it: %w", gerr)
